@@ -1,0 +1,25 @@
+# Two set-up commands for a fresh clone: `make test` and `make run`. Each creates .venv on its own.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+ARGS   ?=
+
+.PHONY: test run bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+test: $(VENV)/.installed  ## install the package with its test extras and run the suite
+	$(PY) -m pytest -q $(ARGS)
+
+run: $(VENV)/.installed   ## train the default configuration (ResNet56v2, AdamW, CIFAR-10); ARGS="lr=3e-3 ..." adds overrides
+	$(PY) -m runner $(ARGS)
+
+bench: $(VENV)/.installed ## time the runner's loop against a plain PyTorch DataLoader loop
+	$(PY) scripts/bench.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

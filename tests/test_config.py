@@ -1,0 +1,81 @@
+"""The configuration contract: what composes, what is refused, and the message a user sees."""
+import pytest
+from conftest import compose_cfg, run_cli
+
+from runner.config import ConfigError, validate
+
+
+def test_defaults_compose_to_resnet56v2_adamw():
+    run = validate(compose_cfg())
+    assert (run.model.name, run.model.depth, run.model.version) == ("resnet56v2", 56, 2)
+    assert run.optimizer.name == "adamw" and run.wd > 0 and run.l2 == 0
+    assert run.data.name == "cifar10" and run.data.root
+    assert run.schedule.name == "piecewise_constant"
+
+
+def test_the_two_documented_commands_compose_exactly_as_written():
+    run = validate(compose_cfg("optimizer=adamw", "wd=5e-4"))
+    assert run.wd == 5e-4 and run.l2 == 0
+    run = validate(compose_cfg("optimizer=adam_l2", "l2=1e-4"))
+    assert run.l2 == 1e-4 and run.wd == 0 and run.optimizer.algorithm == "adam"
+
+
+def test_any_optimizer_takes_both_wd_and_l2():
+    run = validate(compose_cfg("optimizer=adamw", "wd=1e-3", "l2=1e-4"))
+    assert (run.wd, run.l2) == (1e-3, 1e-4)
+
+
+@pytest.mark.parametrize("name", ["resnet20v1", "resnet32v1", "resnet44v1", "resnet56v1", "resnet110v1",
+                                  "resnet20v2", "resnet56v2", "resnet110v2", "resnet164v2"])
+def test_every_model_preset_composes(name):
+    run = validate(compose_cfg(f"model={name}"))
+    assert run.model.name == name and f"{run.model.depth}v{run.model.version}" in name
+
+
+@pytest.mark.parametrize("override, key", [
+    ("lr=-1", "lr"), ("lr=0", "lr"), ("wd=-1e-4", "wd"), ("l2=-1", "l2"), ("l2=nan", "l2"), ("wd=inf", "wd"),
+    ("epochs=0", "epochs"), ("batch_size=0", "batch_size"), ("lr=abc", "lr"), ("epochs=1.5", "epochs"),
+    ("trainer.device=tpu", "trainer.device"), ("trainer.max_steps=0", "trainer.max_steps"),
+    ("trainer.val_every=-3", "trainer.val_every"), ("trainer.precision=fp8", "trainer.precision"),
+    ("data.subset=0", "data.subset"), ("data.pad_mode=wrap", "data.pad_mode"), ("model.depth=57", "model.depth"),
+    ("schedule.milestones=[0.8,0.5]", "schedule.milestones"), ("schedule.factors=[0.1]", "schedule.factors"),
+    ("schedule.milestones=[0.5,1.5]", "schedule.milestones"), ("optimizer.betas=[0.9,1.0]", "optimizer.betas"),
+    ("optimizer.wd_scaling=paper", "optimizer.wd_scaling"), ("optimizer.decay_on=bn", "optimizer.decay_on"),
+    ("optimizer.eps=0", "optimizer.eps"), ("+trainer.max_step=3", "max_step"),
+])
+def test_bad_values_are_refused_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        validate(compose_cfg(override))
+    assert key in str(e.value)
+
+
+def test_choice_errors_list_the_allowed_values():
+    with pytest.raises(ConfigError, match=r"auto \| cpu \| cuda \| mps"):
+        validate(compose_cfg("trainer.device=tpu"))
+
+
+@pytest.mark.slow
+def test_cli_refuses_before_any_work_and_leaves_no_folder(tmp_path):
+    r = run_cli(["lr=-1"], cwd=tmp_path)
+    assert r.returncode == 2
+    assert "lr=-1.0 is invalid" in r.stderr and "Traceback" not in r.stderr
+    assert not any((tmp_path / "outputs").rglob("*.jsonl"))
+    assert not list((tmp_path / "outputs").glob("*/*")), "an invalid run leaves no run folder behind"
+
+
+@pytest.mark.slow
+def test_cli_unknown_group_option_lists_the_options(tmp_path):
+    r = run_cli(["optimizer=adamx"], cwd=tmp_path)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "optimizer/adamx" in out and "adam_l2" in out and "adamw" in out
+
+
+@pytest.mark.slow
+def test_cli_help_does_not_import_torch(tmp_path):
+    r = run_cli(["--help"], cwd=tmp_path, env_extra={"PYTHONVERBOSE": ""})
+    assert r.returncode == 0 and "optimizer: adam_l2, adamw" in r.stdout
+    import subprocess, sys
+    probe = subprocess.run([sys.executable, "-c", "import sys, runner.__main__; print('torch' in sys.modules)"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert probe.stdout.strip() == "False"
