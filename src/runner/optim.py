@@ -1,0 +1,107 @@
+"""Adam and SGD with L2 regularization and decoupled weight decay, each convention stated.
+
+Notation: α = base lr (`lr`), η_t = schedule multiplier, lr_t = α·η_t, g = gradient of the data loss.
+
+L2 (`l2` = λ₂, penalty λ₂/2·‖θ‖²): g ← g + λ₂·θ_{t-1} before the optimizer sees it, the formula of
+torch.optim.Adam/SGD's own `weight_decay` (applied here so it reads θ before the decoupled shrink).
+Adam then divides the L2 term by √v̂ like the rest of the gradient: that is why L2 ≠ weight decay
+under Adam. The update itself is torch.optim.Adam/SGD (fused on CUDA, foreach elsewhere).
+
+Decoupled decay (`wd` = λ): before the optimizer's update, θ ← θ·(1 − d_t) with
+    wd_scaling=schedule   d_t = η_t·λ     the paper (Loshchilov & Hutter 2019, Alg. 2 line 12; SGDW Alg. 1 line 9)
+    wd_scaling=lr         d_t = lr_t·λ    torch.optim.AdamW, Keras AdamW (bit-for-bit torch's AdamW)
+    wd_scaling=none       d_t = λ         TF-Addons AdamW/SGDW
+With wd_normalized=true, `wd` is λ_norm and λ = λ_norm·√(b/(B·T)) (paper, Appendix B.1; b batch size,
+B training images, T epochs of the run or of the current warm-restart period).
+
+Keras `l2(x)` adds x·‖θ‖² to the loss, i.e. λ₂ = 2x here.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def split_params(model: nn.Module, decay_on: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(regularized, other). decay_on=weights: conv and linear kernels only (ndim > 1), not BN or biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if decay_on == "all":
+        return params, []
+    return [p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]
+
+
+def decoupled_rate(wd: float, wd_scaling: str, lr: float, *, normalized: bool = False, batch_size: int = 1,
+                   n_train: int = 1, period: Callable[[float], float] = lambda t: 1.0) -> Callable[[float, float], float]:
+    """d(t, η_t): the fraction by which decayed weights shrink at the step taken at epoch t."""
+    def lam(t: float) -> float:
+        return wd * math.sqrt(batch_size / (n_train * period(t))) if normalized else wd
+
+    if wd_scaling == "schedule":
+        return lambda t, eta: eta * lam(t)
+    if wd_scaling == "lr":
+        return lambda t, eta: (lr * eta) * lam(t)
+    if wd_scaling == "none":
+        return lambda t, eta: lam(t)
+    raise ValueError(f"unknown wd_scaling {wd_scaling!r}")
+
+
+class Optimizer:
+    """torch.optim.Adam or SGD plus the L2 gradient term and the decoupled shrink, one `step` per batch."""
+
+    def __init__(self, model: nn.Module, *, algorithm: str, lr: float, l2: float, wd: float,
+                 decay: Callable[[float, float], float], decay_on: str = "weights", betas=(0.9, 0.999),
+                 eps: float = 1e-8, momentum: float = 0.9, nesterov: bool = False):
+        self.lr, self.wd, self.l2, self.decay = lr, wd, l2, decay
+        self.regularized, other = split_params(model, decay_on)
+        params = self.regularized + other
+        fused = {"fused": True} if params[0].is_cuda else {}
+        if algorithm == "adam":
+            self.inner = torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, **fused)
+        elif algorithm == "sgd":
+            self.inner = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, **fused)
+        else:
+            raise ValueError(f"unknown algorithm {algorithm!r}")
+
+    @torch.no_grad()
+    def step(self, t: float, eta: float) -> float:
+        """One update at epoch t with multiplier η_t; gradients must be in .grad. Returns the shrink d_t applied."""
+        lr_t = self.lr * eta
+        for g in self.inner.param_groups:
+            g["lr"] = lr_t
+        if self.l2:  # g + λ₂·θ_{t-1}, torch.optim's own weight_decay formula, taken before the shrink touches θ
+            torch._foreach_add_([p.grad for p in self.regularized], self.regularized, alpha=self.l2)
+        d = self.decay(t, eta) if self.wd else 0.0
+        if d:  # θ_{t-1}·(1 − d_t), then the optimizer's step: the paper's θ_t = θ_{t-1} − d_t·θ_{t-1} − update(g)
+            torch._foreach_mul_(self.regularized, 1 - d)
+        self.inner.step()
+        return d
+
+    def zero_grad(self) -> None:
+        self.inner.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+    @torch.no_grad()
+    def weight_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(‖θ‖ of the regularized weights, L2 penalty λ₂/2·‖θ‖²) as device tensors (no host sync)."""
+        sq = torch.stack(torch._foreach_norm(self.regularized)).float().pow(2).sum() if self.regularized else torch.zeros(())
+        return sq.sqrt(), 0.5 * self.l2 * sq
+
+
+def describe(*, algorithm: str, wd: float, l2: float, wd_scaling: str, wd_normalized: bool, n_tensors: int,
+             n_values: int, lam_now: float | None = None) -> list[str]:
+    """One plain sentence per mechanism, as printed at start and stored in summary.json."""
+    where = f"on {n_tensors} tensors ({n_values / 1e6:.2f} M values)"
+    lam = f"{wd:g}" if not wd_normalized else f"λ_norm·√(b/(B·T)) = {lam_now:.3g} (λ_norm={wd:g})"
+    rule = {"schedule": f"η_t·{lam}", "lr": f"lr_t·{lam}", "none": lam}[wd_scaling]
+    out = [f"decoupled decay: θ ← θ·(1 − {rule}) {where} (wd_scaling={wd_scaling})" if wd else "decoupled decay: off"]
+    out.append(f"L2: g ← g + {l2:g}·θ, penalty {l2 / 2:g}·‖θ‖², {where}, {'divided by √v̂ with the rest of the gradient' if algorithm == 'adam' else 'scaled by lr_t'}"
+               if l2 else "L2: off")
+    return out

@@ -1,0 +1,235 @@
+"""The update rules, written out by hand from the paper and checked step by step.
+
+Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (ICLR 2019),
+Algorithm 1 (SGD with momentum / SGDW) and Algorithm 2 (Adam / AdamW), with L2 coefficient λ₂ and
+decoupled coefficient λ kept apart so that both can be on at once.
+"""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from runner.optim import Optimizer, decoupled_rate, describe, split_params
+
+torch.set_default_dtype(torch.float64)
+ALPHA, STEPS = 3e-3, 30
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    # BN before the conv: a conv bias right before BN has a zero gradient, which Adam would turn into pure noise
+    return nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+
+
+BATCHES = [(torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(i)),
+            torch.randint(0, 5, (8,), generator=torch.Generator().manual_seed(100 + i))) for i in range(STEPS)]
+
+
+def eta(k):  # a schedule that moves every step, so that η_t vs lr_t vs constant matter
+    return 0.5 * (1 + math.cos(math.pi * k / STEPS)) * 0.9 + 0.1
+
+
+def grads(model, k):
+    model.zero_grad(set_to_none=True)
+    x, y = BATCHES[k]
+    nn.functional.cross_entropy(model(x), y).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def run_runner(algorithm, *, l2=0.0, wd=0.0, wd_scaling="schedule", decay_on="weights", momentum=0.9, nesterov=False,
+               schedule=eta, seed=0):
+    model = tiny_model(seed)
+    opt = Optimizer(model, algorithm=algorithm, lr=ALPHA, l2=l2, wd=wd, decay=decoupled_rate(wd, wd_scaling, ALPHA),
+                    decay_on=decay_on, momentum=momentum, nesterov=nesterov)
+    traj = []
+    for k in range(STEPS):
+        grads(model, k)
+        opt.step(k, schedule(k))
+        traj.append([p.detach().clone() for p in model.parameters()])
+    return model, traj
+
+
+def shrink(wd, scaling, e):
+    return {"schedule": e * wd, "lr": ALPHA * e * wd, "none": wd}[scaling]
+
+
+def run_paper_adamw(*, l2, wd, wd_scaling, b1=0.9, b2=0.999, eps=1e-8):
+    """Algorithm 2, line by line; λ₂ enters g (line 6), λ enters line 12."""
+    model = tiny_model()
+    reg = {id(p) for p in split_params(model, "weights")[0]}
+    params = list(model.parameters())
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    traj = []
+    for k in range(STEPS):
+        g = grads(model, k)
+        t, e = k + 1, eta(k)
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                on = id(p) in reg
+                gi = g[i] + (l2 * p if on else 0)                         # line 6: ∇f + λ₂θ
+                m[i] = b1 * m[i] + (1 - b1) * gi                          # line 7
+                v[i] = b2 * v[i] + (1 - b2) * gi * gi                     # line 8
+                mh, vh = m[i] / (1 - b1**t), v[i] / (1 - b2**t)           # lines 9-10
+                d = shrink(wd, wd_scaling, e) if on else 0.0
+                p.copy_(p - ALPHA * e * mh / (vh.sqrt() + eps) - d * p)   # line 12
+        traj.append([p.detach().clone() for p in params])
+    return traj
+
+
+def run_paper_sgdw(*, l2, wd, wd_scaling, momentum):
+    """Algorithm 1 with torch's momentum convention m ← μm + g, θ ← θ − lr_t·m − d_t·θ (equal to the paper's
+    m ← μm + η_tαg when η_t is constant; torch keeps lr outside the buffer)."""
+    model = tiny_model()
+    reg = {id(p) for p in split_params(model, "weights")[0]}
+    params = list(model.parameters())
+    buf = [None] * len(params)
+    traj = []
+    for k in range(STEPS):
+        g = grads(model, k)
+        e = eta(k)
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                on = id(p) in reg
+                gi = g[i] + (l2 * p if on else 0)
+                buf[i] = gi.clone() if buf[i] is None else momentum * buf[i] + gi
+                d = shrink(wd, wd_scaling, e) if on else 0.0
+                p.copy_(p - ALPHA * e * buf[i] - d * p)
+        traj.append([p.detach().clone() for p in params])
+    return traj
+
+
+def assert_same(a, b, rtol=1e-9, atol=1e-12):
+    for k, (pa, pb) in enumerate(zip(a, b)):
+        for x, y in zip(pa, pb):
+            torch.testing.assert_close(x, y, rtol=rtol, atol=atol, msg=f"step {k + 1}")
+
+
+@pytest.mark.parametrize("wd_scaling", ["schedule", "lr", "none"])
+@pytest.mark.parametrize("l2, wd", [(0.0, 5e-3), (1e-2, 0.0), (1e-2, 5e-3)])
+def test_adam_follows_algorithm_2_step_by_step(wd_scaling, l2, wd):
+    _, traj = run_runner("adam", l2=l2, wd=wd, wd_scaling=wd_scaling)
+    assert_same(traj, run_paper_adamw(l2=l2, wd=wd, wd_scaling=wd_scaling))
+
+
+@pytest.mark.parametrize("wd_scaling", ["schedule", "lr", "none"])
+@pytest.mark.parametrize("l2, wd", [(0.0, 5e-3), (1e-2, 0.0), (1e-2, 5e-3)])
+def test_sgd_follows_algorithm_1_step_by_step(wd_scaling, l2, wd):
+    _, traj = run_runner("sgd", l2=l2, wd=wd, wd_scaling=wd_scaling, momentum=0.9)
+    assert_same(traj, run_paper_sgdw(l2=l2, wd=wd, wd_scaling=wd_scaling, momentum=0.9))
+
+
+def test_lr_convention_is_bit_for_bit_torch_adamw():
+    lam = 5e-2
+    _, ours = run_runner("adam", wd=lam, wd_scaling="lr")
+    model = tiny_model()
+    reg, other = split_params(model, "weights")
+    ref = torch.optim.AdamW([{"params": reg, "weight_decay": lam}, {"params": other, "weight_decay": 0.0}], lr=ALPHA)
+    for k in range(STEPS):
+        grads(model, k)
+        for g in ref.param_groups:
+            g["lr"] = ALPHA * eta(k)
+        ref.step()
+        for x, y in zip(ours[k], model.parameters()):
+            assert torch.equal(x, y), f"differs at step {k + 1}"
+
+
+def test_adam_l2_is_torch_adam_weight_decay_on_the_same_parameters():
+    lam = 1e-2
+    _, ours = run_runner("adam", l2=lam)
+    model = tiny_model()
+    reg, other = split_params(model, "weights")
+    ref = torch.optim.Adam([{"params": reg, "weight_decay": lam}, {"params": other, "weight_decay": 0.0}], lr=ALPHA)
+    for k in range(STEPS):
+        grads(model, k)
+        for g in ref.param_groups:
+            g["lr"] = ALPHA * eta(k)
+        ref.step()
+    for x, y in zip(ours[-1], model.parameters()):
+        assert torch.equal(x, y)
+
+
+# Plain SGD: θ − lr_t(g + λ₂θ) = θ(1 − lr_t·λ₂) − lr_t·g, so L2 with λ₂ equals SGDW with
+#   wd_scaling=lr:        λ = λ₂            (d_t = lr_t·λ)
+#   wd_scaling=schedule:  λ = α·λ₂          (d_t = η_t·λ)
+#   wd_scaling=none:      λ = α·λ₂, only while η_t is constant (d_t = λ ignores the schedule)
+@pytest.mark.parametrize("wd_scaling, factor, schedule", [("lr", 1.0, eta), ("schedule", ALPHA, eta),
+                                                          ("none", ALPHA, lambda k: 1.0)])
+def test_plain_sgd_l2_equals_sgdw_with_the_matching_lambda(wd_scaling, factor, schedule):
+    l2 = 0.5
+    _, coupled = run_runner("sgd", l2=l2, momentum=0.0, schedule=schedule)
+    _, decoupled = run_runner("sgd", wd=l2 * factor, wd_scaling=wd_scaling, momentum=0.0, schedule=schedule)
+    assert_same(coupled, decoupled, rtol=1e-10, atol=1e-13)
+
+
+def test_none_convention_breaks_the_sgd_equivalence_under_a_schedule():
+    _, coupled = run_runner("sgd", l2=0.5, momentum=0.0)
+    _, decoupled = run_runner("sgd", wd=0.5 * ALPHA, wd_scaling="none", momentum=0.0)
+    assert not torch.allclose(coupled[-1][0], decoupled[-1][0], rtol=1e-6)
+
+
+class Lonely(nn.Module):
+    """Weights whose data gradient is zero: only the regularizer moves them."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([[1.0, -2.0, 0.5]]))
+
+
+@pytest.mark.parametrize("lam", [1e-4, 1e-2, 1.0])
+def test_adam_divides_the_l2_term_by_sqrt_v_but_not_decoupled_decay(lam):
+    """With no data gradient, Adam's first L2 step is α·λθ/(|λθ|+ε) ≈ α·sign(θ) whatever λ is,
+    because the L2 term is divided by √v̂ = |λθ|. AdamW's first step shrinks θ by exactly η·λ·θ."""
+    results = {}
+    for name, kw in {"adam_l2": {"l2": lam}, "adamw": {"wd": lam}}.items():
+        m = Lonely()
+        theta0 = m.w.detach().clone()
+        opt = Optimizer(m, algorithm="adam", lr=ALPHA, decay=decoupled_rate(kw.get("wd", 0.0), "schedule", ALPHA),
+                        l2=kw.get("l2", 0.0), wd=kw.get("wd", 0.0))
+        m.w.grad = torch.zeros_like(m.w)
+        opt.step(0.0, 1.0)
+        results[name] = theta0 - m.w.detach()
+    l2_step = results["adam_l2"]
+    torch.testing.assert_close(l2_step, ALPHA * torch.sign(theta0) * (lam * theta0.abs()) / (lam * theta0.abs() + 1e-8))
+    assert torch.allclose(l2_step, ALPHA * torch.sign(theta0), rtol=1e-3)  # independent of λ
+    torch.testing.assert_close(results["adamw"], lam * theta0)               # proportional to λ and θ
+
+
+def test_decay_on_weights_leaves_bn_and_biases_alone():
+    model = tiny_model()
+    reg, other = split_params(model, "weights")
+    assert all(p.ndim > 1 for p in reg) and len(reg) == 2
+    assert len(other) == 4  # BN γ and β, conv bias, linear bias
+    assert len(split_params(model, "all")[0]) == 6
+
+
+def test_decay_on_all_shrinks_biases_too():
+    _, traj = run_runner("sgd", wd=0.5, wd_scaling="none", momentum=0.0, decay_on="all", schedule=lambda k: 0.0)
+    base = list(tiny_model().parameters())
+    for p0, p in zip(base, traj[0]):  # lr 0: only the decay acts
+        torch.testing.assert_close(p, p0.detach() * 0.5)
+
+
+def test_normalized_lambda_matches_the_hand_computation():
+    # λ = λ_norm·√(b/(B·T)): b=128, B=50000, T=100 → 0.05·√(128/5e6)
+    d = decoupled_rate(0.05, "schedule", 1e-3, normalized=True, batch_size=128, n_train=50000, period=lambda t: 100.0)
+    assert d(0.0, 1.0) == pytest.approx(0.05 * math.sqrt(128 / 5_000_000))
+    assert d(0.0, 1.0) == pytest.approx(2.5298e-4, rel=1e-4)
+    d = decoupled_rate(0.05, "lr", 1e-3, normalized=True, batch_size=128, n_train=50000, period=lambda t: 10.0 if t < 10 else 20.0)
+    assert d(15.0, 0.5) == pytest.approx(1e-3 * 0.5 * 0.05 * math.sqrt(128 / 1e6))
+
+
+def test_the_step_returns_the_shrink_it_applied():
+    model = tiny_model()
+    opt = Optimizer(model, algorithm="adam", lr=ALPHA, l2=0.0, wd=1e-2, decay=decoupled_rate(1e-2, "schedule", ALPHA))
+    grads(model, 0)
+    assert opt.step(0.0, 0.5) == pytest.approx(0.5 * 1e-2)
+    assert Optimizer(model, algorithm="adam", lr=ALPHA, l2=1e-2, wd=0.0, decay=decoupled_rate(0.0, "schedule", ALPHA)).step(0, 1) == 0
+
+
+def test_the_printed_sentences_say_which_rule_ran():
+    s = describe(algorithm="adam", wd=5e-4, l2=0.0, wd_scaling="schedule", wd_normalized=False, n_tensors=58, n_values=1_640_000)
+    assert s == ["decoupled decay: θ ← θ·(1 − η_t·0.0005) on 58 tensors (1.64 M values) (wd_scaling=schedule)", "L2: off"]
+    s = describe(algorithm="adam", wd=0.0, l2=2e-4, wd_scaling="lr", wd_normalized=False, n_tensors=3, n_values=10)
+    assert s[0] == "decoupled decay: off" and "g ← g + 0.0002·θ" in s[1] and "√v̂" in s[1]
