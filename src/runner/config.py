@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 CHOICES = {
     "optimizer.algorithm": ("adam", "sgd"),
@@ -25,10 +25,15 @@ CHOICES = {
     "data.normalize": ("channel", "pixel_mean", "none"),
     "trainer.device": ("auto", "cpu", "cuda", "mps"),
     "trainer.precision": ("auto", "bf16", "fp32"),
+    "trainer.on_diverge": ("stop", "raise"),
 }
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A problem the user can fix (a setting, a path, a file): shown as one clear message, no traceback."""
+
+
+class ConfigError(UserError, ValueError):
     """A setting the user can fix; the message names the key and the allowed values."""
 
 
@@ -92,6 +97,15 @@ class TrainerConfig:
     channels_last: Optional[bool] = None
     compile: bool = False
     progress: Optional[bool] = None
+    train_eval: bool = False
+    diverge_factor: float = 10.0
+    on_diverge: str = "stop"
+    deterministic: bool = False
+
+
+@dataclass
+class LogConfig:
+    histograms_every: int = 0
 
 
 @dataclass
@@ -107,6 +121,8 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    resume: Optional[str] = None
 
 
 _RUN_ID = secrets.token_hex(3)
@@ -114,12 +130,21 @@ _RUN_ID = secrets.token_hex(3)
 
 def register_resolvers() -> None:
     """`${run_id:}`: a per-process random tag so runs started in the same second never share a folder."""
+    from omegaconf import OmegaConf
+
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID)
+    if not OmegaConf.has_resolver("resume_or"):
+        # resume=RUN_DIR runs in that folder, and leaves its saved .hydra/ untouched
+        OmegaConf.register_new_resolver("resume_or", lambda resume, fresh: resume or fresh)
+        OmegaConf.register_new_resolver("saved_config_dir", lambda resume: None if resume else ".hydra")
 
 
 def validate(cfg: DictConfig) -> RunConfig:
     """Type-check `cfg` against the schema and range-check every value; raise ConfigError on the first problem."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
     try:
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
@@ -197,6 +222,11 @@ def _check(c: RunConfig) -> None:
     t = c.trainer
     _choice("trainer.device", t.device)
     _choice("trainer.precision", t.precision)
+    _choice("trainer.on_diverge", t.on_diverge)
+    if not (math.isfinite(t.diverge_factor) and t.diverge_factor > 1):
+        _fail("trainer.diverge_factor", t.diverge_factor, "must be a finite number > 1 (stop when loss > factor × initial loss)")
+    if c.log.histograms_every < 0:
+        _fail("log.histograms_every", c.log.histograms_every, "must be >= 0 (0 = no weight histograms)")
     for key in ("max_steps", "val_every"):
         v = getattr(t, key)
         if v is not None and v < 1:

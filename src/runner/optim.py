@@ -56,7 +56,7 @@ class Optimizer:
                  eps: float = 1e-8, momentum: float = 0.9, nesterov: bool = False):
         self.lr, self.wd, self.l2, self.decay = lr, wd, l2, decay
         self.regularized, other = split_params(model, decay_on)
-        params = self.regularized + other
+        self.params = params = self.regularized + other
         fused = {"fused": True} if params[0].is_cuda else {}
         if algorithm == "adam":
             self.inner = torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, **fused)

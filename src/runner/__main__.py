@@ -1,0 +1,55 @@
+"""`python -m runner [overrides]`: compose the Hydra config, validate it once, train.
+
+`python -m runner resume=RUN_DIR [epochs=N ...]` continues a run from its own saved config; the
+trainer refuses overrides that would change the training (see runner.train.RESUMABLE).
+"""
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+import runner.configs
+from runner.config import ConfigError, UserError, register_resolvers, validate
+
+CONFIG_DIR = str(Path(runner.configs.__file__).parent)
+register_resolvers()
+
+
+def resumed_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path]:
+    """The saved config of run folder `cfg.resume`, with this command line's overrides laid over it."""
+    run_dir = Path(cfg.resume).expanduser().resolve()
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"resume={cfg.resume!r}: no run there (expected {saved}); give the folder of a run, "
+                          "e.g. resume=outputs/2026-01-31/12-00-00_abc123")
+    old = OmegaConf.load(saved)
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key != "resume" and OmegaConf.select(cfg, key) is not None:
+            OmegaConf.update(old, key, OmegaConf.select(cfg, key), force_add=True)
+    old.resume = str(run_dir)
+    return old, run_dir
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    meta = {"choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}}
+    try:
+        if cfg.get("resume"):
+            cfg, run_dir = resumed_config(cfg, list(hc.overrides.task))
+            meta = {}
+        run = validate(cfg)
+        from runner.train import train  # torch loads only once the config is known to be good
+
+        train(run, run_dir, meta=meta)
+    except UserError as e:
+        print(f"runner: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

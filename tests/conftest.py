@@ -1,0 +1,39 @@
+"""Shared helpers: compose the real configs the way `python -m runner` does, and run the CLI."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import runner.configs
+from runner.config import register_resolvers
+
+CONFIG_DIR = str(Path(runner.configs.__file__).parent)
+register_resolvers()
+torch.set_num_threads(1)  # 2 cores: one pytest process plus one CLI subprocess, no oversubscription
+
+
+# A tiny, fast run: ResNet20v1 on synthetic data on the CPU.
+TINY = ["data=synthetic", "model=resnet20v1", "trainer.device=cpu", "epochs=2", "batch_size=64",
+        "data.n_train=512", "data.n_val=200", "trainer.progress=false",
+        "model.bn_momentum=0.1"]  # Keras' 0.01 needs hundreds of steps before the running statistics are usable
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def run_cli(args, cwd, timeout=300, env_extra=None):
+    """`python -m runner ARGS` in a subprocess; returns CompletedProcess (text)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture
+def compose_config():
+    return compose_cfg

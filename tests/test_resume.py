@@ -1,0 +1,99 @@
+"""Reliability end to end: interrupted runs resume bit for bit; divergence ends a run cleanly."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import TINY, run_cli
+
+from runner.metrics import read_metrics
+
+# 3 epochs of 8 steps with crops and flips on; flushing every step so the test can pick its moment
+RUN = [*TINY, "epochs=3", "batch_size=32", "data.n_train=256", "data.n_val=64", "trainer.log_every=1",
+       "trainer.val_every=5"]
+
+
+def final_weights(run_dir):
+    from runner.checkpoint import load_latest
+    return load_latest(run_dir / "checkpoints")[0]["model"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    d = tmp_path_factory.mktemp("straight") / "run"
+    r = run_cli([*RUN, f"hydra.run.dir={d}"], cwd=d.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return d
+
+
+def interrupt_at(run_dir, n_steps, sig=signal.SIGTERM):
+    """Start the run, send `sig` once `n_steps` train records are on disk; return the process result."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "runner", *RUN, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if metrics.exists() and sum("train_loss" in line for line in metrics.read_text().splitlines()) >= n_steps:
+            break
+        time.sleep(0.01)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=120)
+    return p.returncode, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, at", [(signal.SIGTERM, 11), (signal.SIGUSR1, 3)])
+def test_interrupted_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path, uninterrupted, sig, at):
+    run_dir = tmp_path / "run"
+    rc, err = interrupt_at(run_dir, at, sig)
+    assert rc == 0, err[-2000:]
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "interrupted" and 0 < s["steps"] < 24, s
+    r = run_cli([*RUN, f"hydra.run.dir={run_dir}"], cwd=tmp_path)  # the same job again: how a requeue looks
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "completed" and s["steps"] == 24 and s["resumed"]["from_step"] > 0
+    a, b = final_weights(uninterrupted), final_weights(run_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ours, ref = read_metrics(run_dir / "metrics.jsonl"), read_metrics(uninterrupted / "metrics.jsonl")
+    assert ours == ref  # same records, same values, no duplicates
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_training_change_and_allows_more_epochs(tmp_path, uninterrupted):
+    r = run_cli([f"resume={uninterrupted}", "lr=0.5"], cwd=tmp_path)
+    assert r.returncode == 2 and "lr: 0.001 → 0.5" in r.stderr and "Traceback" not in r.stderr
+    before = (uninterrupted / ".hydra" / "config.yaml").read_text()
+    r = run_cli([f"resume={uninterrupted}", "epochs=4"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((uninterrupted / "summary.json").read_text())
+    assert s["steps"] == 32 and s["resumed"]["changed"] == {"epochs": [3, 4]}
+    assert (uninterrupted / ".hydra" / "config.yaml").read_text() == before, "the saved config is the record"
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_resume_of_a_folder_with_no_run_says_so(tmp_path):
+    r = run_cli(["resume=" + str(tmp_path / "nothing")], cwd=tmp_path)
+    assert r.returncode == 2 and "no run there" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_with_status_diverged_and_exit_0(tmp_path):
+    r = run_cli([*TINY, "lr=1e6", "optimizer=adam_l2", "trainer.log_every=1", f"hydra.run.dir={tmp_path / 'run'}"],
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == "diverged" and s["diverged_at_step"] < 16
+    assert s["last_finite"]["step"] == s["diverged_at_step"] - 1
+
+
+@pytest.mark.slow
+def test_on_diverge_raise_raises(tmp_path):
+    r = run_cli([*TINY, "lr=1e6", "trainer.log_every=1", "trainer.on_diverge=raise"], cwd=tmp_path)
+    assert r.returncode != 0 and "Diverged" in r.stderr
