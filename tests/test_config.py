@@ -25,6 +25,22 @@ def test_any_optimizer_takes_both_wd_and_l2():
     assert (run.wd, run.l2) == (1e-3, 1e-4)
 
 
+def test_every_optimizer_and_schedule_preset_composes():
+    for opt, algo in (("adamw", "adam"), ("adam_l2", "adam"), ("sgdw", "sgd"), ("sgd_l2", "sgd")):
+        assert validate(compose_cfg(f"optimizer={opt}")).optimizer.algorithm == algo
+    for sched in ("piecewise_constant", "keras", "piecewise_linear", "triangular", "warm_restarts", "cosine"):
+        validate(compose_cfg(f"schedule={sched}"))
+
+
+def test_l2_presets_turn_decoupled_decay_off_and_vice_versa():
+    for opt in ("adam_l2", "sgd_l2"):
+        run = validate(compose_cfg(f"optimizer={opt}"))
+        assert run.wd == 0 and run.l2 > 0
+    for opt in ("adamw", "sgdw"):
+        run = validate(compose_cfg(f"optimizer={opt}"))
+        assert run.wd > 0 and run.l2 == 0
+
+
 @pytest.mark.parametrize("name", ["resnet20v1", "resnet32v1", "resnet44v1", "resnet56v1", "resnet110v1",
                                   "resnet20v2", "resnet56v2", "resnet110v2", "resnet164v2"])
 def test_every_model_preset_composes(name):
@@ -42,10 +58,21 @@ def test_every_model_preset_composes(name):
     ("schedule.milestones=[0.5,1.5]", "schedule.milestones"), ("optimizer.betas=[0.9,1.0]", "optimizer.betas"),
     ("optimizer.wd_scaling=paper", "optimizer.wd_scaling"), ("optimizer.decay_on=bn", "optimizer.decay_on"),
     ("optimizer.eps=0", "optimizer.eps"), ("+trainer.max_step=3", "max_step"),
+    ("optimizer=sgdw", None), ("optimizer=sgdw optimizer.momentum=1.0", "optimizer.momentum"),
+    ("schedule=warm_restarts schedule.T_0=0", "schedule.T_0"), ("schedule=warm_restarts schedule.T_mult=0.5", "schedule.T_mult"),
+    ("schedule=piecewise_linear schedule.knots=[[0,1],[0.5,1],[0.3,0]]", "schedule.knots"),
+    ("schedule=piecewise_linear schedule.knots=[[0,1],[1.5,0]]", "schedule.knots"),
+    ("schedule=piecewise_linear schedule.knots=[[0,1]]", "schedule.knots"),
+    ("schedule.warmup_epochs=-1", "schedule.warmup_epochs"), ("schedule.factors=[0.1,-1]", "schedule.factors"),
+    ("optimizer=sgd_l2 optimizer.nesterov=true optimizer.momentum=0", "optimizer.nesterov"),
+    ("trainer.diverge_factor=0.5", "trainer.diverge_factor"), ("trainer.on_diverge=ignore", "trainer.on_diverge"),
 ])
 def test_bad_values_are_refused_naming_the_key(override, key):
+    if key is None:  # a valid preset, listed to show it composes among the bad ones
+        validate(compose_cfg(*override.split()))
+        return
     with pytest.raises(ConfigError) as e:
-        validate(compose_cfg(override))
+        validate(compose_cfg(*override.split()))
     assert key in str(e.value)
 
 

@@ -3,6 +3,7 @@
 `python -m runner resume=RUN_DIR [epochs=N ...]` continues a run from its own saved config; the
 trainer refuses overrides that would change the training (see runner.train.RESUMABLE).
 """
+import shutil
 import sys
 from pathlib import Path
 
@@ -47,8 +48,16 @@ def main(cfg: DictConfig) -> None:
 
         train(run, run_dir, meta=meta)
     except UserError as e:
+        if not cfg.get("resume"):
+            _drop_empty_run_dir(Path(hc.runtime.output_dir))
         print(f"runner: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _drop_empty_run_dir(run_dir: Path) -> None:
+    """A fresh run stopped by a user error leaves no folder behind, unless something else is already in it."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "__main__.log"}:
+        shutil.rmtree(run_dir)
 
 
 if __name__ == "__main__":

@@ -109,3 +109,47 @@ def plot(path: str, epochs: int, steps_per_epoch: int, lr: float, schedule: Sche
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m runner.schedules [--out PNG] [overrides]`: draw the configured schedule and decay."""
+    import argparse
+    import sys
+
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    import runner.configs
+    from runner.config import UserError, register_resolvers, validate
+    from runner.optim import decoupled_rate
+
+    p = argparse.ArgumentParser(prog="python -m runner.schedules", description=main.__doc__)
+    p.add_argument("--out", default="schedule.png")
+    p.add_argument("--n-train", type=int, default=None, help="training images (default: from the data config)")
+    p.add_argument("overrides", nargs="*", help="the same overrides python -m runner takes, e.g. schedule=cosine wd=1e-3")
+    args = p.parse_args(argv)
+    register_resolvers()
+    try:
+        from pathlib import Path
+
+        with initialize_config_dir(config_dir=str(Path(runner.configs.__file__).parent), version_base="1.3"):
+            cfg = validate(compose(config_name="config", overrides=args.overrides))
+    except (UserError, HydraException) as e:
+        print(f"runner.schedules: error: {e}", file=sys.stderr)
+        return 2
+    d = cfg.data
+    n_train = args.n_train or d.subset or ((d.n_train if d.name == "synthetic" else 50_000) - (d.val_split or 0))
+    spe = -(-n_train // cfg.batch_size)
+    s = make_schedule(cfg.schedule, cfg.epochs)
+    o = cfg.optimizer
+    rate = decoupled_rate(cfg.wd, o.wd_scaling, cfg.lr, normalized=o.wd_normalized, batch_size=cfg.batch_size,
+                          n_train=n_train, period=s.period)
+    title = (f"{cfg.schedule.name}, lr={cfg.lr:g}, {o.name} wd={cfg.wd:g} ({o.wd_scaling} scaling"
+             f"{', normalized' if o.wd_normalized else ''}), l2={cfg.l2:g}; {cfg.epochs} epochs × {spe} steps")
+    plot(args.out, cfg.epochs, spe, cfg.lr, s, lambda t: rate(t, s(t)), title)
+    print(f"wrote {args.out}: {title}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
