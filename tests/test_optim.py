@@ -1,4 +1,4 @@
-"""The update rules, written out by hand from the paper and checked step by step.
+"""The update rules, written out by hand from the paper and checked step by step (in float64).
 
 Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (ICLR 2019),
 Algorithm 1 (SGD with momentum / SGDW) and Algorithm 2 (Adam / AdamW), with L2 coefficient λ₂ and
@@ -12,17 +12,16 @@ from torch import nn
 
 from runner.optim import Optimizer, decoupled_rate, describe, split_params
 
-torch.set_default_dtype(torch.float64)
 ALPHA, STEPS = 3e-3, 30
 
 
 def tiny_model(seed=0):
     torch.manual_seed(seed)
     # BN before the conv: a conv bias right before BN has a zero gradient, which Adam would turn into pure noise
-    return nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    return nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).double()
 
 
-BATCHES = [(torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(i)),
+BATCHES = [(torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(i), dtype=torch.float64),
             torch.randint(0, 5, (8,), generator=torch.Generator().manual_seed(100 + i))) for i in range(STEPS)]
 
 
@@ -174,7 +173,7 @@ class Lonely(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.w = nn.Parameter(torch.tensor([[1.0, -2.0, 0.5]]))
+        self.w = nn.Parameter(torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64))
 
 
 @pytest.mark.parametrize("lam", [1e-4, 1e-2, 1.0])

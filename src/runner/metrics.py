@@ -107,20 +107,20 @@ class Recorder:
                 writer.add_summary(s)
             for tag, value in final.items():
                 self.tb.add_scalar(tag, value, summary.get("steps", 0))
+            self.tb.close()
         self.close()
 
     def flush(self) -> None:
-        self.file.flush()
+        if not self.file.closed:
+            self.file.flush()
         if self.tb is not None:
             self.tb.flush()
 
     def close(self) -> None:
-        if self.file.closed:
-            return
-        self.flush()
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+        """Close metrics.jsonl; the TensorBoard writer stays open for `finish`."""
+        if not self.file.closed:
+            self.file.flush()
+            self.file.close()
 
 
 def read_metrics(path: Path) -> list[dict]:

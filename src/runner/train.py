@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from runner import checkpoint
 from runner import data as datasets
 from runner.config import ConfigError, DataConfig, RunConfig
-from runner.metrics import Recorder
+from runner.metrics import Recorder, read_metrics
 from runner.models import build_resnet
 from runner.optim import Optimizer, decoupled_rate, describe
+from runner.oscillation import oscillation_block
 from runner.schedules import make_schedule
 
 log = logging.getLogger("runner")
@@ -360,6 +361,8 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None) -> dict:
         }
         if status == "diverged":
             summary.update(diverged_at_step=diverged_at, last_finite=last_finite)
+        recorder.close()
+        summary["oscillation"] = oscillation_block(read_metrics(recorder.path), cfg.epochs)
         recorder.finish(summary)
         write_summary(run_dir, summary)
     log.info("%s after %d steps: best val acc %s, %.1f s", status, step, best_acc, summary["wall_time_s"])

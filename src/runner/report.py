@@ -1,0 +1,539 @@
+"""`python -m runner.report DIR`: tables and figures over every run found under DIR.
+
+DIR is a run folder, a sweep folder (multirun/DATE/TIME_x/) or any folder above them. A run folder is one that
+holds summary.json, metrics.jsonl or .hydra/config.yaml. Its status comes from summary.json, else "running"
+(metrics.jsonl only: still going, or killed) or "not started" (.hydra only).
+
+A run's configuration is its flattened hparams (`optimizer.name`, `lr`, ...) without `seed` and the keys in
+NOT_CONFIG; runs that differ only in seed form one configuration, summarized as mean ± sample std over its
+completed runs (n). Writes OUT/report.md, OUT/runs.csv (one row per run), OUT/configs.csv and PNG figures.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+from runner.oscillation import oscillation_block, val_points
+
+# keys that do not change what is trained: never split runs into configurations
+NOT_CONFIG = {"seed", "resume", "data.root", "data.download", "data.verify", "trainer.progress", "trainer.log_every"}
+NOT_CONFIG_PREFIXES = ("log.",)  # logging options
+ID_KEYS = ["optimizer.name", "lr", "wd", "l2"]  # always shown, in this order, before other swept keys
+METRICS = ["best_val_acc", "final_val_acc", "final_val_loss", "final_train_loss", "steps", "epochs",
+           "wall_time_s", "images_per_s"]
+STATS = ["best_val_acc", "final_val_acc", "final_val_loss", "tv_per_epoch", "max_rise_rel", "n_rises",
+         "roughness_ratio_mid", "roughness_ratio_last", "epochs_to_90", "epochs_to_92", "gen_gap", "final_weight_norm"]
+TABLE_STATS = {"best_val_acc": "best val acc", "final_val_acc": "final val acc", "final_val_loss": "final val loss",
+               "tv_per_epoch": "TV/epoch", "max_rise_rel": "max rise (rel)", "n_rises": "rises",
+               "epochs_to_92": "epochs→92%", "gen_gap": "gen gap"}
+CSV_NAMES = {"epochs": "epochs_done"}
+SHORT = {"diverged": "div", "running": "run", "interrupted": "int", "not started": ""}
+
+
+# ---------------------------------------------------------------- reading runs
+
+def _num(x):
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Complete records of a metrics.jsonl; a half-written line is skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict):
+            out.append(r)
+    return out
+
+
+def _read_yaml(path: Path):
+    try:
+        import yaml  # comes with omegaconf
+
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except Exception:  # missing or unreadable: the run just has no hparams
+        return None
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"optimizer": {"name": "adamw"}} → {"optimizer.name": "adamw"}; lists become compact JSON strings."""
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v, separators=(",", ":")) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+def _natural(path: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+
+def is_run_dir(d: Path) -> bool:
+    return any((d / f).is_file() for f in ("summary.json", "metrics.jsonl", ".hydra/config.yaml"))
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every run folder at or below root (a run folder holds no further runs)."""
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        d = Path(dirpath)
+        if is_run_dir(d):
+            found.append(d)
+            dirnames[:] = []
+        else:
+            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+    return found
+
+
+def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
+    """One run: status, flattened hparams, headline metrics, oscillation block, and curves for the figures."""
+    summary = _read_json(d / "summary.json")
+    summary = summary if isinstance(summary, dict) else None
+    records = _read_jsonl(d / "metrics.jsonl")
+    hp = (summary or {}).get("hparams") or _read_yaml(d / ".hydra" / "config.yaml")
+    hp = flatten(hp if isinstance(hp, dict) else {})
+    if summary:
+        status = summary.get("status") or "unknown"
+    else:
+        status = "running" if (d / "metrics.jsonl").is_file() else "not started"
+
+    pts = val_points(records)
+    accs = [p["acc"] for p in pts if p["acc"] is not None]
+    steps = [r["step"] for r in records if _num(r.get("step")) is not None]
+    epochs = [r["epoch"] for r in records if _num(r.get("epoch")) is not None]
+    from_records = {"best_val_acc": max(accs, default=None), "steps": max(steps, default=None),
+                    "final_val_acc": pts[-1]["acc"] if pts else None, "final_val_loss": pts[-1]["loss"] if pts else None,
+                    "epochs": max(epochs, default=None)}
+    metrics = {k: _num(summary.get(k)) if summary and k in summary else from_records.get(k) for k in METRICS}
+
+    osc = (summary or {}).get("oscillation")
+    # recompute when absent, or when asked for another rise threshold than the summary used
+    if not isinstance(osc, dict) or (threshold is not None and records and osc.get("rise_threshold") != threshold):
+        osc = oscillation_block(records, _num(hp.get("epochs")), 0.1 if threshold is None else threshold)
+
+    rel = d.relative_to(root).as_posix()
+    wnorm = sorted((r["epoch"], r["weight_norm"]) for r in records
+                   if _num(r.get("epoch")) is not None and _num(r.get("weight_norm")) is not None)
+    return {"path": root.name if rel == "." else rel, "status": status, "seed": hp.get("seed"), "hparams": hp,
+            **metrics, "osc": osc, "val": [(p["epoch"], p["loss"], p["acc"]) for p in pts], "wnorm": wnorm}
+
+
+def collect_runs(root, threshold: float | None = None) -> list[dict]:
+    """Every run under root, in natural path order (job 10 after job 9)."""
+    root = Path(root)
+    runs = [load_run(d, root, threshold) for d in find_run_dirs(root)]
+    return sorted(runs, key=lambda r: _natural(r["path"]))
+
+
+# ---------------------------------------------------------------- configurations and seed statistics
+
+def value(run: dict, key: str):
+    """A headline metric (summary.json) or oscillation figure of a run."""
+    return run.get(key) if key in METRICS else run["osc"].get(key)
+
+
+def varying_keys(runs: list[dict]) -> list[str]:
+    """Config keys with more than one value among the runs that have them (ID_KEYS first, then by name)."""
+    seen: dict[str, set] = {}
+    for r in runs:
+        for k, v in r["hparams"].items():
+            seen.setdefault(k, set()).add(float(v) if _num(v) is not None else repr(v))  # 30 and 30.0 agree
+    keys = [k for k, vals in seen.items() if len(vals) > 1 and k not in NOT_CONFIG
+            and not k.startswith(NOT_CONFIG_PREFIXES) and not k.endswith(("root", "dir", "path"))]
+    return [k for k in ID_KEYS if k in keys] + sorted(k for k in keys if k not in ID_KEYS)
+
+
+def _sort_key(v):
+    return (0, v, "") if _num(v) is not None else (1, 0, "" if v is None else str(v))
+
+
+def mean_std(xs: list) -> tuple:
+    """(mean, sample std) of the finite values; std is None below two values."""
+    xs = [x for x in xs if _num(x) is not None]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def group_configs(runs: list[dict], keys: list[str] | None = None) -> list[dict]:
+    """Runs sharing every varying key except seed, with mean ± std of STATS over their completed runs."""
+    keys = varying_keys(runs) if keys is None else keys
+    groups: dict[tuple, dict] = {}
+    for r in runs:
+        key = tuple(r["hparams"].get(k) for k in keys)
+        g = groups.setdefault(key, {"key": key, "values": dict(zip(keys, key)), "hparams": r["hparams"], "runs": []})
+        g["runs"].append(r)
+    out = []
+    for key in sorted(groups, key=lambda t: [_sort_key(v) for v in t]):
+        g = groups[key]
+        done = [r for r in g["runs"] if r["status"] == "completed"]
+        g["n"] = len(done)
+        g["statuses"] = Counter(r["status"] for r in g["runs"])
+        g["stats"] = {k: mean_std([value(r, k) for r in done]) for k in STATS}
+        for k in ("epochs_to_90", "epochs_to_92"):  # a mean over only the seeds that got there would flatter
+            if any(value(r, k) is None for r in done):
+                g["stats"][k] = (None, None)
+        g["label"] = ", ".join(f"{k}={fmt(v)}" for k, v in g["values"].items()) or "all runs"
+        out.append(g)
+    return out
+
+
+# ---------------------------------------------------------------- tables
+
+def fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _status_text(counts: Counter) -> str:
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(esc, row)) + " |" for row in rows])
+
+
+def id_keys(runs: list[dict], keys: list[str]) -> list[str]:
+    present = [k for k in ID_KEYS if any(k in r["hparams"] for r in runs)]
+    return present + [k for k in keys if k not in present]
+
+
+def config_table(groups: list[dict], cols: list[str]) -> str:
+    def cell(g, k):
+        m, s = g["stats"][k]
+        return "-" if m is None else fmt(m) + ("" if s is None else f" ± {fmt(s, 2)}")
+
+    header = cols + ["n", "runs"] + list(TABLE_STATS.values())
+    rows = [[fmt(g["hparams"].get(k)) for k in cols] + [str(g["n"]), _status_text(g["statuses"])]
+            + [cell(g, k) for k in TABLE_STATS] for g in groups]
+    return md_table(header, rows)
+
+
+def runs_table(runs: list[dict], cols: list[str]) -> str:
+    stats = ["best_val_acc", "final_val_acc", "final_val_loss", "steps", "tv_per_epoch", "max_rise_rel", "n_rises"]
+    header = ["run", "status", "seed"] + cols + [TABLE_STATS.get(k, k) for k in stats]
+    rows = [[r["path"], r["status"], fmt(r["seed"])] + [fmt(r["hparams"].get(k)) for k in cols]
+            + [fmt(value(r, k)) for k in stats] for r in runs]
+    return md_table(header, rows)
+
+
+def write_csvs(runs: list[dict], groups: list[dict], keys: list[str], out: Path) -> None:
+    """runs.csv: every run (swept keys, metrics, oscillation figures, then the other hparams); configs.csv: seed stats."""
+    osc_keys = list(dict.fromkeys(k for r in runs for k in r["osc"]))
+    hp_keys = keys + sorted({k for r in runs for k in r["hparams"]} - set(keys) - {"seed"})
+    # summary's "epochs" (done) would clash with the hparam "epochs" (scheduled)
+    header = (["path", "status", "seed"] + hp_keys[:len(keys)] + [CSV_NAMES.get(k, k) for k in METRICS] + osc_keys
+              + hp_keys[len(keys):])
+    with open(out / "runs.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in runs:
+            hp = [r["hparams"].get(k) for k in hp_keys]
+            w.writerow([r["path"], r["status"], r["seed"]] + hp[:len(keys)] + [r.get(k) for k in METRICS]
+                       + [r["osc"].get(k) for k in osc_keys] + hp[len(keys):])
+    with open(out / "configs.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(keys + ["n", "runs"] + [f"{k}_{s}" for k in STATS for s in ("mean", "std")])
+        for g in groups:
+            w.writerow([g["hparams"].get(k) for k in keys] + [g["n"], _status_text(g["statuses"])]
+                       + [x for k in STATS for x in g["stats"][k]])
+
+
+# ---------------------------------------------------------------- figures (matplotlib Figure objects: no pyplot state)
+
+def _figure(ncols: int = 1, nrows: int = 1, w: float = 5.5, h: float = 4.0):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _curve_runs(g: dict) -> list[dict]:
+    done = [r for r in g["runs"] if r["status"] == "completed"]
+    return done or g["runs"]  # a configuration without completed runs still shows how far it got
+
+
+def _band(series: list[list[tuple]]) -> tuple[list, list, list, list]:
+    """Seed mean and min–max band per epoch; series stopped early (diverged) just drop out."""
+    at: dict[float, list] = {}
+    for s in series:
+        for e, y in s:
+            if y is not None:
+                at.setdefault(round(e, 6), []).append(y)
+    es = sorted(at)
+    return es, [statistics.fmean(at[e]) for e in es], [min(at[e]) for e in es], [max(at[e]) for e in es]
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]  # one colour per configuration, shared by every panel
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _curves(groups: list[dict], path: Path, panels: list[tuple], log_first: bool = False) -> None:
+    """One line per configuration (seed mean) with a min–max band; panels = [(series getter, y label)]."""
+    fig, ax = _figure(len(panels))
+    for g, color in zip(groups, _colors(len(groups))):
+        for a, (get, _) in zip(ax.flat, panels):
+            es, mean, lo, hi = _band([get(r) for r in _curve_runs(g)])
+            if es:
+                a.plot(es, mean, color=color, label=g["label"])
+                a.fill_between(es, lo, hi, color=color, alpha=0.2, linewidth=0)
+    for a, (_, name) in zip(ax.flat, panels):
+        a.set(xlabel="epoch", ylabel=name)
+    if log_first:
+        ax[0, 0].set_yscale("log")
+    handles, labels = ax[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    fig.savefig(path, dpi=100)
+
+
+def plot_val_curves(groups: list[dict], path: Path) -> str | None:
+    if not any(r["val"] for g in groups for r in g["runs"]):
+        return "no validation records"
+    _curves(groups, path, [(lambda r: [(e, v) for e, v, _ in r["val"]], "validation loss"),
+                           (lambda r: [(e, a) for e, _, a in r["val"]], "validation accuracy")], log_first=True)
+
+
+def plot_weight_norm(groups: list[dict], path: Path) -> str | None:
+    if not any(r["wnorm"] for g in groups for r in g["runs"]):
+        return "no weight_norm records"
+    _curves(groups, path, [(lambda r: r["wnorm"], "‖θ‖ of the regularized weights")])
+
+
+LAMBDA = "wd|l2"  # one decay-strength axis when Adam-L2 runs sweep l2 and AdamW runs sweep wd
+
+
+def decay_keys(groups: list[dict], keys: list[str]) -> list[str]:
+    """keys with wd and l2 merged into LAMBDA when both vary but no run uses both (λ = the nonzero one)."""
+    both = all(not (_num(g["hparams"].get("wd")) and _num(g["hparams"].get("l2"))) for g in groups)
+    if not ("wd" in keys and "l2" in keys and both):
+        return keys
+    return [LAMBDA if k == "wd" else k for k in keys if k != "l2"]
+
+
+def hp_value(g: dict, key: str):
+    """A configuration's hparam; LAMBDA reads wd, or l2 where wd is 0."""
+    hp = g["hparams"]
+    return (hp.get("wd") or hp.get("l2")) if key == LAMBDA else hp.get(key)
+
+
+def heatmap_grid(groups: list[dict], keys: list[str], x: str = "lr", y: str = "wd", metric: str = "best_val_acc"):
+    """The heat map as data: {"x_key", "y_key", "panel_keys", "x_values", "y_values", "panels": [{"title",
+    "values": [[mean or None]] (rows = y, cols = x), "labels": [[cell text]]}]}; None with fewer than 2 configurations.
+
+    x and y fall back to the swept keys with the most distinct values when they do not vary (wd and l2 become one
+    axis, LAMBDA, when each run uses only one of them); each combination of the other swept keys (e.g.
+    optimizer.name) gets its own panel. A cell without completed runs reads "div", "run" or "int" after its
+    runs' statuses (blank when there are none)."""
+    if len(groups) < 2:
+        return None
+    keys = decay_keys(groups, keys)
+    x, y = (LAMBDA if k in ("wd", "l2") and LAMBDA in keys else k for k in (x, y))
+    n_distinct = lambda k: len({repr(hp_value(g, k)) for g in groups})
+    ranked = sorted(keys, key=lambda k: (-n_distinct(k), _num(hp_value(groups[0], k)) is None, k))
+    axes = []
+    for want in (x, y):
+        spare = [k for k in ranked if k not in axes and k not in (x, y)]
+        axes.append(want if want in keys and want not in axes else (spare[0] if spare else want))
+    x, y = axes
+    panel_keys = [k for k in keys if k not in (x, y)]
+    values = lambda k: sorted({hp_value(g, k) for g in groups}, key=_sort_key)
+    xs, ys = values(x), values(y)
+    panels: dict[tuple, dict] = {}
+    for g in groups:
+        pv = tuple(hp_value(g, k) for k in panel_keys)
+        p = panels.setdefault(pv, {"title": ", ".join(f"{k}={fmt(v)}" for k, v in zip(panel_keys, pv)),
+                                   "values": [[None] * len(xs) for _ in ys], "labels": [[""] * len(xs) for _ in ys]})
+        i, j = ys.index(hp_value(g, y)), xs.index(hp_value(g, x))
+        mean, n_div = g["stats"][metric][0], g["statuses"].get("diverged", 0)
+        p["values"][i][j] = mean
+        if mean is not None:
+            p["labels"][i][j] = f"{mean:.3f}" + (f"\n({n_div} div)" if n_div else "")
+        else:
+            p["labels"][i][j] = next((SHORT[s] for s in SHORT if g["statuses"].get(s)), "")
+    return {"x_key": x, "y_key": y, "panel_keys": panel_keys, "x_values": xs, "y_values": ys, "metric": metric,
+            "panels": [panels[k] for k in sorted(panels, key=lambda t: [_sort_key(v) for v in t])]}
+
+
+def _axis_label(key: str) -> str:
+    return "λ (wd, or l2 where wd = 0)" if key == LAMBDA else key
+
+
+def plot_heatmap(grid: dict | None, path: Path) -> str | None:
+    if grid is None:
+        return "needs at least two configurations"
+    import numpy as np
+
+    finite = [v for p in grid["panels"] for row in p["values"] for v in row if v is not None]
+    if not finite:
+        return f"no completed run has {grid['metric']}"
+    lo, hi = min(finite), max(finite)
+    lo, hi = (lo - 0.005, hi + 0.005) if hi - lo < 1e-9 else (lo, hi)  # one value: still a valid colour scale
+    ncols = min(len(grid["panels"]), 4)
+    nrows = math.ceil(len(grid["panels"]) / ncols)
+    fig, ax = _figure(ncols, nrows, w=1.5 + 0.9 * len(grid["x_values"]), h=1.3 + 0.6 * len(grid["y_values"]))
+    for a in ax.flat[len(grid["panels"]):]:
+        a.set_visible(False)
+    for a, p in zip(ax.flat, grid["panels"]):
+        z = np.array([[np.nan if v is None else v for v in row] for row in p["values"]], float)
+        im = a.imshow(np.ma.masked_invalid(z), origin="lower", cmap="viridis", vmin=lo, vmax=hi, aspect="auto")
+        for i, row in enumerate(p["labels"]):
+            for j, text in enumerate(row):
+                r, g_, b, _ = im.cmap(im.norm(z[i, j])) if np.isfinite(z[i, j]) else (1, 1, 1, 1)
+                dark = 0.299 * r + 0.587 * g_ + 0.114 * b < 0.5  # white text on dark cells
+                a.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+        a.set_xticks(range(len(grid["x_values"])), [fmt(v) for v in grid["x_values"]])
+        a.set_yticks(range(len(grid["y_values"])), [fmt(v) for v in grid["y_values"]])
+        a.set_xlabel(_axis_label(grid["x_key"]))
+        a.set_ylabel(_axis_label(grid["y_key"]))
+        a.set_title(p["title"] or grid["metric"], fontsize=9)
+    fig.colorbar(im, ax=ax.ravel().tolist(), label=grid["metric"].replace("_", " "))
+    fig.savefig(path, dpi=100)
+
+
+def oscillation_series(groups: list[dict], keys: list[str], figures=("tv_per_epoch", "max_rise_rel")):
+    """{line label: [(λ, {figure: seed mean})] sorted by λ}, λ = wd or l2, whichever varies (LAMBDA when both do),
+    one line per combination of the other swept keys (optimizer.name, ...); None when neither wd nor l2 varies."""
+    keys = decay_keys(groups, keys)
+    lam_key = next((k for k in (LAMBDA, "wd", "l2") if k in keys), None)
+    if lam_key is None:
+        return None
+    line_keys = [k for k in keys if k not in (LAMBDA, "wd", "l2")]
+    lines: dict[str, list] = {}
+    for g in groups:
+        lam = hp_value(g, lam_key)
+        label = ", ".join(f"{k}={fmt(hp_value(g, k))}" for k in line_keys) or "all runs"
+        if _num(lam) is not None:
+            lines.setdefault(label, []).append((lam, {f: g["stats"][f][0] for f in figures}))
+    return {k: sorted(v, key=lambda t: t[0]) for k, v in sorted(lines.items())}
+
+
+def plot_oscillation(series: dict | None, path: Path, figures=("tv_per_epoch", "max_rise_rel")) -> str | None:
+    if not series:
+        return "neither wd nor l2 varies"
+    if not any(_num(d[f]) is not None for pts in series.values() for _, d in pts for f in figures):
+        return "no completed run has oscillation figures"
+    names = {"tv_per_epoch": "val-loss total variation per epoch", "max_rise_rel": "largest rise above running min (rel.)"}
+    fig, ax = _figure(len(figures))
+    lams = sorted({lam for pts in series.values() for lam, _ in pts})
+    positive = [lam for lam in lams if lam > 0]
+    for i, f in enumerate(figures):
+        a = ax[0, i]
+        for label, pts in series.items():
+            xy = [(lam, d[f]) for lam, d in pts if _num(d[f]) is not None]
+            if xy:
+                a.plot(*zip(*xy), marker="o", label=label)
+        if positive and lams[0] <= 0:
+            a.set_xscale("symlog", linthresh=min(positive))  # a log axis that still shows λ = 0
+        elif positive:
+            a.set_xscale("log")
+        if positive:
+            a.set_xticks(lams, [fmt(lam) for lam in lams])
+            a.minorticks_off()
+        a.set(xlabel="decay strength λ (wd or l2)", ylabel=names.get(f, f))
+    ax[0, 0].legend(fontsize="small")
+    fig.savefig(path, dpi=100)
+
+
+# ---------------------------------------------------------------- the command
+
+def build_report(runs: list[dict], out: Path, root: Path, x: str = "lr", y: str = "wd") -> str:
+    """Write report.md, runs.csv, configs.csv and the figures into out; return the markdown tables."""
+    keys = varying_keys(runs)
+    groups = group_configs(runs, keys)
+    cols = id_keys(runs, keys)
+    counts = _status_text(Counter(r["status"] for r in runs))
+    tables = (f"{len(runs)} runs ({counts}) in {len(groups)} configurations; swept: {', '.join(keys) or 'nothing'}.\n"
+              f"Configuration statistics: mean ± sample std over completed runs (n).\n\n"
+              f"## Configurations\n\n{config_table(groups, cols)}\n\n## Runs\n\n{runs_table(runs, cols)}\n")
+    out.mkdir(parents=True, exist_ok=True)
+    write_csvs(runs, groups, keys, out)
+    figures = [("val_curves.png", "validation loss and accuracy", lambda p: plot_val_curves(groups, p)),
+               ("weight_norm.png", "weight norm", lambda p: plot_weight_norm(groups, p)),
+               ("heatmap.png", "best validation accuracy", lambda p: plot_heatmap(heatmap_grid(groups, keys, x, y), p)),
+               ("oscillation.png", "oscillation vs decay strength",
+                lambda p: plot_oscillation(oscillation_series(groups, keys), p))]
+    lines = []
+    for name, title, draw in figures:
+        try:
+            why = draw(out / name)
+        except Exception as e:  # a figure is a bonus: never lose the tables over one
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if why:
+            (out / name).unlink(missing_ok=True)  # no stale figure from an earlier report
+        lines.append(f"- {name} skipped: {why}" if why else f"### {title}\n\n![{title}]({name})\n")
+    md = f"# Report: {root}\n\n{tables}\n## Figures\n\n" + "\n".join(lines) + "\n"
+    (out / "report.md").write_text(md, encoding="utf-8")
+    return tables
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m runner.report", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p.add_argument("dir", help="a run folder, a sweep folder, or any folder above them")
+    p.add_argument("--out", help="where report.md, runs.csv and the figures go (default DIR/report)")
+    p.add_argument("--x", default="lr", help="heat map x key (default lr)")
+    p.add_argument("--y", default="wd", help="heat map y key (default wd)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="relative rise that counts as an oscillation episode (default 0.1, or what the summary used)")
+    args = p.parse_args(argv)
+    if args.threshold is not None and not args.threshold > 0:
+        p.error(f"--threshold must be > 0, got {args.threshold}")
+    root = Path(args.dir)
+    if not root.is_dir():
+        print(f"runner.report: error: no such folder: {root}", file=sys.stderr)
+        return 2
+    runs = collect_runs(root, args.threshold)
+    if not runs:
+        print(f"runner.report: error: no runs (summary.json, metrics.jsonl or .hydra/config.yaml) under {root}",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else root / "report"
+    try:
+        tables = build_report(runs, out, root, args.x, args.y)
+    except OSError as e:
+        print(f"runner.report: error: cannot write the report to {out}: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out / 'report.md'}, runs.csv, configs.csv and figures", file=sys.stderr)
+    try:
+        print(tables, flush=True)
+    except BrokenPipeError:  # `| head` stopped reading; the files are written
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""runner.report on fake run folders written by hand (the contract of summary.json / metrics.jsonl / .hydra)."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+import yaml
+
+from runner.report import collect_runs, group_configs, heatmap_grid, main, oscillation_series, varying_keys
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def hparams(lr, wd, seed, l2=0.0, opt="adamw"):
+    return {"lr": lr, "wd": wd, "l2": l2, "epochs": 3, "batch_size": 128, "seed": seed,
+            "model": {"name": "resnet20v1", "depth": 20, "version": 1, "bn_momentum": 0.1},
+            "optimizer": {"name": opt, "algorithm": "adam", "betas": [0.9, 0.999]},
+            "schedule": {"name": "piecewise_constant", "milestones": [0.5, 0.75]},
+            "data": {"name": "synthetic", "root": f"/data/{seed}"}, "trainer": {"device": "cpu", "channels_last": None}}
+
+
+def records(val_losses, accs, n_steps=2):
+    """n_steps train records per epoch, then one val record; weight_norm on each epoch's last step."""
+    out = []
+    for ep, (v, a) in enumerate(zip(val_losses, accs), start=1):
+        for k in range(n_steps):
+            step = (ep - 1) * n_steps + k + 1
+            r = {"step": step, "epoch": step / n_steps, "train_loss": None if v is None else v / 2, "lr": 1e-3, "decay": 1e-6}
+            if k == n_steps - 1:
+                r.update(weight_norm=10.0 + ep, l2_penalty=0.0)
+            out.append(r)
+        out.append({"step": ep * n_steps, "epoch": float(ep), "val_loss": v, "val_acc": a})
+    return out
+
+
+def make_run(d, hp, status="completed", val=(2.0, 1.0, 1.2), accs=(0.5, 0.8, 0.9), summary=True, metrics=True,
+             osc=None, half_line=False):
+    (d / ".hydra").mkdir(parents=True)
+    cfg = json.loads(json.dumps(hp))
+    cfg["trainer"].pop("channels_last")  # Hydra's YAML need not hold every schema key
+    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"lr={hp['lr']}", f"wd={hp['wd']}"]))
+    recs = records(val, accs)
+    if metrics:
+        text = "".join(json.dumps(r) + "\n" for r in recs)
+        (d / "metrics.jsonl").write_text(text + ('{"step": 99, "epo' if half_line else ""))
+    if summary:
+        finite = [(v, a) for v, a in zip(val, accs) if v is not None]
+        s = {"status": status, "n_params": 1000, "steps": len(val) * 2, "epochs": float(len(val)),
+             "best_val_acc": max(a for _, a in finite), "final_val_acc": finite[-1][1],
+             "final_val_loss": finite[-1][0], "final_train_loss": 0.5, "wall_time_s": 1.0, "images_per_s": 100.0,
+             "device": "cpu", "regularization": ["..."], "hparams": hp, "choices": {"optimizer": hp["optimizer"]["name"]}}
+        if osc is not None:
+            s["oscillation"] = osc
+        (d / "summary.json").write_text(json.dumps(s))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """2×2 lr × wd sweep: two seeds in one cell, an interrupted seed, a diverged cell, a running cell, a not-started job."""
+    root = tmp_path_factory.mktemp("runs")
+    sw = root / "multirun" / "2024-05-01" / "10-00-00_abc123"
+    jobs = [
+        (hparams(1e-3, 1e-4, 0), dict(accs=(0.5, 0.8, 0.90))),
+        (hparams(1e-3, 1e-4, 1), dict(accs=(0.5, 0.8, 0.92))),
+        (hparams(1e-3, 5e-4, 0), dict(accs=(0.5, 0.8, 0.88))),
+        (hparams(3e-3, 1e-4, 0), dict(status="diverged", val=(2.0, None, None), accs=(0.3, 0.1, 0.1))),
+        (hparams(3e-3, 5e-4, 0), dict(summary=False, half_line=True)),  # running: metrics.jsonl only
+        (hparams(3e-3, 5e-4, 1), dict(summary=False, metrics=False)),  # not started: .hydra only
+        (hparams(1e-3, 5e-4, 1), dict(status="interrupted", val=(2.0,), accs=(0.4,))),
+    ]
+    for i, (hp, kw) in enumerate(jobs):
+        make_run(sw / str(i), hp, **kw)
+    (sw / "multirun.yaml").write_text("hydra: {}\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(sweep, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main([str(sweep), "--out", str(out)])
+    return rc, buf.getvalue(), out
+
+
+STATUS = {"0": "completed", "1": "completed", "2": "completed", "3": "diverged", "4": "running",
+          "5": "not started", "6": "interrupted"}
+
+
+def test_collect_runs_finds_every_job_with_its_status(sweep):
+    runs = collect_runs(sweep)
+    assert {r["path"].rsplit("/", 1)[1]: r["status"] for r in runs} == STATUS
+    running = next(r for r in runs if r["status"] == "running")
+    assert running["hparams"]["lr"] == 3e-3 and running["best_val_acc"] == 0.9  # from metrics.jsonl
+    assert running["steps"] == 6 and running["osc"]["n_val_points"] == 3
+
+
+def test_varying_keys_are_the_swept_ones(sweep):
+    # seed and data.root differ too, trainer.channels_last is missing from the YAML-only runs: none of them is swept
+    assert varying_keys(collect_runs(sweep)) == ["lr", "wd"]
+
+
+def test_seed_average(sweep):
+    groups = group_configs(collect_runs(sweep))
+    g = next(g for g in groups if g["values"] == {"lr": 1e-3, "wd": 1e-4})
+    assert g["n"] == 2
+    mean, std = g["stats"]["best_val_acc"]
+    assert mean == pytest.approx(0.91) and std == pytest.approx(0.02 / 2 ** 0.5)  # sample std of 0.90, 0.92
+    g = next(g for g in groups if g["values"] == {"lr": 1e-3, "wd": 5e-4})
+    assert g["n"] == 1 and g["stats"]["best_val_acc"] == (0.88, None)  # the interrupted seed does not count
+    assert dict(g["statuses"]) == {"completed": 1, "interrupted": 1}
+
+
+def test_heatmap_grid_axes_and_cells(sweep):
+    runs = collect_runs(sweep)
+    grid = heatmap_grid(group_configs(runs), varying_keys(runs))
+    assert (grid["x_key"], grid["y_key"], grid["panel_keys"]) == ("lr", "wd", [])
+    assert grid["x_values"] == [1e-3, 3e-3] and grid["y_values"] == [1e-4, 5e-4]
+    (panel,) = grid["panels"]
+    assert panel["values"][0][0] == pytest.approx(0.91) and panel["values"][1][0] == pytest.approx(0.88)
+    assert panel["values"][0][1] is None and panel["labels"][0][1] == "div"
+    assert panel["values"][1][1] is None and panel["labels"][1][1] == "run"
+
+
+def fake_run(status="completed", best=0.9, **hp):
+    return {"path": "x", "status": status, "seed": 0, "hparams": hp, "best_val_acc": best,
+            "osc": {"tv_per_epoch": hp.get("wd", 0) + hp.get("l2", 0), "max_rise_rel": 0.1}}
+
+
+def test_heatmap_falls_back_to_swept_keys_and_panels_per_optimizer():
+    runs = [fake_run(**{"optimizer.name": o, "lr": lr, "wd": 0.0, "l2": l2, "epochs": e})
+            for o in ("adam_l2", "adamw") for lr in (1e-3, 3e-3) for l2 in (1e-4, 2e-4, 4e-4) for e in (3, 3.0)]
+    keys = varying_keys(runs)
+    assert keys == ["optimizer.name", "lr", "l2"]
+    grid = heatmap_grid(group_configs(runs, keys), keys)  # wd does not vary: y falls back to l2
+    assert (grid["x_key"], grid["y_key"], grid["panel_keys"]) == ("lr", "l2", ["optimizer.name"])
+    assert [p["title"] for p in grid["panels"]] == ["optimizer.name=adam_l2", "optimizer.name=adamw"]
+    assert len(grid["panels"][0]["values"]) == 3 and len(grid["panels"][0]["values"][0]) == 2
+    assert heatmap_grid(group_configs(runs[:1]), []) is None  # one configuration: no heat map
+
+
+def test_heatmap_merges_wd_and_l2_into_one_decay_axis():
+    # the paper's Figure 2: Adam-L2 sweeps l2, AdamW sweeps wd, one panel each on a shared λ axis
+    runs = [fake_run(**{"optimizer.name": "adam_l2", "lr": lr, "wd": 0.0, "l2": lam}) for lr in (1, 2) for lam in (1, 2)]
+    runs += [fake_run(**{"optimizer.name": "adamw", "lr": lr, "wd": lam, "l2": 0.0}) for lr in (1, 2) for lam in (1, 2)]
+    keys = varying_keys(runs)
+    grid = heatmap_grid(group_configs(runs, keys), keys)
+    assert (grid["x_key"], grid["y_key"], grid["panel_keys"]) == ("lr", "wd|l2", ["optimizer.name"])
+    assert grid["y_values"] == [1, 2] and len(grid["panels"]) == 2
+    s = oscillation_series(group_configs(runs, keys), keys)
+    assert list(s) == ["optimizer.name=adam_l2, lr=1", "optimizer.name=adam_l2, lr=2",
+                       "optimizer.name=adamw, lr=1", "optimizer.name=adamw, lr=2"]
+    assert [lam for lam, _ in s["optimizer.name=adam_l2, lr=1"]] == [1, 2]
+
+
+def test_oscillation_series_one_line_per_optimizer():
+    runs = [fake_run(**{"optimizer.name": o, "wd": wd, "l2": 0.0}) for o in ("adam_l2", "adamw") for wd in (0.0, 1e-4)]
+    keys = varying_keys(runs)
+    s = oscillation_series(group_configs(runs, keys), keys)
+    assert list(s) == ["optimizer.name=adam_l2", "optimizer.name=adamw"]
+    assert [lam for lam, _ in s["optimizer.name=adamw"]] == [0.0, 1e-4]
+    assert s["optimizer.name=adamw"][1][1]["tv_per_epoch"] == pytest.approx(1e-4)
+
+
+def test_main_table_lists_every_run(report):
+    rc, stdout, _ = report
+    assert rc == 0
+    lines = [l for l in stdout.splitlines() if "/10-00-00_abc123/" in l]
+    assert len(lines) == 7
+    for job, status in STATUS.items():
+        assert any(f"abc123/{job} | {status} |" in l for l in lines)
+    assert "| 0.91 ± 0.014 |" in stdout  # the seed-averaged configuration row
+
+
+def test_runs_csv_has_every_run(report):
+    rows = list(csv.DictReader(open(report[2] / "runs.csv", encoding="utf-8")))
+    assert sorted(r["status"] for r in rows) == sorted(STATUS.values())
+    assert {"lr", "wd", "best_val_acc", "tv_per_epoch", "n_rises", "optimizer.name"} <= set(rows[0])
+    assert rows[0]["epochs"] == "3" and rows[0]["epochs_done"] == "3.0"  # scheduled vs done
+    cfg = list(csv.DictReader(open(report[2] / "configs.csv", encoding="utf-8")))
+    assert len(cfg) == 4
+
+
+@pytest.mark.parametrize("name", ["val_curves.png", "weight_norm.png", "heatmap.png", "oscillation.png"])
+def test_figures_are_valid_pngs(report, name):
+    path = report[2] / name
+    assert path.read_bytes()[:8] == PNG and path.stat().st_size > 1000
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert f"]({name})" in (report[2] / "report.md").read_text()
+
+
+def test_single_run_skips_figures_it_cannot_draw(tmp_path, capsys):
+    make_run(tmp_path / "run", hparams(1e-3, 1e-4, 0), osc={"tv_per_epoch": 123.0, "rise_threshold": 0.1})
+    assert main([str(tmp_path / "run")]) == 0
+    md = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "heatmap.png skipped: needs at least two configurations" in md
+    assert "oscillation.png skipped" in md and "](val_curves.png)" in md
+    assert "| run | completed |" in capsys.readouterr().out
+    # the summary's oscillation block is used as is; another threshold recomputes it from metrics.jsonl
+    assert collect_runs(tmp_path)[0]["osc"] == {"tv_per_epoch": 123.0, "rise_threshold": 0.1}
+    assert collect_runs(tmp_path, threshold=0.2)[0]["osc"]["tv_per_epoch"] == pytest.approx(1.2 / 2)
+
+
+def test_missing_or_empty_dir_exits_2(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 2
+    assert "no runs" in capsys.readouterr().err
+
+
+def test_cli_error_has_no_traceback(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "runner.report", str(tmp_path / "nope")], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"runner.report: error: no such folder: {tmp_path / 'nope'}"
