@@ -34,6 +34,15 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, P
     return old, run_dir
 
 
+def sweep_position(hc) -> tuple[int, bool]:
+    """(job index in the sweep, whether jobs run in parallel: any launcher but Hydra's basic one)."""
+    from hydra.types import RunMode
+
+    if hc.mode != RunMode.MULTIRUN:
+        return 0, False
+    return int(hc.job.num), "BasicLauncher" not in str(hc.launcher.get("_target_", ""))
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
@@ -46,7 +55,10 @@ def main(cfg: DictConfig) -> None:
         run = validate(cfg)
         from runner.train import train  # torch loads only once the config is known to be good
 
-        train(run, run_dir, meta=meta)
+        job_num, parallel = sweep_position(hc)
+        if parallel and run.trainer.progress is None:
+            run.trainer.progress = False  # parallel jobs share a terminal: plain log lines, no bars
+        train(run, run_dir, meta=meta, job_num=job_num)
     except UserError as e:
         if not cfg.get("resume"):
             _drop_empty_run_dir(Path(hc.runtime.output_dir))

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 CHOICES = {
     "optimizer.algorithm": ("adam", "sgd"),
     "optimizer.wd_scaling": ("schedule", "lr", "none"),
-    "optimizer.decay_on": ("weights", "all"),
+    "optimizer.decay_on": ("weights", "conv", "all"),
     "schedule.name": ("piecewise_constant", "piecewise_linear", "warm_restarts"),
     "schedule.unit": ("fraction", "epoch"),
     "data.name": ("cifar10", "image_folder", "synthetic"),
@@ -55,6 +55,7 @@ class OptimizerConfig:
     nesterov: bool = False
     wd_scaling: str = "schedule"
     wd_normalized: bool = False
+    l2_normalized: bool = False
     decay_on: str = "weights"
 
 
@@ -113,6 +114,7 @@ class RunConfig:
     lr: float = 1e-3
     wd: float = 0.0
     l2: float = 0.0
+    reg: Optional[float] = None
     epochs: int = 30
     batch_size: int = 128
     seed: int = 0
@@ -134,6 +136,9 @@ def register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID)
+    if not OmegaConf.has_resolver("reg_or"):
+        # optimizer presets: wd (or l2) = the sweep's shared strength `reg` when set, else the preset's default
+        OmegaConf.register_new_resolver("reg_or", lambda reg, default: default if reg is None else reg)
     if not OmegaConf.has_resolver("resume_or"):
         # resume=RUN_DIR runs in that folder, and leaves its saved .hydra/ untouched
         OmegaConf.register_new_resolver("resume_or", lambda resume, fresh: resume or fresh)
@@ -177,6 +182,8 @@ def _check(c: RunConfig) -> None:
     _finite("lr", c.lr, positive=True)
     _finite("wd", c.wd)
     _finite("l2", c.l2)
+    if c.reg is not None:
+        _finite("reg", c.reg)
     if c.epochs < 1:
         _fail("epochs", c.epochs, "must be >= 1")
     if c.batch_size < 1:

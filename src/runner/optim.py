@@ -12,7 +12,8 @@ Decoupled decay (`wd` = λ): before the optimizer's update, θ ← θ·(1 − d_
     wd_scaling=lr         d_t = lr_t·λ    torch.optim.AdamW, Keras AdamW (bit-for-bit torch's AdamW)
     wd_scaling=none       d_t = λ         TF-Addons AdamW/SGDW
 With wd_normalized=true, `wd` is λ_norm and λ = λ_norm·√(b/(B·T)) (paper, Appendix B.1; b batch size,
-B training images, T epochs of the run or of the current warm-restart period).
+B training images, T epochs of the run or of the current warm-restart period). l2_normalized=true
+reads `l2` the same way, with T the whole run, so one grid of λ_norm serves both (experiment=paper_grid).
 
 Keras `l2(x)` adds x·‖θ‖² to the loss, i.e. λ₂ = 2x here.
 """
@@ -26,18 +27,25 @@ from torch import nn
 
 
 def split_params(model: nn.Module, decay_on: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(regularized, other). decay_on=weights: conv and linear kernels only (ndim > 1), not BN or biases."""
+    """(regularized, other). weights: conv and linear kernels (ndim > 1), not BN or biases;
+    conv: conv kernels only (the Keras example's kernel_regularizer); all: every parameter."""
     params = [p for p in model.parameters() if p.requires_grad]
     if decay_on == "all":
         return params, []
-    return [p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]
+    keep = (lambda p: p.ndim == 4) if decay_on == "conv" else (lambda p: p.ndim > 1)
+    return [p for p in params if keep(p)], [p for p in params if not keep(p)]
+
+
+def normalized_lambda(lam: float, batch_size: int, n_train: int, epochs: float) -> float:
+    """The paper's normalization (Appendix B.1): λ = λ_norm·√(b/(B·T))."""
+    return lam * math.sqrt(batch_size / (n_train * epochs))
 
 
 def decoupled_rate(wd: float, wd_scaling: str, lr: float, *, normalized: bool = False, batch_size: int = 1,
                    n_train: int = 1, period: Callable[[float], float] = lambda t: 1.0) -> Callable[[float, float], float]:
     """d(t, η_t): the fraction by which decayed weights shrink at the step taken at epoch t."""
     def lam(t: float) -> float:
-        return wd * math.sqrt(batch_size / (n_train * period(t))) if normalized else wd
+        return normalized_lambda(wd, batch_size, n_train, period(t)) if normalized else wd
 
     if wd_scaling == "schedule":
         return lambda t, eta: eta * lam(t)

@@ -29,7 +29,7 @@ from runner import data as datasets
 from runner.config import ConfigError, DataConfig, RunConfig
 from runner.metrics import Recorder, read_metrics
 from runner.models import build_resnet
-from runner.optim import Optimizer, decoupled_rate, describe
+from runner.optim import Optimizer, decoupled_rate, describe, normalized_lambda
 from runner.oscillation import oscillation_block
 from runner.schedules import make_schedule
 
@@ -45,13 +45,16 @@ class Diverged(RuntimeError):
     """The training loss left the finite range or rose `trainer.diverge_factor`× above its start."""
 
 
-def pick_device(name: str) -> torch.device:
-    """auto prefers cuda, then mps, then cpu; an explicit device that is not there is a user error."""
+def pick_device(name: str, job_num: int = 0) -> torch.device:
+    """auto prefers cuda, then mps, then cpu; an explicit device that is not there is a user error.
+    With several GPUs, sweep job i runs on GPU i mod n (parallel jobs of a joblib sweep spread out)."""
     have = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     if name == "auto":
-        return torch.device(next(k for k in ("cuda", "mps", "cpu") if have[k]))
+        name = next(k for k in ("cuda", "mps", "cpu") if have[k])
     if not have[name]:
         raise ConfigError(f"trainer.device={name!r} is not available on this machine: use trainer.device=auto or cpu")
+    if name == "cuda":
+        return torch.device("cuda", job_num % torch.cuda.device_count())
     return torch.device(name)
 
 
@@ -111,6 +114,13 @@ def evaluate(model, loader, autocast) -> tuple[torch.Tensor, torch.Tensor]:
     return loss_sum / count, correct.float() / count
 
 
+def _tqdm_safe_logging():
+    """Route log lines through tqdm.write while a bar is shown, so the two never garble each other."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm(loggers=[logging.getLogger()])
+
+
 class StopRequests:
     """Turns SIGTERM/SIGINT/SIGUSR1/SIGUSR2 into a flag the loop reads after each step; a second signal
     aborts at once. On exit the previous handlers come back (submitit's requeue handler among them)."""
@@ -133,16 +143,19 @@ class StopRequests:
     def __exit__(self, *exc):
         for name, handler in self.previous.items():
             signal.signal(getattr(signal, name), handler)
-        if self.signum is not None and self.signum != signal.SIGINT:
-            prev = self.previous.get(signal.Signals(self.signum).name)
-            if callable(prev):  # e.g. submitit: requeue the job now that our checkpoint is safe
-                prev(self.signum, None)
         return False
 
+    def pass_on(self) -> None:
+        """Hand the signal to whoever handled it before us (submitit requeues the job), once our files are safe."""
+        if self.signum is not None and self.signum != signal.SIGINT:
+            prev = self.previous.get(signal.Signals(self.signum).name)
+            if callable(prev):
+                prev(self.signum, None)
 
-def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None) -> dict:
+
+def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int = 0) -> dict:
     """Train one configuration into `run_dir` (continuing from its checkpoint if it has one) and
-    return the summary, also written to summary.json."""
+    return the summary, also written to summary.json. `job_num` is the job's index in a sweep."""
     run_dir = Path(run_dir)
     t_start = time.time()
     tr = cfg.trainer
@@ -162,7 +175,7 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None) -> dict:
         for k, (a, b) in changed.items():
             log.info("continuing with %s changed: %r → %r", k, a, b)
         meta = {**(meta or {}), "resumed": {"from_step": state["step"], "changed": {k: list(v) for k, v in changed.items()}}}
-    device = pick_device(tr.device)
+    device = pick_device(tr.device, job_num)
     torch.manual_seed(cfg.seed)
     if tr.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -199,10 +212,11 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None) -> dict:
     n_train = len(splits.train_y)
     decay = decoupled_rate(cfg.wd, o.wd_scaling, cfg.lr, normalized=o.wd_normalized, batch_size=cfg.batch_size,
                            n_train=n_train, period=schedule.period)
-    opt = Optimizer(model, algorithm=o.algorithm, lr=cfg.lr, l2=cfg.l2, wd=cfg.wd, decay=decay, decay_on=o.decay_on,
+    l2 = normalized_lambda(cfg.l2, cfg.batch_size, n_train, cfg.epochs) if o.l2_normalized else cfg.l2
+    opt = Optimizer(model, algorithm=o.algorithm, lr=cfg.lr, l2=l2, wd=cfg.wd, decay=decay, decay_on=o.decay_on,
                     betas=o.betas, eps=o.eps, momentum=o.momentum, nesterov=o.nesterov)
     lam0 = cfg.wd * math.sqrt(cfg.batch_size / (n_train * schedule.period(0.0))) if o.wd_normalized else None
-    sentences = describe(algorithm=o.algorithm, wd=cfg.wd, l2=cfg.l2, wd_scaling=o.wd_scaling, wd_normalized=o.wd_normalized,
+    sentences = describe(algorithm=o.algorithm, wd=cfg.wd, l2=l2, wd_scaling=o.wd_scaling, wd_normalized=o.wd_normalized,
                          n_tensors=len(opt.regularized), n_values=sum(p.numel() for p in opt.regularized), lam_now=lam0)
     stage_params = {k: [p for _, p in v if any(p is q for q in opt.regularized)] for k, v in model.stage_parameters().items()}
 
@@ -224,7 +238,7 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None) -> dict:
 
     forward = torch.compile(model) if tr.compile else model
     recorder = Recorder(run_dir, resume_step=step, histograms_every=cfg.log.histograms_every)
-    show_bar = (sys.stderr.isatty() and os.environ.get("RUNNER_PARALLEL") is None) if tr.progress is None else tr.progress
+    show_bar = sys.stderr.isatty() if tr.progress is None else tr.progress
     bar = None
     if show_bar:
         from tqdm import tqdm
@@ -291,7 +305,7 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None) -> dict:
 
     stop = StopRequests()
     try:
-        with stop:
+        with stop, (_tqdm_safe_logging() if bar is not None else nullcontext()):
             tick = time.time()
             while step < total and stop.signum is None:
                 epoch, start = divmod(step, spe)
@@ -366,6 +380,7 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None) -> dict:
         recorder.finish(summary)
         write_summary(run_dir, summary)
     log.info("%s after %d steps: best val acc %s, %.1f s", status, step, best_acc, summary["wall_time_s"])
+    stop.pass_on()
     return summary
 
 

@@ -1,0 +1,99 @@
+"""Sweeps: Hydra's launchers, GPU pinning, the experiment presets, and the report on a real sweep."""
+import json
+
+import pytest
+import torch
+from conftest import TINY, compose_cfg, run_cli
+
+from runner.config import validate
+from runner.train import pick_device
+
+SMALL = [*TINY, "epochs=2", "data.n_train=128", "data.n_val=40", "batch_size=32"]
+
+
+def summaries(root):
+    return {p.parent.name: json.loads(p.read_text()) for p in root.rglob("summary.json")}
+
+
+def test_sweep_job_i_runs_on_gpu_i_mod_n(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert [pick_device("auto", i).index for i in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    assert pick_device("cuda", 4) == torch.device("cuda", 1)
+    assert pick_device("cpu", 4) == torch.device("cpu")
+
+
+def test_experiment_presets_compose():
+    k = validate(compose_cfg("experiment=keras_baseline"))
+    assert (k.optimizer.name, k.l2, k.wd, k.batch_size, k.epochs) == ("adam_l2", 2e-4, 0.0, 32, 200)
+    assert (k.optimizer.decay_on, k.optimizer.eps, k.data.normalize, k.data.pad_mode) == ("conv", 1e-7, "pixel_mean", "replicate")
+    assert k.schedule.milestones == [0.4, 0.6, 0.8, 0.9]
+    a = validate(compose_cfg("experiment=adamw_30ep"))
+    assert (a.optimizer.name, a.l2, a.batch_size, a.epochs, a.schedule.name) == ("adamw", 0.0, 64, 30, "warm_restarts")
+    assert a.wd > 0 and a.trainer.train_eval
+    for opt, key in (("adamw", "wd"), ("adam_l2", "l2")):
+        p = validate(compose_cfg("experiment=paper_grid", f"optimizer={opt}", "reg=0.05"))
+        assert getattr(p, key) == 0.05 and p.optimizer.wd_normalized and p.optimizer.l2_normalized
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_jobs_in_parallel_without_progress_bars(tmp_path):
+    r = run_cli(["-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", *SMALL, "trainer.max_steps=2",
+                 "seed=1,2", "trainer.progress=null"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = summaries(tmp_path / "multirun")
+    assert sorted(s) == ["0", "1"] and {v["hparams"]["seed"] for v in s.values()} == {1, 2}
+    assert all(v["status"] == "completed" for v in s.values())
+    assert "it/s" not in r.stderr  # no tqdm bars from parallel jobs
+
+
+@pytest.mark.slow
+def test_paper_grid_then_report_gives_the_heat_maps(tmp_path):
+    r = run_cli(["experiment=paper_grid", *SMALL, "trainer.max_steps=4", "lr=1e-3,2e-3",
+                 "reg=0.05"], cwd=tmp_path)  # the command line narrows the preset's grid
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = summaries(tmp_path / "multirun")
+    assert len(s) == 4
+    assert {(v["hparams"]["optimizer"]["name"], v["hparams"]["lr"]) for v in s.values()} == {
+        (o, lr) for o in ("adam_l2", "adamw") for lr in (1e-3, 2e-3)}
+    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    r = run_cli_report([str(sweep)])
+    assert r.returncode == 0, r.stderr
+    for name in ("report.md", "runs.csv", "heatmap.png", "val_curves.png"):
+        assert (sweep / "report" / name).is_file(), name
+
+
+def run_cli_report(args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "runner.report", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_report_on_a_real_2x2_sweep_and_hparams_in_each_run(tmp_path):
+    r = run_cli(["-m", *SMALL, "trainer.max_steps=3", "lr=1e-3,2e-3", "wd=1e-4,5e-4", "trainer.val_every=1"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    rep = run_cli_report([str(sweep)])
+    assert rep.returncode == 0, rep.stderr
+    table = rep.stdout
+    assert table.count("completed") >= 4
+    head = (sweep / "report" / "heatmap.png").read_bytes()[:8]
+    assert head == b"\x89PNG\r\n\x1a\n"
+    from runner.report import collect_runs, group_configs, heatmap_grid, varying_keys
+    runs = collect_runs(sweep)
+    keys = varying_keys(runs)
+    assert {"lr", "wd"} <= set(keys)
+    # HParams: every run's own event file holds the same hyperparameter keys
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    key_sets = []
+    for job in sorted(p for p in sweep.iterdir() if p.name.isdigit()):
+        acc = EventAccumulator(str(job), size_guidance={"tensors": 0})
+        acc.Reload()
+        plugin = acc.PluginTagToContent("hparams")
+        assert "_hparams_/session_start_info" in plugin
+        from tensorboard.plugins.hparams import plugin_data_pb2
+        info = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/session_start_info"])
+        key_sets.append(frozenset(info.session_start_info.hparams.keys()))
+        assert info.session_start_info.hparams["lr"].number_value in (1e-3, 2e-3)
+    assert len(key_sets) == 4 and len(set(key_sets)) == 1 and "optimizer.name" in key_sets[0]
