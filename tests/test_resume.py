@@ -97,3 +97,46 @@ def test_a_diverging_run_stops_with_status_diverged_and_exit_0(tmp_path):
 def test_on_diverge_raise_raises(tmp_path):
     r = run_cli([*TINY, "lr=1e6", "trainer.log_every=1", "trainer.on_diverge=raise"], cwd=tmp_path)
     assert r.returncode != 0 and "Diverged" in r.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_stops_at_once_and_damages_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "runner", *RUN, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = run_dir / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().count("train_loss") >= 10):
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert "Traceback" not in err, err[-2000:]
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "interrupted"
+    records = read_metrics(metrics)
+    assert len(records) == len(metrics.read_text().splitlines())  # every line is whole JSON
+    from runner.checkpoint import load_latest
+    state, notes = load_latest(run_dir / "checkpoints")
+    assert notes == [] and state is not None  # the epoch-end checkpoint is intact
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_model_is_refused_before_training(tmp_path, uninterrupted):
+    r = run_cli([*RUN, "model=resnet20v2", f"hydra.run.dir={uninterrupted}"], cwd=tmp_path)
+    assert r.returncode == 2 and "model.name: 'resnet20v1' → 'resnet20v2'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_an_unwritable_output_folder_is_one_clear_line(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    r = run_cli([*TINY, "hydra.run.dir=afile/run"], cwd=tmp_path)
+    assert r.returncode == 2 and "cannot write the run folder" in r.stderr and "hydra.run.dir=" in r.stderr
+    assert "Traceback" not in r.stderr and (tmp_path / "afile").read_text() == "not a folder"
+
+
+@pytest.mark.slow
+def test_missing_data_without_network_names_the_path_and_the_fix(tmp_path):
+    r = run_cli(["model=resnet20v1", f"data.root={tmp_path / 'none'}", "data.download=false"], cwd=tmp_path)
+    assert r.returncode == 2 and "cifar-10-batches-py" in r.stderr and "data.download=true" in r.stderr
+    assert "Traceback" not in r.stderr
