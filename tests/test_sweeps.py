@@ -97,3 +97,49 @@ def test_report_on_a_real_2x2_sweep_and_hparams_in_each_run(tmp_path):
         key_sets.append(frozenset(info.session_start_info.hparams.keys()))
         assert info.session_start_info.hparams["lr"].number_value in (1e-3, 2e-3)
     assert len(key_sets) == 4 and len(set(key_sets)) == 1 and "optimizer.name" in key_sets[0]
+
+
+def _pids_writing(path) -> list[int]:
+    """Processes that hold `path` open (submitit's local job ids are process ids, not sweep indices)."""
+    import os
+    from pathlib import Path
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if any(os.readlink(fd) == str(path) for fd in (proc / "fd").iterdir()):
+                    out.append(int(proc.name))
+            except OSError:
+                continue
+    return out
+
+
+@pytest.mark.slow
+def test_submitit_local_requeues_an_interrupted_job_which_continues_in_its_folder(tmp_path):
+    """Two jobs through submitit's local executor; job 1 gets the preemption signal (SIGUSR2) mid-run,
+    checkpoints, is requeued by submitit, and continues where it stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = tmp_path / "sweep"
+    args = [sys.executable, "-m", "runner", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+            f"hydra.sweep.dir={sweep}", *SMALL, "epochs=4", "trainer.log_every=1", "seed=1,2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = sweep / "1" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and metrics.read_text().count("train_loss") >= 5) and time.time() < deadline:
+        time.sleep(0.05)
+    pids = _pids_writing(metrics)
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGUSR2)  # what SLURM sends signal_delay_s before a timeout or on preemption
+    _, err = p.communicate(timeout=400)
+    assert p.returncode == 0, err[-3000:]
+    s = {n: json.loads((sweep / n / "summary.json").read_text()) for n in ("0", "1")}
+    assert all(v["status"] == "completed" and v["steps"] == 16 for v in s.values()), s
+    assert "resumed" not in s["0"] and s["1"]["resumed"]["from_step"] >= 5
+    steps = [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "train_loss" in r]
+    assert steps == list(range(1, 17))  # appended across the requeue, no duplicates
