@@ -24,7 +24,8 @@ from pathlib import Path
 from runner.oscillation import oscillation_block, val_points
 
 # keys that do not change what is trained: never split runs into configurations
-NOT_CONFIG = {"seed", "resume", "data.root", "data.download", "data.verify", "trainer.progress", "trainer.log_every"}
+# `reg` only feeds wd or l2 (whichever the preset uses), which are compared themselves
+NOT_CONFIG = {"seed", "resume", "reg", "data.root", "data.download", "data.verify", "trainer.progress", "trainer.log_every"}
 NOT_CONFIG_PREFIXES = ("log.",)  # logging options
 ID_KEYS = ["optimizer.name", "lr", "wd", "l2"]  # always shown, in this order, before other swept keys
 METRICS = ["best_val_acc", "final_val_acc", "final_val_loss", "final_train_loss", "steps", "epochs",
