@@ -112,3 +112,28 @@ def test_a_training_step_never_reads_device_values_on_the_host(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, guard(name))
     loss, d, gn = train_step(model, opt, x, y, 0.0, 1.0, nullcontext(), want_grad_norm=True)
     assert isinstance(loss, torch.Tensor) and isinstance(gn, torch.Tensor) and d == 5e-4
+
+
+@pytest.mark.slow
+def test_a_plain_non_editable_install_runs_from_any_folder(tmp_path):
+    """`pip install .` (no -e) ships the configs inside the package; python -m runner works anywhere."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    pip = [sys.executable, "-m", "pip"]
+    r = subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(tmp_path / "whl"), str(repo)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = (tmp_path / "whl").glob("*.whl")
+    r = subprocess.run([*pip, "install", "-q", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = run_cli([*TINY, "trainer.max_steps=1"], cwd=elsewhere, env_extra={"PYTHONPATH": str(tmp_path / "site")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(next(elsewhere.rglob("summary.json")).read_text())
+    assert s["status"] == "completed" and s["steps"] == 1
+    probe = subprocess.run([sys.executable, "-c", "import runner.configs; print(runner.configs.__file__)"],
+                           capture_output=True, text=True, cwd=elsewhere, env={"PYTHONPATH": str(tmp_path / "site")})
+    assert probe.stdout.startswith(str(tmp_path / "site"))

@@ -171,6 +171,11 @@ class CheckOutputFolder:
     def on_multirun_start(self, config, **kwargs) -> None:
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
 
+    def __getattr__(self, name):  # Hydra calls every on_* hook; the others have nothing to do here
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
 
 def validate(cfg: DictConfig) -> RunConfig:
     """Type-check `cfg` against the schema and range-check every value; raise ConfigError on the first problem."""
