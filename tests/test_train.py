@@ -137,3 +137,13 @@ def test_a_plain_non_editable_install_runs_from_any_folder(tmp_path):
     probe = subprocess.run([sys.executable, "-c", "import runner.configs; print(runner.configs.__file__)"],
                            capture_output=True, text=True, cwd=elsewhere, env={"PYTHONPATH": str(tmp_path / "site")})
     assert probe.stdout.startswith(str(tmp_path / "site"))
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_and_the_compile_time_is_reported_apart(tmp_path):
+    r = run_cli([*TINY, "trainer.compile=true", "trainer.max_steps=3", "data.n_train=128", "batch_size=32"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(next(tmp_path.rglob("summary.json")).read_text())
+    assert s["status"] == "completed" and s["steps"] == 3
+    steady_step_s = 32 / s["images_per_s"]
+    assert s["first_step_s"] > 3 * steady_step_s  # the first step carries torch.compile
