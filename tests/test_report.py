@@ -9,7 +9,8 @@ import matplotlib.image
 import pytest
 import yaml
 
-from runner.report import collect_runs, group_configs, heatmap_grid, main, oscillation_series, varying_keys
+from runner.figures import heatmap_grid, oscillation_series
+from runner.report import collect_runs, group_configs, main, varying_keys
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -80,7 +80,7 @@ def test_report_on_a_real_2x2_sweep_and_hparams_in_each_run(tmp_path):
     assert table.count("completed") >= 4
     head = (sweep / "report" / "heatmap.png").read_bytes()[:8]
     assert head == b"\x89PNG\r\n\x1a\n"
-    from runner.report import collect_runs, group_configs, heatmap_grid, varying_keys
+    from runner.report import collect_runs, varying_keys
     runs = collect_runs(sweep)
     keys = varying_keys(runs)
     assert {"lr", "wd"} <= set(keys)
