@@ -1,6 +1,5 @@
 """Tests for runner.data: CIFAR-10 archive reading, image folders, synthetic data, subsets, loader."""
 import hashlib
-import os
 import pickle
 import shutil
 import socket

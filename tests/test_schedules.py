@@ -1,5 +1,4 @@
 """Schedules: pure functions of the fractional epoch, checked against hand-computed values."""
-import math
 
 import pytest
 

@@ -402,7 +402,7 @@ class DeviceLoader:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (images float32 (B, C, H, W), labels int64 (B,)) for steps start_step..len-1."""
-        n, (c, h, w), p, dev = len(self.y), self.x.shape[1:], self.crop_padding, self.device
+        n, (h, w), p, dev = len(self.y), self.x.shape[2:], self.crop_padding, self.device
         g = self._generator(epoch)
         order = torch.randperm(n, generator=g, device=dev) if self.shuffle else torch.arange(n, device=dev)
         dy = torch.randint(0, 2 * p + 1, (n,), generator=g, device=dev)  # crop offset in the padded image

@@ -9,7 +9,7 @@ import math
 import statistics
 from pathlib import Path
 
-from runner.report import SHORT, _num, _sort_key, fmt, value
+from runner.report import SHORT, _num, _sort_key, fmt
 
 
 def _figure(ncols: int = 1, nrows: int = 1, w: float = 5.5, h: float = 4.0):
