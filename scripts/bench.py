@@ -178,7 +178,7 @@ def runner_steps(forward, opt, loader: rdata.DeviceLoader, autocast, schedule):
         state["pending"].append((step, LR * eta, d_t, loss, grad_norm))
         if log_point:  # runner.train's flush: one device→host read of the pending losses and weight norms
             torch.stack([p[3] for p in state["pending"]]).tolist()
-            [v.item() for v in opt.weight_stats()]
+            [v.item() for v in opt.weight_stats().values()]
             state["pending"] = []
         return len(y)
 

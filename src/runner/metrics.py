@@ -43,7 +43,7 @@ def _kind(record: dict) -> str:
 def flatten(d: dict, prefix: str = "") -> dict:
     """{"optimizer": {"name": "adamw"}} → {"optimizer.name": "adamw"}."""
     out = {}
-    for k, v in d.items():
+    for k, v in (d or {}).items():
         if isinstance(v, dict):
             out.update(flatten(v, f"{prefix}{k}."))
         else:
@@ -124,11 +124,13 @@ class Recorder:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """All complete records of a metrics.jsonl (a half-written last line is skipped)."""
+    """All complete records of a metrics.jsonl (a half-written or foreign line is skipped)."""
     out = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            out.append(record)
     return out

@@ -97,10 +97,15 @@ class Optimizer:
         self.inner.load_state_dict(state)
 
     @torch.no_grad()
-    def weight_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(‖θ‖ of the regularized weights, L2 penalty λ₂/2·‖θ‖²) as device tensors (no host sync)."""
-        sq = torch.stack(torch._foreach_norm(self.regularized)).float().pow(2).sum() if self.regularized else torch.zeros(())
-        return sq.sqrt(), 0.5 * self.l2 * sq
+    def weight_stats(self, stages: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """weight_norm ‖θ‖ and l2_penalty λ₂/2·‖θ‖² of the regularized weights, and weight_norm/<name> for each
+        index tensor of positions in self.regularized in `stages`: one foreach norm, device tensors, no host sync."""
+        norms = torch.stack(torch._foreach_norm(self.regularized)).float() if self.regularized else torch.zeros(1)
+        sq = norms.pow(2).sum()
+        out = {"weight_norm": sq.sqrt(), "l2_penalty": 0.5 * self.l2 * sq}
+        for name, idx in (stages or {}).items():
+            out[f"weight_norm/{name}"] = norms[idx].norm()
+        return out
 
 
 def describe(*, algorithm: str, wd: float, l2: float, wd_scaling: str, wd_normalized: bool, n_tensors: int,

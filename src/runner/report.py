@@ -21,6 +21,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from runner.metrics import flatten as flatten_config
+from runner.metrics import read_metrics
 from runner.oscillation import oscillation_block, val_points
 
 # keys that do not change what is trained: never split runs into configurations
@@ -55,20 +57,10 @@ def _read_json(path: Path):
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    """Complete records of a metrics.jsonl; a half-written line is skipped."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return read_metrics(path)
     except OSError:
         return []
-    out = []
-    for line in lines:
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(r, dict):
-            out.append(r)
-    return out
 
 
 def _read_yaml(path: Path):
@@ -80,16 +72,10 @@ def _read_yaml(path: Path):
         return None
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{"optimizer": {"name": "adamw"}} → {"optimizer.name": "adamw"}; lists become compact JSON strings."""
-    out = {}
-    for k, v in (d or {}).items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = json.dumps(v, separators=(",", ":")) if isinstance(v, (list, tuple)) else v
-    return out
+def flatten(d: dict) -> dict:
+    """runner.metrics.flatten, with lists as compact JSON strings so they compare and print as one value."""
+    return {k: json.dumps(v, separators=(",", ":")) if isinstance(v, (list, tuple)) else v
+            for k, v in flatten_config(d).items()}
 
 
 def _natural(path: str):

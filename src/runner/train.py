@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from runner import checkpoint
 from runner import data as datasets
 from runner.config import ConfigError, DataConfig, RunConfig
-from runner.metrics import Recorder, read_metrics
+from runner.metrics import Recorder, flatten, read_metrics
 from runner.models import build_resnet
 from runner.optim import Optimizer, decoupled_rate, describe, normalized_lambda
 from runner.oscillation import oscillation_block
@@ -219,8 +219,9 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
     lam0 = normalized_lambda(cfg.wd, cfg.batch_size, n_train, schedule.period(0.0)) if o.wd_normalized else None
     sentences = describe(algorithm=o.algorithm, wd=cfg.wd, l2=l2, wd_scaling=o.wd_scaling, wd_normalized=o.wd_normalized,
                          n_tensors=len(opt.regularized), n_values=sum(p.numel() for p in opt.regularized), lam_now=lam0)
-    regularized = {id(p) for p in opt.regularized}
-    stage_params = {k: [p for _, p in v if id(p) in regularized] for k, v in model.stage_parameters().items()}
+    position = {id(p): i for i, p in enumerate(opt.regularized)}  # per-stage norms reuse the global norm's per-tensor norms
+    stage_index = {k: torch.tensor(i, device=device) for k, v in model.stage_parameters().items()
+                   if (i := [position[id(p)] for _, p in v if id(p) in position])}
 
     step, best_acc, last_val, initial_loss = 0, None, None, None
     epoch_loss, n_epoch = torch.zeros((), device=device), 0
@@ -264,11 +265,7 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
             return
         losses = torch.stack([p[3] for p in pending]).tolist()
         last = pending[-1]
-        wnorm, l2pen = opt.weight_stats()
-        extra = {"weight_norm": wnorm, "l2_penalty": l2pen, "grad_norm": last[4]}
-        for name, ps in stage_params.items():
-            if ps:
-                extra[f"weight_norm/{name}"] = torch.stack(torch._foreach_norm(ps)).norm()
+        extra = {**opt.weight_stats(stage_index), "grad_norm": last[4]}
         extra = {k: v.item() for k, v in extra.items() if v is not None}
         for (k, lr_k, d_k, _, _), loss in zip(pending, losses):
             rec = {"step": k, "epoch": k / spe, "train_loss": loss, "lr": lr_k, "decay": d_k}
@@ -395,8 +392,6 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
 
 def config_changes(old: dict, new: dict) -> dict:
     """{dotted key: (old, new)} for every setting that differs between two resolved configs."""
-    from runner.metrics import flatten
-
     a, b = flatten(old), flatten(new)
     return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k) and k != "resume"}
 
