@@ -10,6 +10,10 @@
                  ToTensor + Normalize per image, DataLoader(shuffle=True, num_workers=N, pin_memory on
                  cuda), `.to(device)` per batch and `loss.item()` per step.
 
+    graphed    : the runner's loop with trainer.cuda_graphs=true (runner.graphs.GraphedStep: the whole step,
+                 schedule included, replayed as one CUDA graph per batch shape); on CPU the same device-side
+                 step runs uncaptured, which only checks that the path works.
+
 Also timed: the input pipeline alone (DeviceLoader vs the DataLoader, no model), the validation pass
 (runner.train.evaluate), and the loop overhead: 1 − (runner loop images/s) / (forward + backward +
 optimizer images/s on one pre-made batch), from interleaved windows. Every rate is the median of
@@ -19,7 +23,7 @@ of the first step (compilation) is reported apart from the training rate.
 Runs without hydra/omegaconf and without the package installed: it imports runner from ../src.
 
     python scripts/bench.py                       # CPU: ResNet20v1, batch 32, < 2 min on 2 cores
-    python scripts/bench.py --device cuda         # ResNet56v2, batch 128 and 512, bf16, compile off and on
+    python scripts/bench.py --device cuda         # ResNet56v2, batch 128 and 512, bf16, compile and graphs off and on
     python scripts/bench.py --quick --out /tmp/b.json
 """
 from __future__ import annotations
@@ -47,6 +51,7 @@ import runner  # noqa: E402
 from runner import data as rdata  # noqa: E402
 from runner.config import ScheduleConfig  # noqa: E402  (a plain dataclass; no omegaconf)
 from runner.models import MODELS, build_resnet  # noqa: E402
+from runner.graphs import GraphedStep, step_tables  # noqa: E402
 from runner.optim import Optimizer, decoupled_rate  # noqa: E402
 from runner.schedules import make_schedule  # noqa: E402
 from runner.train import VAL_BATCH, evaluate, train_step  # noqa: E402
@@ -57,12 +62,12 @@ LR, WD = 1e-3, 5e-4
 MIN_WINDOWS = 3
 
 DEFAULTS = {  # per device; every one of these can be overridden by its flag
-    "cpu": dict(model="resnet20v1", batch_sizes=[32], windows=9, window_steps=12, warmup_steps=3, compile="off",
+    "cpu": dict(model="resnet20v1", batch_sizes=[32], windows=9, window_steps=12, warmup_steps=3, compile="off", graphs="off",
                 workers=2, n_train=4096, n_val=1000, val_passes=3, pipeline_batches=40, budget_s=20.0),
     "cuda": dict(model="resnet56v2", batch_sizes=[128, 512], windows=5, window_steps=40, warmup_steps=15,
-                 compile="both", workers=min(8, os.cpu_count() or 1), n_train=EPOCH_IMAGES, n_val=VAL_IMAGES,
+                 compile="both", graphs="on", workers=min(8, os.cpu_count() or 1), n_train=EPOCH_IMAGES, n_val=VAL_IMAGES,
                  val_passes=5, pipeline_batches=100, budget_s=None),
-    "quick": dict(model="resnet20v1", batch_sizes=[16], windows=2, window_steps=2, warmup_steps=1, compile="off",
+    "quick": dict(model="resnet20v1", batch_sizes=[16], windows=2, window_steps=2, warmup_steps=1, compile="off", graphs="off",
                   workers=1, n_train=256, n_val=200, val_passes=1, pipeline_batches=4, budget_s=None),
 }
 
@@ -149,14 +154,15 @@ def measure(steps: dict, clock: Clock, warmup: int, windows: int, window_steps: 
 
 # ---------------------------------------------------------------- the measured pieces
 
-def build(model_name: str, device, channels_last: bool, compile_: bool):
+def build(model_name: str, device, channels_last: bool, compile_: bool, capturable: bool = False):
     torch.manual_seed(0)  # runner and reference start from the same weights
     depth, version = MODELS[model_name]
     model = build_resnet(depth, version, 10).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = Optimizer(model, algorithm="adam", lr=LR, l2=0.0, wd=WD, decay=decoupled_rate(WD, "schedule", LR))
-    return model, (torch.compile(model) if compile_ else model), opt
+    opt = Optimizer(model, algorithm="adam", lr=LR, l2=0.0, wd=WD, decay=decoupled_rate(WD, "schedule", LR),
+                    capturable=capturable)
+    return model, (torch.compile(model, dynamic=False) if compile_ else model), opt  # as runner.train compiles
 
 
 def runner_steps(forward, opt, loader: rdata.DeviceLoader, autocast, schedule):
@@ -194,6 +200,32 @@ def runner_steps(forward, opt, loader: rdata.DeviceLoader, autocast, schedule):
         return len(y0)
 
     return loop, core
+
+
+def graphed_steps(forward, opt, loader: rdata.DeviceLoader, autocast, schedule, n_steps: int):
+    """The runner's loop step with trainer.cuda_graphs=true: GraphedStep (captured on CUDA), records as runner.train."""
+    spe, batches = len(loader), device_batches(loader)
+    lrs, decays = step_tables(schedule, opt.decay, LR, spe, n_steps)
+    graphed = GraphedStep(forward, opt, autocast, lrs, decays, capture=loader.device.type == "cuda")
+    state = {"step": 0, "pending": []}
+    epoch_loss = torch.zeros((), device=loader.device)
+
+    def loop() -> int:
+        x, y = next(batches)
+        step = state["step"]
+        log_point = (step + 1) % LOG_EVERY == 0
+        loss, grad_norm = graphed(x, y, step)
+        state["step"] = step = step + 1
+        epoch_loss.add_(loss)
+        state["pending"].append((step, lrs[step - 1], decays[step - 1], loss, grad_norm if log_point else None))
+        if log_point:
+            torch.stack([p[3] for p in state["pending"]]).tolist()
+            grad_norm.item()
+            [v.item() for v in opt.weight_stats().values()]
+            state["pending"] = []
+        return len(y)
+
+    return loop, graphed
 
 
 def reference_step(forward, opt, loader, device, autocast, schedule):
@@ -297,6 +329,8 @@ def parse_args(argv=None):
     p.add_argument("--window-steps", type=int, help="training steps per window")
     p.add_argument("--warmup-steps", type=int, help="untimed steps before the windows")
     p.add_argument("--compile", choices=("both", "on", "off"), help="torch.compile the model; default off on cpu, both on cuda")
+    p.add_argument("--graphs", choices=("on", "off"), help="also time the loop with trainer.cuda_graphs=true, next to "
+                                                           "the eager loop; default on for cuda, off on cpu")
     p.add_argument("--workers", type=int, help="reference DataLoader num_workers; default 2 on cpu, min(8, cpus) on cuda")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: the usable CPUs)")
     p.add_argument("--n-train", type=int, help="synthetic training images (default 4096 cpu, 50000 cuda)")
@@ -323,7 +357,7 @@ def main(argv=None) -> dict:
         device = torch.device(args.device)
     cuda = device.type == "cuda"
     d = dict(DEFAULTS["quick" if args.quick else device.type])
-    for k in ("model", "windows", "window_steps", "warmup_steps", "compile", "workers", "n_train", "n_val", "val_passes",
+    for k in ("model", "windows", "window_steps", "warmup_steps", "compile", "graphs", "workers", "n_train", "n_val", "val_passes",
               "budget_s"):
         if getattr(args, k) is not None:
             d[k] = getattr(args, k)
@@ -337,6 +371,9 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.benchmark = True  # as runner.train does
     channels_last = cuda  # runner.train's default: on for cuda
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()  # runner: bf16 on cuda, fp32 elsewhere
+    # with graphs runner.train turns autocast's weight cache off: a graph cannot hold it
+    autocast_graphs = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if cuda else nullcontext()
+    graphs = d["graphs"] == "on"
     clock = Clock(device)
 
     t_load = time.perf_counter()
@@ -354,14 +391,14 @@ def main(argv=None) -> dict:
     n_train = len(splits.train_y)
     schedule = make_schedule(ScheduleConfig(), epochs=30)  # the default piecewise-constant schedule
     env = environment(device)
-    settings = {**d, "batch_sizes": d["batch_sizes"], "compile": compiles, "data": data_name, "n_train": n_train,
+    settings = {**d, "batch_sizes": d["batch_sizes"], "compile": compiles, "cuda_graphs": graphs, "data": data_name, "n_train": n_train,
                 "n_val": len(splits.val_y), "channels_last": channels_last, "precision": "bf16" if cuda else "fp32",
                 "optimizer": f"runner.optim.Optimizer adam lr={LR} wd={WD} (decoupled, schedule scaling)",
                 "data_load_s": time.perf_counter() - t_load}
     print(f"bench: {env['device_name']} | torch {env['torch']} torchvision {env['torchvision']} cuda {env['cuda']} "
           f"cudnn {env['cudnn']} python {env['python']} | {env['cpu_count']} CPUs, {env['torch_threads']} torch threads",
           flush=True)
-    print(f"bench: {d['model']}, batch {d['batch_sizes']}, compile {compiles}, {data_name} {n_train} train / "
+    print(f"bench: {d['model']}, batch {d['batch_sizes']}, compile {compiles}, cuda graphs {d['graphs']}, {data_name} {n_train} train / "
           f"{len(splits.val_y)} val, {d['windows']} windows x {d['window_steps']} steps after {d['warmup_steps']} warm-up, "
           f"reference num_workers={d['workers']}", flush=True)
 
@@ -386,9 +423,18 @@ def main(argv=None) -> dict:
             # runner: its loop and the bare forward/backward/optimizer, windows interleaved
             model, forward, opt = build(d["model"], device, channels_last, comp)
             loop, core = runner_steps(forward, opt, dev_loader, autocast, schedule)
-            m = measure({"loop": loop, "core": core}, clock, d["warmup_steps"], d["windows"], d["window_steps"],
-                        d["budget_s"])
+            steps = {"loop": loop, "core": core}
+            if graphs:  # a second model, trained by the graphed loop; windows interleaved with the eager loop's
+                n_steps = d["warmup_steps"] + d["windows"] * d["window_steps"] + 1
+                g_model, g_forward, g_opt = build(d["model"], device, channels_last, comp, capturable=True)
+                steps["graphed"], g_step = graphed_steps(g_forward, g_opt, dev_loader, autocast_graphs, schedule, n_steps)
+            m = measure(steps, clock, d["warmup_steps"], d["windows"], d["window_steps"], d["budget_s"])
             run, core_r = m["loop"], m["core"]
+            graphed_r = m.get("graphed")
+            if graphed_r is not None:
+                graphed_r["capture_s"] = g_step.capture_s
+                graphed_r["graphs"] = len(g_step.graphs)  # 0 on cpu (uncaptured) or when warm-up outlasted the run
+                del g_model, g_forward, g_opt, g_step, steps
             per_step = bs / run["images_per_s"]
             run["compile_s"] = max(0.0, run["first_step_s"] - per_step) if comp else None
             # per interleaved pair of windows, so that a load change between pairs cancels out
@@ -416,7 +462,10 @@ def main(argv=None) -> dict:
 
             row = {"batch_size": bs, "compile": comp, "model": d["model"], "runner": run, "reference": ref,
                    "ratio": run["images_per_s"] / ref["images_per_s"],
+                   "graphed": graphed_r,
+                   "graphed_ratio": graphed_r["images_per_s"] / ref["images_per_s"] if graphed_r else None,
                    "epoch_s_est": {"runner": EPOCH_IMAGES / run["images_per_s"],
+                                   "graphed": EPOCH_IMAGES / graphed_r["images_per_s"] if graphed_r else None,
                                    "reference": EPOCH_IMAGES / ref["images_per_s"]},
                    "overhead": {"loop_images_per_s": run["images_per_s"], "core_images_per_s": core_r["images_per_s"],
                                 "core_windows": core_r["windows"], "share_raw": share_raw,
@@ -429,6 +478,10 @@ def main(argv=None) -> dict:
                   f"img/s   reference {ref['images_per_s']:8.1f} img/s   ratio {row['ratio']:5.2f}   "
                   f"loop overhead {100 * share_raw:5.1f} %   epoch (50k) {row['epoch_s_est']['runner']:.0f} s / "
                   f"{row['epoch_s_est']['reference']:.0f} s{extra}", flush=True)
+            if graphed_r:
+                print(f"train {d['model']} batch {bs:4d} compile {'on ' if comp else 'off'} + cuda graphs "
+                      f"({graphed_r['graphs']} captured, {graphed_r['capture_s']:.2f} s): {graphed_r['images_per_s']:8.1f} img/s   "
+                      f"ratio {row['graphed_ratio']:5.2f}   epoch (50k) {row['epoch_s_est']['graphed']:.2f} s", flush=True)
         del dev_loader, ref_loader
         if cuda:
             torch.cuda.empty_cache()
@@ -455,6 +508,19 @@ def main(argv=None) -> dict:
         f"validation_{VAL_IMAGES}_images_s_est": results["validation"][0][f"est_{VAL_IMAGES}_images_s"],
         "epoch_s_est": first["epoch_s_est"]["runner"],
     }
+    # the fastest runner variant at each batch size: what the README's epoch-time target reads
+    results["summary"]["fastest"] = {}
+    for row in results["train"]:
+        for kind in ("runner", "graphed"):
+            r = row[kind]
+            if r is None:
+                continue
+            best = results["summary"]["fastest"].get(str(row["batch_size"]))
+            if best is None or r["images_per_s"] > best["images_per_s"]:
+                results["summary"]["fastest"][str(row["batch_size"])] = {
+                    "images_per_s": r["images_per_s"], "epoch_s_est": EPOCH_IMAGES / r["images_per_s"],
+                    "compile": row["compile"], "cuda_graphs": kind == "graphed",
+                    "ratio_to_reference": r["images_per_s"] / row["reference"]["images_per_s"]}
     results["env"]["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     results["env"]["wall_s"] = time.perf_counter() - t_start
     out = Path(args.out)

@@ -52,7 +52,8 @@ def test_bare_environment_really_lacks_hydra_and_the_package(bare_env, tmp_path)
 
 def test_quick_bench_without_hydra(bare_env, tmp_path):
     out = tmp_path / "tmp" / "bench.json"
-    r = subprocess.run([sys.executable, str(BENCH), "--quick", "--device", "cpu", "--threads", "1", "--out", str(out)],
+    r = subprocess.run([sys.executable, str(BENCH), "--quick", "--device", "cpu", "--threads", "1", "--graphs", "on",
+                        "--out", str(out)],
                        env=bare_env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads(out.read_text())
@@ -70,6 +71,9 @@ def test_quick_bench_without_hydra(bare_env, tmp_path):
     assert 0.0 <= train["overhead"]["share"] <= 1.0
     assert train["overhead"]["core_images_per_s"] > 0
     assert train["epoch_s_est"]["runner"] == pytest.approx(50_000 / runner_rate)
+    graphed = train["graphed"]  # the cuda_graphs loop: on CPU its device-side step runs uncaptured
+    assert graphed["images_per_s"] > 0 and graphed["graphs"] == 0
+    assert train["graphed_ratio"] == pytest.approx(graphed["images_per_s"] / ref_rate)
 
     pipe = res["input_pipeline"][0]
     assert pipe["runner"]["images_per_s"] > 0 and pipe["reference"]["images_per_s"] > 0
@@ -81,4 +85,6 @@ def test_quick_bench_without_hydra(bare_env, tmp_path):
     s = res["summary"]
     assert s["ratio"] == pytest.approx(s["runner_images_per_s"] / s["reference_images_per_s"])
     assert 0.0 <= s["loop_overhead_share"] <= 1.0 and s["validation_s"] > 0
+    fastest = s["fastest"][str(train["batch_size"])]
+    assert fastest["images_per_s"] == max(runner_rate, graphed["images_per_s"])
     assert "ratio" in r.stdout and "img/s" in r.stdout

@@ -26,6 +26,7 @@ CHOICES = {
     "trainer.device": ("auto", "cpu", "cuda", "mps"),
     "trainer.precision": ("auto", "bf16", "fp32"),
     "trainer.on_diverge": ("stop", "raise"),
+    "trainer.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
 
@@ -97,6 +98,8 @@ class TrainerConfig:
     precision: str = "auto"
     channels_last: Optional[bool] = None
     compile: bool = False
+    compile_mode: str = "default"
+    cuda_graphs: bool = False
     progress: Optional[bool] = None
     train_eval: bool = False
     diverge_factor: float = 10.0
@@ -262,6 +265,13 @@ def _check(c: RunConfig) -> None:
     _choice("trainer.device", t.device)
     _choice("trainer.precision", t.precision)
     _choice("trainer.on_diverge", t.on_diverge)
+    _choice("trainer.compile_mode", t.compile_mode)
+    if t.cuda_graphs and t.device in ("cpu", "mps"):
+        _fail("trainer.cuda_graphs", t.cuda_graphs, f"CUDA graphs need trainer.device=cuda (or auto on a GPU machine), "
+              f"not {t.device}: drop trainer.cuda_graphs=true")
+    if t.cuda_graphs and t.compile and t.compile_mode in ("reduce-overhead", "max-autotune"):
+        _fail("trainer.compile_mode", t.compile_mode, "that mode records its own CUDA graphs, which cannot nest in "
+              "trainer.cuda_graphs=true: use trainer.compile_mode=default or max-autotune-no-cudagraphs")
     if not (math.isfinite(t.diverge_factor) and t.diverge_factor > 1):
         _fail("trainer.diverge_factor", t.diverge_factor, "must be a finite number > 1 (stop when loss > factor × initial loss)")
     if c.log.histograms_every < 0:

@@ -61,13 +61,15 @@ class Optimizer:
 
     def __init__(self, model: nn.Module, *, algorithm: str, lr: float, l2: float, wd: float,
                  decay: Callable[[float, float], float], decay_on: str = "weights", betas=(0.9, 0.999),
-                 eps: float = 1e-8, momentum: float = 0.9, nesterov: bool = False):
+                 eps: float = 1e-8, momentum: float = 0.9, nesterov: bool = False, capturable: bool = False):
         self.lr, self.wd, self.l2, self.decay = lr, wd, l2, decay
         self.regularized, other = split_params(model, decay_on)
         self.params = params = self.regularized + other
         fused = {"fused": True} if params[0].is_cuda else {}
         if algorithm == "adam":
-            self.inner = torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, **fused)
+            # capturable: Adam's step counter stays on the device, so a CUDA graph can replay the step (graphs.py)
+            cap = {"capturable": True} if capturable and params[0].is_cuda else {}
+            self.inner = torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, **fused, **cap)
         elif algorithm == "sgd":
             self.inner = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, **fused)
         else:
@@ -76,22 +78,34 @@ class Optimizer:
     @torch.no_grad()
     def step(self, t: float, eta: float) -> float:
         """One update at epoch t with multiplier η_t; gradients must be in .grad. Returns the shrink d_t applied."""
-        lr_t = self.lr * eta
+        d = self.decay(t, eta) if self.wd else 0.0
+        self._update(self.lr * eta, 1 - d if d else None)
+        return d
+
+    @torch.no_grad()
+    def step_tensors(self, lr_t: torch.Tensor, keep: torch.Tensor) -> None:
+        """The same update with lr_t and 1 − d_t as 0-d device tensors that the caller fills: nothing is read
+        from the host, so a CUDA graph can capture it (graphs.py). Pass the same two tensors at every call."""
+        self._update(lr_t, keep if self.wd else None)
+
+    def _update(self, lr_t, keep) -> None:
         for g in self.inner.param_groups:
             g["lr"] = lr_t
         if self.l2:  # g + λ₂·θ_{t-1}, torch.optim's own weight_decay formula, taken before the shrink touches θ
             torch._foreach_add_([p.grad for p in self.regularized], self.regularized, alpha=self.l2)
-        d = self.decay(t, eta) if self.wd else 0.0
-        if d:  # θ_{t-1}·(1 − d_t), then the optimizer's step: the paper's θ_t = θ_{t-1} − d_t·θ_{t-1} − update(g)
-            torch._foreach_mul_(self.regularized, 1 - d)
+        if keep is not None:  # θ_{t-1}·(1 − d_t), then the optimizer's step: the paper's θ_t = θ_{t-1} − d_t·θ_{t-1} − update(g)
+            torch._foreach_mul_(self.regularized, keep)
         self.inner.step()
-        return d
 
     def zero_grad(self) -> None:
         self.inner.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict:
-        return self.inner.state_dict()
+        state = self.inner.state_dict()
+        for g in state["param_groups"]:  # a graph's lr tensor is saved as the plain number it holds
+            if torch.is_tensor(g["lr"]):
+                g["lr"] = g["lr"].item()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.inner.load_state_dict(state)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from runner import checkpoint
 from runner import data as datasets
 from runner.config import ConfigError, DataConfig, RunConfig
+from runner.graphs import GraphedStep, step_tables
 from runner.metrics import Recorder, flatten, read_metrics
 from runner.models import build_resnet
 from runner.optim import Optimizer, decoupled_rate, describe, normalized_lambda
@@ -38,7 +39,7 @@ VAL_BATCH = {"cuda": 1000, "cpu": 100}  # big batches feed a GPU; on CPU cores b
 SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
 # Settings that may change when a run continues; any other change would make it a different run.
 RESUMABLE = ("epochs", "trainer.max_steps", "trainer.val_every", "trainer.log_every", "trainer.progress",
-             "trainer.device", "trainer.compile", "log.histograms_every")
+             "trainer.device", "trainer.compile", "trainer.compile_mode", "trainer.cuda_graphs", "log.histograms_every")
 
 
 class Diverged(RuntimeError):
@@ -176,6 +177,9 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
             log.info("continuing with %s changed: %r → %r", k, a, b)
         meta = {**(meta or {}), "resumed": {"from_step": state["step"], "changed": {k: list(v) for k, v in changed.items()}}}
     device = pick_device(tr.device, job_num)
+    if tr.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"trainer.cuda_graphs=true needs a CUDA device and this run got {device.type}: "
+                          "drop trainer.cuda_graphs=true")
     torch.manual_seed(cfg.seed)
     if tr.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -183,7 +187,8 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
     cuda = device.type == "cuda"
     bf16 = tr.precision == "bf16" or (tr.precision == "auto" and cuda)
     channels_last = cuda if tr.channels_last is None else tr.channels_last
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    # a CUDA graph cannot hold autocast's cache of cast weights (the PyTorch CUDA graph notes)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not tr.cuda_graphs) if bf16 else nullcontext()
     if cuda:
         torch.backends.cudnn.benchmark = not tr.deterministic
 
@@ -215,7 +220,7 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
                            n_train=n_train, period=schedule.period)
     l2 = normalized_lambda(cfg.l2, cfg.batch_size, n_train, cfg.epochs) if o.l2_normalized else cfg.l2
     opt = Optimizer(model, algorithm=o.algorithm, lr=cfg.lr, l2=l2, wd=cfg.wd, decay=decay, decay_on=o.decay_on,
-                    betas=o.betas, eps=o.eps, momentum=o.momentum, nesterov=o.nesterov)
+                    betas=o.betas, eps=o.eps, momentum=o.momentum, nesterov=o.nesterov, capturable=tr.cuda_graphs)
     lam0 = normalized_lambda(cfg.wd, cfg.batch_size, n_train, schedule.period(0.0)) if o.wd_normalized else None
     sentences = describe(algorithm=o.algorithm, wd=cfg.wd, l2=l2, wd_scaling=o.wd_scaling, wd_normalized=o.wd_normalized,
                          n_tensors=len(opt.regularized), n_values=sum(p.numel() for p in opt.regularized), lam_now=lam0)
@@ -239,7 +244,12 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
     for s in sentences:
         log.info(s)
 
-    forward = torch.compile(model) if tr.compile else model
+    # dynamic=False: the last, smaller batch gets its own specialised kernels instead of symbolic shapes for all
+    forward = torch.compile(model, mode=tr.compile_mode, dynamic=False) if tr.compile else model
+    graphed = None
+    if tr.cuda_graphs:  # the schedule goes into device tables the graph reads; the host keeps a copy for the records
+        lrs, decays = step_tables(schedule, lambda t, eta: decay(t, eta) if cfg.wd else 0.0, cfg.lr, spe, cfg.epochs * spe)
+        graphed = GraphedStep(forward, opt, autocast, lrs, decays, start_step=step, capture=True)
     recorder = Recorder(run_dir, resume_step=step, histograms_every=cfg.log.histograms_every)
     show_bar = sys.stderr.isatty() if tr.progress is None else tr.progress
     bar = None
@@ -311,12 +321,17 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
                     epoch_loss.zero_()
                     n_epoch = 0
                 for x, y in train_loader.epoch(epoch, start_step=start):
-                    t = step / spe
-                    eta = schedule(t)
                     log_point = (step + 1) % tr.log_every == 0
                     first = first_step_s is None
                     t0 = time.time() if first else 0.0
-                    loss, d_t, grad_norm = train_step(forward, opt, x, y, t, eta, autocast, want_grad_norm=log_point)
+                    if graphed is None:
+                        eta = schedule(step / spe)
+                        lr_k = cfg.lr * eta
+                        loss, d_t, grad_norm = train_step(forward, opt, x, y, step / spe, eta, autocast, want_grad_norm=log_point)
+                    else:  # the same step, replayed as a CUDA graph; ‖g‖ is a buffer it rewrites, read at log points
+                        lr_k, d_t = lrs[step], decays[step]
+                        loss, grad_norm = graphed(x, y, step)
+                        grad_norm = grad_norm if log_point else None
                     if first:  # includes torch.compile and cudnn autotuning: reported apart from the rate
                         if cuda:
                             torch.cuda.synchronize(device)
@@ -325,7 +340,7 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
                     images += len(y)
                     epoch_loss += loss
                     n_epoch += 1
-                    pending.append((step, cfg.lr * eta, d_t, loss, grad_norm))
+                    pending.append((step, lr_k, d_t, loss, grad_norm))
                     if bar is not None:
                         bar.update(1)
                     due_val = step % val_every == 0 or step == total
@@ -359,6 +374,7 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
     finally:
         if bar is not None:
             bar.close()
+        capture_s = graphed.capture_s if graphed is not None else 0.0
         summary = {
             "status": status,
             "n_params": n_params,
@@ -372,8 +388,10 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
             "train_time_s": train_time,
             "val_time_s": val_time,
             # the steady rate: the first step (compile, autotuning) is reported on its own
-            "images_per_s": (images - first_images) / (train_time - first_step_s) if step > 1 and train_time > first_step_s else None,
+            "images_per_s": (images - first_images) / (train_time - first_step_s - capture_s)
+            if step > 1 and train_time > first_step_s + capture_s else None,
             "first_step_s": first_step_s,
+            "graph_capture_s": graphed.capture_s if graphed is not None else None,
             "device": torch.cuda.get_device_name(device) if cuda else device.type,
             "regularization": sentences,
             "hparams": dataclasses.asdict(cfg),

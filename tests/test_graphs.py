@@ -1,0 +1,126 @@
+"""The graph-ready step (runner.graphs) is the eager step: same schedule, same decay, same update.
+
+On CPU GraphedStep runs its device-side step eagerly (capture=False); the CUDA capture itself is
+checked on a GPU by scripts/gpu_check.py.
+"""
+import math
+from contextlib import nullcontext
+
+import pytest
+import torch
+from conftest import compose_cfg
+
+from runner.config import ConfigError, validate
+from runner.graphs import GraphedStep, step_tables
+from runner.models import build_resnet
+from runner.optim import Optimizer, decoupled_rate
+from runner.schedules import warm_restarts
+from runner.train import train_step
+
+SPE, STEPS, LR = 4, 12, 3e-3
+BATCHES = [(torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(k), dtype=torch.float64),
+            torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(50 + k))) for k in range(STEPS)]
+SCHEDULE, _ = warm_restarts(T_0=1.0, T_mult=2.0, eta_min=0.05)  # moves every step and restarts at step 4
+
+
+def make(algorithm, l2, wd, wd_scaling):
+    torch.manual_seed(0)
+    model = build_resnet(8, 1, 10, bn_momentum=0.1).double()  # float64: no rounding for Adam to amplify
+    decay = decoupled_rate(wd, wd_scaling, LR)
+    opt = Optimizer(model, algorithm=algorithm, lr=LR, l2=l2, wd=wd, decay=decay)
+    return model, opt, decay
+
+
+def eager(model, opt, steps):
+    out = []
+    for k in steps:
+        x, y = BATCHES[k]
+        loss, d, gn = train_step(model, opt, x, y, k / SPE, SCHEDULE(k / SPE), nullcontext(), want_grad_norm=True)
+        out.append((loss.item(), d, gn.item()))
+    return out
+
+
+def graphed(model, opt, decay, wd, steps, start=0):
+    lrs, ds = step_tables(SCHEDULE, lambda t, e: decay(t, e) if wd else 0.0, LR, SPE, STEPS)
+    g = GraphedStep(model, opt, nullcontext(), lrs, ds, start_step=start, capture=False)
+    out = []
+    for k in steps:
+        loss, gn = g(*BATCHES[k], k)
+        out.append((loss.item(), ds[k], gn.item()))
+    assert g.counter.item() == steps[-1] + 1  # the device's step counter kept pace with the loop's
+    return out
+
+
+def assert_same_model(a, b):
+    # float64 on purpose: in float32, Keras-style conv biases right before a BN get a zero true gradient whose
+    # rounding noise (~1e-9) rivals Adam's eps, so any reordering of float ops turns into whole steps there
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_step_tables_hold_the_schedule_and_the_decay_of_every_step():
+    decay = decoupled_rate(0.1, "lr", LR)
+    lrs, ds = step_tables(SCHEDULE, decay, LR, SPE, STEPS)
+    assert len(lrs) == len(ds) == STEPS
+    for k in range(STEPS):
+        assert lrs[k] == pytest.approx(LR * SCHEDULE(k / SPE))
+        assert ds[k] == pytest.approx(LR * SCHEDULE(k / SPE) * 0.1)
+    assert lrs[SPE] == pytest.approx(LR)  # the warm restart at epoch 1 is in the table
+
+
+@pytest.mark.parametrize("algorithm,l2,wd,wd_scaling", [
+    ("adam", 0.0, 0.05, "schedule"),   # AdamW, the paper's η_t·λ
+    ("adam", 1e-3, 0.0, "schedule"),   # Adam with L2
+    ("adam", 1e-3, 0.5, "lr"),         # both at once, torch's lr_t·λ
+    ("sgd", 0.0, 0.05, "none"),        # SGDW, TF-Addons' constant λ
+])
+def test_the_device_side_step_trains_exactly_like_the_eager_step(algorithm, l2, wd, wd_scaling):
+    m1, o1, _ = make(algorithm, l2, wd, wd_scaling)
+    m2, o2, decay = make(algorithm, l2, wd, wd_scaling)
+    a = eager(m1, o1, range(STEPS))
+    b = graphed(m2, o2, decay, wd, list(range(STEPS)))
+    for (la, da, ga), (lb, db, gb) in zip(a, b):
+        assert lb == pytest.approx(la, rel=1e-12)
+        assert db == pytest.approx(da, rel=1e-12, abs=1e-15)
+        assert gb == pytest.approx(ga, rel=1e-12)
+    assert_same_model(m1, m2)
+    assert not math.isclose(a[0][0], a[-1][0])  # it did train
+
+
+def test_a_checkpoint_taken_between_graphed_steps_continues_the_same_run():
+    m1, o1, decay = make("adam", 1e-3, 0.05, "schedule")
+    straight = graphed(m1, o1, decay, 0.05, list(range(STEPS)))
+
+    m2, o2, decay = make("adam", 1e-3, 0.05, "schedule")
+    graphed(m2, o2, decay, 0.05, list(range(6)))
+    saved = {"model": m2.state_dict(), "optimizer": o2.state_dict()}
+    assert all(isinstance(g["lr"], float) for g in saved["optimizer"]["param_groups"])  # not the graph's tensor
+
+    m3, o3, decay = make("adam", 1e-3, 0.05, "schedule")
+    m3.load_state_dict(saved["model"])
+    o3.load_state_dict(saved["optimizer"])
+    resumed = graphed(m3, o3, decay, 0.05, list(range(6, STEPS)), start=6)
+    assert [r[0] for r in resumed] == [r[0] for r in straight[6:]]  # the same path both times: bit for bit
+    for p, q in zip(m1.state_dict().values(), m3.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+def test_cuda_graphs_on_a_cpu_device_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match=r"trainer.cuda_graphs=True.*drop trainer.cuda_graphs=true"):
+        validate(compose_cfg("trainer.device=cpu", "trainer.cuda_graphs=true"))
+
+
+def test_a_compile_mode_with_its_own_cuda_graphs_is_refused_inside_cuda_graphs():
+    with pytest.raises(ConfigError, match=r"trainer.compile_mode='reduce-overhead'.*compile_mode=default"):
+        validate(compose_cfg("trainer.cuda_graphs=true", "trainer.compile=true", "trainer.compile_mode=reduce-overhead"))
+    validate(compose_cfg("trainer.compile=true", "trainer.compile_mode=reduce-overhead"))  # fine on its own
+
+
+def test_auto_device_without_a_gpu_refuses_cuda_graphs_before_training(tmp_path, monkeypatch):
+    from runner.train import train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = validate(compose_cfg("data=synthetic", "model=resnet20v1", "trainer.cuda_graphs=true"))
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        train(cfg, tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()
