@@ -6,10 +6,11 @@ tensorboard and tqdm only (no hydra): it imports runner from ../src, like script
     python scripts/gpu_check.py                                   # the equivalence check (seconds)
     python scripts/gpu_check.py --data-root /tmp/cifar10-jpg --epochs 2 --out gpu_check.json
 
-1. Equivalence, in float64 so that no rounding hides a difference: ResNet20v1, Adam with L2 and
-   decoupled decay under a schedule that moves every step, batches of two shapes (the second one
+1. Equivalence, in float64 so that no rounding hides a difference: ResNet20v1, Adam and SGD (momentum),
+   each with L2 and decoupled decay under a schedule that moves every step, batches of two shapes (the second one
    captured as its own graph, as the last batch of an epoch is). Eager `train_step` against
-   `GraphedStep(capture=True)`: losses, gradient norms and every weight must agree to 1e-9.
+   `GraphedStep(capture=True)`: losses, gradient norms and every weight must agree to 1e-7 (not
+   closer: the fused CUDA optimizers read the graph's lr_t as float32, the eager step's as a double).
 2. With --data-root: ResNet56v2, batch 128, bf16, for --epochs epochs through `runner.train.train`,
    as (compile off, graphs off), (compile on, graphs off), (compile on, graphs on). The steady
    images/s of each run's summary (compile, autotuning and capture apart) gives the epoch time.
@@ -38,7 +39,7 @@ LR, L2, WD, SPE = 3e-3, 1e-3, 0.05, 5
 SHAPES = [16] * 4 + [8] + [16] * 4 + [8] + [16] * 4 + [8] + [16] * 4 + [8] + [16] * 4 + [8]  # 8 = the last batch
 
 
-def equivalence(device) -> dict:
+def equivalence(device, algorithm: str) -> dict:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     schedule, _ = warm_restarts(T_0=1.0, T_mult=2.0, eta_min=0.05)
@@ -50,7 +51,7 @@ def equivalence(device) -> dict:
     def make():
         torch.manual_seed(0)
         model = build_resnet(20, 1, 10, bn_momentum=0.1).double().to(device)
-        return model, Optimizer(model, algorithm="adam", lr=LR, l2=L2, wd=WD, decay=decay, capturable=True)
+        return model, Optimizer(model, algorithm=algorithm, lr=LR, l2=L2, wd=WD, decay=decay, capturable=True)
 
     m1, o1 = make()
     eager = []
@@ -68,10 +69,10 @@ def equivalence(device) -> dict:
     worst_gn = max(abs(a[1] - b[1]) / abs(a[1]) for a, b in zip(eager, graphed))
     worst_w = max(((p - q).abs().max() / p.abs().max().clamp_min(1e-12)).item()
                   for p, q in zip(m1.state_dict().values(), m2.state_dict().values()) if p.is_floating_point())
-    out = {"steps": len(batches), "graphs": len(g.graphs), "capture_s": g.capture_s, "counter": g.counter.item(),
+    out = {"algorithm": algorithm, "steps": len(batches), "graphs": len(g.graphs), "capture_s": g.capture_s, "counter": g.counter.item(),
            "max_rel_loss": worst_loss, "max_rel_grad_norm": worst_gn, "max_rel_weight": worst_w}
     out["ok"] = (out["graphs"] == 2 and out["counter"] == len(batches)
-                 and max(worst_loss, worst_gn, worst_w) < 1e-9)
+                 and max(worst_loss, worst_gn, worst_w) < 1e-7)
     torch.backends.cudnn.deterministic = False
     return out
 
@@ -104,14 +105,16 @@ def main(argv=None) -> int:
         sys.exit("gpu_check: no CUDA device here; this script checks the CUDA graph path on a GPU machine")
     device = torch.device("cuda")
     result = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda}
-    result["equivalence"] = eq = equivalence(device)
-    print(f"gpu_check: {result['device']}, torch {result['torch']}: equivalence {json.dumps(eq)}", flush=True)
+    result["equivalence"] = eq = [equivalence(device, a) for a in ("adam", "sgd")]
+    ok = all(e["ok"] for e in eq)
+    for e in eq:
+        print(f"gpu_check: {result['device']}, torch {result['torch']}: equivalence {json.dumps(e)}", flush=True)
     if args.data_root:
         with tempfile.TemporaryDirectory() as tmp:
             result["runs"] = timed_runs(args.data_root, args.epochs, Path(tmp))
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"gpu_check: wrote {args.out}; equivalence {'OK' if eq['ok'] else 'FAILED'}", flush=True)
-    return 0 if eq["ok"] else 1
+    print(f"gpu_check: wrote {args.out}; equivalence {'OK' if ok else 'FAILED'}", flush=True)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

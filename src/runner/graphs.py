@@ -42,11 +42,13 @@ class GraphedStep:
                  start_step: int = 0, *, capture: bool, warmup: int = 3):
         dev = opt.params[0].device
         self.model, self.opt, self.autocast, self.capture, self.warmup = model, opt, autocast, capture, warmup
-        dtype = opt.params[0].dtype  # lr_t and 1 − d_t in the parameters' precision
-        self.table = torch.tensor([[a, 1.0 - d] for a, d in zip(lr, decay)], dtype=dtype, device=dev)
+        dtype = opt.params[0].dtype
+        lr_dtype = torch.float32 if dev.type == "cuda" else dtype  # the fused CUDA optimizers read lr as float32
+        self.lr_table = torch.tensor(lr, dtype=lr_dtype, device=dev)
+        self.keep_table = torch.tensor([1.0 - d for d in decay], dtype=dtype, device=dev)  # as eager θ·(1 − d_t)
         self.counter = torch.full((1,), start_step, dtype=torch.int64, device=dev)  # the next step's index
-        self.now = torch.zeros(2, dtype=dtype, device=dev)  # (lr_t, 1 − d_t) of the current step: the optimizer reads these
-        self.lr_t, self.keep = self.now[0], self.now[1]
+        self.lr_t = torch.zeros((), dtype=lr_dtype, device=dev)  # the current step's lr_t and 1 − d_t:
+        self.keep = torch.zeros((), dtype=dtype, device=dev)     # the optimizer reads these two tensors
         self.losses = torch.full((len(lr),), float("nan"), device=dev)  # train loss of step k at index k
         self.grad_norm = torch.zeros((), dtype=dtype, device=dev)  # ‖g‖ of the data loss at the latest step
         self.graphs: dict[tuple, tuple] = {}  # batch shape → (graph, static images, static labels)
@@ -56,7 +58,8 @@ class GraphedStep:
 
     def _body(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """The step itself, every tensor op on the device. Gradients must be None on entry."""
-        self.now.copy_(self.table.index_select(0, self.counter)[0])
+        self.lr_t.copy_(self.lr_table.index_select(0, self.counter)[0])
+        self.keep.copy_(self.keep_table.index_select(0, self.counter)[0])
         with self.autocast:
             loss = F.cross_entropy(self.model(x), y)
         loss.backward()
