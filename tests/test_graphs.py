@@ -124,3 +124,29 @@ def test_auto_device_without_a_gpu_refuses_cuda_graphs_before_training(tmp_path,
     with pytest.raises(ConfigError, match="needs a CUDA device"):
         train(cfg, tmp_path)
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_the_graphed_step_never_reads_a_device_value_on_the_host(monkeypatch):
+    """A host read inside a CUDA graph capture fails (or freezes one step's value into every replay)."""
+    model, opt, decay = make("adam", 1e-3, 0.05, "schedule")
+    lrs, ds = step_tables(SCHEDULE, decay, LR, SPE, STEPS)
+    g = GraphedStep(model, opt, nullcontext(), lrs, ds, capture=False)
+    inside_torch_optim = []  # torch's CPU Adam reads its CPU step counter; on CUDA it is capturable and does not
+    real_step = opt.inner.step
+    monkeypatch.setattr(opt.inner, "step", lambda: (inside_torch_optim.append(1), real_step(), inside_torch_optim.pop()))
+
+    def guard(name):
+        original = getattr(torch.Tensor, name)
+
+        def refuse(self, *a, **k):
+            if inside_torch_optim:
+                return original(self, *a, **k)
+            raise AssertionError(f"a device value was read on the host ({name})")
+        return refuse
+
+    for name in ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, guard(name))
+    loss, gn = g(*BATCHES[0], 0)
+    loss, gn = g(*BATCHES[1], 1)
+    monkeypatch.undo()
+    assert g.counter.item() == 2 and math.isfinite(loss.item()) and gn.item() > 0
