@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from runner.optim import Optimizer, decoupled_rate, describe, split_params
+from runner.optim import Optimizer, decoupled_rate, describe, rounding_note, split_params
 
 ALPHA, STEPS = 3e-3, 30
 
@@ -229,3 +229,27 @@ def test_the_printed_sentences_say_which_rule_ran():
     assert s == ["decoupled decay: θ ← θ·(1 − η_t·0.0005) on 58 tensors (1.64 M values) (wd_scaling=schedule)", "L2: off"]
     s = describe(algorithm="adam", wd=0.0, l2=2e-4, wd_scaling="lr", wd_normalized=False, n_tensors=3, n_values=10)
     assert s[0] == "decoupled decay: off" and "g ← g + 0.0002·θ" in s[1] and "√v̂" in s[1]
+
+
+def test_float32_weights_round_small_shrinks_as_the_rounding_note_says():
+    theta = torch.linspace(-0.3, 0.3, 10_001, dtype=torch.float32)
+    exact = theta.double()
+    for d in (2**-25, 5e-9):  # 1 − d rounds to 1: nothing happens
+        assert torch.equal(theta * (1 - d), theta)
+    for d in (1e-6, 5e-7):  # applied, but only within 1.5·2^-24/d of d·θ
+        applied = (exact - (theta * (1 - d)).double())[theta.abs() > 1e-3]
+        want = exact[theta.abs() > 1e-3] * d
+        err = ((applied - want) / want).abs()
+        assert 0.5 * 2**-24 / d < err.max() <= 1.5 * 2**-24 / d
+
+
+def test_rounding_note_appears_only_when_some_step_is_too_small_for_float32():
+    assert rounding_note([5e-4, 5e-5, 5e-6]) is None  # the paper's η_t·λ with the default schedule: ≤ 1.8 %
+    assert rounding_note([0.0, 0.0]) is None  # no decoupled decay
+    note = rounding_note([5e-7, 5e-8, 5e-9, 0.0])  # torch's lr_t·λ at lr=1e-3, wd=5e-4, decayed to 1 %
+    assert "from 5e-07 down to 5e-09" in note and "179 % at d_t = 5e-08" in note
+    assert "no shrink at all on the 1 steps with d_t ≤ 3e-8" in note
+    note = rounding_note([1e-5, 1e-6])
+    assert note.endswith("off its value: 9 % at d_t = 1e-06")
+    assert rounding_note([1e-8]).endswith("off its value; no shrink at all on the 1 steps with d_t ≤ 3e-8")
+

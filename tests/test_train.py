@@ -114,6 +114,21 @@ def test_a_training_step_never_reads_device_values_on_the_host(monkeypatch):
     assert isinstance(loss, torch.Tensor) and isinstance(gn, torch.Tensor) and d == 5e-4
 
 
+def test_a_decay_too_small_for_float32_is_reported_in_the_summary(tmp_path, caplog):
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.train import train
+
+    # torch's convention: d_t = lr_t·λ = 1e-3·5e-4 = 5e-7, which float32 weights take up to 18 % off
+    cfg = validate(compose_cfg(*TINY, "data.n_train=64", "data.n_val=20", "epochs=10", "trainer.max_steps=2",
+                               "optimizer=adamw", "wd=5e-4", "optimizer.wd_scaling=lr"))
+    s = train(cfg, tmp_path)
+    (note,) = [r for r in s["regularization"] if r.startswith("float32 rounding")]
+    assert "down to 5e-07" in note and "18 % at d_t = 5e-07" in note
+    assert any(r.levelname == "WARNING" and r.message == note for r in caplog.records)
+
+
 @pytest.mark.slow
 def test_a_plain_non_editable_install_runs_from_any_folder(tmp_path):
     """`pip install .` (no -e) ships the configs inside the package; python -m runner works anywhere."""

@@ -132,3 +132,21 @@ def describe(*, algorithm: str, wd: float, l2: float, wd_scaling: str, wd_normal
     out.append(f"L2: g ← g + {l2:g}·θ, penalty {l2 / 2:g}·‖θ‖², {where}, {'divided by √v̂ with the rest of the gradient' if algorithm == 'adam' else 'scaled by lr_t'}"
                if l2 else "L2: off")
     return out
+
+
+def rounding_note(decays: list[float]) -> str | None:
+    """A sentence when float32 weights cannot take the run's per-step shrinks as given. θ·(1 − d) is computed in
+    float32: 1 − d lands on a grid of 2^-24 near 1 and θ·(1 − d) on θ's own grid, so the shrink is off by up to
+    1.5·2^-24/d of d·θ, and d ≤ 2^-25 ≈ 3e-8 leaves θ unchanged (torch.optim.AdamW and Keras round the same way).
+    None while that bound stays under 5 % (every d_t > 0 above ~1.8e-6)."""
+    used = [d for d in decays if d > 0]
+    bound = lambda d: 1.5 * 2**-24 / d  # noqa: E731
+    if not used or bound(min(used)) < 0.05:
+        return None
+    applied = [d for d in used if d > 2**-25]
+    lost = len(used) - len(applied)
+    note = (f"float32 rounding: per-step decay d_t runs from {max(used):.2g} down to {min(used):.2g}; float32 weights "
+            "take a shrink up to 1.5·2^-24/d_t off its value")
+    if applied:
+        note += f": {100 * bound(min(applied)):.0f} % at d_t = {min(applied):.2g}"
+    return note + (f"; no shrink at all on the {lost} steps with d_t ≤ 3e-8" if lost else "")

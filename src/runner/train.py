@@ -30,7 +30,7 @@ from runner.config import ConfigError, DataConfig, RunConfig
 from runner.graphs import GraphedStep, step_tables
 from runner.metrics import Recorder, flatten, read_metrics
 from runner.models import build_resnet
-from runner.optim import Optimizer, decoupled_rate, describe, normalized_lambda
+from runner.optim import Optimizer, decoupled_rate, describe, normalized_lambda, rounding_note
 from runner.oscillation import oscillation_block
 from runner.schedules import make_schedule
 
@@ -224,6 +224,9 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
     lam0 = normalized_lambda(cfg.wd, cfg.batch_size, n_train, schedule.period(0.0)) if o.wd_normalized else None
     sentences = describe(algorithm=o.algorithm, wd=cfg.wd, l2=l2, wd_scaling=o.wd_scaling, wd_normalized=o.wd_normalized,
                          n_tensors=len(opt.regularized), n_values=sum(p.numel() for p in opt.regularized), lam_now=lam0)
+    # lr_t and d_t of every step: the records' values, the graph's tables, and the float32 rounding check
+    lrs, decays = step_tables(schedule, lambda t, eta: decay(t, eta) if cfg.wd else 0.0, cfg.lr, spe, cfg.epochs * spe)
+    sentences += [note] if (note := rounding_note(decays[:total])) else []
     position = {id(p): i for i, p in enumerate(opt.regularized)}  # per-stage norms reuse the global norm's per-tensor norms
     stage_index = {k: torch.tensor(i, device=device) for k, v in model.stage_parameters().items()
                    if (i := [position[id(p)] for _, p in v if id(p) in position])}
@@ -242,14 +245,11 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
     log.info("%s on %s: %d params, %d train / %d val images, %d steps (%d per epoch)", cfg.model.name, device,
              n_params, n_train, len(splits.val_y), total, spe)
     for s in sentences:
-        log.info(s)
+        (log.warning if s == note else log.info)(s)
 
     # dynamic=False: the last, smaller batch gets its own specialised kernels instead of symbolic shapes for all
     forward = torch.compile(model, mode=tr.compile_mode, dynamic=False) if tr.compile else model
-    graphed = None
-    if tr.cuda_graphs:  # the schedule goes into device tables the graph reads; the host keeps a copy for the records
-        lrs, decays = step_tables(schedule, lambda t, eta: decay(t, eta) if cfg.wd else 0.0, cfg.lr, spe, cfg.epochs * spe)
-        graphed = GraphedStep(forward, opt, autocast, lrs, decays, start_step=step, capture=True)
+    graphed = GraphedStep(forward, opt, autocast, lrs, decays, start_step=step, capture=True) if tr.cuda_graphs else None
     recorder = Recorder(run_dir, resume_step=step, histograms_every=cfg.log.histograms_every)
     show_bar = sys.stderr.isatty() if tr.progress is None else tr.progress
     bar = None
