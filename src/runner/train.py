@@ -166,16 +166,7 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
     for note in notes:
         log.warning(note)
     if state is not None:
-        changed = config_changes(state["config"], dataclasses.asdict(cfg))
-        refused = {k: v for k, v in changed.items() if k not in RESUMABLE}
-        if refused:
-            what = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in refused.items())
-            raise checkpoint.CheckpointError(
-                f"{ckpt_dir} belongs to a run with other training settings ({what}). A continued run keeps them "
-                f"(only {', '.join(RESUMABLE)} may change): drop those overrides, or start a new run in a new folder")
-        for k, (a, b) in changed.items():
-            log.info("continuing with %s changed: %r → %r", k, a, b)
-        meta = {**(meta or {}), "resumed": {"from_step": state["step"], "changed": {k: list(v) for k, v in changed.items()}}}
+        meta = {**(meta or {}), "resumed": resumable(state, cfg, ckpt_dir)}
     device = pick_device(tr.device, job_num)
     if tr.cuda_graphs and device.type != "cuda":
         raise ConfigError(f"trainer.cuda_graphs=true needs a CUDA device and this run got {device.type}: "
@@ -406,6 +397,20 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
     log.info("%s after %d steps: best val acc %s, %.1f s", status, step, best_acc, summary["wall_time_s"])
     stop.pass_on()
     return summary
+
+
+def resumable(state: dict, cfg: RunConfig, ckpt_dir: Path) -> dict:
+    """What a continued run changes ({"from_step", "changed"}); CheckpointError if it would change the training."""
+    changed = config_changes(state["config"], dataclasses.asdict(cfg))
+    refused = {k: v for k, v in changed.items() if k not in RESUMABLE}
+    if refused:
+        what = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in refused.items())
+        raise checkpoint.CheckpointError(
+            f"{ckpt_dir} belongs to a run with other training settings ({what}). A continued run keeps them "
+            f"(only {', '.join(RESUMABLE)} may change): drop those overrides, or start a new run in a new folder")
+    for k, (a, b) in changed.items():
+        log.info("continuing with %s changed: %r → %r", k, a, b)
+    return {"from_step": state["step"], "changed": {k: list(v) for k, v in changed.items()}}
 
 
 def config_changes(old: dict, new: dict) -> dict:
