@@ -37,3 +37,25 @@ def run_cli(args, cwd, timeout=300, env_extra=None):
 @pytest.fixture
 def compose_config():
     return compose_cfg
+
+
+def forbid_host_reads(monkeypatch, opt) -> None:
+    """Make every device→host read of a tensor fail (on a GPU each is a sync, and inside a CUDA graph capture an
+    error), except within torch.optim's own step: its CPU Adam reads its CPU step counter, while on CUDA the
+    runner's fused (and, for graphs, capturable) Adam keeps the counter on the device."""
+    inside_torch_optim = []
+    real_step = opt.inner.step
+    monkeypatch.setattr(opt.inner, "step", lambda: (inside_torch_optim.append(1), real_step(), inside_torch_optim.pop()))
+
+    def guard(name):
+        original = getattr(torch.Tensor, name)
+
+        def refuse(self, *a, **k):
+            if inside_torch_optim:
+                return original(self, *a, **k)
+            raise AssertionError(f"a device value was read on the host ({name})")
+        return refuse
+
+    for name in ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, guard(name))
+

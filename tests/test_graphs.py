@@ -8,7 +8,7 @@ from contextlib import nullcontext
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import compose_cfg, forbid_host_reads
 
 from runner.config import ConfigError, validate
 from runner.graphs import GraphedStep, step_tables
@@ -131,21 +131,7 @@ def test_the_graphed_step_never_reads_a_device_value_on_the_host(monkeypatch):
     model, opt, decay = make("adam", 1e-3, 0.05, "schedule")
     lrs, ds = step_tables(SCHEDULE, decay, LR, SPE, STEPS)
     g = GraphedStep(model, opt, nullcontext(), lrs, ds, capture=False)
-    inside_torch_optim = []  # torch's CPU Adam reads its CPU step counter; on CUDA it is capturable and does not
-    real_step = opt.inner.step
-    monkeypatch.setattr(opt.inner, "step", lambda: (inside_torch_optim.append(1), real_step(), inside_torch_optim.pop()))
-
-    def guard(name):
-        original = getattr(torch.Tensor, name)
-
-        def refuse(self, *a, **k):
-            if inside_torch_optim:
-                return original(self, *a, **k)
-            raise AssertionError(f"a device value was read on the host ({name})")
-        return refuse
-
-    for name in ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"):
-        monkeypatch.setattr(torch.Tensor, name, guard(name))
+    forbid_host_reads(monkeypatch, opt)
     loss, gn = g(*BATCHES[0], 0)
     loss, gn = g(*BATCHES[1], 1)
     monkeypatch.undo()

@@ -3,7 +3,7 @@ import json
 import math
 
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, forbid_host_reads, run_cli
 
 from runner.metrics import read_metrics
 
@@ -94,22 +94,7 @@ def test_a_training_step_never_reads_device_values_on_the_host(monkeypatch):
     opt = Optimizer(model, algorithm="adam", lr=1e-3, l2=1e-4, wd=5e-4, decay=decoupled_rate(5e-4, "schedule", 1e-3))
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
 
-    # torch.optim's CPU Adam reads its CPU step counter; on CUDA the runner uses fused Adam, which keeps it on the device
-    inside_torch_optim = []
-    real_step = opt.inner.step
-    monkeypatch.setattr(opt.inner, "step", lambda: (inside_torch_optim.append(1), real_step(), inside_torch_optim.pop()))
-
-    def guard(name):
-        original = getattr(torch.Tensor, name)
-
-        def refuse(self, *a, **k):
-            if inside_torch_optim:
-                return original(self, *a, **k)
-            raise AssertionError(f"a device value was read on the host ({name})")
-        return refuse
-
-    for name in ("item", "tolist", "numpy", "__bool__", "__int__", "__float__"):
-        monkeypatch.setattr(torch.Tensor, name, guard(name))
+    forbid_host_reads(monkeypatch, opt)
     loss, d, gn = train_step(model, opt, x, y, 0.0, 1.0, nullcontext(), want_grad_norm=True)
     assert isinstance(loss, torch.Tensor) and isinstance(gn, torch.Tensor) and d == 5e-4
 
