@@ -165,29 +165,41 @@ def build(model_name: str, device, channels_last: bool, compile_: bool, capturab
     return model, (torch.compile(model, dynamic=False) if compile_ else model), opt  # as runner.train compiles
 
 
-def runner_steps(forward, opt, loader: rdata.DeviceLoader, autocast, schedule):
-    """(loop, core): the runner's loop step as runner.train.train runs it, and forward + backward +
-    optimizer alone on one pre-made batch. Both train the same model."""
-    spe, batches = len(loader), device_batches(loader)
-    state = {"step": 0, "pending": []}
+def bookkept(take_step, opt, loader: rdata.DeviceLoader):
+    """runner.train's loop around one step: the next batch, records kept on the device, and every LOG_EVERY
+    steps one device→host read of the pending losses, ‖g‖ and the weight norms (its flush).
+    `take_step(x, y, k, log_point)` trains step k and returns (loss, lr_k, d_k, ‖g‖ or None)."""
+    batches, state = device_batches(loader), {"step": 0, "pending": []}
     epoch_loss = torch.zeros((), device=loader.device)
 
     def loop() -> int:
         x, y = next(batches)
-        step = state["step"]
-        t = step / spe
-        eta = schedule(t)
-        log_point = (step + 1) % LOG_EVERY == 0
-        loss, d_t, grad_norm = train_step(forward, opt, x, y, t, eta, autocast, want_grad_norm=log_point)
-        state["step"] = step = step + 1
+        k = state["step"]
+        log_point = (k + 1) % LOG_EVERY == 0
+        loss, lr_k, d_k, grad_norm = take_step(x, y, k, log_point)
+        state["step"] = k + 1
         epoch_loss.add_(loss)
-        state["pending"].append((step, LR * eta, d_t, loss, grad_norm))
-        if log_point:  # runner.train's flush: one device→host read of the pending losses and weight norms
+        state["pending"].append((k + 1, lr_k, d_k, loss, grad_norm))
+        if log_point:
             torch.stack([p[3] for p in state["pending"]]).tolist()
-            [v.item() for v in opt.weight_stats().values()]
+            [v.item() for v in (*opt.weight_stats().values(), grad_norm)]
             state["pending"] = []
         return len(y)
 
+    return loop, state
+
+
+def runner_steps(forward, opt, loader: rdata.DeviceLoader, autocast, schedule):
+    """(loop, core): the runner's loop step as runner.train.train runs it, and forward + backward +
+    optimizer alone on one pre-made batch. Both train the same model."""
+    spe = len(loader)
+
+    def take_step(x, y, k, log_point):
+        eta = schedule(k / spe)
+        loss, d_k, grad_norm = train_step(forward, opt, x, y, k / spe, eta, autocast, want_grad_norm=log_point)
+        return loss, LR * eta, d_k, grad_norm
+
+    loop, state = bookkept(take_step, opt, loader)
     x0, y0 = next(device_batches(loader))
 
     def core() -> int:
@@ -204,28 +216,14 @@ def runner_steps(forward, opt, loader: rdata.DeviceLoader, autocast, schedule):
 
 def graphed_steps(forward, opt, loader: rdata.DeviceLoader, autocast, schedule, n_steps: int):
     """The runner's loop step with trainer.cuda_graphs=true: GraphedStep (captured on CUDA), records as runner.train."""
-    spe, batches = len(loader), device_batches(loader)
-    lrs, decays = step_tables(schedule, opt.decay, LR, spe, n_steps)
+    lrs, decays = step_tables(schedule, opt.decay, LR, len(loader), n_steps)
     graphed = GraphedStep(forward, opt, autocast, lrs, decays, capture=loader.device.type == "cuda")
-    state = {"step": 0, "pending": []}
-    epoch_loss = torch.zeros((), device=loader.device)
 
-    def loop() -> int:
-        x, y = next(batches)
-        step = state["step"]
-        log_point = (step + 1) % LOG_EVERY == 0
-        loss, grad_norm = graphed(x, y, step)
-        state["step"] = step = step + 1
-        epoch_loss.add_(loss)
-        state["pending"].append((step, lrs[step - 1], decays[step - 1], loss, grad_norm if log_point else None))
-        if log_point:
-            torch.stack([p[3] for p in state["pending"]]).tolist()
-            grad_norm.item()
-            [v.item() for v in opt.weight_stats().values()]
-            state["pending"] = []
-        return len(y)
+    def take_step(x, y, k, log_point):
+        loss, grad_norm = graphed(x, y, k)
+        return loss, lrs[k], decays[k], grad_norm if log_point else None
 
-    return loop, graphed
+    return bookkept(take_step, opt, loader)[0], graphed
 
 
 def reference_step(forward, opt, loader, device, autocast, schedule):

@@ -382,7 +382,7 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
             "images_per_s": (images - first_images) / (train_time - first_step_s - capture_s)
             if step > 1 and train_time > first_step_s + capture_s else None,
             "first_step_s": first_step_s,
-            "graph_capture_s": graphed.capture_s if graphed is not None else None,
+            "graph_capture_s": capture_s if graphed is not None else None,
             "device": torch.cuda.get_device_name(device) if cuda else device.type,
             "regularization": sentences,
             "hparams": dataclasses.asdict(cfg),
