@@ -1,17 +1,47 @@
-"""Checkpoints that survive preemption, full disks and half-written files.
+"""Checkpoints that survive preemption, full disks and half-written files, and open with a plain torch.load.
 
-A checkpoint file is one line with the SHA-256 of the payload, then the payload (torch.save bytes).
-It is written to a temporary file, fsynced and renamed over `last.pt`, after the previous `last.pt`
-has been renamed to `prev.pt`: at every instant one complete, verified checkpoint exists. Loading
-verifies the checksum and falls back to `prev.pt` when `last.pt` is missing, truncated or corrupt.
+A run's `checkpoints/` folder:
+
+    step-00000390-3f1c9a0b2d4e5f67.pt   one checkpoint per file, named by its step and the first 16 hex digits
+    step-00000780-9e8d7c6b5a493827.pt   of the SHA-256 of its bytes; the bytes are torch.save's and nothing else
+    last.pt -> step-00000780-….pt       relative symlink to the newest (left out where symlinks fail)
+    best.pt                             the weights of the best validation so far (save_best)
+
+Every file opens with `torch.load(path, weights_only=True)`: the payload holds only tensors, numbers,
+strings, lists, tuples and dicts (numpy's RNG state is stored as a tensor and ints), and save() checks so.
+
+Writing: bytes to `<name>.tmp`, fsync, rename, fsync the folder. The name verifies the bytes, so one atomic
+rename publishes a checkpoint and there is no sidecar to keep in step. Then last.pt is pointed at it (a new
+symlink renamed over the old one), and only then are older files deleted: the new one and the newest older
+one whose bytes match its name are kept. Files of the same or a later step go too, because the run that
+saves is the one that continues: a second save of a step replaces the first, and steps past a damaged newest
+one belong to a timeline the run has left. At every instant a complete, verified checkpoint exists.
+
+Loading (load_latest) tries the step files newest first (by step), checks each against the hash in its name
+and falls back to the previous one with a note when the newest is truncated or corrupt. A file whose hash
+matches but which this runner cannot read is a CheckpointError, not a fallback: it is intact, only newer.
+
+Format 1 (the runner before step files): regular files `last.pt` and `prev.pt`, each one line with the SHA-256 of the
+payload, then the payload (numpy's RNG state as an ndarray, so it needs weights_only=False). Such folders
+still continue: they are read after any step file (with weights_only=False: the runner's own files, checksum
+verified first), and the first save moves an intact old last.pt to prev.pt (as format 1 did); prev.pt is
+deleted once a verified older step file exists.
+
+best.pt (save_best): {"format", "model": state_dict, "step": int, "val_acc": float,
+"val_metric": "recalibrated" | "running", "config": dict}, replaced atomically whenever the headline
+validation accuracy improves. It has no hash in its name (it is the one file a user opens by hand): torch.load
+notices a truncated best.pt, not a flipped bit in it.
 """
 from __future__ import annotations
 
 import errno
 import hashlib
 import io
+import logging
 import os
+import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,28 +49,64 @@ import torch
 
 from runner.config import UserError
 
-FORMAT = 1
-NAMES = ("last.pt", "prev.pt")
+log = logging.getLogger(__name__)
+
+FORMAT = 2
+READABLE = (1, 2)  # 1: checksum line + payload in last.pt/prev.pt; 2: step files, weights_only payload
+HASH_CHARS = 16  # 64 bits of SHA-256: damage detection, not security
+STEP_FILE = re.compile(r"step-(\d+)-([0-9a-f]{%d})\.pt" % HASH_CHARS)
+LAST, PREV, BEST = "last.pt", "prev.pt", "best.pt"
 
 
 class CheckpointError(UserError):
     """A checkpoint cannot be written or used; the message says why and what to do."""
 
 
+class _Damaged(ValueError):
+    """The file's bytes are not the ones that were written: skip it and try the previous one."""
+
+
+# ---------------------------------------------------------------- random number generators
+
 def rng_state() -> dict:
-    """Every random number generator the next step could read (the data order is a function of seed and epoch)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random number generator the next step could read (the data order is a function of seed and epoch),
+    as values torch.load(weights_only=True) accepts: numpy's MT19937 keys become an int64 tensor."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    numpy = {"bit_generator": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+             "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
+    state = {"python": random.getstate(), "numpy": numpy, "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what rng_state() returned, from this format or format 1 (numpy's state as its own tuple)."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))  # a list after some loaders: setstate wants a tuple
+    n = state["numpy"]
+    if isinstance(n, dict):
+        n = (n["bit_generator"], np.asarray(n["keys"], dtype=np.int64).astype(np.uint32), n["pos"], n["has_gauss"],
+             n["cached_gaussian"])
+    np.random.set_state(n)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- writing
+
+def _serialize(state: dict) -> bytes:
+    """torch.save bytes, checked to open with weights_only=True (a value that does not is a bug in the caller)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    try:
+        torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise TypeError("a checkpoint may hold only tensors, numbers, strings, lists, tuples and dicts "
+                        f"(torch.load(weights_only=True) refuses the rest): {e}") from None
+    return payload
 
 
 def _fsync_dir(path: Path) -> None:
@@ -51,54 +117,168 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save(state: dict, folder: Path) -> Path:
-    """Write `state` atomically as folder/last.pt, keeping the previous one as prev.pt."""
-    folder.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save({"format": FORMAT, **state}, buf)
-    payload = buf.getvalue()
-    tmp, last, prev = folder / "last.pt.tmp", folder / "last.pt", folder / "prev.pt"
+def _write_atomic(path: Path, payload: bytes, what: str) -> None:
+    """path holds either its old bytes or all of `payload`, never part of it, also after a crash."""
+    tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(hashlib.sha256(payload).hexdigest().encode() + b"\n")
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename is on disk before anything older is deleted
     except OSError as e:
         tmp.unlink(missing_ok=True)
         why = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
-        raise CheckpointError(f"could not write a checkpoint in {folder}: {why}. The previous checkpoint is "
-                              "intact; free space (or fix the folder's permissions) and start the run again in "
-                              "the same folder to continue.") from None
-    if last.exists():
-        os.replace(last, prev)
-    os.replace(tmp, last)
-    _fsync_dir(folder)
-    return last
+        raise CheckpointError(f"could not write {what} in {path.parent}: {why}. The previous {what} is intact; free "
+                              "space (or fix the folder's permissions) and start the run again in the same folder "
+                              "to continue.") from None
+
+
+def save(state: dict, folder: Path) -> Path:
+    """Write `state` (a dict with an int "step") as folder/step-<step>-<sha256[:16]>.pt, point last.pt at it,
+    keep the newest older verified one and delete the rest; return the new file's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = _serialize({"format": FORMAT, **state})
+    digest = hashlib.sha256(payload).hexdigest()[:HASH_CHARS]
+    path = folder / f"step-{int(state['step']):08d}-{digest}.pt"
+    _write_atomic(path, payload, "checkpoint")
+    _point_last(folder, path)
+    _prune(folder, path)
+    return path
+
+
+def save_best(folder: Path, state: dict) -> Path:
+    """Replace folder/best.pt atomically with `state` ({"model", "step", "val_acc", "val_metric", "config"}: see
+    the module docstring); return its path. Plain torch.save bytes, opened with torch.load(weights_only=True)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / BEST
+    _write_atomic(path, _serialize({"format": FORMAT, **state}), BEST)
+    return path
+
+
+def _format1_intact(path: Path) -> bool:
+    """A regular file in format 1 (a line of 64 hex digits, the SHA-256 of the rest, then the payload) that verifies."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    head, _, payload = path.read_bytes().partition(b"\n")
+    return len(head) == 64 and hashlib.sha256(payload).hexdigest().encode() == head
+
+
+def _point_last(folder: Path, target: Path) -> None:
+    """last.pt → target, swapped in by one rename; silently left out where the file system has no symlinks."""
+    link, tmp = folder / LAST, folder / (LAST + ".tmp")
+    if _format1_intact(link):  # format 1's newest stays the fallback, as prev.pt (format 1's own name for it)
+        os.replace(link, folder / PREV)
+    try:
+        tmp.unlink(missing_ok=True)
+        os.symlink(target.name, tmp)
+        os.replace(tmp, link)
+    except (OSError, NotImplementedError):
+        try:  # what is left at last.pt (an old link, a damaged file) would mislead: better nothing
+            tmp.unlink(missing_ok=True)
+            link.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _prune(folder: Path, new: Path) -> None:
+    """Delete every checkpoint but `new` and the newest older one whose bytes match its name."""
+    step = _step(new)
+    others = [p for p in _step_files(folder) if p != new]
+    previous = next((p for p in others if _step(p) < step and _verified(p)), None)
+    doomed = [p for p in others if p != previous] + list(folder.glob("step-*.pt.tmp"))  # .tmp: left by a crash
+    if previous is not None:  # format 1's fallback, superseded by a verified step file
+        doomed.append(folder / PREV)
+    for p in doomed:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError as e:  # a leftover file costs disk space, not the run
+            log.warning("could not delete the old checkpoint %s: %s", p, e.strerror or e)
+
+
+# ---------------------------------------------------------------- reading
+
+def _step(path: Path) -> int:
+    return int(STEP_FILE.fullmatch(path.name)[1])
+
+
+def _verified(path: Path) -> bytes | None:
+    """The file's bytes if their SHA-256 starts with the hash in its name, else None."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    return raw if hashlib.sha256(raw).hexdigest()[:HASH_CHARS] == STEP_FILE.fullmatch(path.name)[2] else None
+
+
+def _step_files(folder: Path) -> list[Path]:
+    """Step files, newest first: by step, then (two of one step only after a crash mid-save) last.pt's target."""
+    try:
+        current = os.readlink(folder / LAST)
+    except OSError:
+        current = None
+    files = [p for p in folder.glob("step-*.pt") if STEP_FILE.fullmatch(p.name)]
+    return sorted(files, key=lambda p: (_step(p), p.name == current, p.stat().st_mtime_ns), reverse=True)
 
 
 def _read(path: Path) -> dict:
-    raw = path.read_bytes()
+    """The checkpoint in `path`; _Damaged when its bytes are not the ones written."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise _Damaged(e.strerror or str(e)) from None
+    if STEP_FILE.fullmatch(path.name):
+        if hashlib.sha256(raw).hexdigest()[:HASH_CHARS] != STEP_FILE.fullmatch(path.name)[2]:
+            raise _Damaged("checksum mismatch: truncated or corrupted")
+        try:
+            return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        except Exception as e:  # intact bytes this torch cannot read: falling back would throw away newer work
+            raise CheckpointError(f"{path} is intact (its SHA-256 matches its name) but this runner cannot read it "
+                                  f"({type(e).__name__}: {str(e)[:200]}): continue the run with the runner and torch "
+                                  "versions that wrote it") from None
     head, _, payload = raw.partition(b"\n")
     if len(head) != 64 or hashlib.sha256(payload).hexdigest().encode() != head:
-        raise ValueError("checksum mismatch (truncated or corrupted)")
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+        raise _Damaged("checksum mismatch: truncated or corrupted")
+    try:  # format 1 holds numpy's RNG state as an ndarray; these are the runner's own files, checksum verified
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise _Damaged(f"{type(e).__name__}: {e}") from None
+
+
+def _check_format(state, path: Path) -> None:
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if fmt in READABLE:
+        return
+    if isinstance(fmt, int) and fmt > FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {fmt}, newer than this runner reads (up to {FORMAT}): "
+                              "continue the run with the newer runner version that wrote it")
+    raise CheckpointError(f"{path} has checkpoint format {fmt!r}, this runner reads formats "
+                          f"{', '.join(map(str, READABLE))}: start a new run (or resume with the runner version "
+                          "that wrote it)")
+
+
+def _candidates(folder: Path) -> list[Path]:
+    """Every file that may hold a checkpoint, newest first: step files, then format 1's last.pt and prev.pt."""
+    if not folder.is_dir():
+        return []
+    legacy = [folder / LAST] if (folder / LAST).is_file() and not (folder / LAST).is_symlink() else []
+    legacy += [folder / PREV] if (folder / PREV).is_file() else []
+    return _step_files(folder) + legacy
 
 
 def load_latest(folder: Path) -> tuple[dict | None, list[str]]:
     """(newest valid checkpoint or None, notes on the ones that were skipped and why)."""
+    folder = Path(folder)
     notes = []
-    for name in NAMES:
-        path = folder / name
-        if not path.exists():
-            continue
+    for path in _candidates(folder):
         try:
             state = _read(path)
-        except Exception as e:  # any unreadable file: report it and try the older one
+        except _Damaged as e:  # report it and try the older one
             notes.append(f"{path} is unusable ({e}); trying the previous checkpoint")
             continue
-        if state.get("format") != FORMAT:
-            raise CheckpointError(f"{path} has checkpoint format {state.get('format')!r}, this runner reads format "
-                                  f"{FORMAT}: start a new run (or resume with the runner version that wrote it)")
+        _check_format(state, path)
         return state, notes
     return None, notes
