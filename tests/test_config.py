@@ -1,8 +1,15 @@
 """The configuration contract: what composes, what is refused, and the message a user sees."""
+import dataclasses
+import subprocess
+import sys
+import typing
+
 import pytest
 from conftest import compose_cfg, run_cli
+from omegaconf import OmegaConf
 
-from runner.config import ConfigError, validate
+from runner import config
+from runner.config import ConfigError, ModelConfig, OptimizerConfig, RunConfig, choices, resumable_keys, validate
 
 
 def test_defaults_compose_to_resnet56v2_adamw():
@@ -59,7 +66,8 @@ def test_every_model_preset_composes(name):
     ("optimizer.wd_scaling=paper", "optimizer.wd_scaling"), ("optimizer.decay_on=bn", "optimizer.decay_on"),
     ("optimizer.eps=0", "optimizer.eps"), ("+trainer.max_step=3", "max_step"),
     ("optimizer=sgdw", None), ("optimizer=sgdw optimizer.momentum=1.0", "optimizer.momentum"),
-    ("schedule=warm_restarts schedule.T_0=0", "schedule.T_0"), ("schedule=warm_restarts schedule.T_mult=0.5", "schedule.T_mult"),
+    ("schedule=warm_restarts schedule.T_0=0", "schedule.T_0"),
+    ("schedule=warm_restarts schedule.T_mult=0.5", "schedule.T_mult"),
     ("schedule=piecewise_linear schedule.knots=[[0,1],[0.5,1],[0.3,0]]", "schedule.knots"),
     ("schedule=piecewise_linear schedule.knots=[[0,1],[1.5,0]]", "schedule.knots"),
     ("schedule=piecewise_linear schedule.knots=[[0,1]]", "schedule.knots"),
@@ -79,6 +87,69 @@ def test_bad_values_are_refused_naming_the_key(override, key):
 def test_choice_errors_list_the_allowed_values():
     with pytest.raises(ConfigError, match=r"auto \| cpu \| cuda \| mps"):
         validate(compose_cfg("trainer.device=tpu"))
+
+
+def test_a_refused_value_is_one_clean_line_naming_the_full_key_and_the_fix():
+    with pytest.raises(ConfigError) as e:
+        validate(compose_cfg("optimizer.wd_scaling=foo"))
+    assert str(e.value) == "optimizer.wd_scaling='foo' is invalid: allowed values are schedule | lr | none"
+    assert e.value.__cause__ is None and e.value.__context__ is None  # nothing of OmegaConf's chained onto it
+
+
+def test_a_section_built_by_hand_is_checked_too():
+    with pytest.raises(ConfigError, match=r"^optimizer.wd_scaling='paper' is invalid"):
+        OptimizerConfig(wd_scaling="paper")
+    with pytest.raises(ConfigError, match=r"^model.depth=57 is invalid"):
+        ModelConfig(depth=57)
+    RunConfig()  # every schema default is valid (OmegaConf builds the sections' defaults to read the schema)
+
+
+def test_a_crash_inside_a_rule_is_a_bug_and_stays_a_traceback(monkeypatch):
+    rules = ModelConfig.__post_init__
+
+    def crashing(self):
+        rules(self)
+        if self.depth == 20:
+            raise TypeError("a bug in a rule")
+    monkeypatch.setattr(ModelConfig, "__post_init__", crashing)
+    with pytest.raises(Exception, match="a bug in a rule") as e:
+        validate(compose_cfg("model=resnet20v1"))
+    assert not isinstance(e.value, ConfigError)
+
+
+def test_each_section_knows_its_key_in_the_run_config():
+    hints = typing.get_type_hints(RunConfig)
+    sections = {f.name: hints[f.name] for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(hints[f.name])}
+    assert set(sections) == {"model", "optimizer", "schedule", "data", "trainer", "log"}
+    assert {name: cls.section for name, cls in sections.items()} == {name: name for name in sections}
+
+
+def test_allowed_values_are_read_from_the_fields():
+    assert choices("trainer.device") == ("auto", "cpu", "cuda", "mps")
+    assert choices("model.version") == (1, 2)
+    assert choices("lr") == ()
+
+
+@pytest.mark.parametrize("key", [k for k, f in config._leaves(RunConfig) if f.metadata.get("choices")])
+def test_every_declared_choice_is_enforced_with_the_list(key):
+    with pytest.raises(ConfigError) as e:
+        validate(compose_cfg(f"{key}=bogus" if key != "model.version" else "model.version=3"))
+    assert str(e.value).startswith(f"{key}=") and " | ".join(map(str, choices(key))) in str(e.value)
+
+
+def test_resumable_keys_are_exactly_train_pys_list():
+    assert set(resumable_keys()) == {
+        "epochs", "trainer.max_steps", "trainer.val_every", "trainer.log_every", "trainer.progress", "trainer.device",
+        "trainer.compile", "trainer.compile_mode", "trainer.cuda_graphs", "log.histograms_every"}
+    cfg, absent = compose_cfg(), object()
+    assert [k for k in resumable_keys() if OmegaConf.select(cfg, k, default=absent) is absent] == []
+
+
+def test_config_py_imports_neither_torch_nor_omegaconf():
+    """`--help` stays quick, and scripts/bench.py builds RunConfig on a machine without Hydra."""
+    code = "import sys, runner.config as c; c.RunConfig(); print('torch' in sys.modules, 'omegaconf' in sys.modules)"
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert probe.stdout.split() == ["False", "False"], probe.stderr
 
 
 @pytest.mark.slow
