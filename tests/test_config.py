@@ -9,7 +9,8 @@ from conftest import compose_cfg, run_cli
 from omegaconf import OmegaConf
 
 from runner import config
-from runner.config import ConfigError, ModelConfig, OptimizerConfig, RunConfig, choices, resumable_keys, validate
+from runner.config import (OBJECTIVES, ConfigError, ModelConfig, OptimizerConfig, RunConfig, choices, resumable_keys,
+                           validate)
 
 
 def test_defaults_compose_to_resnet56v2_adamw():
@@ -127,6 +128,7 @@ def test_each_section_knows_its_key_in_the_run_config():
 def test_allowed_values_are_read_from_the_fields():
     assert choices("trainer.device") == ("auto", "cpu", "cuda", "mps")
     assert choices("model.version") == (1, 2)
+    assert choices("trainer.objective") == OBJECTIVES
     assert choices("lr") == ()
 
 
@@ -137,10 +139,11 @@ def test_every_declared_choice_is_enforced_with_the_list(key):
     assert str(e.value).startswith(f"{key}=") and " | ".join(map(str, choices(key))) in str(e.value)
 
 
-def test_resumable_keys_are_exactly_train_pys_list():
+def test_resumable_keys_are_exactly_the_settings_that_do_not_change_the_training():
     assert set(resumable_keys()) == {
         "epochs", "trainer.max_steps", "trainer.val_every", "trainer.log_every", "trainer.progress", "trainer.device",
-        "trainer.compile", "trainer.compile_mode", "trainer.cuda_graphs", "log.histograms_every"}
+        "trainer.compile", "trainer.compile_mode", "trainer.cuda_graphs", "trainer.extend_schedule",
+        "trainer.objective", "log.histograms_every", "report"}
     cfg, absent = compose_cfg(), object()
     assert [k for k in resumable_keys() if OmegaConf.select(cfg, k, default=absent) is absent] == []
 
@@ -150,6 +153,67 @@ def test_config_py_imports_neither_torch_nor_omegaconf():
     code = "import sys, runner.config as c; c.RunConfig(); print('torch' in sys.modules, 'omegaconf' in sys.modules)"
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert probe.stdout.split() == ["False", "False"], probe.stderr
+
+
+# ---- the keys of the new trainer: defaults, and what each refuses
+
+def test_new_keys_default_as_documented():
+    run = validate(compose_cfg())
+    t = run.trainer
+    assert (t.compile, t.cuda_graphs) == (None, None)  # null = auto: on for CUDA, off elsewhere
+    assert (t.bn_recalibrate, t.extend_schedule, t.objective) == (2048, None, "best_val_acc")
+    assert run.data.drop_last is True and run.report is False
+    assert dataclasses.asdict(RunConfig().trainer) == dataclasses.asdict(t)  # the schema's defaults are the YAML's
+
+
+@pytest.mark.parametrize("n, ok", [(0, True), (2, True), (10000, True), (1, False), (10001, False), (-1, False)])
+def test_bn_recalibrate_is_off_or_between_2_and_10000_images(n, ok):
+    if ok:
+        assert validate(compose_cfg(f"trainer.bn_recalibrate={n}")).trainer.bn_recalibrate == n
+    else:
+        with pytest.raises(ConfigError, match=rf"^trainer.bn_recalibrate={n} is invalid: must be 0 \(off\) or from 2"):
+            validate(compose_cfg(f"trainer.bn_recalibrate={n}"))
+
+
+def test_objective_is_one_of_the_numeric_summary_keys():
+    for key in OBJECTIVES:
+        assert validate(compose_cfg(f"trainer.objective={key}")).trainer.objective == key
+    with pytest.raises(ConfigError, match=r"trainer.objective='status' is invalid: allowed values are best_val_acc"):
+        validate(compose_cfg("trainer.objective=status"))
+
+
+def test_extend_schedule_is_rescale_hold_or_null():
+    for value in ("rescale", "hold", "null"):
+        validate(compose_cfg(f"trainer.extend_schedule={value}"))
+    with pytest.raises(ConfigError, match=r"trainer.extend_schedule='stretch' is invalid: .*rescale \| hold"):
+        validate(compose_cfg("trainer.extend_schedule=stretch"))
+
+
+def test_drop_last_and_report_are_booleans():
+    run = validate(compose_cfg("data.drop_last=false", "report=true"))
+    assert run.data.drop_last is False and run.report is True
+    with pytest.raises(ConfigError, match="data.drop_last"):
+        validate(compose_cfg("data.drop_last=sometimes"))
+
+
+@pytest.mark.parametrize("device", ["cpu", "mps"])
+def test_cuda_graphs_auto_is_fine_off_cuda_but_true_is_refused(device):
+    assert validate(compose_cfg(f"trainer.device={device}")).trainer.cuda_graphs is None
+    with pytest.raises(ConfigError, match=rf"trainer.cuda_graphs=True is invalid: .*not {device}: drop trainer.cuda_"):
+        validate(compose_cfg(f"trainer.device={device}", "trainer.cuda_graphs=true"))
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_a_compile_mode_with_its_own_graphs_is_refused_in_cuda_graphs_unless_compile_is_off(mode):
+    graphs = ["trainer.cuda_graphs=true", f"trainer.compile_mode={mode}"]
+    validate(compose_cfg(*graphs, "trainer.compile=false"))  # the mode is never used
+    with pytest.raises(ConfigError, match=rf"trainer.compile_mode='{mode}' is invalid: .*cannot nest"):
+        validate(compose_cfg(*graphs, "trainer.compile=true"))
+    with pytest.raises(ConfigError, match=r"trainer.compile=null compiles on CUDA.*or trainer.compile=false"):
+        validate(compose_cfg(*graphs))  # compile left to auto may well be on
+    validate(compose_cfg("trainer.compile=true", f"trainer.compile_mode={mode}"))  # graphs left to the trainer
+    for safe in ("default", "max-autotune-no-cudagraphs"):
+        validate(compose_cfg("trainer.cuda_graphs=true", "trainer.compile=true", f"trainer.compile_mode={safe}"))
 
 
 @pytest.mark.slow

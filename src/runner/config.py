@@ -171,6 +171,7 @@ class DataConfig(_Section):
     normalize: str = setting("channel", choices=("channel", "pixel_mean", "none"))
     n_train: int = 2000
     n_val: int = 500
+    drop_last: bool = True
 
     def __post_init__(self) -> None:
         self._check_choices()
@@ -185,8 +186,15 @@ class DataConfig(_Section):
             self._fail("n_train/n_val", "synthetic data needs at least 10 images per split", (self.n_train, self.n_val))
 
 
+# the numeric summary.json keys a sweeper may optimize (trainer.objective)
+OBJECTIVES = ("best_val_acc", "final_val_acc", "final_val_loss", "final_train_loss", "best_val_acc_running",
+              "final_val_acc_running")
+
+
 @dataclass
 class TrainerConfig(_Section):
+    """`compile` and `cuda_graphs` are null for auto (on for CUDA, off elsewhere); the trainer resolves them."""
+
     section: ClassVar[str] = "trainer"
     device: str = setting("auto", choices=("auto", "cpu", "cuda", "mps"), resumable=True)
     max_steps: Optional[int] = setting(None, resumable=True)
@@ -194,24 +202,31 @@ class TrainerConfig(_Section):
     log_every: int = setting(50, resumable=True)
     precision: str = setting("auto", choices=("auto", "bf16", "fp32"))
     channels_last: Optional[bool] = None
-    compile: bool = setting(False, resumable=True)
+    compile: Optional[bool] = setting(None, resumable=True)
     compile_mode: str = setting("default", resumable=True,
                                 choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
-    cuda_graphs: bool = setting(False, resumable=True)
+    cuda_graphs: Optional[bool] = setting(None, resumable=True)
     progress: Optional[bool] = setting(None, resumable=True)
     train_eval: bool = False
+    bn_recalibrate: int = 2048
+    extend_schedule: Optional[str] = setting(None, choices=("rescale", "hold"), resumable=True)
+    objective: str = setting("best_val_acc", choices=OBJECTIVES, resumable=True)
     diverge_factor: float = 10.0
     on_diverge: str = setting("stop", choices=("stop", "raise"))
     deterministic: bool = False
 
     def __post_init__(self) -> None:
         self._check_choices()
-        if self.cuda_graphs and self.device in ("cpu", "mps"):
+        if self.cuda_graphs is True and self.device in ("cpu", "mps"):
             self._fail("cuda_graphs", f"CUDA graphs need trainer.device=cuda (or auto on a GPU machine), not "
-                       f"{self.device}: drop trainer.cuda_graphs=true")
-        if self.cuda_graphs and self.compile and self.compile_mode in ("reduce-overhead", "max-autotune"):
+                       f"{self.device}: drop trainer.cuda_graphs=true (the default, null, is off there)")
+        nests = self.compile_mode in ("reduce-overhead", "max-autotune")  # modes that record CUDA graphs themselves
+        if self.cuda_graphs is True and self.compile is not False and nests:
+            auto = self.compile is None  # null compiles on CUDA, which is where cuda_graphs=true runs
             self._fail("compile_mode", "that mode records its own CUDA graphs, which cannot nest in "
-                       "trainer.cuda_graphs=true: use trainer.compile_mode=default or max-autotune-no-cudagraphs")
+                       "trainer.cuda_graphs=true" + (" (trainer.compile=null compiles on CUDA)" if auto else "")
+                       + ": use trainer.compile_mode=default or max-autotune-no-cudagraphs"
+                       + (", or trainer.compile=false" if auto else ""))
         if not (math.isfinite(self.diverge_factor) and self.diverge_factor > 1):
             self._fail("diverge_factor", "must be a finite number > 1 (stop when loss > factor × initial loss)")
         for name in ("max_steps", "val_every"):
@@ -219,6 +234,9 @@ class TrainerConfig(_Section):
                 self._fail(name, "must be >= 1, or null")
         if self.log_every < 1:
             self._fail("log_every", "must be >= 1")
+        # BatchNorm needs 2 values per channel for a variance; the images pass through in one batch
+        if self.bn_recalibrate != 0 and not 2 <= self.bn_recalibrate <= 10_000:
+            self._fail("bn_recalibrate", "must be 0 (off) or from 2 to 10000 (one forward pass holds them all)")
 
 
 @dataclass
@@ -249,6 +267,7 @@ class RunConfig(_Section):
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     resume: Optional[str] = None
+    report: bool = setting(False, resumable=True)
 
     def __post_init__(self) -> None:
         self._finite("lr", positive=True)
