@@ -216,6 +216,12 @@ def test_a_compile_mode_with_its_own_graphs_is_refused_in_cuda_graphs_unless_com
         validate(compose_cfg("trainer.cuda_graphs=true", "trainer.compile=true", f"trainer.compile_mode={safe}"))
 
 
+def test_image_folder_needs_its_own_root_not_cifar10s():
+    with pytest.raises(ConfigError, match=r"^data.root=None is invalid: data=image_folder needs a folder"):
+        validate(compose_cfg("data=image_folder"))
+    assert validate(compose_cfg("data=image_folder", "data.root=/data/cinic10")).data.root == "/data/cinic10"
+
+
 @pytest.mark.slow
 def test_cli_refuses_before_any_work_and_leaves_no_folder(tmp_path):
     r = run_cli(["lr=-1"], cwd=tmp_path)
