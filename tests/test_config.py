@@ -5,7 +5,7 @@ import sys
 import typing
 
 import pytest
-from conftest import compose_cfg, run_cli
+from conftest import TINY, compose_cfg, run_cli
 from omegaconf import OmegaConf
 
 from runner import config
@@ -220,6 +220,27 @@ def test_image_folder_needs_its_own_root_not_cifar10s():
     with pytest.raises(ConfigError, match=r"^data.root=None is invalid: data=image_folder needs a folder"):
         validate(compose_cfg("data=image_folder"))
     assert validate(compose_cfg("data=image_folder", "data.root=/data/cinic10")).data.root == "/data/cinic10"
+
+
+# ---- debug=smoke
+
+OLD_TINY = ["data=synthetic", "model=resnet20v1", "trainer.device=cpu", "epochs=2", "batch_size=64",
+            "data.n_train=512", "data.n_val=200", "trainer.progress=false", "model.bn_momentum=0.1"]
+
+
+def test_debug_smoke_is_the_tiny_run_the_tests_spelled_out_before():
+    smoke = dataclasses.asdict(validate(compose_cfg(*TINY)))
+    spelled = dataclasses.asdict(validate(compose_cfg(*OLD_TINY)))
+    assert smoke["trainer"].pop("bn_recalibrate") == 256 and spelled["trainer"].pop("bn_recalibrate") == 2048
+    assert smoke == spelled
+
+
+def test_debug_smoke_can_still_be_overridden_and_shrinks_an_experiment():
+    run = validate(compose_cfg("debug=smoke", "trainer.progress=true", "epochs=3", "model=resnet32v1"))
+    assert (run.trainer.progress, run.epochs, run.model.name) == (True, 3, "resnet32v1")
+    run = validate(compose_cfg("experiment=adamw_30ep", "debug=smoke"))
+    assert (run.epochs, run.model.name, run.data.name) == (2, "resnet20v1", "synthetic")
+    assert run.schedule.name == "warm_restarts" and run.trainer.train_eval  # the rest of the experiment stays
 
 
 @pytest.mark.slow
