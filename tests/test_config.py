@@ -3,9 +3,10 @@ import dataclasses
 import subprocess
 import sys
 import typing
+from pathlib import Path
 
 import pytest
-from conftest import TINY, compose_cfg, run_cli
+from conftest import CONFIG_DIR, TINY, compose_cfg, run_cli
 from omegaconf import OmegaConf
 
 from runner import config
@@ -222,7 +223,7 @@ def test_image_folder_needs_its_own_root_not_cifar10s():
     assert validate(compose_cfg("data=image_folder", "data.root=/data/cinic10")).data.root == "/data/cinic10"
 
 
-# ---- debug=smoke
+# ---- debug=smoke, and every preset of every group
 
 OLD_TINY = ["data=synthetic", "model=resnet20v1", "trainer.device=cpu", "epochs=2", "batch_size=64",
             "data.n_train=512", "data.n_val=200", "trainer.progress=false", "model.bn_momentum=0.1"]
@@ -241,6 +242,21 @@ def test_debug_smoke_can_still_be_overridden_and_shrinks_an_experiment():
     run = validate(compose_cfg("experiment=adamw_30ep", "debug=smoke"))
     assert (run.epochs, run.model.name, run.data.name) == (2, "resnet20v1", "synthetic")
     assert run.schedule.name == "warm_restarts" and run.trainer.train_eval  # the rest of the experiment stays
+
+
+GROUPS = ("model", "optimizer", "schedule", "data", "trainer", "experiment", "debug")
+PRESETS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
+NEEDS = {("data", "image_folder"): ["data.root=/data/cinic10"]}  # what a preset needs from the command line
+
+
+def test_the_preset_list_covers_every_group():
+    on_disk = {d.name for d in Path(CONFIG_DIR).iterdir() if d.is_dir() and d.name not in ("hydra", "__pycache__")}
+    assert on_disk == set(GROUPS) and {g for g, _ in PRESETS} == set(GROUPS)
+
+
+@pytest.mark.parametrize("group, option", PRESETS, ids=[f"{g}={o}" for g, o in PRESETS])
+def test_every_preset_of_every_group_composes_and_validates(group, option):
+    validate(compose_cfg(f"{group}={option}", *NEEDS.get((group, option), [])))
 
 
 @pytest.mark.slow
