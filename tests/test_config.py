@@ -1,8 +1,17 @@
 """The configuration contract: what composes, what is refused, and the message a user sees."""
-import pytest
-from conftest import compose_cfg, run_cli
+import dataclasses
+import subprocess
+import sys
+import typing
+from pathlib import Path
 
-from runner.config import ConfigError, validate
+import pytest
+from conftest import CONFIG_DIR, TINY, compose_cfg, run_cli
+from omegaconf import OmegaConf
+
+from runner import config
+from runner.config import (OBJECTIVES, ConfigError, ModelConfig, OptimizerConfig, RunConfig, choices, resumable_keys,
+                           validate)
 
 
 def test_defaults_compose_to_resnet56v2_adamw():
@@ -59,7 +68,8 @@ def test_every_model_preset_composes(name):
     ("optimizer.wd_scaling=paper", "optimizer.wd_scaling"), ("optimizer.decay_on=bn", "optimizer.decay_on"),
     ("optimizer.eps=0", "optimizer.eps"), ("+trainer.max_step=3", "max_step"),
     ("optimizer=sgdw", None), ("optimizer=sgdw optimizer.momentum=1.0", "optimizer.momentum"),
-    ("schedule=warm_restarts schedule.T_0=0", "schedule.T_0"), ("schedule=warm_restarts schedule.T_mult=0.5", "schedule.T_mult"),
+    ("schedule=warm_restarts schedule.T_0=0", "schedule.T_0"),
+    ("schedule=warm_restarts schedule.T_mult=0.5", "schedule.T_mult"),
     ("schedule=piecewise_linear schedule.knots=[[0,1],[0.5,1],[0.3,0]]", "schedule.knots"),
     ("schedule=piecewise_linear schedule.knots=[[0,1],[1.5,0]]", "schedule.knots"),
     ("schedule=piecewise_linear schedule.knots=[[0,1]]", "schedule.knots"),
@@ -79,6 +89,174 @@ def test_bad_values_are_refused_naming_the_key(override, key):
 def test_choice_errors_list_the_allowed_values():
     with pytest.raises(ConfigError, match=r"auto \| cpu \| cuda \| mps"):
         validate(compose_cfg("trainer.device=tpu"))
+
+
+def test_a_refused_value_is_one_clean_line_naming_the_full_key_and_the_fix():
+    with pytest.raises(ConfigError) as e:
+        validate(compose_cfg("optimizer.wd_scaling=foo"))
+    assert str(e.value) == "optimizer.wd_scaling='foo' is invalid: allowed values are schedule | lr | none"
+    assert e.value.__cause__ is None and e.value.__context__ is None  # nothing of OmegaConf's chained onto it
+
+
+def test_a_section_built_by_hand_is_checked_too():
+    with pytest.raises(ConfigError, match=r"^optimizer.wd_scaling='paper' is invalid"):
+        OptimizerConfig(wd_scaling="paper")
+    with pytest.raises(ConfigError, match=r"^model.depth=57 is invalid"):
+        ModelConfig(depth=57)
+    RunConfig()  # every schema default is valid (OmegaConf builds the sections' defaults to read the schema)
+
+
+def test_a_crash_inside_a_rule_is_a_bug_and_stays_a_traceback(monkeypatch):
+    rules = ModelConfig.__post_init__
+
+    def crashing(self):
+        rules(self)
+        if self.depth == 20:
+            raise TypeError("a bug in a rule")
+    monkeypatch.setattr(ModelConfig, "__post_init__", crashing)
+    with pytest.raises(Exception, match="a bug in a rule") as e:
+        validate(compose_cfg("model=resnet20v1"))
+    assert not isinstance(e.value, ConfigError)
+
+
+def test_each_section_knows_its_key_in_the_run_config():
+    hints = typing.get_type_hints(RunConfig)
+    sections = {f.name: hints[f.name] for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(hints[f.name])}
+    assert set(sections) == {"model", "optimizer", "schedule", "data", "trainer", "log"}
+    assert {name: cls.section for name, cls in sections.items()} == {name: name for name in sections}
+
+
+def test_allowed_values_are_read_from_the_fields():
+    assert choices("trainer.device") == ("auto", "cpu", "cuda", "mps")
+    assert choices("model.version") == (1, 2)
+    assert choices("trainer.objective") == OBJECTIVES
+    assert choices("lr") == ()
+
+
+@pytest.mark.parametrize("key", [k for k, f in config._leaves(RunConfig) if f.metadata.get("choices")])
+def test_every_declared_choice_is_enforced_with_the_list(key):
+    with pytest.raises(ConfigError) as e:
+        validate(compose_cfg(f"{key}=bogus" if key != "model.version" else "model.version=3"))
+    assert str(e.value).startswith(f"{key}=") and " | ".join(map(str, choices(key))) in str(e.value)
+
+
+def test_resumable_keys_are_exactly_the_settings_that_do_not_change_the_training():
+    assert set(resumable_keys()) == {
+        "epochs", "trainer.max_steps", "trainer.val_every", "trainer.log_every", "trainer.progress", "trainer.device",
+        "trainer.compile", "trainer.compile_mode", "trainer.cuda_graphs", "trainer.extend_schedule",
+        "trainer.objective", "log.histograms_every", "report"}
+    cfg, absent = compose_cfg(), object()
+    assert [k for k in resumable_keys() if OmegaConf.select(cfg, k, default=absent) is absent] == []
+
+
+def test_config_py_imports_neither_torch_nor_omegaconf():
+    """`--help` stays quick, and scripts/bench.py builds RunConfig on a machine without Hydra."""
+    code = "import sys, runner.config as c; c.RunConfig(); print('torch' in sys.modules, 'omegaconf' in sys.modules)"
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert probe.stdout.split() == ["False", "False"], probe.stderr
+
+
+# ---- the keys of the new trainer: defaults, and what each refuses
+
+def test_new_keys_default_as_documented():
+    run = validate(compose_cfg())
+    t = run.trainer
+    assert (t.compile, t.cuda_graphs) == (None, None)  # null = auto: on for CUDA, off elsewhere
+    assert (t.bn_recalibrate, t.extend_schedule, t.objective) == (2048, None, "best_val_acc")
+    assert run.data.drop_last is True and run.report is False
+    assert dataclasses.asdict(RunConfig().trainer) == dataclasses.asdict(t)  # the schema's defaults are the YAML's
+
+
+@pytest.mark.parametrize("n, ok", [(0, True), (2, True), (10000, True), (1, False), (10001, False), (-1, False)])
+def test_bn_recalibrate_is_off_or_between_2_and_10000_images(n, ok):
+    if ok:
+        assert validate(compose_cfg(f"trainer.bn_recalibrate={n}")).trainer.bn_recalibrate == n
+    else:
+        with pytest.raises(ConfigError, match=rf"^trainer.bn_recalibrate={n} is invalid: must be 0 \(off\) or from 2"):
+            validate(compose_cfg(f"trainer.bn_recalibrate={n}"))
+
+
+def test_objective_is_one_of_the_numeric_summary_keys():
+    for key in OBJECTIVES:
+        assert validate(compose_cfg(f"trainer.objective={key}")).trainer.objective == key
+    with pytest.raises(ConfigError, match=r"trainer.objective='status' is invalid: allowed values are best_val_acc"):
+        validate(compose_cfg("trainer.objective=status"))
+
+
+def test_extend_schedule_is_rescale_hold_or_null():
+    for value in ("rescale", "hold", "null"):
+        validate(compose_cfg(f"trainer.extend_schedule={value}"))
+    with pytest.raises(ConfigError, match=r"trainer.extend_schedule='stretch' is invalid: .*rescale \| hold"):
+        validate(compose_cfg("trainer.extend_schedule=stretch"))
+
+
+def test_drop_last_and_report_are_booleans():
+    run = validate(compose_cfg("data.drop_last=false", "report=true"))
+    assert run.data.drop_last is False and run.report is True
+    with pytest.raises(ConfigError, match="data.drop_last"):
+        validate(compose_cfg("data.drop_last=sometimes"))
+
+
+@pytest.mark.parametrize("device", ["cpu", "mps"])
+def test_cuda_graphs_auto_is_fine_off_cuda_but_true_is_refused(device):
+    assert validate(compose_cfg(f"trainer.device={device}")).trainer.cuda_graphs is None
+    with pytest.raises(ConfigError, match=rf"trainer.cuda_graphs=True is invalid: .*not {device}: drop trainer.cuda_"):
+        validate(compose_cfg(f"trainer.device={device}", "trainer.cuda_graphs=true"))
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_a_compile_mode_with_its_own_graphs_is_refused_in_cuda_graphs_unless_compile_is_off(mode):
+    graphs = ["trainer.cuda_graphs=true", f"trainer.compile_mode={mode}"]
+    validate(compose_cfg(*graphs, "trainer.compile=false"))  # the mode is never used
+    with pytest.raises(ConfigError, match=rf"trainer.compile_mode='{mode}' is invalid: .*cannot nest"):
+        validate(compose_cfg(*graphs, "trainer.compile=true"))
+    with pytest.raises(ConfigError, match=r"trainer.compile=null compiles on CUDA.*or trainer.compile=false"):
+        validate(compose_cfg(*graphs))  # compile left to auto may well be on
+    validate(compose_cfg("trainer.compile=true", f"trainer.compile_mode={mode}"))  # graphs left to the trainer
+    for safe in ("default", "max-autotune-no-cudagraphs"):
+        validate(compose_cfg("trainer.cuda_graphs=true", "trainer.compile=true", f"trainer.compile_mode={safe}"))
+
+
+def test_image_folder_needs_its_own_root_not_cifar10s():
+    with pytest.raises(ConfigError, match=r"^data.root=None is invalid: data=image_folder needs a folder"):
+        validate(compose_cfg("data=image_folder"))
+    assert validate(compose_cfg("data=image_folder", "data.root=/data/cinic10")).data.root == "/data/cinic10"
+
+
+# ---- debug=smoke, and every preset of every group
+
+OLD_TINY = ["data=synthetic", "model=resnet20v1", "trainer.device=cpu", "epochs=2", "batch_size=64",
+            "data.n_train=512", "data.n_val=200", "trainer.progress=false", "model.bn_momentum=0.1"]
+
+
+def test_debug_smoke_is_the_tiny_run_the_tests_spelled_out_before():
+    smoke = dataclasses.asdict(validate(compose_cfg(*TINY)))
+    spelled = dataclasses.asdict(validate(compose_cfg(*OLD_TINY)))
+    assert smoke["trainer"].pop("bn_recalibrate") == 256 and spelled["trainer"].pop("bn_recalibrate") == 2048
+    assert smoke == spelled
+
+
+def test_debug_smoke_can_still_be_overridden_and_shrinks_an_experiment():
+    run = validate(compose_cfg("debug=smoke", "trainer.progress=true", "epochs=3", "model=resnet32v1"))
+    assert (run.trainer.progress, run.epochs, run.model.name) == (True, 3, "resnet32v1")
+    run = validate(compose_cfg("experiment=adamw_30ep", "debug=smoke"))
+    assert (run.epochs, run.model.name, run.data.name) == (2, "resnet20v1", "synthetic")
+    assert run.schedule.name == "warm_restarts" and run.trainer.train_eval  # the rest of the experiment stays
+
+
+GROUPS = ("model", "optimizer", "schedule", "data", "trainer", "experiment", "debug")
+PRESETS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
+NEEDS = {("data", "image_folder"): ["data.root=/data/cinic10"]}  # what a preset needs from the command line
+
+
+def test_the_preset_list_covers_every_group():
+    on_disk = {d.name for d in Path(CONFIG_DIR).iterdir() if d.is_dir() and d.name not in ("hydra", "__pycache__")}
+    assert on_disk == set(GROUPS) and {g for g, _ in PRESETS} == set(GROUPS)
+
+
+@pytest.mark.parametrize("group, option", PRESETS, ids=[f"{g}={o}" for g, o in PRESETS])
+def test_every_preset_of_every_group_composes_and_validates(group, option):
+    validate(compose_cfg(f"{group}={option}", *NEEDS.get((group, option), [])))
 
 
 @pytest.mark.slow

@@ -1,33 +1,25 @@
-"""The run's configuration: a typed schema, and the one place it is validated.
+"""The run's configuration: a typed schema that carries its own rules, and `validate`, its one entry point.
 
-Hydra composes the YAML under configs/; `validate` checks it once, before any work, and returns
-plain dataclasses that the rest of the package receives as arguments. Nothing here imports torch,
-so `--help` and tab completion stay quick.
+Hydra composes the YAML under configs/; `validate` checks it once, before any work, and returns plain
+dataclasses that the rest of the package receives as arguments. Each section checks its own values in
+`__post_init__`, so a section built by hand (scripts, tests) is checked too; `RunConfig.__post_init__` adds the
+rules that span sections. A field declares its allowed values and whether a continued run may change it
+(`setting(..., choices=..., resumable=True)`); `choices(key)` and `resumable_keys()` read them back.
+Every dataclass default is a valid value on its own; the defaults a user sees are those of configs/.
+Nothing here imports torch (and omegaconf only inside `validate`), so `--help` and tab completion stay quick.
 """
 from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, List, Optional
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, List, NoReturn, Optional
 
 if TYPE_CHECKING:
-    from omegaconf import DictConfig
+    from dataclasses import Field
 
-CHOICES = {
-    "optimizer.algorithm": ("adam", "sgd"),
-    "optimizer.wd_scaling": ("schedule", "lr", "none"),
-    "optimizer.decay_on": ("weights", "conv", "all"),
-    "schedule.name": ("piecewise_constant", "piecewise_linear", "warm_restarts"),
-    "schedule.unit": ("fraction", "epoch"),
-    "data.name": ("cifar10", "image_folder", "synthetic"),
-    "data.pad_mode": ("zeros", "replicate"),
-    "data.normalize": ("channel", "pixel_mean", "none"),
-    "trainer.device": ("auto", "cpu", "cuda", "mps"),
-    "trainer.precision": ("auto", "bf16", "fp32"),
-    "trainer.on_diverge": ("stop", "raise"),
-    "trainer.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-}
+    from omegaconf import DictConfig
 
 
 class UserError(Exception):
@@ -38,32 +30,87 @@ class ConfigError(UserError, ValueError):
     """A setting the user can fix; the message names the key and the allowed values."""
 
 
+def setting(default: Any, *, choices: tuple = (), resumable: bool = False) -> Any:
+    """A schema field: its default, its allowed values (none = any value of its type) and whether a continued
+    run may change it (settings that do not change the training: length, logging, device, speed)."""
+    return field(default=default, metadata={"choices": tuple(choices), "resumable": resumable})
+
+
+_OWN = object()  # _Section._fail's marker for "report the field's own value"
+
+
+class _Section:
+    """What every section shares: its place in RunConfig (`section`, '' for the top level) and the checks that
+    turn a bad value into one ConfigError naming the full dotted key."""
+
+    section: ClassVar[str] = ""
+
+    def _fail(self, name: str, rule: str, value: Any = _OWN) -> NoReturn:
+        key = f"{self.section}.{name}" if self.section else name
+        raise ConfigError(f"{key}={getattr(self, name) if value is _OWN else value!r} is invalid: {rule}")
+
+    def _check_choices(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]  # every _Section is a dataclass
+            allowed, value = f.metadata.get("choices"), getattr(self, f.name)
+            if allowed and value is not None and value not in allowed:
+                self._fail(f.name, f"allowed values are {' | '.join(map(str, allowed))}")
+
+    def _finite(self, name: str, value: Any = _OWN, *, positive: bool = False) -> None:
+        v = getattr(self, name) if value is _OWN else value
+        if not math.isfinite(v) or v < 0 or (positive and v == 0):
+            self._fail(name, "must be a finite number " + ("> 0" if positive else ">= 0"), value=v)
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
+    section: ClassVar[str] = "model"
     name: str = "resnet56v2"
     depth: int = 56
-    version: int = 2
+    version: int = setting(2, choices=(1, 2))
     bn_momentum: float = 0.01
+
+    def __post_init__(self) -> None:
+        self._check_choices()
+        step = 6 if self.version == 1 else 9
+        if self.depth < step + 2 or (self.depth - 2) % step:
+            self._fail("depth", f"ResNet v{self.version} depth must be {step}n+2 (e.g. {3 * step + 2})")
+        if not 0 < self.bn_momentum <= 1:
+            self._fail("bn_momentum", "must be in (0, 1] (torch convention: Keras momentum 0.99 is 0.01)")
 
 
 @dataclass
-class OptimizerConfig:
+class OptimizerConfig(_Section):
+    section: ClassVar[str] = "optimizer"
     name: str = "adamw"
-    algorithm: str = "adam"
+    algorithm: str = setting("adam", choices=("adam", "sgd"))
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     momentum: float = 0.9
     nesterov: bool = False
-    wd_scaling: str = "schedule"
+    wd_scaling: str = setting("schedule", choices=("schedule", "lr", "none"))
     wd_normalized: bool = False
     l2_normalized: bool = False
-    decay_on: str = "weights"
+    decay_on: str = setting("weights", choices=("weights", "conv", "all"))
+
+    def __post_init__(self) -> None:
+        self._check_choices()
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            self._fail("betas", "need two values in [0, 1), e.g. [0.9,0.999]")
+        self._finite("eps", positive=True)
+        if not 0 <= self.momentum < 1:
+            self._fail("momentum", "must be in [0, 1)")
+        if self.nesterov and self.momentum == 0:
+            self._fail("nesterov", "Nesterov needs optimizer.momentum > 0")
 
 
 @dataclass
-class ScheduleConfig:
-    name: str = "piecewise_constant"
-    unit: str = "fraction"
+class ScheduleConfig(_Section):
+    """Positions (milestones, knots, T_0) are in `unit`; the rules that need the run's length are in
+    `check_span`, which RunConfig calls with `epochs`."""
+
+    section: ClassVar[str] = "schedule"
+    name: str = setting("piecewise_constant", choices=("piecewise_constant", "piecewise_linear", "warm_restarts"))
+    unit: str = setting("fraction", choices=("fraction", "epoch"))
     milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])
     factors: List[float] = field(default_factory=lambda: [0.1, 0.01])
     knots: List[List[float]] = field(default_factory=list)
@@ -72,10 +119,47 @@ class ScheduleConfig:
     eta_min: float = 0.0
     warmup_epochs: float = 0.0
 
+    def __post_init__(self) -> None:
+        self._check_choices()
+        if self.name == "piecewise_constant":
+            if len(self.milestones) != len(self.factors):
+                self._fail("factors", f"need one factor per milestone ({len(self.milestones)} milestones)")
+            for f in self.factors:
+                self._finite("factors", f)
+        elif self.name == "piecewise_linear":
+            if len(self.knots) < 2 or any(len(k) != 2 for k in self.knots):
+                self._fail("knots", "need at least two [at, multiplier] pairs")
+            for k in self.knots:
+                self._finite("knots", k[1])
+        elif self.name == "warm_restarts":
+            if self.T_0 is not None and not (math.isfinite(self.T_0) and self.T_0 > 0):
+                self._fail("T_0", "the first period must be > 0 epochs (null = the whole run)")
+            if not (math.isfinite(self.T_mult) and self.T_mult >= 1):
+                self._fail("T_mult", "must be >= 1 (each period at least as long as the last)")
+            if not 0 <= self.eta_min < 1:
+                self._fail("eta_min", "must be in [0, 1): the multiplier at the end of each period")
+
+    def check_span(self, epochs: int) -> None:
+        """The rules that need the run's length: warm-up and positions inside the run."""
+        end = 1.0 if self.unit == "fraction" else float(epochs)
+        if not 0 <= self.warmup_epochs < epochs:
+            self._fail("warmup_epochs", f"must be in [0, epochs={epochs})")
+        if self.name == "piecewise_constant":
+            ms = self.milestones
+            if any(not 0 < x < end for x in ms) or any(b <= a for a, b in zip(ms, ms[1:])):
+                self._fail("milestones", f"must be strictly increasing inside (0, {end:g}) with unit={self.unit}")
+        elif self.name == "piecewise_linear":
+            at = [k[0] for k in self.knots]
+            if at[0] != 0 or any(b <= a for a, b in zip(at, at[1:])) or at[-1] > end:
+                self._fail("knots", f"positions must start at 0 and increase strictly up to at most {end:g} "
+                           f"(unit={self.unit})")
+
 
 @dataclass
-class DataConfig:
-    name: str = "cifar10"
+class DataConfig(_Section):
+    section: ClassVar[str] = "data"
+    # the schema's own default needs no folder, so DataConfig() is valid; configs/ make cifar10 the default
+    name: str = setting("synthetic", choices=("cifar10", "image_folder", "synthetic"))
     root: Optional[str] = None
     download: bool = True
     verify: bool = True
@@ -83,42 +167,97 @@ class DataConfig:
     val_split: Optional[int] = None
     crop_padding: int = 4
     flip: bool = True
-    pad_mode: str = "zeros"
-    normalize: str = "channel"
+    pad_mode: str = setting("zeros", choices=("zeros", "replicate"))
+    normalize: str = setting("channel", choices=("channel", "pixel_mean", "none"))
     n_train: int = 2000
     n_val: int = 500
+    drop_last: bool = True
+
+    def __post_init__(self) -> None:
+        self._check_choices()
+        if self.name != "synthetic" and not self.root:
+            self._fail("root", f"data={self.name} needs a folder: data.root=/path/to/data")
+        for name in ("subset", "val_split"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                self._fail(name, "must be >= 1, or null for none")
+        if self.crop_padding < 0:
+            self._fail("crop_padding", "must be >= 0 (0 turns cropping off)")
+        if self.name == "synthetic" and (self.n_train < 10 or self.n_val < 10):
+            self._fail("n_train/n_val", "synthetic data needs at least 10 images per split", (self.n_train, self.n_val))
+
+
+# the numeric summary.json keys a sweeper may optimize (trainer.objective)
+OBJECTIVES = ("best_val_acc", "final_val_acc", "final_val_loss", "final_train_loss", "best_val_acc_running",
+              "final_val_acc_running")
 
 
 @dataclass
-class TrainerConfig:
-    device: str = "auto"
-    max_steps: Optional[int] = None
-    val_every: Optional[int] = None
-    log_every: int = 50
-    precision: str = "auto"
+class TrainerConfig(_Section):
+    """`compile` and `cuda_graphs` are null for auto (on for CUDA, off elsewhere); the trainer resolves them."""
+
+    section: ClassVar[str] = "trainer"
+    device: str = setting("auto", choices=("auto", "cpu", "cuda", "mps"), resumable=True)
+    max_steps: Optional[int] = setting(None, resumable=True)
+    val_every: Optional[int] = setting(None, resumable=True)
+    log_every: int = setting(50, resumable=True)
+    precision: str = setting("auto", choices=("auto", "bf16", "fp32"))
     channels_last: Optional[bool] = None
-    compile: bool = False
-    compile_mode: str = "default"
-    cuda_graphs: bool = False
-    progress: Optional[bool] = None
+    compile: Optional[bool] = setting(None, resumable=True)
+    compile_mode: str = setting("default", resumable=True,
+                                choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    cuda_graphs: Optional[bool] = setting(None, resumable=True)
+    progress: Optional[bool] = setting(None, resumable=True)
     train_eval: bool = False
+    bn_recalibrate: int = 2048
+    extend_schedule: Optional[str] = setting(None, choices=("rescale", "hold"), resumable=True)
+    objective: str = setting("best_val_acc", choices=OBJECTIVES, resumable=True)
     diverge_factor: float = 10.0
-    on_diverge: str = "stop"
+    on_diverge: str = setting("stop", choices=("stop", "raise"))
     deterministic: bool = False
 
+    def __post_init__(self) -> None:
+        self._check_choices()
+        if self.cuda_graphs is True and self.device in ("cpu", "mps"):
+            self._fail("cuda_graphs", f"CUDA graphs need trainer.device=cuda (or auto on a GPU machine), not "
+                       f"{self.device}: drop trainer.cuda_graphs=true (the default, null, is off there)")
+        nests = self.compile_mode in ("reduce-overhead", "max-autotune")  # modes that record CUDA graphs themselves
+        if self.cuda_graphs is True and self.compile is not False and nests:
+            auto = self.compile is None  # null compiles on CUDA, which is where cuda_graphs=true runs
+            self._fail("compile_mode", "that mode records its own CUDA graphs, which cannot nest in "
+                       "trainer.cuda_graphs=true" + (" (trainer.compile=null compiles on CUDA)" if auto else "")
+                       + ": use trainer.compile_mode=default or max-autotune-no-cudagraphs"
+                       + (", or trainer.compile=false" if auto else ""))
+        if not (math.isfinite(self.diverge_factor) and self.diverge_factor > 1):
+            self._fail("diverge_factor", "must be a finite number > 1 (stop when loss > factor × initial loss)")
+        for name in ("max_steps", "val_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                self._fail(name, "must be >= 1, or null")
+        if self.log_every < 1:
+            self._fail("log_every", "must be >= 1")
+        # BatchNorm needs 2 values per channel for a variance; the images pass through in one batch
+        if self.bn_recalibrate != 0 and not 2 <= self.bn_recalibrate <= 10_000:
+            self._fail("bn_recalibrate", "must be 0 (off) or from 2 to 10000 (one forward pass holds them all)")
+
 
 @dataclass
-class LogConfig:
-    histograms_every: int = 0
+class LogConfig(_Section):
+    section: ClassVar[str] = "log"
+    histograms_every: int = setting(0, resumable=True)
+
+    def __post_init__(self) -> None:
+        if self.histograms_every < 0:
+            self._fail("histograms_every", "must be >= 0 (0 = no weight histograms)")
 
 
 @dataclass
-class RunConfig:
+class RunConfig(_Section):
+    """The whole run; its sections check themselves first (they are built first), then the rules across them."""
+
     lr: float = 1e-3
     wd: float = 0.0
     l2: float = 0.0
     reg: Optional[float] = None
-    epochs: int = 30
+    epochs: int = setting(30, resumable=True)
     batch_size: int = 128
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -128,6 +267,39 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     resume: Optional[str] = None
+    report: bool = setting(False, resumable=True)
+
+    def __post_init__(self) -> None:
+        self._finite("lr", positive=True)
+        self._finite("wd")
+        self._finite("l2")
+        if self.reg is not None:
+            self._finite("reg")
+        if self.epochs < 1:
+            self._fail("epochs", "must be >= 1")
+        if self.batch_size < 1:
+            self._fail("batch_size", "must be >= 1")
+        self.schedule.check_span(self.epochs)
+
+
+def _leaves(cls: type, prefix: str = "") -> Iterator[tuple[str, Field]]:
+    """(dotted key, field) of every setting of `cls`, walking into its sections, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if is_dataclass(hints[f.name]):
+            yield from _leaves(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, f
+
+
+def resumable_keys() -> tuple[str, ...]:
+    """The dotted keys a continued run may change (declared `resumable=True` on their fields), in schema order."""
+    return tuple(key for key, f in _leaves(RunConfig) if f.metadata.get("resumable"))
+
+
+def choices(key: str) -> tuple:
+    """The allowed values of dotted `key`, e.g. choices("trainer.device"); () when any value of its type goes."""
+    return dict(_leaves(RunConfig))[key].metadata.get("choices", ())
 
 
 _RUN_ID = secrets.token_hex(3)
@@ -181,135 +353,32 @@ class CheckOutputFolder:
 
 
 def validate(cfg: DictConfig) -> RunConfig:
-    """Type-check `cfg` against the schema and range-check every value; raise ConfigError on the first problem."""
+    """Type-check `cfg` against the schema and range-check every value; raise ConfigError on the first problem.
+
+    OmegaConf checks types and unknown keys while merging. `to_object` then builds the dataclasses, each section
+    before the RunConfig that holds it; the first `__post_init__` that refuses a value raises ConfigError, which
+    OmegaConf passes on unchanged (it wraps only a TypeError from a constructor: a bug, left a traceback).
+    """
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ConfigTypeError, OmegaConfBaseException
 
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
+    schema = OmegaConf.structured(RunConfig)  # builds each section's defaults: a failure here is a bug
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
-        run: RunConfig = OmegaConf.to_object(merged)
+        merged = OmegaConf.merge(schema, cfg)
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "config"
-        msg = str(e).splitlines()[0]
-        if "Missing mandatory value" in msg:
-            raise ConfigError(f"{key} is not set: give it on the command line, e.g. {key}=...") from None
-        raise ConfigError(f"{key}: {msg}") from None
-    _check(run)
-    return run
+        raise _user_error(e) from None
+    try:
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]  # a RunConfig: merged is structured
+    except ConfigTypeError:
+        raise  # "Could not create instance of ...": a __post_init__ crashed, which is a bug, not a setting
+    except OmegaConfBaseException as e:  # a value left ??? or an interpolation that does not resolve
+        raise _user_error(e) from None
 
 
-def _fail(key: str, value, rule: str) -> None:
-    raise ConfigError(f"{key}={value!r} is invalid: {rule}")
-
-
-def _choice(key: str, value: str) -> None:
-    if value not in CHOICES[key]:
-        _fail(key, value, f"allowed values are {' | '.join(CHOICES[key])}")
-
-
-def _finite(key: str, value: float, *, positive: bool = False) -> None:
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        _fail(key, value, "must be a finite number " + ("> 0" if positive else ">= 0"))
-
-
-def _check(c: RunConfig) -> None:
-    _finite("lr", c.lr, positive=True)
-    _finite("wd", c.wd)
-    _finite("l2", c.l2)
-    if c.reg is not None:
-        _finite("reg", c.reg)
-    if c.epochs < 1:
-        _fail("epochs", c.epochs, "must be >= 1")
-    if c.batch_size < 1:
-        _fail("batch_size", c.batch_size, "must be >= 1")
-
-    m = c.model
-    if m.version not in (1, 2):
-        _fail("model.version", m.version, "allowed values are 1 | 2")
-    step = 6 if m.version == 1 else 9
-    if m.depth < step + 2 or (m.depth - 2) % step:
-        _fail("model.depth", m.depth, f"ResNet v{m.version} depth must be {step}n+2 (e.g. {3 * step + 2})")
-
-    if not 0 < m.bn_momentum <= 1:
-        _fail("model.bn_momentum", m.bn_momentum, "must be in (0, 1] (torch convention: Keras momentum 0.99 is 0.01)")
-
-    o = c.optimizer
-    for key in ("optimizer.algorithm", "optimizer.wd_scaling", "optimizer.decay_on"):
-        _choice(key, getattr(o, key.split(".")[1]))
-    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
-        _fail("optimizer.betas", o.betas, "need two values in [0, 1), e.g. [0.9,0.999]")
-    _finite("optimizer.eps", o.eps, positive=True)
-    if not 0 <= o.momentum < 1:
-        _fail("optimizer.momentum", o.momentum, "must be in [0, 1)")
-    if o.nesterov and o.momentum == 0:
-        _fail("optimizer.nesterov", o.nesterov, "Nesterov needs optimizer.momentum > 0")
-
-    _check_schedule(c.schedule, c.epochs)
-
-    d = c.data
-    for key in ("data.name", "data.pad_mode", "data.normalize"):
-        _choice(key, getattr(d, key.split(".")[1]))
-    if d.name != "synthetic" and not d.root:
-        _fail("data.root", d.root, f"data={d.name} needs a folder: data.root=/path/to/data")
-    for key in ("subset", "val_split"):
-        v = getattr(d, key)
-        if v is not None and v < 1:
-            _fail(f"data.{key}", v, "must be >= 1, or null for none")
-    if d.crop_padding < 0:
-        _fail("data.crop_padding", d.crop_padding, "must be >= 0 (0 turns cropping off)")
-    if d.name == "synthetic" and (d.n_train < 10 or d.n_val < 10):
-        _fail("data.n_train/n_val", (d.n_train, d.n_val), "synthetic data needs at least 10 images per split")
-
-    t = c.trainer
-    _choice("trainer.device", t.device)
-    _choice("trainer.precision", t.precision)
-    _choice("trainer.on_diverge", t.on_diverge)
-    _choice("trainer.compile_mode", t.compile_mode)
-    if t.cuda_graphs and t.device in ("cpu", "mps"):
-        _fail("trainer.cuda_graphs", t.cuda_graphs, f"CUDA graphs need trainer.device=cuda (or auto on a GPU machine), "
-              f"not {t.device}: drop trainer.cuda_graphs=true")
-    if t.cuda_graphs and t.compile and t.compile_mode in ("reduce-overhead", "max-autotune"):
-        _fail("trainer.compile_mode", t.compile_mode, "that mode records its own CUDA graphs, which cannot nest in "
-              "trainer.cuda_graphs=true: use trainer.compile_mode=default or max-autotune-no-cudagraphs")
-    if not (math.isfinite(t.diverge_factor) and t.diverge_factor > 1):
-        _fail("trainer.diverge_factor", t.diverge_factor, "must be a finite number > 1 (stop when loss > factor × initial loss)")
-    if c.log.histograms_every < 0:
-        _fail("log.histograms_every", c.log.histograms_every, "must be >= 0 (0 = no weight histograms)")
-    for key in ("max_steps", "val_every"):
-        v = getattr(t, key)
-        if v is not None and v < 1:
-            _fail(f"trainer.{key}", v, "must be >= 1, or null")
-    if t.log_every < 1:
-        _fail("trainer.log_every", t.log_every, "must be >= 1")
-
-
-def _check_schedule(s: ScheduleConfig, epochs: int) -> None:
-    _choice("schedule.name", s.name)
-    _choice("schedule.unit", s.unit)
-    end = 1.0 if s.unit == "fraction" else float(epochs)
-    if not 0 <= s.warmup_epochs < epochs:
-        _fail("schedule.warmup_epochs", s.warmup_epochs, f"must be in [0, epochs={epochs})")
-    if s.name == "piecewise_constant":
-        ms = s.milestones
-        if len(ms) != len(s.factors):
-            _fail("schedule.factors", s.factors, f"need one factor per milestone ({len(ms)} milestones)")
-        if any(not 0 < x < end for x in ms) or any(b <= a for a, b in zip(ms, ms[1:])):
-            _fail("schedule.milestones", ms, f"must be strictly increasing inside (0, {end:g}) with unit={s.unit}")
-        for f in s.factors:
-            _finite("schedule.factors", f)
-    elif s.name == "piecewise_linear":
-        if len(s.knots) < 2 or any(len(k) != 2 for k in s.knots):
-            _fail("schedule.knots", s.knots, "need at least two [at, multiplier] pairs")
-        at = [k[0] for k in s.knots]
-        if at[0] != 0 or any(b <= a for a, b in zip(at, at[1:])) or at[-1] > end:
-            _fail("schedule.knots", s.knots, f"positions must start at 0 and increase strictly up to at most {end:g} (unit={s.unit})")
-        for k in s.knots:
-            _finite("schedule.knots", k[1])
-    elif s.name == "warm_restarts":
-        if s.T_0 is not None and not (math.isfinite(s.T_0) and s.T_0 > 0):
-            _fail("schedule.T_0", s.T_0, "the first period must be > 0 epochs (null = the whole run)")
-        if not (math.isfinite(s.T_mult) and s.T_mult >= 1):
-            _fail("schedule.T_mult", s.T_mult, "must be >= 1 (each period at least as long as the last)")
-        if not 0 <= s.eta_min < 1:
-            _fail("schedule.eta_min", s.eta_min, "must be in [0, 1): the multiplier at the end of each period")
+def _user_error(e: Exception) -> ConfigError:
+    key = getattr(e, "full_key", None) or "config"
+    msg = str(e).splitlines()[0]
+    if "Missing mandatory value" in msg:
+        return ConfigError(f"{key} is not set: give it on the command line, e.g. {key}=...")
+    return ConfigError(f"{key}: {msg}")
