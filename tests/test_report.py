@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from runner.figures import heatmap_grid, oscillation_series
-from runner.report import collect_runs, group_configs, main, varying_keys
+from runner.report import main
+from runner.runs import collect_runs, group_configs, varying_keys
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -1,6 +1,6 @@
 """The report's figures: validation curves, weight norms, the lr × λ heat map and oscillation vs λ.
 
-Each `plot_*` draws one PNG from configuration groups (see runner.report.group_configs) with
+Each `plot_*` draws one PNG from configuration groups (see runner.runs.group_configs) with
 matplotlib Figure objects (no pyplot state) and returns None, or a one-line reason it was skipped.
 """
 from __future__ import annotations
@@ -9,7 +9,9 @@ import math
 import statistics
 from pathlib import Path
 
-from runner.report import SHORT, _num, _sort_key, fmt
+from runner.runs import finite_number, fmt, sort_key
+
+SHORT = {"diverged": "div", "running": "run", "interrupted": "int", "not started": ""}  # heat map cells without a mean
 
 
 def _figure(ncols: int = 1, nrows: int = 1, w: float = 5.5, h: float = 4.0):
@@ -78,7 +80,7 @@ LAMBDA = "wd|l2"  # one decay-strength axis when Adam-L2 runs sweep l2 and AdamW
 
 def decay_keys(groups: list[dict], keys: list[str]) -> list[str]:
     """keys with wd and l2 merged into LAMBDA when both vary but no run uses both (λ = the nonzero one)."""
-    both = all(not (_num(g["hparams"].get("wd")) and _num(g["hparams"].get("l2"))) for g in groups)
+    both = all(not (finite_number(g["hparams"].get("wd")) and finite_number(g["hparams"].get("l2"))) for g in groups)
     if not ("wd" in keys and "l2" in keys and both):
         return keys
     return [LAMBDA if k == "wd" else k for k in keys if k != "l2"]
@@ -103,14 +105,14 @@ def heatmap_grid(groups: list[dict], keys: list[str], x: str = "lr", y: str = "w
     keys = decay_keys(groups, keys)
     x, y = (LAMBDA if k in ("wd", "l2") and LAMBDA in keys else k for k in (x, y))
     n_distinct = lambda k: len({repr(hp_value(g, k)) for g in groups})
-    ranked = sorted(keys, key=lambda k: (-n_distinct(k), _num(hp_value(groups[0], k)) is None, k))
+    ranked = sorted(keys, key=lambda k: (-n_distinct(k), finite_number(hp_value(groups[0], k)) is None, k))
     axes = []
     for want in (x, y):
         spare = [k for k in ranked if k not in axes and k not in (x, y)]
         axes.append(want if want in keys and want not in axes else (spare[0] if spare else want))
     x, y = axes
     panel_keys = [k for k in keys if k not in (x, y)]
-    values = lambda k: sorted({hp_value(g, k) for g in groups}, key=_sort_key)
+    values = lambda k: sorted({hp_value(g, k) for g in groups}, key=sort_key)
     xs, ys = values(x), values(y)
     panels: dict[tuple, dict] = {}
     for g in groups:
@@ -125,7 +127,7 @@ def heatmap_grid(groups: list[dict], keys: list[str], x: str = "lr", y: str = "w
         else:
             p["labels"][i][j] = next((SHORT[s] for s in SHORT if g["statuses"].get(s)), "")
     return {"x_key": x, "y_key": y, "panel_keys": panel_keys, "x_values": xs, "y_values": ys, "metric": metric,
-            "panels": [panels[k] for k in sorted(panels, key=lambda t: [_sort_key(v) for v in t])]}
+            "panels": [panels[k] for k in sorted(panels, key=lambda t: [sort_key(v) for v in t])]}
 
 
 def _axis_label(key: str) -> str:
@@ -176,7 +178,7 @@ def oscillation_series(groups: list[dict], keys: list[str], figures=("tv_per_epo
     for g in groups:
         lam = hp_value(g, lam_key)
         label = ", ".join(f"{k}={fmt(hp_value(g, k))}" for k in line_keys) or "all runs"
-        if _num(lam) is not None:
+        if finite_number(lam) is not None:
             lines.setdefault(label, []).append((lam, {f: g["stats"][f][0] for f in figures}))
     return {k: sorted(v, key=lambda t: t[0]) for k, v in sorted(lines.items())}
 
@@ -184,7 +186,7 @@ def oscillation_series(groups: list[dict], keys: list[str], figures=("tv_per_epo
 def plot_oscillation(series: dict | None, path: Path, figures=("tv_per_epoch", "max_rise_rel")) -> str | None:
     if not series:
         return "neither wd nor l2 varies"
-    if not any(_num(d[f]) is not None for pts in series.values() for _, d in pts for f in figures):
+    if not any(finite_number(d[f]) is not None for pts in series.values() for _, d in pts for f in figures):
         return "no completed run has oscillation figures"
     names = {"tv_per_epoch": "val-loss total variation per epoch", "max_rise_rel": "largest rise above running min (rel.)"}
     fig, ax = _figure(len(figures))
@@ -193,7 +195,7 @@ def plot_oscillation(series: dict | None, path: Path, figures=("tv_per_epoch", "
     for i, f in enumerate(figures):
         a = ax[0, i]
         for label, pts in series.items():
-            xy = [(lam, d[f]) for lam, d in pts if _num(d[f]) is not None]
+            xy = [(lam, d[f]) for lam, d in pts if finite_number(d[f]) is not None]
             if xy:
                 a.plot(*zip(*xy), marker="o", label=label)
         if positive and lams[0] <= 0:

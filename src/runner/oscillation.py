@@ -21,7 +21,7 @@ import math
 ACC_TARGETS = (0.90, 0.92)
 
 
-def _num(x) -> float | None:
+def finite_float(x) -> float | None:
     """x as a float if it is a finite number, else None (JSON null, NaN, inf, strings)."""
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
@@ -33,16 +33,17 @@ def val_points(records: list[dict]) -> list[dict]:
     """The validation records in step order, cut before the first non-finite val_loss (one per step: the last)."""
     by_step = {}
     for r in records:
-        if isinstance(r, dict) and "val_loss" in r and _num(r.get("step")) is not None:
+        if isinstance(r, dict) and "val_loss" in r and finite_float(r.get("step")) is not None:
             by_step[r["step"]] = r  # a resumed run re-logs steps: the later record wins
     out = []
     for step in sorted(by_step):
         r = by_step[step]
-        v, e = _num(r.get("val_loss")), _num(r.get("epoch"))
+        v, e = finite_float(r.get("val_loss")), finite_float(r.get("epoch"))
         if v is None:
             break  # diverged: the series stops at the last finite value
         if e is not None:
-            out.append({"epoch": e, "loss": v, "acc": _num(r.get("val_acc")), "train_eval": _num(r.get("train_eval_loss"))})
+            out.append({"epoch": e, "loss": v, "acc": finite_float(r.get("val_acc")),
+                        "train_eval": finite_float(r.get("train_eval_loss"))})
     return out
 
 
@@ -133,7 +134,7 @@ def generalization_gap(points: list[dict], records: list[dict]) -> tuple[float |
     e, losses = last["epoch"], []
     for r in records:
         if isinstance(r, dict):
-            ep, loss = _num(r.get("epoch")), _num(r.get("train_loss"))
+            ep, loss = finite_float(r.get("epoch")), finite_float(r.get("train_loss"))
             if ep is not None and loss is not None and e - 1 < ep <= e:
                 losses.append(loss)
     if not losses:
@@ -143,8 +144,8 @@ def generalization_gap(points: list[dict], records: list[dict]) -> tuple[float |
 
 def final_value(records: list[dict], key: str) -> float | None:
     """The last finite value of `key` in step order."""
-    vals = [(r["step"], _num(r[key])) for r in records
-            if isinstance(r, dict) and key in r and _num(r.get("step")) is not None]
+    vals = [(r["step"], finite_float(r[key])) for r in records
+            if isinstance(r, dict) and key in r and finite_float(r.get("step")) is not None]
     vals = [v for _, v in sorted(vals, key=lambda sv: sv[0]) if v is not None]
     return vals[-1] if vals else None
 
@@ -157,7 +158,7 @@ def oscillation_block(records: list[dict], epochs_total: float | None, threshold
     pts = val_points(records)
     v, e = [p["loss"] for p in pts], [p["epoch"] for p in pts]
     rise, rise_rel, i_rise = max_rise(v)
-    T = epochs_total if _num(epochs_total) and epochs_total > 0 else (e[-1] if e and e[-1] > 0 else None)
+    T = epochs_total if finite_float(epochs_total) and epochs_total > 0 else (e[-1] if e and e[-1] > 0 else None)
     out = {
         "n_val_points": len(pts),
         "tv_per_epoch": total_variation_per_epoch(v, e),
