@@ -224,3 +224,16 @@ def test_cli_error_has_no_traceback(tmp_path):
                        text=True, env=env, timeout=60)
     assert p.returncode == 2
     assert p.stderr.strip() == f"runner.report: error: no such folder: {tmp_path / 'nope'}"
+
+
+def test_a_config_that_cannot_be_resolved_is_a_note_not_a_crash(tmp_path, capsys):
+    make_run(tmp_path / "sweep" / "0", hparams(1e-3, 1e-4, 0))
+    make_run(tmp_path / "sweep" / "1", hparams(1e-3, 1e-4, 1), summary=False)
+    with open(tmp_path / "sweep" / "1" / ".hydra" / "config.yaml", "a") as f:
+        f.write("out: ${hydra:runtime.output_dir}\n")  # Hydra's own resolver is not there outside Hydra
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
+    note = "could not resolve out in .hydra/config.yaml: shown unresolved"
+    assert f"## Notes\n\n- 1: {note}\n" in (tmp_path / "rep" / "report.md").read_text()
+    assert f"- 1: {note}" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "rep" / "runs.csv", encoding="utf-8")))
+    assert [r["notes"] for r in rows] == ["", note]

@@ -29,8 +29,19 @@ def finite_float(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def val_points(records: list[dict]) -> list[dict]:
-    """The validation records in step order, cut before the first non-finite val_loss (one per step: the last)."""
+def is_recalibrated(records: list[dict]) -> bool:
+    """Whether the run also evaluated with recomputed BatchNorm statistics: its validation records carry
+    `val_loss_recal` (the trainer leaves the key out when trainer.bn_recalibrate=0)."""
+    return any(isinstance(r, dict) and "val_loss" in r and "val_loss_recal" in r for r in records)
+
+
+def val_points(records: list[dict], recal: bool = False) -> list[dict]:
+    """One validation series in step order: [{"step", "epoch", "loss", "acc", "train_eval"}], one point per step
+    (the last record), cut before the first non-finite loss.
+
+    recal=False reads val_loss, val_acc, train_eval_loss (BatchNorm running statistics); recal=True reads their
+    `_recal` twins (statistics recomputed on training images), and is empty for a run without them."""
+    sfx = "_recal" if recal else ""
     by_step = {}
     for r in records:
         if isinstance(r, dict) and "val_loss" in r and finite_float(r.get("step")) is not None:
@@ -38,13 +49,18 @@ def val_points(records: list[dict]) -> list[dict]:
     out = []
     for step in sorted(by_step):
         r = by_step[step]
-        v, e = finite_float(r.get("val_loss")), finite_float(r.get("epoch"))
+        v, e = finite_float(r.get("val_loss" + sfx)), finite_float(r.get("epoch"))
         if v is None:
             break  # diverged: the series stops at the last finite value
         if e is not None:
-            out.append({"epoch": e, "loss": v, "acc": finite_float(r.get("val_acc")),
-                        "train_eval": finite_float(r.get("train_eval_loss"))})
+            out.append({"step": step, "epoch": e, "loss": v, "acc": finite_float(r.get("val_acc" + sfx)),
+                        "train_eval": finite_float(r.get("train_eval_loss" + sfx))})
     return out
+
+
+def headline_points(records: list[dict]) -> list[dict]:
+    """The series summary.json's best/final_val_acc and final_val_loss come from: recalibrated when the run has it."""
+    return val_points(records, recal=is_recalibrated(records))
 
 
 def total_variation_per_epoch(v: list[float], e: list[float]) -> float | None:

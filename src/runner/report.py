@@ -59,6 +59,12 @@ def runs_table(runs: list[dict], cols: list[str]) -> str:
     return md_table(header, rows)
 
 
+def notes_list(runs: list[dict]) -> str:
+    """One line per remark of a run (a config that could not be resolved, ...); empty when there are none."""
+    lines = [f"- {r['path']}: {note}" for r in runs for note in r.get("notes", [])]
+    return "## Notes\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def write_csvs(runs: list[dict], groups: list[dict], keys: list[str], out: Path) -> None:
     """runs.csv: every run (swept keys, metrics, oscillation figures, then the other hparams);
     configs.csv: seed statistics per configuration."""
@@ -66,14 +72,14 @@ def write_csvs(runs: list[dict], groups: list[dict], keys: list[str], out: Path)
     hp_keys = keys + sorted({k for r in runs for k in r["hparams"]} - set(keys) - {"seed"})
     # summary's "epochs" (done) would clash with the hparam "epochs" (scheduled)
     header = (["path", "status", "seed"] + hp_keys[:len(keys)] + [CSV_NAMES.get(k, k) for k in METRICS] + osc_keys
-              + hp_keys[len(keys):])
+              + hp_keys[len(keys):] + ["notes"])
     with open(out / "runs.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
         for r in runs:
             hp = [r["hparams"].get(k) for k in hp_keys]
             w.writerow([r["path"], r["status"], r["seed"]] + hp[:len(keys)] + [r.get(k) for k in METRICS]
-                       + [r["osc"].get(k) for k in osc_keys] + hp[len(keys):])
+                       + [r["osc"].get(k) for k in osc_keys] + hp[len(keys):] + ["; ".join(r.get("notes", []))])
     with open(out / "configs.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(keys + ["n", "runs"] + [f"{k}_{s}" for k in STATS for s in ("mean", "std")])
@@ -93,6 +99,8 @@ def build_report(runs: list[dict], out: Path, root: Path, x: str = "lr", y: str 
     tables = (f"{len(runs)} runs ({counts}) in {len(groups)} configurations; swept: {', '.join(keys) or 'nothing'}.\n"
               f"Configuration statistics: mean ± sample std over completed runs (n).\n\n"
               f"## Configurations\n\n{config_table(groups, cols)}\n\n## Runs\n\n{runs_table(runs, cols)}\n")
+    notes = notes_list(runs)
+    tables += f"\n{notes}" if notes else ""
     out.mkdir(parents=True, exist_ok=True)
     write_csvs(runs, groups, keys, out)
     figures = [("val_curves.png", "validation loss and accuracy", lambda p: plot_val_curves(groups, p)),

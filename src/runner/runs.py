@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from runner.metrics import flatten, read_metrics
-from runner.oscillation import oscillation_block, val_points
+from runner.oscillation import headline_points, oscillation_block, val_points
 
 # keys that do not change what is trained: never split runs into configurations
 # `reg` only feeds wd or l2 (whichever the preset uses), which are compared themselves
@@ -64,13 +64,50 @@ def _read_jsonl(path: Path) -> list[dict]:
         return []
 
 
-def _read_yaml(path: Path):
-    try:
-        import yaml  # comes with omegaconf
+def read_saved_config(path: Path) -> tuple[dict | None, str | None]:
+    """(config, note) from a run's .hydra/config.yaml with its interpolations resolved.
 
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except Exception:  # missing or unreadable: the run just has no hparams
-        return None
+    Hydra saves the config unresolved (`wd: ${reg_or:${reg},5.0e-4}`); a run that never wrote summary.json has
+    nothing else to say what it trains, so its `wd` must be resolved to compare with finished runs. A value that
+    cannot be resolved (an unknown resolver, a missing key) keeps its text and is named in the note.
+    (None, None) when there is no file; (None, note) when it cannot be read."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from runner.config import register_resolvers
+
+    if not path.is_file():
+        return None, None
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # any YAML or OmegaConf error: the run has no hparams, the report goes on
+        return None, f"{path.parent.name}/{path.name} unreadable: {type(e).__name__}"
+    if not isinstance(cfg, DictConfig):
+        return None, f"{path.parent.name}/{path.name} is not a mapping"
+    register_resolvers()
+    failed: list[str] = []
+    out = _resolve_each(cfg, "", failed)
+    where = f"{path.parent.name}/{path.name}"
+    return out, (f"could not resolve {', '.join(failed)} in {where}: shown unresolved" if failed else None)
+
+
+def _resolve_each(node, prefix: str, failed: list[str]) -> dict:
+    """node as plain containers, resolving key by key so that one bad interpolation spoils only its own key."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    raw = OmegaConf.to_container(node, resolve=False)
+    out = {}
+    for k in raw:
+        try:
+            v = node[k]
+            if isinstance(v, DictConfig):
+                out[k] = _resolve_each(v, f"{prefix}{k}.", failed)
+            else:
+                out[k] = OmegaConf.to_container(v, resolve=True) if isinstance(v, ListConfig) else v
+        except OmegaConfBaseException:
+            out[k] = raw[k]
+            failed.append(f"{prefix}{k}")
+    return out
 
 
 def flatten_hparams(d: dict) -> dict:
@@ -102,24 +139,30 @@ def find_run_dirs(root: Path) -> list[Path]:
 
 
 def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
-    """One run: status, flattened hparams, headline metrics, oscillation block, and curves for the figures."""
+    """One run: status, flattened hparams, headline metrics, oscillation block, curves for the figures, and notes
+    (a list of one-line remarks on what could not be read)."""
     summary = _read_json(d / "summary.json")
     summary = summary if isinstance(summary, dict) else None
     records = _read_jsonl(d / "metrics.jsonl")
-    hp = (summary or {}).get("hparams") or _read_yaml(d / ".hydra" / "config.yaml")
+    notes = []
+    hp = (summary or {}).get("hparams")
+    if not isinstance(hp, dict):
+        hp, note = read_saved_config(d / ".hydra" / "config.yaml")
+        notes += [note] if note else []
     hp = flatten_hparams(hp if isinstance(hp, dict) else {})
     if summary:
         status = summary.get("status") or "unknown"
     else:
         status = "running" if (d / "metrics.jsonl").is_file() else "not started"
 
-    pts = val_points(records)
-    accs = [p["acc"] for p in pts if p["acc"] is not None]
+    # without summary.json the headline follows its rule: the recalibrated evaluation when the run has one
+    head = headline_points(records)
+    accs = [p["acc"] for p in head if p["acc"] is not None]
     steps = [r["step"] for r in records if finite_number(r.get("step")) is not None]
     epochs = [r["epoch"] for r in records if finite_number(r.get("epoch")) is not None]
     from_records = {"best_val_acc": max(accs, default=None), "steps": max(steps, default=None),
-                    "final_val_acc": pts[-1]["acc"] if pts else None,
-                    "final_val_loss": pts[-1]["loss"] if pts else None, "epochs": max(epochs, default=None)}
+                    "final_val_acc": head[-1]["acc"] if head else None,
+                    "final_val_loss": head[-1]["loss"] if head else None, "epochs": max(epochs, default=None)}
     metrics = {k: finite_number(summary.get(k)) if summary and k in summary else from_records.get(k) for k in METRICS}
 
     osc = (summary or {}).get("oscillation")
@@ -128,10 +171,12 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         osc = oscillation_block(records, finite_number(hp.get("epochs")), 0.1 if threshold is None else threshold)
 
     rel = d.relative_to(root).as_posix()
+    pts = val_points(records)
     wnorm = sorted((r["epoch"], r["weight_norm"]) for r in records
                    if finite_number(r.get("epoch")) is not None and finite_number(r.get("weight_norm")) is not None)
     return {"path": root.name if rel == "." else rel, "status": status, "seed": hp.get("seed"), "hparams": hp,
-            **metrics, "osc": osc, "val": [(p["epoch"], p["loss"], p["acc"]) for p in pts], "wnorm": wnorm}
+            **metrics, "osc": osc, "val": [(p["epoch"], p["loss"], p["acc"]) for p in pts], "wnorm": wnorm,
+            "notes": notes}
 
 
 def collect_runs(root, threshold: float | None = None) -> list[dict]:
