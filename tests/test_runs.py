@@ -209,3 +209,14 @@ def test_mixed_presets_after_a_crash_share_one_decay_axis(tmp_path):
     s = oscillation_series(group_configs(runs, keys), keys)
     assert {k: [lam for lam, _ in v] for k, v in s.items()} == {
         "optimizer.name=adam_l2": [1e-4, 5e-4], "optimizer.name=adamw": [1e-4, 5e-4]}
+
+
+def test_an_oscillation_block_from_before_recalibration_is_recomputed_from_the_records(tmp_path):
+    recs = val_records([2.0, 1.0, 1.5], [0.5, 0.8, 0.7], recal=[1.8, 0.9, 0.95], acc_recal=[0.55, 0.82, 0.84])
+    old = {**finished(resolved(1e-3, None), 0.84), "oscillation": {"tv_per_epoch": 9.0, "rise_threshold": 0.1}}
+    write_run(tmp_path / "old", saved_config(1e-3, None), records=recs, summary=old)
+    osc = load_run(tmp_path / "old", tmp_path)["osc"]
+    assert osc["tv_per_epoch"] == pytest.approx(1.5 / 2) and osc["tv_per_epoch_recal"] == pytest.approx(0.95 / 2)
+    new = {**old, "oscillation": {"tv_per_epoch": 9.0, "tv_per_epoch_recal": 8.0, "rise_threshold": 0.1}}
+    write_run(tmp_path / "new", saved_config(1e-3, None), records=recs, summary=new)
+    assert load_run(tmp_path / "new", tmp_path)["osc"]["tv_per_epoch"] == 9.0  # the summary's block, as it is

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from runner.metrics import flatten, read_metrics
-from runner.oscillation import headline_points, oscillation_block, val_points
+from runner.oscillation import headline_points, is_recalibrated, oscillation_block, val_points
 
 # keys that do not change what is trained: never split runs into configurations
 # `reg` only feeds wd or l2 (whichever the preset uses), which are compared themselves
@@ -28,8 +28,11 @@ NOT_CONFIG_PREFIXES = ("log.",)  # logging options
 ID_KEYS = ["optimizer.name", "lr", "wd", "l2"]  # always shown, in this order, before other swept keys
 METRICS = ["best_val_acc", "final_val_acc", "final_val_loss", "final_train_loss", "steps", "epochs",
            "wall_time_s", "images_per_s"]
+# what a configuration reports as mean ± std over its completed seeds (a mean of per-seed recal_removed_share)
 STATS = ["best_val_acc", "final_val_acc", "final_val_loss", "tv_per_epoch", "max_rise_rel", "n_rises",
-         "roughness_ratio_mid", "roughness_ratio_last", "epochs_to_90", "epochs_to_92", "gen_gap", "final_weight_norm"]
+         "roughness_ratio_mid", "roughness_ratio_last", "epochs_to_90", "epochs_to_92", "gen_gap", "final_weight_norm",
+         "tv_per_epoch_recal", "max_rise_rel_recal", "n_rises_recal", "roughness_ratio_mid_recal",
+         "roughness_ratio_last_recal", "recal_removed_share"]
 
 
 def finite_number(x):
@@ -166,8 +169,10 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     metrics = {k: finite_number(summary.get(k)) if summary and k in summary else from_records.get(k) for k in METRICS}
 
     osc = (summary or {}).get("oscillation")
-    # recompute when absent, or when asked for another rise threshold than the summary used
-    if not isinstance(osc, dict) or (threshold is not None and records and osc.get("rise_threshold") != threshold):
+    # recompute when absent, when asked for another rise threshold than the summary used, or when the block was
+    # written before the recalibrated figures existed but the records have them
+    if (not isinstance(osc, dict) or (threshold is not None and records and osc.get("rise_threshold") != threshold)
+            or ("tv_per_epoch_recal" not in osc and is_recalibrated(records))):
         osc = oscillation_block(records, finite_number(hp.get("epochs")), 0.1 if threshold is None else threshold)
 
     rel = d.relative_to(root).as_posix()
