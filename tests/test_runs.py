@@ -9,8 +9,8 @@ import json
 import pytest
 
 from runner.figures import heatmap_grid, oscillation_series
-from runner.runs import (collect_runs, finite_number, flatten_hparams, group_configs, load_run, read_saved_config,
-                         varying_keys)
+from runner.runs import (collect_runs, finite_number, flatten_hparams, group_configs, load_run, loss_curves,
+                         read_saved_config, varying_keys)
 
 # what Hydra writes into .hydra/config.yaml for `optimizer=adamw` or `optimizer=adam_l2` (interpolations unresolved)
 SAVED = """\
@@ -220,3 +220,52 @@ def test_an_oscillation_block_from_before_recalibration_is_recomputed_from_the_r
     new = {**old, "oscillation": {"tv_per_epoch": 9.0, "tv_per_epoch_recal": 8.0, "rise_threshold": 0.1}}
     write_run(tmp_path / "new", saved_config(1e-3, None), records=recs, summary=new)
     assert load_run(tmp_path / "new", tmp_path)["osc"]["tv_per_epoch"] == 9.0  # the summary's block, as it is
+
+
+# ---------------------------------------------------------------- a run's loss figure, as data
+
+def test_loss_curves_of_a_run_with_every_evaluation():
+    recs = [{"step": s, "epoch": s / 2, "train_loss": x} for s, x in [(1, 4.0), (2, 2.0), (3, 1.5), (4, 0.5)]]
+    recs += [{"step": 2, "epoch": 1.0, "val_loss": 2.5, "val_acc": 0.4, "val_loss_recal": 2.2, "val_acc_recal": 0.5,
+              "train_eval_loss": 2.1, "train_eval_acc": 0.5},
+             {"step": 4, "epoch": 2.0, "val_loss": 1.4, "val_acc": 0.6, "val_loss_recal": 1.1, "val_acc_recal": 0.7,
+              "train_eval_loss": 0.9, "train_eval_acc": 0.8},
+             {"step": 4, "epoch": 2.0, "epoch_train_s": 1.5, "epoch_images": 256}]  # an epoch record: no loss
+    assert loss_curves(recs) == {
+        "train_loss": [(1.0, 3.0), (2.0, 1.0)],  # mean of steps 1-2, then of steps 3-4 (since the last validation)
+        "train_eval_loss": [(1.0, 2.1), (2.0, 0.9)],
+        "val_loss": [(1.0, 2.5), (2.0, 1.4)],
+        "val_loss_recal": [(1.0, 2.2), (2.0, 1.1)]}
+
+
+def test_loss_curves_leave_out_what_the_run_did_not_record():
+    c = loss_curves(val_records([2.0, 1.0], [0.5, 0.8]))  # no recalibration, no train_eval
+    assert c["train_loss"] == [(1.0, 4.0), (2.0, 2.0)] and c["val_loss"] == [(1.0, 2.0), (2.0, 1.0)]
+    assert c["train_eval_loss"] == [] and c["val_loss_recal"] == []
+    assert loss_curves([]) == {"train_loss": [], "train_eval_loss": [], "val_loss": [], "val_loss_recal": []}
+
+
+def test_loss_curves_skip_non_finite_train_losses_and_stop_with_a_diverged_series():
+    recs = val_records([2.0, 1.0, 3.0], [0.5, 0.8, 0.1])
+    recs[0]["train_loss"] = None  # one NaN step (stored as null) among the first epoch's two
+    recs[-1]["val_loss"] = None  # diverged at the last validation
+    c = loss_curves(recs)
+    assert c["train_loss"] == [(1.0, 4.0), (2.0, 2.0)]
+    assert c["val_loss"] == [(1.0, 2.0), (2.0, 1.0)]
+
+
+def test_load_run_carries_the_loss_curves(tmp_path):
+    recs = val_records([2.0, 1.0], [0.5, 0.8], recal=[1.5, 0.9], acc_recal=[0.6, 0.85])
+    write_run(tmp_path / "r", saved_config(1e-3, None), records=recs)
+    assert load_run(tmp_path / "r", tmp_path)["losses"]["val_loss_recal"] == [(1.0, 1.5), (2.0, 0.9)]
+
+
+def test_oscillation_series_carries_the_recalibrated_twins(mid_sweep):
+    keys = varying_keys(mid_sweep)
+    s = oscillation_series(group_configs(mid_sweep, keys), keys)
+    (lam, d), _ = s["lr=0.001"]
+    assert set(d) == {"tv_per_epoch", "tv_per_epoch_recal", "max_rise_rel", "max_rise_rel_recal"}
+    # val 2.0, 1.0, 1.2 and recal 1.9, 1.0, 1.0 over epochs 1-3 (the summaries have no block: from the records)
+    assert d["tv_per_epoch"] == pytest.approx(1.2 / 2) and d["tv_per_epoch_recal"] == pytest.approx(0.9 / 2)
+    assert d["max_rise_rel"] == pytest.approx(0.2) and d["max_rise_rel_recal"] == 0
+    assert group_configs(mid_sweep, keys)[0]["stats"]["recal_removed_share"] == (pytest.approx(0.25), None)

@@ -2,7 +2,8 @@
 
 DIR is a run folder, a sweep folder (multirun/DATE/TIME_x/) or any folder above them; runner.runs finds the runs
 and groups them into configurations (seeds averaged). This module writes the tables: OUT/report.md, OUT/runs.csv
-(one row per run), OUT/configs.csv, and asks runner.figures for the PNG figures.
+(one row per run), OUT/configs.csv, and asks runner.figures for the PNG figures (OUT/*.png, and one loss figure
+per run in OUT/runs/).
 """
 from __future__ import annotations
 
@@ -13,13 +14,18 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from runner.figures import (heatmap_grid, oscillation_series, plot_heatmap, plot_oscillation, plot_val_curves,
-                            plot_weight_norm)
+from runner.figures import (heatmap_grid, oscillation_series, plot_heatmap, plot_oscillation, plot_run_losses,
+                            plot_val_curves, plot_weight_norm)
 from runner.runs import ID_KEYS, METRICS, STATS, collect_runs, fmt, group_configs, value, varying_keys
 
 TABLE_STATS = {"best_val_acc": "best val acc", "final_val_acc": "final val acc", "final_val_loss": "final val loss",
-               "tv_per_epoch": "TV/epoch", "max_rise_rel": "max rise (rel)", "n_rises": "rises",
+               "tv_per_epoch": "TV/epoch", "tv_per_epoch_recal": "TV/epoch recal",
+               "recal_removed_share": "removed by recal", "max_rise_rel": "max rise (rel)", "n_rises": "rises",
                "epochs_to_92": "epochs→92%", "gen_gap": "gen gap"}
+RUNS_TABLE_STATS = ["best_val_acc", "final_val_acc", "final_val_loss", "steps", "tv_per_epoch", "tv_per_epoch_recal",
+                    "recal_removed_share", "max_rise_rel", "n_rises"]
+RECAL_STATS = ("tv_per_epoch_recal", "recal_removed_share")  # columns left out when no run has val_loss_recal
+MAX_RUN_FIGURES = 64  # one loss figure per run up to this many: more is a folder nobody opens
 CSV_NAMES = {"epochs": "epochs_done"}
 
 
@@ -40,19 +46,26 @@ def id_keys(runs: list[dict], keys: list[str]) -> list[str]:
     return present + [k for k in keys if k not in present]
 
 
+def table_stats(runs: list[dict], stats) -> list[str]:
+    """stats without the recalibrated columns when no run has a recalibrated validation series."""
+    recal = any(value(r, "tv_per_epoch_recal") is not None for r in runs)
+    return [k for k in stats if recal or k not in RECAL_STATS]
+
+
 def config_table(groups: list[dict], cols: list[str]) -> str:
     def cell(g, k):
         m, s = g["stats"][k]
         return "-" if m is None else fmt(m) + ("" if s is None else f" ± {fmt(s, 2)}")
 
-    header = cols + ["n", "runs"] + list(TABLE_STATS.values())
+    stats = table_stats([r for g in groups for r in g["runs"]], TABLE_STATS)
+    header = cols + ["n", "runs"] + [TABLE_STATS[k] for k in stats]
     rows = [[fmt(g["hparams"].get(k)) for k in cols] + [str(g["n"]), _status_text(g["statuses"])]
-            + [cell(g, k) for k in TABLE_STATS] for g in groups]
+            + [cell(g, k) for k in stats] for g in groups]
     return md_table(header, rows)
 
 
 def runs_table(runs: list[dict], cols: list[str]) -> str:
-    stats = ["best_val_acc", "final_val_acc", "final_val_loss", "steps", "tv_per_epoch", "max_rise_rel", "n_rises"]
+    stats = table_stats(runs, RUNS_TABLE_STATS)
     header = ["run", "status", "seed"] + cols + [TABLE_STATS.get(k, k) for k in stats]
     rows = [[r["path"], r["status"], fmt(r["seed"])] + [fmt(r["hparams"].get(k)) for k in cols]
             + [fmt(value(r, k)) for k in stats] for r in runs]
@@ -106,20 +119,47 @@ def build_report(runs: list[dict], out: Path, root: Path, x: str = "lr", y: str 
     figures = [("val_curves.png", "validation loss and accuracy", lambda p: plot_val_curves(groups, p)),
                ("weight_norm.png", "weight norm", lambda p: plot_weight_norm(groups, p)),
                ("heatmap.png", "best validation accuracy", lambda p: plot_heatmap(heatmap_grid(groups, keys, x, y), p)),
-               ("oscillation.png", "oscillation vs decay strength",
+               ("oscillation.png", "oscillation vs decay strength (dashed: BatchNorm recalibrated)",
                 lambda p: plot_oscillation(oscillation_series(groups, keys), p))]
     lines = []
     for name, title, draw in figures:
-        try:
-            why = draw(out / name)
-        except Exception as e:  # a figure is a bonus: never lose the tables over one
-            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        if why:
-            (out / name).unlink(missing_ok=True)  # no stale figure from an earlier report
+        why = _draw(draw, out / name)
         lines.append(f"- {name} skipped: {why}" if why else f"### {title}\n\n![{title}]({name})\n")
-    md = f"# Report: {root}\n\n{tables}\n## Figures\n\n" + "\n".join(lines) + "\n"
+    md = (f"# Report: {root}\n\n{tables}\n## Figures\n\n" + "\n".join(lines) + "\n\n"
+          + run_figures(runs, out))
     (out / "report.md").write_text(md, encoding="utf-8")
     return tables
+
+
+def _draw(draw, path: Path) -> str | None:
+    """draw(path), or the one-line reason it drew nothing; a skipped figure leaves no stale file behind."""
+    try:
+        why = draw(path)
+    except Exception as e:  # a figure is a bonus: never lose the tables over one
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if why:
+        path.unlink(missing_ok=True)  # no stale figure from an earlier report
+    return why
+
+
+def run_figure_name(path: str) -> str:
+    """Where a run's loss figure goes, relative to OUT: runs/<run path with / as __>.png (one flat folder)."""
+    return "runs/" + path.replace("/", "__") + ".png"
+
+
+def run_figures(runs: list[dict], out: Path) -> str:
+    """Draw each run's loss figure (the first MAX_RUN_FIGURES runs in path order); return report.md's section."""
+    (out / "runs").mkdir(exist_ok=True)
+    lines = []
+    for r in runs[:MAX_RUN_FIGURES]:
+        name = run_figure_name(r["path"])
+        why = _draw(lambda p: plot_run_losses(r, p), out / name)
+        lines.append(f"- {r['path']} skipped: {why}" if why else f"- [{r['path']}]({name})")
+    if len(runs) > MAX_RUN_FIGURES:
+        lines.append(f"- capped at {MAX_RUN_FIGURES} runs: the other {len(runs) - MAX_RUN_FIGURES} have no loss figure")
+    return ("## Losses per run\n\nTrain loss in train mode (mean since the previous validation), eval-mode loss on "
+            "training images, validation loss with BatchNorm running statistics and recalibrated (dashed).\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:

@@ -141,9 +141,42 @@ def find_run_dirs(root: Path) -> list[Path]:
     return found
 
 
+def loss_curves(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """A run's four losses at its validation points, each a list of (epoch, loss):
+
+        train_loss       mean `train_loss` (train mode, augmented batches) over the steps since the previous
+                         validation point (after the previous validation step, up to and including this one)
+        train_eval_loss  eval-mode loss on the fixed training subset (running BatchNorm statistics)
+        val_loss         validation loss with running BatchNorm statistics
+        val_loss_recal   validation loss with BatchNorm statistics recomputed on training images
+
+    A curve the run did not record is empty; each stops where runner.oscillation.val_points stops its series.
+    """
+    running, recal = val_points(records), val_points(records, recal=True)
+    train = {}  # step → train_loss (a re-logged step: the later record)
+    for r in records:
+        if isinstance(r, dict) and "val_loss" not in r and "train_loss" in r:
+            if finite_number(r.get("step")) is not None:
+                train[r["step"]] = finite_number(r["train_loss"])
+    train_steps, i, means = sorted(train), 0, []
+    for step, epoch in sorted({(p["step"], p["epoch"]) for p in running + recal}):
+        window = []
+        while i < len(train_steps) and train_steps[i] <= step:  # the steps since the previous validation point
+            loss = train[train_steps[i]]
+            if loss is not None:
+                window.append(loss)
+            i += 1
+        if window:
+            means.append((epoch, statistics.fmean(window)))
+    return {"train_loss": means,
+            "train_eval_loss": [(p["epoch"], p["train_eval"]) for p in running if p["train_eval"] is not None],
+            "val_loss": [(p["epoch"], p["loss"]) for p in running],
+            "val_loss_recal": [(p["epoch"], p["loss"]) for p in recal]}
+
+
 def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
-    """One run: status, flattened hparams, headline metrics, oscillation block, curves for the figures, and notes
-    (a list of one-line remarks on what could not be read)."""
+    """One run: status, flattened hparams, headline metrics, oscillation block, curves for the figures (`val`,
+    `wnorm`, `losses`: see loss_curves), and notes (a list of one-line remarks on what could not be read)."""
     summary = _read_json(d / "summary.json")
     summary = summary if isinstance(summary, dict) else None
     records = _read_jsonl(d / "metrics.jsonl")
@@ -181,7 +214,7 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
                    if finite_number(r.get("epoch")) is not None and finite_number(r.get("weight_norm")) is not None)
     return {"path": root.name if rel == "." else rel, "status": status, "seed": hp.get("seed"), "hparams": hp,
             **metrics, "osc": osc, "val": [(p["epoch"], p["loss"], p["acc"]) for p in pts], "wnorm": wnorm,
-            "notes": notes}
+            "losses": loss_curves(records), "notes": notes}
 
 
 def collect_runs(root, threshold: float | None = None) -> list[dict]:
