@@ -269,3 +269,19 @@ def test_oscillation_series_carries_the_recalibrated_twins(mid_sweep):
     assert d["tv_per_epoch"] == pytest.approx(1.2 / 2) and d["tv_per_epoch_recal"] == pytest.approx(0.9 / 2)
     assert d["max_rise_rel"] == pytest.approx(0.2) and d["max_rise_rel_recal"] == 0
     assert group_configs(mid_sweep, keys)[0]["stats"]["recal_removed_share"] == (pytest.approx(0.25), None)
+
+
+def test_a_block_recomputed_for_the_recal_keys_keeps_the_summarys_threshold(tmp_path):
+    recs = val_records([2.0, 1.0, 1.5], [0.5, 0.8, 0.7], recal=[1.8, 0.9, 0.95], acc_recal=[0.55, 0.82, 0.84])
+    old = {**finished(resolved(1e-3, None), 0.84), "oscillation": {"tv_per_epoch": 9.0, "rise_threshold": 0.6}}
+    write_run(tmp_path / "r", saved_config(1e-3, None), records=recs, summary=old)
+    osc = load_run(tmp_path / "r", tmp_path)["osc"]
+    assert osc["rise_threshold"] == 0.6 and osc["n_rises"] == 0  # the rise of 50 % stays under 60 %
+
+
+def test_an_unreadable_summary_is_a_note(tmp_path):
+    write_run(tmp_path / "r", saved_config(1e-3, None), records=val_records([2.0, 1.0], [0.5, 0.8]))
+    (tmp_path / "r" / "summary.json").write_text('{"status": "compl')
+    run = load_run(tmp_path / "r", tmp_path)
+    assert run["status"] == "running" and run["best_val_acc"] == 0.8
+    assert run["notes"] == ["summary.json unreadable: status and metrics from the other files"]

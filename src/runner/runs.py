@@ -180,7 +180,8 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     summary = _read_json(d / "summary.json")
     summary = summary if isinstance(summary, dict) else None
     records = _read_jsonl(d / "metrics.jsonl")
-    notes = []
+    notes = ["summary.json unreadable: status and metrics from the other files"] if (
+        summary is None and (d / "summary.json").is_file()) else []
     hp = (summary or {}).get("hparams")
     if not isinstance(hp, dict):
         hp, note = read_saved_config(d / ".hydra" / "config.yaml")
@@ -206,7 +207,9 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     # written before the recalibrated figures existed but the records have them
     if (not isinstance(osc, dict) or (threshold is not None and records and osc.get("rise_threshold") != threshold)
             or ("tv_per_epoch_recal" not in osc and is_recalibrated(records))):
-        osc = oscillation_block(records, finite_number(hp.get("epochs")), 0.1 if threshold is None else threshold)
+        if threshold is None:  # the threshold the summary's block used, else the default
+            threshold = (osc.get("rise_threshold") if isinstance(osc, dict) else None) or 0.1
+        osc = oscillation_block(records, finite_number(hp.get("epochs")), threshold)
 
     rel = d.relative_to(root).as_posix()
     pts = val_points(records)
