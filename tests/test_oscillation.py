@@ -4,19 +4,24 @@ import math
 
 import pytest
 
-from runner.oscillation import (count_rises, max_rise, oscillation_block, phase_window, roughness,
-                                total_variation_per_epoch, val_points)
+from runner.oscillation import (count_rises, headline_points, is_recalibrated, max_rise, oscillation_block,
+                                phase_window, removed_share, roughness, total_variation_per_epoch, val_points)
 
 V = [3, 2, 2.5, 1, 1.2, 0.9]  # running min 3,2,2,1,1,0.9 → rises 0,0,0.5,0,0.2,0
 E = [1, 2, 3, 4, 5, 6]
 
 
-def val_records(losses, epochs, accs=None, train_eval=None):
+def val_records(losses, epochs, accs=None, train_eval=None, recal=None, accs_recal=None, train_eval_recal=None):
+    """Validation records as the trainer writes them; the `*_recal` keys only when a recal series is given."""
     out = []
     for i, (v, e) in enumerate(zip(losses, epochs)):
         r = {"step": 10 * (i + 1), "epoch": e, "val_loss": v, "val_acc": None if accs is None else accs[i]}
         if train_eval is not None:
             r["train_eval_loss"], r["train_eval_acc"] = train_eval[i], 0.5
+        if recal is not None:
+            r["val_loss_recal"], r["val_acc_recal"] = recal[i], None if accs_recal is None else accs_recal[i]
+        if train_eval_recal is not None:
+            r["train_eval_loss_recal"], r["train_eval_acc_recal"] = train_eval_recal[i], 0.5
         out.append(r)
     return out
 
@@ -125,17 +130,88 @@ def test_val_points_sorted_and_deduplicated():
 
 def test_block_on_empty_records():
     b = oscillation_block([], epochs_total=30)
-    assert b["n_val_points"] == 0
-    assert all(v is None for k, v in b.items() if k not in ("n_val_points", "rise_threshold"))
+    assert b["n_val_points"] == 0 and b["n_val_points_recal"] == 0 and b["epochs_to_metric"] == "running"
+    assert all(v is None for k, v in b.items()
+               if k not in ("n_val_points", "n_val_points_recal", "rise_threshold", "epochs_to_metric"))
 
 
 def test_block_keys_and_threshold():
     b = oscillation_block(val_records(V, E), epochs_total=6, threshold=0.21)
     assert b["n_rises"] == 1 and b["rise_threshold"] == 0.21
     assert b["max_rise"] == pytest.approx(0.5) and b["max_rise_epoch"] == 3
-    assert set(b) == {"n_val_points", "tv_per_epoch", "max_rise", "max_rise_rel", "max_rise_epoch", "n_rises",
-                      "rise_threshold", "val_roughness_mid", "roughness_ratio_mid", "val_roughness_last",
-                      "roughness_ratio_last", "epochs_to_90", "epochs_to_92", "gen_gap", "gen_gap_source",
-                      "final_weight_norm"}
+    per_series = {"n_val_points", "tv_per_epoch", "max_rise", "max_rise_rel", "max_rise_epoch", "n_rises",
+                  "val_roughness_mid", "roughness_ratio_mid", "val_roughness_last", "roughness_ratio_last"}
+    assert set(b) == per_series | {k + "_recal" for k in per_series} | {
+        "rise_threshold", "recal_removed_share", "epochs_to_90", "epochs_to_92", "epochs_to_metric", "gen_gap",
+        "gen_gap_source", "final_weight_norm"}
     assert all(v is None or isinstance(v, (int, float, str)) and not (isinstance(v, float) and math.isnan(v))
                for v in b.values())
+
+
+# ---------------------------------------------------------------- running statistics vs recalibrated BatchNorm
+
+W = [3, 2, 1.8, 1, 0.95, 0.9]  # the same run recalibrated: monotone, TV (1 + 0.2 + 0.8 + 0.05 + 0.05) / 5 = 0.42
+
+
+def test_the_recalibrated_series_has_its_own_figures():
+    b = oscillation_block(val_records(V, E, recal=W), epochs_total=6)
+    assert b["tv_per_epoch"] == pytest.approx(0.7) and b["tv_per_epoch_recal"] == pytest.approx(0.42)
+    assert b["max_rise_rel"] == pytest.approx(0.25) and b["n_rises"] == 2  # the running series as before
+    assert b["max_rise_recal"] == 0 and b["max_rise_rel_recal"] == 0 and b["n_rises_recal"] == 0
+    assert b["max_rise_epoch_recal"] == 1 and b["n_val_points_recal"] == 6
+
+
+def test_recal_removed_share_is_the_part_of_the_total_variation_recalibration_takes_away():
+    b = oscillation_block(val_records(V, E, recal=W), epochs_total=6)
+    assert b["recal_removed_share"] == pytest.approx(1 - 0.42 / 0.7)  # 40 % of the oscillation was BN bookkeeping
+    b = oscillation_block(val_records(W, E, recal=V), epochs_total=6)
+    assert b["recal_removed_share"] == pytest.approx(1 - 0.7 / 0.42)  # recalibrated moves more: negative
+    assert removed_share(0.0, 0.0) is None  # a flat running series: nothing to remove
+    assert removed_share(0.5, None) is None and removed_share(None, 0.5) is None
+
+
+def test_a_run_without_recalibration_has_no_recal_figures():
+    b = oscillation_block(val_records(V, E, accs=[0.5, 0.89, 0.9, 0.91, 0.93, 0.95]), epochs_total=6)
+    assert b["n_val_points_recal"] == 0 and b["epochs_to_metric"] == "running"
+    assert all(b[k] is None for k in b if k.endswith("_recal") and k != "n_val_points_recal")
+    assert b["recal_removed_share"] is None
+    assert b["epochs_to_90"] == 3  # running accuracy: the only one there is
+
+
+def test_roughness_of_the_recalibrated_series_against_recalibrated_train_eval():
+    # the windows and numbers of test_roughness_ratios_on_phase_windows, now on the _recal keys
+    val = [9, 9, 9, 1, 2, 4, 4, 2, 2, 2]
+    te = [0, 0, 0, 2, 2, 4, 2, 1, 2, 1]
+    flat = [5.0] * 10
+    recs = val_records(flat, list(range(10)), train_eval=flat, recal=val, train_eval_recal=te)
+    b = oscillation_block(recs, epochs_total=9)
+    assert b["val_roughness_mid_recal"] == pytest.approx(3 / 7)
+    assert b["roughness_ratio_mid_recal"] == pytest.approx((3 / 7) / 0.75)
+    assert b["val_roughness_last_recal"] == pytest.approx(0.4)
+    assert b["roughness_ratio_last_recal"] == pytest.approx(0.4 / (4 / 3))
+    assert b["val_roughness_mid"] == 0 and b["roughness_ratio_mid"] is None  # flat running series, flat train_eval
+
+
+def test_epochs_to_accuracy_follows_the_headline_accuracy():
+    # summary.json's best_val_acc is the recalibrated one when recorded: epochs_to_90/92 must agree with it
+    recs = val_records(V, E, accs=[0.5, 0.6, 0.7, 0.8, 0.91, 0.93], recal=W, accs_recal=[0.5, 0.9, 0.92, 0.9, 0.9, 0.9])
+    b = oscillation_block(recs, epochs_total=6)
+    assert (b["epochs_to_90"], b["epochs_to_92"], b["epochs_to_metric"]) == (2, 3, "recalibrated")
+
+
+def test_each_series_stops_at_its_own_first_non_finite_loss():
+    recs = val_records([2.0, 1.0, 1.5, 1.2], [1, 2, 3, 4], recal=[1.9, 0.9, None, 0.8])
+    assert [p["loss"] for p in val_points(recs)] == [2.0, 1.0, 1.5, 1.2]
+    assert [p["loss"] for p in val_points(recs, recal=True)] == [1.9, 0.9]
+    b = oscillation_block(recs, epochs_total=4)
+    assert b["n_val_points_recal"] == 2 and b["tv_per_epoch_recal"] == pytest.approx(1.0)
+
+
+def test_headline_points_are_the_recalibrated_series_when_the_records_have_it():
+    plain = val_records([2.0, 1.0], [1, 2], accs=[0.5, 0.6])
+    assert not is_recalibrated(plain) and [p["acc"] for p in headline_points(plain)] == [0.5, 0.6]
+    recal = val_records([2.0, 1.0], [1, 2], accs=[0.5, 0.6], recal=[1.9, 0.9], accs_recal=[0.55, 0.65])
+    assert is_recalibrated(recal) and [p["acc"] for p in headline_points(recal)] == [0.55, 0.65]
+    assert [p["step"] for p in headline_points(recal)] == [10, 20]
+    # train records never make a run "recalibrated", whatever they hold
+    assert not is_recalibrated([{"step": 1, "epoch": 0.1, "train_loss": 1.0, "val_loss_recal": 1.0}])

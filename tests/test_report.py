@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from runner.figures import heatmap_grid, oscillation_series
-from runner.report import collect_runs, group_configs, main, varying_keys
+from runner.report import main
+from runner.runs import collect_runs, group_configs, varying_keys
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -29,7 +30,8 @@ def records(val_losses, accs, n_steps=2):
     for ep, (v, a) in enumerate(zip(val_losses, accs), start=1):
         for k in range(n_steps):
             step = (ep - 1) * n_steps + k + 1
-            r = {"step": step, "epoch": step / n_steps, "train_loss": None if v is None else v / 2, "lr": 1e-3, "decay": 1e-6}
+            r = {"step": step, "epoch": step / n_steps, "train_loss": None if v is None else v / 2, "lr": 1e-3,
+                 "decay": 1e-6}
             if k == n_steps - 1:
                 r.update(weight_norm=10.0 + ep, l2_penalty=0.0)
             out.append(r)
@@ -53,7 +55,8 @@ def make_run(d, hp, status="completed", val=(2.0, 1.0, 1.2), accs=(0.5, 0.8, 0.9
         s = {"status": status, "n_params": 1000, "steps": len(val) * 2, "epochs": float(len(val)),
              "best_val_acc": max(a for _, a in finite), "final_val_acc": finite[-1][1],
              "final_val_loss": finite[-1][0], "final_train_loss": 0.5, "wall_time_s": 1.0, "images_per_s": 100.0,
-             "device": "cpu", "regularization": ["..."], "hparams": hp, "choices": {"optimizer": hp["optimizer"]["name"]}}
+             "device": "cpu", "regularization": ["..."], "hparams": hp,
+             "choices": {"optimizer": hp["optimizer"]["name"]}}
         if osc is not None:
             s["oscillation"] = osc
         (d / "summary.json").write_text(json.dumps(s))
@@ -61,7 +64,8 @@ def make_run(d, hp, status="completed", val=(2.0, 1.0, 1.2), accs=(0.5, 0.8, 0.9
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """2×2 lr × wd sweep: two seeds in one cell, an interrupted seed, a diverged cell, a running cell, a not-started job."""
+    """2×2 lr × wd sweep: two seeds in one cell, an interrupted seed, a diverged cell, a running cell, a job not
+    started."""
     root = tmp_path_factory.mktemp("runs")
     sw = root / "multirun" / "2024-05-01" / "10-00-00_abc123"
     jobs = [
@@ -149,7 +153,8 @@ def test_heatmap_falls_back_to_swept_keys_and_panels_per_optimizer():
 
 def test_heatmap_merges_wd_and_l2_into_one_decay_axis():
     # the paper's Figure 2: Adam-L2 sweeps l2, AdamW sweeps wd, one panel each on a shared λ axis
-    runs = [fake_run(**{"optimizer.name": "adam_l2", "lr": lr, "wd": 0.0, "l2": lam}) for lr in (1, 2) for lam in (1, 2)]
+    runs = [fake_run(**{"optimizer.name": "adam_l2", "lr": lr, "wd": 0.0, "l2": lam})
+            for lr in (1, 2) for lam in (1, 2)]
     runs += [fake_run(**{"optimizer.name": "adamw", "lr": lr, "wd": lam, "l2": 0.0}) for lr in (1, 2) for lam in (1, 2)]
     keys = varying_keys(runs)
     grid = heatmap_grid(group_configs(runs, keys), keys)
@@ -223,3 +228,63 @@ def test_cli_error_has_no_traceback(tmp_path):
                        text=True, env=env, timeout=60)
     assert p.returncode == 2
     assert p.stderr.strip() == f"runner.report: error: no such folder: {tmp_path / 'nope'}"
+
+
+def test_a_config_that_cannot_be_resolved_is_a_note_not_a_crash(tmp_path, capsys):
+    make_run(tmp_path / "sweep" / "0", hparams(1e-3, 1e-4, 0))
+    make_run(tmp_path / "sweep" / "1", hparams(1e-3, 1e-4, 1), summary=False)
+    with open(tmp_path / "sweep" / "1" / ".hydra" / "config.yaml", "a") as f:
+        f.write("out: ${hydra:runtime.output_dir}\n")  # Hydra's own resolver is not there outside Hydra
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
+    note = "could not resolve out in .hydra/config.yaml: shown unresolved"
+    assert f"## Notes\n\n- 1: {note}\n" in (tmp_path / "rep" / "report.md").read_text()
+    assert f"- 1: {note}" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "rep" / "runs.csv", encoding="utf-8")))
+    assert [r["notes"] for r in rows] == ["", note]
+
+
+def test_one_loss_figure_per_run_listed_in_the_report(report):
+    _, _, out = report
+    md = (out / "report.md").read_text()
+    for job, status in STATUS.items():
+        name = f"runs/multirun__2024-05-01__10-00-00_abc123__{job}.png"
+        if status == "not started":  # nothing recorded yet: a one-line reason instead
+            assert f"- multirun/2024-05-01/10-00-00_abc123/{job} skipped: no validation records" in md
+            assert not (out / name).exists()
+        else:
+            assert f"- [multirun/2024-05-01/10-00-00_abc123/{job}]({name})" in md
+            assert (out / name).read_bytes()[:8] == PNG
+    assert "capped" not in md
+
+
+def test_loss_figures_are_capped(tmp_path, monkeypatch):
+    import runner.report
+
+    for i in range(3):
+        make_run(tmp_path / "sweep" / str(i), hparams(1e-3, 1e-4, i))
+    monkeypatch.setattr(runner.report, "MAX_RUN_FIGURES", 2)
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
+    assert sorted(p.name for p in (tmp_path / "rep" / "runs").iterdir()) == ["0.png", "1.png"]
+    assert "- capped at 2 runs: the other 1 have no loss figure" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_tables_show_the_recalibrated_columns_only_when_a_run_has_them(tmp_path, report):
+    assert "TV/epoch recal" not in report[1] and "removed by recal" not in report[1]
+    for i, (wd, shift) in enumerate([(1e-4, 0.0), (1e-4, 0.0), (5e-4, 0.1)]):
+        make_run(tmp_path / "sweep" / str(i), hparams(1e-3, wd, i))
+        path = tmp_path / "sweep" / str(i) / "metrics.jsonl"
+        recs = [json.loads(line) for line in path.read_text().splitlines()]
+        for r in recs:  # recalibrated: val 2.0, 1.0, 1.2 → 2.0 - shift, 1.0, 1.0
+            if "val_loss" in r:
+                r["val_loss_recal"], r["val_acc_recal"] = (min(r["val_loss"], 1.0) if r["epoch"] > 1
+                                                           else r["val_loss"] - shift), r["val_acc"]
+        path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| TV/epoch | TV/epoch recal | removed by recal |" in md
+    # wd=1e-4: TV 1.2/2 = 0.6 running, 1.0/2 = 0.5 recalibrated, so recalibration removes 1/6 of it
+    assert "| 0.6 ± 0 | 0.5 ± 0 | 0.1667 ± 0 |" in md  # the configuration row (two identical seeds)
+    cfg = list(csv.DictReader(open(tmp_path / "rep" / "configs.csv", encoding="utf-8")))
+    assert float(cfg[0]["recal_removed_share_mean"]) == pytest.approx(1 / 6)
+    assert float(cfg[1]["tv_per_epoch_recal_mean"]) == pytest.approx(0.9 / 2)  # 1.9 → 1.0 → 1.0
+    assert (tmp_path / "rep" / "oscillation.png").read_bytes()[:8] == PNG

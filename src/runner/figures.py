@@ -1,7 +1,9 @@
-"""The report's figures: validation curves, weight norms, the lr × λ heat map and oscillation vs λ.
+"""The report's figures: validation curves, weight norms, the lr × λ heat map, oscillation vs λ, one run's losses.
 
-Each `plot_*` draws one PNG from configuration groups (see runner.report.group_configs) with
-matplotlib Figure objects (no pyplot state) and returns None, or a one-line reason it was skipped.
+Each `plot_*` draws one PNG from configuration groups (see runner.runs.group_configs), or from one run
+(runner.runs.load_run), with matplotlib Figure objects (no pyplot state) and returns None, or a one-line reason
+it was skipped. The data each figure shows comes from a function of its own (heatmap_grid, oscillation_series,
+runner.runs.loss_curves), which the tests check instead of pixels.
 """
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import math
 import statistics
 from pathlib import Path
 
-from runner.report import SHORT, _num, _sort_key, fmt
+from runner.runs import finite_number, fmt, sort_key
+
+SHORT = {"diverged": "div", "running": "run", "interrupted": "int", "not started": ""}  # heat map cells without a mean
 
 
 def _figure(ncols: int = 1, nrows: int = 1, w: float = 5.5, h: float = 4.0):
@@ -78,7 +82,7 @@ LAMBDA = "wd|l2"  # one decay-strength axis when Adam-L2 runs sweep l2 and AdamW
 
 def decay_keys(groups: list[dict], keys: list[str]) -> list[str]:
     """keys with wd and l2 merged into LAMBDA when both vary but no run uses both (λ = the nonzero one)."""
-    both = all(not (_num(g["hparams"].get("wd")) and _num(g["hparams"].get("l2"))) for g in groups)
+    both = all(not (finite_number(g["hparams"].get("wd")) and finite_number(g["hparams"].get("l2"))) for g in groups)
     if not ("wd" in keys and "l2" in keys and both):
         return keys
     return [LAMBDA if k == "wd" else k for k in keys if k != "l2"]
@@ -103,14 +107,14 @@ def heatmap_grid(groups: list[dict], keys: list[str], x: str = "lr", y: str = "w
     keys = decay_keys(groups, keys)
     x, y = (LAMBDA if k in ("wd", "l2") and LAMBDA in keys else k for k in (x, y))
     n_distinct = lambda k: len({repr(hp_value(g, k)) for g in groups})
-    ranked = sorted(keys, key=lambda k: (-n_distinct(k), _num(hp_value(groups[0], k)) is None, k))
+    ranked = sorted(keys, key=lambda k: (-n_distinct(k), finite_number(hp_value(groups[0], k)) is None, k))
     axes = []
     for want in (x, y):
         spare = [k for k in ranked if k not in axes and k not in (x, y)]
         axes.append(want if want in keys and want not in axes else (spare[0] if spare else want))
     x, y = axes
     panel_keys = [k for k in keys if k not in (x, y)]
-    values = lambda k: sorted({hp_value(g, k) for g in groups}, key=_sort_key)
+    values = lambda k: sorted({hp_value(g, k) for g in groups}, key=sort_key)
     xs, ys = values(x), values(y)
     panels: dict[tuple, dict] = {}
     for g in groups:
@@ -125,7 +129,7 @@ def heatmap_grid(groups: list[dict], keys: list[str], x: str = "lr", y: str = "w
         else:
             p["labels"][i][j] = next((SHORT[s] for s in SHORT if g["statuses"].get(s)), "")
     return {"x_key": x, "y_key": y, "panel_keys": panel_keys, "x_values": xs, "y_values": ys, "metric": metric,
-            "panels": [panels[k] for k in sorted(panels, key=lambda t: [_sort_key(v) for v in t])]}
+            "panels": [panels[k] for k in sorted(panels, key=lambda t: [sort_key(v) for v in t])]}
 
 
 def _axis_label(key: str) -> str:
@@ -166,43 +170,88 @@ def plot_heatmap(grid: dict | None, path: Path) -> str | None:
 
 def oscillation_series(groups: list[dict], keys: list[str], figures=("tv_per_epoch", "max_rise_rel")):
     """{line label: [(λ, {figure: seed mean})] sorted by λ}, λ = wd or l2, whichever varies (LAMBDA when both do),
-    one line per combination of the other swept keys (optimizer.name, ...); None when neither wd nor l2 varies."""
+    one line per combination of the other swept keys (optimizer.name, ...); None when neither wd nor l2 varies.
+    Each figure comes with its recalibrated twin, `<figure>_recal` (None for runs without val_loss_recal)."""
     keys = decay_keys(groups, keys)
     lam_key = next((k for k in (LAMBDA, "wd", "l2") if k in keys), None)
     if lam_key is None:
         return None
     line_keys = [k for k in keys if k not in (LAMBDA, "wd", "l2")]
+    both = [name for f in figures for name in (f, f + "_recal")]
     lines: dict[str, list] = {}
     for g in groups:
         lam = hp_value(g, lam_key)
         label = ", ".join(f"{k}={fmt(hp_value(g, k))}" for k in line_keys) or "all runs"
-        if _num(lam) is not None:
-            lines.setdefault(label, []).append((lam, {f: g["stats"][f][0] for f in figures}))
+        if finite_number(lam) is not None:
+            lines.setdefault(label, []).append((lam, {f: g["stats"].get(f, (None, None))[0] for f in both}))
     return {k: sorted(v, key=lambda t: t[0]) for k, v in sorted(lines.items())}
 
 
+def _lambda_axis(a, lams: list) -> None:
+    positive = [lam for lam in lams if lam > 0]
+    if positive and lams[0] <= 0:
+        a.set_xscale("symlog", linthresh=min(positive))  # a log axis that still shows λ = 0
+    elif positive:
+        a.set_xscale("log")
+    if positive:
+        a.set_xticks(lams, [fmt(lam) for lam in lams])
+        a.minorticks_off()
+
+
 def plot_oscillation(series: dict | None, path: Path, figures=("tv_per_epoch", "max_rise_rel")) -> str | None:
+    """One panel per figure; per line the running-statistics value solid, the recalibrated one dashed in the
+    same colour, so the gap between them is the part of the oscillation that is BatchNorm bookkeeping."""
     if not series:
         return "neither wd nor l2 varies"
-    if not any(_num(d[f]) is not None for pts in series.values() for _, d in pts for f in figures):
+    if not any(finite_number(d.get(f)) is not None for pts in series.values() for _, d in pts for f in figures):
         return "no completed run has oscillation figures"
-    names = {"tv_per_epoch": "val-loss total variation per epoch", "max_rise_rel": "largest rise above running min (rel.)"}
+    from matplotlib.lines import Line2D
+
+    names = {"tv_per_epoch": "val-loss total variation per epoch",
+             "max_rise_rel": "largest rise above running min (rel.)"}
     fig, ax = _figure(len(figures))
     lams = sorted({lam for pts in series.values() for lam, _ in pts})
-    positive = [lam for lam in lams if lam > 0]
+    any_recal = False
     for i, f in enumerate(figures):
         a = ax[0, i]
-        for label, pts in series.items():
-            xy = [(lam, d[f]) for lam, d in pts if _num(d[f]) is not None]
-            if xy:
-                a.plot(*zip(*xy), marker="o", label=label)
-        if positive and lams[0] <= 0:
-            a.set_xscale("symlog", linthresh=min(positive))  # a log axis that still shows λ = 0
-        elif positive:
-            a.set_xscale("log")
-        if positive:
-            a.set_xticks(lams, [fmt(lam) for lam in lams])
-            a.minorticks_off()
+        for (label, pts), color in zip(series.items(), _colors(len(series))):
+            for key, style in ((f, "-"), (f + "_recal", "--")):
+                xy = [(lam, d.get(key)) for lam, d in pts if finite_number(d.get(key)) is not None]
+                if xy:
+                    a.plot(*zip(*xy), style, marker="o", color=color, mfc="white" if style == "--" else color,
+                           label=label if style == "-" else None)
+                    any_recal |= style == "--"
+        _lambda_axis(a, lams)
         a.set(xlabel="decay strength λ (wd or l2)", ylabel=names.get(f, f))
-    ax[0, 0].legend(fontsize="small")
+    handles, labels = ax[0, 0].get_legend_handles_labels()
+    if any_recal:
+        handles += [Line2D([], [], color="grey", ls="-", marker="o"),
+                    Line2D([], [], color="grey", ls="--", marker="o", mfc="white")]
+        labels += ["BN running statistics", "BN recalibrated"]
+    ax[0, 0].legend(handles, labels, fontsize="small")
+    fig.savefig(path, dpi=100)
+
+
+# (key, legend, colour, line style) of a run's loss figure; validation pairs share the dashed = recalibrated code
+RUN_CURVES = [("train_loss", "train loss, train mode (mean since last validation)", "tab:blue", "-"),
+              ("train_eval_loss", "training images, eval mode", "tab:orange", "-"),
+              ("val_loss", "validation, BN running statistics", "tab:red", "-"),
+              ("val_loss_recal", "validation, BN recalibrated", "tab:red", "--")]
+
+
+def plot_run_losses(run: dict, path: Path) -> str | None:
+    """One run's losses vs epoch (runner.runs.loss_curves): the curves it did not record are left out."""
+    curves = {k: v for k, v in (run.get("losses") or {}).items() if v}
+    if not curves:
+        return "no validation records"
+    fig, ax = _figure()
+    a = ax[0, 0]
+    for key, label, color, style in RUN_CURVES:
+        if key in curves:
+            a.plot(*zip(*curves[key]), style, color=color, label=label, marker="." if len(curves[key]) < 40 else None)
+    if all(y > 0 for c in curves.values() for _, y in c):
+        a.set_yscale("log")
+    a.set(xlabel="epoch", ylabel="loss", title=f"{run['path']} ({run['status']})")
+    a.title.set_fontsize(9)
+    a.legend(fontsize="small")
     fig.savefig(path, dpi=100)

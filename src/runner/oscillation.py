@@ -1,16 +1,25 @@
 """How much a run's validation loss oscillates: pure functions over metrics.jsonl records (no I/O, no torch).
 
-The series are the validation records (those with `val_loss`) in step order: v_i at epochs e_i, with
-accuracy a_i, and, when the runner evaluated it, u_i = `train_eval_loss` (same evaluation on a fixed,
-un-augmented training subset). A diverged run's series stop before the first non-finite val_loss.
+Each figure is computed on two series of the validation records (those with `val_loss`), in step order:
+the running-statistics series v_i = `val_loss` (BatchNorm's running mean/var, what model.eval() uses), and the
+recalibrated series w_i = `val_loss_recal` (BN statistics recomputed on training images just before; recorded
+when trainer.bn_recalibrate > 0). Running statistics lag behind fast-changing weights, so v oscillates more than
+the weights do; w shows what is left once that bookkeeping is taken out. e_i is the epoch, a_i the accuracy,
+u_i = `train_eval_loss` (the same evaluation on a fixed, un-augmented training subset; `_recal` twin for w).
+Each series stops before its first non-finite loss (a diverged run).
 
     tv_per_epoch          Σ_i |v_{i+1} − v_i| / (e_last − e_first)
     max_rise              max_i (v_i − m_i),   m_i = min_{j≤i} v_j   (the running minimum)
     max_rise_rel          max_i (v_i − m_i) / m_i
     n_rises               episodes with (v_i − m_i)/m_i > threshold; one ends when the ratio is back ≤ threshold
-    roughness_ratio_mid   R(v)/R(u) over epochs [T/3, 2T/3);  R(x) = mean_i |x_{i+1} − 2x_i + x_{i−1}| / mean_i |x_i|
-    roughness_ratio_last  R(v)/R(u) over epochs [2T/3, T]
-    epochs_to_90/92       first e_i with a_i ≥ 0.90 / 0.92
+    val_roughness_mid     R(v) over epochs [T/3, 2T/3);  R(x) = mean_i |x_{i+1} − 2x_i + x_{i−1}| / mean_i |x_i|
+    roughness_ratio_mid   R(v)/R(u) over the same window (records having both)
+    ..._last              the same over epochs [2T/3, T]
+    <any of the above>_recal   the same figure of the recalibrated series w (None without it)
+    recal_removed_share   1 − tv_per_epoch_recal / tv_per_epoch: the share of the oscillation that recalibration
+                          removes (< 0 when w moves more than v; None when either is undefined or v is flat)
+    epochs_to_90/92       first e_i with a_i ≥ 0.90 / 0.92, on summary.json's headline accuracy: recalibrated when
+                          the run has it (epochs_to_metric says which: "recalibrated" | "running")
     gen_gap               v_last − u_last, or v_last − mean train_loss over the epoch before e_last (gen_gap_source)
     final_weight_norm     last finite `weight_norm`
 """
@@ -21,7 +30,7 @@ import math
 ACC_TARGETS = (0.90, 0.92)
 
 
-def _num(x) -> float | None:
+def finite_float(x) -> float | None:
     """x as a float if it is a finite number, else None (JSON null, NaN, inf, strings)."""
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
@@ -29,21 +38,38 @@ def _num(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def val_points(records: list[dict]) -> list[dict]:
-    """The validation records in step order, cut before the first non-finite val_loss (one per step: the last)."""
+def is_recalibrated(records: list[dict]) -> bool:
+    """Whether the run also evaluated with recomputed BatchNorm statistics: its validation records carry
+    `val_loss_recal` (the trainer leaves the key out when trainer.bn_recalibrate=0)."""
+    return any(isinstance(r, dict) and "val_loss" in r and "val_loss_recal" in r for r in records)
+
+
+def val_points(records: list[dict], recal: bool = False) -> list[dict]:
+    """One validation series in step order: [{"step", "epoch", "loss", "acc", "train_eval"}], one point per step
+    (the last record), cut before the first non-finite loss.
+
+    recal=False reads val_loss, val_acc, train_eval_loss (BatchNorm running statistics); recal=True reads their
+    `_recal` twins (statistics recomputed on training images), and is empty for a run without them."""
+    sfx = "_recal" if recal else ""
     by_step = {}
     for r in records:
-        if isinstance(r, dict) and "val_loss" in r and _num(r.get("step")) is not None:
+        if isinstance(r, dict) and "val_loss" in r and finite_float(r.get("step")) is not None:
             by_step[r["step"]] = r  # a resumed run re-logs steps: the later record wins
     out = []
     for step in sorted(by_step):
         r = by_step[step]
-        v, e = _num(r.get("val_loss")), _num(r.get("epoch"))
+        v, e = finite_float(r.get("val_loss" + sfx)), finite_float(r.get("epoch"))
         if v is None:
             break  # diverged: the series stops at the last finite value
         if e is not None:
-            out.append({"epoch": e, "loss": v, "acc": _num(r.get("val_acc")), "train_eval": _num(r.get("train_eval_loss"))})
+            out.append({"step": step, "epoch": e, "loss": v, "acc": finite_float(r.get("val_acc" + sfx)),
+                        "train_eval": finite_float(r.get("train_eval_loss" + sfx))})
     return out
+
+
+def headline_points(records: list[dict]) -> list[dict]:
+    """The series summary.json's best/final_val_acc and final_val_loss come from: recalibrated when the run has it."""
+    return val_points(records, recal=is_recalibrated(records))
 
 
 def total_variation_per_epoch(v: list[float], e: list[float]) -> float | None:
@@ -74,7 +100,7 @@ def max_rise(v: list[float]) -> tuple[float | None, float | None, int | None]:
 
 
 def count_rises(v: list[float], threshold: float = 0.1) -> int | None:
-    """Number of episodes in which (v_i − m_i)/m_i > threshold; an episode ends once the ratio is ≤ threshold again."""
+    """Number of episodes in which (v_i − m_i)/m_i > threshold; one ends once the ratio is ≤ threshold again."""
     if not v:
         return None
     n, inside = 0, False
@@ -86,7 +112,7 @@ def count_rises(v: list[float], threshold: float = 0.1) -> int | None:
 
 
 def roughness(x: list[float]) -> float | None:
-    """R(x) = mean_i |x_{i+1} − 2x_i + x_{i−1}| / mean_i |x_i|: scale-free zigzag; None below 3 points or zero mean."""
+    """R(x) = mean_i |x_{i+1} − 2x_i + x_{i−1}| / mean_i |x_i|, a scale-free zigzag; None below 3 points or mean 0."""
     if len(x) < 3:
         return None
     scale = sum(abs(a) for a in x) / len(x)
@@ -133,7 +159,7 @@ def generalization_gap(points: list[dict], records: list[dict]) -> tuple[float |
     e, losses = last["epoch"], []
     for r in records:
         if isinstance(r, dict):
-            ep, loss = _num(r.get("epoch")), _num(r.get("train_loss"))
+            ep, loss = finite_float(r.get("epoch")), finite_float(r.get("train_loss"))
             if ep is not None and loss is not None and e - 1 < ep <= e:
                 losses.append(loss)
     if not losses:
@@ -143,36 +169,55 @@ def generalization_gap(points: list[dict], records: list[dict]) -> tuple[float |
 
 def final_value(records: list[dict], key: str) -> float | None:
     """The last finite value of `key` in step order."""
-    vals = [(r["step"], _num(r[key])) for r in records
-            if isinstance(r, dict) and key in r and _num(r.get("step")) is not None]
+    vals = [(r["step"], finite_float(r[key])) for r in records
+            if isinstance(r, dict) and key in r and finite_float(r.get("step")) is not None]
     vals = [v for _, v in sorted(vals, key=lambda sv: sv[0]) if v is not None]
     return vals[-1] if vals else None
+
+
+def series_figures(points: list[dict], epochs_total: float | None, threshold: float) -> dict:
+    """The figures of one validation series (see the module docstring), keyed without a `_recal` suffix."""
+    v, e = [p["loss"] for p in points], [p["epoch"] for p in points]
+    rise, rise_rel, i_rise = max_rise(v)
+    out = {
+        "n_val_points": len(points),
+        "tv_per_epoch": total_variation_per_epoch(v, e),
+        "max_rise": rise,
+        "max_rise_rel": rise_rel,
+        "max_rise_epoch": e[i_rise] if i_rise is not None else None,
+        "n_rises": count_rises(v, threshold),
+    }
+    for phase in ("mid", "last"):
+        r_val, ratio = roughness_ratio(points, phase_window(epochs_total, phase)) if epochs_total else (None, None)
+        out[f"val_roughness_{phase}"] = r_val
+        out[f"roughness_ratio_{phase}"] = ratio
+    return out
+
+
+def removed_share(tv_running: float | None, tv_recal: float | None) -> float | None:
+    """1 − tv_recal/tv_running: how much of the running-statistics oscillation recalibration takes away."""
+    if tv_running is None or tv_recal is None or tv_running == 0:
+        return None
+    return 1 - tv_recal / tv_running
 
 
 def oscillation_block(records: list[dict], epochs_total: float | None, threshold: float = 0.1) -> dict:
     """All oscillation figures of one run as a flat dict of JSON-able values (None where undefined).
 
     `epochs_total` is T, the run's scheduled epochs (hparams.epochs); None falls back to the last validation epoch.
+    The running series' figures keep their plain names, the recalibrated series' carry `_recal`.
     """
-    pts = val_points(records)
-    v, e = [p["loss"] for p in pts], [p["epoch"] for p in pts]
-    rise, rise_rel, i_rise = max_rise(v)
-    T = epochs_total if _num(epochs_total) and epochs_total > 0 else (e[-1] if e and e[-1] > 0 else None)
-    out = {
-        "n_val_points": len(pts),
-        "tv_per_epoch": total_variation_per_epoch(v, e),
-        "max_rise": rise,
-        "max_rise_rel": rise_rel,
-        "max_rise_epoch": e[i_rise] if i_rise is not None else None,
-        "n_rises": count_rises(v, threshold),
-        "rise_threshold": threshold,
-    }
-    for phase in ("mid", "last"):
-        r_val, ratio = roughness_ratio(pts, phase_window(T, phase)) if T else (None, None)
-        out[f"val_roughness_{phase}"] = r_val
-        out[f"roughness_ratio_{phase}"] = ratio
+    running, recal = val_points(records), val_points(records, recal=True)
+    last = max((p["epoch"] for p in running + recal), default=None)
+    T = epochs_total if finite_float(epochs_total) and epochs_total > 0 else (last if last and last > 0 else None)
+    out = series_figures(running, T, threshold)
+    out["rise_threshold"] = threshold
+    out.update({f"{k}_recal": x for k, x in series_figures(recal, T, threshold).items()})
+    out["recal_removed_share"] = removed_share(out["tv_per_epoch"], out["tv_per_epoch_recal"])
+    headline = is_recalibrated(records)  # the accuracy summary.json reports
     for target in ACC_TARGETS:
-        out[f"epochs_to_{round(target * 100)}"] = epochs_to_acc(pts, target)
-    out["gen_gap"], out["gen_gap_source"] = generalization_gap(pts, records)
+        out[f"epochs_to_{round(target * 100)}"] = epochs_to_acc(recal if headline else running, target)
+    out["epochs_to_metric"] = "recalibrated" if headline else "running"
+    out["gen_gap"], out["gen_gap_source"] = generalization_gap(running, records)
     out["final_weight_norm"] = final_value(records, "weight_norm")
     return out

@@ -1,0 +1,281 @@
+"""Reading run folders and grouping them into configurations: the data behind runner.report and runner.figures.
+
+A run folder is one that holds summary.json, metrics.jsonl or .hydra/config.yaml. Its status comes from
+summary.json, else "running" (metrics.jsonl only: still going, or killed) or "not started" (.hydra only).
+
+A run's configuration is its flattened hparams (`optimizer.name`, `lr`, ...) without `seed` and the keys in
+NOT_CONFIG; runs that differ only in seed form one configuration, summarized as mean ± sample std over its
+completed runs (n).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from runner.metrics import flatten, read_metrics
+from runner.oscillation import headline_points, is_recalibrated, oscillation_block, val_points
+
+# keys that do not change what is trained: never split runs into configurations
+# `reg` only feeds wd or l2 (whichever the preset uses), which are compared themselves
+NOT_CONFIG = {"seed", "resume", "reg", "data.root", "data.download", "data.verify", "trainer.progress",
+              "trainer.log_every"}
+NOT_CONFIG_PREFIXES = ("log.",)  # logging options
+ID_KEYS = ["optimizer.name", "lr", "wd", "l2"]  # always shown, in this order, before other swept keys
+METRICS = ["best_val_acc", "final_val_acc", "final_val_loss", "final_train_loss", "steps", "epochs",
+           "wall_time_s", "images_per_s"]
+# what a configuration reports as mean ± std over its completed seeds (a mean of per-seed recal_removed_share)
+STATS = ["best_val_acc", "final_val_acc", "final_val_loss", "tv_per_epoch", "max_rise_rel", "n_rises",
+         "roughness_ratio_mid", "roughness_ratio_last", "epochs_to_90", "epochs_to_92", "gen_gap", "final_weight_norm",
+         "tv_per_epoch_recal", "max_rise_rel_recal", "n_rises_recal", "roughness_ratio_mid_recal",
+         "roughness_ratio_last_recal", "recal_removed_share"]
+
+
+def finite_number(x):
+    """x itself (int stays int) when it is a finite int or float, else None (bools, strings, null, NaN, inf)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def fmt(v, digits: int = 4) -> str:
+    """A value as table text: floats to `digits` significant digits, None as "-"."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+# ---------------------------------------------------------------- reading runs
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    try:
+        return read_metrics(path)
+    except OSError:
+        return []
+
+
+def read_saved_config(path: Path) -> tuple[dict | None, str | None]:
+    """(config, note) from a run's .hydra/config.yaml with its interpolations resolved.
+
+    Hydra saves the config unresolved (`wd: ${reg_or:${reg},5.0e-4}`); a run that never wrote summary.json has
+    nothing else to say what it trains, so its `wd` must be resolved to compare with finished runs. A value that
+    cannot be resolved (an unknown resolver, a missing key) keeps its text and is named in the note.
+    (None, None) when there is no file; (None, note) when it cannot be read."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from runner.config import register_resolvers
+
+    if not path.is_file():
+        return None, None
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # any YAML or OmegaConf error: the run has no hparams, the report goes on
+        return None, f"{path.parent.name}/{path.name} unreadable: {type(e).__name__}"
+    if not isinstance(cfg, DictConfig):
+        return None, f"{path.parent.name}/{path.name} is not a mapping"
+    register_resolvers()
+    failed: list[str] = []
+    out = _resolve_each(cfg, "", failed)
+    where = f"{path.parent.name}/{path.name}"
+    return out, (f"could not resolve {', '.join(failed)} in {where}: shown unresolved" if failed else None)
+
+
+def _resolve_each(node, prefix: str, failed: list[str]) -> dict:
+    """node as plain containers, resolving key by key so that one bad interpolation spoils only its own key."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    raw = OmegaConf.to_container(node, resolve=False)
+    out = {}
+    for k in raw:
+        try:
+            v = node[k]
+            if isinstance(v, DictConfig):
+                out[k] = _resolve_each(v, f"{prefix}{k}.", failed)
+            else:
+                out[k] = OmegaConf.to_container(v, resolve=True) if isinstance(v, ListConfig) else v
+        except OmegaConfBaseException:
+            out[k] = raw[k]
+            failed.append(f"{prefix}{k}")
+    return out
+
+
+def flatten_hparams(d: dict) -> dict:
+    """runner.metrics.flatten (dotted keys), with lists as compact JSON strings so they compare and print as one
+    value: {"optimizer": {"betas": [0.9, 0.999]}} → {"optimizer.betas": "[0.9,0.999]"}."""
+    return {k: json.dumps(v, separators=(",", ":")) if isinstance(v, (list, tuple)) else v
+            for k, v in flatten(d).items()}
+
+
+def _natural(path: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+
+def is_run_dir(d: Path) -> bool:
+    return any((d / f).is_file() for f in ("summary.json", "metrics.jsonl", ".hydra/config.yaml"))
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every run folder at or below root (a run folder holds no further runs)."""
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        d = Path(dirpath)
+        if is_run_dir(d):
+            found.append(d)
+            dirnames[:] = []
+        else:
+            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+    return found
+
+
+def loss_curves(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """A run's four losses at its validation points, each a list of (epoch, loss):
+
+        train_loss       mean `train_loss` (train mode, augmented batches) over the steps since the previous
+                         validation point (after the previous validation step, up to and including this one)
+        train_eval_loss  eval-mode loss on the fixed training subset (running BatchNorm statistics)
+        val_loss         validation loss with running BatchNorm statistics
+        val_loss_recal   validation loss with BatchNorm statistics recomputed on training images
+
+    A curve the run did not record is empty; each stops where runner.oscillation.val_points stops its series.
+    """
+    running, recal = val_points(records), val_points(records, recal=True)
+    train = {}  # step → train_loss (a re-logged step: the later record)
+    for r in records:
+        if isinstance(r, dict) and "val_loss" not in r and "train_loss" in r:
+            if finite_number(r.get("step")) is not None:
+                train[r["step"]] = finite_number(r["train_loss"])
+    train_steps, i, means = sorted(train), 0, []
+    for step, epoch in sorted({(p["step"], p["epoch"]) for p in running + recal}):
+        window = []
+        while i < len(train_steps) and train_steps[i] <= step:  # the steps since the previous validation point
+            loss = train[train_steps[i]]
+            if loss is not None:
+                window.append(loss)
+            i += 1
+        if window:
+            means.append((epoch, statistics.fmean(window)))
+    return {"train_loss": means,
+            "train_eval_loss": [(p["epoch"], p["train_eval"]) for p in running if p["train_eval"] is not None],
+            "val_loss": [(p["epoch"], p["loss"]) for p in running],
+            "val_loss_recal": [(p["epoch"], p["loss"]) for p in recal]}
+
+
+def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
+    """One run: status, flattened hparams, headline metrics, oscillation block, curves for the figures (`val`,
+    `wnorm`, `losses`: see loss_curves), and notes (a list of one-line remarks on what could not be read)."""
+    summary = _read_json(d / "summary.json")
+    summary = summary if isinstance(summary, dict) else None
+    records = _read_jsonl(d / "metrics.jsonl")
+    notes = ["summary.json unreadable: status and metrics from the other files"] if (
+        summary is None and (d / "summary.json").is_file()) else []
+    hp = (summary or {}).get("hparams")
+    if not isinstance(hp, dict):
+        hp, note = read_saved_config(d / ".hydra" / "config.yaml")
+        notes += [note] if note else []
+    hp = flatten_hparams(hp if isinstance(hp, dict) else {})
+    if summary:
+        status = summary.get("status") or "unknown"
+    else:
+        status = "running" if (d / "metrics.jsonl").is_file() else "not started"
+
+    # without summary.json the headline follows its rule: the recalibrated evaluation when the run has one
+    head = headline_points(records)
+    accs = [p["acc"] for p in head if p["acc"] is not None]
+    steps = [r["step"] for r in records if finite_number(r.get("step")) is not None]
+    epochs = [r["epoch"] for r in records if finite_number(r.get("epoch")) is not None]
+    from_records = {"best_val_acc": max(accs, default=None), "steps": max(steps, default=None),
+                    "final_val_acc": head[-1]["acc"] if head else None,
+                    "final_val_loss": head[-1]["loss"] if head else None, "epochs": max(epochs, default=None)}
+    metrics = {k: finite_number(summary.get(k)) if summary and k in summary else from_records.get(k) for k in METRICS}
+
+    osc = (summary or {}).get("oscillation")
+    # recompute when absent, when asked for another rise threshold than the summary used, or when the block was
+    # written before the recalibrated figures existed but the records have them
+    if (not isinstance(osc, dict) or (threshold is not None and records and osc.get("rise_threshold") != threshold)
+            or ("tv_per_epoch_recal" not in osc and is_recalibrated(records))):
+        if threshold is None:  # the threshold the summary's block used, else the default
+            threshold = (osc.get("rise_threshold") if isinstance(osc, dict) else None) or 0.1
+        osc = oscillation_block(records, finite_number(hp.get("epochs")), threshold)
+
+    rel = d.relative_to(root).as_posix()
+    pts = val_points(records)
+    wnorm = sorted((r["epoch"], r["weight_norm"]) for r in records
+                   if finite_number(r.get("epoch")) is not None and finite_number(r.get("weight_norm")) is not None)
+    return {"path": root.name if rel == "." else rel, "status": status, "seed": hp.get("seed"), "hparams": hp,
+            **metrics, "osc": osc, "val": [(p["epoch"], p["loss"], p["acc"]) for p in pts], "wnorm": wnorm,
+            "losses": loss_curves(records), "notes": notes}
+
+
+def collect_runs(root, threshold: float | None = None) -> list[dict]:
+    """Every run under root, in natural path order (job 10 after job 9)."""
+    root = Path(root)
+    runs = [load_run(d, root, threshold) for d in find_run_dirs(root)]
+    return sorted(runs, key=lambda r: _natural(r["path"]))
+
+
+# ---------------------------------------------------------------- configurations and seed statistics
+
+def value(run: dict, key: str):
+    """A headline metric (summary.json) or oscillation figure of a run."""
+    return run.get(key) if key in METRICS else run["osc"].get(key)
+
+
+def varying_keys(runs: list[dict]) -> list[str]:
+    """Config keys with more than one value among the runs that have them (ID_KEYS first, then by name)."""
+    seen: dict[str, set] = {}
+    for r in runs:
+        for k, v in r["hparams"].items():
+            seen.setdefault(k, set()).add(float(v) if finite_number(v) is not None else repr(v))  # 30 and 30.0 agree
+    keys = [k for k, vals in seen.items() if len(vals) > 1 and k not in NOT_CONFIG
+            and not k.startswith(NOT_CONFIG_PREFIXES) and not k.endswith(("root", "dir", "path"))]
+    return [k for k in ID_KEYS if k in keys] + sorted(k for k in keys if k not in ID_KEYS)
+
+
+def sort_key(v):
+    """Orders hparam values: numbers first by value, then everything else (None first) by its text."""
+    return (0, v, "") if finite_number(v) is not None else (1, 0, "" if v is None else str(v))
+
+
+def mean_std(xs: list) -> tuple:
+    """(mean, sample std) of the finite values; std is None below two values."""
+    xs = [x for x in xs if finite_number(x) is not None]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def group_configs(runs: list[dict], keys: list[str] | None = None) -> list[dict]:
+    """Runs sharing every varying key except seed, with mean ± std of STATS over their completed runs."""
+    keys = varying_keys(runs) if keys is None else keys
+    groups: dict[tuple, dict] = {}
+    for r in runs:
+        key = tuple(r["hparams"].get(k) for k in keys)
+        g = groups.setdefault(key, {"key": key, "values": dict(zip(keys, key)), "hparams": r["hparams"], "runs": []})
+        g["runs"].append(r)
+    out = []
+    for key in sorted(groups, key=lambda t: [sort_key(v) for v in t]):
+        g = groups[key]
+        done = [r for r in g["runs"] if r["status"] == "completed"]
+        g["n"] = len(done)
+        g["statuses"] = Counter(r["status"] for r in g["runs"])
+        g["stats"] = {k: mean_std([value(r, k) for r in done]) for k in STATS}
+        for k in ("epochs_to_90", "epochs_to_92"):  # a mean over only the seeds that got there would flatter
+            if any(value(r, k) is None for r in done):
+                g["stats"][k] = (None, None)
+        g["label"] = ", ".join(f"{k}={fmt(v)}" for k, v in g["values"].items()) or "all runs"
+        out.append(g)
+    return out
