@@ -54,7 +54,9 @@ from runner.models import MODELS, build_resnet  # noqa: E402
 from runner.graphs import GraphedStep, step_tables  # noqa: E402
 from runner.optim import Optimizer, decoupled_rate  # noqa: E402
 from runner.schedules import make_schedule  # noqa: E402
-from runner.train import VAL_BATCH, evaluate, train_step  # noqa: E402
+from runner.evaluation import evaluate  # noqa: E402
+from runner.graphs import GraphedForward  # noqa: E402
+from runner.train import VAL_BATCH, train_step  # noqa: E402
 
 EPOCH_IMAGES, VAL_IMAGES = 50_000, 10_000  # CIFAR-10's training and test set sizes, for the estimates
 LOG_EVERY = 50  # runner.train reads the losses back every trainer.log_every (default 50) steps
@@ -220,7 +222,7 @@ def graphed_steps(forward, opt, loader: rdata.DeviceLoader, autocast, schedule, 
     graphed = GraphedStep(forward, opt, autocast, lrs, decays, capture=loader.device.type == "cuda")
 
     def take_step(x, y, k, log_point):
-        loss, grad_norm = graphed(x, y, k)
+        loss, grad_norm, _ = graphed(x, y, k)
         return loss, lrs[k], decays[k], grad_norm if log_point else None
 
     return bookkept(take_step, opt, loader)[0], graphed
@@ -268,12 +270,12 @@ def pipeline_only(dev_loader: rdata.DeviceLoader, ref_loader, device, clock, war
 
 def validation(forward, val_loader, autocast, clock, passes: int) -> dict:
     t0 = clock()
-    [v.item() for v in evaluate(forward, val_loader, autocast)]  # warm-up (and, compiled, the eval-mode compile)
+    [v.item() for v in evaluate(forward, GraphedForward(forward, autocast, capture=False), val_loader)]  # warm-up (and, compiled, the eval-mode compile)
     first = clock() - t0
     times = []
     for _ in range(passes):
         t0 = clock()
-        loss, acc = (v.item() for v in evaluate(forward, val_loader, autocast))
+        loss, acc = (v.item() for v in evaluate(forward, GraphedForward(forward, autocast, capture=False), val_loader))
         times.append(clock() - t0)
     n = len(val_loader.y)
     s = statistics.median(times)

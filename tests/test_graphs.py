@@ -1,7 +1,10 @@
-"""The graph-ready step (runner.graphs) is the eager step: same schedule, same decay, same update.
+"""The graph-ready step (runner.graphs) is the eager step: same schedule, same decay, same update, bit for bit.
 
-On CPU GraphedStep runs its device-side step eagerly (capture=False); the CUDA capture itself is
-checked on a GPU by scripts/gpu_check.py.
+On CUDA the runner trains with torch's fused Adam/SGD, and the captured step hands them lr_t as a float32
+tensor, which the fused kernels read as float32 (fused_adam_impl.cu: lr.const_data_ptr<float>()), while the
+eager step passes a Python float. torch runs the same fused kernels on CPU, so these tests run the GPU's code
+path here: fused=True, the float32 lr tensor, float64 weights, and torch.equal. On CPU GraphedStep runs its
+device-side step eagerly (capture=False); the capture itself is checked on a GPU (tests/test_gpu.py).
 """
 import math
 from contextlib import nullcontext
@@ -21,13 +24,15 @@ SPE, STEPS, LR = 4, 12, 3e-3
 BATCHES = [(torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(k), dtype=torch.float64),
             torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(50 + k))) for k in range(STEPS)]
 SCHEDULE, _ = warm_restarts(T_0=1.0, T_mult=2.0, eta_min=0.05)  # moves every step and restarts at step 4
+REGULARIZATION = {"l2": (1e-3, 0.0), "decoupled": (0.0, 0.05), "both": (1e-3, 0.05)}  # (λ₂, λ)
 
 
-def make(algorithm, l2, wd, wd_scaling):
+def make(algorithm, l2, wd, wd_scaling, fused=None, momentum=0.9, nesterov=False, betas=(0.9, 0.999), eps=1e-8):
     torch.manual_seed(0)
     model = build_resnet(8, 1, 10, bn_momentum=0.1).double()  # float64: no rounding for Adam to amplify
     decay = decoupled_rate(wd, wd_scaling, LR)
-    opt = Optimizer(model, algorithm=algorithm, lr=LR, l2=l2, wd=wd, decay=decay)
+    opt = Optimizer(model, algorithm=algorithm, lr=LR, l2=l2, wd=wd, decay=decay, fused=fused, momentum=momentum,
+                    nesterov=nesterov, betas=betas, eps=eps)
     return model, opt, decay
 
 
@@ -45,7 +50,8 @@ def graphed(model, opt, decay, wd, steps, start=0):
     g = GraphedStep(model, opt, nullcontext(), lrs, ds, start_step=start, capture=False)
     out = []
     for k in steps:
-        loss, gn = g(*BATCHES[k], k)
+        loss, gn, startup = g(*BATCHES[k], k)
+        assert not startup  # uncaptured: no warm-up, no recording
         out.append((loss.item(), ds[k], gn.item()))
     assert g.counter.item() == steps[-1] + 1  # the device's step counter kept pace with the loop's
     return out
@@ -58,6 +64,61 @@ def assert_same_model(a, b):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12, msg=name)
 
 
+def preset(name):
+    """The optimizer settings of configs/optimizer/NAME.yaml, as the trainer would get them."""
+    o = validate(compose_cfg(f"optimizer={name}")).optimizer
+    return dict(algorithm=o.algorithm, wd_scaling=o.wd_scaling, momentum=o.momentum, nesterov=o.nesterov,
+                betas=tuple(o.betas), eps=o.eps)
+
+
+@pytest.mark.parametrize("reg", sorted(REGULARIZATION))
+@pytest.mark.parametrize("name", ["adamw", "adam_l2", "sgdw", "sgd_l2"])
+def test_the_fused_device_side_step_equals_the_eager_step_bit_for_bit(name, reg):
+    """What CUDA runs: fused kernels, lr_t as a float32 tensor in the graph, a Python float in the eager step."""
+    l2, wd = REGULARIZATION[reg]
+    kw = preset(name)
+    m1, o1, _ = make(l2=l2, wd=wd, fused=True, **kw)
+    m2, o2, decay = make(l2=l2, wd=wd, fused=True, **kw)
+    assert o2.lr_dtype == torch.float32 and o2.inner.defaults["fused"]
+    a = eager(m1, o1, range(STEPS))
+    b = graphed(m2, o2, decay, wd, list(range(STEPS)))
+    assert a == b  # every loss, d_t and ‖g‖, exactly
+    for (key, p), q in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(p, q), key
+    for p, q in zip(o1.params, o2.params):  # and every moment (Adam's m, v; SGD's momentum buffer)
+        for k, v in o1.inner.state[p].items():
+            assert torch.equal(v, o2.inner.state[q][k]), k
+    assert not math.isclose(a[0][0], a[-1][0])  # it did train
+
+
+def test_fused_steps_apply_lr_rounded_to_float32_in_both_paths():
+    """The one place the value is decided: without the rounding the eager step would use a different lr."""
+    _, fused, _ = make("adam", 0.0, 0.0, "schedule", fused=True)
+    _, plain, _ = make("adam", 0.0, 0.0, "schedule", fused=False)
+    lr = 1e-3 / 3
+    assert fused.lr_value(lr) == torch.tensor(lr, dtype=torch.float32).item() != lr
+    assert plain.lr_value(lr) == lr and plain.lr_dtype == torch.float64
+    assert fused.keep_value(5e-7) == 1 - 5e-7  # float64 weights: 1 − d_t as it is
+
+
+@pytest.mark.parametrize("algorithm,l2,wd,wd_scaling", [
+    ("adam", 0.0, 0.05, "schedule"),   # AdamW, the paper's η_t·λ
+    ("adam", 1e-3, 0.5, "lr"),         # both at once, torch's lr_t·λ
+    ("sgd", 0.0, 0.05, "none"),        # SGDW, TF-Addons' constant λ
+])
+def test_the_unfused_device_side_step_trains_like_the_eager_step(algorithm, l2, wd, wd_scaling):
+    """Without fused kernels (foreach, a float64 lr tensor) the arithmetic takes another route: equal to 1e-12."""
+    m1, o1, _ = make(algorithm, l2, wd, wd_scaling, fused=False)
+    m2, o2, decay = make(algorithm, l2, wd, wd_scaling, fused=False)
+    a = eager(m1, o1, range(STEPS))
+    b = graphed(m2, o2, decay, wd, list(range(STEPS)))
+    for (la, da, ga), (lb, db, gb) in zip(a, b):
+        assert lb == pytest.approx(la, rel=1e-12)
+        assert db == pytest.approx(da, rel=1e-12, abs=1e-15)
+        assert gb == pytest.approx(ga, rel=1e-12)
+    assert_same_model(m1, m2)
+
+
 def test_step_tables_hold_the_schedule_and_the_decay_of_every_step():
     decay = decoupled_rate(0.1, "lr", LR)
     lrs, ds = step_tables(SCHEDULE, decay, LR, SPE, STEPS)
@@ -66,25 +127,6 @@ def test_step_tables_hold_the_schedule_and_the_decay_of_every_step():
         assert lrs[k] == pytest.approx(LR * SCHEDULE(k / SPE))
         assert ds[k] == pytest.approx(LR * SCHEDULE(k / SPE) * 0.1)
     assert lrs[SPE] == pytest.approx(LR)  # the warm restart at epoch 1 is in the table
-
-
-@pytest.mark.parametrize("algorithm,l2,wd,wd_scaling", [
-    ("adam", 0.0, 0.05, "schedule"),   # AdamW, the paper's η_t·λ
-    ("adam", 1e-3, 0.0, "schedule"),   # Adam with L2
-    ("adam", 1e-3, 0.5, "lr"),         # both at once, torch's lr_t·λ
-    ("sgd", 0.0, 0.05, "none"),        # SGDW, TF-Addons' constant λ
-])
-def test_the_device_side_step_trains_exactly_like_the_eager_step(algorithm, l2, wd, wd_scaling):
-    m1, o1, _ = make(algorithm, l2, wd, wd_scaling)
-    m2, o2, decay = make(algorithm, l2, wd, wd_scaling)
-    a = eager(m1, o1, range(STEPS))
-    b = graphed(m2, o2, decay, wd, list(range(STEPS)))
-    for (la, da, ga), (lb, db, gb) in zip(a, b):
-        assert lb == pytest.approx(la, rel=1e-12)
-        assert db == pytest.approx(da, rel=1e-12, abs=1e-15)
-        assert gb == pytest.approx(ga, rel=1e-12)
-    assert_same_model(m1, m2)
-    assert not math.isclose(a[0][0], a[-1][0])  # it did train
 
 
 def test_a_checkpoint_taken_between_graphed_steps_continues_the_same_run():
@@ -132,7 +174,7 @@ def test_the_graphed_step_never_reads_a_device_value_on_the_host(monkeypatch):
     lrs, ds = step_tables(SCHEDULE, decay, LR, SPE, STEPS)
     g = GraphedStep(model, opt, nullcontext(), lrs, ds, capture=False)
     forbid_host_reads(monkeypatch, opt)
-    loss, gn = g(*BATCHES[0], 0)
-    loss, gn = g(*BATCHES[1], 1)
+    g(*BATCHES[0], 0)
+    loss, gn, _ = g(*BATCHES[1], 1)
     monkeypatch.undo()
     assert g.counter.item() == 2 and math.isfinite(loss.item()) and gn.item() > 0

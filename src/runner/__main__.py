@@ -1,7 +1,7 @@
 """`python -m runner [overrides]`: compose the Hydra config, validate it once, train.
 
 `python -m runner resume=RUN_DIR [epochs=N ...]` continues a run from its own saved config; the
-trainer refuses overrides that would change the training (see runner.train.RESUMABLE).
+trainer refuses overrides that would change the training (runner.config.resumable_keys).
 """
 import shutil
 import sys

@@ -207,8 +207,8 @@ class TrainerConfig(_Section):
                                 choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     cuda_graphs: Optional[bool] = setting(None, resumable=True)
     progress: Optional[bool] = setting(None, resumable=True)
-    train_eval: bool = False
-    bn_recalibrate: int = 2048
+    train_eval: bool = setting(False, resumable=True)  # evaluations never touch the training (runner.evaluation)
+    bn_recalibrate: int = setting(2048, resumable=True)
     extend_schedule: Optional[str] = setting(None, choices=("rescale", "hold"), resumable=True)
     objective: str = setting("best_val_acc", choices=OBJECTIVES, resumable=True)
     diverge_factor: float = 10.0

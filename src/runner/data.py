@@ -42,6 +42,7 @@ CIFAR10_MD5 = {
     "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IGNORE = -100  # the label of a padding image: F.cross_entropy's default ignore_index
 CACHE_NAME = ".runner_cache_v1.pt"
 
 
@@ -329,6 +330,15 @@ def hold_out(splits: Splits, n: int) -> Splits:
                   splits.train_x[val].contiguous(), splits.train_y[val], splits.classes)
 
 
+def fingerprint(splits: Splits) -> str:
+    """SHA-256 (first 16 hex digits) of the images and labels of both splits, in order: which data a run saw."""
+    h = hashlib.sha256()
+    for t in (splits.train_x, splits.train_y, splits.val_x, splits.val_y):
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def channel_stats(train_x: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and (population) std of uint8 images on the [0, 1] scale."""
     total = torch.zeros(train_x.shape[1], dtype=torch.float64)
@@ -353,11 +363,16 @@ class DeviceLoader:
     of an uninterrupted `epoch(e)`. Batches are float32 on [0, 1], then `(x - mean) / std`; mean/std
     are per-channel lists on the [0, 1] scale, or mean a (C, H, W) tensor with std None for per-pixel
     mean subtraction. The iteration never synchronises with the host.
+
+    `drop_last`: every batch is full (the permutation's last len % batch_size images wait for another epoch).
+    `pad_last`: the last batch is filled up to batch_size by repeating its last image, labelled IGNORE (which
+    F.cross_entropy and an argmax comparison both skip), so a validation pass has one shape throughout.
     """
 
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int, *, device,
                  shuffle: bool, crop_padding: int = 0, flip: bool = False, pad_mode: str = "zeros",
-                 mean=None, std=None, seed: int = 0, channels_last: bool = False, drop_last: bool = False):
+                 mean=None, std=None, seed: int = 0, channels_last: bool = False, drop_last: bool = False,
+                 pad_last: bool = False):
         if images_u8.dtype != torch.uint8 or images_u8.ndim != 4 or len(images_u8) != len(labels):
             raise DataError(f"DeviceLoader expects uint8 images (N, C, H, W) and N labels; got "
                             f"{images_u8.dtype} {tuple(images_u8.shape)} and {len(labels)} labels.")
@@ -370,8 +385,12 @@ class DeviceLoader:
         self.x = images_u8.to(self.device).contiguous()
         self.y = labels.to(self.device, torch.int64)
         self.batch_size, self.shuffle, self.flip, self.pad_mode = batch_size, shuffle, flip, pad_mode
-        self.crop_padding, self.seed, self.drop_last = crop_padding, seed, drop_last
+        self.crop_padding, self.seed, self.drop_last, self.pad_last = crop_padding, seed, drop_last, pad_last
+        if drop_last and len(labels) < batch_size:
+            raise DataError(f"{len(labels)} images make no full batch of {batch_size}: lower batch_size or use "
+                            f"data.drop_last=false.")
         self.channels_last = channels_last
+        self._layout = torch.channels_last if channels_last else torch.contiguous_format
         c, h, w = self.x.shape[1:]
         self.xp = self.x
         if crop_padding:  # pad the split once; every crop is then a window of it (1.56x memory at p=4)
@@ -418,10 +437,15 @@ class DeviceLoader:
         # windows[k, :, oy, ox] is image k cropped at (oy, ox) of its padded copy: a view, no copy
         windows = self.xp.unfold(2, h, 1).unfold(3, w, 1)
         for step in range(start_step, len(self)):
-            sl = slice(step * self.batch_size, min((step + 1) * self.batch_size, n))
-            idx, src = order[sl], order_src[sl]
+            lo, hi = step * self.batch_size, min((step + 1) * self.batch_size, n)
+            idx, src, oy, ox = order[lo:hi], order_src[lo:hi], dy[lo:hi], dx[lo:hi]
+            labels = self.y[idx]
+            if self.pad_last and hi - lo < self.batch_size:  # one batch shape for a compiled or captured forward
+                fill = self.batch_size - (hi - lo)
+                idx, src, oy, ox = (torch.cat([t, t[-1:].expand(fill)]) for t in (idx, src, oy, ox))
+                labels = torch.cat([labels, labels.new_full((fill,), IGNORE)])
             # crop, flip and batch in one gather of whole windows (validation: a plain gather)
-            xb = windows[src, :, dy[sl], dx[sl]] if p or self.flip else self.x[idx]
-            if self.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yield torch.addcmul(self.neg_shift, xb.float(), self.scale), self.y[idx]
+            xb = windows[src, :, oy, ox] if p or self.flip else self.x[idx]
+            # cast, normalise and (channels_last) change layout in one kernel, writing straight into the layout
+            out = torch.empty(xb.shape, device=dev, memory_format=self._layout)
+            yield torch.addcmul(self.neg_shift, xb, self.scale, out=out), labels

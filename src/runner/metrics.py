@@ -9,14 +9,21 @@ metrics.jsonl holds one JSON object per record, always with `step` (optimizer st
     weight_norm  ‖θ‖ of the regularized weights (the ones `decay_on` selects)
     grad_norm    ‖∇ data loss‖ at that step (on logging steps)
     weight_norm/<stage>   ‖θ‖ of the regularized weights of stem, stages.0-2, head
-    val_loss, val_acc     (validation records)
-    train_eval_loss, train_eval_acc   the same evaluation on a fixed un-augmented training subset
+Validation records (a record with `val_loss` is one), see runner.evaluation for the two evaluations:
+    val_loss, val_acc                   eval mode with BatchNorm's running statistics (Keras' and torch's number)
+    val_loss_recal, val_acc_recal       eval mode after BatchNorm statistics are recomputed on training images
+                                        (trainer.bn_recalibrate > 0)
+    train_eval_loss, train_eval_acc     the same evaluations on a fixed un-augmented training subset
+    train_eval_loss_recal, train_eval_acc_recal          (trainer.train_eval=true)
+Epoch records (one at each epoch end, a record with `epoch_train_s` is one):
+    epoch_train_s, epoch_images         seconds spent training in that epoch in this process (the host waits for
+                                        the device before reading the clock), and the images trained in them
 The file is only ever appended to; a continued run skips the records the file already has.
 
-TensorBoard: scalars grouped train/, val/, optim/, weights/; at the end the run's hyperparameters and
-final metrics go into its own event files (HParams plugin) with the same keys for every run, so
-`tensorboard --logdir multirun/...` compares a sweep (not SummaryWriter.add_hparams, which makes a
-separate run per call: pytorch issue 32651).
+TensorBoard: scalars grouped train/, val/, optim/, weights/, time/. The run's hyperparameters go into its
+own event files (HParams plugin) when it starts, so a running or killed run shows them too, and its final
+metrics when it ends; the keys are the same for every run, so `tensorboard --logdir multirun/...` compares
+a sweep (not SummaryWriter.add_hparams, which makes a separate run per call: pytorch issue 32651).
 """
 from __future__ import annotations
 
@@ -27,9 +34,12 @@ from pathlib import Path
 TB_TAGS = {
     "train_loss": "train/loss", "l2_penalty": "train/l2_penalty", "val_loss": "val/loss", "val_acc": "val/acc",
     "train_eval_loss": "train/eval_loss", "train_eval_acc": "train/eval_acc", "lr": "optim/lr", "decay": "optim/decay",
-    "grad_norm": "optim/grad_norm", "weight_norm": "weights/norm",
+    "grad_norm": "optim/grad_norm", "weight_norm": "weights/norm", "val_loss_recal": "val/loss_recal",
+    "val_acc_recal": "val/acc_recal", "train_eval_loss_recal": "train/eval_loss_recal",
+    "train_eval_acc_recal": "train/eval_acc_recal", "epoch_train_s": "time/epoch_train_s",
 }
-FINAL_METRICS = ("best_val_acc", "final_val_acc", "final_val_loss", "final_train_loss", "steps")
+FINAL_METRICS = ("best_val_acc", "final_val_acc", "final_val_loss", "final_train_loss", "best_val_acc_running",
+                 "final_val_acc_running", "images_per_s", "steps")
 
 
 def _clean(v):
@@ -37,7 +47,7 @@ def _clean(v):
 
 
 def _kind(record: dict) -> str:
-    return "val" if "val_loss" in record else "train"
+    return "val" if "val_loss" in record else "epoch" if "epoch_train_s" in record else "train"
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -57,7 +67,7 @@ class Recorder:
     def __init__(self, run_dir: Path, resume_step: int = 0, histograms_every: int = 0, tensorboard: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
         # records past the checkpoint were written before the interruption: the continued run skips them
-        self.done = {"train": 0, "val": 0}
+        self.done = {"train": 0, "val": 0, "epoch": 0}
         if self.path.exists():
             for r in read_metrics(self.path):
                 self.done[_kind(r)] = max(self.done[_kind(r)], r["step"])
@@ -93,20 +103,28 @@ class Recorder:
             for name, p in model.named_parameters():
                 self.tb.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
 
-    def finish(self, summary: dict) -> None:
-        """Write the run's hyperparameters and final metrics into its own event file, then close."""
-        if self.tb is not None:
-            from torch.utils.tensorboard.summary import hparams
+    def start(self, config: dict, choices: dict | None = None) -> None:
+        """The run's hyperparameters into its own event file now, so TensorBoard's HParams tab lists the run
+        while it trains (and after it is killed); `finish` adds the final metrics and the status."""
+        if self.tb is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
 
-            hp = flatten({**summary.get("hparams", {}), "choices": summary.get("choices", {})})
-            hp = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hp.items()}
-            hp["status"] = summary["status"]
-            final = {f"hparams/{k}": float(summary[k]) for k in FINAL_METRICS if summary.get(k) is not None}
-            writer = self.tb._get_file_writer()
-            for s in hparams(hp, {f"hparams/{k}": 0.0 for k in FINAL_METRICS}):
-                writer.add_summary(s)
-            for tag, value in final.items():
-                self.tb.add_scalar(tag, value, summary.get("steps", 0))
+        hp = flatten({**config, "choices": choices or {}})
+        hp = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hp.items()}
+        experiment, session_start, _ = hparams(hp, {f"hparams/{k}": 0.0 for k in FINAL_METRICS})
+        writer = self.tb._get_file_writer()
+        writer.add_summary(experiment)
+        writer.add_summary(session_start)
+        self.tb.flush()
+
+    def finish(self, summary: dict) -> None:
+        """Write the run's final metrics and its status (HParams session end) into its own event file, then close."""
+        if self.tb is not None:
+            for k in FINAL_METRICS:
+                if isinstance(summary.get(k), (int, float)) and not isinstance(summary.get(k), bool):
+                    self.tb.add_scalar(f"hparams/{k}", float(summary[k]), summary.get("steps", 0))
+            self.tb._get_file_writer().add_summary(_session_end(summary["status"]))
             self.tb.close()
         self.close()
 
@@ -121,6 +139,21 @@ class Recorder:
         if not self.file.closed:
             self.file.flush()
             self.file.close()
+
+
+def _session_end(status: str):
+    """The HParams plugin's end-of-session record: success for a completed run, failure for a diverged or failed
+    one, unknown for an interrupted one (it may continue)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams.api_pb2 import Status
+    from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
+
+    code = {"completed": "STATUS_SUCCESS", "interrupted": "STATUS_UNKNOWN"}.get(status, "STATUS_FAILURE")
+    content = HParamsPluginData(session_end_info=SessionEndInfo(status=Status.Value(code)), version=PLUGIN_DATA_VERSION)
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME,
+                                                                 content=content.SerializeToString()))
+    return Summary(value=[Summary.Value(tag=SESSION_END_INFO_TAG, metadata=meta)])
 
 
 def read_metrics(path: Path) -> list[dict]:

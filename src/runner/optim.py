@@ -5,7 +5,7 @@ Notation: α = base lr (`lr`), η_t = schedule multiplier, lr_t = α·η_t, g = 
 L2 (`l2` = λ₂, penalty λ₂/2·‖θ‖²): g ← g + λ₂·θ_{t-1} before the optimizer sees it, the formula of
 torch.optim.Adam/SGD's own `weight_decay` (applied here so it reads θ before the decoupled shrink).
 Adam then divides the L2 term by √v̂ like the rest of the gradient: that is why L2 ≠ weight decay
-under Adam. The update itself is torch.optim.Adam/SGD (fused on CUDA, foreach elsewhere).
+under Adam. The update itself is torch.optim.Adam/SGD (fused kernels on CUDA; see Optimizer for the lr they read).
 
 Decoupled decay (`wd` = λ): before the optimizer's update, θ ← θ·(1 − d_t) with
     wd_scaling=schedule   d_t = η_t·λ     the paper (Loshchilov & Hutter 2019, Alg. 2 line 12; SGDW Alg. 1 line 9)
@@ -20,6 +20,7 @@ Keras `l2(x)` adds x·‖θ‖² to the loss, i.e. λ₂ = 2x here.
 from __future__ import annotations
 
 import math
+import struct
 from typing import Callable
 
 import torch
@@ -56,36 +57,59 @@ def decoupled_rate(wd: float, wd_scaling: str, lr: float, *, normalized: bool = 
     raise ValueError(f"unknown wd_scaling {wd_scaling!r}")
 
 
+def _round(x: float, dtype: torch.dtype) -> float:
+    """x rounded to `dtype` (float32 or float64), as a Python float."""
+    return struct.unpack("f", struct.pack("f", x))[0] if dtype == torch.float32 else float(x)
+
+
 class Optimizer:
-    """torch.optim.Adam or SGD plus the L2 gradient term and the decoupled shrink, one `step` per batch."""
+    """torch.optim.Adam or SGD plus the L2 gradient term and the decoupled shrink, one `step` per batch.
+
+    `fused` picks torch's fused kernels (default: on CUDA; torch has them on CPU too, which is how the tests run
+    the GPU's code path). The fused kernels read a tensor lr as float32, so with fused=True every lr_t is rounded
+    to float32 in `lr_value`, the one place both the eager `step` and the device-side `step_tensors` (CUDA graphs)
+    take it from: the two paths then apply the identical update, bit for bit. 1 − d_t is rounded to the weights'
+    dtype in `keep_value` for the same reason."""
 
     def __init__(self, model: nn.Module, *, algorithm: str, lr: float, l2: float, wd: float,
                  decay: Callable[[float, float], float], decay_on: str = "weights", betas=(0.9, 0.999),
-                 eps: float = 1e-8, momentum: float = 0.9, nesterov: bool = False, capturable: bool = False):
+                 eps: float = 1e-8, momentum: float = 0.9, nesterov: bool = False, fused: bool | None = None,
+                 capturable: bool = False):
         self.lr, self.wd, self.l2, self.decay = lr, wd, l2, decay
         self.regularized, other = split_params(model, decay_on)
         self.params = params = self.regularized + other
-        fused = {"fused": True} if params[0].is_cuda else {}
+        self.fused = params[0].is_cuda if fused is None else fused
+        # the dtype of a device-side lr_t: what the fused kernels read, else the weights' own
+        self.lr_dtype = torch.float32 if self.fused else params[0].dtype
         if algorithm == "adam":
             # capturable: Adam's step counter stays on the device, so a CUDA graph can replay the step (graphs.py)
             cap = {"capturable": True} if capturable and params[0].is_cuda else {}
-            self.inner = torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, **fused, **cap)
+            self.inner = torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, fused=self.fused, **cap)
         elif algorithm == "sgd":
-            self.inner = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, **fused)
+            self.inner = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, fused=self.fused)
         else:
             raise ValueError(f"unknown algorithm {algorithm!r}")
+
+    def lr_value(self, lr_t: float) -> float:
+        """lr_t as the update applies it: rounded to float32 for the fused kernels, exact otherwise."""
+        return _round(lr_t, self.lr_dtype) if self.fused else lr_t
+
+    def keep_value(self, d: float) -> float:
+        """1 − d_t as the shrink applies it: rounded to the weights' dtype (what θ·(1 − d_t) multiplies by)."""
+        return _round(1.0 - d, self.params[0].dtype)
 
     @torch.no_grad()
     def step(self, t: float, eta: float) -> float:
         """One update at epoch t with multiplier η_t; gradients must be in .grad. Returns the shrink d_t applied."""
         d = self.decay(t, eta) if self.wd else 0.0
-        self._update(self.lr * eta, 1 - d if d else None)
+        self._update(self.lr_value(self.lr * eta), self.keep_value(d) if d else None)
         return d
 
     @torch.no_grad()
     def step_tensors(self, lr_t: torch.Tensor, keep: torch.Tensor) -> None:
-        """The same update with lr_t and 1 − d_t as 0-d device tensors that the caller fills: nothing is read
-        from the host, so a CUDA graph can capture it (graphs.py). Pass the same two tensors at every call."""
+        """The same update with lr_t and 1 − d_t as 0-d device tensors that the caller fills with `lr_value` and
+        `keep_value` of the step: nothing is read from the host, so a CUDA graph can capture it (graphs.py).
+        Pass the same two tensors at every call."""
         self._update(lr_t, keep if self.wd else None)
 
     def _update(self, lr_t, keep) -> None:
@@ -93,7 +117,7 @@ class Optimizer:
             g["lr"] = lr_t
         if self.l2:  # g + λ₂·θ_{t-1}, torch.optim's own weight_decay formula, taken before the shrink touches θ
             torch._foreach_add_([p.grad for p in self.regularized], self.regularized, alpha=self.l2)
-        if keep is not None:  # θ_{t-1}·(1 − d_t), then the optimizer's step: the paper's θ_t = θ_{t-1} − d_t·θ_{t-1} − update(g)
+        if keep is not None:  # θ_{t-1}·(1 − d_t), then the optimizer's step: θ_t = θ_{t-1} − d_t·θ_{t-1} − update(g)
             torch._foreach_mul_(self.regularized, keep)
         self.inner.step()
 

@@ -90,6 +90,12 @@ def make_schedule(s: ScheduleConfig, epochs: int) -> Schedule:
     return Schedule(base, period)
 
 
+def held_after(s: Schedule, last_t: float) -> Schedule:
+    """The schedule up to epoch `last_t`, then that point's η and period for ever: how a continued run that
+    grows `epochs` with trainer.extend_schedule=hold keeps the schedule it already ran."""
+    return Schedule(lambda t: s.multiplier(min(t, last_t)), lambda t: s.period(min(t, last_t)))
+
+
 def plot(path: str, epochs: int, steps_per_epoch: int, lr: float, schedule: Schedule, decay: Callable[[float], float], title: str) -> None:
     """Draw η_t·lr and the per-step decay over the run into a PNG."""
     import matplotlib
