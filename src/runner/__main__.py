@@ -12,7 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import runner.configs
-from runner.config import ConfigError, UserError, register_resolvers, validate
+from runner import callbacks
+from runner.config import UserError, register_resolvers, validate
 
 CONFIG_DIR = str(Path(runner.configs.__file__).parent)
 register_resolvers()
@@ -20,11 +21,8 @@ register_resolvers()
 
 def resumed_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path]:
     """The saved config of run folder `cfg.resume`, with this command line's overrides laid over it."""
-    run_dir = Path(cfg.resume).expanduser().resolve()
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"resume={cfg.resume!r}: no run there (expected {saved}); give the folder of a run, "
-                          "e.g. resume=outputs/2026-01-31/12-00-00_abc123")
+    saved = callbacks.saved_config(cfg.resume)
+    run_dir = saved.parent.parent
     old = OmegaConf.load(saved)
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("+~")
