@@ -2,6 +2,7 @@
 
 `python -m runner resume=RUN_DIR [epochs=N ...]` continues a run from its own saved config; the
 trainer refuses overrides that would change the training (see runner.train.RESUMABLE).
+Every run says its folder on stderr when it starts and when it ends, and outputs/latest points at the newest.
 """
 import shutil
 import sys
@@ -17,6 +18,7 @@ from runner.config import UserError, register_resolvers, validate
 
 CONFIG_DIR = str(Path(runner.configs.__file__).parent)
 register_resolvers()
+callbacks.register_resolvers()
 
 
 def resumed_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path]:
@@ -46,6 +48,7 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     meta = {"choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}}
+    started, summary = False, {}
     try:
         if cfg.get("resume"):
             cfg, run_dir = resumed_config(cfg, list(hc.overrides.task))
@@ -56,18 +59,26 @@ def main(cfg: DictConfig) -> None:
         job_num, parallel = sweep_position(hc)
         if parallel and run.trainer.progress is None:
             run.trainer.progress = False  # parallel jobs share a terminal: plain log lines, no bars
-        train(run, run_dir, meta=meta, job_num=job_num)
+        callbacks.point_latest(run_dir)
+        print(f"runner: run folder {callbacks.shown(run_dir)}", file=sys.stderr)
+        started = True
+        summary = train(run, run_dir, meta=meta, job_num=job_num)
     except UserError as e:
         if not cfg.get("resume"):
             _drop_empty_run_dir(Path(hc.runtime.output_dir))
         print(f"runner: error: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if started and run_dir.is_dir():  # the last line, also after an error or an interruption
+            status = summary.get("status", "stopped")
+            print(f"runner: run folder {callbacks.shown(run_dir)} ({status})", file=sys.stderr)
 
 
 def _drop_empty_run_dir(run_dir: Path) -> None:
     """A fresh run stopped by a user error leaves no folder behind, unless something else is already in it."""
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "__main__.log"}:
         shutil.rmtree(run_dir)
+        callbacks.forget_latest(run_dir)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     resume: Optional[str] = None
+    report: bool = False
 
 
 _RUN_ID = secrets.token_hex(3)
