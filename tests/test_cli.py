@@ -107,6 +107,18 @@ def test_forgetting_a_removed_run_drops_only_its_own_link(tmp_path):
     assert not (tmp_path / "latest").is_symlink()
 
 
+# --- the Optuna preset ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("objective, direction", [(None, "maximize"), ("final_val_acc", "maximize"),
+                                                  ("final_val_loss", "minimize")])
+def test_the_tune_sweeper_pushes_the_objective_the_right_way(objective, direction):
+    overrides = ["hydra/sweeper=tune"] + ([f"++trainer.objective={objective}"] if objective else [])
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    assert cfg.hydra.sweeper.direction == direction
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.sampler.seed == 0
+
+
 # --- end to end -----------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -152,3 +164,24 @@ def test_a_sweep_names_jobs_by_their_overrides_links_latest_reports_and_says_its
     lines = folder_lines(r.stderr)
     assert len(lines) == 5 and lines[-1] == f"runner: sweep folder {sweep.relative_to(tmp_path).as_posix()}"
     assert r.stderr.rstrip().endswith(lines[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Deprecated API features detected")  # optuna 2's own use of SQLAlchemy 1.4
+def test_a_two_trial_optuna_sweep_maximizes_what_each_run_returns(tmp_path):
+    """main() returns summary[trainer.objective]; Optuna's sweeper records it per trial and writes the best one."""
+    study = tmp_path / "study.db"
+    r = run_cli(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.direction=maximize",
+                 "hydra.sweeper.sampler.seed=0", f"hydra.sweeper.storage=sqlite:///{study}",
+                 "hydra.sweeper.study_name=t",
+                 "lr=interval(1e-4,1e-2)", *SMALL, "trainer.val_every=1"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun").glob("20*/*")
+    trials = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [t.name.split("_", 1)[0] for t in trials] == ["0", "1"] and all("lr=" in t.name for t in trials)
+    accs = [json.loads((t / "summary.json").read_text())["best_val_acc"] for t in trials]
+    result = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert result.best_value == max(accs)
+    import optuna  # the database storage is what needs SQLAlchemy 1.x (pyproject's sqlalchemy<2)
+    values = sorted(t.value for t in optuna.load_study(study_name="t", storage=f"sqlite:///{study}").trials)
+    assert values == sorted(accs)

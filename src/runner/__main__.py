@@ -44,7 +44,9 @@ def sweep_position(hc) -> tuple[int, bool]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Train one run and return its objective, summary[trainer.objective], for sweepers such as Optuna's; None
+    when the run has no value for it (e.g. it stopped before its first validation: Optuna counts a failed trial)."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     meta = {"choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}}
@@ -63,6 +65,7 @@ def main(cfg: DictConfig) -> None:
         print(f"runner: run folder {callbacks.shown(run_dir)}", file=sys.stderr)
         started = True
         summary = train(run, run_dir, meta=meta, job_num=job_num)
+        return summary.get(getattr(run.trainer, "objective", "best_val_acc"))
     except UserError as e:
         if not cfg.get("resume"):
             _drop_empty_run_dir(Path(hc.runtime.output_dir))

@@ -29,9 +29,15 @@ def job_dirname(num: int, override_dirname: str) -> str:
     return name.encode()[:MAX_NAME_BYTES].decode(errors="ignore")
 
 
+def objective_direction(objective: str) -> str:
+    """Which way a sweeper should push summary[objective]: losses down, accuracies up."""
+    return "minimize" if "loss" in objective else "maximize"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("job_dirname"):
         OmegaConf.register_new_resolver("job_dirname", job_dirname)
+        OmegaConf.register_new_resolver("objective_direction", objective_direction)
 
 
 def saved_config(resume: str) -> Path:
