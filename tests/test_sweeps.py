@@ -38,11 +38,14 @@ def test_experiment_presets_compose():
 
 @pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_without_progress_bars(tmp_path):
+    common = "batch_size=32,data.n_train=128,data.n_val=40,data=synthetic,epochs=2,model.bn_momentum=0.1," \
+             "model=resnet20v1,"  # no launcher keys, trainer.progress or trainer.device: they change no result
     r = run_cli(["-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", *SMALL, "trainer.max_steps=2",
                  "seed=1,2", "trainer.progress=null"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    s = summaries(tmp_path / "multirun")
-    assert sorted(s) == ["0", "1"] and {v["hparams"]["seed"] for v in s.values()} == {1, 2}
+    s = summaries(tmp_path / "multirun" / "latest")
+    assert sorted(s) == [f"{i}_{common}seed={i + 1},trainer.max_steps=2" for i in (0, 1)]
+    assert {v["hparams"]["seed"] for v in s.values()} == {1, 2}
     assert all(v["status"] == "completed" for v in s.values())
     assert "it/s" not in r.stderr  # no tqdm bars from parallel jobs
 
@@ -56,7 +59,7 @@ def test_paper_grid_then_report_gives_the_heat_maps(tmp_path):
     assert len(s) == 4
     assert {(v["hparams"]["optimizer"]["name"], v["hparams"]["lr"]) for v in s.values()} == {
         (o, lr) for o in ("adam_l2", "adamw") for lr in (1e-3, 2e-3)}
-    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    (sweep,) = (tmp_path / "multirun").glob("20*/*")  # the dated folder, not latest/
     r = run_cli_report([str(sweep)])
     assert r.returncode == 0, r.stderr
     for name in ("report.md", "runs.csv", "heatmap.png", "val_curves.png"):
@@ -73,7 +76,7 @@ def run_cli_report(args):
 def test_report_on_a_real_2x2_sweep_and_hparams_in_each_run(tmp_path):
     r = run_cli(["-m", *SMALL, "trainer.max_steps=3", "lr=1e-3,2e-3", "wd=1e-4,5e-4", "trainer.val_every=1"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    (sweep,) = (tmp_path / "multirun").glob("20*/*")  # the dated folder, not latest/
     rep = run_cli_report([str(sweep)])
     assert rep.returncode == 0, rep.stderr
     table = rep.stdout
@@ -87,7 +90,7 @@ def test_report_on_a_real_2x2_sweep_and_hparams_in_each_run(tmp_path):
     # HParams: every run's own event file holds the same hyperparameter keys
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     key_sets = []
-    for job in sorted(p for p in sweep.iterdir() if p.name.isdigit()):
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()):
         acc = EventAccumulator(str(job), size_guidance={"tensors": 0})
         acc.Reload()
         plugin = acc.PluginTagToContent("hparams")
@@ -129,7 +132,9 @@ def test_submitit_local_requeues_an_interrupted_job_which_continues_in_its_folde
             f"hydra.sweep.dir={sweep}", *SMALL, "epochs=4", "trainer.log_every=1", "seed=1,2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    metrics = sweep / "1" / "metrics.jsonl"
+    job1 = sweep / "1_batch_size=32,data.n_train=128,data.n_val=40,data=synthetic,epochs=4,model.bn_momentum=0.1," \
+                   "model=resnet20v1,seed=2"
+    metrics = job1 / "metrics.jsonl"
     deadline = time.time() + 240
     while not (metrics.exists() and metrics.read_text().count("train_loss") >= 5) and time.time() < deadline:
         time.sleep(0.05)
@@ -138,7 +143,8 @@ def test_submitit_local_requeues_an_interrupted_job_which_continues_in_its_folde
     os.kill(pids[0], signal.SIGUSR2)  # what SLURM sends signal_delay_s before a timeout or on preemption
     _, err = p.communicate(timeout=400)
     assert p.returncode == 0, err[-3000:]
-    s = {n: json.loads((sweep / n / "summary.json").read_text()) for n in ("0", "1")}
+    (job0,) = sweep.glob("0_*")
+    s = {n: json.loads((job / "summary.json").read_text()) for n, job in (("0", job0), ("1", job1))}
     assert all(v["status"] == "completed" and v["steps"] == 16 for v in s.values()), s
     assert "resumed" not in s["0"] and s["1"]["resumed"]["from_step"] >= 5
     steps = [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "train_loss" in r]

@@ -2,6 +2,7 @@
 
 `python -m runner resume=RUN_DIR [epochs=N ...]` continues a run from its own saved config; the
 trainer refuses overrides that would change the training (runner.config.resumable_keys).
+Every run says its folder on stderr when it starts and when it ends, and outputs/latest points at the newest.
 """
 import shutil
 import sys
@@ -12,19 +13,18 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import runner.configs
-from runner.config import ConfigError, UserError, register_resolvers, validate
+from runner import callbacks
+from runner.config import UserError, register_resolvers, validate
 
 CONFIG_DIR = str(Path(runner.configs.__file__).parent)
 register_resolvers()
+callbacks.register_resolvers()
 
 
 def resumed_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path]:
     """The saved config of run folder `cfg.resume`, with this command line's overrides laid over it."""
-    run_dir = Path(cfg.resume).expanduser().resolve()
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"resume={cfg.resume!r}: no run there (expected {saved}); give the folder of a run, "
-                          "e.g. resume=outputs/2026-01-31/12-00-00_abc123")
+    saved = callbacks.saved_config(cfg.resume)
+    run_dir = saved.parent.parent
     old = OmegaConf.load(saved)
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("+~")
@@ -44,10 +44,13 @@ def sweep_position(hc) -> tuple[int, bool]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Train one run and return its objective, summary[trainer.objective], for sweepers such as Optuna's; None
+    when the run has no value for it (e.g. it stopped before its first validation: Optuna counts a failed trial)."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     meta = {"choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}}
+    started, summary = False, {}
     try:
         if cfg.get("resume"):
             cfg, run_dir = resumed_config(cfg, list(hc.overrides.task))
@@ -58,18 +61,27 @@ def main(cfg: DictConfig) -> None:
         job_num, parallel = sweep_position(hc)
         if parallel and run.trainer.progress is None:
             run.trainer.progress = False  # parallel jobs share a terminal: plain log lines, no bars
-        train(run, run_dir, meta=meta, job_num=job_num)
+        callbacks.point_latest(run_dir)
+        print(f"runner: run folder {callbacks.shown(run_dir)}", file=sys.stderr)
+        started = True
+        summary = train(run, run_dir, meta=meta, job_num=job_num)
+        return summary.get(getattr(run.trainer, "objective", "best_val_acc"))
     except UserError as e:
         if not cfg.get("resume"):
             _drop_empty_run_dir(Path(hc.runtime.output_dir))
         print(f"runner: error: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if started and run_dir.is_dir():  # the last line, also after an error or an interruption
+            status = summary.get("status", "stopped")
+            print(f"runner: run folder {callbacks.shown(run_dir)} ({status})", file=sys.stderr)
 
 
 def _drop_empty_run_dir(run_dir: Path) -> None:
     """A fresh run stopped by a user error leaves no folder behind, unless something else is already in it."""
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "__main__.log"}:
         shutil.rmtree(run_dir)
+        callbacks.forget_latest(run_dir)
 
 
 if __name__ == "__main__":

@@ -320,38 +320,6 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("saved_config_dir", lambda resume: None if resume else ".hydra")
 
 
-class CheckOutputFolder:
-    """Hydra callback: before Hydra creates the run (or sweep) folder, make sure it can, so an unwritable
-    place is one clear line instead of a traceback."""
-
-    def _check(self, folder: str, key: str) -> None:
-        import os
-        import sys
-        from pathlib import Path
-
-        path = Path(folder)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / f".write_test_{os.getpid()}"
-            probe.touch()
-            probe.unlink()
-        except OSError as e:
-            print(f"runner: error: cannot write the run folder {path} ({e.strerror or e}): choose another place with "
-                  f"{key}=/a/writable/folder, or fix the permissions", file=sys.stderr)
-            sys.exit(2)
-
-    def on_run_start(self, config, **kwargs) -> None:
-        self._check(config.hydra.run.dir, "hydra.run.dir")
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
-
-    def __getattr__(self, name):  # Hydra calls every on_* hook; the others have nothing to do here
-        if name.startswith("on_"):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
-
-
 def validate(cfg: DictConfig) -> RunConfig:
     """Type-check `cfg` against the schema and range-check every value; raise ConfigError on the first problem.
 

@@ -1,0 +1,155 @@
+"""Hydra's side of the run folders: checked before Hydra creates them, named for people, linked as `latest`,
+and reported at the end of a sweep.
+
+configs/config.yaml lists the callbacks under hydra.callbacks and names sweep jobs with `${job_dirname:...}`.
+Folders are shown relative to the current directory when they lie below it. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from runner.config import ConfigError
+
+DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")  # outputs/DATE/TIME_id and multirun/DATE/TIME_id (configs/config.yaml)
+MAX_NAME_BYTES = 200  # file systems allow 255 bytes per name; leave room for editors' and tools' suffixes
+
+
+def job_dirname(num: int, override_dirname: str) -> str:
+    """A sweep job's folder name: its job number, then what it overrides, e.g. `3_optimizer=adamw,wd=0.0005`;
+    just `3` when it overrides nothing. The number comes first so that it survives the cut to MAX_NAME_BYTES and
+    keeps apart jobs whose overrides read the same (a value given twice, an Optuna trial that draws a point again,
+    jobs that differ only in keys left out of the name); folders then also list in launch order."""
+    name = f"{num}_{override_dirname.replace('/', '%2F')}" if override_dirname else str(num)  # a "/" would nest
+    return name.encode()[:MAX_NAME_BYTES].decode(errors="ignore")
+
+
+def objective_direction(objective: str) -> str:
+    """Which way a sweeper should push summary[objective]: losses down, accuracies up."""
+    return "minimize" if "loss" in objective else "maximize"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("job_dirname"):
+        OmegaConf.register_new_resolver("job_dirname", job_dirname)
+        OmegaConf.register_new_resolver("objective_direction", objective_direction)
+
+
+def saved_config(resume: str) -> Path:
+    """The saved config of the run folder `resume` (its .hydra/config.yaml); ConfigError when there is none."""
+    saved = Path(resume).expanduser().resolve() / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"resume={resume!r}: no run there (expected {saved}); give the folder of a run, "
+                          "e.g. resume=outputs/2026-01-31/12-00-00_abc123")
+    return saved
+
+
+def shown(folder: Path | str) -> str:
+    """`folder` as people type it: relative to the current directory when below it, else absolute."""
+    path = Path(folder).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _latest_link(folder: Path) -> Path | None:
+    """Where the `latest` link for `folder` goes: next to its date folder, or nowhere for a folder placed elsewhere."""
+    folder = Path(folder).absolute()
+    return folder.parent.parent / "latest" if DATE_FOLDER.fullmatch(folder.parent.name) else None
+
+
+def point_latest(folder: Path) -> None:
+    """Make ROOT/latest point at `folder` (ROOT/DATE/NAME), replacing the old link in one rename so that readers see
+    either the old or the new one. Never fails the run: a file system without links only costs the link."""
+    link = _latest_link(folder)
+    if link is None:
+        return
+    folder = Path(folder).absolute()
+    tmp = link.with_name(f".latest.{os.getpid()}")
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(Path(folder.parent.name, folder.name))  # relative: the tree can move
+        os.replace(tmp, link)
+    except OSError as e:
+        if tmp.is_symlink():
+            tmp.unlink()
+        print(f"runner: note: could not point {shown(link)} at this folder ({e.strerror or e})", file=sys.stderr)
+
+
+def forget_latest(folder: Path) -> None:
+    """Remove ROOT/latest if it points at `folder` (a run folder removed after a user error)."""
+    link = _latest_link(folder)
+    try:
+        if link is not None and link.is_symlink() and os.readlink(link) == str(Path(*Path(folder).parts[-2:])):
+            link.unlink()
+    except OSError:
+        pass
+
+
+class CheckOutputFolder(Callback):
+    """Before Hydra creates the run (or sweep) folder: refuse a resume= that names no run (so a typo creates
+    nothing), and make sure the folder can be written, so either mistake is one clear line instead of a traceback."""
+
+    def _check(self, folder: str, key: str) -> None:
+        path = Path(folder)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".write_test_{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            _exit(f"cannot write the run folder {path} ({e.strerror or e}): choose another place with "
+                  f"{key}=/a/writable/folder, or fix the permissions")
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        resume = OmegaConf.select(config, "resume")
+        if resume:
+            try:
+                saved_config(resume)  # before the check below: it would create the folder resume= names
+            except ConfigError as e:
+                _exit(str(e))
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+
+class SweepFolder(Callback):
+    """multirun/latest points at the newest sweep from its start; at its end the sweep folder is the last line,
+    after the report (python -m runner.report SWEEP) when the config says report=true."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        point_latest(Path(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        if OmegaConf.select(config, "report", default=False):
+            _report(sweep)
+        print(f"runner: sweep folder {shown(sweep)}", file=sys.stderr)
+
+
+def _report(sweep: Path) -> None:
+    """Run the report on the finished sweep; its failure is reported, never the sweep's (its runs are all saved)."""
+    import traceback
+
+    from runner import report
+
+    try:
+        failed = report.main([str(sweep)]) != 0
+    except Exception:  # a bug in the report: its traceback, then how to run it again
+        traceback.print_exc()
+        failed = True
+    if failed:
+        print(f"runner: the report failed; the sweep's runs are saved: python -m runner.report {shown(sweep)}",
+              file=sys.stderr)
+
+
+def _exit(message: str) -> None:
+    print(f"runner: error: {message}", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,187 @@
+"""`python -m runner` around the training: where runs go, what they are called, how to find them, and what a
+sweeper gets back."""
+import json
+import os
+import re
+
+import pytest
+from conftest import CONFIG_DIR, TINY, run_cli
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+
+from runner import callbacks
+from runner.callbacks import forget_latest, job_dirname, point_latest
+
+SHRINK = {"epochs": "1", "data.n_train": "64", "data.n_val": "20", "batch_size": "32", "trainer.max_steps": "2"}
+# TINY with each key given once (a sweep's job names list a key given twice once, a plain compose twice)
+SMALL = [o for o in TINY if o.split("=")[0] not in SHRINK] + [f"{k}={v}" for k, v in SHRINK.items()]
+callbacks.register_resolvers()
+
+
+def job_folder_name(num: int, *overrides: str) -> str:
+    """The folder name Hydra gives sweep job `num` with these overrides (the real config, resolved)."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.job.num = num
+    return OmegaConf.select(cfg, "hydra.sweep.subdir")
+
+
+def folder_lines(stderr: str) -> list[str]:
+    return re.findall(r"^runner: (?:run|sweep) folder .*$", stderr, flags=re.M)
+
+
+# --- sweep job folder names -----------------------------------------------------------------------------------
+
+def test_a_job_folder_is_its_number_then_what_it_overrides():
+    assert job_folder_name(3, "optimizer=adamw", "wd=0.0005") == "3_optimizer=adamw,wd=0.0005"
+
+
+def test_keys_that_do_not_change_the_training_stay_out_of_the_name():
+    noisy = ["trainer.progress=false", "trainer.device=cpu", "data.root=/data/cifar", "data.download=false",
+             "trainer.log_every=1", "trainer.val_every=5", "log.histograms_every=10", "+report=true",
+             "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"]
+    assert job_folder_name(1, "optimizer=adam_l2", "l2=0.0001", *noisy) == "1_l2=0.0001,optimizer=adam_l2"
+
+
+def test_a_job_that_overrides_nothing_is_named_by_its_number():
+    assert job_folder_name(0) == "0"
+    assert job_folder_name(7, "trainer.device=cpu") == "7"
+    assert job_dirname(0, "") == "0"
+
+
+def test_two_jobs_never_share_a_folder():
+    # the same overrides (a value given twice, an Optuna point drawn again) still give distinct folders
+    assert job_dirname(0, "lr=0.001") != job_dirname(1, "lr=0.001")
+    # jobs that differ only in a key left out of the name, too
+    assert job_folder_name(0, "trainer.device=cpu") != job_folder_name(1, "trainer.device=cuda")
+
+
+def test_a_long_or_slashed_override_set_is_one_valid_folder_name_that_keeps_the_job_number():
+    long = ",".join(f"schedule.milestones=[{i}]" for i in range(100))
+    for num in (3, 12):
+        name = job_dirname(num, long + ",+experiment=a/b")
+        assert name.startswith(f"{num}_schedule.milestones=") and len(name.encode()) <= 255 and "/" not in name
+    assert job_dirname(0, "data.name=a/b") == "0_data.name=a%2Fb"
+    assert job_dirname(0, "xy=" + "é" * 200).endswith("é")  # cut between characters, never inside one
+
+
+# --- latest links ---------------------------------------------------------------------------------------------
+
+def make_run(root, date, name):
+    d = root / date / name
+    d.mkdir(parents=True)
+    return d
+
+
+def test_latest_points_at_the_newest_run_with_a_relative_link(tmp_path):
+    first, second = make_run(tmp_path, "2026-11-28", "10-00-00_aaaaaa"), make_run(tmp_path, "2026-11-29", "09-00-00_b")
+    point_latest(first)
+    point_latest(second)
+    latest = tmp_path / "latest"
+    assert os.readlink(latest) == "2026-11-29/09-00-00_b" and latest.resolve() == second.resolve()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2026-11-28", "2026-11-29", "latest"]  # no temporary left
+
+
+def test_a_folder_outside_the_date_layout_gets_no_link(tmp_path):
+    run = tmp_path / "mine" / "run"
+    run.mkdir(parents=True)
+    point_latest(run)
+    assert not list(tmp_path.rglob("latest"))
+
+
+def test_a_link_that_cannot_be_made_is_a_note_not_a_failure(tmp_path, capsys):
+    (tmp_path / "latest").mkdir()  # a real folder where the link would go
+    point_latest(make_run(tmp_path, "2026-11-28", "10-00-00_aaaaaa"))
+    assert (tmp_path / "latest").is_dir() and not (tmp_path / "latest").is_symlink()
+    assert "runner: note: could not point" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_forgetting_a_removed_run_drops_only_its_own_link(tmp_path):
+    a, b = make_run(tmp_path, "2026-11-28", "a"), make_run(tmp_path, "2026-11-28", "b")
+    point_latest(a)
+    forget_latest(b)
+    assert os.readlink(tmp_path / "latest") == "2026-11-28/a"
+    forget_latest(a)
+    assert not (tmp_path / "latest").is_symlink()
+
+
+# --- the Optuna preset ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("objective, direction", [(None, "maximize"), ("final_val_acc", "maximize"),
+                                                  ("final_val_loss", "minimize")])
+def test_the_tune_sweeper_pushes_the_objective_the_right_way(objective, direction):
+    overrides = ["hydra/sweeper=tune"] + ([f"++trainer.objective={objective}"] if objective else [])
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    assert cfg.hydra.sweeper.direction == direction
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.sampler.seed == 0
+
+
+# --- end to end -----------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_run_says_its_folder_at_start_and_end_and_becomes_latest(tmp_path):
+    r = run_cli(SMALL, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = (tmp_path / "outputs").glob("20*/*")
+    rel = run.relative_to(tmp_path).as_posix()
+    assert folder_lines(r.stderr) == [f"runner: run folder {rel}", f"runner: run folder {rel} (completed)"]
+    assert r.stderr.rstrip().endswith(f"runner: run folder {rel} (completed)")
+    assert (tmp_path / "outputs" / "latest").resolve() == run.resolve()
+
+
+@pytest.mark.slow
+def test_a_resume_to_a_folder_without_a_run_fails_before_creating_anything(tmp_path):
+    r = run_cli(["resume=typo/path", "epochs=3"], cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "resume='typo/path': no run there" in r.stderr and "give the folder of a run" in r.stderr
+    assert list(tmp_path.iterdir()) == [], "nothing created: not the typo's folder, not outputs/"
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_a_user_error_leaves_no_folder_and_no_link(tmp_path):
+    r = run_cli(["model=resnet20v1", f"data.root={tmp_path / 'none'}", "data.download=false"], cwd=tmp_path)
+    assert r.returncode == 2 and "data.download=true" in r.stderr
+    assert not list((tmp_path / "outputs").glob("*/*")) and not (tmp_path / "outputs" / "latest").is_symlink()
+
+
+@pytest.mark.slow
+def test_a_sweep_names_jobs_by_their_overrides_links_latest_reports_and_says_its_folder_last(tmp_path):
+    r = run_cli(["-m", *SMALL, "optimizer=adamw,adam_l2", "+report=true"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun").glob("20*/*")
+    jobs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").is_file())
+    assert jobs == [job_folder_name(i, *SMALL, f"optimizer={o}", "+report=true")
+                    for i, o in enumerate(["adamw", "adam_l2"])]
+    assert "optimizer=adamw" in jobs[0]
+    assert not any(k in jobs[0] for k in ("trainer.progress", "trainer.device", "report"))
+    names = {json.loads((sweep / j / "summary.json").read_text())["hparams"]["optimizer"]["name"] for j in jobs}
+    assert names == {"adamw", "adam_l2"}
+    assert (tmp_path / "multirun" / "latest").resolve() == sweep.resolve()
+    assert (sweep / "report" / "report.md").is_file() and (sweep / "report" / "runs.csv").is_file()
+    lines = folder_lines(r.stderr)
+    assert len(lines) == 5 and lines[-1] == f"runner: sweep folder {sweep.relative_to(tmp_path).as_posix()}"
+    assert r.stderr.rstrip().endswith(lines[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Deprecated API features detected")  # optuna 2's own use of SQLAlchemy 1.4
+def test_a_two_trial_optuna_sweep_maximizes_what_each_run_returns(tmp_path):
+    """main() returns summary[trainer.objective]; Optuna's sweeper records it per trial and writes the best one."""
+    study = tmp_path / "study.db"
+    r = run_cli(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.direction=maximize",
+                 "hydra.sweeper.sampler.seed=0", f"hydra.sweeper.storage=sqlite:///{study}",
+                 "hydra.sweeper.study_name=t",
+                 "lr=interval(1e-4,1e-2)", *SMALL, "trainer.val_every=1"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun").glob("20*/*")
+    trials = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [t.name.split("_", 1)[0] for t in trials] == ["0", "1"] and all("lr=" in t.name for t in trials)
+    accs = [json.loads((t / "summary.json").read_text())["best_val_acc"] for t in trials]
+    result = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert result.best_value == max(accs)
+    import optuna  # the database storage is what needs SQLAlchemy 1.x (pyproject's sqlalchemy<2)
+    values = sorted(t.value for t in optuna.load_study(study_name="t", storage=f"sqlite:///{study}").trials)
+    assert values == sorted(accs)
