@@ -39,7 +39,7 @@ def test_a_job_folder_is_its_number_then_what_it_overrides():
 
 def test_keys_that_do_not_change_the_training_stay_out_of_the_name():
     noisy = ["trainer.progress=false", "trainer.device=cpu", "data.root=/data/cifar", "data.download=false",
-             "trainer.log_every=1", "trainer.val_every=5", "log.histograms_every=10", "+report=true",
+             "trainer.log_every=1", "trainer.val_every=5", "log.histograms_every=10", "report=true",
              "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"]
     assert job_folder_name(1, "optimizer=adam_l2", "l2=0.0001", *noisy) == "1_l2=0.0001,optimizer=adam_l2"
 
@@ -149,11 +149,11 @@ def test_a_run_stopped_by_a_user_error_leaves_no_folder_and_no_link(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_names_jobs_by_their_overrides_links_latest_reports_and_says_its_folder_last(tmp_path):
-    r = run_cli(["-m", *SMALL, "optimizer=adamw,adam_l2", "+report=true"], cwd=tmp_path)
+    r = run_cli(["-m", *SMALL, "optimizer=adamw,adam_l2", "report=true"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun").glob("20*/*")
     jobs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").is_file())
-    assert jobs == [job_folder_name(i, *SMALL, f"optimizer={o}", "+report=true")
+    assert jobs == [job_folder_name(i, *SMALL, f"optimizer={o}", "report=true")
                     for i, o in enumerate(["adamw", "adam_l2"])]
     assert "optimizer=adamw" in jobs[0]
     assert not any(k in jobs[0] for k in ("trainer.progress", "trainer.device", "report"))

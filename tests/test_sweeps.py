@@ -38,8 +38,8 @@ def test_experiment_presets_compose():
 
 @pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_without_progress_bars(tmp_path):
-    common = "batch_size=32,data.n_train=128,data.n_val=40,data=synthetic,epochs=2,model.bn_momentum=0.1," \
-             "model=resnet20v1,"  # no launcher keys, trainer.progress or trainer.device: they change no result
+    common = "batch_size=32,data.n_train=128,data.n_val=40,debug=smoke,epochs=2,"  # no launcher keys,
+    # trainer.progress or trainer.device: they change no result
     r = run_cli(["-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", *SMALL, "trainer.max_steps=2",
                  "seed=1,2", "trainer.progress=null"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -132,8 +132,7 @@ def test_submitit_local_requeues_an_interrupted_job_which_continues_in_its_folde
             f"hydra.sweep.dir={sweep}", *SMALL, "epochs=4", "trainer.log_every=1", "seed=1,2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    job1 = sweep / "1_batch_size=32,data.n_train=128,data.n_val=40,data=synthetic,epochs=4,model.bn_momentum=0.1," \
-                   "model=resnet20v1,seed=2"
+    job1 = sweep / "1_batch_size=32,data.n_train=128,data.n_val=40,debug=smoke,epochs=4,seed=2"
     metrics = job1 / "metrics.jsonl"
     deadline = time.time() + 240
     while not (metrics.exists() and metrics.read_text().count("train_loss") >= 5) and time.time() < deadline:

@@ -65,7 +65,7 @@ def main(cfg: DictConfig) -> float | None:
         print(f"runner: run folder {callbacks.shown(run_dir)}", file=sys.stderr)
         started = True
         summary = train(run, run_dir, meta=meta, job_num=job_num)
-        return summary.get(getattr(run.trainer, "objective", "best_val_acc"))
+        return summary.get(run.trainer.objective)
     except UserError as e:
         if not cfg.get("resume"):
             _drop_empty_run_dir(Path(hc.runtime.output_dir))
