@@ -148,3 +148,46 @@ def test_compiled_model_trains_and_the_compile_time_is_reported_apart(tmp_path):
     assert s["status"] == "completed" and s["steps"] == 3
     steady_step_s = 32 / s["images_per_s"]
     assert s["first_step_s"] > 3 * steady_step_s  # the first step carries torch.compile
+
+
+def test_one_batch_shape_per_phase_full_training_batches_and_padded_validation(tmp_path, monkeypatch):
+    """data.drop_last: 500 images at batch 64 give 7 full steps an epoch (the 52 left over differ every epoch);
+    validation pads its last batch, so a compiled or captured forward sees one shape per phase."""
+    import torch
+
+    from conftest import compose_cfg
+    from runner.config import validate
+    import runner.train as train_mod
+
+    shapes = {True: set(), False: set()}
+    real_setup = train_mod.setup
+
+    def watched(*a, **k):
+        run = real_setup(*a, **k)
+        run.model.register_forward_pre_hook(lambda m, args: shapes[m.training].add(tuple(args[0].shape)))
+        return run
+
+    monkeypatch.setattr(train_mod, "setup", watched)
+    cfg = validate(compose_cfg(*TINY, "data.n_train=500", "data.n_val=250", "trainer.bn_recalibrate=0"))
+    s = train_mod.train(cfg, tmp_path)
+    assert s["steps"] == 14 and s["epochs"] == 2.0
+    assert shapes[True] == {(64, 3, 32, 32)}          # training: every step a full batch
+    assert shapes[False] == {(100, 3, 32, 32)}        # validation on CPU: batches of 100, the third one padded
+    val = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "val_loss" in r]
+    assert len(val) == 2 and all(0 <= r["val_acc"] <= 1 for r in val)
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 14
+
+
+def test_the_summary_says_which_accuracy_it_reports_and_what_ran(tmp_path):
+    from conftest import compose_cfg
+    from runner.config import validate
+    from runner.train import train
+
+    s = train(validate(compose_cfg(*TINY, "trainer.max_steps=3", "data.n_train=128", "data.n_val=50")), tmp_path)
+    assert s["val_metric"] == "recalibrated" and s["best_val_acc"] == s["best_val_acc_recal"]
+    assert {"best_val_acc_running", "final_val_acc_running", "final_val_loss_running"} <= s.keys()
+    assert s["path"] == {"device": "cpu", "precision": "fp32", "compile": False, "compile_mode": None,
+                         "cuda_graphs": False, "channels_last": False}
+    assert s["data"]["name"] == "synthetic" and s["data"]["n_train"] == 128 and len(s["data"]["fingerprint"]) == 16
+    assert {"commit", "dirty"} <= s["code"].keys() and s["env"]["torch"]
+    assert {"compile_s", "capture_s", "warmup_s", "first_step_s"} <= s["startup"].keys()

@@ -66,6 +66,7 @@ class Recorder:
 
     def __init__(self, run_dir: Path, resume_step: int = 0, histograms_every: int = 0, tensorboard: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         # records past the checkpoint were written before the interruption: the continued run skips them
         self.done = {"train": 0, "val": 0, "epoch": 0}
         if self.path.exists():

@@ -1,0 +1,143 @@
+"""Two evaluations of the same weights (runner.evaluation): with BatchNorm's running statistics, and with
+statistics recomputed on training images. Recalibration must be exact, must leave training untouched, and must
+show what the weights can do when the running statistics lag."""
+from contextlib import nullcontext
+
+import pytest
+import torch
+from conftest import TINY, compose_cfg
+
+from runner.config import validate
+from runner.data import DeviceLoader
+from runner.evaluation import batch_norms, evaluate, recalibrated_bn
+from runner.graphs import GraphedForward
+from runner.metrics import read_metrics
+from runner.models import build_resnet
+
+
+def lagging_model(seed=0):
+    """ResNet20v1 whose running statistics are far from its weights' (Keras' momentum, after a few train steps)."""
+    torch.manual_seed(seed)
+    model = build_resnet(20, 1, 10, bn_momentum=0.01).double()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(32, 3, 32, 32, dtype=torch.float64) * 2 + 1)
+    return model
+
+
+def bn_inputs(model, images):
+    """Every BatchNorm's input in one train-mode forward of `images` (the definition, computed directly)."""
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach())) for m in batch_norms(model)]
+    model.train()
+    with torch.no_grad():
+        model(images)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_recalibrated_statistics_are_the_exact_mean_and_variance_of_each_batchnorms_input():
+    model = lagging_model()
+    images = torch.randn(40, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs = bn_inputs(model, images)
+    model.load_state_dict(before)  # bn_inputs' own forward moved the running statistics
+    with recalibrated_bn(model, images, nullcontext()):
+        for m, x in zip(batch_norms(model), inputs):
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=True)
+            torch.testing.assert_close(m.running_mean, mean, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(m.running_var, var, rtol=1e-12, atol=1e-12)
+        # eval mode with these statistics computes what train mode computes on the same images (up to n/(n-1))
+        model.eval()
+        with torch.no_grad():
+            recal_logits = model(images)
+        model.train()
+        with torch.no_grad():
+            batch_logits = model(images)
+    torch.testing.assert_close(recal_logits, batch_logits, rtol=1e-3, atol=1e-3)
+    for k, v in model.state_dict().items():  # and everything is put back, bit for bit
+        assert torch.equal(v, before[k]), k
+    assert all(m.momentum == 0.01 for m in batch_norms(model)) and model.training
+
+
+def test_statistics_come_back_even_when_the_evaluation_inside_fails():
+    model = lagging_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="boom"):
+        with recalibrated_bn(model, torch.randn(8, 3, 32, 32, dtype=torch.float64), nullcontext()):
+            raise RuntimeError("boom")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_padded_validation_pass_counts_every_image_once():
+    """Fixed-shape batches (the last one padded with IGNORE labels) give the plain mean over the images."""
+    model = lagging_model().eval()
+    x = torch.randint(0, 256, (23, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(23) % 10
+    loader = DeviceLoader(x, y, 10, device="cpu", shuffle=False, pad_last=True)
+    shapes = {tuple(b.shape) for b, _ in loader.epoch(0)}
+    loss, acc = evaluate(model, GraphedForward(model.float(), nullcontext(), capture=False), loader)
+    with torch.no_grad():
+        logits = model.eval()(x.float() / 255)
+    assert shapes == {(10, 3, 32, 32)}
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert acc.item() == pytest.approx((logits.argmax(1) == y).float().mean().item())
+
+
+def run(tmp_path, *overrides):
+    from runner.train import train
+
+    cfg = validate(compose_cfg(*TINY, "data.n_train=256", "data.n_val=100", "batch_size=32", "epochs=2",
+                               "trainer.val_every=3", *overrides))
+    return train(cfg, tmp_path), read_metrics(tmp_path / "metrics.jsonl")
+
+
+def test_recalibration_leaves_training_bit_for_bit_as_it_was(tmp_path):
+    off, off_records = run(tmp_path / "off", "trainer.bn_recalibrate=0")
+    on, on_records = run(tmp_path / "on", "trainer.bn_recalibrate=64", "trainer.train_eval=true")
+    train_records = lambda rs: [r for r in rs if "train_loss" in r]  # noqa: E731
+    assert train_records(on_records) == train_records(off_records)  # losses, lr, decay, norms: every value
+    a = torch.load(tmp_path / "off" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "on" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    val = [r for r in on_records if "val_loss" in r]
+    assert len(val) == 6 and all({"val_acc_recal", "train_eval_acc", "train_eval_acc_recal"} <= r.keys() for r in val)
+    assert [r["val_acc"] for r in val] == [r["val_acc"] for r in off_records if "val_loss" in r]  # running: as before
+    assert on["val_metric"] == "recalibrated" and off["val_metric"] == "running"
+    assert on["best_val_acc"] == max(r["val_acc_recal"] for r in val)
+    assert on["best_val_acc_running"] == off["best_val_acc"] == max(r["val_acc"] for r in val)
+
+
+def test_with_lagging_running_statistics_the_recalibrated_accuracy_reflects_the_weights(tmp_path):
+    """Keras' momentum (0.01) and 96 steps: the running statistics have moved 62 % of the way from their start, so
+    the running evaluation sits near chance (0.10 here) while the recalibrated one (0.375) is close to what the weights
+    do with their own batch statistics (train mode on the validation images)."""
+    s, records = run(tmp_path, "model.bn_momentum=0.01", "trainer.bn_recalibrate=256", "lr=2e-3", "data.n_train=512",
+                     "batch_size=16", "epochs=3", "trainer.val_every=1000")
+    best = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
+    model = build_resnet(20, 1, 10, bn_momentum=0.01)
+    model.load_state_dict(best)
+    from runner.data import channel_stats, make_synthetic
+
+    splits = make_synthetic(512, 100, seed=0)
+    mean, std = channel_stats(splits.train_x)
+    x = (splits.val_x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        weights_acc = (model.train()(x).argmax(1) == splits.val_y).float().mean().item()  # batch statistics
+    last = [r for r in records if "val_loss" in r][-1]
+    assert last["val_acc_recal"] > last["val_acc"] + 0.15
+    assert abs(last["val_acc_recal"] - weights_acc) < 0.1
+    assert abs(last["val_acc"] - weights_acc) > 2 * abs(last["val_acc_recal"] - weights_acc)
+    assert s["final_val_acc"] == last["val_acc_recal"] and s["final_val_acc_running"] == last["val_acc"]
+
+
+def test_best_pt_holds_the_weights_and_statistics_of_the_best_validation(tmp_path):
+    s, records = run(tmp_path, "trainer.bn_recalibrate=64")
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    val = [r for r in records if "val_loss" in r]
+    top = max(val, key=lambda r: r["val_acc_recal"])
+    assert best["step"] == top["step"] and best["val_acc"] == top["val_acc_recal"] == s["best_val_acc"]
+    assert best["val_metric"] == "recalibrated"
+    model = build_resnet(20, 1, 10, bn_momentum=0.1)
+    model.load_state_dict(best["model"])  # loads as it is, statistics included

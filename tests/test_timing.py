@@ -1,0 +1,68 @@
+"""Training time told honestly (runner.timing): the steady rate, with start-up and stalls reported beside it."""
+import json
+import time
+
+import pytest
+from conftest import TINY, compose_cfg
+
+from runner.config import validate
+from runner.metrics import read_metrics
+from runner.timing import LoopClock, Window, split_time, steady_rate
+
+
+def test_the_steady_rate_ignores_start_up_windows_and_a_stall():
+    windows = [Window(64, 20.0, startup=True),  # compilation
+               *[Window(640, 1.0, startup=False)] * 9,
+               Window(640, 51.0, startup=False)]  # a 50 s stall
+    t = split_time(windows)
+    assert steady_rate(windows) == t["images_per_s"] == 640.0
+    assert t["startup_s"] == pytest.approx(20.0 - 0.1)
+    assert t["stall_s"] == pytest.approx(50.0)
+    assert t["train_time_s"] == pytest.approx(20.0 + 9 + 51)
+    assert t["images_per_s_overall"] == pytest.approx((64 + 6400) / 80.0)
+    # the parts add up: start-up + images at the steady rate + stall = all the training time
+    assert t["startup_s"] + (64 + 6400) / 640 + t["stall_s"] == pytest.approx(t["train_time_s"])
+
+
+def test_the_steady_rate_is_the_image_weighted_median():
+    assert steady_rate([Window(100, 1.0, False), Window(300, 1.0, False), Window(100, 0.5, False)]) == 300.0
+    assert steady_rate([Window(64, 3.0, True)]) is None  # nothing but start-up: no steady rate to claim
+    assert split_time([Window(64, 3.0, True)])["stall_s"] is None
+
+
+def test_the_clock_closes_a_window_only_when_it_trained_something():
+    clock = LoopClock()
+    assert clock.lap() is None
+    clock.add(32, startup=True)
+    clock.add(32)
+    w = clock.lap()
+    assert (w.images, w.startup) == (64, True) and clock.windows == [w]
+    clock.add(32)
+    assert not clock.lap().startup
+
+
+def test_a_run_with_an_injected_stall_reports_it_apart_from_the_steady_rate(tmp_path, monkeypatch):
+    """A 1.5 s pause inside one step: images_per_s stays the steady rate, stall_s holds the pause, and the
+    epoch records and the summary's parts add up to the training time."""
+    import runner.train as train_mod
+
+    real = train_mod.take_step
+
+    def slow_once(run, x, y):
+        if run.state.step == 10:
+            time.sleep(1.5)
+        return real(run, x, y)
+
+    monkeypatch.setattr(train_mod, "take_step", slow_once)
+    cfg = validate(compose_cfg(*TINY, "batch_size=32", "epochs=2", "trainer.log_every=4"))
+    s = train_mod.train(cfg, tmp_path)
+    assert s["stall_s"] >= 1.4
+    assert s["images_per_s"] > 1.5 * s["images_per_s_overall"]  # 32 steps of ~0.05 s: the pause is most of it
+    parts = s["startup_s"] + s["steps"] * 32 / s["images_per_s"] + s["stall_s"]
+    assert parts == pytest.approx(s["train_time_s"], rel=1e-6)
+    assert s["startup"]["first_step_s"] > 0 and s["startup"]["capture_s"] == 0  # no graphs on CPU
+    epochs = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "epoch_train_s" in r]
+    assert [(r["step"], r["epoch_images"]) for r in epochs] == [(16, 512), (32, 512)]
+    assert epochs[0]["epoch_train_s"] > 1.5 > epochs[1]["epoch_train_s"]  # the pause fell in epoch 1
+    assert sum(r["epoch_train_s"] for r in epochs) == pytest.approx(s["train_time_s"], rel=1e-6)
+    assert json.loads((tmp_path / "summary.json").read_text())["stall_s"] == s["stall_s"]
