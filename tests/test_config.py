@@ -240,7 +240,7 @@ def test_debug_smoke_is_the_tiny_run_the_tests_spelled_out_before():
 def test_debug_smoke_can_still_be_overridden_and_shrinks_an_experiment():
     run = validate(compose_cfg("debug=smoke", "trainer.progress=true", "epochs=3", "model=resnet32v1"))
     assert (run.trainer.progress, run.epochs, run.model.name) == (True, 3, "resnet32v1")
-    run = validate(compose_cfg("experiment=adamw_30ep", "debug=smoke"))
+    run = validate(compose_cfg("experiment=adamw_oscillate", "debug=smoke"))
     assert (run.epochs, run.model.name, run.data.name) == (2, "resnet20v1", "synthetic")
     assert run.schedule.name == "warm_restarts" and run.trainer.train_eval  # the rest of the experiment stays
 

@@ -28,9 +28,17 @@ def test_experiment_presets_compose():
     assert (k.optimizer.name, k.l2, k.wd, k.batch_size, k.epochs) == ("adam_l2", 2e-4, 0.0, 32, 200)
     assert (k.optimizer.decay_on, k.optimizer.eps, k.data.normalize, k.data.pad_mode) == ("conv", 1e-7, "pixel_mean", "replicate")
     assert k.schedule.milestones == [0.4, 0.6, 0.8, 0.9]
-    a = validate(compose_cfg("experiment=adamw_30ep"))
-    assert (a.optimizer.name, a.l2, a.batch_size, a.epochs, a.schedule.name) == ("adamw", 0.0, 64, 30, "warm_restarts")
-    assert a.wd > 0 and a.trainer.train_eval
+    assert k.data.drop_last is False  # Keras trains on the last, smaller batch of each epoch too
+    a = validate(compose_cfg("experiment=adamw_20ep"))
+    assert (a.optimizer.name, a.l2, a.batch_size, a.epochs, a.schedule.name) == ("adamw", 0.0, 64, 20, "warm_restarts")
+    assert a.optimizer.wd_normalized and a.trainer.train_eval and a.trainer.bn_recalibrate > 0
+    from runner.optim import normalized_lambda
+    assert normalized_lambda(a.wd, a.batch_size, 50_000, a.epochs) == pytest.approx(3.0e-4)  # what was measured
+    o = validate(compose_cfg("experiment=adamw_oscillate"))
+    assert (o.wd, o.epochs, o.optimizer.wd_normalized, o.trainer.val_every) == (1e-3, 30, False, 200)
+    for opt, key in (("adamw", "wd"), ("adam_l2", "l2")):
+        b = validate(compose_cfg("experiment=blog_grid", f"optimizer={opt}", "reg=3e-4"))
+        assert getattr(b, key) == 3e-4 and b.report and b.trainer.train_eval and b.epochs == 20
     for opt, key in (("adamw", "wd"), ("adam_l2", "l2")):
         p = validate(compose_cfg("experiment=paper_grid", f"optimizer={opt}", "reg=0.05"))
         assert getattr(p, key) == 0.05 and p.optimizer.wd_normalized and p.optimizer.l2_normalized
