@@ -1,6 +1,7 @@
 """End to end: `python -m runner` on synthetic data learns and writes the contract files."""
 import json
 import math
+import re
 
 import pytest
 from conftest import TINY, forbid_host_reads, run_cli
@@ -191,3 +192,14 @@ def test_the_summary_says_which_accuracy_it_reports_and_what_ran(tmp_path):
     assert s["data"]["name"] == "synthetic" and s["data"]["n_train"] == 128 and len(s["data"]["fingerprint"]) == 16
     assert {"commit", "dirty"} <= s["code"].keys() and s["env"]["torch"]
     assert {"compile_s", "capture_s", "warmup_s", "first_step_s"} <= s["startup"].keys()
+
+
+@pytest.mark.slow
+def test_with_the_progress_bar_validations_are_still_logged_and_the_last_line_is_readable(tmp_path):
+    r = run_cli([*TINY, "trainer.progress=true", "trainer.max_steps=8", "trainer.val_every=4"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr  # Hydra's log lines go to stdout, the bar to stderr
+    assert len(re.findall(r"step [48] epoch [\d.]+ val_loss [\d.]+ val_acc [\d.]+ \(running statistics", out)) == 2
+    assert re.search(r"8/8 \[[^\r]*acc=\d\.\d{3}[^\r]*\]\n", r.stderr)  # the bar stays, with its last accuracy
+    last = [line for line in out.splitlines() if "best val acc" in line][-1]
+    assert re.search(r"completed after 8 steps: best val acc \d\.\d{4} \(recalibrated\), [\d.]+ s$", last), last
