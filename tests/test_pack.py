@@ -187,3 +187,32 @@ def test_a_packed_sweep_writes_what_a_sweep_one_job_at_a_time_writes(tmp_path):
         log = (d / "__main__.log").read_text()
         assert "completed after 3 steps" in log and f"return value: {s['best_val_acc']}" in log, name
         assert (f"[#{name[0]}] completed" in log) == (name[0] not in "25"), name  # a packed job's lines say its name
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_packed_sweep_with_its_pack_checkpointed_and_the_same_command_continues_it(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    sweep = ["-m", "hydra/launcher=packed", "hydra.launcher.pack=2", *TINY, "data.n_train=64", "data.n_val=20",
+             "batch_size=16", "epochs=3", "trainer.log_every=1", "lr=1e-3,2e-3,3e-3,4e-3",
+             f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    p = subprocess.Popen([sys.executable, "-m", "runner", *sweep], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None and not any(
+            len(m.read_text().splitlines()) >= 3 for m in (tmp_path / "sweep").glob("0_*/metrics.jsonl")):
+        time.sleep(0.01)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "2 jobs not started" in err, err[-3000:]
+    first = sorted(job_folders(tmp_path / "sweep"))
+    assert [n[0] for n in first] == ["0", "1"]  # the second pack never started
+    assert all(json.loads((tmp_path / "sweep" / n / "summary.json").read_text())["status"] == "interrupted"
+               for n in first)
+    r = run_cli(sweep, cwd=tmp_path)  # the same command again: how a requeued or restarted sweep looks
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = {n: json.loads((d / "summary.json").read_text()) for n, d in job_folders(tmp_path / "sweep").items()}
+    assert len(done) == 4 and all(s["status"] == "completed" and s["steps"] == 12 for s in done.values())
+    assert all(done[n]["resumed"]["from_step"] > 0 for n in first)

@@ -58,7 +58,7 @@ class PackedLauncher(Launcher):
                 log.info(f"\t#{initial_job_idx + n} : {lst}" + (f"  (pack {p}: {len(pack)} jobs)" if len(pack) > 1
                                                                  else ""))
         returns: list[Any] = [None] * len(configs)
-        for pack in packs:
+        for p, pack in enumerate(packs):
             if len(pack) == 1:  # as the basic launcher runs it
                 returns[pack[0]] = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
                                            config=configs[pack[0]], **JOB_DIR)
@@ -66,6 +66,10 @@ class PackedLauncher(Launcher):
                 for n, ret in zip(pack, self._run_pack([configs[n] for n in pack])):
                     returns[n] = ret
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            left = sum(len(q) for q in packs[p + 1:])
+            if left and any(_interrupted(returns[n]) for n in pack):
+                _exit(f"the sweep was stopped by a signal with {left} jobs not started: the same command with "
+                      f"hydra.sweep.dir={self.config.hydra.sweep.dir} continues each job from its own folder", 1)
         return returns
 
     def _job_config(self, overrides: Sequence[str], idx: int) -> DictConfig:
@@ -203,6 +207,16 @@ def _logging_to(handlers: list) -> Iterator[None]:
         root.handlers = saved
 
 
-def _exit(message: str) -> None:
-    print(f"runner: error: {message}", file=sys.stderr)
-    sys.exit(2)
+def _interrupted(ret: JobReturn) -> bool:
+    """Whether the job stopped at a signal (SIGTERM, ^C), as its summary.json says: then no further job starts, so a
+    time limit or a ^C ends the sweep with every started job checkpointed, instead of starting jobs it would kill."""
+    summary = Path(str(ret.hydra_cfg.hydra.runtime.output_dir)) / "summary.json" if ret.hydra_cfg else None
+    try:
+        return summary is not None and json.loads(summary.read_text())["status"] == "interrupted"
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _exit(message: str, status: int = 2) -> None:
+    print(f"runner: {'error: ' if status == 2 else ''}{message}", file=sys.stderr)
+    sys.exit(status)
