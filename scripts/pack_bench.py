@@ -19,6 +19,7 @@ are then left out); imports runner from ../src. scripts/bench.py calls `bench_pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -153,6 +154,102 @@ def measure(sizes: Sequence[int], device: str = "cpu", *, model: str | None = No
             "jobs": [{"optimizer": c.optimizer.name, "lr": c.lr, "wd": c.wd, "l2": c.l2} for c in cfgs]}
 
 
+def probe_fused(k: int, device: str = "cpu", *, model: str | None = None, batch_size: int | None = None,
+                steps: int = 30, say: Callable[[str], None] = print) -> dict:
+    """The road not taken, measured: forward + backward (no optimizer) of K models three ways, images/s over all K.
+    `alone`: one model at a time; `streams`: the K models' steps on K CUDA streams (what runner.pack does);
+    `fused`: one model of K stacked parameter sets (torch.func.stack_module_state + vmap, which runs each
+    convolution as one grouped convolution: HFTA's fusion). bf16 autocast on CUDA, CUDA graphs on CUDA (each way
+    captured after 3 eager steps), contiguous layout everywhere (a stacked batch has no channels_last)."""
+    import copy
+
+    import torch.nn.functional as F
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from runner.models import build_resnet
+
+    d = DEFAULTS["cuda" if device == "cuda" else "cpu"]
+    model, batch_size = model or d["model"], batch_size or d["batch_size"]
+    dev, cuda = torch.device(device), device == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if cuda else contextlib.nullcontext()
+    models = [build_resnet(*MODELS[model]).to(dev) for _ in range(k)]
+    xs = torch.randn(k, batch_size, 3, 32, 32, device=dev)
+    ys = torch.randint(0, 10, (k, batch_size), device=dev)
+    params, buffers = stack_module_state(models)
+    skeleton = copy.deepcopy(models[0]).to("meta")
+
+    def one(i):
+        with autocast:
+            F.cross_entropy(models[i](xs[i]), ys[i]).backward()
+
+    def fused():
+        def loss(p, b, x, y):
+            return F.cross_entropy(functional_call(skeleton, (p, b), (x,)), y)
+        with autocast:
+            vmap(loss)(params, buffers, xs, ys).sum().backward()
+
+    streams = [torch.cuda.Stream(dev) for _ in range(k)] if cuda else [None] * k
+    step = {"alone": [lambda i=i: one(i) for i in range(k)], "fused": [fused],
+            "streams": [lambda i=i: one(i) for i in range(k)]}
+    out = {"model": model, "batch_size": batch_size, "k": k, "steps": steps}
+    for way, calls in step.items():
+        try:
+            runs = [_graphed(f, dev, streams[i] if way == "streams" else None) for i, f in enumerate(calls)]
+            seconds = _time_ways(way, runs, streams, steps, dev)
+            out[way] = k * batch_size * steps / seconds
+            say(f"  forward+backward, {way}: {out[way]:,.0f} img/s")
+        except Exception as e:  # a probe: its failure is a finding, not the benchmark's end
+            out[way] = f"failed: {type(e).__name__}: {e}"
+            say(f"  forward+backward, {way}: {out[way]}")
+    for way in ("streams", "fused"):
+        if isinstance(out[way], float) and isinstance(out["alone"], float):
+            out[f"{way}_vs_alone"] = out[way] / out["alone"]
+    return out
+
+
+def _graphed(f: Callable[[], None], dev: torch.device, stream) -> Callable[[], None]:
+    """`f` as a CUDA graph replay on `stream` (after 3 eager calls); `f` itself off CUDA."""
+    if dev.type != "cuda":
+        return f
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            f()
+    torch.cuda.synchronize(dev)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        f()
+    torch.cuda.synchronize(dev)
+    if stream is None:
+        return graph.replay
+
+    def replay():
+        with torch.cuda.stream(stream):
+            graph.replay()
+    return replay
+
+
+def _time_ways(way: str, runs: list, streams: list, steps: int, dev: torch.device) -> float:
+    """Seconds for `steps` steps of every model: one model after another, round robin on streams, or fused."""
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    for r in runs:
+        r()
+    sync()
+    tick = time.perf_counter()
+    if way == "alone":
+        for r in runs:
+            for _ in range(steps):
+                r()
+            sync()
+    else:
+        for _ in range(steps):
+            for r in runs:
+                r()
+    sync()
+    return time.perf_counter() - tick
+
+
 def bench_pack(k: int, device: str = "cpu", **options) -> dict:
     """scripts/bench.py's `--pack K`: K jobs as one pack vs one after another; the figures of that K, flattened."""
     result = measure([k], device, **options)
@@ -193,12 +290,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps per job")
     p.add_argument("--compile", choices=("on", "off"), default="off", help="torch.compile each run's model")
     p.add_argument("--graphs", choices=("auto", "on", "off"), default="auto", help="trainer.cuda_graphs (auto: on cuda)")
+    p.add_argument("--probe", action="store_true", help="also time forward+backward alone, on streams and fused")
     p.add_argument("--out", default=None, help="write the figures here as JSON")
     a = p.parse_args(argv)
     sizes = [int(s) for s in a.pack.split(",")] if a.pack else DEFAULTS[a.device]["sizes"]
     graphs = {"auto": None, "on": True, "off": False}[a.graphs]
     result = measure(sizes, a.device, model=a.model, batch_size=a.batch_size, warmup=a.warmup, steps=a.steps,
                      compile=a.compile == "on", graphs=graphs)
+    if a.probe:
+        print(f"probe: forward+backward of K={max(sizes)} models, three ways")
+        result["probe"] = probe_fused(max(sizes), a.device, model=a.model, batch_size=a.batch_size)
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2, default=str))
     return 0

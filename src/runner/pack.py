@@ -27,7 +27,7 @@ from typing import Callable, ContextManager, NamedTuple, Sequence
 
 import torch
 
-from runner.config import RunConfig, UserError
+from runner.config import ConfigError, RunConfig, UserError
 from runner.interrupts import StopRequests
 from runner.train import finish, loop, pick_device, setup
 
@@ -81,11 +81,15 @@ def plan_packs(keys: Sequence[str | None], size: int) -> list[list[int]]:
 
 def train_pack(jobs: Sequence[Job], around: Callable[[int], ContextManager] | None = None) -> list[Outcome]:
     """Train `jobs` together, each into its own folder (continuing from its checkpoint if it has one), and return
-    their outcomes in order. A job that diverges, fails or is set up in vain stops alone; the others go on.
+    their outcomes in order. A job that diverges, fails or cannot start stops alone; the others go on (a job's user
+    error, e.g. a missing data set, is only returned: the caller reports it).
     `around(i)` is entered around everything job i does (the launcher routes log lines to the job's own log file
     with it; the benchmark times with it). All jobs run on the device of the first job's number (pick_device)."""
     around = around or (lambda i: nullcontext())
-    device = pick_device(jobs[0].cfg.trainer.device, jobs[0].job_num)
+    try:
+        device = pick_device(jobs[0].cfg.trainer.device, jobs[0].job_num)
+    except ConfigError as e:  # trainer.device=cuda on a machine without one: no job can start
+        return [Outcome(None, e) for _ in jobs]
     streams = [torch.cuda.Stream(device) if device.type == "cuda" else None for _ in jobs]
 
     def inside(i: int) -> ExitStack:
@@ -103,13 +107,15 @@ def train_pack(jobs: Sequence[Job], around: Callable[[int], ContextManager] | No
             with inside(i):
                 try:
                     runs[i] = setup(job.cfg, job.run_dir, job.meta, jobs[0].job_num, job.name, data_cache=data_cache)
-                except Exception as e:  # a damaged folder, a missing data set: this job only
-                    log.error("[%s] not started: %s", job.name, e, exc_info=not isinstance(e, UserError))
+                except Exception as e:  # a missing data set, a folder of another run: this job only
+                    if not isinstance(e, UserError):  # a user error is the caller's to say, as python -m runner does
+                        log.error("[%s] not started: %s", job.name, e, exc_info=e)
                     outcomes[i] = Outcome(None, e)
                     continue
                 turns[i] = loop(runs[i], stop)
         data_cache.clear()  # the loaders hold what they need
-        log.info("pack of %d: %s", len(turns), ", ".join(jobs[i].name or str(i) for i in turns))
+        if turns:
+            log.info("pack of %d: %s", len(turns), ", ".join(jobs[i].name or str(i) for i in turns))
         try:
             while turns:
                 for i in list(turns):
@@ -125,7 +131,7 @@ def train_pack(jobs: Sequence[Job], around: Callable[[int], ContextManager] | No
                         del turns[i]
                         outcomes[i] = Outcome(finish(runs[i]), error)
         except KeyboardInterrupt as e:  # a second signal: every job stops now, without a final checkpoint
-            for i in list(turns):
+            for i in [i for i in runs if outcomes[i] is None]:
                 with inside(i):
                     runs[i].status = "interrupted"
                     runs[i].log.warning("interrupted at step %d: %s", runs[i].state.step, e)

@@ -110,7 +110,7 @@ class PackedLauncher(Launcher):
         rets = [run_job(hydra_context=enrolling, task_function=_enroll, config=c, **JOB_DIR) for c in configs]
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # the pack's own lines: console
         ready = [n for n, r in enumerate(rets) if r.status == JobStatus.COMPLETED]
-        for n in set(range(len(rets))) - set(ready):  # a bug in the enrollment: that job failed, as run_job says
+        for n in [n for n in range(len(rets)) if n not in ready]:  # a bug in the enrollment: that job failed
             callbacks.on_job_end(config=configs[n], job_return=rets[n])
         jobs = [rets[n].return_value[0] for n in ready]
         handlers = [rets[n].return_value[1] for n in ready]
@@ -120,7 +120,7 @@ class PackedLauncher(Launcher):
                     h.mode = "a"  # reopen on the next line (configuring the next job's logging closed it)
         env = OmegaConf.to_container(configs[0].hydra.job.env_set, resolve=True)  # the same for all: part of the key
         with env_override(env):  # type: ignore[arg-type]  # a dict of str
-            outcomes = train_pack(jobs, around=lambda i: _logging_to(handlers[i]))
+            outcomes = train_pack(jobs, around=lambda i: _logging_to(handlers[i])) if jobs else []
         refused = False
         for n, job, hs, outcome in zip(ready, jobs, handlers, outcomes):
             with _logging_to(hs):
