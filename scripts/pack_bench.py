@@ -108,7 +108,7 @@ def timed_pack(cfgs: Sequence[RunConfig], root: Path, warmup: int, steps: int, s
     outcomes = train_pack(jobs, around=window)
     sync()
     wall = time.perf_counter() - tick
-    bad = [(o.summary or {}).get("status", repr(o.error)) for o in outcomes if o.error or o.summary["status"] != "completed"]
+    bad = [o.error or o.summary["status"] for o in outcomes if o.error or o.summary["status"] != "completed"]
     if bad:
         raise RuntimeError(f"benchmark runs did not complete: {bad}")
     return {"window_s": window.seconds, "wall_s": wall,
@@ -142,7 +142,8 @@ def measure(sizes: Sequence[int], device: str = "cpu", *, model: str | None = No
             sequential = k * images / sum(a["window_s"] for a in alone[:k])
             packed = k * images / p["window_s"]
             row = {"k": k, "sequential_images_per_s": sequential, "pack_images_per_s": packed,
-                   "ratio": packed / sequential, "sequential_wall_s": sum(one["wall_s"][:k]), "pack_wall_s": p["wall_s"],
+                   "ratio": packed / sequential, "sequential_wall_s": sum(one["wall_s"][:k]),
+                   "pack_wall_s": p["wall_s"],
                    "wall_ratio": sum(one["wall_s"][:k]) / p["wall_s"], "peak_memory_gb": _peak(dev),
                    "pack_run_images_per_s": p["run_images_per_s"]}
             packs.append(row)
@@ -289,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per job before the window")
     p.add_argument("--steps", type=int, default=None, help="timed steps per job")
     p.add_argument("--compile", choices=("on", "off"), default="off", help="torch.compile each run's model")
-    p.add_argument("--graphs", choices=("auto", "on", "off"), default="auto", help="trainer.cuda_graphs (auto: on cuda)")
+    p.add_argument("--graphs", choices=("auto", "on", "off"), default="auto",
+                   help="trainer.cuda_graphs (auto: on for cuda)")
     p.add_argument("--probe", action="store_true", help="also time forward+backward alone, on streams and fused")
     p.add_argument("--out", default=None, help="write the figures here as JSON")
     a = p.parse_args(argv)

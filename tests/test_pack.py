@@ -95,7 +95,7 @@ def test_every_job_of_a_pack_ends_bit_for_bit_as_it_would_alone(alone, packed):
         assert_bit_equal(saved_state(root / name)[0], saved_state(alone / name)[0])
         by_itself = json.loads((alone / name / "summary.json").read_text())
         assert {k: outcome.summary[k] for k in RESULTS} == {k: by_itself[k] for k in RESULTS}, name
-    assert len({o.summary["final_val_loss"] for o in outcomes}) == 4  # four different trainings, not one copied four times
+    assert len({o.summary["final_val_loss"] for o in outcomes}) == 4  # four trainings, not one copied four times
 
 
 def listing(run_dir):
@@ -168,7 +168,8 @@ def job_folders(sweep):
 def test_a_packed_sweep_writes_what_a_sweep_one_job_at_a_time_writes(tmp_path):
     """Two batch sizes never share a pack: of the 3 jobs of each, 2 pack and the third runs the usual way."""
     sweep = [*TINY, "data.n_train=64", "data.n_val=20", "trainer.max_steps=3", "batch_size=16,32",
-             "lr=1e-3,2e-3,3e-3", "+hydra.callbacks.log_return._target_=hydra.experimental.callbacks.LogJobReturnCallback"]
+             "lr=1e-3,2e-3,3e-3",
+             "+hydra.callbacks.log_return._target_=hydra.experimental.callbacks.LogJobReturnCallback"]
     runs = {}
     for launcher, folder in ((["hydra/launcher=packed", "hydra.launcher.pack=2"], "packed"), ([], "basic")):
         runs[folder] = run_cli(["-m", *launcher, *sweep, f"hydra.sweep.dir={tmp_path / folder}"], cwd=tmp_path)
