@@ -194,8 +194,12 @@ def execution_path(tr: TrainerConfig, device: torch.device) -> dict:
             "channels_last": cuda if tr.channels_last is None else tr.channels_last}
 
 
-def load_splits(d: DataConfig, seed: int) -> datasets.Splits:
-    """The configured data set, with the held-out validation split and training subset applied."""
+def load_splits(d: DataConfig, seed: int, cache: dict | None = None) -> datasets.Splits:
+    """The configured data set, with the held-out validation split and training subset applied. `cache` (runner.pack's)
+    hands out splits already loaded for the same data settings: runs only read them, so they may share one copy."""
+    key = (repr(d), seed if d.name == "synthetic" else None)  # synthetic images are drawn from the run's seed
+    if cache is not None and key in cache:
+        return cache[key]
     if d.name == "cifar10":
         splits = datasets.load_cifar10(d.root, download=d.download, verify=d.verify)
     elif d.name == "image_folder":
@@ -210,6 +214,8 @@ def load_splits(d: DataConfig, seed: int) -> datasets.Splits:
                               "lower it or use data.subset=null")
         keep = datasets.stratified_subset(splits.train_y, d.subset)
         splits = dataclasses.replace(splits, train_x=splits.train_x[keep], train_y=splits.train_y[keep])
+    if cache is not None:
+        cache[key] = splits
     return splits
 
 
@@ -279,8 +285,10 @@ def regularization(cfg: RunConfig, n_train: int, spe: int, schedule_epochs: int)
     return schedule, decay, l2, lam0
 
 
-def setup(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int = 0, name: str = "") -> Run:
-    """Everything a run needs, continued from the folder's own checkpoint if it has one."""
+def setup(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int = 0, name: str = "",
+          data_cache: dict | None = None) -> Run:
+    """Everything a run needs, continued from the folder's own checkpoint if it has one. `name` prefixes the run's
+    log lines and `data_cache` shares loaded data sets (load_splits) among the runs of one process (runner.pack)."""
     run_dir, tr, t_start = Path(run_dir), cfg.trainer, time.time()
     ckpt_dir = run_dir / "checkpoints"
     saved, notes = checkpoint.load_latest(ckpt_dir)  # a requeued job simply starts again here
@@ -300,7 +308,7 @@ def setup(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
         torch.use_deterministic_algorithms(True, warn_only=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not tr.deterministic
-    splits = load_splits(cfg.data, cfg.seed)
+    splits = load_splits(cfg.data, cfg.seed, data_cache)
     # a CUDA graph cannot hold autocast's cache of cast weights (the PyTorch CUDA graph notes)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not path["cuda_graphs"])
                 if path["precision"] == "bf16" else nullcontext())

@@ -1,0 +1,151 @@
+"""Packed training: several runs in one process and on one device, their steps interleaved (hydra/launcher=packed).
+
+A graphed ResNet56v2 step at batch 128 keeps an H100/H200 mostly idle, and the studies are sweeps. A pack sets up
+each of its runs with `runner.train.setup` and turns the same `runner.train.loop` generator of each, one optimizer
+step at a time, round robin. Every run keeps everything that makes it itself: its folder, weights, optimizer state,
+schedule, data order and augmentation (drawn from its own seed and epoch), divergence check, checkpoints, records and
+summary. The pack shares the process, one StopRequests (a SIGTERM checkpoints every run), and the loaded data set.
+
+On CUDA each run gets its own stream and everything it does (setup, steps, validation, its summary) is queued there,
+so the K runs' CUDA graphs replay concurrently, and a host read at a run's logging point waits for that run's stream
+only. On a CPU the runs take turns: the same operations in the same order as a run alone, so a run of a pack ends
+with the same weights and records as the run alone, bit for bit (tests/test_pack.py).
+
+The global random number generators are the process's, shared by the pack: training never reads them (the data order
+comes from (seed, epoch) generators, the initial weights from the seed set in setup), so a checkpoint's `rng` entry
+holds whatever state the process had when that run saved, and restoring it in a continued pack changes nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager, NamedTuple, Sequence
+
+import torch
+
+from runner.config import ConfigError, RunConfig, UserError
+from runner.interrupts import StopRequests
+from runner.train import finish, loop, pick_device, setup
+
+log = logging.getLogger("runner")
+
+
+@dataclass
+class Job:
+    """One run of a pack: what `runner.train.train` takes, and the name its log lines carry."""
+    cfg: RunConfig
+    run_dir: Path
+    meta: dict | None = None
+    job_num: int = 0
+    name: str = ""
+
+
+class Outcome(NamedTuple):
+    """How a job of the pack ended: its summary (None if it could not be set up) and the exception that stopped it."""
+    summary: dict | None
+    error: BaseException | None = None
+
+
+def pack_key(cfg: RunConfig) -> str | None:
+    """Runs with equal keys may share a pack: the same model, batch size, epochs, data and device, so their steps
+    take about the same time and their loaders can share one copy of the data set; and the same process-wide setting
+    (trainer.deterministic). Everything else (lr, wd, l2, optimizer, schedule, seed, ...) may differ. None: never
+    packed (a `resume=` run continues a folder of its own choosing, through the usual path)."""
+    if cfg.resume:
+        return None
+    shared = {"model": dataclasses.asdict(cfg.model), "batch_size": cfg.batch_size, "epochs": cfg.epochs,
+              "data": dataclasses.asdict(cfg.data), "device": cfg.trainer.device,
+              "deterministic": cfg.trainer.deterministic}
+    return json.dumps(shared, sort_keys=True)
+
+
+def plan_packs(keys: Sequence[str | None], size: int) -> list[list[int]]:
+    """Job indices grouped into packs of up to `size` jobs with equal keys (pack_key), each pack in the order of its
+    first job; a job whose key is None, or that finds no partner, is a pack of one."""
+    packs: list[list[int]] = []
+    filling: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        if key is None:
+            packs.append([i])
+            continue
+        if key not in filling or len(filling[key]) == size:
+            filling[key] = []
+            packs.append(filling[key])
+        filling[key].append(i)
+    return packs
+
+
+def train_pack(jobs: Sequence[Job], around: Callable[[int], ContextManager] | None = None) -> list[Outcome]:
+    """Train `jobs` together, each into its own folder (continuing from its checkpoint if it has one), and return
+    their outcomes in order. A job that diverges, fails or cannot start stops alone; the others go on (a job's user
+    error, e.g. a missing data set, is only returned: the caller reports it).
+    `around(i)` is entered around everything job i does (the launcher routes log lines to the job's own log file
+    with it; the benchmark times with it). All jobs run on the device of the first job's number (pick_device)."""
+    around = around or (lambda i: nullcontext())
+    try:
+        device = pick_device(jobs[0].cfg.trainer.device, jobs[0].job_num)
+    except ConfigError as e:  # trainer.device=cuda on a machine without one: no job can start
+        return [Outcome(None, e) for _ in jobs]
+    streams = [torch.cuda.Stream(device) if device.type == "cuda" else None for _ in jobs]
+
+    def inside(i: int) -> ExitStack:
+        stack = ExitStack()
+        stack.enter_context(around(i))
+        if streams[i] is not None:  # job i's kernels queue on its own stream: the K graphs replay side by side
+            stack.enter_context(torch.cuda.stream(streams[i]))
+        return stack
+
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    runs, turns, data_cache = {}, {}, {}
+    stop = StopRequests()
+    with stop, _recompile_room(jobs, device):
+        for i, job in enumerate(jobs):
+            with inside(i):
+                try:
+                    runs[i] = setup(job.cfg, job.run_dir, job.meta, jobs[0].job_num, job.name, data_cache=data_cache)
+                except Exception as e:  # a missing data set, a folder of another run: this job only
+                    if not isinstance(e, UserError):  # a user error is the caller's to say, as python -m runner does
+                        log.error("[%s] not started: %s", job.name, e, exc_info=e)
+                    outcomes[i] = Outcome(None, e)
+                    continue
+                turns[i] = loop(runs[i], stop)
+        data_cache.clear()  # the loaders hold what they need
+        if turns:
+            log.info("pack of %d: %s", len(turns), ", ".join(jobs[i].name or str(i) for i in turns))
+        try:
+            while turns:
+                for i in list(turns):
+                    with inside(i):
+                        try:
+                            next(turns[i])  # one optimizer step of job i (and its logging or validation, if due)
+                            continue
+                        except StopIteration:  # completed, diverged (on_diverge=stop) or stopped by a signal
+                            error = None
+                        except Exception as e:  # a bug, or on_diverge=raise: this job fails, the others go on
+                            runs[i].status, error = "failed", e
+                            runs[i].log.error("failed at step %d: %s", runs[i].state.step, e, exc_info=e)
+                        del turns[i]
+                        outcomes[i] = Outcome(finish(runs[i]), error)
+        except KeyboardInterrupt as e:  # a second signal: every job stops now, without a final checkpoint
+            for i in [i for i in runs if outcomes[i] is None]:
+                with inside(i):
+                    runs[i].status = "interrupted"
+                    runs[i].log.warning("interrupted at step %d: %s", runs[i].state.step, e)
+                    outcomes[i] = Outcome(finish(runs[i]))
+    stop.pass_on()
+    return outcomes  # type: ignore[return-value]  # every slot is filled above
+
+
+def _recompile_room(jobs: Sequence[Job], device: torch.device) -> ContextManager:
+    """torch.compile keeps the versions it compiles for one code object (each run's model, in train and eval mode)
+    up to a limit of 8 by default, past which it runs the rest eagerly: a pack of compiled runs raises it."""
+    if not any(device.type == "cuda" if j.cfg.trainer.compile is None else j.cfg.trainer.compile for j in jobs):
+        return nullcontext()
+    import torch._dynamo
+
+    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    return torch._dynamo.config.patch(**{name: max(getattr(torch._dynamo.config, name), 4 * len(jobs))})
