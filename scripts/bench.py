@@ -56,7 +56,8 @@ from runner.optim import Optimizer, decoupled_rate  # noqa: E402
 from runner.schedules import make_schedule  # noqa: E402
 from runner.evaluation import evaluate  # noqa: E402
 from runner.graphs import GraphedForward  # noqa: E402
-from runner.train import VAL_BATCH, train_step  # noqa: E402
+from runner.run import VAL_BATCH  # noqa: E402
+from runner.train import train_step  # noqa: E402
 
 EPOCH_IMAGES, VAL_IMAGES = 50_000, 10_000  # CIFAR-10's training and test set sizes, for the estimates
 LOG_EVERY = 50  # runner.train reads the losses back every trainer.log_every (default 50) steps

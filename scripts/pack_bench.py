@@ -274,10 +274,10 @@ def _peak(dev: torch.device) -> float | None:
 def _without_tensorboard_if_missing(say: Callable[[str], None]) -> None:
     """A GPU box with torch alone: the runs write metrics.jsonl and summaries, no TensorBoard events."""
     if importlib.util.find_spec("tensorboard") is None:
-        import runner.train
+        import runner.run
         from runner.metrics import Recorder
 
-        runner.train.Recorder = functools.partial(Recorder, tensorboard=False)  # type: ignore[misc]
+        runner.run.Recorder = functools.partial(Recorder, tensorboard=False)  # type: ignore[misc]
         say("pack_bench: tensorboard is not installed: the runs write no event files")
 
 

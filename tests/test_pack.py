@@ -111,7 +111,7 @@ def test_the_folder_of_a_packed_job_holds_what_a_run_alone_writes(alone, packed)
 
 
 def test_a_diverging_or_failing_job_stops_alone_and_its_pack_goes_on(tmp_path, alone):
-    from runner.train import Diverged
+    from runner.run import Diverged
 
     outcomes = train_pack(jobs(tmp_path, ["blows_up", "raises", "adamw"], blows_up=["optimizer=adamw", "lr=1e6"],
                                raises=["optimizer=adamw", "lr=1e6", "trainer.on_diverge=raise"]))

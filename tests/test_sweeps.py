@@ -6,7 +6,7 @@ import torch
 from conftest import TINY, compose_cfg, run_cli
 
 from runner.config import validate
-from runner.train import pick_device
+from runner.run import pick_device
 
 SMALL = [*TINY, "epochs=2", "data.n_train=128", "data.n_val=40", "batch_size=32"]
 

@@ -29,7 +29,8 @@ import torch
 
 from runner.config import ConfigError, RunConfig, UserError
 from runner.interrupts import StopRequests
-from runner.train import finish, loop, pick_device, setup
+from runner.run import pick_device, setup
+from runner.train import finish, loop
 
 log = logging.getLogger("runner")
 
