@@ -61,7 +61,8 @@ def loop_rows(bench: dict, sizes: list[int]) -> list[list[str]]:
 def run_rows(check: dict, sizes: list[int]) -> list[list[str]]:
     by = {(r.get("path"), r.get("batch_size")): r for r in check.get("runs", [])}
     rows = []
-    for path, label in (("default", "`runner.train.train`, default settings"), ("eager", "`runner.train.train`, eager")):
+    labels = (("default", "`runner.train.train`, default settings"), ("eager", "`runner.train.train`, eager"))
+    for path, label in labels:
         if not any(p == path for p, _ in by):
             continue
         cells = []
@@ -87,7 +88,8 @@ def single_rows(bench: dict, check: dict, n: int) -> list[list[str]]:
     ev = bench.get("evaluation", [])
     if ev:
         vals = "; ".join(f"{e['path']} {e['validation']['est_10000_images_s']:.3f} s" for e in ev)
-        rows.append(["validation, 10,000 images (`evaluate`, trainer's loader and eval forward)", vals] + [""] * (n - 1))
+        label = "validation, 10,000 images (`evaluate`, trainer's loader and eval forward)"
+        rows.append([label, vals] + [""] * (n - 1))
         recal = "; ".join(f"{e['path']} {e['recalibration']['seconds']:.3f} s" for e in ev if "recalibration" in e)
         if recal:
             images = next(e["recalibration"]["images"] for e in ev if "recalibration" in e)
