@@ -78,7 +78,7 @@ PATHS = {  # execution path → (trainer.compile, trainer.cuda_graphs); on CUDA 
 }
 
 DEFAULTS = {  # per device; every one of these can be overridden by its flag
-    "cpu": dict(model="resnet20v1", batch_sizes=[32], paths=["eager"], windows=9, window_steps=25, warmup_steps=3,
+    "cpu": dict(model="resnet20v1", batch_sizes=[32], paths=["eager"], windows=5, window_steps=50, warmup_steps=3,
                 workers=2, n_train=4096, n_val=1000, val_passes=3, pipeline_batches=40, budget_s=30.0,
                 log_every=50, e2e_epochs=2, count_model="resnet56v2", count_batch=8),
     "cuda": dict(model="resnet56v2", batch_sizes=[64, 128], paths=["eager", "graphs", "compile+graphs"], windows=5,

@@ -12,7 +12,7 @@
 # Writes to $OUT (default gpu_out): gpu_all.log, bench.json, gpu_check.json, speed_table.md.
 # Needs python3 with torch, torchvision, tensorboard, tqdm and pytest; no hydra (tests run with --noconftest).
 # DEVICE=cpu QUICK=1 runs the same plumbing tiny on a CPU (tests/test_gpu.py does). Stage limits: PYTEST_S, BENCH_S,
-# RUNS_S (seconds; defaults fit one 10-minute call).
+# RUNS_S (seconds); the defaults add up to 575 s at most, inside one 10-minute call (about 7 minutes expected).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TARBALL=${1:-}
@@ -44,26 +44,26 @@ unpack() {
 
 DATA_ROOT=synthetic
 if [ -n "$TARBALL" ]; then
-  stage data 120 unpack "$TARBALL" && DATA_ROOT=/tmp/cifar10-jpg
+  stage data 40 unpack "$TARBALL" && DATA_ROOT=/tmp/cifar10-jpg
 fi
-stage env 60 "$PYTHON" -c "import torch, torchvision, platform; print(platform.python_version(), torch.__version__, \
+stage env 30 "$PYTHON" -c "import torch, torchvision, platform; print(platform.python_version(), torch.__version__, \
 torchvision.__version__, torch.version.cuda, torch.backends.cudnn.version(), \
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 
 if [ "$DEVICE" = cuda ]; then
-  stage pytest "${PYTEST_S:-140}" "$PYTHON" -m pytest --noconftest -p no:cacheprovider -q -rA -m gpu tests/test_gpu.py
-  stage bench "${BENCH_S:-250}" "$PYTHON" scripts/bench.py --device cuda --e2e-epochs 0 --out "$OUT/bench.json"
-  stage runs "${RUNS_S:-170}" "$PYTHON" scripts/gpu_check.py --no-checks --data-root "$DATA_ROOT" \
+  stage pytest "${PYTEST_S:-110}" "$PYTHON" -m pytest --noconftest -p no:cacheprovider -q -rA -m gpu tests/test_gpu.py
+  stage bench "${BENCH_S:-230}" "$PYTHON" scripts/bench.py --device cuda --e2e-epochs 0 --out "$OUT/bench.json"
+  stage runs "${RUNS_S:-150}" "$PYTHON" scripts/gpu_check.py --no-checks --data-root "$DATA_ROOT" \
     --out "$OUT/gpu_check.json"
 else  # the plumbing: the gpu tests skip, so gpu_check runs its checks uncaptured instead
-  stage pytest "${PYTEST_S:-140}" "$PYTHON" -m pytest --noconftest -p no:cacheprovider -q -rA -m gpu tests/test_gpu.py
-  stage bench "${BENCH_S:-250}" "$PYTHON" scripts/bench.py --device cpu ${QUICK:+--quick} --e2e-epochs 0 \
+  stage pytest "${PYTEST_S:-110}" "$PYTHON" -m pytest --noconftest -p no:cacheprovider -q -rA -m gpu tests/test_gpu.py
+  stage bench "${BENCH_S:-230}" "$PYTHON" scripts/bench.py --device cpu ${QUICK:+--quick} --e2e-epochs 0 \
     --out "$OUT/bench.json"
-  stage runs "${RUNS_S:-170}" "$PYTHON" scripts/gpu_check.py --device cpu ${QUICK:+--quick} --data-root "$DATA_ROOT" \
+  stage runs "${RUNS_S:-150}" "$PYTHON" scripts/gpu_check.py --device cpu ${QUICK:+--quick} --data-root "$DATA_ROOT" \
     --out "$OUT/gpu_check.json"
 fi
 rm -f "$OUT"/*.tmp  # a JSON write cut short by a time limit
-stage table 30 bash -c "'$PYTHON' scripts/speed_table.py '$OUT/bench.json' '$OUT/gpu_check.json' >'$OUT/speed_table.md'"
+stage table 15 bash -c "'$PYTHON' scripts/speed_table.py '$OUT/bench.json' '$OUT/gpu_check.json' >'$OUT/speed_table.md'"
 tee -a "$LOG" <"$OUT/speed_table.md"
 
 if [ ${#failed[@]} -gt 0 ]; then

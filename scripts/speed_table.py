@@ -72,14 +72,19 @@ def run_rows(check: dict, sizes: list[int]) -> list[list[str]]:
                 cells.append("–" if r is None else "failed")
                 continue
             epochs = ", ".join(f"{t:.2f}" for t in r["epoch_train_s"])
-            cells.append(f"{rate(r['images_per_s'])} steady; epochs {epochs} s; startup {r['startup_s']:.1f} s, "
-                         f"stall {r['stall_s']:.2f} s; validation {_s(r.get('val_s'))} (first {_s(r['val_first_s'])})")
+            cells.append(f"{rate(r['images_per_s'])} steady; epochs {epochs} s; startup {_n(r.get('startup_s'), '.1f')} s,"
+                         f" stall {_n(r.get('stall_s'), '.2f')} s; validation {_s(r.get('val_s'))} "
+                         f"(first {_s(r.get('val_first_s'))})")
         rows.append([label] + cells)
     return rows
 
 
 def _s(v: float | None) -> str:
     return "–" if v is None else f"{v:.3f} s"
+
+
+def _n(v: float | None, fmt: str) -> str:
+    return "–" if v is None else format(v, fmt)
 
 
 def single_rows(bench: dict, check: dict, n: int) -> list[list[str]]:
