@@ -72,9 +72,9 @@ def run_rows(check: dict, sizes: list[int]) -> list[list[str]]:
                 cells.append("–" if r is None else "failed")
                 continue
             epochs = ", ".join(f"{t:.2f}" for t in r["epoch_train_s"])
-            cells.append(f"{rate(r['images_per_s'])} steady; epochs {epochs} s; startup {_n(r.get('startup_s'), '.1f')} s,"
-                         f" stall {_n(r.get('stall_s'), '.2f')} s; validation {_s(r.get('val_s'))} "
-                         f"(first {_s(r.get('val_first_s'))})")
+            cells.append(f"{rate(r['images_per_s'])} steady; epochs {epochs} s; "
+                         f"startup {_n(r.get('startup_s'), '.1f')} s, stall {_n(r.get('stall_s'), '.2f')} s; "
+                         f"validation {_s(r.get('val_s'))} (first {_s(r.get('val_first_s'))})")
         rows.append([label] + cells)
     return rows
 

@@ -128,3 +128,33 @@ def test_gpu_all_runs_every_stage_and_prints_the_speed_table_in_its_cpu_mode(tmp
     assert "| tutorial DataLoader loop" in table and "| runner, eager" in table
     assert (out / "gpu_all.log").read_text().count("stage ") >= 4
     assert len(list(out.iterdir())) <= 8  # what the device tool brings back from $OUT
+
+
+def test_the_speed_table_puts_each_figure_in_its_cell_and_marks_what_is_missing():
+    spec = importlib.util.spec_from_file_location("speed_table", ROOT / "scripts" / "speed_table.py")
+    speed_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed_table)
+
+    def loop_row(batch, path, rate, tutorial):
+        return {"batch_size": batch, "path": path, "loop": {"images_per_s": rate},
+                "tutorial": {"images_per_s": tutorial}, "ratio": rate / tutorial, "epoch_s_est": 50_000 / rate, "overhead": {"share_raw": 0.01}}
+
+    bench = {"env": {"device_name": "NVIDIA H100", "torch": "2.11.0", "cuda": "13.0", "cudnn": 91900,
+                     "python": "3.12.3", "cpu_count": 16, "code": {"commit": "abcdef1234", "dirty": False}},
+             "settings": {"model": "resnet56v2", "data": "synthetic"},
+             "loop": [loop_row(64, "eager", 2400, 2200), loop_row(128, "eager", 4000, 4200),
+                      loop_row(128, "graphs", 16800, 4200)]}
+    check = {"runs": [{"batch_size": 128, "path": "default", "images_per_s": 25_000, "epoch_train_s": [30.5, 1.9],
+                       "startup_s": 28.0, "stall_s": 0.05, "val_s": 0.21, "val_first_s": 19.0},
+                      {"batch_size": 64, "path": "default", "error": "Traceback ..."}],
+             "failed": ["run default batch 64"]}
+    lines = speed_table.table(bench, check).splitlines()
+    assert lines[0].startswith("Measured on NVIDIA H100, torch 2.11.0, CUDA 13.0") and "commit abcdef1" in lines[0]
+    rows = {ln.split(" | ")[0].lstrip("| "): ln.split(" | ")[1:] for ln in lines if ln.startswith("| ")}
+    assert rows["what"] == ["batch 64", "batch 128 |"]
+    assert rows["tutorial DataLoader loop (reference)"] == ["2,200 img/s", "4,200 img/s |"]
+    graphs = next(v for k, v in rows.items() if k.startswith("runner, CUDA graphs"))
+    assert graphs[0] == "–" and graphs[1].startswith("16,800 img/s (4.00×), 2.98 s/epoch")
+    default = next(v for k, v in rows.items() if k.startswith("`runner.train.train`, default"))
+    assert default[0] == "failed" and default[1].startswith("25,000 img/s steady; epochs 30.50, 1.90 s; startup 28.0")
+    assert lines[-1] == "gpu_check failures: run default batch 64"
