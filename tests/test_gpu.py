@@ -137,7 +137,8 @@ def test_the_speed_table_puts_each_figure_in_its_cell_and_marks_what_is_missing(
 
     def loop_row(batch, path, rate, tutorial):
         return {"batch_size": batch, "path": path, "loop": {"images_per_s": rate},
-                "tutorial": {"images_per_s": tutorial}, "ratio": rate / tutorial, "epoch_s_est": 50_000 / rate, "overhead": {"share_raw": 0.01}}
+                "tutorial": {"images_per_s": tutorial}, "ratio": rate / tutorial, "epoch_s_est": 50_000 / rate,
+                "overhead": {"share_raw": 0.01}}
 
     bench = {"env": {"device_name": "NVIDIA H100", "torch": "2.11.0", "cuda": "13.0", "cudnn": 91900,
                      "python": "3.12.3", "cpu_count": 16, "code": {"commit": "abcdef1234", "dirty": False}},
