@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import math
 import os
 import statistics
@@ -87,10 +86,8 @@ DEFAULTS = {  # per device; every one of these can be overridden by its flag
                  count_model="resnet56v2", count_batch=None),
     "quick": dict(model="resnet20v1", batch_sizes=[16], paths=["eager"], windows=2, window_steps=2, warmup_steps=1,
                   workers=1, n_train=256, n_val=200, val_passes=1, pipeline_batches=4, budget_s=None, log_every=2,
-                  e2e_epochs=1,
-                  count_model="resnet20v1", count_batch=4),
+                  e2e_epochs=1, count_model="resnet20v1", count_batch=4),
 }
-log = logging.getLogger("bench")
 
 
 # ---------------------------------------------------------------- the Runs
@@ -256,8 +253,8 @@ class LoopSteps(Timed):
 
 
 class BareStep(Timed):
-    """Forward + backward + update on one fixed batch and nothing else: no loader, no records, no schedule table
-    read on the host. It trains the Run's model but leaves the loop's state alone."""
+    """Forward + backward + update on one fixed batch and nothing else: no loader, no records, no flushes. It trains
+    the Run's model but leaves the loop's state alone."""
 
     def __init__(self, run: rtrain.Run):
         self.run = run
@@ -384,9 +381,10 @@ def input_pipeline(b: Bench, run: rtrain.Run, ref_loader) -> dict:
 
 
 def loop_epochs(b: Bench, spe: int) -> int:
-    """Epochs for a timed Run: enough that its loop never reaches the end (where it would validate)."""
+    """Epochs for a timed Run: enough that its loop never reaches the end (where it would validate), counting the
+    untimed steps `LoopSteps.before_window` may take before each window."""
     s = b.s
-    steps = s["warmup_steps"] + s["windows"] * (s["window_steps"] + spe + 50) + 10
+    steps = s["warmup_steps"] + s["windows"] * (s["window_steps"] + spe + s["log_every"]) + 10
     return 2 + math.ceil(steps / spe)
 
 
