@@ -13,6 +13,7 @@
 # Needs python3 with torch, torchvision, tensorboard, tqdm and pytest; no hydra (tests run with --noconftest).
 # DEVICE=cpu QUICK=1 runs the same plumbing tiny on a CPU (tests/test_gpu.py does). Stage limits: PYTEST_S, BENCH_S,
 # RUNS_S (seconds); the defaults add up to 575 s at most, inside one 10-minute call (about 7 minutes expected).
+# STAGES="pytest runs" (a subset of "pytest bench runs") splits the work over two calls on one warm machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TARBALL=${1:-}
@@ -25,7 +26,10 @@ OUT=$(cd "$OUT" && pwd)
 LOG="$OUT/gpu_all.log"
 : >"$LOG"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+STAGES=${STAGES:-pytest bench runs}
 failed=()
+
+want() { [[ " $STAGES " == *" $1 "* ]]; }
 
 stage() {  # stage NAME SECONDS COMMAND...: run it under a time limit, into the log; remember a failure
   local name=$1 limit=$2 t0=$SECONDS rc
@@ -50,17 +54,18 @@ stage env 30 "$PYTHON" -c "import torch, torchvision, platform; print(platform.p
 torchvision.__version__, torch.version.cuda, torch.backends.cudnn.version(), \
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 
-if [ "$DEVICE" = cuda ]; then
+if want pytest; then  # off CUDA the gpu tests skip (gpu_check runs its checks uncaptured in `runs` instead)
   stage pytest "${PYTEST_S:-110}" "$PYTHON" -m pytest --noconftest -p no:cacheprovider -q -rA -m gpu tests/test_gpu.py
-  stage bench "${BENCH_S:-230}" "$PYTHON" scripts/bench.py --device cuda --e2e-epochs 0 --out "$OUT/bench.json"
-  stage runs "${RUNS_S:-150}" "$PYTHON" scripts/gpu_check.py --no-checks --data-root "$DATA_ROOT" \
-    --out "$OUT/gpu_check.json"
-else  # the plumbing: the gpu tests skip, so gpu_check runs its checks uncaptured instead
-  stage pytest "${PYTEST_S:-110}" "$PYTHON" -m pytest --noconftest -p no:cacheprovider -q -rA -m gpu tests/test_gpu.py
-  stage bench "${BENCH_S:-230}" "$PYTHON" scripts/bench.py --device cpu ${QUICK:+--quick} --e2e-epochs 0 \
+fi
+if want bench; then
+  stage bench "${BENCH_S:-230}" "$PYTHON" scripts/bench.py --device "$DEVICE" ${QUICK:+--quick} --e2e-epochs 0 \
     --out "$OUT/bench.json"
-  stage runs "${RUNS_S:-150}" "$PYTHON" scripts/gpu_check.py --device cpu ${QUICK:+--quick} --data-root "$DATA_ROOT" \
-    --out "$OUT/gpu_check.json"
+fi
+if want runs; then
+  checks=--no-checks  # on CUDA the pytest stage ran them
+  [ "$DEVICE" = cuda ] || checks=--checks
+  stage runs "${RUNS_S:-150}" "$PYTHON" scripts/gpu_check.py --device "$DEVICE" "$checks" ${QUICK:+--quick} \
+    --data-root "$DATA_ROOT" --out "$OUT/gpu_check.json"
 fi
 rm -f "$OUT"/*.tmp  # a JSON write cut short by a time limit
 stage table 15 bash -c "'$PYTHON' scripts/speed_table.py '$OUT/bench.json' '$OUT/gpu_check.json' >'$OUT/speed_table.md'"
