@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: test run bench clean
+.PHONY: test run bench gpu-all clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ run: $(VENV)/.installed   ## train the default configuration (ResNet56v2, AdamW,
 
 bench: $(VENV)/.installed ## time the runner's loop against a plain PyTorch DataLoader loop
 	$(PY) scripts/bench.py $(ARGS)
+
+gpu-all:                  ## on a GPU machine (no venv, no hydra): all GPU checks and benchmarks; DATA=cifar10-jpg.tar.gz
+	PYTHON=$(PYTHON) bash scripts/gpu_all.sh $(DATA)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,41 +1,50 @@
 #!/usr/bin/env python
-"""Time the runner's training loop against a tutorial-style PyTorch loop, in one process and one run.
+"""Time the training loop that ships (runner.train) against a tutorial-style PyTorch loop, in one process.
 
-    runner     : runner.data.DeviceLoader (the whole split on the device; crop, flip and normalise as
-                 batched tensor ops) feeding runner.train.train_step, bookkeeping as in runner.train.train
-                 (schedule per step, losses kept on the device and read every 50 steps).
-    reference  : the same model (runner.models.build_resnet) and optimizer (runner.optim.Optimizer), fed
-                 the way a typical tutorial does it: a torchvision.datasets.CIFAR10-style Dataset (uint8
-                 HWC arrays, one PIL image per item), RandomCrop(32, padding=4) + RandomHorizontalFlip +
-                 ToTensor + Normalize per image, DataLoader(shuffle=True, num_workers=N, pin_memory on
-                 cuda), `.to(device)` per batch and `loss.item()` per step.
+Sections, in the order main() runs them, one function each:
+  input pipeline  the Run's runner.data.DeviceLoader against a torchvision-style DataLoader: batches alone.
+  loop rates      windows of next() on runner.train.loop(run, stop), for Runs that runner.run.setup built on
+                  synthetic data in a temporary folder: the shipped loop with all its bookkeeping (step records,
+                  the one-transfer flush every trainer.log_every steps with its divergence check, Recorder.write,
+                  per-stage weight norms). One Run per execution path (PATHS). Validation is pushed past the
+                  run's end and windows skip epoch ends, so no validation or checkpoint falls inside a window
+                  (the end-to-end section counts them). Interleaved with these windows (A B C A B C ...): the
+                  tutorial loop, and each Run's bare step (forward + backward + update on one fixed batch, no
+                  loader, no records); loop overhead = 1 − loop rate / bare-step rate, per interleaved pair.
+  evaluation      runner.evaluation.evaluate over the validation split with the trainer's own loader (padded,
+                  one batch shape) and eval forward (GraphedForward), and recalibrated_bn over the Run's
+                  trainer.bn_recalibrate training images; the first pass (compile, capture) apart.
+  end to end      runner.train.train on the same data: summary.json's images_per_s, startup_s and its parts,
+                  stall_s, validation times, and the epoch records of metrics.jsonl.
+  op counts       torch.profiler over single steps: what one step of the runner's eager loop and one of the
+                  tutorial loop ask the device to do (CPU: aten ops that would be kernels; CUDA: kernel launches).
 
-    graphed    : the runner's loop with trainer.cuda_graphs=true (runner.graphs.GraphedStep: the whole step,
-                 schedule included, replayed as one CUDA graph per batch shape); on CPU the same device-side
-                 step runs uncaptured, which only checks that the path works.
-
-Also timed: the input pipeline alone (DeviceLoader vs the DataLoader, no model), the validation pass
-(runner.train.evaluate), and the loop overhead: 1 − (runner loop images/s) / (forward + backward +
-optimizer images/s on one pre-made batch), from interleaved windows. Every rate is the median of
-several windows after warm-up; CUDA is synchronised only at window ends. With torch.compile the time
-of the first step (compilation) is reported apart from the training rate.
+The tutorial reference is a torchvision.datasets.CIFAR10-style Dataset (uint8 HWC arrays, one PIL image per item),
+RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, DataLoader(shuffle=True, num_workers=N,
+pin_memory on cuda), `.to(device)` per batch and `loss.item()` per step. It trains the model and optimizer of an
+eager Run (same initial weights, runner.optim.Optimizer, autocast and memory layout), so only the input pipeline
+and the loop differ. Every rate is the median of timed windows after warm-up; CUDA is synchronised at window ends.
+Another loop (a packed one, say) is timed by adding one Timed entry to `loop_rates`.
 
 Runs without hydra/omegaconf and without the package installed: it imports runner from ../src.
 
-    python scripts/bench.py                       # CPU: ResNet20v1, batch 32, < 2 min on 2 cores
-    python scripts/bench.py --device cuda         # ResNet56v2, batch 128 and 512, bf16, compile and graphs off and on
+    python scripts/bench.py                      # CPU: ResNet20v1, batch 32, eager; about 2 min on 2 cores
+    python scripts/bench.py --device cuda        # ResNet56v2, batch 64 and 128, eager, graphs, compile + graphs
     python scripts/bench.py --quick --out /tmp/b.json
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
-import platform
 import statistics
 import sys
+import tempfile
 import time
-from contextlib import nullcontext
+import traceback
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -43,36 +52,269 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import torchvision  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
 import runner  # noqa: E402
 from runner import data as rdata  # noqa: E402
-from runner.config import ScheduleConfig  # noqa: E402  (a plain dataclass; no omegaconf)
-from runner.models import MODELS, build_resnet  # noqa: E402
-from runner.graphs import GraphedStep, step_tables  # noqa: E402
-from runner.optim import Optimizer, decoupled_rate  # noqa: E402
-from runner.schedules import make_schedule  # noqa: E402
-from runner.evaluation import evaluate  # noqa: E402
-from runner.graphs import GraphedForward  # noqa: E402
-from runner.run import VAL_BATCH  # noqa: E402
-from runner.train import train_step  # noqa: E402
+from runner import run as rrun  # noqa: E402
+from runner import train as rtrain  # noqa: E402
+from runner.config import DataConfig, ModelConfig, RunConfig, TrainerConfig  # noqa: E402  (no omegaconf)
+from runner.evaluation import evaluate, recalibrated_bn  # noqa: E402
+from runner.graphs import GraphedStep  # noqa: E402
+from runner.interrupts import StopRequests  # noqa: E402
+from runner.metrics import read_metrics  # noqa: E402
+from runner.models import MODELS  # noqa: E402
+from runner.optim import Optimizer  # noqa: E402
+from runner.provenance import code_version, environment  # noqa: E402
 
 EPOCH_IMAGES, VAL_IMAGES = 50_000, 10_000  # CIFAR-10's training and test set sizes, for the estimates
-LOG_EVERY = 50  # runner.train reads the losses back every trainer.log_every (default 50) steps
-LR, WD = 1e-3, 5e-4
+LR, WD = 1e-3, 5e-4  # configs/config.yaml and configs/optimizer/adamw.yaml: what `python -m runner` trains with
 MIN_WINDOWS = 3
+PATHS = {  # execution path → (trainer.compile, trainer.cuda_graphs); on CUDA null (auto) means compile+graphs
+    "eager": (False, False),  # trainer.compile=false trainer.cuda_graphs=false
+    "graphs": (False, True),
+    "compile": (True, False),
+    "compile+graphs": (True, True),
+}
 
 DEFAULTS = {  # per device; every one of these can be overridden by its flag
-    "cpu": dict(model="resnet20v1", batch_sizes=[32], windows=9, window_steps=12, warmup_steps=3, compile="off", graphs="off",
-                workers=2, n_train=4096, n_val=1000, val_passes=3, pipeline_batches=40, budget_s=20.0),
-    "cuda": dict(model="resnet56v2", batch_sizes=[128, 512], windows=5, window_steps=40, warmup_steps=15,
-                 compile="both", graphs="on", workers=min(8, os.cpu_count() or 1), n_train=EPOCH_IMAGES, n_val=VAL_IMAGES,
-                 val_passes=5, pipeline_batches=100, budget_s=None),
-    "quick": dict(model="resnet20v1", batch_sizes=[16], windows=2, window_steps=2, warmup_steps=1, compile="off", graphs="off",
-                  workers=1, n_train=256, n_val=200, val_passes=1, pipeline_batches=4, budget_s=None),
+    "cpu": dict(model="resnet20v1", batch_sizes=[32], paths=["eager"], windows=5, window_steps=50, warmup_steps=3,
+                workers=2, n_train=4096, n_val=1000, val_passes=3, pipeline_batches=40, budget_s=30.0,
+                log_every=50, e2e_epochs=2, count_model="resnet56v2", count_batch=8),
+    "cuda": dict(model="resnet56v2", batch_sizes=[64, 128], paths=["eager", "graphs", "compile+graphs"], windows=5,
+                 window_steps=50, warmup_steps=15, workers=min(8, os.cpu_count() or 1), n_train=EPOCH_IMAGES,
+                 n_val=VAL_IMAGES, val_passes=5, pipeline_batches=100, budget_s=None, log_every=50, e2e_epochs=2,
+                 count_model="resnet56v2", count_batch=None),
+    "quick": dict(model="resnet20v1", batch_sizes=[16], paths=["eager"], windows=2, window_steps=2, warmup_steps=1,
+                  workers=1, n_train=256, n_val=200, val_passes=1, pipeline_batches=4, budget_s=None, log_every=2,
+                  e2e_epochs=1, count_model="resnet20v1", count_batch=4),
 }
+
+
+# ---------------------------------------------------------------- the Runs
+
+@dataclasses.dataclass
+class Bench:
+    """What every section needs: the resolved settings, the device, the data, a folder for the Runs, the clock."""
+    s: dict
+    device: torch.device
+    data: DataConfig
+    folder: Path
+    clock: "Clock"
+
+    def config(self, batch_size: int, path: str, *, epochs: int, model: str | None = None, **trainer) -> RunConfig:
+        """The RunConfig `python -m runner` trains with (adamw, piecewise-constant schedule, trainer defaults) on the
+        bench's data, with one execution path and `trainer` overrides."""
+        compile_, graphs = PATHS[path]
+        name = model or self.s["model"]
+        depth, version = MODELS[name]
+        tr = dict(device=self.device.type, compile=compile_, cuda_graphs=graphs and self.device.type == "cuda",
+                  progress=False)
+        return RunConfig(lr=LR, wd=WD, epochs=epochs, batch_size=batch_size, seed=0,
+                         model=ModelConfig(name=name, depth=depth, version=version), data=self.data,
+                         trainer=TrainerConfig(**{**tr, **trainer}))
+
+    def run(self, batch_size: int, path: str, name: str, *, epochs: int, **trainer) -> rrun.Run:
+        """A Run as runner.run.setup builds it, in its own folder; off CUDA the graphs path runs uncaptured."""
+        run = rrun.setup(self.config(batch_size, path, epochs=epochs, **trainer), self.subfolder(name))
+        if PATHS[path][1] and self.device.type != "cuda":
+            uncaptured_graphs(run)
+        return run
+
+    def subfolder(self, name: str) -> Path:
+        """A fresh run folder (setup() and train() expect the folder to exist, as the CLI makes it)."""
+        (self.folder / name).mkdir(parents=True)
+        return self.folder / name
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return len(rrun.load_splits(self.data, 0).train_y) // batch_size  # data.drop_last: full batches only
+
+
+def uncaptured_graphs(run: rrun.Run) -> None:
+    """Off CUDA: the graphs path's device-side step, uncaptured (GraphedStep(capture=False)). It shows that the path
+    works there (the quick test runs it); its speed says nothing about a captured graph."""
+    run.graphed = GraphedStep(run.forward, run.opt, run.autocast, run.lrs, run.decays, start_step=run.state.step,
+                              capture=False)
+    run.path = {**run.path, "cuda_graphs": "uncaptured"}
+
+
+def close(run: rrun.Run) -> None:
+    """Close a Run's records (its TensorBoard writer holds a thread) without writing a summary."""
+    if run.recorder.tb is not None:
+        run.recorder.tb.close()
+    run.recorder.close()
+
+
+def load_splits_once() -> None:
+    """setup() loads the data set for every Run; the bench loads it once per process (loading is not timed)."""
+    original, cache = rrun.load_splits, {}
+
+    def cached(d: DataConfig, seed: int, _setups_cache=None):  # one cache for every Run, train() included
+        key = repr((d, seed))
+        if key not in cache:
+            cache[key] = original(d, seed)
+        return cache[key]
+
+    rrun.load_splits = cached
+
+
+def data_config(s: dict, data_root: str | None) -> DataConfig:
+    if not data_root:
+        return DataConfig(name="synthetic", n_train=s["n_train"], n_val=s["n_val"])
+    root = Path(data_root).expanduser()
+    name = "cifar10" if (root / rdata.CIFAR10_FOLDER).is_dir() else "image_folder"
+    return DataConfig(name=name, root=str(root), download=False)
+
+
+# ---------------------------------------------------------------- timing
+
+class Clock:
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+class Timed:
+    """One thing measured in windows: `step()` does one batch and returns its images; `before_window(n)` may run
+    untimed steps first, `after_window()` tidies up after a window."""
+
+    def step(self) -> int:
+        raise NotImplementedError
+
+    def before_window(self, n: int) -> None:
+        pass
+
+    def after_window(self) -> None:
+        pass
+
+
+def measure(timed: dict[str, Timed], clock: Clock, warmup: int, windows: int, window_steps: int,
+            budget_s: float | None = None) -> dict:
+    """Warm each entry up (its first step timed apart), then time `windows` rounds of one window of `window_steps`
+    steps per entry, interleaved (A B A B ...), so that a load change on a shared machine hits all entries alike.
+    Returns per name: images/s per window, their median, the first step's and the warm-up's seconds. With
+    `budget_s`, stops after the round that passes it (at least MIN_WINDOWS rounds)."""
+    out = {}
+    for name, t in timed.items():
+        t0 = clock()
+        t.step()
+        t1 = clock()
+        for _ in range(warmup - 1):
+            t.step()
+        out[name] = {"first_step_s": t1 - t0, "warmup_s": clock() - t0, "windows": []}
+        t.after_window()
+    start = time.perf_counter()
+    for k in range(windows):
+        for name, t in timed.items():
+            t.before_window(window_steps)
+            t0 = clock()
+            n = sum(t.step() for _ in range(window_steps))
+            out[name]["windows"].append(n / (clock() - t0))
+            t.after_window()
+        if budget_s is not None and k + 1 >= MIN_WINDOWS and time.perf_counter() - start > budget_s:
+            break
+    for r in out.values():
+        r["images_per_s"] = statistics.median(r["windows"])
+    return out
+
+
+class LoopSteps(Timed):
+    """next() on runner.train.loop(run, stop): one optimizer step of the loop that ships, bookkeeping included."""
+
+    def __init__(self, run: rrun.Run):
+        self.run, self.steps = run, rtrain.loop(run, StopRequests())  # never entered: no signal handlers
+
+    def step(self) -> int:
+        try:
+            next(self.steps)
+        except StopIteration:
+            raise RuntimeError(f"the loop stopped at step {self.run.state.step} ({self.run.status})") from None
+        return self.run.cfg.batch_size  # data.drop_last: every batch is full
+
+    def before_window(self, n: int) -> None:
+        """Untimed steps until the next n hold no epoch end (its checkpoint is not the loop's rate) and, when n is
+        a multiple of trainer.log_every, until the window ends exactly at a flush."""
+        run = self.run
+        spe, every = run.steps_per_epoch, run.cfg.trainer.log_every
+        if n > spe:
+            raise SystemExit(f"bench: windows of {n} steps do not fit in an epoch of {spe} steps: lower "
+                             "--window-steps or raise --n-train")
+        for _ in range(2 * (spe + every) + n):
+            s = run.state.step
+            next_epoch_end = max(spe, -(-s // spe) * spe)  # the call that makes step j runs end_epoch if j-1 is one
+            aligned = n % every != 0 or s % every == 0
+            if next_epoch_end > s + n - 1 and aligned:
+                return
+            self.step()
+        raise SystemExit(f"bench: found no window of {n} steps between epoch ends and flushes (log_every {every})")
+
+
+class BareStep(Timed):
+    """Forward + backward + update on one fixed batch and nothing else: no loader, no records, no flushes. It trains
+    the Run's model but leaves the loop's state alone."""
+
+    def __init__(self, run: rrun.Run):
+        self.run = run
+        self.x, self.y = next(run.train_loader.epoch(0))
+
+    def step(self) -> int:
+        run = self.run
+        if run.graphed is None:
+            t = run.state.step / run.steps_per_epoch
+            rtrain.train_step(run.forward, run.opt, self.x, self.y, t, run.schedule(t), run.autocast)
+        else:  # the replay of the graph the loop's warm-up recorded (same shape and layout as its batches)
+            run.graphed(self.x, self.y, run.state.step)
+        return len(self.y)
+
+    def after_window(self) -> None:
+        if self.run.graphed is not None:  # the graph advanced its own step counter: give it back the loop's
+            self.run.graphed.counter.fill_(self.run.state.step)
+
+
+class TutorialSteps(Timed):
+    """The tutorial training loop body, one batch per call, on an eager Run's model and optimizer."""
+
+    def __init__(self, run: rrun.Run, loader):
+        self.run, self.loader, self.batches = run, loader, forever(loader)
+        self.k, self.running_loss = 0, 0.0
+
+    def step(self) -> int:
+        inputs, targets = next(self.batches)
+        self.train(inputs, targets)
+        return len(targets)
+
+    def train(self, inputs, targets) -> None:
+        run = self.run
+        inputs, targets = inputs.to(run.device), targets.to(run.device)
+        t = self.k / len(self.loader)
+        run.opt.zero_grad()
+        with run.autocast:
+            loss = F.cross_entropy(run.forward(inputs), targets)
+        loss.backward()
+        run.opt.step(t, run.schedule(t))
+        self.running_loss += loss.item()
+        self.k += 1
+
+    def close(self) -> None:
+        self.batches.close()  # shuts the DataLoader's workers down
+
+
+class Batches(Timed):
+    """Batches alone (the input pipeline), moved to `device` when given (the DataLoader's)."""
+
+    def __init__(self, batches, device=None):
+        self.batches, self.device = batches, device
+
+    def step(self) -> int:
+        x, y = next(self.batches)
+        if self.device is not None:
+            x, y = x.to(self.device), y.to(self.device)
+        return len(y)
 
 
 # ---------------------------------------------------------------- the tutorial-style reference
@@ -104,7 +346,7 @@ def tutorial_loader(x_u8: torch.Tensor, y: torch.Tensor, batch_size: int, mean, 
 
 
 def forever(loader):
-    """`for epoch in range(E): for x, y in loader:` — a fresh iterator (and fresh workers) every epoch."""
+    """`for epoch in range(E): for x, y in loader:`: a fresh iterator (and fresh workers) every epoch."""
     while True:
         yield from loader
 
@@ -116,206 +358,322 @@ def device_batches(loader: rdata.DeviceLoader):
         e += 1
 
 
-# ---------------------------------------------------------------- timing
-
-class Clock:
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def __call__(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
+def reference_loader(b: Bench, batch_size: int, workers: int | None = None):
+    splits = rrun.load_splits(b.data, 0)
+    mean, std = rrun.normalization(b.data, splits.train_x)  # the runner's own: per-channel mean and std
+    return tutorial_loader(splits.train_x, splits.train_y, batch_size, mean, std,
+                           b.s["workers"] if workers is None else workers, b.device.type == "cuda")
 
 
-def measure(steps: dict, clock: Clock, warmup: int, windows: int, window_steps: int, budget_s: float | None = None) -> dict:
-    """Warm each step function up, then time `windows` windows of `window_steps` calls each, the
-    functions' windows interleaved (A B A B ...). A step function returns the images it processed.
-    Returns per name: images/s per window, their median, and the warm-up time (first call apart).
-    With `budget_s`, stops after the round that passes it (at least MIN_WINDOWS rounds): a CPU
-    shared with other work must not stretch the run without bound."""
-    out = {}
-    for name, fn in steps.items():
-        t0 = clock()
-        fn()
-        t1 = clock()
-        for _ in range(warmup - 1):
+# ---------------------------------------------------------------- sections
+
+def input_pipeline(b: Bench, run: rrun.Run, ref_loader) -> dict:
+    """Images/s of batches alone: the Run's DeviceLoader vs DataLoader batches moved to the device."""
+    s = b.s
+    n = max(1, min(s["pipeline_batches"], 4 * len(run.train_loader)))
+    ref = Batches(forever(ref_loader), run.device)
+    r = measure({"runner": Batches(device_batches(run.train_loader))}, b.clock, s["warmup_steps"], s["windows"], n,
+                s["budget_s"])
+    r.update(measure({"reference": ref}, b.clock, s["warmup_steps"], s["windows"], n, s["budget_s"]))
+    ref.batches.close()
+    row = {"batch_size": run.cfg.batch_size, **r, "ratio": r["runner"]["images_per_s"] / r["reference"]["images_per_s"]}
+    print(f"input pipeline  batch {row['batch_size']:4d}: runner {r['runner']['images_per_s']:10.0f} img/s   "
+          f"reference {r['reference']['images_per_s']:8.0f} img/s   ratio {row['ratio']:6.1f}x", flush=True)
+    return row
+
+
+def loop_epochs(b: Bench, spe: int) -> int:
+    """Epochs for a timed Run: enough that its loop never reaches the end (where it would validate), counting the
+    untimed steps `LoopSteps.before_window` may take before each window."""
+    s = b.s
+    steps = s["warmup_steps"] + s["windows"] * (s["window_steps"] + spe + s["log_every"]) + 10
+    return 2 + math.ceil(steps / spe)
+
+
+def loop_rates(b: Bench, batch_size: int) -> tuple[dict, list[dict], dict]:
+    """The input pipeline, then interleaved windows of the tutorial loop and, per execution path, the Run's loop and
+    its bare step. Returns (input pipeline row, one row per path, {path: Run}); the Runs stay open for `evaluation`."""
+    s = b.s
+    epochs = loop_epochs(b, b.steps_per_epoch(batch_size))
+    # no validation in a window; bare steps may overfit their batch; the flush every log_every steps as configured
+    far = dict(val_every=10**9, diverge_factor=1e9, log_every=s["log_every"])
+    ref_run = b.run(batch_size, "eager", f"tutorial_b{batch_size}", epochs=epochs, **far)
+    ref_loader = reference_loader(b, batch_size)
+    pipeline = input_pipeline(b, ref_run, ref_loader)
+    runs = {p: b.run(batch_size, p, f"{p}_b{batch_size}", epochs=epochs, **far) for p in s["paths"]}
+    tutorial = TutorialSteps(ref_run, ref_loader)
+    timed: dict[str, Timed] = {"tutorial": tutorial}
+    for p, run in runs.items():
+        timed[p], timed[f"{p}/bare"] = LoopSteps(run), BareStep(run)
+    # (another loop, such as scripts/pack_bench.py's packed runs (--pack K), joins here as one more Timed entry)
+    m = measure(timed, b.clock, s["warmup_steps"], s["windows"], s["window_steps"], s["budget_s"])
+    tutorial.close()
+    close(ref_run)
+    for run in runs.values():
+        rtrain.flush(run)  # the records still pending, so that the count below covers every step
+    ref = m["tutorial"]
+    rows = []
+    for p, run in runs.items():
+        loop_r, bare = m[p], m[f"{p}/bare"]
+        share = statistics.median(1 - a / c for a, c in zip(loop_r["windows"], bare["windows"]))
+        row = {"batch_size": batch_size, "path": p, "execution": run.path, "model": s["model"], "loop": loop_r,
+               "bare": bare, "tutorial": ref, "ratio": loop_r["images_per_s"] / ref["images_per_s"],
+               "epoch_s_est": EPOCH_IMAGES / loop_r["images_per_s"],
+               "startup": {"first_step_s": run.first_step_s,
+                           "capture_s": run.graphed.capture_s if run.graphed is not None else 0.0,
+                           "graphs": len(run.graphed.graphs) if run.graphed is not None else 0},
+               "overhead": {"share_raw": share, "share": min(1.0, max(0.0, share))}, "records": records(run)}
+        rows.append(row)
+        print(f"loop  {s['model']} batch {batch_size:4d} {p:15s}: {loop_r['images_per_s']:8.1f} img/s   tutorial "
+              f"{ref['images_per_s']:8.1f} img/s   ratio {row['ratio']:5.2f}   bare step {bare['images_per_s']:8.1f} "
+              f"img/s   loop overhead {100 * share:5.1f} %   epoch (50k) {row['epoch_s_est']:.2f} s   first step "
+              f"{loop_r['first_step_s']:.2f} s", flush=True)
+    return pipeline, rows, runs
+
+
+def evaluation(b: Bench, run: rrun.Run, path: str) -> dict:
+    """Seconds per pass of runner.evaluation.evaluate over the validation split with the trainer's loader and eval
+    forward, and per recalibration of every BatchNorm over the Run's training images; first passes apart."""
+    loader, passes = run.evals["val"], b.s["val_passes"]
+
+    def val_pass():
+        torch.stack(evaluate(run.model, run.eval_forward, loader)).tolist()  # validate()'s one host read
+
+    def recal():
+        with recalibrated_bn(run.model, run.recal_images, run.autocast):
+            pass
+
+    out = {"path": path, "execution": run.path, "images": len(loader.y), "batch_size": loader.batch_size}
+    for name, fn in (("validation", val_pass), ("recalibration", recal)):
+        if name == "recalibration" and run.recal_images is None:
+            continue
+        times = []
+        for _ in range(passes + 1):
+            t0 = b.clock()
             fn()
-        out[name] = {"first_step_s": t1 - t0, "warmup_s": clock() - t0, "windows": []}
-    start = time.perf_counter()
-    for k in range(windows):
-        for name, fn in steps.items():
-            t0 = clock()
-            n = sum(fn() for _ in range(window_steps))
-            out[name]["windows"].append(n / (clock() - t0))
-        if budget_s is not None and k + 1 >= MIN_WINDOWS and time.perf_counter() - start > budget_s:
-            break
-    for r in out.values():
-        r["images_per_s"] = statistics.median(r["windows"])
+            times.append(b.clock() - t0)
+        out[name] = {"first_s": times[0], "runs_s": times[1:], "seconds": statistics.median(times[1:])}
+    v = out["validation"]
+    v["images_per_s"] = out["images"] / v["seconds"]
+    v[f"est_{VAL_IMAGES}_images_s"] = VAL_IMAGES * v["seconds"] / out["images"]
+    if "recalibration" in out:
+        out["recalibration"]["images"] = len(run.recal_images)
+    rc = out.get("recalibration", {}).get("seconds")
+    print(f"evaluation {path:15s}: {out['images']} images at batch {out['batch_size']} in {v['seconds']:.3f} s "
+          f"(est. {v[f'est_{VAL_IMAGES}_images_s']:.3f} s for {VAL_IMAGES}; first pass {v['first_s']:.2f} s)   "
+          f"BN recalibration {'-' if rc is None else f'{rc:.3f} s'}", flush=True)
     return out
 
 
-# ---------------------------------------------------------------- the measured pieces
-
-def build(model_name: str, device, channels_last: bool, compile_: bool, capturable: bool = False):
-    torch.manual_seed(0)  # runner and reference start from the same weights
-    depth, version = MODELS[model_name]
-    model = build_resnet(depth, version, 10).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = Optimizer(model, algorithm="adam", lr=LR, l2=0.0, wd=WD, decay=decoupled_rate(WD, "schedule", LR),
-                    capturable=capturable)
-    return model, (torch.compile(model, dynamic=False) if compile_ else model), opt  # as runner.train compiles
-
-
-def bookkept(take_step, opt, loader: rdata.DeviceLoader):
-    """runner.train's loop around one step: the next batch, records kept on the device, and every LOG_EVERY
-    steps one device→host read of the pending losses, ‖g‖ and the weight norms (its flush).
-    `take_step(x, y, k, log_point)` trains step k and returns (loss, lr_k, d_k, ‖g‖ or None)."""
-    batches, state = device_batches(loader), {"step": 0, "pending": []}
-    epoch_loss = torch.zeros((), device=loader.device)
-
-    def loop() -> int:
-        x, y = next(batches)
-        k = state["step"]
-        log_point = (k + 1) % LOG_EVERY == 0
-        loss, lr_k, d_k, grad_norm = take_step(x, y, k, log_point)
-        state["step"] = k + 1
-        epoch_loss.add_(loss)
-        state["pending"].append((k + 1, lr_k, d_k, loss, grad_norm))
-        if log_point:
-            torch.stack([p[3] for p in state["pending"]]).tolist()
-            [v.item() for v in (*opt.weight_stats().values(), grad_norm)]
-            state["pending"] = []
-        return len(y)
-
-    return loop, state
+def end_to_end(b: Bench, batch_size: int, path: str) -> dict | None:
+    """runner.train.train for b.s['e2e_epochs'] epochs, validating each epoch as the defaults do."""
+    if PATHS[path][1] and b.device.type != "cuda":
+        return None  # trainer.cuda_graphs=true is refused off CUDA
+    folder = b.subfolder(f"e2e_{path}_b{batch_size}")
+    summary = rtrain.train(b.config(batch_size, path, epochs=b.s["e2e_epochs"]), folder)
+    epochs = [r for r in read_metrics(folder / "metrics.jsonl") if "epoch_train_s" in r]
+    keys = ("status", "images_per_s", "images_per_s_overall", "train_time_s", "startup_s", "startup", "stall_s",
+            "first_step_s", "val_time_s", "val_first_s", "val_s", "wall_time_s", "final_val_acc")
+    row = {"batch_size": batch_size, "path": path, "execution": summary.get("path"),
+           **{k: summary.get(k) for k in keys},
+           "epochs": [{"epoch": r["epoch"], "epoch_train_s": r["epoch_train_s"], "epoch_images": r["epoch_images"]}
+                      for r in epochs]}
+    rate = row["images_per_s"]
+    row["epoch_s_est"] = EPOCH_IMAGES / rate if rate else None
+    print(f"end to end batch {batch_size:4d} {path:15s}: {_f(rate, '.1f')} img/s steady, "
+          f"{_f(row['images_per_s_overall'], '.1f')} overall; epochs "
+          f"{[round(e['epoch_train_s'], 2) for e in epochs]} s;"
+          f" startup {_f(row['startup_s'], '.2f')} s, stall {_f(row['stall_s'], '.2f')} s, validation "
+          f"{_f(row['val_s'], '.3f')} s (first {_f(row['val_first_s'], '.2f')} s)", flush=True)
+    return row
 
 
-def runner_steps(forward, opt, loader: rdata.DeviceLoader, autocast, schedule):
-    """(loop, core): the runner's loop step as runner.train.train runs it, and forward + backward +
-    optimizer alone on one pre-made batch. Both train the same model."""
-    spe = len(loader)
-
-    def take_step(x, y, k, log_point):
-        eta = schedule(k / spe)
-        loss, d_k, grad_norm = train_step(forward, opt, x, y, k / spe, eta, autocast, want_grad_norm=log_point)
-        return loss, LR * eta, d_k, grad_norm
-
-    loop, state = bookkept(take_step, opt, loader)
-    x0, y0 = next(device_batches(loader))
-
-    def core() -> int:
-        t = state["step"] / spe
-        with autocast:
-            loss = F.cross_entropy(forward(x0), y0)
-        loss.backward()
-        opt.step(t, schedule(t))
-        opt.zero_grad()
-        return len(y0)
-
-    return loop, core
+def records(run: rrun.Run) -> dict:
+    """What the Run's loop wrote to metrics.jsonl: one train record per step, stage norms at every flush."""
+    run.recorder.flush()
+    train = [r for r in read_metrics(run.recorder.path) if "train_loss" in r]
+    return {"steps": run.state.step, "train": len(train),
+            "with_stage_norms": sum(any(k.startswith("weight_norm/") for k in r) for r in train)}
 
 
-def graphed_steps(forward, opt, loader: rdata.DeviceLoader, autocast, schedule, n_steps: int):
-    """The runner's loop step with trainer.cuda_graphs=true: GraphedStep (captured on CUDA), records as runner.train."""
-    lrs, decays = step_tables(schedule, opt.decay, LR, len(loader), n_steps)
-    graphed = GraphedStep(forward, opt, autocast, lrs, decays, capture=loader.device.type == "cuda")
-
-    def take_step(x, y, k, log_point):
-        loss, grad_norm, _ = graphed(x, y, k)
-        return loss, lrs[k], decays[k], grad_norm if log_point else None
-
-    return bookkept(take_step, opt, loader)[0], graphed
+def _f(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
 
 
-def reference_step(forward, opt, loader, device, autocast, schedule):
-    """The tutorial training loop body, one batch per call."""
-    spe, batches = len(loader), forever(loader)
-    state = {"step": 0, "running_loss": 0.0}
+# ---------------------------------------------------------------- op counts
 
-    def step() -> int:
-        inputs, targets = next(batches)
-        inputs, targets = inputs.to(device), targets.to(device)
-        t = state["step"] / spe
-        opt.zero_grad()
-        with autocast:
-            outputs = forward(inputs)
-            loss = F.cross_entropy(outputs, targets)
-        loss.backward()
-        opt.step(t, schedule(t))
-        state["running_loss"] += loss.item()
-        state["step"] += 1
-        return len(targets)
-
-    return step, batches
+# aten ops that only allocate, view or reshape metadata: no kernel on any device
+NO_KERNEL = frozenset("aten::" + n for n in (
+    "empty empty_strided empty_like view as_strided _reshape_alias reshape t transpose expand expand_as permute "
+    "detach alias unsqueeze squeeze select slice narrow unbind split chunk flatten view_as _unsafe_view lift "
+    "lift_fresh as_strided_ resize_ set_ resolve_conj resolve_neg contiguous to _to_copy item result_type "
+    "is_nonzero").split())
+ONE_LAUNCH = ("aten::_foreach_", "aten::_fused_")  # multi-tensor ops: on a GPU one kernel per chunk of tensors
+LAUNCHES = frozenset({"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
+                      "cudaMemcpyAsync", "cudaMemsetAsync", "cudaGraphLaunch"})  # host → device submissions
+ROOT_PREFIX = "autograd::engine::evaluate_function: "
 
 
-def pipeline_only(dev_loader: rdata.DeviceLoader, ref_loader, device, clock, warmup, windows, n_batches, budget_s):
-    """Images/s of augmentation + batching alone: DeviceLoader batches vs DataLoader batches moved to the device."""
-    dev_it, ref_it = device_batches(dev_loader), forever(ref_loader)
-
-    def dev() -> int:
-        return len(next(dev_it)[1])
-
-    def ref() -> int:
-        x, y = next(ref_it)
-        x, y = x.to(device), y.to(device)
-        return len(y)
-
-    r = measure({"runner": dev}, clock, warmup, windows, n_batches, budget_s)
-    r.update(measure({"reference": ref}, clock, warmup, windows, n_batches, budget_s))
-    ref_it.close()  # shuts the DataLoader's workers down
-    return r
+def _where(op, outer) -> str:
+    """'op < outermost op': the op and the top-level call it belongs to (a module's op, a backward node, the
+    optimizer's step)."""
+    return f"{op.name} < {outer.name.replace(ROOT_PREFIX, 'backward ')}"
 
 
-def validation(forward, val_loader, autocast, clock, passes: int) -> dict:
-    t0 = clock()
-    [v.item() for v in evaluate(forward, GraphedForward(forward, autocast, capture=False), val_loader)]  # warm-up (and, compiled, the eval-mode compile)
-    first = clock() - t0
-    times = []
-    for _ in range(passes):
-        t0 = clock()
-        loss, acc = (v.item() for v in evaluate(forward, GraphedForward(forward, autocast, capture=False), val_loader))
-        times.append(clock() - t0)
-    n = len(val_loader.y)
-    s = statistics.median(times)
-    return {"images": n, "batch_size": val_loader.batch_size, "first_pass_s": first, "pass_s": times,
-            "seconds": s, "images_per_s": n / s, f"est_{VAL_IMAGES}_images_s": VAL_IMAGES * s / n}
+def _outermost(e):
+    while e.cpu_parent is not None:
+        e = e.cpu_parent
+    return e
 
 
-# ---------------------------------------------------------------- environment
+def _compute_ops(e) -> list:
+    """The ops of e's subtree that would be kernels: the innermost ones that compute, a multi-tensor op as one."""
+    if e.name.startswith(ONE_LAUNCH):
+        return [e]
+    inner = [op for c in e.cpu_children for op in _compute_ops(c)]
+    if inner:
+        return inner
+    return [e] if e.name.startswith("aten::") and e.name not in NO_KERNEL else []
 
-def environment(device: torch.device) -> dict:
-    cpu_name = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu_name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cuda = device.type == "cuda"
-    return {
-        "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if cuda else cpu_name,
-        "gpu_name": torch.cuda.get_device_name(device) if cuda else None,
-        "cpu_name": cpu_name,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "platform": platform.platform(),
-        "runner": getattr(runner, "__version__", None),
-        "runner_path": str(Path(runner.__file__).resolve().parent),
-        "hydra_loaded": any(m.split(".")[0] in ("hydra", "omegaconf") for m in sys.modules),
-        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,  # others' work on a shared machine
-    }
+
+def device_work(events, cuda: bool) -> Counter:
+    """{'op < outermost op': count} for the events of one profiled step. CUDA: every launch the host makes (kernels,
+    copies, fills), under the innermost aten op that made it. CPU: the aten ops that would be kernels on a GPU
+    (`_compute_ops`); allocation and view ops are not counted."""
+    out = Counter()
+    for e in events:
+        if cuda and e.name in LAUNCHES:
+            op = e.cpu_parent
+            while op is not None and not op.name.startswith("aten::") and op.cpu_parent is not None:
+                op = op.cpu_parent
+            out[_where(op, _outermost(e)) if op is not None else e.name] += 1
+        elif not cuda and e.cpu_parent is None:
+            for op in _compute_ops(e):
+                out[_where(op, e)] += 1
+    return out
+
+
+def profile_step(fn, cuda: bool, device_side: list | None = None) -> Counter:
+    """device_work of one call of fn; on CUDA also appends to `device_side` how many kernels, copies and fills the
+    GPU ran (a check on the launch count that does not depend on how the profiler nests the host's events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=False) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.events()
+    if cuda and device_side is not None:
+        device_side.append(sum(getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA for e in events))
+    return device_work(events, cuda)
+
+
+def _mean(counts: list[Counter]) -> dict:
+    keys = set().union(*counts)
+    return {k: round(sum(c[k] for c in counts) / len(counts), 2) for k in sorted(keys)}
+
+
+def op_counts(b: Bench) -> dict:
+    """Per training step: the device work of the runner's eager loop (runner.train.loop, as it ships) and of the
+    tutorial loop on the same model and optimizer, and what each issues that the other does not. Off CUDA the Run
+    takes CUDA's settings as far as CPU allows: bf16 autocast, channels_last, fused Adam. The tutorial's batch is
+    fetched before its step is profiled: its per-image transforms run in DataLoader workers, not on the device."""
+    s, cuda = b.s, b.device.type == "cuda"
+    bs, every = s["count_batch"] or s["batch_sizes"][0], 5  # a flush every 5 steps: its extra work is shown apart
+    like_cuda = {} if cuda else dict(precision="bf16", channels_last=True)
+    cfg = b.config(bs, "eager", epochs=2, model=s["count_model"], log_every=every, val_every=10**9, **like_cuda)
+    run = rrun.setup(cfg, b.subfolder("op_counts"))
+    if not cuda:  # torch's CPU Adam defaults to a loop over tensors; on CUDA the runner's Optimizer is fused
+        run.opt = run.records.opt = Optimizer(run.model, algorithm="adam", lr=LR, l2=0.0, wd=WD, decay=run.opt.decay,
+                                              fused=True)
+    steps = LoopSteps(run)
+    for _ in range(3):  # warm-up: allocations, autotuning, the optimizer's state
+        steps.step()
+    while run.state.step % every:  # to just after a flush
+        steps.step()
+    gpu_runner, gpu_tutorial = [], []
+    plain = [profile_step(steps.step, cuda, gpu_runner) for _ in range(every - 1)]
+    flush_step = profile_step(steps.step, cuda)
+    tutorial = TutorialSteps(run, reference_loader(b, bs, workers=0))
+    batches = [next(tutorial.batches) for _ in range(4)]
+    tutorial.train(*batches[0])
+    tut = [profile_step(lambda xy=xy: tutorial.train(*xy), cuda, gpu_tutorial) for xy in batches[1:]]
+    tutorial.close()
+    close(run)
+    runner_step, tutorial_step = _mean(plain), _mean(tut)
+    extra = {k: v for k, v in _mean([flush_step - Counter(runner_step)]).items() if v}
+    keys = set(runner_step) | set(tutorial_step)
+    diff = {k: round(runner_step.get(k, 0) - tutorial_step.get(k, 0), 2) for k in sorted(keys)}
+    out = {"device": b.device.type, "unit": "kernel launches" if cuda else "aten ops that would be kernels",
+           "model": s["count_model"], "batch_size": bs, "execution": run.path,
+           "optimizer": "fused Adam" if run.opt.fused else "Adam",
+           "runner_per_step": round(sum(runner_step.values()), 2),
+           "tutorial_per_step": round(sum(tutorial_step.values()), 2),
+           "log_step_extra": round(sum(extra.values()), 2), "log_step_extra_ops": extra,
+           "gpu_events_per_step": {"runner": statistics.mean(gpu_runner), "tutorial": statistics.mean(gpu_tutorial)}
+           if cuda else None,
+           "runner_only": {k: v for k, v in diff.items() if v > 0},
+           "tutorial_only": {k: -v for k, v in diff.items() if v < 0},
+           "runner": runner_step, "tutorial": tutorial_step}
+    print(f"op counts ({out['unit']}, {out['model']} batch {bs}, {out['execution']['precision']}, channels_last "
+          f"{out['execution']['channels_last']}, {out['optimizer']}): runner {out['runner_per_step']:g} per step "
+          f"(+{out['log_step_extra']:g} at each flush), tutorial {out['tutorial_per_step']:g}", flush=True)
+    for side in ("runner_only", "tutorial_only"):
+        for k, v in sorted(out[side].items(), key=lambda kv: -kv[1]):
+            print(f"  {side:13s} {v:7g}  {k}", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------- results
+
+def summarize(results: dict) -> dict:
+    """The flat figures the README's tables read, keyed by path and batch size."""
+    env, out = results["env"], {}
+    out.update(device=env["device"], device_name=env["device_name"], model=results["settings"]["model"])
+    out["tutorial_images_per_s"] = {str(r["batch_size"]): r["tutorial"]["images_per_s"] for r in results["loop"]}
+    for key, get in (("loop_images_per_s", lambda r: r["loop"]["images_per_s"]), ("ratio", lambda r: r["ratio"]),
+                     ("loop_overhead_share", lambda r: r["overhead"]["share"]),
+                     ("epoch_s_est", lambda r: r["epoch_s_est"])):
+        out[key] = {}
+        for r in results["loop"]:
+            out[key].setdefault(r["path"], {})[str(r["batch_size"])] = get(r)
+    out["input_pipeline_ratio"] = {str(r["batch_size"]): r["ratio"] for r in results["input_pipeline"]}
+    out[f"validation_{VAL_IMAGES}_images_s"] = {e["path"]: e["validation"][f"est_{VAL_IMAGES}_images_s"]
+                                                for e in results["evaluation"]}
+    out["recalibration_s"] = {e["path"]: e["recalibration"]["seconds"] for e in results["evaluation"]
+                              if "recalibration" in e}
+    out["end_to_end_images_per_s"] = {}
+    for r in results["end_to_end"]:
+        out["end_to_end_images_per_s"].setdefault(r["path"], {})[str(r["batch_size"])] = r["images_per_s"]
+    out["fastest"] = {}
+    for r in results["loop"]:
+        best = out["fastest"].get(str(r["batch_size"]))
+        if best is None or r["loop"]["images_per_s"] > best["images_per_s"]:
+            out["fastest"][str(r["batch_size"])] = {"path": r["path"], "images_per_s": r["loop"]["images_per_s"],
+                                                    "epoch_s_est": r["epoch_s_est"], "ratio": r["ratio"]}
+    counts = results.get("op_counts")
+    if counts and "runner_per_step" in counts:
+        out["ops_per_step"] = {"runner": counts["runner_per_step"], "tutorial": counts["tutorial_per_step"],
+                               "unit": counts["unit"]}
+    return out
+
+
+def save(results: dict, path: Path) -> None:
+    """Written after every section (atomically), so a run cut short by a time limit keeps what it measured."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def bench_environment(device: torch.device) -> dict:
+    """runner.provenance's environment and commit, plus what a benchmark on a shared machine needs besides."""
+    return {**environment(device), "code": code_version(), "runner": getattr(runner, "__version__", None),
+            "runner_path": str(Path(runner.__file__).resolve().parent),
+            "hydra_loaded": any(m.split(".")[0] in ("hydra", "omegaconf") for m in sys.modules),
+            "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+            "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None}  # others' work on the machine
 
 
 # ---------------------------------------------------------------- main
@@ -325,211 +683,140 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--model", choices=sorted(MODELS), help="default: resnet20v1 on cpu, resnet56v2 on cuda")
-    p.add_argument("--batch-sizes", help="comma-separated; default: 32 on cpu, 128,512 on cuda")
+    p.add_argument("--batch-sizes", help="comma-separated; default: 32 on cpu, 64,128 on cuda")
+    p.add_argument("--paths", help=f"comma-separated execution paths of the runner's loop, of {', '.join(PATHS)}; "
+                                   "default eager on cpu, eager,graphs,compile+graphs on cuda")
     p.add_argument("--windows", type=int, help="timed windows per measurement (median reported)")
-    p.add_argument("--window-steps", type=int, help="training steps per window")
+    p.add_argument("--window-steps", type=int, help="training steps per window (a multiple of trainer.log_every, "
+                                                    "50, puts one flush in each window)")
     p.add_argument("--warmup-steps", type=int, help="untimed steps before the windows")
-    p.add_argument("--compile", choices=("both", "on", "off"), help="torch.compile the model; default off on cpu, both on cuda")
-    p.add_argument("--graphs", choices=("on", "off"), help="also time the loop with trainer.cuda_graphs=true, next to "
-                                                           "the eager loop; default on for cuda, off on cpu")
-    p.add_argument("--workers", type=int, help="reference DataLoader num_workers; default 2 on cpu, min(8, cpus) on cuda")
+    p.add_argument("--log-every", type=int, help="trainer.log_every of the timed Runs (default 50, as the trainer's; "
+                                                 "2 with --quick, so the tests see flushes)")
+    p.add_argument("--workers", type=int,
+                   help="reference DataLoader num_workers; default 2 on cpu, min(8, cpus) on cuda")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: the usable CPUs)")
     p.add_argument("--n-train", type=int, help="synthetic training images (default 4096 cpu, 50000 cuda)")
-    p.add_argument("--n-val", type=int, help="validation images (default 1000 cpu, 10000 cuda)")
-    p.add_argument("--val-passes", type=int, help="timed validation passes")
-    p.add_argument("--budget-s", type=float, help="stop a measurement after the window that passes this many "
-                                                  "seconds (at least 3 windows); default 20 on cpu, none on cuda")
-    p.add_argument("--val-batch", type=int, default=None, help=f"validation batch (default: runner.train's, {VAL_BATCH})")
+    p.add_argument("--n-val", type=int, help="synthetic validation images (default 1000 cpu, 10000 cuda)")
+    p.add_argument("--val-passes", type=int, help="timed validation and recalibration passes")
+    p.add_argument("--budget-s", type=float, help="stop a measurement after the round that passes this many seconds "
+                                                  "(at least 3 rounds); default 30 on cpu, none on cuda")
+    p.add_argument("--e2e-epochs", type=int, help="epochs of each end-to-end runner.train.train run (0: none); "
+                                                  "default 2 (1 with --quick)")
+    p.add_argument("--count-ops", action=argparse.BooleanOptionalAction, default=True,
+                   help="count the device work of one runner step and one tutorial step (default on)")
+    p.add_argument("--count-model", choices=sorted(MODELS), help="model of the op counts (default resnet56v2)")
+    p.add_argument("--count-batch", type=int, help="batch of the op counts (default 8 on cpu, the first batch size "
+                                                   "on cuda; counts do not depend on it)")
     p.add_argument("--data-root", help="real images instead of synthetic ones: a folder holding cifar-10-batches-py, "
                                        "or an image folder root/train/<class>/*.png (runner.data.load_image_folder)")
+    p.add_argument("--pack", type=int, help="also time K jobs trained as one pack (runner.pack) against the same K "
+                                            "jobs one after another, in this run (scripts/pack_bench.py)")
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds): for the tests")
     p.add_argument("--out", default="bench.json", help="JSON results (default: bench.json in the working directory)")
     return p.parse_args(argv)
 
 
+def settings(args, device: torch.device) -> dict:
+    """The defaults for the device (or --quick) with the flags given on top; a bad value exits with the fix."""
+    s = dict(DEFAULTS["quick" if args.quick else device.type])
+    for k in ("model", "windows", "window_steps", "warmup_steps", "workers", "n_train", "n_val", "val_passes",
+              "budget_s", "log_every", "e2e_epochs", "count_model", "count_batch"):
+        if getattr(args, k) is not None:
+            s[k] = getattr(args, k)
+    if args.batch_sizes:
+        s["batch_sizes"] = [int(v) for v in args.batch_sizes.split(",") if v.strip()]
+    if args.paths:
+        s["paths"] = [v.strip() for v in args.paths.split(",") if v.strip()]
+    unknown = [p for p in s["paths"] if p not in PATHS]
+    if unknown or not s["paths"]:
+        sys.exit(f"bench: --paths {args.paths!r}: each must be one of {', '.join(PATHS)}")
+    if min(s["windows"], s["window_steps"], s["warmup_steps"], s["log_every"], *s["batch_sizes"]) < 1 \
+            or s["e2e_epochs"] < 0:
+        sys.exit("bench: --windows, --window-steps, --warmup-steps, --log-every and --batch-sizes must be >= 1, "
+                 "--e2e-epochs >= 0")
+    s["count_ops"] = args.count_ops
+    return s
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench: --device cuda: no CUDA device is available here (use --device cpu or auto)")
+    return torch.device(name)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t_start = time.perf_counter()
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            sys.exit("--device cuda: no CUDA device is available here (use --device cpu or auto)")
-        device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    d = dict(DEFAULTS["quick" if args.quick else device.type])
-    for k in ("model", "windows", "window_steps", "warmup_steps", "compile", "graphs", "workers", "n_train", "n_val", "val_passes",
-              "budget_s"):
-        if getattr(args, k) is not None:
-            d[k] = getattr(args, k)
-    if args.batch_sizes:
-        d["batch_sizes"] = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
-    if min(d["windows"], d["window_steps"], d["warmup_steps"], *d["batch_sizes"]) < 1:
-        sys.exit("--windows, --window-steps, --warmup-steps and --batch-sizes must be ≥ 1")
-    torch.set_num_threads(args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()))
-    compiles = {"both": [False, True], "on": [True], "off": [False]}[d["compile"]]
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # as runner.train does
-    channels_last = cuda  # runner.train's default: on for cuda
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()  # runner: bf16 on cuda, fp32 elsewhere
-    # with graphs runner.train turns autocast's weight cache off: a graph cannot hold it
-    autocast_graphs = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if cuda else nullcontext()
-    graphs = d["graphs"] == "on"
-    clock = Clock(device)
-
-    t_load = time.perf_counter()
-    if args.data_root:
-        root = Path(args.data_root).expanduser()
-        splits = (rdata.load_cifar10(root, download=False) if (root / rdata.CIFAR10_FOLDER).is_dir()
-                  else rdata.load_image_folder(root))
-        keep = min(d["n_val"], len(splits.val_y))
-        splits = rdata.Splits(splits.train_x, splits.train_y, splits.val_x[:keep], splits.val_y[:keep], splits.classes)
-        data_name = str(root)
-    else:
-        splits = rdata.make_synthetic(d["n_train"], d["n_val"], seed=0)
-        data_name = "synthetic"
-    mean, std = rdata.channel_stats(splits.train_x)
-    n_train = len(splits.train_y)
-    schedule = make_schedule(ScheduleConfig(), epochs=30)  # the default piecewise-constant schedule
-    env = environment(device)
-    settings = {**d, "batch_sizes": d["batch_sizes"], "compile": compiles, "cuda_graphs": graphs, "data": data_name, "n_train": n_train,
-                "n_val": len(splits.val_y), "channels_last": channels_last, "precision": "bf16" if cuda else "fp32",
-                "optimizer": f"runner.optim.Optimizer adam lr={LR} wd={WD} (decoupled, schedule scaling)",
-                "data_load_s": time.perf_counter() - t_load}
-    print(f"bench: {env['device_name']} | torch {env['torch']} torchvision {env['torchvision']} cuda {env['cuda']} "
-          f"cudnn {env['cudnn']} python {env['python']} | {env['cpu_count']} CPUs, {env['torch_threads']} torch threads",
-          flush=True)
-    print(f"bench: {d['model']}, batch {d['batch_sizes']}, compile {compiles}, cuda graphs {d['graphs']}, {data_name} {n_train} train / "
-          f"{len(splits.val_y)} val, {d['windows']} windows x {d['window_steps']} steps after {d['warmup_steps']} warm-up, "
-          f"reference num_workers={d['workers']}", flush=True)
-
-    def loaders(bs):
-        dev = rdata.DeviceLoader(splits.train_x, splits.train_y, bs, device=device, shuffle=True, crop_padding=4,
-                                 flip=True, pad_mode="zeros", mean=mean, std=std, seed=0, channels_last=channels_last)
-        ref = tutorial_loader(splits.train_x, splits.train_y, bs, mean, std, d["workers"], cuda)
-        return dev, ref
-
-    results = {"env": env, "settings": settings, "input_pipeline": [], "train": [], "validation": []}
-    for bs in d["batch_sizes"]:
-        dev_loader, ref_loader = loaders(bs)
-        pb = max(1, min(d["pipeline_batches"], 4 * len(dev_loader)))
-        r = pipeline_only(dev_loader, ref_loader, device, clock, d["warmup_steps"], d["windows"], pb, d["budget_s"])
-        row = {"batch_size": bs, "runner": r["runner"], "reference": r["reference"],
-               "ratio": r["runner"]["images_per_s"] / r["reference"]["images_per_s"]}
-        results["input_pipeline"].append(row)
-        print(f"input pipeline  batch {bs:4d}: runner {row['runner']['images_per_s']:10.0f} img/s   reference "
-              f"{row['reference']['images_per_s']:8.0f} img/s   ratio {row['ratio']:6.1f}x", flush=True)
-
-        for comp in compiles:
-            # runner: its loop and the bare forward/backward/optimizer, windows interleaved
-            model, forward, opt = build(d["model"], device, channels_last, comp)
-            loop, core = runner_steps(forward, opt, dev_loader, autocast, schedule)
-            steps = {"loop": loop, "core": core}
-            if graphs:  # a second model, trained by the graphed loop; windows interleaved with the eager loop's
-                n_steps = d["warmup_steps"] + d["windows"] * d["window_steps"] + 1
-                g_model, g_forward, g_opt = build(d["model"], device, channels_last, comp, capturable=True)
-                steps["graphed"], g_step = graphed_steps(g_forward, g_opt, dev_loader, autocast_graphs, schedule, n_steps)
-            m = measure(steps, clock, d["warmup_steps"], d["windows"], d["window_steps"], d["budget_s"])
-            run, core_r = m["loop"], m["core"]
-            graphed_r = m.get("graphed")
-            if graphed_r is not None:
-                graphed_r["capture_s"] = g_step.capture_s
-                graphed_r["graphs"] = len(g_step.graphs)  # 0 on cpu (uncaptured) or when warm-up outlasted the run
-                del g_model, g_forward, g_opt, g_step, steps
-            per_step = bs / run["images_per_s"]
-            run["compile_s"] = max(0.0, run["first_step_s"] - per_step) if comp else None
-            # per interleaved pair of windows, so that a load change between pairs cancels out
-            share_raw = statistics.median(1 - a / b for a, b in zip(run["windows"], core_r["windows"]))
-            if bs == d["batch_sizes"][0]:  # the validation pass (the runner's batch) depends on compile, not on bs
-                val_batch = args.val_batch or VAL_BATCH.get(device.type, 100)
-                val_loader = rdata.DeviceLoader(splits.val_x, splits.val_y, val_batch, device=device, shuffle=False,
-                                                mean=mean, std=std, channels_last=channels_last)
-                results["validation"].append({"compile": comp, "val_batch": val_batch, **validation(forward, val_loader, autocast, clock,
-                                                                            d["val_passes"])})
-            del model, forward, opt, loop, core
-            if comp:
-                torch._dynamo.reset()
-
-            # reference: same model and optimizer, tutorial data pipeline and loop
-            model, forward, opt = build(d["model"], device, channels_last, comp)
-            step, batches = reference_step(forward, opt, ref_loader, device, autocast, schedule)
-            ref = measure({"reference": step}, clock, d["warmup_steps"], d["windows"], d["window_steps"],
-                          d["budget_s"])["reference"]
-            batches.close()
-            ref["compile_s"] = max(0.0, ref["first_step_s"] - bs / ref["images_per_s"]) if comp else None
-            del model, forward, opt, step, batches
-            if comp:
-                torch._dynamo.reset()
-
-            row = {"batch_size": bs, "compile": comp, "model": d["model"], "runner": run, "reference": ref,
-                   "ratio": run["images_per_s"] / ref["images_per_s"],
-                   "graphed": graphed_r,
-                   "graphed_ratio": graphed_r["images_per_s"] / ref["images_per_s"] if graphed_r else None,
-                   "epoch_s_est": {"runner": EPOCH_IMAGES / run["images_per_s"],
-                                   "graphed": EPOCH_IMAGES / graphed_r["images_per_s"] if graphed_r else None,
-                                   "reference": EPOCH_IMAGES / ref["images_per_s"]},
-                   "overhead": {"loop_images_per_s": run["images_per_s"], "core_images_per_s": core_r["images_per_s"],
-                                "core_windows": core_r["windows"], "share_raw": share_raw,
-                                "share": min(1.0, max(0.0, share_raw))}}
-            results["train"].append(row)
-            # the reference compiles second, so it may hit caches the runner's compile filled (same graphs)
-            extra = (f"   first-step compile {run['compile_s']:.1f} s / {ref['compile_s']:.1f} s (reference: warm caches)"
-                     if comp else "")
-            print(f"train {d['model']} batch {bs:4d} compile {'on ' if comp else 'off'}: runner {run['images_per_s']:8.1f} "
-                  f"img/s   reference {ref['images_per_s']:8.1f} img/s   ratio {row['ratio']:5.2f}   "
-                  f"loop overhead {100 * share_raw:5.1f} %   epoch (50k) {row['epoch_s_est']['runner']:.0f} s / "
-                  f"{row['epoch_s_est']['reference']:.0f} s{extra}", flush=True)
-            if graphed_r:
-                print(f"train {d['model']} batch {bs:4d} compile {'on ' if comp else 'off'} + cuda graphs "
-                      f"({graphed_r['graphs']} captured, {graphed_r['capture_s']:.2f} s): {graphed_r['images_per_s']:8.1f} img/s   "
-                      f"ratio {row['graphed_ratio']:5.2f}   epoch (50k) {row['epoch_s_est']['graphed']:.2f} s", flush=True)
-        del dev_loader, ref_loader
-        if cuda:
-            torch.cuda.empty_cache()
-
-    for v in results["validation"]:
-        print(f"validation compile {'on ' if v['compile'] else 'off'}: {v['images']} images in {v['seconds']:.3f} s "
-              f"({v['images_per_s']:.0f} img/s, est. {v[f'est_{VAL_IMAGES}_images_s']:.2f} s for {VAL_IMAGES}); "
-              f"first pass {v['first_pass_s']:.2f} s", flush=True)
-
-    first = results["train"][0]
-    results["summary"] = {
-        "device": env["device"], "device_name": env["device_name"], "model": d["model"],
-        "batch_size": first["batch_size"], "compile": first["compile"],
-        "runner_images_per_s": first["runner"]["images_per_s"],
-        "reference_images_per_s": first["reference"]["images_per_s"],
-        "ratio": first["ratio"],
-        "input_pipeline_runner_images_per_s": results["input_pipeline"][0]["runner"]["images_per_s"],
-        "input_pipeline_reference_images_per_s": results["input_pipeline"][0]["reference"]["images_per_s"],
-        "input_pipeline_ratio": results["input_pipeline"][0]["ratio"],
-        "loop_overhead_share": first["overhead"]["share"],
-        "loop_overhead_share_raw": first["overhead"]["share_raw"],
-        "validation_s": results["validation"][0]["seconds"],
-        "validation_images": results["validation"][0]["images"],
-        f"validation_{VAL_IMAGES}_images_s_est": results["validation"][0][f"est_{VAL_IMAGES}_images_s"],
-        "epoch_s_est": first["epoch_s_est"]["runner"],
-    }
-    # the fastest runner variant at each batch size: what the README's epoch-time target reads
-    results["summary"]["fastest"] = {}
-    for row in results["train"]:
-        for kind in ("runner", "graphed"):
-            r = row[kind]
-            if r is None:
-                continue
-            best = results["summary"]["fastest"].get(str(row["batch_size"]))
-            if best is None or r["images_per_s"] > best["images_per_s"]:
-                results["summary"]["fastest"][str(row["batch_size"])] = {
-                    "images_per_s": r["images_per_s"], "epoch_s_est": EPOCH_IMAGES / r["images_per_s"],
-                    "compile": row["compile"], "cuda_graphs": kind == "graphed",
-                    "ratio_to_reference": r["images_per_s"] / row["reference"]["images_per_s"]}
-    results["env"]["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    results["env"]["wall_s"] = time.perf_counter() - t_start
+    device = pick_device(args.device)
+    s = settings(args, device)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(args.threads or usable)
+    load_splits_once()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"bench: wrote {out}", flush=True)
+    env = bench_environment(device)
+    results = {"env": env, "settings": {**s, "data": args.data_root or "synthetic", "lr": LR, "wd": WD,
+                                        "optimizer": "adamw (runner.optim.Optimizer), as configs/ default"},
+               "input_pipeline": [], "loop": [], "evaluation": [], "end_to_end": [], "op_counts": None}
+    print(f"bench: {env['device_name']} | torch {env['torch']} torchvision {env['torchvision']} cuda {env['cuda']} "
+          f"cudnn {env['cudnn']} python {env['python']} | {env['cpu_count']} CPUs, {env['torch_threads']} torch "
+          f"threads | commit {(env['code']['commit'] or '?')[:10]}{' (dirty)' if env['code']['dirty'] else ''}",
+          flush=True)
+    print(f"bench: {s['model']}, batch {s['batch_sizes']}, paths {s['paths']}, {results['settings']['data']} data, "
+          f"{s['windows']} windows x {s['window_steps']} steps after {s['warmup_steps']} warm-up, reference "
+          f"num_workers={s['workers']}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
+        b = Bench(s, device, data_config(s, args.data_root), Path(tmp), Clock(device))
+        run_sections(b, results, out)
+    if args.pack:  # K jobs as one pack vs one after another, the batch and model of the first loop row
+        import pack_bench  # scripts/ is on sys.path: this script's own folder
+
+        results["pack"] = pack_bench.bench_pack(args.pack, device.type, model=s["model"], batch_size=s["batch_sizes"][0],
+                                                root=None)
+        save(results, out)
+    results["summary"] = summarize(results)
+    env["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    env["wall_s"] = time.perf_counter() - t_start
+    save(results, out)
+    print(f"bench: wrote {out} ({env['wall_s']:.0f} s)", flush=True)
     return results
 
 
+def failed(results: dict) -> bool:
+    return "error" in (results.get("op_counts") or {})
+
+
+def run_sections(b: Bench, results: dict, out: Path) -> None:
+    s = b.s
+    for bs in s["batch_sizes"]:
+        pipeline, rows, runs = loop_rates(b, bs)
+        results["input_pipeline"].append(pipeline)
+        results["loop"] += rows
+        if bs == s["batch_sizes"][0]:  # evaluation does not depend on the training batch
+            results["evaluation"] += [evaluation(b, run, p) for p, run in runs.items()]
+        for run in runs.values():
+            close(run)
+        del runs
+        if any(PATHS[p][0] for p in s["paths"]):
+            torch._dynamo.reset()  # compiled graphs of this batch size are not needed again
+        if b.device.type == "cuda":
+            torch.cuda.empty_cache()
+        save(results, out)
+    if s["e2e_epochs"]:
+        for bs in s["batch_sizes"]:
+            for p in s["paths"]:
+                row = end_to_end(b, bs, p)
+                if row is not None:
+                    results["end_to_end"].append(row)
+                    save(results, out)
+    if s["count_ops"]:
+        try:
+            results["op_counts"] = op_counts(b)
+        except Exception:  # the profiler differs across torch versions and devices: keep the timings regardless
+            results["op_counts"] = {"error": traceback.format_exc(limit=8)}
+            print(f"bench: op counts failed:\n{results['op_counts']['error']}", flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if failed(main()) else 0)
