@@ -143,3 +143,14 @@ def test_same_padding_like_tensorflow():
         assert torch.equal(conv(x), x[..., ::2, ::2])
         assert Conv(1, 1, 3)(x).shape == x.shape
         assert Conv(1, 1, 1, stride=2)(x).shape == (1, 1, 4, 4)
+
+
+def test_batchnorm_keeps_no_batch_counter_and_still_loads_weights_that_have_one():
+    """torch's num_batches_tracked is read only with momentum=None; counting it cost a kernel per layer per step."""
+    import torch
+
+    model = build_resnet(20, 1)
+    model(torch.randn(2, 3, 32, 32))
+    assert not any(k.endswith("num_batches_tracked") for k in model.state_dict())
+    old = {**model.state_dict(), "stem.1.num_batches_tracked": torch.tensor(7)}  # a checkpoint from before
+    build_resnet(20, 1).load_state_dict(old)

@@ -50,21 +50,20 @@ def recalibrated_bn(model: nn.Module, images: torch.Tensor, autocast):
     training goes on as if nothing had happened. `model` must be the eager module (not torch.compile's wrapper:
     the momentum change would recompile it)."""
     norms = batch_norms(model)
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum) for m in norms]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in norms]
     try:
         for m in norms:
             m.momentum = 1.0  # running statistics ← this batch's statistics, exactly
         model.train()
         with torch.no_grad(), autocast:
             model(images)
-        for m, (*_, momentum) in zip(norms, saved):
+        for m, (_, _, momentum) in zip(norms, saved):
             m.momentum = momentum
         yield
     finally:
         with torch.no_grad():
-            for m, (mean, var, tracked, momentum) in zip(norms, saved):
+            for m, (mean, var, momentum) in zip(norms, saved):
                 m.running_mean.copy_(mean)
                 m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(tracked)
                 m.momentum = momentum
         model.train()

@@ -38,8 +38,17 @@ def he_normal_(w: torch.Tensor) -> torch.Tensor:
     return nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std)
 
 
+def _drop_batch_count(module, state_dict, prefix, *args) -> None:
+    state_dict.pop(prefix + "num_batches_tracked", None)  # checkpoints from before the counter went
+
+
 def bn(c: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+    """Keras' BatchNormalization (momentum 0.99 = torch's 0.01, eps 1e-3) without torch's batch counter: only
+    momentum=None reads it, and counting costs one kernel per layer per training step (55 in ResNet56v2)."""
+    norm = nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+    norm.register_buffer("num_batches_tracked", None)
+    norm.register_load_state_dict_pre_hook(_drop_batch_count)
+    return norm
 
 
 class Conv(nn.Conv2d):
