@@ -32,6 +32,7 @@ Runs without hydra/omegaconf and without the package installed: it imports runne
     python scripts/bench.py --device cuda        # ResNet56v2, batch 64 and 128, eager, graphs, compile + graphs
     python scripts/bench.py --quick --out /tmp/b.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,24 +80,70 @@ PATHS = {  # execution path → (trainer.compile, trainer.cuda_graphs); on CUDA 
 }
 
 DEFAULTS = {  # per device; every one of these can be overridden by its flag
-    "cpu": dict(model="resnet20v1", batch_sizes=[32], paths=["eager"], windows=5, window_steps=50, warmup_steps=3,
-                workers=2, n_train=4096, n_val=1000, val_passes=3, pipeline_batches=40, budget_s=30.0,
-                log_every=50, e2e_epochs=2, count_model="resnet56v2", count_batch=8),
-    "cuda": dict(model="resnet56v2", batch_sizes=[64, 128], paths=["eager", "graphs", "compile+graphs"], windows=5,
-                 window_steps=50, warmup_steps=15, workers=min(8, os.cpu_count() or 1), n_train=EPOCH_IMAGES,
-                 n_val=VAL_IMAGES, val_passes=5, pipeline_batches=100, budget_s=None, log_every=50, e2e_epochs=2,
-                 count_model="resnet56v2", count_batch=None),
-    "quick": dict(model="resnet20v1", batch_sizes=[16], paths=["eager"], windows=2, window_steps=2, warmup_steps=1,
-                  workers=1, n_train=256, n_val=200, val_passes=1, pipeline_batches=4, budget_s=None, log_every=2,
-                  e2e_epochs=1, count_model="resnet20v1", count_batch=4),
+    "cpu": dict(
+        model="resnet20v1",
+        batch_sizes=[32],
+        paths=["eager"],
+        windows=5,
+        window_steps=50,
+        warmup_steps=3,
+        workers=2,
+        n_train=4096,
+        n_val=1000,
+        val_passes=3,
+        pipeline_batches=40,
+        budget_s=30.0,
+        log_every=50,
+        e2e_epochs=2,
+        count_model="resnet56v2",
+        count_batch=8,
+    ),
+    "cuda": dict(
+        model="resnet56v2",
+        batch_sizes=[64, 128],
+        paths=["eager", "graphs", "compile+graphs"],
+        windows=5,
+        window_steps=50,
+        warmup_steps=15,
+        workers=min(8, os.cpu_count() or 1),
+        n_train=EPOCH_IMAGES,
+        n_val=VAL_IMAGES,
+        val_passes=5,
+        pipeline_batches=100,
+        budget_s=None,
+        log_every=50,
+        e2e_epochs=2,
+        count_model="resnet56v2",
+        count_batch=None,
+    ),
+    "quick": dict(
+        model="resnet20v1",
+        batch_sizes=[16],
+        paths=["eager"],
+        windows=2,
+        window_steps=2,
+        warmup_steps=1,
+        workers=1,
+        n_train=256,
+        n_val=200,
+        val_passes=1,
+        pipeline_batches=4,
+        budget_s=None,
+        log_every=2,
+        e2e_epochs=1,
+        count_model="resnet20v1",
+        count_batch=4,
+    ),
 }
 
 
 # ---------------------------------------------------------------- the Runs
 
+
 @dataclasses.dataclass
 class Bench:
     """What every section needs: the resolved settings, the device, the data, a folder for the Runs, the clock."""
+
     s: dict
     device: torch.device
     data: DataConfig
@@ -109,11 +156,19 @@ class Bench:
         compile_, graphs = PATHS[path]
         name = model or self.s["model"]
         depth, version = MODELS[name]
-        tr = dict(device=self.device.type, compile=compile_, cuda_graphs=graphs and self.device.type == "cuda",
-                  progress=False)
-        return RunConfig(lr=LR, wd=WD, epochs=epochs, batch_size=batch_size, seed=0,
-                         model=ModelConfig(name=name, depth=depth, version=version), data=self.data,
-                         trainer=TrainerConfig(**{**tr, **trainer}))
+        tr = dict(
+            device=self.device.type, compile=compile_, cuda_graphs=graphs and self.device.type == "cuda", progress=False
+        )
+        return RunConfig(
+            lr=LR,
+            wd=WD,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=0,
+            model=ModelConfig(name=name, depth=depth, version=version),
+            data=self.data,
+            trainer=TrainerConfig(**{**tr, **trainer}),
+        )
 
     def run(self, batch_size: int, path: str, name: str, *, epochs: int, **trainer) -> rrun.Run:
         """A Run as runner.run.setup builds it, in its own folder; off CUDA the graphs path runs uncaptured."""
@@ -134,8 +189,9 @@ class Bench:
 def uncaptured_graphs(run: rrun.Run) -> None:
     """Off CUDA: the graphs path's device-side step, uncaptured (GraphedStep(capture=False)). It shows that the path
     works there (the quick test runs it); its speed says nothing about a captured graph."""
-    run.graphed = GraphedStep(run.forward, run.opt, run.autocast, run.lrs, run.decays, start_step=run.state.step,
-                              capture=False)
+    run.graphed = GraphedStep(
+        run.forward, run.opt, run.autocast, run.lrs, run.decays, start_step=run.state.step, capture=False
+    )
     run.path = {**run.path, "cuda_graphs": "uncaptured"}
 
 
@@ -169,6 +225,7 @@ def data_config(s: dict, data_root: str | None) -> DataConfig:
 
 # ---------------------------------------------------------------- timing
 
+
 class Clock:
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -193,8 +250,9 @@ class Timed:
         pass
 
 
-def measure(timed: dict[str, Timed], clock: Clock, warmup: int, windows: int, window_steps: int,
-            budget_s: float | None = None) -> dict:
+def measure(
+    timed: dict[str, Timed], clock: Clock, warmup: int, windows: int, window_steps: int, budget_s: float | None = None
+) -> dict:
     """Warm each entry up (its first step timed apart), then time `windows` rounds of one window of `window_steps`
     steps per entry, interleaved (A B A B ...), so that a load change on a shared machine hits all entries alike.
     Returns per name: images/s per window, their median, the first step's and the warm-up's seconds. With
@@ -242,8 +300,10 @@ class LoopSteps(Timed):
         run = self.run
         spe, every = run.steps_per_epoch, run.cfg.trainer.log_every
         if n > spe:
-            raise SystemExit(f"bench: windows of {n} steps do not fit in an epoch of {spe} steps: lower "
-                             "--window-steps or raise --n-train")
+            raise SystemExit(
+                f"bench: windows of {n} steps do not fit in an epoch of {spe} steps: lower "
+                "--window-steps or raise --n-train"
+            )
         for _ in range(2 * (spe + every) + n):
             s = run.state.step
             next_epoch_end = max(spe, -(-s // spe) * spe)  # the call that makes step j runs end_epoch if j-1 is one
@@ -319,6 +379,7 @@ class Batches(Timed):
 
 # ---------------------------------------------------------------- the tutorial-style reference
 
+
 class TutorialCIFAR(torch.utils.data.Dataset):
     """What torchvision.datasets.CIFAR10 does: uint8 HWC arrays in memory, a PIL image per item, then the transform."""
 
@@ -334,15 +395,18 @@ class TutorialCIFAR(torch.utils.data.Dataset):
 
 
 def tutorial_loader(x_u8: torch.Tensor, y: torch.Tensor, batch_size: int, mean, std, workers: int, cuda: bool):
-    transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
     dataset = TutorialCIFAR(x_u8.permute(0, 2, 3, 1).contiguous().numpy(), y.tolist(), transform)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                       pin_memory=cuda)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=cuda
+    )
 
 
 def forever(loader):
@@ -361,24 +425,41 @@ def device_batches(loader: rdata.DeviceLoader):
 def reference_loader(b: Bench, batch_size: int, workers: int | None = None):
     splits = rrun.load_splits(b.data, 0)
     mean, std = rrun.normalization(b.data, splits.train_x)  # the runner's own: per-channel mean and std
-    return tutorial_loader(splits.train_x, splits.train_y, batch_size, mean, std,
-                           b.s["workers"] if workers is None else workers, b.device.type == "cuda")
+    return tutorial_loader(
+        splits.train_x,
+        splits.train_y,
+        batch_size,
+        mean,
+        std,
+        b.s["workers"] if workers is None else workers,
+        b.device.type == "cuda",
+    )
 
 
 # ---------------------------------------------------------------- sections
+
 
 def input_pipeline(b: Bench, run: rrun.Run, ref_loader) -> dict:
     """Images/s of batches alone: the Run's DeviceLoader vs DataLoader batches moved to the device."""
     s = b.s
     n = max(1, min(s["pipeline_batches"], 4 * len(run.train_loader)))
     ref = Batches(forever(ref_loader), run.device)
-    r = measure({"runner": Batches(device_batches(run.train_loader))}, b.clock, s["warmup_steps"], s["windows"], n,
-                s["budget_s"])
+    r = measure(
+        {"runner": Batches(device_batches(run.train_loader))},
+        b.clock,
+        s["warmup_steps"],
+        s["windows"],
+        n,
+        s["budget_s"],
+    )
     r.update(measure({"reference": ref}, b.clock, s["warmup_steps"], s["windows"], n, s["budget_s"]))
     ref.batches.close()
     row = {"batch_size": run.cfg.batch_size, **r, "ratio": r["runner"]["images_per_s"] / r["reference"]["images_per_s"]}
-    print(f"input pipeline  batch {row['batch_size']:4d}: runner {r['runner']['images_per_s']:10.0f} img/s   "
-          f"reference {r['reference']['images_per_s']:8.0f} img/s   ratio {row['ratio']:6.1f}x", flush=True)
+    print(
+        f"input pipeline  batch {row['batch_size']:4d}: runner {r['runner']['images_per_s']:10.0f} img/s   "
+        f"reference {r['reference']['images_per_s']:8.0f} img/s   ratio {row['ratio']:6.1f}x",
+        flush=True,
+    )
     return row
 
 
@@ -416,18 +497,32 @@ def loop_rates(b: Bench, batch_size: int) -> tuple[dict, list[dict], dict]:
     for p, run in runs.items():
         loop_r, bare = m[p], m[f"{p}/bare"]
         share = statistics.median(1 - a / c for a, c in zip(loop_r["windows"], bare["windows"]))
-        row = {"batch_size": batch_size, "path": p, "execution": run.path, "model": s["model"], "loop": loop_r,
-               "bare": bare, "tutorial": ref, "ratio": loop_r["images_per_s"] / ref["images_per_s"],
-               "epoch_s_est": EPOCH_IMAGES / loop_r["images_per_s"],
-               "startup": {"first_step_s": run.first_step_s,
-                           "capture_s": run.graphed.capture_s if run.graphed is not None else 0.0,
-                           "graphs": len(run.graphed.graphs) if run.graphed is not None else 0},
-               "overhead": {"share_raw": share, "share": min(1.0, max(0.0, share))}, "records": records(run)}
+        row = {
+            "batch_size": batch_size,
+            "path": p,
+            "execution": run.path,
+            "model": s["model"],
+            "loop": loop_r,
+            "bare": bare,
+            "tutorial": ref,
+            "ratio": loop_r["images_per_s"] / ref["images_per_s"],
+            "epoch_s_est": EPOCH_IMAGES / loop_r["images_per_s"],
+            "startup": {
+                "first_step_s": run.first_step_s,
+                "capture_s": run.graphed.capture_s if run.graphed is not None else 0.0,
+                "graphs": len(run.graphed.graphs) if run.graphed is not None else 0,
+            },
+            "overhead": {"share_raw": share, "share": min(1.0, max(0.0, share))},
+            "records": records(run),
+        }
         rows.append(row)
-        print(f"loop  {s['model']} batch {batch_size:4d} {p:15s}: {loop_r['images_per_s']:8.1f} img/s   tutorial "
-              f"{ref['images_per_s']:8.1f} img/s   ratio {row['ratio']:5.2f}   bare step {bare['images_per_s']:8.1f} "
-              f"img/s   loop overhead {100 * share:5.1f} %   epoch (50k) {row['epoch_s_est']:.2f} s   first step "
-              f"{loop_r['first_step_s']:.2f} s", flush=True)
+        print(
+            f"loop  {s['model']} batch {batch_size:4d} {p:15s}: {loop_r['images_per_s']:8.1f} img/s   tutorial "
+            f"{ref['images_per_s']:8.1f} img/s   ratio {row['ratio']:5.2f}   bare step {bare['images_per_s']:8.1f} "
+            f"img/s   loop overhead {100 * share:5.1f} %   epoch (50k) {row['epoch_s_est']:.2f} s   first step "
+            f"{loop_r['first_step_s']:.2f} s",
+            flush=True,
+        )
     return pipeline, rows, runs
 
 
@@ -459,9 +554,12 @@ def evaluation(b: Bench, run: rrun.Run, path: str) -> dict:
     if "recalibration" in out:
         out["recalibration"]["images"] = len(run.recal_images)
     rc = out.get("recalibration", {}).get("seconds")
-    print(f"evaluation {path:15s}: {out['images']} images at batch {out['batch_size']} in {v['seconds']:.3f} s "
-          f"(est. {v[f'est_{VAL_IMAGES}_images_s']:.3f} s for {VAL_IMAGES}; first pass {v['first_s']:.2f} s)   "
-          f"BN recalibration {'-' if rc is None else f'{rc:.3f} s'}", flush=True)
+    print(
+        f"evaluation {path:15s}: {out['images']} images at batch {out['batch_size']} in {v['seconds']:.3f} s "
+        f"(est. {v[f'est_{VAL_IMAGES}_images_s']:.3f} s for {VAL_IMAGES}; first pass {v['first_s']:.2f} s)   "
+        f"BN recalibration {'-' if rc is None else f'{rc:.3f} s'}",
+        flush=True,
+    )
     return out
 
 
@@ -472,19 +570,41 @@ def end_to_end(b: Bench, batch_size: int, path: str) -> dict | None:
     folder = b.subfolder(f"e2e_{path}_b{batch_size}")
     summary = rtrain.train(b.config(batch_size, path, epochs=b.s["e2e_epochs"]), folder)
     epochs = [r for r in read_metrics(folder / "metrics.jsonl") if "epoch_train_s" in r]
-    keys = ("status", "images_per_s", "images_per_s_overall", "train_time_s", "startup_s", "startup", "stall_s",
-            "first_step_s", "val_time_s", "val_first_s", "val_s", "wall_time_s", "final_val_acc")
-    row = {"batch_size": batch_size, "path": path, "execution": summary.get("path"),
-           **{k: summary.get(k) for k in keys},
-           "epochs": [{"epoch": r["epoch"], "epoch_train_s": r["epoch_train_s"], "epoch_images": r["epoch_images"]}
-                      for r in epochs]}
+    keys = (
+        "status",
+        "images_per_s",
+        "images_per_s_overall",
+        "train_time_s",
+        "startup_s",
+        "startup",
+        "stall_s",
+        "first_step_s",
+        "val_time_s",
+        "val_first_s",
+        "val_s",
+        "wall_time_s",
+        "final_val_acc",
+    )
+    row = {
+        "batch_size": batch_size,
+        "path": path,
+        "execution": summary.get("path"),
+        **{k: summary.get(k) for k in keys},
+        "epochs": [
+            {"epoch": r["epoch"], "epoch_train_s": r["epoch_train_s"], "epoch_images": r["epoch_images"]}
+            for r in epochs
+        ],
+    }
     rate = row["images_per_s"]
     row["epoch_s_est"] = EPOCH_IMAGES / rate if rate else None
-    print(f"end to end batch {batch_size:4d} {path:15s}: {_f(rate, '.1f')} img/s steady, "
-          f"{_f(row['images_per_s_overall'], '.1f')} overall; epochs "
-          f"{[round(e['epoch_train_s'], 2) for e in epochs]} s;"
-          f" startup {_f(row['startup_s'], '.2f')} s, stall {_f(row['stall_s'], '.2f')} s, validation "
-          f"{_f(row['val_s'], '.3f')} s (first {_f(row['val_first_s'], '.2f')} s)", flush=True)
+    print(
+        f"end to end batch {batch_size:4d} {path:15s}: {_f(rate, '.1f')} img/s steady, "
+        f"{_f(row['images_per_s_overall'], '.1f')} overall; epochs "
+        f"{[round(e['epoch_train_s'], 2) for e in epochs]} s;"
+        f" startup {_f(row['startup_s'], '.2f')} s, stall {_f(row['stall_s'], '.2f')} s, validation "
+        f"{_f(row['val_s'], '.3f')} s (first {_f(row['val_first_s'], '.2f')} s)",
+        flush=True,
+    )
     return row
 
 
@@ -492,8 +612,11 @@ def records(run: rrun.Run) -> dict:
     """What the Run's loop wrote to metrics.jsonl: one train record per step, stage norms at every flush."""
     run.recorder.flush()
     train = [r for r in read_metrics(run.recorder.path) if "train_loss" in r]
-    return {"steps": run.state.step, "train": len(train),
-            "with_stage_norms": sum(any(k.startswith("weight_norm/") for k in r) for r in train)}
+    return {
+        "steps": run.state.step,
+        "train": len(train),
+        "with_stage_norms": sum(any(k.startswith("weight_norm/") for k in r) for r in train),
+    }
 
 
 def _f(v, fmt: str) -> str:
@@ -503,14 +626,27 @@ def _f(v, fmt: str) -> str:
 # ---------------------------------------------------------------- op counts
 
 # aten ops that only allocate, view or reshape metadata: no kernel on any device
-NO_KERNEL = frozenset("aten::" + n for n in (
-    "empty empty_strided empty_like view as_strided _reshape_alias reshape t transpose expand expand_as permute "
-    "detach alias unsqueeze squeeze select slice narrow unbind split chunk flatten view_as _unsafe_view lift "
-    "lift_fresh as_strided_ resize_ set_ resolve_conj resolve_neg contiguous to _to_copy item result_type "
-    "is_nonzero").split())
+NO_KERNEL = frozenset(
+    "aten::" + n
+    for n in (
+        "empty empty_strided empty_like view as_strided _reshape_alias reshape t transpose expand expand_as permute "
+        "detach alias unsqueeze squeeze select slice narrow unbind split chunk flatten view_as _unsafe_view lift "
+        "lift_fresh as_strided_ resize_ set_ resolve_conj resolve_neg contiguous to _to_copy item result_type "
+        "is_nonzero"
+    ).split()
+)
 ONE_LAUNCH = ("aten::_foreach_", "aten::_fused_")  # multi-tensor ops: on a GPU one kernel per chunk of tensors
-LAUNCHES = frozenset({"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
-                      "cudaMemcpyAsync", "cudaMemsetAsync", "cudaGraphLaunch"})  # host → device submissions
+LAUNCHES = frozenset(
+    {
+        "cudaLaunchKernel",
+        "cudaLaunchKernelExC",
+        "cuLaunchKernel",
+        "cuLaunchKernelEx",
+        "cudaMemcpyAsync",
+        "cudaMemsetAsync",
+        "cudaGraphLaunch",
+    }
+)  # host → device submissions
 ROOT_PREFIX = "autograd::engine::evaluate_function: "
 
 
@@ -585,8 +721,9 @@ def op_counts(b: Bench) -> dict:
     cfg = b.config(bs, "eager", epochs=2, model=s["count_model"], log_every=every, val_every=10**9, **like_cuda)
     run = rrun.setup(cfg, b.subfolder("op_counts"))
     if not cuda:  # torch's CPU Adam defaults to a loop over tensors; on CUDA the runner's Optimizer is fused
-        run.opt = run.records.opt = Optimizer(run.model, algorithm="adam", lr=LR, l2=0.0, wd=WD, decay=run.opt.decay,
-                                              fused=True)
+        run.opt = run.records.opt = Optimizer(
+            run.model, algorithm="adam", lr=LR, l2=0.0, wd=WD, decay=run.opt.decay, fused=True
+        )
     steps = LoopSteps(run)
     for _ in range(3):  # warm-up: allocations, autotuning, the optimizer's state
         steps.step()
@@ -605,20 +742,31 @@ def op_counts(b: Bench) -> dict:
     extra = {k: v for k, v in _mean([flush_step - Counter(runner_step)]).items() if v}
     keys = set(runner_step) | set(tutorial_step)
     diff = {k: round(runner_step.get(k, 0) - tutorial_step.get(k, 0), 2) for k in sorted(keys)}
-    out = {"device": b.device.type, "unit": "kernel launches" if cuda else "aten ops that would be kernels",
-           "model": s["count_model"], "batch_size": bs, "execution": run.path,
-           "optimizer": "fused Adam" if run.opt.fused else "Adam",
-           "runner_per_step": round(sum(runner_step.values()), 2),
-           "tutorial_per_step": round(sum(tutorial_step.values()), 2),
-           "log_step_extra": round(sum(extra.values()), 2), "log_step_extra_ops": extra,
-           "gpu_events_per_step": {"runner": statistics.mean(gpu_runner), "tutorial": statistics.mean(gpu_tutorial)}
-           if cuda else None,
-           "runner_only": {k: v for k, v in diff.items() if v > 0},
-           "tutorial_only": {k: -v for k, v in diff.items() if v < 0},
-           "runner": runner_step, "tutorial": tutorial_step}
-    print(f"op counts ({out['unit']}, {out['model']} batch {bs}, {out['execution']['precision']}, channels_last "
-          f"{out['execution']['channels_last']}, {out['optimizer']}): runner {out['runner_per_step']:g} per step "
-          f"(+{out['log_step_extra']:g} at each flush), tutorial {out['tutorial_per_step']:g}", flush=True)
+    out = {
+        "device": b.device.type,
+        "unit": "kernel launches" if cuda else "aten ops that would be kernels",
+        "model": s["count_model"],
+        "batch_size": bs,
+        "execution": run.path,
+        "optimizer": "fused Adam" if run.opt.fused else "Adam",
+        "runner_per_step": round(sum(runner_step.values()), 2),
+        "tutorial_per_step": round(sum(tutorial_step.values()), 2),
+        "log_step_extra": round(sum(extra.values()), 2),
+        "log_step_extra_ops": extra,
+        "gpu_events_per_step": {"runner": statistics.mean(gpu_runner), "tutorial": statistics.mean(gpu_tutorial)}
+        if cuda
+        else None,
+        "runner_only": {k: v for k, v in diff.items() if v > 0},
+        "tutorial_only": {k: -v for k, v in diff.items() if v < 0},
+        "runner": runner_step,
+        "tutorial": tutorial_step,
+    }
+    print(
+        f"op counts ({out['unit']}, {out['model']} batch {bs}, {out['execution']['precision']}, channels_last "
+        f"{out['execution']['channels_last']}, {out['optimizer']}): runner {out['runner_per_step']:g} per step "
+        f"(+{out['log_step_extra']:g} at each flush), tutorial {out['tutorial_per_step']:g}",
+        flush=True,
+    )
     for side in ("runner_only", "tutorial_only"):
         for k, v in sorted(out[side].items(), key=lambda kv: -kv[1]):
             print(f"  {side:13s} {v:7g}  {k}", flush=True)
@@ -627,22 +775,28 @@ def op_counts(b: Bench) -> dict:
 
 # ---------------------------------------------------------------- results
 
+
 def summarize(results: dict) -> dict:
     """The flat figures the README's tables read, keyed by path and batch size."""
     env, out = results["env"], {}
     out.update(device=env["device"], device_name=env["device_name"], model=results["settings"]["model"])
     out["tutorial_images_per_s"] = {str(r["batch_size"]): r["tutorial"]["images_per_s"] for r in results["loop"]}
-    for key, get in (("loop_images_per_s", lambda r: r["loop"]["images_per_s"]), ("ratio", lambda r: r["ratio"]),
-                     ("loop_overhead_share", lambda r: r["overhead"]["share"]),
-                     ("epoch_s_est", lambda r: r["epoch_s_est"])):
+    for key, get in (
+        ("loop_images_per_s", lambda r: r["loop"]["images_per_s"]),
+        ("ratio", lambda r: r["ratio"]),
+        ("loop_overhead_share", lambda r: r["overhead"]["share"]),
+        ("epoch_s_est", lambda r: r["epoch_s_est"]),
+    ):
         out[key] = {}
         for r in results["loop"]:
             out[key].setdefault(r["path"], {})[str(r["batch_size"])] = get(r)
     out["input_pipeline_ratio"] = {str(r["batch_size"]): r["ratio"] for r in results["input_pipeline"]}
-    out[f"validation_{VAL_IMAGES}_images_s"] = {e["path"]: e["validation"][f"est_{VAL_IMAGES}_images_s"]
-                                                for e in results["evaluation"]}
-    out["recalibration_s"] = {e["path"]: e["recalibration"]["seconds"] for e in results["evaluation"]
-                              if "recalibration" in e}
+    out[f"validation_{VAL_IMAGES}_images_s"] = {
+        e["path"]: e["validation"][f"est_{VAL_IMAGES}_images_s"] for e in results["evaluation"]
+    }
+    out["recalibration_s"] = {
+        e["path"]: e["recalibration"]["seconds"] for e in results["evaluation"] if "recalibration" in e
+    }
     out["end_to_end_images_per_s"] = {}
     for r in results["end_to_end"]:
         out["end_to_end_images_per_s"].setdefault(r["path"], {})[str(r["batch_size"])] = r["images_per_s"]
@@ -650,12 +804,19 @@ def summarize(results: dict) -> dict:
     for r in results["loop"]:
         best = out["fastest"].get(str(r["batch_size"]))
         if best is None or r["loop"]["images_per_s"] > best["images_per_s"]:
-            out["fastest"][str(r["batch_size"])] = {"path": r["path"], "images_per_s": r["loop"]["images_per_s"],
-                                                    "epoch_s_est": r["epoch_s_est"], "ratio": r["ratio"]}
+            out["fastest"][str(r["batch_size"])] = {
+                "path": r["path"],
+                "images_per_s": r["loop"]["images_per_s"],
+                "epoch_s_est": r["epoch_s_est"],
+                "ratio": r["ratio"],
+            }
     counts = results.get("op_counts")
     if counts and "runner_per_step" in counts:
-        out["ops_per_step"] = {"runner": counts["runner_per_step"], "tutorial": counts["tutorial_per_step"],
-                               "unit": counts["unit"]}
+        out["ops_per_step"] = {
+            "runner": counts["runner_per_step"],
+            "tutorial": counts["tutorial_per_step"],
+            "unit": counts["unit"],
+        }
     return out
 
 
@@ -669,48 +830,86 @@ def save(results: dict, path: Path) -> None:
 
 def bench_environment(device: torch.device) -> dict:
     """runner.provenance's environment and commit, plus what a benchmark on a shared machine needs besides."""
-    return {**environment(device), "code": code_version(), "runner": getattr(runner, "__version__", None),
-            "runner_path": str(Path(runner.__file__).resolve().parent),
-            "hydra_loaded": any(m.split(".")[0] in ("hydra", "omegaconf") for m in sys.modules),
-            "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
-            "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None}  # others' work on the machine
+    return {
+        **environment(device),
+        "code": code_version(),
+        "runner": getattr(runner, "__version__", None),
+        "runner_path": str(Path(runner.__file__).resolve().parent),
+        "hydra_loaded": any(m.split(".")[0] in ("hydra", "omegaconf") for m in sys.modules),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }  # others' work on the machine
 
 
 # ---------------------------------------------------------------- main
 
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--model", choices=sorted(MODELS), help="default: resnet20v1 on cpu, resnet56v2 on cuda")
     p.add_argument("--batch-sizes", help="comma-separated; default: 32 on cpu, 64,128 on cuda")
-    p.add_argument("--paths", help=f"comma-separated execution paths of the runner's loop, of {', '.join(PATHS)}; "
-                                   "default eager on cpu, eager,graphs,compile+graphs on cuda")
+    p.add_argument(
+        "--paths",
+        help=f"comma-separated execution paths of the runner's loop, of {', '.join(PATHS)}; "
+        "default eager on cpu, eager,graphs,compile+graphs on cuda",
+    )
     p.add_argument("--windows", type=int, help="timed windows per measurement (median reported)")
-    p.add_argument("--window-steps", type=int, help="training steps per window (a multiple of trainer.log_every, "
-                                                    "50, puts one flush in each window)")
+    p.add_argument(
+        "--window-steps",
+        type=int,
+        help="training steps per window (a multiple of trainer.log_every, 50, puts one flush in each window)",
+    )
     p.add_argument("--warmup-steps", type=int, help="untimed steps before the windows")
-    p.add_argument("--log-every", type=int, help="trainer.log_every of the timed Runs (default 50, as the trainer's; "
-                                                 "2 with --quick, so the tests see flushes)")
-    p.add_argument("--workers", type=int,
-                   help="reference DataLoader num_workers; default 2 on cpu, min(8, cpus) on cuda")
+    p.add_argument(
+        "--log-every",
+        type=int,
+        help="trainer.log_every of the timed Runs (default 50, as the trainer's; "
+        "2 with --quick, so the tests see flushes)",
+    )
+    p.add_argument(
+        "--workers", type=int, help="reference DataLoader num_workers; default 2 on cpu, min(8, cpus) on cuda"
+    )
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: the usable CPUs)")
     p.add_argument("--n-train", type=int, help="synthetic training images (default 4096 cpu, 50000 cuda)")
     p.add_argument("--n-val", type=int, help="synthetic validation images (default 1000 cpu, 10000 cuda)")
     p.add_argument("--val-passes", type=int, help="timed validation and recalibration passes")
-    p.add_argument("--budget-s", type=float, help="stop a measurement after the round that passes this many seconds "
-                                                  "(at least 3 rounds); default 30 on cpu, none on cuda")
-    p.add_argument("--e2e-epochs", type=int, help="epochs of each end-to-end runner.train.train run (0: none); "
-                                                  "default 2 (1 with --quick)")
-    p.add_argument("--count-ops", action=argparse.BooleanOptionalAction, default=True,
-                   help="count the device work of one runner step and one tutorial step (default on)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        help="stop a measurement after the round that passes this many seconds "
+        "(at least 3 rounds); default 30 on cpu, none on cuda",
+    )
+    p.add_argument(
+        "--e2e-epochs",
+        type=int,
+        help="epochs of each end-to-end runner.train.train run (0: none); default 2 (1 with --quick)",
+    )
+    p.add_argument(
+        "--count-ops",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="count the device work of one runner step and one tutorial step (default on)",
+    )
     p.add_argument("--count-model", choices=sorted(MODELS), help="model of the op counts (default resnet56v2)")
-    p.add_argument("--count-batch", type=int, help="batch of the op counts (default 8 on cpu, the first batch size "
-                                                   "on cuda; counts do not depend on it)")
-    p.add_argument("--data-root", help="real images instead of synthetic ones: a folder holding cifar-10-batches-py, "
-                                       "or an image folder root/train/<class>/*.png (runner.data.load_image_folder)")
-    p.add_argument("--pack", type=int, help="also time K jobs trained as one pack (runner.pack) against the same K "
-                                            "jobs one after another, in this run (scripts/pack_bench.py)")
+    p.add_argument(
+        "--count-batch",
+        type=int,
+        help="batch of the op counts (default 8 on cpu, the first batch size on cuda; counts do not depend on it)",
+    )
+    p.add_argument(
+        "--data-root",
+        help="real images instead of synthetic ones: a folder holding cifar-10-batches-py, "
+        "or an image folder root/train/<class>/*.png (runner.data.load_image_folder)",
+    )
+    p.add_argument(
+        "--pack",
+        type=int,
+        help="also time K jobs trained as one pack (runner.pack) against the same K "
+        "jobs one after another, in this run (scripts/pack_bench.py)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds): for the tests")
     p.add_argument("--out", default="bench.json", help="JSON results (default: bench.json in the working directory)")
     return p.parse_args(argv)
@@ -719,8 +918,21 @@ def parse_args(argv=None):
 def settings(args, device: torch.device) -> dict:
     """The defaults for the device (or --quick) with the flags given on top; a bad value exits with the fix."""
     s = dict(DEFAULTS["quick" if args.quick else device.type])
-    for k in ("model", "windows", "window_steps", "warmup_steps", "workers", "n_train", "n_val", "val_passes",
-              "budget_s", "log_every", "e2e_epochs", "count_model", "count_batch"):
+    for k in (
+        "model",
+        "windows",
+        "window_steps",
+        "warmup_steps",
+        "workers",
+        "n_train",
+        "n_val",
+        "val_passes",
+        "budget_s",
+        "log_every",
+        "e2e_epochs",
+        "count_model",
+        "count_batch",
+    ):
         if getattr(args, k) is not None:
             s[k] = getattr(args, k)
     if args.batch_sizes:
@@ -730,10 +942,14 @@ def settings(args, device: torch.device) -> dict:
     unknown = [p for p in s["paths"] if p not in PATHS]
     if unknown or not s["paths"]:
         sys.exit(f"bench: --paths {args.paths!r}: each must be one of {', '.join(PATHS)}")
-    if min(s["windows"], s["window_steps"], s["warmup_steps"], s["log_every"], *s["batch_sizes"]) < 1 \
-            or s["e2e_epochs"] < 0:
-        sys.exit("bench: --windows, --window-steps, --warmup-steps, --log-every and --batch-sizes must be >= 1, "
-                 "--e2e-epochs >= 0")
+    if (
+        min(s["windows"], s["window_steps"], s["warmup_steps"], s["log_every"], *s["batch_sizes"]) < 1
+        or s["e2e_epochs"] < 0
+    ):
+        sys.exit(
+            "bench: --windows, --window-steps, --warmup-steps, --log-every and --batch-sizes must be >= 1, "
+            "--e2e-epochs >= 0"
+        )
     s["count_ops"] = args.count_ops
     return s
 
@@ -756,24 +972,42 @@ def main(argv=None) -> dict:
     load_splits_once()
     out = Path(args.out)
     env = bench_environment(device)
-    results = {"env": env, "settings": {**s, "data": args.data_root or "synthetic", "lr": LR, "wd": WD,
-                                        "optimizer": "adamw (runner.optim.Optimizer), as configs/ default"},
-               "input_pipeline": [], "loop": [], "evaluation": [], "end_to_end": [], "op_counts": None}
-    print(f"bench: {env['device_name']} | torch {env['torch']} torchvision {env['torchvision']} cuda {env['cuda']} "
-          f"cudnn {env['cudnn']} python {env['python']} | {env['cpu_count']} CPUs, {env['torch_threads']} torch "
-          f"threads | commit {(env['code']['commit'] or '?')[:10]}{' (dirty)' if env['code']['dirty'] else ''}",
-          flush=True)
-    print(f"bench: {s['model']}, batch {s['batch_sizes']}, paths {s['paths']}, {results['settings']['data']} data, "
-          f"{s['windows']} windows x {s['window_steps']} steps after {s['warmup_steps']} warm-up, reference "
-          f"num_workers={s['workers']}", flush=True)
+    results = {
+        "env": env,
+        "settings": {
+            **s,
+            "data": args.data_root or "synthetic",
+            "lr": LR,
+            "wd": WD,
+            "optimizer": "adamw (runner.optim.Optimizer), as configs/ default",
+        },
+        "input_pipeline": [],
+        "loop": [],
+        "evaluation": [],
+        "end_to_end": [],
+        "op_counts": None,
+    }
+    print(
+        f"bench: {env['device_name']} | torch {env['torch']} torchvision {env['torchvision']} cuda {env['cuda']} "
+        f"cudnn {env['cudnn']} python {env['python']} | {env['cpu_count']} CPUs, {env['torch_threads']} torch "
+        f"threads | commit {(env['code']['commit'] or '?')[:10]}{' (dirty)' if env['code']['dirty'] else ''}",
+        flush=True,
+    )
+    print(
+        f"bench: {s['model']}, batch {s['batch_sizes']}, paths {s['paths']}, {results['settings']['data']} data, "
+        f"{s['windows']} windows x {s['window_steps']} steps after {s['warmup_steps']} warm-up, reference "
+        f"num_workers={s['workers']}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         b = Bench(s, device, data_config(s, args.data_root), Path(tmp), Clock(device))
         run_sections(b, results, out)
     if args.pack:  # K jobs as one pack vs one after another, the batch and model of the first loop row
         import pack_bench  # scripts/ is on sys.path: this script's own folder
 
-        results["pack"] = pack_bench.bench_pack(args.pack, device.type, model=s["model"], batch_size=s["batch_sizes"][0],
-                                                root=None)
+        results["pack"] = pack_bench.bench_pack(
+            args.pack, device.type, model=s["model"], batch_size=s["batch_sizes"][0], root=None
+        )
         save(results, out)
     results["summary"] = summarize(results)
     env["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -26,6 +26,7 @@ settings (compile + CUDA graphs on CUDA) for --epochs epochs and with the eager 
 trainer.cuda_graphs=false) for --eager-epochs, each through runner.train.train: steady images/s, epoch times,
 startup_s and its parts, stall_s, validation time; then BatchNorm recalibration and one validation pass timed apart.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,6 +74,7 @@ EPOCH_IMAGES = 50_000
 
 # ---------------------------------------------------------------- the checks
 
+
 def step_equivalence(device: torch.device, preset: str, reg: str, quick: bool = False) -> dict:
     """Eager train_step against GraphedStep on the same batches, float64; exact equality everywhere. Exact, not close:
     both paths take lr_t from Optimizer.lr_value (rounded to float32, what the fused kernels read) and 1 − d_t from
@@ -84,8 +86,13 @@ def step_equivalence(device: torch.device, preset: str, reg: str, quick: bool = 
     decay = decoupled_rate(wd, kw["wd_scaling"], LR)
     opt_kw = {k: v for k, v in kw.items() if k != "wd_scaling"}
     gen = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(b, 3, 32, 32, generator=gen, dtype=torch.float64).to(device),
-                torch.randint(0, 10, (b,), generator=gen).to(device)) for b in (QUICK_SHAPES if quick else SHAPES)]
+    batches = [
+        (
+            torch.randn(b, 3, 32, 32, generator=gen, dtype=torch.float64).to(device),
+            torch.randint(0, 10, (b,), generator=gen).to(device),
+        )
+        for b in (QUICK_SHAPES if quick else SHAPES)
+    ]
     depth = 8 if quick else 20
 
     def make(capturable: bool):
@@ -111,13 +118,27 @@ def step_equivalence(device: torch.device, preset: str, reg: str, quick: bool = 
     weights = _differences(m1.state_dict(), m2.state_dict())
     moments = _differences(_moments(o1), _moments(o2))
     want_graphs = 2 if cuda else 0
-    out = {"check": "step equivalence", "preset": preset, "regularization": reg, "steps": len(batches),
-           "graphs": len(g.graphs), "counter": g.counter.item(), "steps_that_differ": differ[:5],
-           "weights_that_differ": weights, "moments_that_differ": moments,
-           "max_loss_diff": max(abs(a[0] - b[0]) for a, b in zip(eager, graphed)),
-           "trained": eager[0][0] != eager[-1][0]}
-    out["ok"] = (not differ and not weights and not moments and out["graphs"] == want_graphs
-                 and out["counter"] == len(batches) and out["trained"])
+    out = {
+        "check": "step equivalence",
+        "preset": preset,
+        "regularization": reg,
+        "steps": len(batches),
+        "graphs": len(g.graphs),
+        "counter": g.counter.item(),
+        "steps_that_differ": differ[:5],
+        "weights_that_differ": weights,
+        "moments_that_differ": moments,
+        "max_loss_diff": max(abs(a[0] - b[0]) for a, b in zip(eager, graphed)),
+        "trained": eager[0][0] != eager[-1][0],
+    }
+    out["ok"] = (
+        not differ
+        and not weights
+        and not moments
+        and out["graphs"] == want_graphs
+        and out["counter"] == len(batches)
+        and out["trained"]
+    )
     return out
 
 
@@ -160,9 +181,16 @@ def tiny_config(device: torch.device, epochs: int = 2, **trainer) -> RunConfig:
     if device.type != "cuda":
         tr.setdefault("compile", False)
         tr["cuda_graphs"] = False
-    return RunConfig(lr=1e-3, wd=5e-4, epochs=epochs, batch_size=64, seed=0,
-                     model=ModelConfig(name="resnet20v1", depth=20, version=1, bn_momentum=0.1),
-                     data=DataConfig(name="synthetic", n_train=512, n_val=200), trainer=TrainerConfig(**tr))
+    return RunConfig(
+        lr=1e-3,
+        wd=5e-4,
+        epochs=epochs,
+        batch_size=64,
+        seed=0,
+        model=ModelConfig(name="resnet20v1", depth=20, version=1, bn_momentum=0.1),
+        data=DataConfig(name="synthetic", n_train=512, n_val=200),
+        trainer=TrainerConfig(**tr),
+    )
 
 
 def drain(cfg: RunConfig, folder: Path, after_step=None) -> rrun.Run:
@@ -200,12 +228,24 @@ def recalibration_identity(device: torch.device, folder: Path) -> dict:
     vals = [r for r in read_metrics(a.recorder.path) if "val_loss_recal" in r]
     weights = _differences(a.model.state_dict(), b.model.state_dict())
     moments = _differences(_moments(a.opt), _moments(b.opt))
-    out = {"check": "recalibration", "execution": a.path, "steps": a.state.step, "recalibrated_validations": len(vals),
-           "records_equal": core[0] == core[1] and len(core[0]) == a.state.step,
-           "norms_equal": bool(both) and all(x["weight_norm"] == y["weight_norm"] for x, y in both),
-           "weights_that_differ": weights, "moments_that_differ": moments}
-    out["ok"] = (out["records_equal"] and out["norms_equal"] and not weights and not moments and len(vals) >= 5
-                 and a.state.step == 16)
+    out = {
+        "check": "recalibration",
+        "execution": a.path,
+        "steps": a.state.step,
+        "recalibrated_validations": len(vals),
+        "records_equal": core[0] == core[1] and len(core[0]) == a.state.step,
+        "norms_equal": bool(both) and all(x["weight_norm"] == y["weight_norm"] for x, y in both),
+        "weights_that_differ": weights,
+        "moments_that_differ": moments,
+    }
+    out["ok"] = (
+        out["records_equal"]
+        and out["norms_equal"]
+        and not weights
+        and not moments
+        and len(vals) >= 5
+        and a.state.step == 16
+    )
     return out
 
 
@@ -222,8 +262,17 @@ def eval_forward_equality(device: torch.device) -> dict:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if cuda else nullcontext()
     splits = rdata.make_synthetic(n_train=20, n_val=450, seed=1)
     mean, std = rdata.channel_stats(splits.train_x)
-    loader = rdata.DeviceLoader(splits.val_x, splits.val_y, 100, device=device, shuffle=False, pad_last=True,
-                                mean=mean, std=std, channels_last=cuda)
+    loader = rdata.DeviceLoader(
+        splits.val_x,
+        splits.val_y,
+        100,
+        device=device,
+        shuffle=False,
+        pad_last=True,
+        mean=mean,
+        std=std,
+        channels_last=cuda,
+    )
     captured, eager = GraphedForward(model, autocast, capture=cuda), GraphedForward(model, autocast, capture=False)
     unequal = 0
     with _cudnn(benchmark=True):  # as the trainer runs
@@ -233,8 +282,14 @@ def eval_forward_equality(device: torch.device) -> dict:
         ev_eager = torch.stack(evaluate(model, eager, loader)).tolist()
         model.eval()
         ev_captured = torch.stack(evaluate(model, captured, loader)).tolist()
-    out = {"check": "eval forward", "batches": 2 * len(loader), "unequal_batches": unequal,
-           "captured": captured.graph is not None, "evaluate_eager": ev_eager, "evaluate_captured": ev_captured}
+    out = {
+        "check": "eval forward",
+        "batches": 2 * len(loader),
+        "unequal_batches": unequal,
+        "captured": captured.graph is not None,
+        "evaluate_eager": ev_eager,
+        "evaluate_captured": ev_captured,
+    }
     out["ok"] = unequal == 0 and ev_eager == ev_captured and out["captured"] == cuda
     return out
 
@@ -243,6 +298,7 @@ def compiled_frames() -> int | None:
     """How many frames torch.compile has compiled in this process (None if torch no longer counts them)."""
     try:
         from torch._dynamo.utils import counters
+
         return int(counters["stats"]["unique_graphs"])
     except Exception:  # a private counter: its absence must not fail the check
         return None
@@ -264,25 +320,44 @@ def default_path(device: torch.device, folder: Path) -> dict:
     s = json.loads((run.run_dir / "summary.json").read_text())
     epochs = [r for r in read_metrics(run.recorder.path) if "epoch_train_s" in r]
     cuda = device.type == "cuda"
-    out = {"check": "default path", "execution": run.path, "status": s["status"],
-           "graphs": len(run.graphed.graphs) if run.graphed is not None else 0,
-           "graphs_after_epoch_1": seen.get("graphs"), "shapes_seen": len(run.graphed.seen) if run.graphed else 0,
-           "eval_captured": run.eval_forward.graph is not None, "compiled_frames_after_epoch_1": seen.get("frames"),
-           "compiled_frames": compiled_frames(), "images_per_s": s["images_per_s"], "startup_s": s["startup_s"],
-           "stall_s": s["stall_s"], "epoch_train_s": [r["epoch_train_s"] for r in epochs]}
-    out["ok"] = (s["status"] == "completed" and len(epochs) == 3 and out["graphs"] == out["graphs_after_epoch_1"]
-                 == (1 if cuda else 0) and out["shapes_seen"] == (1 if cuda else 0) and out["eval_captured"] == cuda
-                 and out["compiled_frames"] == out["compiled_frames_after_epoch_1"])
+    out = {
+        "check": "default path",
+        "execution": run.path,
+        "status": s["status"],
+        "graphs": len(run.graphed.graphs) if run.graphed is not None else 0,
+        "graphs_after_epoch_1": seen.get("graphs"),
+        "shapes_seen": len(run.graphed.seen) if run.graphed else 0,
+        "eval_captured": run.eval_forward.graph is not None,
+        "compiled_frames_after_epoch_1": seen.get("frames"),
+        "compiled_frames": compiled_frames(),
+        "images_per_s": s["images_per_s"],
+        "startup_s": s["startup_s"],
+        "stall_s": s["stall_s"],
+        "epoch_train_s": [r["epoch_train_s"] for r in epochs],
+    }
+    out["ok"] = (
+        s["status"] == "completed"
+        and len(epochs) == 3
+        and out["graphs"] == out["graphs_after_epoch_1"] == (1 if cuda else 0)
+        and out["shapes_seen"] == (1 if cuda else 0)
+        and out["eval_captured"] == cuda
+        and out["compiled_frames"] == out["compiled_frames_after_epoch_1"]
+    )
     return out
 
 
 def all_checks(device: torch.device, folder: Path, quick: bool = False) -> list[dict]:
     """Every check, each run even when one before it failed or raised (a raise is a failed check)."""
-    checks = [(f"step equivalence {p} {r}", lambda p=p, r=r: step_equivalence(device, p, r, quick))
-              for p in PRESETS for r in REGULARIZATION]
-    checks += [("recalibration", lambda: recalibration_identity(device, folder)),
-               ("eval forward", lambda: eval_forward_equality(device)),
-               ("default path", lambda: default_path(device, folder))]
+    checks = [
+        (f"step equivalence {p} {r}", lambda p=p, r=r: step_equivalence(device, p, r, quick))
+        for p in PRESETS
+        for r in REGULARIZATION
+    ]
+    checks += [
+        ("recalibration", lambda: recalibration_identity(device, folder)),
+        ("eval forward", lambda: eval_forward_equality(device)),
+        ("default path", lambda: default_path(device, folder)),
+    ]
     results = []
     for name, fn in checks:
         tick = time.perf_counter()
@@ -301,6 +376,7 @@ def all_checks(device: torch.device, folder: Path, quick: bool = False) -> list[
 
 # ---------------------------------------------------------------- timed runs
 
+
 def run_data(root: str, quick: bool) -> DataConfig:
     if root == "synthetic":
         return DataConfig(name="synthetic", n_train=512 if quick else EPOCH_IMAGES, n_val=100 if quick else 10_000)
@@ -312,27 +388,51 @@ def timed_run(device, data: DataConfig, model: str, batch_size: int, path: str, 
     """One runner.train.train run: the default settings, or the eager path; its summary's timing figures."""
     compile_, graphs = (None, None) if path == "default" else (False, False)
     depth, version = MODELS[model]
-    cfg = RunConfig(lr=1e-3, wd=5e-4, epochs=epochs, batch_size=batch_size, seed=0,
-                    model=ModelConfig(name=model, depth=depth, version=version), data=data,
-                    trainer=TrainerConfig(device=device.type, compile=compile_, cuda_graphs=graphs, progress=False))
+    cfg = RunConfig(
+        lr=1e-3,
+        wd=5e-4,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=0,
+        model=ModelConfig(name=model, depth=depth, version=version),
+        data=data,
+        trainer=TrainerConfig(device=device.type, compile=compile_, cuda_graphs=graphs, progress=False),
+    )
     folder.mkdir(parents=True)
     s = rtrain.train(cfg, folder)
     epoch_records = [r for r in read_metrics(folder / "metrics.jsonl") if "epoch_train_s" in r]
-    row = {"batch_size": batch_size, "path": path, "execution": s.get("path"), "model": model, "status": s["status"],
-           "images_per_s": s["images_per_s"], "images_per_s_overall": s["images_per_s_overall"],
-           "epoch_s_est": EPOCH_IMAGES / s["images_per_s"] if s["images_per_s"] else None,
-           "epoch_train_s": [r["epoch_train_s"] for r in epoch_records], "train_time_s": s["train_time_s"],
-           "startup_s": s["startup_s"], "startup": s["startup"], "stall_s": s["stall_s"],
-           "val_first_s": s["val_first_s"], "val_s": s["val_s"], "val_time_s": s["val_time_s"],
-           "wall_time_s": s["wall_time_s"], "final_val_acc": s["final_val_acc"], "device": s["device"]}
+    row = {
+        "batch_size": batch_size,
+        "path": path,
+        "execution": s.get("path"),
+        "model": model,
+        "status": s["status"],
+        "images_per_s": s["images_per_s"],
+        "images_per_s_overall": s["images_per_s_overall"],
+        "epoch_s_est": EPOCH_IMAGES / s["images_per_s"] if s["images_per_s"] else None,
+        "epoch_train_s": [r["epoch_train_s"] for r in epoch_records],
+        "train_time_s": s["train_time_s"],
+        "startup_s": s["startup_s"],
+        "startup": s["startup"],
+        "stall_s": s["stall_s"],
+        "val_first_s": s["val_first_s"],
+        "val_s": s["val_s"],
+        "val_time_s": s["val_time_s"],
+        "wall_time_s": s["wall_time_s"],
+        "final_val_acc": s["final_val_acc"],
+        "device": s["device"],
+    }
     st = row["startup"]
-    print(f"gpu_check: run {model} batch {batch_size} {path:7s}: {_f(row['images_per_s'], '.0f')} img/s steady "
-          f"({_f(row['epoch_s_est'], '.2f')} s per 50k epoch), epochs {[round(t, 2) for t in row['epoch_train_s']]} s, "
-          f"startup {_f(row['startup_s'], '.1f')} s (first step {_f(st.get('first_step_s'), '.1f')}, compile "
-          f"{_f(st.get('compile_s'), '.1f')}, capture {_f(st.get('capture_s'), '.2f')}, warm-up "
-          f"{_f(st.get('warmup_s'), '.2f')}, eval capture {_f(st.get('eval_capture_s'), '.2f')}), stall "
-          f"{_f(row['stall_s'], '.2f')} s, validation {_f(row['val_s'], '.3f')} s "
-          f"(first {_f(row['val_first_s'], '.2f')} s), val acc {_f(row['final_val_acc'], '.4f')}", flush=True)
+    print(
+        f"gpu_check: run {model} batch {batch_size} {path:7s}: {_f(row['images_per_s'], '.0f')} img/s steady "
+        f"({_f(row['epoch_s_est'], '.2f')} s per 50k epoch), epochs {[round(t, 2) for t in row['epoch_train_s']]} s, "
+        f"startup {_f(row['startup_s'], '.1f')} s (first step {_f(st.get('first_step_s'), '.1f')}, compile "
+        f"{_f(st.get('compile_s'), '.1f')}, capture {_f(st.get('capture_s'), '.2f')}, warm-up "
+        f"{_f(st.get('warmup_s'), '.2f')}, eval capture {_f(st.get('eval_capture_s'), '.2f')}), stall "
+        f"{_f(row['stall_s'], '.2f')} s, validation {_f(row['val_s'], '.3f')} s "
+        f"(first {_f(row['val_first_s'], '.2f')} s), val acc {_f(row['final_val_acc'], '.4f')}",
+        flush=True,
+    )
     return row
 
 
@@ -340,9 +440,17 @@ def evaluation_times(device, data: DataConfig, model: str, folder: Path, repeats
     """Seconds of one BatchNorm recalibration (trainer.bn_recalibrate images) and one validation pass (running
     statistics) on a Run with the default settings, after one untimed call of each (compile, capture)."""
     depth, version = MODELS[model]
-    cfg = RunConfig(epochs=1, batch_size=128, model=ModelConfig(name=model, depth=depth, version=version), data=data,
-                    trainer=TrainerConfig(device=device.type, progress=False,
-                                          **({} if device.type == "cuda" else dict(compile=False, cuda_graphs=False))))
+    cfg = RunConfig(
+        epochs=1,
+        batch_size=128,
+        model=ModelConfig(name=model, depth=depth, version=version),
+        data=data,
+        trainer=TrainerConfig(
+            device=device.type,
+            progress=False,
+            **({} if device.type == "cuda" else dict(compile=False, cuda_graphs=False)),
+        ),
+    )
     folder.mkdir(parents=True)
     run = rrun.setup(cfg, folder)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -365,13 +473,21 @@ def evaluation_times(device, data: DataConfig, model: str, folder: Path, repeats
     if run.recorder.tb is not None:
         run.recorder.tb.close()
     run.recorder.close()
-    out = {"execution": run.path, "recalibration_images": len(run.recal_images),
-           "recalibration_s": statistics.median(r[1:]), "recalibration_first_s": r[0],
-           "val_images": len(run.evals["val"].y), "validation_pass_s": statistics.median(v[1:]),
-           "validation_first_s": v[0]}
-    print(f"gpu_check: BatchNorm recalibration over {out['recalibration_images']} images "
-          f"{out['recalibration_s']:.4f} s (first {r[0]:.2f} s); one validation pass over {out['val_images']} images "
-          f"{out['validation_pass_s']:.4f} s (first {v[0]:.2f} s)", flush=True)
+    out = {
+        "execution": run.path,
+        "recalibration_images": len(run.recal_images),
+        "recalibration_s": statistics.median(r[1:]),
+        "recalibration_first_s": r[0],
+        "val_images": len(run.evals["val"].y),
+        "validation_pass_s": statistics.median(v[1:]),
+        "validation_first_s": v[0],
+    }
+    print(
+        f"gpu_check: BatchNorm recalibration over {out['recalibration_images']} images "
+        f"{out['recalibration_s']:.4f} s (first {r[0]:.2f} s); one validation pass over {out['val_images']} images "
+        f"{out['validation_pass_s']:.4f} s (first {v[0]:.2f} s)",
+        flush=True,
+    )
     return out
 
 
@@ -381,12 +497,16 @@ def _f(v, fmt: str) -> str:
 
 # ---------------------------------------------------------------- main
 
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: the same checks uncaptured")
     p.add_argument("--checks", action=argparse.BooleanOptionalAction, default=True, help="run the checks (default)")
-    p.add_argument("--data-root", help="CIFAR-10 (image folder train/ test/, or cifar-10-batches-py) for the timed "
-                                       "runs, or `synthetic`; without it, no timed runs")
+    p.add_argument(
+        "--data-root",
+        help="CIFAR-10 (image folder train/ test/, or cifar-10-batches-py) for the timed "
+        "runs, or `synthetic`; without it, no timed runs",
+    )
     p.add_argument("--model", choices=sorted(MODELS), default=None, help="default resnet56v2 (resnet20v1 with --quick)")
     p.add_argument("--batch-sizes", default=None, help="comma-separated; default 128,64 (16 with --quick)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of each default-path run (default 2)")
@@ -410,8 +530,11 @@ def main(argv=None) -> int:
     out = Path(args.out)
     result = {"env": {**environment(device), "code": code_version()}, "checks": [], "runs": [], "evaluation": None}
     env = result["env"]
-    print(f"gpu_check: {env['device_name']}, torch {env['torch']}, cuda {env['cuda']}, cudnn {env['cudnn']}, "
-          f"python {env['python']}, commit {(env['code']['commit'] or '?')[:10]}", flush=True)
+    print(
+        f"gpu_check: {env['device_name']}, torch {env['torch']}, cuda {env['cuda']}, cudnn {env['cudnn']}, "
+        f"python {env['python']}, commit {(env['code']['commit'] or '?')[:10]}",
+        flush=True,
+    )
     failed = []
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         if args.checks:
@@ -422,8 +545,11 @@ def main(argv=None) -> int:
             failed += timed_runs(args, device, model, batch_sizes, epochs, eager_epochs, Path(tmp), result, out)
     result["failed"] = failed
     _save(result, out)
-    print(f"gpu_check: wrote {out}; {len(result['checks'])} checks, {len(result['runs'])} runs: "
-          + ("all OK" if not failed else f"FAILED: {', '.join(map(str, failed))}"), flush=True)
+    print(
+        f"gpu_check: wrote {out}; {len(result['checks'])} checks, {len(result['runs'])} runs: "
+        + ("all OK" if not failed else f"FAILED: {', '.join(map(str, failed))}"),
+        flush=True,
+    )
     return 1 if failed else 0
 
 

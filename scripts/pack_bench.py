@@ -16,6 +16,7 @@ seconds added up), so the sequential figure is the rate of one run alone and the
 Runs without hydra/omegaconf (RunConfig's dataclasses are built directly) and without TensorBoard (its event files
 are then left out); imports runner from ../src. scripts/bench.py calls `bench_pack` for its `--pack K`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,33 +43,63 @@ from runner.pack import Job, train_pack  # noqa: E402
 
 DEFAULTS = {  # per device: what the issue's targets are stated for on a GPU; seconds on a CPU
     "cpu": {"model": "resnet20v1", "batch_size": 32, "sizes": [4], "warmup": 2, "steps": 20, "n_val": 100},
-    "cuda": {"model": "resnet56v2", "batch_size": 128, "sizes": [2, 4, 8], "warmup": 10, "steps": 200,
-             "n_val": 1000},
+    "cuda": {"model": "resnet56v2", "batch_size": 128, "sizes": [2, 4, 8], "warmup": 10, "steps": 200, "n_val": 1000},
 }
 RULES = [  # (preset name, algorithm, lr, wd, l2): the update rules of the studies, each at two strengths
-    ("adamw", "adam", 1e-3, 5e-4, 0.0), ("adam_l2", "adam", 1e-3, 0.0, 5e-4),
-    ("sgdw", "sgd", 0.05, 5e-4, 0.0), ("sgd_l2", "sgd", 0.05, 0.0, 5e-4),
-    ("adamw", "adam", 2e-3, 1e-3, 0.0), ("adam_l2", "adam", 2e-3, 0.0, 1e-3),
-    ("sgdw", "sgd", 0.1, 1e-3, 0.0), ("sgd_l2", "sgd", 0.1, 0.0, 1e-3),
+    ("adamw", "adam", 1e-3, 5e-4, 0.0),
+    ("adam_l2", "adam", 1e-3, 0.0, 5e-4),
+    ("sgdw", "sgd", 0.05, 5e-4, 0.0),
+    ("sgd_l2", "sgd", 0.05, 0.0, 5e-4),
+    ("adamw", "adam", 2e-3, 1e-3, 0.0),
+    ("adam_l2", "adam", 2e-3, 0.0, 1e-3),
+    ("sgdw", "sgd", 0.1, 1e-3, 0.0),
+    ("sgd_l2", "sgd", 0.1, 0.0, 1e-3),
 ]
 
 
-def configs(k: int, device: str, model: str, batch_size: int, warmup: int, steps: int, n_val: int,
-            compile: bool, graphs: bool | None) -> list[RunConfig]:
+def configs(
+    k: int,
+    device: str,
+    model: str,
+    batch_size: int,
+    warmup: int,
+    steps: int,
+    n_val: int,
+    compile: bool,
+    graphs: bool | None,
+) -> list[RunConfig]:
     """K runs of one epoch that stops after warmup + steps + 1 steps (the step after the window closes it)."""
     depth, version = MODELS[model]
     total = warmup + steps + 1
     data = DataConfig(name="synthetic", n_train=(total + 1) * batch_size, n_val=n_val)  # validation only at the end
-    trainer = TrainerConfig(device=device, max_steps=total, log_every=50, compile=compile, cuda_graphs=graphs,
-                            progress=False, bn_recalibrate=0)
+    trainer = TrainerConfig(
+        device=device,
+        max_steps=total,
+        log_every=50,
+        compile=compile,
+        cuda_graphs=graphs,
+        progress=False,
+        bn_recalibrate=0,
+    )
     out = []
     for n in range(k):
         name, algorithm, lr, wd, l2 = RULES[n % len(RULES)]
         lr *= 1 + n // len(RULES)  # more than 8 jobs: the grid goes on to larger lr
         opt = OptimizerConfig(name=name, algorithm=algorithm)
-        out.append(RunConfig(lr=lr, wd=wd, l2=l2, epochs=1, batch_size=batch_size, seed=0, data=data,
-                             model=ModelConfig(name=model, depth=depth, version=version), optimizer=opt,
-                             trainer=dataclasses.replace(trainer)))
+        out.append(
+            RunConfig(
+                lr=lr,
+                wd=wd,
+                l2=l2,
+                epochs=1,
+                batch_size=batch_size,
+                seed=0,
+                data=data,
+                model=ModelConfig(name=model, depth=depth, version=version),
+                optimizer=opt,
+                trainer=dataclasses.replace(trainer),
+            )
+        )
     return out
 
 
@@ -111,13 +142,26 @@ def timed_pack(cfgs: Sequence[RunConfig], root: Path, warmup: int, steps: int, s
     bad = [o.error or o.summary["status"] for o in outcomes if o.error or o.summary["status"] != "completed"]
     if bad:
         raise RuntimeError(f"benchmark runs did not complete: {bad}")
-    return {"window_s": window.seconds, "wall_s": wall,
-            "run_images_per_s": [o.summary["images_per_s"] for o in outcomes]}
+    return {
+        "window_s": window.seconds,
+        "wall_s": wall,
+        "run_images_per_s": [o.summary["images_per_s"] for o in outcomes],
+    }
 
 
-def measure(sizes: Sequence[int], device: str = "cpu", *, model: str | None = None, batch_size: int | None = None,
-            warmup: int | None = None, steps: int | None = None, compile: bool = False, graphs: bool | None = None,
-            root: str | Path | None = None, say: Callable[[str], None] = print) -> dict:
+def measure(
+    sizes: Sequence[int],
+    device: str = "cpu",
+    *,
+    model: str | None = None,
+    batch_size: int | None = None,
+    warmup: int | None = None,
+    steps: int | None = None,
+    compile: bool = False,
+    graphs: bool | None = None,
+    root: str | Path | None = None,
+    say: Callable[[str], None] = print,
+) -> dict:
     """One run per job of the largest pack, one after another; then a pack of each size in `sizes`, of the first
     jobs. Returns the figures (and prints them with `say`)."""
     d = DEFAULTS["cuda" if device == "cuda" else "cpu"]
@@ -130,8 +174,10 @@ def measure(sizes: Sequence[int], device: str = "cpu", *, model: str | None = No
     images = steps * batch_size  # per job, in the window
     _without_tensorboard_if_missing(say)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        say(f"pack_bench: {model}, batch {batch_size}, {device}, compile {compile}, cuda_graphs {graphs}: "
-            f"{warmup} warm-up steps, then {steps} timed steps per job")
+        say(
+            f"pack_bench: {model}, batch {batch_size}, {device}, compile {compile}, cuda_graphs {graphs}: "
+            f"{warmup} warm-up steps, then {steps} timed steps per job"
+        )
         alone = [timed_pack([cfg], Path(tmp), warmup, steps, sync) for cfg in cfgs]
         one = {"images_per_s": [images / a["window_s"] for a in alone], "wall_s": [a["wall_s"] for a in alone]}
         say(f"  one run alone: {_rates(one['images_per_s'])} img/s")
@@ -141,22 +187,47 @@ def measure(sizes: Sequence[int], device: str = "cpu", *, model: str | None = No
             p = timed_pack(cfgs[:k], Path(tmp), warmup, steps, sync)
             sequential = k * images / sum(a["window_s"] for a in alone[:k])
             packed = k * images / p["window_s"]
-            row = {"k": k, "sequential_images_per_s": sequential, "pack_images_per_s": packed,
-                   "ratio": packed / sequential, "sequential_wall_s": sum(one["wall_s"][:k]),
-                   "pack_wall_s": p["wall_s"],
-                   "wall_ratio": sum(one["wall_s"][:k]) / p["wall_s"], "peak_memory_gb": _peak(dev),
-                   "pack_run_images_per_s": p["run_images_per_s"]}
+            row = {
+                "k": k,
+                "sequential_images_per_s": sequential,
+                "pack_images_per_s": packed,
+                "ratio": packed / sequential,
+                "sequential_wall_s": sum(one["wall_s"][:k]),
+                "pack_wall_s": p["wall_s"],
+                "wall_ratio": sum(one["wall_s"][:k]) / p["wall_s"],
+                "peak_memory_gb": _peak(dev),
+                "pack_run_images_per_s": p["run_images_per_s"],
+            }
             packs.append(row)
-            say(f"  K={k}: sequential {sequential:,.0f} img/s, pack {packed:,.0f} img/s: {row['ratio']:.2f}x; "
-                f"wall {row['sequential_wall_s']:.1f} s vs {p['wall_s']:.1f} s ({row['wall_ratio']:.2f}x)")
-    return {"device": device, "env": provenance.environment(dev), "code": provenance.code_version(),
-            "model": model, "batch_size": batch_size, "warmup_steps": warmup, "timed_steps": steps,
-            "compile": compile, "cuda_graphs": graphs, "alone": one, "packs": packs,
-            "jobs": [{"optimizer": c.optimizer.name, "lr": c.lr, "wd": c.wd, "l2": c.l2} for c in cfgs]}
+            say(
+                f"  K={k}: sequential {sequential:,.0f} img/s, pack {packed:,.0f} img/s: {row['ratio']:.2f}x; "
+                f"wall {row['sequential_wall_s']:.1f} s vs {p['wall_s']:.1f} s ({row['wall_ratio']:.2f}x)"
+            )
+    return {
+        "device": device,
+        "env": provenance.environment(dev),
+        "code": provenance.code_version(),
+        "model": model,
+        "batch_size": batch_size,
+        "warmup_steps": warmup,
+        "timed_steps": steps,
+        "compile": compile,
+        "cuda_graphs": graphs,
+        "alone": one,
+        "packs": packs,
+        "jobs": [{"optimizer": c.optimizer.name, "lr": c.lr, "wd": c.wd, "l2": c.l2} for c in cfgs],
+    }
 
 
-def probe_fused(k: int, device: str = "cpu", *, model: str | None = None, batch_size: int | None = None,
-                steps: int = 30, say: Callable[[str], None] = print) -> dict:
+def probe_fused(
+    k: int,
+    device: str = "cpu",
+    *,
+    model: str | None = None,
+    batch_size: int | None = None,
+    steps: int = 30,
+    say: Callable[[str], None] = print,
+) -> dict:
     """The road not taken, measured: forward + backward (no optimizer) of K models three ways, images/s over all K.
     `alone`: one model at a time; `streams`: the K models' steps on K CUDA streams (what runner.pack does);
     `fused`: one model of K stacked parameter sets (torch.func.stack_module_state + vmap, which runs each
@@ -186,12 +257,16 @@ def probe_fused(k: int, device: str = "cpu", *, model: str | None = None, batch_
     def fused():
         def loss(p, b, x, y):
             return F.cross_entropy(functional_call(skeleton, (p, b), (x,)), y)
+
         with autocast:
             vmap(loss)(params, buffers, xs, ys).sum().backward()
 
     streams = [torch.cuda.Stream(dev) for _ in range(k)] if cuda else [None] * k
-    step = {"alone": [lambda i=i: one(i) for i in range(k)], "fused": [fused],
-            "streams": [lambda i=i: one(i) for i in range(k)]}
+    step = {
+        "alone": [lambda i=i: one(i) for i in range(k)],
+        "fused": [fused],
+        "streams": [lambda i=i: one(i) for i in range(k)],
+    }
     out = {"model": model, "batch_size": batch_size, "k": k, "steps": steps}
     for way, calls in step.items():
         try:
@@ -228,6 +303,7 @@ def _graphed(f: Callable[[], None], dev: torch.device, stream) -> Callable[[], N
     def replay():
         with torch.cuda.stream(stream):
             graph.replay()
+
     return replay
 
 
@@ -290,15 +366,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per job before the window")
     p.add_argument("--steps", type=int, default=None, help="timed steps per job")
     p.add_argument("--compile", choices=("on", "off"), default="off", help="torch.compile each run's model")
-    p.add_argument("--graphs", choices=("auto", "on", "off"), default="auto",
-                   help="trainer.cuda_graphs (auto: on for cuda)")
+    p.add_argument(
+        "--graphs", choices=("auto", "on", "off"), default="auto", help="trainer.cuda_graphs (auto: on for cuda)"
+    )
     p.add_argument("--probe", action="store_true", help="also time forward+backward alone, on streams and fused")
     p.add_argument("--out", default=None, help="write the figures here as JSON")
     a = p.parse_args(argv)
     sizes = [int(s) for s in a.pack.split(",")] if a.pack else DEFAULTS[a.device]["sizes"]
     graphs = {"auto": None, "on": True, "off": False}[a.graphs]
-    result = measure(sizes, a.device, model=a.model, batch_size=a.batch_size, warmup=a.warmup, steps=a.steps,
-                     compile=a.compile == "on", graphs=graphs)
+    result = measure(
+        sizes,
+        a.device,
+        model=a.model,
+        batch_size=a.batch_size,
+        warmup=a.warmup,
+        steps=a.steps,
+        compile=a.compile == "on",
+        graphs=graphs,
+    )
     if a.probe:
         print(f"probe: forward+backward of K={max(sizes)} models, three ways")
         result["probe"] = probe_fused(max(sizes), a.device, model=a.model, batch_size=a.batch_size)

@@ -5,6 +5,7 @@
 
 Either file may be missing or cut short (a stage that ran out of time): its rows are left out. Standard library only.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,10 @@ def provenance(bench: dict, check: dict) -> str:
     code = env.get("code") or {}
     commit = (code.get("commit") or "unknown")[:7] + (" (dirty)" if code.get("dirty") else "")
     data = (bench.get("settings") or {}).get("data", "–")
-    return (f"{env.get('device_name')}, torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, "
-            f"Python {env.get('python')}, {env.get('cpu_count')} CPUs, commit {commit}; bench data: {data}")
+    return (
+        f"{env.get('device_name')}, torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, "
+        f"Python {env.get('python')}, {env.get('cpu_count')} CPUs, commit {commit}; bench data: {data}"
+    )
 
 
 def loop_rows(bench: dict, sizes: list[int]) -> list[list[str]]:
@@ -51,9 +54,13 @@ def loop_rows(bench: dict, sizes: list[int]) -> list[list[str]]:
         cells = []
         for b in sizes:
             r = by.get((path, b))
-            cells.append("–" if r is None else f"{rate(r['loop']['images_per_s'])} ({r['ratio']:.2f}×), "
-                                               f"{r['epoch_s_est']:.2f} s/epoch, overhead "
-                                               f"{100 * r['overhead']['share_raw']:.1f} %")
+            cells.append(
+                "–"
+                if r is None
+                else f"{rate(r['loop']['images_per_s'])} ({r['ratio']:.2f}×), "
+                f"{r['epoch_s_est']:.2f} s/epoch, overhead "
+                f"{100 * r['overhead']['share_raw']:.1f} %"
+            )
         rows.append([label] + cells)
     return rows
 
@@ -72,9 +79,11 @@ def run_rows(check: dict, sizes: list[int]) -> list[list[str]]:
                 cells.append("–" if r is None else "failed")
                 continue
             epochs = ", ".join(f"{t:.2f}" for t in r["epoch_train_s"])
-            cells.append(f"{rate(r['images_per_s'])} steady; epochs {epochs} s; "
-                         f"startup {_n(r.get('startup_s'), '.1f')} s, stall {_n(r.get('stall_s'), '.2f')} s; "
-                         f"validation {_s(r.get('val_s'))} (first {_s(r.get('val_first_s'))})")
+            cells.append(
+                f"{rate(r['images_per_s'])} steady; epochs {epochs} s; "
+                f"startup {_n(r.get('startup_s'), '.1f')} s, stall {_n(r.get('stall_s'), '.2f')} s; "
+                f"validation {_s(r.get('val_s'))} (first {_s(r.get('val_first_s'))})"
+            )
         rows.append([label] + cells)
     return rows
 
@@ -101,24 +110,39 @@ def single_rows(bench: dict, check: dict, n: int) -> list[list[str]]:
             rows.append([f"BatchNorm recalibration, {images:,} images", recal] + [""] * (n - 1))
     c = check.get("evaluation") or {}
     if "recalibration_s" in c:
-        rows.append([f"`train` run's Run: recalibration ({c['recalibration_images']:,} images) / one validation pass",
-                     f"{c['recalibration_s']:.3f} s / {c['validation_pass_s']:.3f} s"] + [""] * (n - 1))
+        rows.append(
+            [
+                f"`train` run's Run: recalibration ({c['recalibration_images']:,} images) / one validation pass",
+                f"{c['recalibration_s']:.3f} s / {c['validation_pass_s']:.3f} s",
+            ]
+            + [""] * (n - 1)
+        )
     ops = bench.get("op_counts") or {}
     if "runner_per_step" in ops:
-        rows.append([f"device work per step, eager runner vs tutorial ({ops['unit']})",
-                     f"{ops['runner_per_step']:g} vs {ops['tutorial_per_step']:g} (+{ops['log_step_extra']:g} per "
-                     f"flush)"] + [""] * (n - 1))
+        rows.append(
+            [
+                f"device work per step, eager runner vs tutorial ({ops['unit']})",
+                f"{ops['runner_per_step']:g} vs {ops['tutorial_per_step']:g} (+{ops['log_step_extra']:g} per flush)",
+            ]
+            + [""] * (n - 1)
+        )
     return rows
 
 
 def table(bench: dict, check: dict) -> str:
-    sizes = sorted({r["batch_size"] for r in bench.get("loop", [])}
-                   | {r["batch_size"] for r in check.get("runs", []) if "batch_size" in r})
+    sizes = sorted(
+        {r["batch_size"] for r in bench.get("loop", [])}
+        | {r["batch_size"] for r in check.get("runs", []) if "batch_size" in r}
+    )
     sizes = sizes or [128]
     rows = loop_rows(bench, sizes) + run_rows(check, sizes) + single_rows(bench, check, len(sizes))
     model = (bench.get("settings") or {}).get("model", "resnet56v2")
-    lines = [f"Measured on {provenance(bench, check)}; {model}.", "",
-             "| what | " + " | ".join(f"batch {b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    lines = [
+        f"Measured on {provenance(bench, check)}; {model}.",
+        "",
+        "| what | " + " | ".join(f"batch {b}" for b in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     failed = check.get("failed")
     if failed:

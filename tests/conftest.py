@@ -1,4 +1,5 @@
 """Shared helpers: compose the real configs the way `python -m runner` does, and run the CLI."""
+
 import os
 import subprocess
 import sys
@@ -28,8 +29,9 @@ def compose_cfg(*overrides: str):
 def run_cli(args, cwd, timeout=300, env_extra=None):
     """`python -m runner ARGS` in a subprocess; returns CompletedProcess (text)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture
@@ -43,7 +45,9 @@ def forbid_host_reads(monkeypatch, opt) -> None:
     runner's fused (and, for graphs, capturable) Adam keeps the counter on the device."""
     inside_torch_optim = []
     real_step = opt.inner.step
-    monkeypatch.setattr(opt.inner, "step", lambda: (inside_torch_optim.append(1), real_step(), inside_torch_optim.pop()))
+    monkeypatch.setattr(
+        opt.inner, "step", lambda: (inside_torch_optim.append(1), real_step(), inside_torch_optim.pop())
+    )
 
     def guard(name):
         original = getattr(torch.Tensor, name)
@@ -52,8 +56,8 @@ def forbid_host_reads(monkeypatch, opt) -> None:
             if inside_torch_optim:
                 return original(self, *a, **k)
             raise AssertionError(f"a device value was read on the host ({name})")
+
         return refuse
 
     for name in ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"):
         monkeypatch.setattr(torch.Tensor, name, guard(name))
-

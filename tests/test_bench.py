@@ -1,6 +1,7 @@
 """scripts/bench.py runs end to end (--quick, CPU) where hydra/omegaconf are missing and the package is not
 installed, times the loop that ships, and writes the figures it promises. No timing thresholds: timings belong to
 the benchmark."""
+
 import importlib.util
 import json
 import os
@@ -68,12 +69,35 @@ def quick(tmp_path_factory):
     site = tmp / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p),
-           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     out = tmp / "tmp" / "bench.json"
-    r = subprocess.run([sys.executable, str(BENCH), "--quick", "--device", "cpu", "--threads", "1",
-                        "--paths", "eager,graphs", "--pack", "2", "--out", str(out)],
-                       env=env, cwd=tmp, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--quick",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--paths",
+            "eager,graphs",
+            "--pack",
+            "2",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads(out.read_text()), r.stdout
 
@@ -178,19 +202,28 @@ def test_cuda_launches_are_counted_under_the_op_that_made_them():
 
     conv = ev("aten::conv2d")
     cast = ev("aten::copy_", ev("aten::_to_copy", ev("aten::to", conv)))
-    launches = [ev("cudaLaunchKernel", cast), ev("cudaLaunchKernel", ev("aten::cudnn_convolution", conv)),
-                ev("cudaLaunchKernel", ev("aten::cudnn_convolution", conv))]
+    launches = [
+        ev("cudaLaunchKernel", cast),
+        ev("cudaLaunchKernel", ev("aten::cudnn_convolution", conv)),
+        ev("cudaLaunchKernel", ev("aten::cudnn_convolution", conv)),
+    ]
     item = ev("aten::item")
     copy = ev("cudaMemcpyAsync", ev("aten::_local_scalar_dense", item))
     empty = ev("aten::empty")
     events = [conv, cast, *launches, item, copy, empty] + [e.cpu_parent for e in launches]
     counted = bench.device_work(events, cuda=True)
-    assert counted == {"aten::copy_ < aten::conv2d": 1, "aten::cudnn_convolution < aten::conv2d": 2,
-                       "aten::_local_scalar_dense < aten::item": 1}
+    assert counted == {
+        "aten::copy_ < aten::conv2d": 1,
+        "aten::cudnn_convolution < aten::conv2d": 2,
+        "aten::_local_scalar_dense < aten::item": 1,
+    }
 
     cpu = bench.device_work([conv, item, empty], cuda=False)  # CPU: the innermost ops that compute
-    assert cpu == {"aten::copy_ < aten::conv2d": 1, "aten::cudnn_convolution < aten::conv2d": 2,
-                   "aten::_local_scalar_dense < aten::item": 1}
+    assert cpu == {
+        "aten::copy_ < aten::conv2d": 1,
+        "aten::cudnn_convolution < aten::conv2d": 2,
+        "aten::_local_scalar_dense < aten::item": 1,
+    }
 
 
 def test_unknown_paths_are_refused_with_the_choices(capsys):

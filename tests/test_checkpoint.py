@@ -1,5 +1,6 @@
 """Checkpoints: plain torch files, atomic, self-verifying by name, the last two kept, damage reported and survived,
 and run folders written by format 1 still continue."""
+
 import dataclasses
 import errno
 import hashlib
@@ -34,9 +35,18 @@ def real_state(step=1):
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     opt.inner.step()
     np.random.randn()  # leaves a cached gaussian in numpy's state, the part format 1 kept as an ndarray
-    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "best_acc": 0.5,
-            "last_val": (1.2, 0.5), "initial_loss": 2.3, "epoch_loss": 1.7, "n_epoch": 3,
-            "rng": checkpoint.rng_state(), "config": dataclasses.asdict(RunConfig())}
+    return {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": step,
+        "best_acc": 0.5,
+        "last_val": (1.2, 0.5),
+        "initial_loss": 2.3,
+        "epoch_loss": 1.7,
+        "n_epoch": 3,
+        "rng": checkpoint.rng_state(),
+        "config": dataclasses.asdict(RunConfig()),
+    }
 
 
 def save_format1(state, path):
@@ -54,6 +64,7 @@ def format1_rng():
 
 
 # ---------------------------------------------------------------- the files
+
 
 def test_save_then_load_round_trips_and_keeps_the_last_two(tmp_path):
     for step in (1, 2, 3):
@@ -115,13 +126,17 @@ def test_without_symlinks_there_is_no_last_pt_and_loading_still_works(tmp_path, 
 
 # ---------------------------------------------------------------- damage and crashes
 
+
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte", "empty"])
 def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_used(tmp_path, damage):
     save({"step": 1}, tmp_path)
     newest = save({"step": 2}, tmp_path)
     raw = newest.read_bytes()
-    newest.write_bytes({"truncate": raw[: len(raw) // 2], "flip_byte": raw[:-5] + bytes([raw[-5] ^ 1]) + raw[-4:],
-                        "empty": b""}[damage])
+    newest.write_bytes(
+        {"truncate": raw[: len(raw) // 2], "flip_byte": raw[:-5] + bytes([raw[-5] ^ 1]) + raw[-4:], "empty": b""}[
+            damage
+        ]
+    )
     state, notes = load_latest(tmp_path)
     assert state["step"] == 1
     assert len(notes) == 1 and newest.name in notes[0] and "checksum" in notes[0]
@@ -161,8 +176,12 @@ class Crash(BaseException):
 def test_a_crash_at_any_point_of_a_save_leaves_the_old_or_the_new_checkpoint(tmp_path, monkeypatch, second):
     """Every file-system call of save() in turn is where the process dies; each time a valid checkpoint
     remains and the next save tidies up."""
-    real = {"replace": checkpoint.os.replace, "symlink": checkpoint.os.symlink, "fsync": checkpoint.os.fsync,
-            "unlink": pathlib.Path.unlink}
+    real = {
+        "replace": checkpoint.os.replace,
+        "symlink": checkpoint.os.symlink,
+        "fsync": checkpoint.os.fsync,
+        "unlink": pathlib.Path.unlink,
+    }
     for crash_at in range(100):
         folder = tmp_path / str(crash_at)
         save({"step": 1}, folder)
@@ -174,6 +193,7 @@ def test_a_crash_at_any_point_of_a_save_leaves_the_old_or_the_new_checkpoint(tmp
                 if next(calls) == crash_at:
                     raise Crash
                 return real[name](*args, **kwargs)
+
             return call
 
         for name in ("replace", "symlink", "fsync"):
@@ -213,6 +233,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
 
 
 # ---------------------------------------------------------------- formats
+
 
 def test_a_checkpoint_of_a_newer_format_is_refused_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "FORMAT", 99)
@@ -278,11 +299,20 @@ def test_a_format1_folder_with_a_damaged_last_pt_uses_prev_pt_and_keeps_it(tmp_p
 
 # ---------------------------------------------------------------- best.pt
 
+
 def test_best_pt_is_a_plain_weights_only_file_replaced_atomically(tmp_path):
     state = real_state()
     for step, acc in ((390, 0.61), (780, 0.72)):
-        save_best(tmp_path, {"model": state["model"], "step": step, "val_acc": acc, "val_metric": "recalibrated",
-                             "config": state["config"]})
+        save_best(
+            tmp_path,
+            {
+                "model": state["model"],
+                "step": step,
+                "val_acc": acc,
+                "val_metric": "recalibrated",
+                "config": state["config"],
+            },
+        )
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert (best["step"], best["val_acc"], best["val_metric"]) == (780, 0.72, "recalibrated")
     build_resnet(20, 1).load_state_dict(best["model"])

@@ -1,5 +1,6 @@
 """`python -m runner` around the training: where runs go, what they are called, how to find them, and what a
 sweeper gets back."""
+
 import json
 import os
 import re
@@ -33,14 +34,24 @@ def folder_lines(stderr: str) -> list[str]:
 
 # --- sweep job folder names -----------------------------------------------------------------------------------
 
+
 def test_a_job_folder_is_its_number_then_what_it_overrides():
     assert job_folder_name(3, "optimizer=adamw", "wd=0.0005") == "3_optimizer=adamw,wd=0.0005"
 
 
 def test_keys_that_do_not_change_the_training_stay_out_of_the_name():
-    noisy = ["trainer.progress=false", "trainer.device=cpu", "data.root=/data/cifar", "data.download=false",
-             "trainer.log_every=1", "trainer.val_every=5", "log.histograms_every=10", "report=true",
-             "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"]
+    noisy = [
+        "trainer.progress=false",
+        "trainer.device=cpu",
+        "data.root=/data/cifar",
+        "data.download=false",
+        "trainer.log_every=1",
+        "trainer.val_every=5",
+        "log.histograms_every=10",
+        "report=true",
+        "hydra/launcher=local_parallel",
+        "hydra.launcher.n_jobs=2",
+    ]
     assert job_folder_name(1, "optimizer=adam_l2", "l2=0.0001", *noisy) == "1_l2=0.0001,optimizer=adam_l2"
 
 
@@ -67,6 +78,7 @@ def test_a_long_or_slashed_override_set_is_one_valid_folder_name_that_keeps_the_
 
 
 # --- latest links ---------------------------------------------------------------------------------------------
+
 
 def make_run(root, date, name):
     d = root / date / name
@@ -109,8 +121,10 @@ def test_forgetting_a_removed_run_drops_only_its_own_link(tmp_path):
 
 # --- the Optuna preset ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("objective, direction", [(None, "maximize"), ("final_val_acc", "maximize"),
-                                                  ("final_val_loss", "minimize")])
+
+@pytest.mark.parametrize(
+    "objective, direction", [(None, "maximize"), ("final_val_acc", "maximize"), ("final_val_loss", "minimize")]
+)
 def test_the_tune_sweeper_pushes_the_objective_the_right_way(objective, direction):
     overrides = ["hydra/sweeper=tune"] + ([f"++trainer.objective={objective}"] if objective else [])
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -120,6 +134,7 @@ def test_the_tune_sweeper_pushes_the_objective_the_right_way(objective, directio
 
 
 # --- end to end -----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_a_run_says_its_folder_at_start_and_end_and_becomes_latest(tmp_path):
@@ -153,8 +168,9 @@ def test_a_sweep_names_jobs_by_their_overrides_links_latest_reports_and_says_its
     assert r.returncode == 0, r.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun").glob("20*/*")
     jobs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").is_file())
-    assert jobs == [job_folder_name(i, *SMALL, f"optimizer={o}", "report=true")
-                    for i, o in enumerate(["adamw", "adam_l2"])]
+    assert jobs == [
+        job_folder_name(i, *SMALL, f"optimizer={o}", "report=true") for i, o in enumerate(["adamw", "adam_l2"])
+    ]
     assert "optimizer=adamw" in jobs[0]
     assert not any(k in jobs[0] for k in ("trainer.progress", "trainer.device", "report"))
     names = {json.loads((sweep / j / "summary.json").read_text())["hparams"]["optimizer"]["name"] for j in jobs}
@@ -171,10 +187,21 @@ def test_a_sweep_names_jobs_by_their_overrides_links_latest_reports_and_says_its
 def test_a_two_trial_optuna_sweep_maximizes_what_each_run_returns(tmp_path):
     """main() returns summary[trainer.objective]; Optuna's sweeper records it per trial and writes the best one."""
     study = tmp_path / "study.db"
-    r = run_cli(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.direction=maximize",
-                 "hydra.sweeper.sampler.seed=0", f"hydra.sweeper.storage=sqlite:///{study}",
-                 "hydra.sweeper.study_name=t",
-                 "lr=interval(1e-4,1e-2)", *SMALL, "trainer.val_every=1"], cwd=tmp_path)
+    r = run_cli(
+        [
+            "-m",
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.direction=maximize",
+            "hydra.sweeper.sampler.seed=0",
+            f"hydra.sweeper.storage=sqlite:///{study}",
+            "hydra.sweeper.study_name=t",
+            "lr=interval(1e-4,1e-2)",
+            *SMALL,
+            "trainer.val_every=1",
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun").glob("20*/*")
     trials = sorted(p for p in sweep.iterdir() if p.is_dir())
@@ -183,5 +210,6 @@ def test_a_two_trial_optuna_sweep_maximizes_what_each_run_returns(tmp_path):
     result = OmegaConf.load(sweep / "optimization_results.yaml")
     assert result.best_value == max(accs)
     import optuna  # the database storage is what needs SQLAlchemy 1.x (pyproject's sqlalchemy<2)
+
     values = sorted(t.value for t in optuna.load_study(study_name="t", storage=f"sqlite:///{study}").trials)
     assert values == sorted(accs)

@@ -1,4 +1,5 @@
 """The configuration contract: what composes, what is refused, and the message a user sees."""
+
 import dataclasses
 import subprocess
 import sys
@@ -10,8 +11,16 @@ from conftest import CONFIG_DIR, TINY, compose_cfg, run_cli
 from omegaconf import OmegaConf
 
 from runner import config
-from runner.config import (OBJECTIVES, ConfigError, ModelConfig, OptimizerConfig, RunConfig, choices, resumable_keys,
-                           validate)
+from runner.config import (
+    OBJECTIVES,
+    ConfigError,
+    ModelConfig,
+    OptimizerConfig,
+    RunConfig,
+    choices,
+    resumable_keys,
+    validate,
+)
 
 
 def test_defaults_compose_to_resnet56v2_adamw():
@@ -50,33 +59,67 @@ def test_l2_presets_turn_decoupled_decay_off_and_vice_versa():
         assert run.wd > 0 and run.l2 == 0
 
 
-@pytest.mark.parametrize("name", ["resnet20v1", "resnet32v1", "resnet44v1", "resnet56v1", "resnet110v1",
-                                  "resnet20v2", "resnet56v2", "resnet110v2", "resnet164v2"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet20v1",
+        "resnet32v1",
+        "resnet44v1",
+        "resnet56v1",
+        "resnet110v1",
+        "resnet20v2",
+        "resnet56v2",
+        "resnet110v2",
+        "resnet164v2",
+    ],
+)
 def test_every_model_preset_composes(name):
     run = validate(compose_cfg(f"model={name}"))
     assert run.model.name == name and f"{run.model.depth}v{run.model.version}" in name
 
 
-@pytest.mark.parametrize("override, key", [
-    ("lr=-1", "lr"), ("lr=0", "lr"), ("wd=-1e-4", "wd"), ("l2=-1", "l2"), ("l2=nan", "l2"), ("wd=inf", "wd"),
-    ("epochs=0", "epochs"), ("batch_size=0", "batch_size"), ("lr=abc", "lr"), ("epochs=1.5", "epochs"),
-    ("trainer.device=tpu", "trainer.device"), ("trainer.max_steps=0", "trainer.max_steps"),
-    ("trainer.val_every=-3", "trainer.val_every"), ("trainer.precision=fp8", "trainer.precision"),
-    ("data.subset=0", "data.subset"), ("data.pad_mode=wrap", "data.pad_mode"), ("model.depth=57", "model.depth"),
-    ("schedule.milestones=[0.8,0.5]", "schedule.milestones"), ("schedule.factors=[0.1]", "schedule.factors"),
-    ("schedule.milestones=[0.5,1.5]", "schedule.milestones"), ("optimizer.betas=[0.9,1.0]", "optimizer.betas"),
-    ("optimizer.wd_scaling=paper", "optimizer.wd_scaling"), ("optimizer.decay_on=bn", "optimizer.decay_on"),
-    ("optimizer.eps=0", "optimizer.eps"), ("+trainer.max_step=3", "max_step"),
-    ("optimizer=sgdw", None), ("optimizer=sgdw optimizer.momentum=1.0", "optimizer.momentum"),
-    ("schedule=warm_restarts schedule.T_0=0", "schedule.T_0"),
-    ("schedule=warm_restarts schedule.T_mult=0.5", "schedule.T_mult"),
-    ("schedule=piecewise_linear schedule.knots=[[0,1],[0.5,1],[0.3,0]]", "schedule.knots"),
-    ("schedule=piecewise_linear schedule.knots=[[0,1],[1.5,0]]", "schedule.knots"),
-    ("schedule=piecewise_linear schedule.knots=[[0,1]]", "schedule.knots"),
-    ("schedule.warmup_epochs=-1", "schedule.warmup_epochs"), ("schedule.factors=[0.1,-1]", "schedule.factors"),
-    ("optimizer=sgd_l2 optimizer.nesterov=true optimizer.momentum=0", "optimizer.nesterov"),
-    ("trainer.diverge_factor=0.5", "trainer.diverge_factor"), ("trainer.on_diverge=ignore", "trainer.on_diverge"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("lr=-1", "lr"),
+        ("lr=0", "lr"),
+        ("wd=-1e-4", "wd"),
+        ("l2=-1", "l2"),
+        ("l2=nan", "l2"),
+        ("wd=inf", "wd"),
+        ("epochs=0", "epochs"),
+        ("batch_size=0", "batch_size"),
+        ("lr=abc", "lr"),
+        ("epochs=1.5", "epochs"),
+        ("trainer.device=tpu", "trainer.device"),
+        ("trainer.max_steps=0", "trainer.max_steps"),
+        ("trainer.val_every=-3", "trainer.val_every"),
+        ("trainer.precision=fp8", "trainer.precision"),
+        ("data.subset=0", "data.subset"),
+        ("data.pad_mode=wrap", "data.pad_mode"),
+        ("model.depth=57", "model.depth"),
+        ("schedule.milestones=[0.8,0.5]", "schedule.milestones"),
+        ("schedule.factors=[0.1]", "schedule.factors"),
+        ("schedule.milestones=[0.5,1.5]", "schedule.milestones"),
+        ("optimizer.betas=[0.9,1.0]", "optimizer.betas"),
+        ("optimizer.wd_scaling=paper", "optimizer.wd_scaling"),
+        ("optimizer.decay_on=bn", "optimizer.decay_on"),
+        ("optimizer.eps=0", "optimizer.eps"),
+        ("+trainer.max_step=3", "max_step"),
+        ("optimizer=sgdw", None),
+        ("optimizer=sgdw optimizer.momentum=1.0", "optimizer.momentum"),
+        ("schedule=warm_restarts schedule.T_0=0", "schedule.T_0"),
+        ("schedule=warm_restarts schedule.T_mult=0.5", "schedule.T_mult"),
+        ("schedule=piecewise_linear schedule.knots=[[0,1],[0.5,1],[0.3,0]]", "schedule.knots"),
+        ("schedule=piecewise_linear schedule.knots=[[0,1],[1.5,0]]", "schedule.knots"),
+        ("schedule=piecewise_linear schedule.knots=[[0,1]]", "schedule.knots"),
+        ("schedule.warmup_epochs=-1", "schedule.warmup_epochs"),
+        ("schedule.factors=[0.1,-1]", "schedule.factors"),
+        ("optimizer=sgd_l2 optimizer.nesterov=true optimizer.momentum=0", "optimizer.nesterov"),
+        ("trainer.diverge_factor=0.5", "trainer.diverge_factor"),
+        ("trainer.on_diverge=ignore", "trainer.on_diverge"),
+    ],
+)
 def test_bad_values_are_refused_naming_the_key(override, key):
     if key is None:  # a valid preset, listed to show it composes among the bad ones
         validate(compose_cfg(*override.split()))
@@ -113,6 +156,7 @@ def test_a_crash_inside_a_rule_is_a_bug_and_stays_a_traceback(monkeypatch):
         rules(self)
         if self.depth == 20:
             raise TypeError("a bug in a rule")
+
     monkeypatch.setattr(ModelConfig, "__post_init__", crashing)
     with pytest.raises(Exception, match="a bug in a rule") as e:
         validate(compose_cfg("model=resnet20v1"))
@@ -142,10 +186,22 @@ def test_every_declared_choice_is_enforced_with_the_list(key):
 
 def test_resumable_keys_are_exactly_the_settings_that_do_not_change_the_training():
     assert set(resumable_keys()) == {
-        "epochs", "trainer.max_steps", "trainer.val_every", "trainer.log_every", "trainer.progress", "trainer.device",
-        "trainer.compile", "trainer.compile_mode", "trainer.cuda_graphs", "trainer.extend_schedule",
-        "trainer.objective", "log.histograms_every", "report",
-        "trainer.train_eval", "trainer.bn_recalibrate"}  # evaluations only: training goes on bit for bit
+        "epochs",
+        "trainer.max_steps",
+        "trainer.val_every",
+        "trainer.log_every",
+        "trainer.progress",
+        "trainer.device",
+        "trainer.compile",
+        "trainer.compile_mode",
+        "trainer.cuda_graphs",
+        "trainer.extend_schedule",
+        "trainer.objective",
+        "log.histograms_every",
+        "report",
+        "trainer.train_eval",
+        "trainer.bn_recalibrate",
+    }  # evaluations only: training goes on bit for bit
     cfg, absent = compose_cfg(), object()
     assert [k for k in resumable_keys() if OmegaConf.select(cfg, k, default=absent) is absent] == []
 
@@ -158,6 +214,7 @@ def test_config_py_imports_neither_torch_nor_omegaconf():
 
 
 # ---- the keys of the new trainer: defaults, and what each refuses
+
 
 def test_new_keys_default_as_documented():
     run = validate(compose_cfg())
@@ -226,8 +283,17 @@ def test_image_folder_needs_its_own_root_not_cifar10s():
 
 # ---- debug=smoke, and every preset of every group
 
-OLD_TINY = ["data=synthetic", "model=resnet20v1", "trainer.device=cpu", "epochs=2", "batch_size=64",
-            "data.n_train=512", "data.n_val=200", "trainer.progress=false", "model.bn_momentum=0.1"]
+OLD_TINY = [
+    "data=synthetic",
+    "model=resnet20v1",
+    "trainer.device=cpu",
+    "epochs=2",
+    "batch_size=64",
+    "data.n_train=512",
+    "data.n_val=200",
+    "trainer.progress=false",
+    "model.bn_momentum=0.1",
+]
 
 
 def test_debug_smoke_is_the_tiny_run_the_tests_spelled_out_before():
@@ -281,7 +347,13 @@ def test_cli_unknown_group_option_lists_the_options(tmp_path):
 def test_cli_help_does_not_import_torch(tmp_path):
     r = run_cli(["--help"], cwd=tmp_path, env_extra={"PYTHONVERBOSE": ""})
     assert r.returncode == 0 and "optimizer: adam_l2, adamw" in r.stdout
-    import subprocess, sys
-    probe = subprocess.run([sys.executable, "-c", "import sys, runner.__main__; print('torch' in sys.modules)"],
-                           capture_output=True, text=True, cwd=tmp_path)
+    import subprocess
+    import sys
+
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, runner.__main__; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert probe.stdout.strip() == "False"

@@ -1,4 +1,5 @@
 """Tests for runner.data: CIFAR-10 archive reading, image folders, synthetic data, subsets, loader."""
+
 import hashlib
 import pickle
 import shutil
@@ -18,6 +19,7 @@ ROWS = 20  # images per batch file in the fake archive
 
 
 # ---------------------------------------------------------------- CIFAR-10 archive
+
 
 def _md5(path):
     return hashlib.md5(path.read_bytes()).hexdigest()
@@ -56,7 +58,7 @@ def test_cifar_parse_unverified(tmp_path):
     assert s.train_x.shape == (5 * ROWS, 3, 32, 32) and s.train_x.dtype == torch.uint8
     assert s.val_x.shape == (ROWS, 3, 32, 32) and s.train_x.is_contiguous()
     assert s.train_y.dtype == torch.int64 and s.train_y[:3].tolist() == [0, 1, 2]
-    assert s.train_y[ROWS:ROWS + 2].tolist() == [1, 2] and s.classes == D.CLASSES
+    assert s.train_y[ROWS : ROWS + 2].tolist() == [1, 2] and s.classes == D.CLASSES
     with open(folder / "data_batch_2", "rb") as f:
         raw = pickle.load(f, encoding="bytes")[b"data"]
     # Row-major RGB planes: byte c*1024 + r*32 + col of row i is channel c, row r, column col.
@@ -138,6 +140,7 @@ def test_cifar_bad_archive_checksum(tmp_path, archive, monkeypatch):
 
 # ---------------------------------------------------------------- image folder
 
+
 def write_tree(root, classes=("cat", "ant", "bee"), per_class=2, size=(8, 6)):
     """PNG (exact, incl. greyscale) and JPEG images; PNG pixel (0, 0, 0) encodes the class index
     in sorted order and the image number."""
@@ -206,6 +209,7 @@ def test_image_folder_errors(tmp_path):
 
 # ---------------------------------------------------------------- synthetic, subsets, stats
 
+
 def test_synthetic_deterministic_balanced_not_trivial():
     a, b = D.make_synthetic(seed=3), D.make_synthetic(seed=3)
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.val_y, b.val_y)
@@ -252,6 +256,7 @@ def test_channel_stats():
 
 # ---------------------------------------------------------------- loader
 
+
 def index_images(n, h=8, w=8):
     """Image k: channel 0 = 1 + position (row*w + col), channel 1 = k % 256, channel 2 = k // 256."""
     x = torch.empty(n, 3, h, w, dtype=torch.uint8)
@@ -278,8 +283,12 @@ def test_crop_is_a_window_of_the_padded_image(mode):
     seen = set()
     for out, _ in loader.epoch(0):
         for img in as_u8(out[:, 0]):
-            offsets = [(i, j) for i in range(2 * p + 1) for j in range(2 * p + 1)
-                       if torch.equal(img, padded[i:i + 8, j:j + 8].long())]
+            offsets = [
+                (i, j)
+                for i in range(2 * p + 1)
+                for j in range(2 * p + 1)
+                if torch.equal(img, padded[i : i + 8, j : j + 8].long())
+            ]
             assert len(offsets) == 1
             seen.add(offsets[0])
     assert len(seen) == (2 * p + 1) ** 2  # every offset in [0, 2p]² occurs
@@ -332,10 +341,21 @@ def test_normalisation_and_channels_last():
     pixel_mean = x.float().mean(0) / 255
     out, _ = next(DeviceLoader(x, torch.zeros(10), 10, device="cpu", shuffle=False, mean=pixel_mean).epoch(0))
     assert torch.allclose(out, x.float() / 255 - pixel_mean, atol=1e-6)
-    cl = DeviceLoader(x, torch.zeros(10), 4, device="cpu", shuffle=True, crop_padding=1, flip=True,
-                      mean=mean, std=std, channels_last=True)
-    nchw = DeviceLoader(x, torch.zeros(10), 4, device="cpu", shuffle=True, crop_padding=1, flip=True,
-                        mean=mean, std=std)
+    cl = DeviceLoader(
+        x,
+        torch.zeros(10),
+        4,
+        device="cpu",
+        shuffle=True,
+        crop_padding=1,
+        flip=True,
+        mean=mean,
+        std=std,
+        channels_last=True,
+    )
+    nchw = DeviceLoader(
+        x, torch.zeros(10), 4, device="cpu", shuffle=True, crop_padding=1, flip=True, mean=mean, std=std
+    )
     for (a, _), (b, _) in zip(cl.epoch(0), nchw.epoch(0)):
         assert a.is_contiguous(memory_format=torch.channels_last) and a.dtype == torch.float32
         assert torch.equal(a, b)
@@ -352,6 +372,7 @@ def test_len_and_drop_last():
 @pytest.fixture
 def no_host_reads(monkeypatch):
     """Every way a device value reaches Python raises: on a GPU each of these would be a host sync."""
+
     def refuse(*a, **k):
         raise AssertionError("a device value was read on the host")
 
@@ -361,7 +382,17 @@ def no_host_reads(monkeypatch):
 
 def test_batches_never_read_device_values_on_the_host(no_host_reads):
     x, y = index_images(1000), torch.arange(1000)
-    loader = DeviceLoader(x, y, 128, device="cpu", shuffle=True, crop_padding=2, flip=True,
-                          mean=[0.5] * 3, std=[0.2] * 3, channels_last=True)
+    loader = DeviceLoader(
+        x,
+        y,
+        128,
+        device="cpu",
+        shuffle=True,
+        crop_padding=2,
+        flip=True,
+        mean=[0.5] * 3,
+        std=[0.2] * 3,
+        channels_last=True,
+    )
     out = [xb for xb, _ in loader.epoch(3)]
     assert len(out) == len(loader) == 8

@@ -1,6 +1,7 @@
 """Two evaluations of the same weights (runner.evaluation): with BatchNorm's running statistics, and with
 statistics recomputed on training images. Recalibration must be exact, must leave training untouched, and must
 show what the weights can do when the running statistics lag."""
+
 from contextlib import nullcontext
 
 import pytest
@@ -88,8 +89,11 @@ def test_a_padded_validation_pass_counts_every_image_once():
 def run(tmp_path, *overrides):
     from runner.train import train
 
-    cfg = validate(compose_cfg(*TINY, "data.n_train=256", "data.n_val=100", "batch_size=32", "epochs=2",
-                               "trainer.val_every=3", *overrides))
+    cfg = validate(
+        compose_cfg(
+            *TINY, "data.n_train=256", "data.n_val=100", "batch_size=32", "epochs=2", "trainer.val_every=3", *overrides
+        )
+    )
     return train(cfg, tmp_path), read_metrics(tmp_path / "metrics.jsonl")
 
 
@@ -113,8 +117,16 @@ def test_with_lagging_running_statistics_the_recalibrated_accuracy_reflects_the_
     """Keras' momentum (0.01) and 96 steps: the running statistics have moved 62 % of the way from their start, so
     the running evaluation sits near chance (0.10 here) while the recalibrated one (0.375) is close to what the weights
     do with their own batch statistics (train mode on the validation images)."""
-    s, records = run(tmp_path, "model.bn_momentum=0.01", "trainer.bn_recalibrate=256", "lr=2e-3", "data.n_train=512",
-                     "batch_size=16", "epochs=3", "trainer.val_every=1000")
+    s, records = run(
+        tmp_path,
+        "model.bn_momentum=0.01",
+        "trainer.bn_recalibrate=256",
+        "lr=2e-3",
+        "data.n_train=512",
+        "batch_size=16",
+        "epochs=3",
+        "trainer.val_every=1000",
+    )
     best = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
     model = build_resnet(20, 1, 10, bn_momentum=0.01)
     model.load_state_dict(best)

@@ -9,6 +9,7 @@ The unmarked tests below run everywhere: the same checks uncaptured on CPU (thei
 GPU session does not stop on a typo), the copy of the optimizer presets, and scripts/gpu_all.sh end to end in its
 CPU mode. Nothing here imports hydra or tests/conftest.py.
 """
+
 import importlib.util
 import json
 import os
@@ -116,10 +117,17 @@ def test_the_preset_copy_matches_configs_optimizer():
 @pytest.mark.slow
 def test_gpu_all_runs_every_stage_and_prints_the_speed_table_in_its_cpu_mode(tmp_path):
     """DEVICE=cpu QUICK=1 scripts/gpu_all.sh: the unattended GPU command's plumbing, tiny, on CPU."""
-    env = {**os.environ, "DEVICE": "cpu", "QUICK": "1", "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1",
-           "PYTHON": sys.executable}
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_all.sh")], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=600)
+    env = {
+        **os.environ,
+        "DEVICE": "cpu",
+        "QUICK": "1",
+        "OUT": str(tmp_path / "out"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHON": sys.executable,
+    }
+    r = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_all.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     out = tmp_path / "out"
     assert json.loads((out / "bench.json").read_text())["summary"]["loop_images_per_s"]["eager"]
@@ -136,19 +144,49 @@ def test_the_speed_table_puts_each_figure_in_its_cell_and_marks_what_is_missing(
     spec.loader.exec_module(speed_table)
 
     def loop_row(batch, path, rate, tutorial):
-        return {"batch_size": batch, "path": path, "loop": {"images_per_s": rate},
-                "tutorial": {"images_per_s": tutorial}, "ratio": rate / tutorial, "epoch_s_est": 50_000 / rate,
-                "overhead": {"share_raw": 0.01}}
+        return {
+            "batch_size": batch,
+            "path": path,
+            "loop": {"images_per_s": rate},
+            "tutorial": {"images_per_s": tutorial},
+            "ratio": rate / tutorial,
+            "epoch_s_est": 50_000 / rate,
+            "overhead": {"share_raw": 0.01},
+        }
 
-    bench = {"env": {"device_name": "NVIDIA H100", "torch": "2.11.0", "cuda": "13.0", "cudnn": 91900,
-                     "python": "3.12.3", "cpu_count": 16, "code": {"commit": "abcdef1234", "dirty": False}},
-             "settings": {"model": "resnet56v2", "data": "synthetic"},
-             "loop": [loop_row(64, "eager", 2400, 2200), loop_row(128, "eager", 4000, 4200),
-                      loop_row(128, "graphs", 16800, 4200)]}
-    check = {"runs": [{"batch_size": 128, "path": "default", "images_per_s": 25_000, "epoch_train_s": [30.5, 1.9],
-                       "startup_s": 28.0, "stall_s": 0.05, "val_s": 0.21, "val_first_s": 19.0},
-                      {"batch_size": 64, "path": "default", "error": "Traceback ..."}],
-             "failed": ["run default batch 64"]}
+    bench = {
+        "env": {
+            "device_name": "NVIDIA H100",
+            "torch": "2.11.0",
+            "cuda": "13.0",
+            "cudnn": 91900,
+            "python": "3.12.3",
+            "cpu_count": 16,
+            "code": {"commit": "abcdef1234", "dirty": False},
+        },
+        "settings": {"model": "resnet56v2", "data": "synthetic"},
+        "loop": [
+            loop_row(64, "eager", 2400, 2200),
+            loop_row(128, "eager", 4000, 4200),
+            loop_row(128, "graphs", 16800, 4200),
+        ],
+    }
+    check = {
+        "runs": [
+            {
+                "batch_size": 128,
+                "path": "default",
+                "images_per_s": 25_000,
+                "epoch_train_s": [30.5, 1.9],
+                "startup_s": 28.0,
+                "stall_s": 0.05,
+                "val_s": 0.21,
+                "val_first_s": 19.0,
+            },
+            {"batch_size": 64, "path": "default", "error": "Traceback ..."},
+        ],
+        "failed": ["run default batch 64"],
+    }
     lines = speed_table.table(bench, check).splitlines()
     assert lines[0].startswith("Measured on NVIDIA H100, torch 2.11.0, CUDA 13.0") and "commit abcdef1" in lines[0]
     rows = {ln.split(" | ")[0].lstrip("| "): ln.split(" | ")[1:] for ln in lines if ln.startswith("| ")}

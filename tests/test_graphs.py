@@ -6,6 +6,7 @@ eager step passes a Python float. torch runs the same fused kernels on CPU, so t
 path here: fused=True, the float32 lr tensor, float64 weights, and torch.equal. On CPU GraphedStep runs its
 device-side step eagerly (capture=False); the capture itself is checked on a GPU (tests/test_gpu.py).
 """
+
 import math
 from contextlib import nullcontext
 
@@ -21,8 +22,13 @@ from runner.schedules import warm_restarts
 from runner.train import train_step
 
 SPE, STEPS, LR = 4, 12, 3e-3
-BATCHES = [(torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(k), dtype=torch.float64),
-            torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(50 + k))) for k in range(STEPS)]
+BATCHES = [
+    (
+        torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(k), dtype=torch.float64),
+        torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(50 + k)),
+    )
+    for k in range(STEPS)
+]
 SCHEDULE, _ = warm_restarts(T_0=1.0, T_mult=2.0, eta_min=0.05)  # moves every step and restarts at step 4
 REGULARIZATION = {"l2": (1e-3, 0.0), "decoupled": (0.0, 0.05), "both": (1e-3, 0.05)}  # (λ₂, λ)
 
@@ -31,8 +37,19 @@ def make(algorithm, l2, wd, wd_scaling, fused=None, momentum=0.9, nesterov=False
     torch.manual_seed(0)
     model = build_resnet(8, 1, 10, bn_momentum=0.1).double()  # float64: no rounding for Adam to amplify
     decay = decoupled_rate(wd, wd_scaling, LR)
-    opt = Optimizer(model, algorithm=algorithm, lr=LR, l2=l2, wd=wd, decay=decay, fused=fused, momentum=momentum,
-                    nesterov=nesterov, betas=betas, eps=eps)
+    opt = Optimizer(
+        model,
+        algorithm=algorithm,
+        lr=LR,
+        l2=l2,
+        wd=wd,
+        decay=decay,
+        fused=fused,
+        momentum=momentum,
+        nesterov=nesterov,
+        betas=betas,
+        eps=eps,
+    )
     return model, opt, decay
 
 
@@ -67,8 +84,14 @@ def assert_same_model(a, b):
 def preset(name):
     """The optimizer settings of configs/optimizer/NAME.yaml, as the trainer would get them."""
     o = validate(compose_cfg(f"optimizer={name}")).optimizer
-    return dict(algorithm=o.algorithm, wd_scaling=o.wd_scaling, momentum=o.momentum, nesterov=o.nesterov,
-                betas=tuple(o.betas), eps=o.eps)
+    return dict(
+        algorithm=o.algorithm,
+        wd_scaling=o.wd_scaling,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        betas=tuple(o.betas),
+        eps=o.eps,
+    )
 
 
 @pytest.mark.parametrize("reg", sorted(REGULARIZATION))
@@ -101,11 +124,14 @@ def test_fused_steps_apply_lr_rounded_to_float32_in_both_paths():
     assert fused.keep_value(5e-7) == 1 - 5e-7  # float64 weights: 1 − d_t as it is
 
 
-@pytest.mark.parametrize("algorithm,l2,wd,wd_scaling", [
-    ("adam", 0.0, 0.05, "schedule"),   # AdamW, the paper's η_t·λ
-    ("adam", 1e-3, 0.5, "lr"),         # both at once, torch's lr_t·λ
-    ("sgd", 0.0, 0.05, "none"),        # SGDW, TF-Addons' constant λ
-])
+@pytest.mark.parametrize(
+    "algorithm,l2,wd,wd_scaling",
+    [
+        ("adam", 0.0, 0.05, "schedule"),  # AdamW, the paper's η_t·λ
+        ("adam", 1e-3, 0.5, "lr"),  # both at once, torch's lr_t·λ
+        ("sgd", 0.0, 0.05, "none"),  # SGDW, TF-Addons' constant λ
+    ],
+)
 def test_the_unfused_device_side_step_trains_like_the_eager_step(algorithm, l2, wd, wd_scaling):
     """Without fused kernels (foreach, a float64 lr tensor) the arithmetic takes another route: equal to 1e-12."""
     m1, o1, _ = make(algorithm, l2, wd, wd_scaling, fused=False)
@@ -154,7 +180,9 @@ def test_cuda_graphs_on_a_cpu_device_is_refused_with_the_fix():
 
 def test_a_compile_mode_with_its_own_cuda_graphs_is_refused_inside_cuda_graphs():
     with pytest.raises(ConfigError, match=r"trainer.compile_mode='reduce-overhead'.*compile_mode=default"):
-        validate(compose_cfg("trainer.cuda_graphs=true", "trainer.compile=true", "trainer.compile_mode=reduce-overhead"))
+        validate(
+            compose_cfg("trainer.cuda_graphs=true", "trainer.compile=true", "trainer.compile_mode=reduce-overhead")
+        )
     validate(compose_cfg("trainer.compile=true", "trainer.compile_mode=reduce-overhead"))  # fine on its own
 
 

@@ -1,4 +1,5 @@
 """What a run records (runner.metrics): metrics.jsonl's kinds of records and TensorBoard's HParams."""
+
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -29,9 +30,12 @@ def test_a_running_or_killed_run_already_shows_its_hyperparameters(tmp_path):
 
 def test_a_continued_run_skips_every_kind_of_record_it_already_has(tmp_path):
     rec = Recorder(tmp_path, tensorboard=False)
-    for r in ({"step": 1, "epoch": 0.5, "train_loss": 2.0}, {"step": 2, "epoch": 1.0, "train_loss": 1.9},
-              {"step": 2, "epoch": 1.0, "val_loss": 2.1, "val_acc": 0.2},
-              {"step": 2, "epoch": 1.0, "epoch_train_s": 3.0, "epoch_images": 64}):
+    for r in (
+        {"step": 1, "epoch": 0.5, "train_loss": 2.0},
+        {"step": 2, "epoch": 1.0, "train_loss": 1.9},
+        {"step": 2, "epoch": 1.0, "val_loss": 2.1, "val_acc": 0.2},
+        {"step": 2, "epoch": 1.0, "epoch_train_s": 3.0, "epoch_images": 64},
+    ):
         rec.write(r)
     rec.close()
     again = Recorder(tmp_path, resume_step=1, tensorboard=False)  # restarted from a checkpoint at step 1

@@ -38,7 +38,9 @@ def test_param_counts_match_keras(name):
         model = build_resnet(*MODELS[name])
     trainable, total = KERAS_COUNTS[name]
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == trainable
-    bn_stats = sum(m.running_mean.numel() + m.running_var.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    bn_stats = sum(
+        m.running_mean.numel() + m.running_var.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+    )
     assert trainable + bn_stats == total
 
 
@@ -108,7 +110,9 @@ def test_v1_structure():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.head)
 
 
-@pytest.mark.parametrize("depth,version", [(21, 1), (19, 1), (2, 1), (0, 1), (20, 3), (56, 0), (21, 2), (32, 2), (2, 2)])
+@pytest.mark.parametrize(
+    "depth,version", [(21, 1), (19, 1), (2, 1), (0, 1), (20, 3), (56, 0), (21, 2), (32, 2), (2, 2)]
+)
 def test_invalid_config_raises(depth, version):
     with pytest.raises(ValueError):
         build_resnet(depth, version)

@@ -4,6 +4,7 @@ Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (ICLR 20
 Algorithm 1 (SGD with momentum / SGDW) and Algorithm 2 (Adam / AdamW), with L2 coefficient λ₂ and
 decoupled coefficient λ kept apart so that both can be on at once.
 """
+
 import math
 
 import pytest
@@ -18,11 +19,18 @@ ALPHA, STEPS = 3e-3, 30
 def tiny_model(seed=0):
     torch.manual_seed(seed)
     # BN before the conv: a conv bias right before BN has a zero gradient, which Adam would turn into pure noise
-    return nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).double()
+    return nn.Sequential(
+        nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)
+    ).double()
 
 
-BATCHES = [(torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(i), dtype=torch.float64),
-            torch.randint(0, 5, (8,), generator=torch.Generator().manual_seed(100 + i))) for i in range(STEPS)]
+BATCHES = [
+    (
+        torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(i), dtype=torch.float64),
+        torch.randint(0, 5, (8,), generator=torch.Generator().manual_seed(100 + i)),
+    )
+    for i in range(STEPS)
+]
 
 
 def eta(k):  # a schedule that moves every step, so that η_t vs lr_t vs constant matter
@@ -36,11 +44,30 @@ def grads(model, k):
     return [p.grad.clone() for p in model.parameters()]
 
 
-def run_runner(algorithm, *, l2=0.0, wd=0.0, wd_scaling="schedule", decay_on="weights", momentum=0.9, nesterov=False,
-               schedule=eta, seed=0):
+def run_runner(
+    algorithm,
+    *,
+    l2=0.0,
+    wd=0.0,
+    wd_scaling="schedule",
+    decay_on="weights",
+    momentum=0.9,
+    nesterov=False,
+    schedule=eta,
+    seed=0,
+):
     model = tiny_model(seed)
-    opt = Optimizer(model, algorithm=algorithm, lr=ALPHA, l2=l2, wd=wd, decay=decoupled_rate(wd, wd_scaling, ALPHA),
-                    decay_on=decay_on, momentum=momentum, nesterov=nesterov)
+    opt = Optimizer(
+        model,
+        algorithm=algorithm,
+        lr=ALPHA,
+        l2=l2,
+        wd=wd,
+        decay=decoupled_rate(wd, wd_scaling, ALPHA),
+        decay_on=decay_on,
+        momentum=momentum,
+        nesterov=nesterov,
+    )
     traj = []
     for k in range(STEPS):
         grads(model, k)
@@ -67,12 +94,12 @@ def run_paper_adamw(*, l2, wd, wd_scaling, b1=0.9, b2=0.999, eps=1e-8):
         with torch.no_grad():
             for i, p in enumerate(params):
                 on = id(p) in reg
-                gi = g[i] + (l2 * p if on else 0)                         # line 6: ∇f + λ₂θ
-                m[i] = b1 * m[i] + (1 - b1) * gi                          # line 7
-                v[i] = b2 * v[i] + (1 - b2) * gi * gi                     # line 8
-                mh, vh = m[i] / (1 - b1**t), v[i] / (1 - b2**t)           # lines 9-10
+                gi = g[i] + (l2 * p if on else 0)  # line 6: ∇f + λ₂θ
+                m[i] = b1 * m[i] + (1 - b1) * gi  # line 7
+                v[i] = b2 * v[i] + (1 - b2) * gi * gi  # line 8
+                mh, vh = m[i] / (1 - b1**t), v[i] / (1 - b2**t)  # lines 9-10
                 d = shrink(wd, wd_scaling, e) if on else 0.0
-                p.copy_(p - ALPHA * e * mh / (vh.sqrt() + eps) - d * p)   # line 12
+                p.copy_(p - ALPHA * e * mh / (vh.sqrt() + eps) - d * p)  # line 12
         traj.append([p.detach().clone() for p in params])
     return traj
 
@@ -150,8 +177,9 @@ def test_adam_l2_is_torch_adam_weight_decay_on_the_same_parameters():
 #   wd_scaling=lr:        λ = λ₂            (d_t = lr_t·λ)
 #   wd_scaling=schedule:  λ = α·λ₂          (d_t = η_t·λ)
 #   wd_scaling=none:      λ = α·λ₂, only while η_t is constant (d_t = λ ignores the schedule)
-@pytest.mark.parametrize("wd_scaling, factor, schedule", [("lr", 1.0, eta), ("schedule", ALPHA, eta),
-                                                          ("none", ALPHA, lambda k: 1.0)])
+@pytest.mark.parametrize(
+    "wd_scaling, factor, schedule", [("lr", 1.0, eta), ("schedule", ALPHA, eta), ("none", ALPHA, lambda k: 1.0)]
+)
 def test_plain_sgd_l2_equals_sgdw_with_the_matching_lambda(wd_scaling, factor, schedule):
     l2 = 0.5
     _, coupled = run_runner("sgd", l2=l2, momentum=0.0, schedule=schedule)
@@ -181,15 +209,21 @@ def test_adam_divides_the_l2_term_by_sqrt_v_but_not_decoupled_decay(lam):
     for name, kw in {"adam_l2": {"l2": lam}, "adamw": {"wd": lam}}.items():
         m = Lonely()
         theta0 = m.w.detach().clone()
-        opt = Optimizer(m, algorithm="adam", lr=ALPHA, decay=decoupled_rate(kw.get("wd", 0.0), "schedule", ALPHA),
-                        l2=kw.get("l2", 0.0), wd=kw.get("wd", 0.0))
+        opt = Optimizer(
+            m,
+            algorithm="adam",
+            lr=ALPHA,
+            decay=decoupled_rate(kw.get("wd", 0.0), "schedule", ALPHA),
+            l2=kw.get("l2", 0.0),
+            wd=kw.get("wd", 0.0),
+        )
         m.w.grad = torch.zeros_like(m.w)
         opt.step(0.0, 1.0)
         results[name] = theta0 - m.w.detach()
     l2_step = results["adam_l2"]
     torch.testing.assert_close(l2_step, ALPHA * torch.sign(theta0) * (lam * theta0.abs()) / (lam * theta0.abs() + 1e-8))
     assert torch.allclose(l2_step, ALPHA * torch.sign(theta0), rtol=1e-3)  # independent of λ
-    torch.testing.assert_close(results["adamw"], lam * theta0)               # proportional to λ and θ
+    torch.testing.assert_close(results["adamw"], lam * theta0)  # proportional to λ and θ
 
 
 def test_decay_on_weights_leaves_bn_and_biases_alone():
@@ -212,7 +246,9 @@ def test_normalized_lambda_matches_the_hand_computation():
     d = decoupled_rate(0.05, "schedule", 1e-3, normalized=True, batch_size=128, n_train=50000, period=lambda t: 100.0)
     assert d(0.0, 1.0) == pytest.approx(0.05 * math.sqrt(128 / 5_000_000))
     assert d(0.0, 1.0) == pytest.approx(2.5298e-4, rel=1e-4)
-    d = decoupled_rate(0.05, "lr", 1e-3, normalized=True, batch_size=128, n_train=50000, period=lambda t: 10.0 if t < 10 else 20.0)
+    d = decoupled_rate(
+        0.05, "lr", 1e-3, normalized=True, batch_size=128, n_train=50000, period=lambda t: 10.0 if t < 10 else 20.0
+    )
     assert d(15.0, 0.5) == pytest.approx(1e-3 * 0.5 * 0.05 * math.sqrt(128 / 1e6))
 
 
@@ -221,12 +257,22 @@ def test_the_step_returns_the_shrink_it_applied():
     opt = Optimizer(model, algorithm="adam", lr=ALPHA, l2=0.0, wd=1e-2, decay=decoupled_rate(1e-2, "schedule", ALPHA))
     grads(model, 0)
     assert opt.step(0.0, 0.5) == pytest.approx(0.5 * 1e-2)
-    assert Optimizer(model, algorithm="adam", lr=ALPHA, l2=1e-2, wd=0.0, decay=decoupled_rate(0.0, "schedule", ALPHA)).step(0, 1) == 0
+    assert (
+        Optimizer(
+            model, algorithm="adam", lr=ALPHA, l2=1e-2, wd=0.0, decay=decoupled_rate(0.0, "schedule", ALPHA)
+        ).step(0, 1)
+        == 0
+    )
 
 
 def test_the_printed_sentences_say_which_rule_ran():
-    s = describe(algorithm="adam", wd=5e-4, l2=0.0, wd_scaling="schedule", wd_normalized=False, n_tensors=58, n_values=1_640_000)
-    assert s == ["decoupled decay: θ ← θ·(1 − η_t·0.0005) on 58 tensors (1.64 M values) (wd_scaling=schedule)", "L2: off"]
+    s = describe(
+        algorithm="adam", wd=5e-4, l2=0.0, wd_scaling="schedule", wd_normalized=False, n_tensors=58, n_values=1_640_000
+    )
+    assert s == [
+        "decoupled decay: θ ← θ·(1 − η_t·0.0005) on 58 tensors (1.64 M values) (wd_scaling=schedule)",
+        "L2: off",
+    ]
     s = describe(algorithm="adam", wd=0.0, l2=2e-4, wd_scaling="lr", wd_normalized=False, n_tensors=3, n_values=10)
     assert s[0] == "decoupled decay: off" and "g ← g + 0.0002·θ" in s[1] and "√v̂" in s[1]
 
@@ -252,4 +298,3 @@ def test_rounding_note_appears_only_when_some_step_is_too_small_for_float32():
     note = rounding_note([1e-5, 1e-6])
     assert note.endswith("off its value: 9 % at d_t = 1e-06")
     assert rounding_note([1e-8]).endswith("off its value; no shrink at all on the 1 steps with d_t ≤ 3e-8")
-

@@ -1,11 +1,22 @@
 """Oscillation figures pinned on small hand-made series (expected values worked out by hand in the comments)."""
+
 import json
 import math
 
 import pytest
 
-from runner.oscillation import (count_rises, headline_points, is_recalibrated, max_rise, oscillation_block,
-                                phase_window, removed_share, roughness, total_variation_per_epoch, val_points)
+from runner.oscillation import (
+    count_rises,
+    headline_points,
+    is_recalibrated,
+    max_rise,
+    oscillation_block,
+    phase_window,
+    removed_share,
+    roughness,
+    total_variation_per_epoch,
+    val_points,
+)
 
 V = [3, 2, 2.5, 1, 1.2, 0.9]  # running min 3,2,2,1,1,0.9 → rises 0,0,0.5,0,0.2,0
 E = [1, 2, 3, 4, 5, 6]
@@ -123,29 +134,55 @@ def test_diverged_series_stops_at_last_finite_value():
 
 
 def test_val_points_sorted_and_deduplicated():
-    recs = [{"step": 20, "epoch": 2, "val_loss": 1.0}, {"step": 10, "epoch": 1, "val_loss": 3.0},
-            {"step": 20, "epoch": 2, "val_loss": 2.0}, {"step": 5, "epoch": 0.5, "train_loss": 4.0, "grad_norm": 1}]
+    recs = [
+        {"step": 20, "epoch": 2, "val_loss": 1.0},
+        {"step": 10, "epoch": 1, "val_loss": 3.0},
+        {"step": 20, "epoch": 2, "val_loss": 2.0},
+        {"step": 5, "epoch": 0.5, "train_loss": 4.0, "grad_norm": 1},
+    ]
     assert [p["loss"] for p in val_points(recs)] == [3.0, 2.0]  # step order; a re-logged step keeps the later record
 
 
 def test_block_on_empty_records():
     b = oscillation_block([], epochs_total=30)
     assert b["n_val_points"] == 0 and b["n_val_points_recal"] == 0 and b["epochs_to_metric"] == "running"
-    assert all(v is None for k, v in b.items()
-               if k not in ("n_val_points", "n_val_points_recal", "rise_threshold", "epochs_to_metric"))
+    assert all(
+        v is None
+        for k, v in b.items()
+        if k not in ("n_val_points", "n_val_points_recal", "rise_threshold", "epochs_to_metric")
+    )
 
 
 def test_block_keys_and_threshold():
     b = oscillation_block(val_records(V, E), epochs_total=6, threshold=0.21)
     assert b["n_rises"] == 1 and b["rise_threshold"] == 0.21
     assert b["max_rise"] == pytest.approx(0.5) and b["max_rise_epoch"] == 3
-    per_series = {"n_val_points", "tv_per_epoch", "max_rise", "max_rise_rel", "max_rise_epoch", "n_rises",
-                  "val_roughness_mid", "roughness_ratio_mid", "val_roughness_last", "roughness_ratio_last"}
+    per_series = {
+        "n_val_points",
+        "tv_per_epoch",
+        "max_rise",
+        "max_rise_rel",
+        "max_rise_epoch",
+        "n_rises",
+        "val_roughness_mid",
+        "roughness_ratio_mid",
+        "val_roughness_last",
+        "roughness_ratio_last",
+    }
     assert set(b) == per_series | {k + "_recal" for k in per_series} | {
-        "rise_threshold", "recal_removed_share", "epochs_to_90", "epochs_to_92", "epochs_to_metric", "gen_gap",
-        "gen_gap_source", "final_weight_norm"}
-    assert all(v is None or isinstance(v, (int, float, str)) and not (isinstance(v, float) and math.isnan(v))
-               for v in b.values())
+        "rise_threshold",
+        "recal_removed_share",
+        "epochs_to_90",
+        "epochs_to_92",
+        "epochs_to_metric",
+        "gen_gap",
+        "gen_gap_source",
+        "final_weight_norm",
+    }
+    assert all(
+        v is None or isinstance(v, (int, float, str)) and not (isinstance(v, float) and math.isnan(v))
+        for v in b.values()
+    )
 
 
 # ---------------------------------------------------------------- running statistics vs recalibrated BatchNorm

@@ -3,6 +3,7 @@
 On a CPU the jobs of a pack take turns, one optimizer step each, with the same operations as alone: their weights,
 optimizer state and records must come out bit for bit the same (float32, the CPU default).
 """
+
 import json
 import os
 import re
@@ -28,8 +29,20 @@ MIXED = {  # the four update rules of the studies, each with its own lr, λ and 
     "sgd_l2": ["optimizer=sgd_l2", "lr=0.1", "l2=1e-3", "seed=4"],
 }
 TIMING = {"epoch_train_s", "epoch_images"}  # how long this process took: the one thing a pack changes
-RESULTS = ("status", "steps", "best_val_acc", "final_val_acc", "final_val_loss", "final_train_loss",
-           "best_val_acc_running", "final_val_loss_running", "n_params", "regularization", "hparams", "oscillation")
+RESULTS = (
+    "status",
+    "steps",
+    "best_val_acc",
+    "final_val_acc",
+    "final_val_loss",
+    "final_train_loss",
+    "best_val_acc_running",
+    "final_val_loss_running",
+    "n_params",
+    "regularization",
+    "hparams",
+    "oscillation",
+)
 
 
 def config(*overrides):
@@ -53,8 +66,11 @@ def essentials(run_dir):
     """Each step's loss, lr and decay, and the validations: what an interruption leaves as it was (it adds weight
     norms to the step it stops at, and a continued epoch's record counts only this process's images)."""
     keep = ("step", "epoch", "train_loss", "lr", "decay")
-    return [r if "val_loss" in r else {k: r[k] for k in keep} for r in read_metrics(run_dir / "metrics.jsonl")
-            if "val_loss" in r or "train_loss" in r]
+    return [
+        r if "val_loss" in r else {k: r[k] for k in keep}
+        for r in read_metrics(run_dir / "metrics.jsonl")
+        if "val_loss" in r or "train_loss" in r
+    ]
 
 
 def saved_state(run_dir):
@@ -113,8 +129,14 @@ def test_the_folder_of_a_packed_job_holds_what_a_run_alone_writes(alone, packed)
 def test_a_diverging_or_failing_job_stops_alone_and_its_pack_goes_on(tmp_path, alone):
     from runner.run import Diverged
 
-    outcomes = train_pack(jobs(tmp_path, ["blows_up", "raises", "adamw"], blows_up=["optimizer=adamw", "lr=1e6"],
-                               raises=["optimizer=adamw", "lr=1e6", "trainer.on_diverge=raise"]))
+    outcomes = train_pack(
+        jobs(
+            tmp_path,
+            ["blows_up", "raises", "adamw"],
+            blows_up=["optimizer=adamw", "lr=1e6"],
+            raises=["optimizer=adamw", "lr=1e6", "trainer.on_diverge=raise"],
+        )
+    )
     (blown, _), (failed, error), (kept, _) = outcomes
     assert blown["status"] == "diverged" and blown["diverged_at_step"] == 2 and blown["steps"] == 2
     assert failed["status"] == "failed" and isinstance(error, Diverged)  # its summary says where it stopped
@@ -167,9 +189,15 @@ def job_folders(sweep):
 @pytest.mark.slow
 def test_a_packed_sweep_writes_what_a_sweep_one_job_at_a_time_writes(tmp_path):
     """Two batch sizes never share a pack: of the 3 jobs of each, 2 pack and the third runs the usual way."""
-    sweep = [*TINY, "data.n_train=64", "data.n_val=20", "trainer.max_steps=3", "batch_size=16,32",
-             "lr=1e-3,2e-3,3e-3",
-             "+hydra.callbacks.log_return._target_=hydra.experimental.callbacks.LogJobReturnCallback"]
+    sweep = [
+        *TINY,
+        "data.n_train=64",
+        "data.n_val=20",
+        "trainer.max_steps=3",
+        "batch_size=16,32",
+        "lr=1e-3,2e-3,3e-3",
+        "+hydra.callbacks.log_return._target_=hydra.experimental.callbacks.LogJobReturnCallback",
+    ]
     runs = {}
     for launcher, folder in ((["hydra/launcher=packed", "hydra.launcher.pack=2"], "packed"), ([], "basic")):
         runs[folder] = run_cli(["-m", *launcher, *sweep, f"hydra.sweep.dir={tmp_path / folder}"], cwd=tmp_path)
@@ -196,22 +224,42 @@ def test_sigterm_ends_a_packed_sweep_with_its_pack_checkpointed_and_the_same_com
     import sys
     import time
 
-    sweep = ["-m", "hydra/launcher=packed", "hydra.launcher.pack=2", *TINY, "data.n_train=64", "data.n_val=20",
-             "batch_size=16", "epochs=3", "trainer.log_every=1", "lr=1e-3,2e-3,3e-3,4e-3",
-             f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    p = subprocess.Popen([sys.executable, "-m", "runner", *sweep], cwd=tmp_path, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    sweep = [
+        "-m",
+        "hydra/launcher=packed",
+        "hydra.launcher.pack=2",
+        *TINY,
+        "data.n_train=64",
+        "data.n_val=20",
+        "batch_size=16",
+        "epochs=3",
+        "trainer.log_every=1",
+        "lr=1e-3,2e-3,3e-3,4e-3",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "runner", *sweep],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None and not any(
-            len(m.read_text().splitlines()) >= 3 for m in (tmp_path / "sweep").glob("0_*/metrics.jsonl")):
+    while (
+        time.time() < deadline
+        and p.poll() is None
+        and not any(len(m.read_text().splitlines()) >= 3 for m in (tmp_path / "sweep").glob("0_*/metrics.jsonl"))
+    ):
         time.sleep(0.01)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 1 and "2 jobs not started" in err, err[-3000:]
     first = sorted(job_folders(tmp_path / "sweep"))
     assert [n[0] for n in first] == ["0", "1"]  # the second pack never started
-    assert all(json.loads((tmp_path / "sweep" / n / "summary.json").read_text())["status"] == "interrupted"
-               for n in first)
+    assert all(
+        json.loads((tmp_path / "sweep" / n / "summary.json").read_text())["status"] == "interrupted" for n in first
+    )
     r = run_cli(sweep, cwd=tmp_path)  # the same command again: how a requeued or restarted sweep looks
     assert r.returncode == 0, r.stderr[-3000:]
     done = {n: json.loads((d / "summary.json").read_text()) for n, d in job_folders(tmp_path / "sweep").items()}

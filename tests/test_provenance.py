@@ -1,4 +1,5 @@
 """Provenance: the git commit and dirtiness of the code that ran, and the machine and software it ran on."""
+
 import platform
 import shutil
 import subprocess

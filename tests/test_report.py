@@ -1,4 +1,5 @@
 """runner.report on fake run folders written by hand (the contract of summary.json / metrics.jsonl / .hydra)."""
+
 import csv
 import json
 import os
@@ -17,11 +18,19 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def hparams(lr, wd, seed, l2=0.0, opt="adamw"):
-    return {"lr": lr, "wd": wd, "l2": l2, "epochs": 3, "batch_size": 128, "seed": seed,
-            "model": {"name": "resnet20v1", "depth": 20, "version": 1, "bn_momentum": 0.1},
-            "optimizer": {"name": opt, "algorithm": "adam", "betas": [0.9, 0.999]},
-            "schedule": {"name": "piecewise_constant", "milestones": [0.5, 0.75]},
-            "data": {"name": "synthetic", "root": f"/data/{seed}"}, "trainer": {"device": "cpu", "channels_last": None}}
+    return {
+        "lr": lr,
+        "wd": wd,
+        "l2": l2,
+        "epochs": 3,
+        "batch_size": 128,
+        "seed": seed,
+        "model": {"name": "resnet20v1", "depth": 20, "version": 1, "bn_momentum": 0.1},
+        "optimizer": {"name": opt, "algorithm": "adam", "betas": [0.9, 0.999]},
+        "schedule": {"name": "piecewise_constant", "milestones": [0.5, 0.75]},
+        "data": {"name": "synthetic", "root": f"/data/{seed}"},
+        "trainer": {"device": "cpu", "channels_last": None},
+    }
 
 
 def records(val_losses, accs, n_steps=2):
@@ -30,8 +39,13 @@ def records(val_losses, accs, n_steps=2):
     for ep, (v, a) in enumerate(zip(val_losses, accs), start=1):
         for k in range(n_steps):
             step = (ep - 1) * n_steps + k + 1
-            r = {"step": step, "epoch": step / n_steps, "train_loss": None if v is None else v / 2, "lr": 1e-3,
-                 "decay": 1e-6}
+            r = {
+                "step": step,
+                "epoch": step / n_steps,
+                "train_loss": None if v is None else v / 2,
+                "lr": 1e-3,
+                "decay": 1e-6,
+            }
             if k == n_steps - 1:
                 r.update(weight_norm=10.0 + ep, l2_penalty=0.0)
             out.append(r)
@@ -39,8 +53,17 @@ def records(val_losses, accs, n_steps=2):
     return out
 
 
-def make_run(d, hp, status="completed", val=(2.0, 1.0, 1.2), accs=(0.5, 0.8, 0.9), summary=True, metrics=True,
-             osc=None, half_line=False):
+def make_run(
+    d,
+    hp,
+    status="completed",
+    val=(2.0, 1.0, 1.2),
+    accs=(0.5, 0.8, 0.9),
+    summary=True,
+    metrics=True,
+    osc=None,
+    half_line=False,
+):
     (d / ".hydra").mkdir(parents=True)
     cfg = json.loads(json.dumps(hp))
     cfg["trainer"].pop("channels_last")  # Hydra's YAML need not hold every schema key
@@ -52,11 +75,22 @@ def make_run(d, hp, status="completed", val=(2.0, 1.0, 1.2), accs=(0.5, 0.8, 0.9
         (d / "metrics.jsonl").write_text(text + ('{"step": 99, "epo' if half_line else ""))
     if summary:
         finite = [(v, a) for v, a in zip(val, accs) if v is not None]
-        s = {"status": status, "n_params": 1000, "steps": len(val) * 2, "epochs": float(len(val)),
-             "best_val_acc": max(a for _, a in finite), "final_val_acc": finite[-1][1],
-             "final_val_loss": finite[-1][0], "final_train_loss": 0.5, "wall_time_s": 1.0, "images_per_s": 100.0,
-             "device": "cpu", "regularization": ["..."], "hparams": hp,
-             "choices": {"optimizer": hp["optimizer"]["name"]}}
+        s = {
+            "status": status,
+            "n_params": 1000,
+            "steps": len(val) * 2,
+            "epochs": float(len(val)),
+            "best_val_acc": max(a for _, a in finite),
+            "final_val_acc": finite[-1][1],
+            "final_val_loss": finite[-1][0],
+            "final_train_loss": 0.5,
+            "wall_time_s": 1.0,
+            "images_per_s": 100.0,
+            "device": "cpu",
+            "regularization": ["..."],
+            "hparams": hp,
+            "choices": {"optimizer": hp["optimizer"]["name"]},
+        }
         if osc is not None:
             s["oscillation"] = osc
         (d / "summary.json").write_text(json.dumps(s))
@@ -95,8 +129,15 @@ def report(sweep, tmp_path_factory):
     return rc, buf.getvalue(), out
 
 
-STATUS = {"0": "completed", "1": "completed", "2": "completed", "3": "diverged", "4": "running",
-          "5": "not started", "6": "interrupted"}
+STATUS = {
+    "0": "completed",
+    "1": "completed",
+    "2": "completed",
+    "3": "diverged",
+    "4": "running",
+    "5": "not started",
+    "6": "interrupted",
+}
 
 
 def test_collect_runs_finds_every_job_with_its_status(sweep):
@@ -117,7 +158,7 @@ def test_seed_average(sweep):
     g = next(g for g in groups if g["values"] == {"lr": 1e-3, "wd": 1e-4})
     assert g["n"] == 2
     mean, std = g["stats"]["best_val_acc"]
-    assert mean == pytest.approx(0.91) and std == pytest.approx(0.02 / 2 ** 0.5)  # sample std of 0.90, 0.92
+    assert mean == pytest.approx(0.91) and std == pytest.approx(0.02 / 2**0.5)  # sample std of 0.90, 0.92
     g = next(g for g in groups if g["values"] == {"lr": 1e-3, "wd": 5e-4})
     assert g["n"] == 1 and g["stats"]["best_val_acc"] == (0.88, None)  # the interrupted seed does not count
     assert dict(g["statuses"]) == {"completed": 1, "interrupted": 1}
@@ -135,13 +176,24 @@ def test_heatmap_grid_axes_and_cells(sweep):
 
 
 def fake_run(status="completed", best=0.9, **hp):
-    return {"path": "x", "status": status, "seed": 0, "hparams": hp, "best_val_acc": best,
-            "osc": {"tv_per_epoch": hp.get("wd", 0) + hp.get("l2", 0), "max_rise_rel": 0.1}}
+    return {
+        "path": "x",
+        "status": status,
+        "seed": 0,
+        "hparams": hp,
+        "best_val_acc": best,
+        "osc": {"tv_per_epoch": hp.get("wd", 0) + hp.get("l2", 0), "max_rise_rel": 0.1},
+    }
 
 
 def test_heatmap_falls_back_to_swept_keys_and_panels_per_optimizer():
-    runs = [fake_run(**{"optimizer.name": o, "lr": lr, "wd": 0.0, "l2": l2, "epochs": e})
-            for o in ("adam_l2", "adamw") for lr in (1e-3, 3e-3) for l2 in (1e-4, 2e-4, 4e-4) for e in (3, 3.0)]
+    runs = [
+        fake_run(**{"optimizer.name": o, "lr": lr, "wd": 0.0, "l2": l2, "epochs": e})
+        for o in ("adam_l2", "adamw")
+        for lr in (1e-3, 3e-3)
+        for l2 in (1e-4, 2e-4, 4e-4)
+        for e in (3, 3.0)
+    ]
     keys = varying_keys(runs)
     assert keys == ["optimizer.name", "lr", "l2"]
     grid = heatmap_grid(group_configs(runs, keys), keys)  # wd does not vary: y falls back to l2
@@ -153,16 +205,21 @@ def test_heatmap_falls_back_to_swept_keys_and_panels_per_optimizer():
 
 def test_heatmap_merges_wd_and_l2_into_one_decay_axis():
     # the paper's Figure 2: Adam-L2 sweeps l2, AdamW sweeps wd, one panel each on a shared λ axis
-    runs = [fake_run(**{"optimizer.name": "adam_l2", "lr": lr, "wd": 0.0, "l2": lam})
-            for lr in (1, 2) for lam in (1, 2)]
+    runs = [
+        fake_run(**{"optimizer.name": "adam_l2", "lr": lr, "wd": 0.0, "l2": lam}) for lr in (1, 2) for lam in (1, 2)
+    ]
     runs += [fake_run(**{"optimizer.name": "adamw", "lr": lr, "wd": lam, "l2": 0.0}) for lr in (1, 2) for lam in (1, 2)]
     keys = varying_keys(runs)
     grid = heatmap_grid(group_configs(runs, keys), keys)
     assert (grid["x_key"], grid["y_key"], grid["panel_keys"]) == ("lr", "wd|l2", ["optimizer.name"])
     assert grid["y_values"] == [1, 2] and len(grid["panels"]) == 2
     s = oscillation_series(group_configs(runs, keys), keys)
-    assert list(s) == ["optimizer.name=adam_l2, lr=1", "optimizer.name=adam_l2, lr=2",
-                       "optimizer.name=adamw, lr=1", "optimizer.name=adamw, lr=2"]
+    assert list(s) == [
+        "optimizer.name=adam_l2, lr=1",
+        "optimizer.name=adam_l2, lr=2",
+        "optimizer.name=adamw, lr=1",
+        "optimizer.name=adamw, lr=2",
+    ]
     assert [lam for lam, _ in s["optimizer.name=adam_l2, lr=1"]] == [1, 2]
 
 
@@ -178,10 +235,10 @@ def test_oscillation_series_one_line_per_optimizer():
 def test_main_table_lists_every_run(report):
     rc, stdout, _ = report
     assert rc == 0
-    lines = [l for l in stdout.splitlines() if "/10-00-00_abc123/" in l]
+    lines = [line for line in stdout.splitlines() if "/10-00-00_abc123/" in line]
     assert len(lines) == 7
     for job, status in STATUS.items():
-        assert any(f"abc123/{job} | {status} |" in l for l in lines)
+        assert any(f"abc123/{job} | {status} |" in line for line in lines)
     assert "| 0.91 ± 0.014 |" in stdout  # the seed-averaged configuration row
 
 
@@ -224,8 +281,13 @@ def test_missing_or_empty_dir_exits_2(tmp_path, capsys):
 
 def test_cli_error_has_no_traceback(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "runner.report", str(tmp_path / "nope")], capture_output=True,
-                       text=True, env=env, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "runner.report", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert p.returncode == 2
     assert p.stderr.strip() == f"runner.report: error: no such folder: {tmp_path / 'nope'}"
 
@@ -276,8 +338,10 @@ def test_tables_show_the_recalibrated_columns_only_when_a_run_has_them(tmp_path,
         recs = [json.loads(line) for line in path.read_text().splitlines()]
         for r in recs:  # recalibrated: val 2.0, 1.0, 1.2 → 2.0 - shift, 1.0, 1.0
             if "val_loss" in r:
-                r["val_loss_recal"], r["val_acc_recal"] = (min(r["val_loss"], 1.0) if r["epoch"] > 1
-                                                           else r["val_loss"] - shift), r["val_acc"]
+                r["val_loss_recal"], r["val_acc_recal"] = (
+                    (min(r["val_loss"], 1.0) if r["epoch"] > 1 else r["val_loss"] - shift),
+                    r["val_acc"],
+                )
         path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()

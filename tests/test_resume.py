@@ -1,4 +1,5 @@
 """Reliability end to end: interrupted runs resume bit for bit; divergence ends a run cleanly."""
+
 import json
 import os
 import signal
@@ -13,12 +14,20 @@ from conftest import TINY, run_cli
 from runner.metrics import read_metrics
 
 # 3 epochs of 8 steps with crops and flips on; flushing every step so the test can pick its moment
-RUN = [*TINY, "epochs=3", "batch_size=32", "data.n_train=256", "data.n_val=64", "trainer.log_every=1",
-       "trainer.val_every=5"]
+RUN = [
+    *TINY,
+    "epochs=3",
+    "batch_size=32",
+    "data.n_train=256",
+    "data.n_val=64",
+    "trainer.log_every=1",
+    "trainer.val_every=5",
+]
 
 
 def final_weights(run_dir):
     from runner.checkpoint import load_latest
+
     return load_latest(run_dir / "checkpoints")[0]["model"]
 
 
@@ -33,8 +42,14 @@ def uninterrupted(tmp_path_factory):
 def interrupt_at(run_dir, n_steps, sig=signal.SIGTERM):
     """Start the run, send `sig` once `n_steps` train records are on disk; return the process result."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen([sys.executable, "-m", "runner", *RUN, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "runner", *RUN, f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -88,8 +103,9 @@ def test_resume_of_a_folder_with_no_run_says_so(tmp_path):
 
 @pytest.mark.slow
 def test_a_diverging_run_stops_with_status_diverged_and_exit_0(tmp_path):
-    r = run_cli([*TINY, "lr=1e6", "optimizer=adam_l2", "trainer.log_every=1", f"hydra.run.dir={tmp_path / 'run'}"],
-                cwd=tmp_path)
+    r = run_cli(
+        [*TINY, "lr=1e6", "optimizer=adam_l2", "trainer.log_every=1", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["status"] == "diverged" and s["diverged_at_step"] < 16
@@ -106,8 +122,14 @@ def test_on_diverge_raise_raises(tmp_path):
 def test_ctrl_c_twice_stops_at_once_and_damages_nothing(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen([sys.executable, "-m", "runner", *RUN, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "runner", *RUN, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     metrics = run_dir / "metrics.jsonl"
     while not (metrics.exists() and metrics.read_text().count("train_loss") >= 10):
         time.sleep(0.01)
@@ -120,6 +142,7 @@ def test_ctrl_c_twice_stops_at_once_and_damages_nothing(tmp_path):
     records = read_metrics(metrics)
     assert len(records) == len(metrics.read_text().splitlines())  # every line is whole JSON
     from runner.checkpoint import load_latest
+
     state, notes = load_latest(run_dir / "checkpoints")
     assert notes == [] and state is not None  # the epoch-end checkpoint is intact
 
@@ -152,11 +175,16 @@ def test_more_epochs_on_a_finished_run_need_a_stated_schedule_and_get_it(tmp_pat
     first = tmp_path / "first"
     assert run_cli([*short, f"hydra.run.dir={first}"], cwd=tmp_path).returncode == 0  # lr 1e-3, 1e-4, then 1e-5
     import shutil
+
     second = tmp_path / "second"
     shutil.copytree(first, second)
 
     r = run_cli([f"resume={first}", "epochs=3"], cwd=tmp_path)
-    assert r.returncode == 2 and "trainer.extend_schedule=hold" in r.stderr and "trainer.extend_schedule=rescale" in r.stderr
+    assert (
+        r.returncode == 2
+        and "trainer.extend_schedule=hold" in r.stderr
+        and "trainer.extend_schedule=rescale" in r.stderr
+    )
     assert json.loads((first / "summary.json").read_text())["steps"] == 8  # refused before any step
 
     def lrs(run_dir):

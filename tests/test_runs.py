@@ -4,13 +4,22 @@ A run that never wrote summary.json (still running, killed, out of memory) has o
 optimizer preset values are interpolations (`wd: ${reg_or:${reg},5.0e-4}`): they must be resolved so that such a
 run joins the configuration of its finished seeds instead of forming one of its own.
 """
+
 import json
 
 import pytest
 
 from runner.figures import heatmap_grid, oscillation_series
-from runner.runs import (collect_runs, finite_number, flatten_hparams, group_configs, load_run, loss_curves,
-                         read_saved_config, varying_keys)
+from runner.runs import (
+    collect_runs,
+    finite_number,
+    flatten_hparams,
+    group_configs,
+    load_run,
+    loss_curves,
+    read_saved_config,
+    varying_keys,
+)
 
 # what Hydra writes into .hydra/config.yaml for `optimizer=adamw` or `optimizer=adam_l2` (interpolations unresolved)
 SAVED = """\
@@ -40,9 +49,18 @@ def saved_config(lr, reg, seed=0, opt="adamw", extra=""):
 def resolved(lr, reg, seed=0, opt="adamw"):
     """The same config as the trainer writes it into summary.json's hparams: resolved."""
     lam = reg if reg is not None else (5e-4 if opt == "adamw" else 2e-4)
-    return {"lr": lr, "epochs": 3, "batch_size": 128, "seed": seed, "resume": None, "log": {"histograms_every": 0},
-            "reg": reg, "wd": lam if opt == "adamw" else 0.0, "l2": lam if opt == "adam_l2" else 0.0,
-            "optimizer": {"name": opt, "algorithm": "adam", "betas": [0.9, 0.999]}}
+    return {
+        "lr": lr,
+        "epochs": 3,
+        "batch_size": 128,
+        "seed": seed,
+        "resume": None,
+        "log": {"histograms_every": 0},
+        "reg": reg,
+        "wd": lam if opt == "adamw" else 0.0,
+        "l2": lam if opt == "adam_l2" else 0.0,
+        "optimizer": {"name": opt, "algorithm": "adam", "betas": [0.9, 0.999]},
+    }
 
 
 def val_records(losses, accs, recal=None, acc_recal=None, steps_per_epoch=2):
@@ -71,11 +89,19 @@ def write_run(d, config_text, records=None, summary=None):
 
 
 def finished(hp, best, status="completed"):
-    return {"status": status, "steps": 6, "epochs": 3.0, "best_val_acc": best, "final_val_acc": best,
-            "final_val_loss": 1.0, "hparams": hp}
+    return {
+        "status": status,
+        "steps": 6,
+        "epochs": 3.0,
+        "best_val_acc": best,
+        "final_val_acc": best,
+        "final_val_loss": 1.0,
+        "hparams": hp,
+    }
 
 
 # ---------------------------------------------------------------- small helpers
+
 
 def test_finite_number_keeps_the_type_and_drops_what_is_not_a_finite_number():
     assert finite_number(3) == 3 and isinstance(finite_number(3), int)  # an int stays an int (tables print "3")
@@ -85,10 +111,14 @@ def test_finite_number_keeps_the_type_and_drops_what_is_not_a_finite_number():
 
 def test_flatten_hparams_dotted_keys_and_lists_as_one_value():
     assert flatten_hparams({"lr": 1e-3, "optimizer": {"name": "adamw", "betas": [0.9, 0.999]}}) == {
-        "lr": 1e-3, "optimizer.name": "adamw", "optimizer.betas": "[0.9,0.999]"}
+        "lr": 1e-3,
+        "optimizer.name": "adamw",
+        "optimizer.betas": "[0.9,0.999]",
+    }
 
 
 # ---------------------------------------------------------------- the saved config of an unfinished run
+
 
 def test_saved_config_is_resolved_like_hydra_resolves_it(tmp_path):
     (tmp_path / "a.yaml").write_text(saved_config(1e-3, None))
@@ -108,7 +138,8 @@ def test_an_unresolvable_value_keeps_its_text_and_is_named_in_a_note(tmp_path):
     assert cfg["wd"] == 5e-4 and cfg["data"]["subset"] == 100  # the rest is still resolved
     assert cfg["data"]["root"] == "${hydra:runtime.cwd}/data" and cfg["data"]["name"] == "${missing.key}"
     assert note == "could not resolve data.root, data.name in tmp_path/c.yaml: shown unresolved".replace(
-        "tmp_path", tmp_path.name)
+        "tmp_path", tmp_path.name
+    )
 
 
 def test_unreadable_or_missing_config(tmp_path):
@@ -121,8 +152,11 @@ def test_unreadable_or_missing_config(tmp_path):
 
 
 def test_a_run_with_an_unresolvable_config_still_loads_and_says_so(tmp_path):
-    write_run(tmp_path / "r", saved_config(1e-3, None, extra="note_key: ${oops:}\n"),
-              records=val_records([2.0, 1.0], [0.5, 0.7]))
+    write_run(
+        tmp_path / "r",
+        saved_config(1e-3, None, extra="note_key: ${oops:}\n"),
+        records=val_records([2.0, 1.0], [0.5, 0.7]),
+    )
     run = load_run(tmp_path / "r", tmp_path)
     assert run["status"] == "running" and run["hparams"]["wd"] == 5e-4
     assert run["notes"] == ["could not resolve note_key in .hydra/config.yaml: shown unresolved"]
@@ -130,6 +164,7 @@ def test_a_run_with_an_unresolvable_config_still_loads_and_says_so(tmp_path):
 
 
 # ---------------------------------------------------------------- headline metrics of a run without summary.json
+
 
 def test_killed_run_headline_uses_the_recalibrated_evaluation_when_recorded(tmp_path):
     recs = val_records([2.0, 1.0, 1.5], [0.5, 0.8, 0.7], recal=[1.8, 0.9, 0.95], acc_recal=[0.55, 0.82, 0.84])
@@ -155,17 +190,28 @@ def test_summary_values_win_over_the_records(tmp_path):
 
 # ---------------------------------------------------------------- a sweep caught mid-way, and one after a crash
 
+
 @pytest.fixture
 def mid_sweep(tmp_path):
     """lr × reg sweep of adamw. (1e-3, 1e-4): seed 0 finished, seed 1 killed, seed 2 not started;
     (1e-3, 5e-4) and (3e-3, 1e-4) finished; (3e-3, 5e-4) killed before writing summary.json."""
     recs = val_records([2.0, 1.0, 1.2], [0.5, 0.8, 0.9], recal=[1.9, 1.0, 1.0], acc_recal=[0.5, 0.85, 0.91])
-    jobs = [((1e-3, 1e-4, 0), "completed"), ((1e-3, 1e-4, 1), "killed"), ((1e-3, 1e-4, 2), "not started"),
-            ((1e-3, 5e-4, 0), "completed"), ((3e-3, 1e-4, 0), "completed"), ((3e-3, 5e-4, 0), "killed")]
+    jobs = [
+        ((1e-3, 1e-4, 0), "completed"),
+        ((1e-3, 1e-4, 1), "killed"),
+        ((1e-3, 1e-4, 2), "not started"),
+        ((1e-3, 5e-4, 0), "completed"),
+        ((3e-3, 1e-4, 0), "completed"),
+        ((3e-3, 5e-4, 0), "killed"),
+    ]
     for i, ((lr, reg, seed), state) in enumerate(jobs):
         summary = finished(resolved(lr, reg, seed), 0.9) if state == "completed" else None
-        write_run(tmp_path / "sweep" / str(i), saved_config(lr, reg, seed),
-                  records=None if state == "not started" else recs, summary=summary)
+        write_run(
+            tmp_path / "sweep" / str(i),
+            saved_config(lr, reg, seed),
+            records=None if state == "not started" else recs,
+            summary=summary,
+        )
     return collect_runs(tmp_path / "sweep")
 
 
@@ -174,8 +220,12 @@ def test_unfinished_runs_join_the_configuration_of_their_finished_seeds(mid_swee
     keys = varying_keys(mid_sweep)
     assert keys == ["lr", "wd"]  # not a third "wd" value that reads ${reg_or:${reg},5.0e-4}
     groups = group_configs(mid_sweep, keys)
-    assert [g["values"] for g in groups] == [{"lr": 1e-3, "wd": 1e-4}, {"lr": 1e-3, "wd": 5e-4},
-                                             {"lr": 3e-3, "wd": 1e-4}, {"lr": 3e-3, "wd": 5e-4}]
+    assert [g["values"] for g in groups] == [
+        {"lr": 1e-3, "wd": 1e-4},
+        {"lr": 1e-3, "wd": 5e-4},
+        {"lr": 3e-3, "wd": 1e-4},
+        {"lr": 3e-3, "wd": 5e-4},
+    ]
     assert dict(groups[0]["statuses"]) == {"completed": 1, "running": 1, "not started": 1}
     assert groups[0]["n"] == 1 and groups[0]["stats"]["best_val_acc"] == (0.9, None)  # completed runs only
     assert dict(groups[3]["statuses"]) == {"running": 1}
@@ -208,7 +258,9 @@ def test_mixed_presets_after_a_crash_share_one_decay_axis(tmp_path):
     assert keys == ["optimizer.name", "wd", "l2"]
     s = oscillation_series(group_configs(runs, keys), keys)
     assert {k: [lam for lam, _ in v] for k, v in s.items()} == {
-        "optimizer.name=adam_l2": [1e-4, 5e-4], "optimizer.name=adamw": [1e-4, 5e-4]}
+        "optimizer.name=adam_l2": [1e-4, 5e-4],
+        "optimizer.name=adamw": [1e-4, 5e-4],
+    }
 
 
 def test_an_oscillation_block_from_before_recalibration_is_recomputed_from_the_records(tmp_path):
@@ -224,18 +276,38 @@ def test_an_oscillation_block_from_before_recalibration_is_recomputed_from_the_r
 
 # ---------------------------------------------------------------- a run's loss figure, as data
 
+
 def test_loss_curves_of_a_run_with_every_evaluation():
     recs = [{"step": s, "epoch": s / 2, "train_loss": x} for s, x in [(1, 4.0), (2, 2.0), (3, 1.5), (4, 0.5)]]
-    recs += [{"step": 2, "epoch": 1.0, "val_loss": 2.5, "val_acc": 0.4, "val_loss_recal": 2.2, "val_acc_recal": 0.5,
-              "train_eval_loss": 2.1, "train_eval_acc": 0.5},
-             {"step": 4, "epoch": 2.0, "val_loss": 1.4, "val_acc": 0.6, "val_loss_recal": 1.1, "val_acc_recal": 0.7,
-              "train_eval_loss": 0.9, "train_eval_acc": 0.8},
-             {"step": 4, "epoch": 2.0, "epoch_train_s": 1.5, "epoch_images": 256}]  # an epoch record: no loss
+    recs += [
+        {
+            "step": 2,
+            "epoch": 1.0,
+            "val_loss": 2.5,
+            "val_acc": 0.4,
+            "val_loss_recal": 2.2,
+            "val_acc_recal": 0.5,
+            "train_eval_loss": 2.1,
+            "train_eval_acc": 0.5,
+        },
+        {
+            "step": 4,
+            "epoch": 2.0,
+            "val_loss": 1.4,
+            "val_acc": 0.6,
+            "val_loss_recal": 1.1,
+            "val_acc_recal": 0.7,
+            "train_eval_loss": 0.9,
+            "train_eval_acc": 0.8,
+        },
+        {"step": 4, "epoch": 2.0, "epoch_train_s": 1.5, "epoch_images": 256},
+    ]  # an epoch record: no loss
     assert loss_curves(recs) == {
         "train_loss": [(1.0, 3.0), (2.0, 1.0)],  # mean of steps 1-2, then of steps 3-4 (since the last validation)
         "train_eval_loss": [(1.0, 2.1), (2.0, 0.9)],
         "val_loss": [(1.0, 2.5), (2.0, 1.4)],
-        "val_loss_recal": [(1.0, 2.2), (2.0, 1.1)]}
+        "val_loss_recal": [(1.0, 2.2), (2.0, 1.1)],
+    }
 
 
 def test_loss_curves_leave_out_what_the_run_did_not_record():

@@ -57,7 +57,9 @@ def test_the_schedule_cli_draws_a_png_of_the_configured_run(tmp_path):
     from runner.schedules import main
 
     out = tmp_path / "s.png"
-    assert main(["--out", str(out), "schedule=warm_restarts", "epochs=30", "optimizer.wd_normalized=true", "wd=0.05"]) == 0
+    assert (
+        main(["--out", str(out), "schedule=warm_restarts", "epochs=30", "optimizer.wd_normalized=true", "wd=0.05"]) == 0
+    )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,4 +1,5 @@
 """Sweeps: Hydra's launchers, GPU pinning, the experiment presets, and the report on a real sweep."""
+
 import json
 
 import pytest
@@ -26,13 +27,19 @@ def test_sweep_job_i_runs_on_gpu_i_mod_n(monkeypatch):
 def test_experiment_presets_compose():
     k = validate(compose_cfg("experiment=keras_baseline"))
     assert (k.optimizer.name, k.l2, k.wd, k.batch_size, k.epochs) == ("adam_l2", 2e-4, 0.0, 32, 200)
-    assert (k.optimizer.decay_on, k.optimizer.eps, k.data.normalize, k.data.pad_mode) == ("conv", 1e-7, "pixel_mean", "replicate")
+    assert (k.optimizer.decay_on, k.optimizer.eps, k.data.normalize, k.data.pad_mode) == (
+        "conv",
+        1e-7,
+        "pixel_mean",
+        "replicate",
+    )
     assert k.schedule.milestones == [0.4, 0.6, 0.8, 0.9]
     assert k.data.drop_last is False  # Keras trains on the last, smaller batch of each epoch too
     a = validate(compose_cfg("experiment=adamw_20ep"))
     assert (a.optimizer.name, a.l2, a.batch_size, a.epochs, a.schedule.name) == ("adamw", 0.0, 64, 20, "warm_restarts")
     assert a.optimizer.wd_normalized and a.trainer.train_eval and a.trainer.bn_recalibrate > 0
     from runner.optim import normalized_lambda
+
     assert normalized_lambda(a.wd, a.batch_size, 50_000, a.epochs) == pytest.approx(3.0e-4)  # what was measured
     o = validate(compose_cfg("experiment=adamw_oscillate"))
     assert (o.wd, o.epochs, o.optimizer.wd_normalized, o.trainer.val_every) == (1e-3, 30, False, 200)
@@ -48,8 +55,18 @@ def test_experiment_presets_compose():
 def test_joblib_launcher_runs_jobs_in_parallel_without_progress_bars(tmp_path):
     common = "batch_size=32,data.n_train=128,data.n_val=40,debug=smoke,epochs=2,"  # no launcher keys,
     # trainer.progress or trainer.device: they change no result
-    r = run_cli(["-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", *SMALL, "trainer.max_steps=2",
-                 "seed=1,2", "trainer.progress=null"], cwd=tmp_path)
+    r = run_cli(
+        [
+            "-m",
+            "hydra/launcher=local_parallel",
+            "hydra.launcher.n_jobs=2",
+            *SMALL,
+            "trainer.max_steps=2",
+            "seed=1,2",
+            "trainer.progress=null",
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     s = summaries(tmp_path / "multirun" / "latest")
     assert sorted(s) == [f"{i}_{common}seed={i + 1},trainer.max_steps=2" for i in (0, 1)]
@@ -60,13 +77,15 @@ def test_joblib_launcher_runs_jobs_in_parallel_without_progress_bars(tmp_path):
 
 @pytest.mark.slow
 def test_paper_grid_then_report_gives_the_heat_maps(tmp_path):
-    r = run_cli(["experiment=paper_grid", *SMALL, "trainer.max_steps=4", "lr=1e-3,2e-3",
-                 "reg=0.05"], cwd=tmp_path)  # the command line narrows the preset's grid
+    r = run_cli(
+        ["experiment=paper_grid", *SMALL, "trainer.max_steps=4", "lr=1e-3,2e-3", "reg=0.05"], cwd=tmp_path
+    )  # the command line narrows the preset's grid
     assert r.returncode == 0, r.stderr[-3000:]
     s = summaries(tmp_path / "multirun")
     assert len(s) == 4
     assert {(v["hparams"]["optimizer"]["name"], v["hparams"]["lr"]) for v in s.values()} == {
-        (o, lr) for o in ("adam_l2", "adamw") for lr in (1e-3, 2e-3)}
+        (o, lr) for o in ("adam_l2", "adamw") for lr in (1e-3, 2e-3)
+    }
     (sweep,) = (tmp_path / "multirun").glob("20*/*")  # the dated folder, not latest/
     r = run_cli_report([str(sweep)])
     assert r.returncode == 0, r.stderr
@@ -77,12 +96,15 @@ def test_paper_grid_then_report_gives_the_heat_maps(tmp_path):
 def run_cli_report(args):
     import subprocess
     import sys
+
     return subprocess.run([sys.executable, "-m", "runner.report", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
 def test_report_on_a_real_2x2_sweep_and_hparams_in_each_run(tmp_path):
-    r = run_cli(["-m", *SMALL, "trainer.max_steps=3", "lr=1e-3,2e-3", "wd=1e-4,5e-4", "trainer.val_every=1"], cwd=tmp_path)
+    r = run_cli(
+        ["-m", *SMALL, "trainer.max_steps=3", "lr=1e-3,2e-3", "wd=1e-4,5e-4", "trainer.val_every=1"], cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun").glob("20*/*")  # the dated folder, not latest/
     rep = run_cli_report([str(sweep)])
@@ -92,11 +114,13 @@ def test_report_on_a_real_2x2_sweep_and_hparams_in_each_run(tmp_path):
     head = (sweep / "report" / "heatmap.png").read_bytes()[:8]
     assert head == b"\x89PNG\r\n\x1a\n"
     from runner.report import collect_runs, varying_keys
+
     runs = collect_runs(sweep)
     keys = varying_keys(runs)
     assert {"lr", "wd"} <= set(keys)
     # HParams: every run's own event file holds the same hyperparameter keys
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     key_sets = []
     for job in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()):
         acc = EventAccumulator(str(job), size_guidance={"tensors": 0})
@@ -104,6 +128,7 @@ def test_report_on_a_real_2x2_sweep_and_hparams_in_each_run(tmp_path):
         plugin = acc.PluginTagToContent("hparams")
         assert "_hparams_/session_start_info" in plugin
         from tensorboard.plugins.hparams import plugin_data_pb2
+
         info = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/session_start_info"])
         key_sets.append(frozenset(info.session_start_info.hparams.keys()))
         assert info.session_start_info.hparams["lr"].number_value in (1e-3, 2e-3)
@@ -114,6 +139,7 @@ def _pids_writing(path) -> list[int]:
     """Processes that hold `path` open (submitit's local job ids are process ids, not sweep indices)."""
     import os
     from pathlib import Path
+
     out = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -136,8 +162,19 @@ def test_submitit_local_requeues_an_interrupted_job_which_continues_in_its_folde
     import time
 
     sweep = tmp_path / "sweep"
-    args = [sys.executable, "-m", "runner", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
-            f"hydra.sweep.dir={sweep}", *SMALL, "epochs=4", "trainer.log_every=1", "seed=1,2"]
+    args = [
+        sys.executable,
+        "-m",
+        "runner",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        f"hydra.sweep.dir={sweep}",
+        *SMALL,
+        "epochs=4",
+        "trainer.log_every=1",
+        "seed=1,2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     job1 = sweep / "1_batch_size=32,data.n_train=128,data.n_val=40,debug=smoke,epochs=4,seed=2"

@@ -1,4 +1,5 @@
 """Training time told honestly (runner.timing): the steady rate, with start-up and stalls reported beside it."""
+
 import json
 import time
 
@@ -11,9 +12,11 @@ from runner.timing import LoopClock, Window, split_time, steady_rate
 
 
 def test_the_steady_rate_ignores_start_up_windows_and_a_stall():
-    windows = [Window(64, 20.0, startup=True),  # compilation
-               *[Window(640, 1.0, startup=False)] * 9,
-               Window(640, 51.0, startup=False)]  # a 50 s stall
+    windows = [
+        Window(64, 20.0, startup=True),  # compilation
+        *[Window(640, 1.0, startup=False)] * 9,
+        Window(640, 51.0, startup=False),
+    ]  # a 50 s stall
     t = split_time(windows)
     assert steady_rate(windows) == t["images_per_s"] == 640.0
     assert t["startup_s"] == pytest.approx(20.0 - 0.1)

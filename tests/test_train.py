@@ -1,4 +1,5 @@
 """End to end: `python -m runner` on synthetic data learns and writes the contract files."""
+
 import json
 import math
 import re
@@ -8,8 +9,21 @@ from conftest import TINY, forbid_host_reads, run_cli
 
 from runner.metrics import read_metrics
 
-SUMMARY_KEYS = {"status", "n_params", "steps", "epochs", "best_val_acc", "final_val_acc", "final_val_loss",
-                "final_train_loss", "wall_time_s", "images_per_s", "device", "hparams", "regularization"}
+SUMMARY_KEYS = {
+    "status",
+    "n_params",
+    "steps",
+    "epochs",
+    "best_val_acc",
+    "final_val_acc",
+    "final_val_loss",
+    "final_train_loss",
+    "wall_time_s",
+    "images_per_s",
+    "device",
+    "hparams",
+    "regularization",
+}
 
 
 def run_dirs(root):
@@ -75,7 +89,9 @@ def test_a_two_job_sweep_writes_one_folder_per_job(tmp_path):
 
 @pytest.mark.slow
 def test_two_runs_started_together_never_share_a_folder(tmp_path):
-    import subprocess, sys
+    import subprocess
+    import sys
+
     args = [sys.executable, "-m", "runner", *TINY, "trainer.max_steps=1", "data.n_train=64", "data.n_val=20"]
     procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
     assert all(p.wait(timeout=300) == 0 for p in procs)
@@ -108,8 +124,18 @@ def test_a_decay_too_small_for_float32_is_reported_in_the_summary(tmp_path, capl
     from runner.train import train
 
     # torch's convention: d_t = lr_t·λ = 1e-3·5e-4 = 5e-7, which float32 weights take up to 18 % off
-    cfg = validate(compose_cfg(*TINY, "data.n_train=64", "data.n_val=20", "epochs=10", "trainer.max_steps=2",
-                               "optimizer=adamw", "wd=5e-4", "optimizer.wd_scaling=lr"))
+    cfg = validate(
+        compose_cfg(
+            *TINY,
+            "data.n_train=64",
+            "data.n_val=20",
+            "epochs=10",
+            "trainer.max_steps=2",
+            "optimizer=adamw",
+            "wd=5e-4",
+            "optimizer.wd_scaling=lr",
+        )
+    )
     s = train(cfg, tmp_path)
     (note,) = [r for r in s["regularization"] if r.startswith("float32 rounding")]
     assert "down to 5e-07" in note and "18 % at d_t = 5e-07" in note
@@ -122,13 +148,19 @@ def test_a_plain_non_editable_install_runs_from_any_folder(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
+
     repo = Path(__file__).resolve().parents[1]
     pip = [sys.executable, "-m", "pip"]
-    r = subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(tmp_path / "whl"), str(repo)], capture_output=True, text=True)
+    r = subprocess.run(
+        [*pip, "wheel", "-q", "--no-deps", "-w", str(tmp_path / "whl"), str(repo)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = (tmp_path / "whl").glob("*.whl")
-    r = subprocess.run([*pip, "install", "-q", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [*pip, "install", "-q", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -136,14 +168,21 @@ def test_a_plain_non_editable_install_runs_from_any_folder(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(next(elsewhere.rglob("summary.json")).read_text())
     assert s["status"] == "completed" and s["steps"] == 1
-    probe = subprocess.run([sys.executable, "-c", "import runner.configs; print(runner.configs.__file__)"],
-                           capture_output=True, text=True, cwd=elsewhere, env={"PYTHONPATH": str(tmp_path / "site")})
+    probe = subprocess.run(
+        [sys.executable, "-c", "import runner.configs; print(runner.configs.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env={"PYTHONPATH": str(tmp_path / "site")},
+    )
     assert probe.stdout.startswith(str(tmp_path / "site"))
 
 
 @pytest.mark.slow
 def test_compiled_model_trains_and_the_compile_time_is_reported_apart(tmp_path):
-    r = run_cli([*TINY, "trainer.compile=true", "trainer.max_steps=3", "data.n_train=128", "batch_size=32"], cwd=tmp_path)
+    r = run_cli(
+        [*TINY, "trainer.compile=true", "trainer.max_steps=3", "data.n_train=128", "batch_size=32"], cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(next(tmp_path.rglob("summary.json")).read_text())
     assert s["status"] == "completed" and s["steps"] == 3
@@ -155,10 +194,10 @@ def test_one_batch_shape_per_phase_full_training_batches_and_padded_validation(t
     """data.drop_last: 500 images at batch 64 give 7 full steps an epoch (the 52 left over differ every epoch);
     validation pads its last batch, so a compiled or captured forward sees one shape per phase."""
     import torch
-
     from conftest import compose_cfg
-    from runner.config import validate
+
     import runner.train as train_mod
+    from runner.config import validate
 
     shapes = {True: set(), False: set()}
     real_setup = train_mod.setup
@@ -172,8 +211,8 @@ def test_one_batch_shape_per_phase_full_training_batches_and_padded_validation(t
     cfg = validate(compose_cfg(*TINY, "data.n_train=500", "data.n_val=250", "trainer.bn_recalibrate=0"))
     s = train_mod.train(cfg, tmp_path)
     assert s["steps"] == 14 and s["epochs"] == 2.0
-    assert shapes[True] == {(64, 3, 32, 32)}          # training: every step a full batch
-    assert shapes[False] == {(100, 3, 32, 32)}        # validation on CPU: batches of 100, the third one padded
+    assert shapes[True] == {(64, 3, 32, 32)}  # training: every step a full batch
+    assert shapes[False] == {(100, 3, 32, 32)}  # validation on CPU: batches of 100, the third one padded
     val = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "val_loss" in r]
     assert len(val) == 2 and all(0 <= r["val_acc"] <= 1 for r in val)
     assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 14
@@ -181,14 +220,21 @@ def test_one_batch_shape_per_phase_full_training_batches_and_padded_validation(t
 
 def test_the_summary_says_which_accuracy_it_reports_and_what_ran(tmp_path):
     from conftest import compose_cfg
+
     from runner.config import validate
     from runner.train import train
 
     s = train(validate(compose_cfg(*TINY, "trainer.max_steps=3", "data.n_train=128", "data.n_val=50")), tmp_path)
     assert s["val_metric"] == "recalibrated" and s["best_val_acc"] == s["best_val_acc_recal"]
     assert {"best_val_acc_running", "final_val_acc_running", "final_val_loss_running"} <= s.keys()
-    assert s["path"] == {"device": "cpu", "precision": "fp32", "compile": False, "compile_mode": None,
-                         "cuda_graphs": False, "channels_last": False}
+    assert s["path"] == {
+        "device": "cpu",
+        "precision": "fp32",
+        "compile": False,
+        "compile_mode": None,
+        "cuda_graphs": False,
+        "channels_last": False,
+    }
     assert s["data"]["name"] == "synthetic" and s["data"]["n_train"] == 128 and len(s["data"]["fingerprint"]) == 16
     assert {"commit", "dirty"} <= s["code"].keys() and s["env"]["torch"]
     assert {"compile_s", "capture_s", "warmup_s", "first_step_s"} <= s["startup"].keys()

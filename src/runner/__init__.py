@@ -2,4 +2,5 @@
 
 Kept free of heavy imports so that `python -m runner --help` and tab completion stay quick.
 """
+
 __version__ = "0.1.0"

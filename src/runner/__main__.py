@@ -4,6 +4,7 @@
 trainer refuses overrides that would change the training (runner.config.resumable_keys).
 Every run says its folder on stderr when it starts and when it ends, and outputs/latest points at the newest.
 """
+
 import shutil
 import sys
 from pathlib import Path

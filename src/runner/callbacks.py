@@ -4,6 +4,7 @@ and reported at the end of a sweep.
 configs/config.yaml lists the callbacks under hydra.callbacks and names sweep jobs with `${job_dirname:...}`.
 Folders are shown relative to the current directory when they lie below it. Nothing here imports torch.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,10 @@ def saved_config(resume: str) -> Path:
     """The saved config of the run folder `resume` (its .hydra/config.yaml); ConfigError when there is none."""
     saved = Path(resume).expanduser().resolve() / ".hydra" / "config.yaml"
     if not saved.is_file():
-        raise ConfigError(f"resume={resume!r}: no run there (expected {saved}); give the folder of a run, "
-                          "e.g. resume=outputs/2026-01-31/12-00-00_abc123")
+        raise ConfigError(
+            f"resume={resume!r}: no run there (expected {saved}); give the folder of a run, "
+            "e.g. resume=outputs/2026-01-31/12-00-00_abc123"
+        )
     return saved
 
 
@@ -104,8 +107,10 @@ class CheckOutputFolder(Callback):
             probe.touch()
             probe.unlink()
         except OSError as e:
-            _exit(f"cannot write the run folder {path} ({e.strerror or e}): choose another place with "
-                  f"{key}=/a/writable/folder, or fix the permissions")
+            _exit(
+                f"cannot write the run folder {path} ({e.strerror or e}): choose another place with "
+                f"{key}=/a/writable/folder, or fix the permissions"
+            )
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         resume = OmegaConf.select(config, "resume")
@@ -146,8 +151,10 @@ def _report(sweep: Path) -> None:
         traceback.print_exc()
         failed = True
     if failed:
-        print(f"runner: the report failed; the sweep's runs are saved: python -m runner.report {shown(sweep)}",
-              file=sys.stderr)
+        print(
+            f"runner: the report failed; the sweep's runs are saved: python -m runner.report {shown(sweep)}",
+            file=sys.stderr,
+        )
 
 
 def _exit(message: str) -> None:

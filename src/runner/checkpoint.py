@@ -32,6 +32,7 @@ best.pt (save_best): {"format", "model": state_dict, "step": int, "val_acc": flo
 validation accuracy improves. It has no hash in its name (it is the one file a user opens by hand): torch.load
 notices a truncated best.pt, not a flipped bit in it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -68,12 +69,18 @@ class _Damaged(ValueError):
 
 # ---------------------------------------------------------------- random number generators
 
+
 def rng_state() -> dict:
     """Every random number generator the next step could read (the data order is a function of seed and epoch),
     as values torch.load(weights_only=True) accepts: numpy's MT19937 keys become an int64 tensor."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    numpy = {"bit_generator": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-             "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
+    numpy = {
+        "bit_generator": kind,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(gauss),
+    }
     state = {"python": random.getstate(), "numpy": numpy, "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -86,8 +93,13 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))  # a list after some loaders: setstate wants a tuple
     n = state["numpy"]
     if isinstance(n, dict):
-        n = (n["bit_generator"], np.asarray(n["keys"], dtype=np.int64).astype(np.uint32), n["pos"], n["has_gauss"],
-             n["cached_gaussian"])
+        n = (
+            n["bit_generator"],
+            np.asarray(n["keys"], dtype=np.int64).astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
     np.random.set_state(n)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -95,6 +107,7 @@ def set_rng_state(state: dict) -> None:
 
 
 # ---------------------------------------------------------------- writing
+
 
 def _serialize(state: dict) -> bytes:
     """torch.save bytes, checked to open with weights_only=True (a value that does not is a bug in the caller)."""
@@ -104,8 +117,10 @@ def _serialize(state: dict) -> bytes:
     try:
         torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise TypeError("a checkpoint may hold only tensors, numbers, strings, lists, tuples and dicts "
-                        f"(torch.load(weights_only=True) refuses the rest): {e}") from None
+        raise TypeError(
+            "a checkpoint may hold only tensors, numbers, strings, lists, tuples and dicts "
+            f"(torch.load(weights_only=True) refuses the rest): {e}"
+        ) from None
     return payload
 
 
@@ -130,9 +145,11 @@ def _write_atomic(path: Path, payload: bytes, what: str) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         why = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
-        raise CheckpointError(f"could not write {what} in {path.parent}: {why}. The previous {what} is intact; free "
-                              "space (or fix the folder's permissions) and start the run again in the same folder "
-                              "to continue.") from None
+        raise CheckpointError(
+            f"could not write {what} in {path.parent}: {why}. The previous {what} is intact; free "
+            "space (or fix the folder's permissions) and start the run again in the same folder "
+            "to continue."
+        ) from None
 
 
 def save(state: dict, folder: Path) -> Path:
@@ -201,6 +218,7 @@ def _prune(folder: Path, new: Path) -> None:
 
 # ---------------------------------------------------------------- reading
 
+
 def _step(path: Path) -> int:
     return int(STEP_FILE.fullmatch(path.name)[1])
 
@@ -236,9 +254,11 @@ def _read(path: Path) -> dict:
         try:
             return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         except Exception as e:  # intact bytes this torch cannot read: falling back would throw away newer work
-            raise CheckpointError(f"{path} is intact (its SHA-256 matches its name) but this runner cannot read it "
-                                  f"({type(e).__name__}: {str(e)[:200]}): continue the run with the runner and torch "
-                                  "versions that wrote it") from None
+            raise CheckpointError(
+                f"{path} is intact (its SHA-256 matches its name) but this runner cannot read it "
+                f"({type(e).__name__}: {str(e)[:200]}): continue the run with the runner and torch "
+                "versions that wrote it"
+            ) from None
     head, _, payload = raw.partition(b"\n")
     if len(head) != 64 or hashlib.sha256(payload).hexdigest().encode() != head:
         raise _Damaged("checksum mismatch: truncated or corrupted")
@@ -253,11 +273,15 @@ def _check_format(state, path: Path) -> None:
     if fmt in READABLE:
         return
     if isinstance(fmt, int) and fmt > FORMAT:
-        raise CheckpointError(f"{path} has checkpoint format {fmt}, newer than this runner reads (up to {FORMAT}): "
-                              "continue the run with the newer runner version that wrote it")
-    raise CheckpointError(f"{path} has checkpoint format {fmt!r}, this runner reads formats "
-                          f"{', '.join(map(str, READABLE))}: start a new run (or resume with the runner version "
-                          "that wrote it)")
+        raise CheckpointError(
+            f"{path} has checkpoint format {fmt}, newer than this runner reads (up to {FORMAT}): "
+            "continue the run with the newer runner version that wrote it"
+        )
+    raise CheckpointError(
+        f"{path} has checkpoint format {fmt!r}, this runner reads formats "
+        f"{', '.join(map(str, READABLE))}: start a new run (or resume with the runner version "
+        "that wrote it)"
+    )
 
 
 def _candidates(folder: Path) -> list[Path]:

@@ -8,6 +8,7 @@ rules that span sections. A field declares its allowed values and whether a cont
 Every dataclass default is a valid value on its own; the defaults a user sees are those of configs/.
 Nothing here imports torch (and omegaconf only inside `validate`), so `--help` and tab completion stay quick.
 """
+
 from __future__ import annotations
 
 import math
@@ -151,8 +152,9 @@ class ScheduleConfig(_Section):
         elif self.name == "piecewise_linear":
             at = [k[0] for k in self.knots]
             if at[0] != 0 or any(b <= a for a, b in zip(at, at[1:])) or at[-1] > end:
-                self._fail("knots", f"positions must start at 0 and increase strictly up to at most {end:g} "
-                           f"(unit={self.unit})")
+                self._fail(
+                    "knots", f"positions must start at 0 and increase strictly up to at most {end:g} (unit={self.unit})"
+                )
 
 
 @dataclass
@@ -187,8 +189,14 @@ class DataConfig(_Section):
 
 
 # the numeric summary.json keys a sweeper may optimize (trainer.objective)
-OBJECTIVES = ("best_val_acc", "final_val_acc", "final_val_loss", "final_train_loss", "best_val_acc_running",
-              "final_val_acc_running")
+OBJECTIVES = (
+    "best_val_acc",
+    "final_val_acc",
+    "final_val_loss",
+    "final_train_loss",
+    "best_val_acc_running",
+    "final_val_acc_running",
+)
 
 
 @dataclass
@@ -203,8 +211,9 @@ class TrainerConfig(_Section):
     precision: str = setting("auto", choices=("auto", "bf16", "fp32"))
     channels_last: Optional[bool] = None
     compile: Optional[bool] = setting(None, resumable=True)
-    compile_mode: str = setting("default", resumable=True,
-                                choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    compile_mode: str = setting(
+        "default", resumable=True, choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    )
     cuda_graphs: Optional[bool] = setting(None, resumable=True)
     progress: Optional[bool] = setting(None, resumable=True)
     train_eval: bool = setting(False, resumable=True)  # evaluations never touch the training (runner.evaluation)
@@ -218,15 +227,22 @@ class TrainerConfig(_Section):
     def __post_init__(self) -> None:
         self._check_choices()
         if self.cuda_graphs is True and self.device in ("cpu", "mps"):
-            self._fail("cuda_graphs", f"CUDA graphs need trainer.device=cuda (or auto on a GPU machine), not "
-                       f"{self.device}: drop trainer.cuda_graphs=true (the default, null, is off there)")
+            self._fail(
+                "cuda_graphs",
+                f"CUDA graphs need trainer.device=cuda (or auto on a GPU machine), not "
+                f"{self.device}: drop trainer.cuda_graphs=true (the default, null, is off there)",
+            )
         nests = self.compile_mode in ("reduce-overhead", "max-autotune")  # modes that record CUDA graphs themselves
         if self.cuda_graphs is True and self.compile is not False and nests:
             auto = self.compile is None  # null compiles on CUDA, which is where cuda_graphs=true runs
-            self._fail("compile_mode", "that mode records its own CUDA graphs, which cannot nest in "
-                       "trainer.cuda_graphs=true" + (" (trainer.compile=null compiles on CUDA)" if auto else "")
-                       + ": use trainer.compile_mode=default or max-autotune-no-cudagraphs"
-                       + (", or trainer.compile=false" if auto else ""))
+            self._fail(
+                "compile_mode",
+                "that mode records its own CUDA graphs, which cannot nest in "
+                "trainer.cuda_graphs=true"
+                + (" (trainer.compile=null compiles on CUDA)" if auto else "")
+                + ": use trainer.compile_mode=default or max-autotune-no-cudagraphs"
+                + (", or trainer.compile=false" if auto else ""),
+            )
         if not (math.isfinite(self.diverge_factor) and self.diverge_factor > 1):
             self._fail("diverge_factor", "must be a finite number > 1 (stop when loss > factor × initial loss)")
         for name in ("max_steps", "val_every"):

@@ -5,6 +5,7 @@ Conventions: images are uint8 tensors (N, 3, H, W), contiguous, on the CPU; labe
 memory once; the `DeviceLoader` then keeps a split on one device and does shuffling, augmentation
 and normalisation there in batched tensor ops. Functions take plain values, never the config.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -61,6 +62,7 @@ class Splits:
 
 # ---------------------------------------------------------------- CIFAR-10 python archive
 
+
 def load_cifar10(root: str | Path, download: bool = True, verify: bool = True) -> Splits:
     """Load `root/cifar-10-batches-py` (data_batch_1..5 → train, test_batch → val).
 
@@ -79,7 +81,8 @@ def load_cifar10(root: str | Path, download: bool = True, verify: bool = True) -
                     f"CIFAR-10 file {folder / name} is missing or does not match its expected md5 "
                     f"{md5}. If it is the official data set, the copy is damaged: delete {folder} so "
                     f"that it is extracted or downloaded again (data.download=true). If it is a derived "
-                    f"data set in the same format, set data.verify=false to skip the checksums.")
+                    f"data set in the same format, set data.verify=false to skip the checksums."
+                )
     train = [_read_batch(folder / name) for name in CIFAR10_TRAIN_FILES]
     val_x, val_y = _read_batch(folder / "test_batch")
     classes = CLASSES
@@ -87,8 +90,10 @@ def load_cifar10(root: str | Path, download: bool = True, verify: bool = True) -
         classes = tuple(_str(c) for c in _unpickle(folder / "batches.meta")["label_names"])
     for y, name in [(v[1], n) for v, n in zip(train, CIFAR10_TRAIN_FILES)] + [(val_y, "test_batch")]:
         if len(y) and (y.min() < 0 or y.max() >= len(classes)):
-            raise DataError(f"Labels in {folder / name} must lie in [0, {len(classes)}) for the classes "
-                            f"{classes}; fix the file or its batches.meta label_names.")
+            raise DataError(
+                f"Labels in {folder / name} must lie in [0, {len(classes)}) for the classes "
+                f"{classes}; fix the file or its batches.meta label_names."
+            )
     return Splits(torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]), val_x, val_y, classes)
 
 
@@ -100,7 +105,8 @@ def _fetch_cifar10(root: Path, download: bool, verify: bool) -> None:
             raise DataError(
                 f"CIFAR-10 was expected at {root / CIFAR10_FOLDER} but that folder does not exist. "
                 f"Set data.download=true to download it, place {CIFAR10_ARCHIVE} ({CIFAR10_URL}) in "
-                f"{root}, or point data.root at the folder that contains {CIFAR10_FOLDER}.")
+                f"{root}, or point data.root at the folder that contains {CIFAR10_FOLDER}."
+            )
         try:
             root.mkdir(parents=True, exist_ok=True)
             _download(CIFAR10_URL, root, CIFAR10_ARCHIVE)
@@ -109,20 +115,25 @@ def _fetch_cifar10(root: Path, download: bool, verify: bool) -> None:
             raise DataError(
                 f"Downloading CIFAR-10 from {CIFAR10_URL} into {root} failed ({e}). Without network "
                 f"access, download {CIFAR10_ARCHIVE} elsewhere and place it in {root} (data.root), "
-                f"or set data.root to a folder that already contains {CIFAR10_FOLDER}.") from e
+                f"or set data.root to a folder that already contains {CIFAR10_FOLDER}."
+            ) from e
     if verify and not check_integrity(archive, CIFAR10_ARCHIVE_MD5):
         raise DataError(
             f"The archive {archive} does not match its expected md5 {CIFAR10_ARCHIVE_MD5}: it is "
             f"damaged, incomplete or a different file. Delete it and run again with data.download=true "
-            f"to download it, or set data.verify=false for a derived data set in the same format.")
+            f"to download it, or set data.verify=false for a derived data set in the same format."
+        )
     try:
         extract_archive(str(archive), str(root))
     except Exception as e:  # tarfile, gzip and OS errors all mean the same thing here
-        raise DataError(f"Could not extract {archive} ({e}); delete it and download it again "
-                        f"(data.download=true).") from e
+        raise DataError(
+            f"Could not extract {archive} ({e}); delete it and download it again (data.download=true)."
+        ) from e
     if not (root / CIFAR10_FOLDER).is_dir():
-        raise DataError(f"{archive} does not contain the folder {CIFAR10_FOLDER}; it is not the "
-                        f"CIFAR-10 python archive. Delete it and set data.download=true.")
+        raise DataError(
+            f"{archive} does not contain the folder {CIFAR10_FOLDER}; it is not the "
+            f"CIFAR-10 python archive. Delete it and set data.download=true."
+        )
 
 
 def _download(url: str, root: Path, filename: str) -> None:
@@ -133,16 +144,20 @@ def _download(url: str, root: Path, filename: str) -> None:
 def _unpickle(path: Path) -> dict:
     """Read one CIFAR pickle; keys become str whatever protocol wrote them."""
     if not path.is_file():
-        raise DataError(f"The CIFAR-10 file {path} is missing; {path.parent} must hold data_batch_1..5 "
-                        f"and test_batch. Delete the folder and extract or download it again "
-                        f"(data.download=true).")
+        raise DataError(
+            f"The CIFAR-10 file {path} is missing; {path.parent} must hold data_batch_1..5 "
+            f"and test_batch. Delete the folder and extract or download it again "
+            f"(data.download=true)."
+        )
     try:
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="bytes")  # trusted: the official format is a pickle
     except Exception as e:
-        raise DataError(f"Could not read the CIFAR-10 file {path} ({type(e).__name__}: {e}); it is "
-                        f"truncated or not a pickle. Delete {path.parent} and extract or download it "
-                        f"again (data.download=true), or regenerate the derived data set.") from e
+        raise DataError(
+            f"Could not read the CIFAR-10 file {path} ({type(e).__name__}: {e}); it is "
+            f"truncated or not a pickle. Delete {path.parent} and extract or download it "
+            f"again (data.download=true), or regenerate the derived data set."
+        ) from e
     if not isinstance(d, dict):
         raise DataError(f"{path} holds a {type(d).__name__}, expected a dict as in CIFAR-10's format.")
     return {_str(k): v for k, v in d.items()}
@@ -154,8 +169,10 @@ def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise DataError(f"{path} lacks the keys 'data' and 'labels' of CIFAR-10's format.")
     x, y = np.asarray(d["data"]), np.asarray(d["labels"], dtype=np.int64)
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(x) != len(y):
-        raise DataError(f"{path}: 'data' must be uint8 of shape (n, 3072) (RGB planes of 32x32 "
-                        f"images) with one label per row; got {x.dtype} {x.shape} and {len(y)} labels.")
+        raise DataError(
+            f"{path}: 'data' must be uint8 of shape (n, 3072) (RGB planes of 32x32 "
+            f"images) with one label per row; got {x.dtype} {x.shape} and {len(y)} labels."
+        )
     return torch.from_numpy(x.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(y)
 
 
@@ -164,6 +181,7 @@ def _str(s) -> str:
 
 
 # ---------------------------------------------------------------- image folder
+
 
 def load_image_folder(root: str | Path, cache: bool = True) -> Splits:
     """Read root/train/<class>/*.{png,jpg,jpeg} (train) and root/test/<class>/* (val).
@@ -178,8 +196,10 @@ def load_image_folder(root: str | Path, cache: bool = True) -> Splits:
     classes = CLASSES if set(names) == set(CLASSES) else tuple(names)
     extra = sorted({f[0] for f in files["test"]} - set(classes))
     if extra:
-        raise DataError(f"{root / 'test'} has class folders {extra} that {root / 'train'} lacks; "
-                        f"both must hold the same class folders.")
+        raise DataError(
+            f"{root / 'test'} has class folders {extra} that {root / 'train'} lacks; "
+            f"both must hold the same class folders."
+        )
     stats = [(s, c, os.path.basename(p), size, mtime) for s in files for c, p, size, mtime in files[s]]
     fingerprint = hashlib.sha256(repr((classes, stats)).encode()).hexdigest()
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
@@ -195,12 +215,15 @@ def load_image_folder(root: str | Path, cache: bool = True) -> Splits:
     index = {c: i for i, c in enumerate(classes)}
     (tx, ty), (vx, vy) = [_decode_all(files[s], index) for s in ("train", "test")]
     if tx.shape[1:] != vx.shape[1:]:
-        raise DataError(f"Images in {root / 'train'} are {tuple(tx.shape[2:])} but those in "
-                        f"{root / 'test'} are {tuple(vx.shape[2:])}; all images must share one size.")
+        raise DataError(
+            f"Images in {root / 'train'} are {tuple(tx.shape[2:])} but those in "
+            f"{root / 'test'} are {tuple(vx.shape[2:])}; all images must share one size."
+        )
     splits = Splits(tx, ty, vx, vy, classes)
     if cache:
-        _save_cache(caches, dict(fingerprint=fingerprint, train_x=tx, train_y=ty, val_x=vx, val_y=vy,
-                                 classes=list(classes)))
+        _save_cache(
+            caches, dict(fingerprint=fingerprint, train_x=tx, train_y=ty, val_x=vx, val_y=vy, classes=list(classes))
+        )
     return splits
 
 
@@ -208,16 +231,20 @@ def _list_split(root: Path, split: str) -> list[tuple[str, str, int, int]]:
     """(class, path, size, mtime_ns) of each image in root/split/<class>/, sorted by class and name."""
     folder = root / split
     if not folder.is_dir():
-        raise DataError(f"Expected the folder {folder} with one subfolder of images per class "
-                        f"(e.g. {folder}/airplane/0001.png); check data.root (now {root}).")
+        raise DataError(
+            f"Expected the folder {folder} with one subfolder of images per class "
+            f"(e.g. {folder}/airplane/0001.png); check data.root (now {root})."
+        )
     out = []  # os.scandir and plain strings: pathlib made listing 60k files take seconds
     for c in sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")):
-        entries = sorted((e for e in os.scandir(folder / c) if e.name.lower().endswith(IMAGE_SUFFIXES)),
-                         key=lambda e: e.name)
+        entries = sorted(
+            (e for e in os.scandir(folder / c) if e.name.lower().endswith(IMAGE_SUFFIXES)), key=lambda e: e.name
+        )
         out += [(c, e.path, e.stat().st_size, e.stat().st_mtime_ns) for e in entries]
     if not out:
-        raise DataError(f"{folder} holds no .png/.jpg/.jpeg images in class subfolders "
-                        f"({folder}/<class>/<image>); check data.root.")
+        raise DataError(
+            f"{folder} holds no .png/.jpg/.jpeg images in class subfolders ({folder}/<class>/<image>); check data.root."
+        )
     return out
 
 
@@ -239,9 +266,11 @@ def _decode_all(files: list[tuple[str, str, int, int]], index: dict[str, int]):
     images = [_decode_image(f[1]) for f in files]
     for img, (_, path, *_) in zip(images, files):
         if img.shape != images[0].shape:
-            raise DataError(f"In {os.path.dirname(path)}, {os.path.basename(path)} is "
-                            f"{tuple(img.shape[1:])} but {files[0][1]} is {tuple(images[0].shape[1:])}; "
-                            f"all images must share one size. Resize the folder.")
+            raise DataError(
+                f"In {os.path.dirname(path)}, {os.path.basename(path)} is "
+                f"{tuple(img.shape[1:])} but {files[0][1]} is {tuple(images[0].shape[1:])}; "
+                f"all images must share one size. Resize the folder."
+            )
     return torch.stack(images).contiguous(), torch.tensor([index[f[0]] for f in files], dtype=torch.int64)
 
 
@@ -255,14 +284,23 @@ def _save_cache(paths: Sequence[Path], d: dict) -> None:
             return
         except OSError:
             tmp.unlink(missing_ok=True)
-    warnings.warn(f"Could not write the decoded-image cache to any of {[str(p) for p in paths]}; "
-                  f"the folder will be decoded again next time.")
+    warnings.warn(
+        f"Could not write the decoded-image cache to any of {[str(p) for p in paths]}; "
+        f"the folder will be decoded again next time."
+    )
 
 
 # ---------------------------------------------------------------- synthetic
 
-def make_synthetic(n_train: int = 2000, n_val: int = 500, num_classes: int = 10, image_size: int = 32,
-                   seed: int = 0, noise: float = 0.9) -> Splits:
+
+def make_synthetic(
+    n_train: int = 2000,
+    n_val: int = 500,
+    num_classes: int = 10,
+    image_size: int = 32,
+    seed: int = 0,
+    noise: float = 0.9,
+) -> Splits:
     """A learnable toy set: each class is a fixed smooth periodic colour pattern, shown at a random
     cyclic shift, under clutter: a random pattern of the same kind times `noise` plus pixel noise of
     std noise/2 (both relative to the class pattern).
@@ -301,13 +339,15 @@ def make_synthetic(n_train: int = 2000, n_val: int = 500, num_classes: int = 10,
 
 # ---------------------------------------------------------------- subsets and statistics
 
+
 def stratified_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
     """Sorted indices of n samples: round-robin over classes (ascending label), each class's
     samples in original order, classes that run out skipped. Deterministic."""
     labels = labels.cpu()
     if not 0 < n <= len(labels):
-        raise DataError(f"data.subset / data.val_split must be between 1 and the {len(labels)} "
-                        f"training images; got {n}.")
+        raise DataError(
+            f"data.subset / data.val_split must be between 1 and the {len(labels)} training images; got {n}."
+        )
     order = torch.argsort(labels, stable=True)  # grouped by class, original order within
     rank = torch.empty_like(order)
     counts = torch.bincount(labels)
@@ -320,14 +360,20 @@ def stratified_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
 def hold_out(splits: Splits, n: int) -> Splits:
     """Replace the val split by the last n training images, stratified (round-robin from the end)."""
     if n >= len(splits.train_y):
-        raise DataError(f"data.val_split={n} leaves no training images (there are "
-                        f"{len(splits.train_y)}); choose a smaller value.")
+        raise DataError(
+            f"data.val_split={n} leaves no training images (there are {len(splits.train_y)}); choose a smaller value."
+        )
     last = len(splits.train_y) - 1 - stratified_subset(splits.train_y.flip(0), n)
     val = torch.sort(last).values
     keep = torch.ones(len(splits.train_y), dtype=torch.bool)
     keep[val] = False
-    return Splits(splits.train_x[keep].contiguous(), splits.train_y[keep],
-                  splits.train_x[val].contiguous(), splits.train_y[val], splits.classes)
+    return Splits(
+        splits.train_x[keep].contiguous(),
+        splits.train_y[keep],
+        splits.train_x[val].contiguous(),
+        splits.train_y[val],
+        splits.classes,
+    )
 
 
 def fingerprint(splits: Splits) -> str:
@@ -354,6 +400,7 @@ def channel_stats(train_x: torch.Tensor) -> tuple[list[float], list[float]]:
 
 # ---------------------------------------------------------------- loader
 
+
 class DeviceLoader:
     """The whole split on one device as uint8; batches are shuffled, augmented and normalised there
     in a few batched tensor ops, never image by image.
@@ -369,26 +416,43 @@ class DeviceLoader:
     F.cross_entropy and an argmax comparison both skip), so a validation pass has one shape throughout.
     """
 
-    def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int, *, device,
-                 shuffle: bool, crop_padding: int = 0, flip: bool = False, pad_mode: str = "zeros",
-                 mean=None, std=None, seed: int = 0, channels_last: bool = False, drop_last: bool = False,
-                 pad_last: bool = False):
+    def __init__(
+        self,
+        images_u8: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        device,
+        shuffle: bool,
+        crop_padding: int = 0,
+        flip: bool = False,
+        pad_mode: str = "zeros",
+        mean=None,
+        std=None,
+        seed: int = 0,
+        channels_last: bool = False,
+        drop_last: bool = False,
+        pad_last: bool = False,
+    ):
         if images_u8.dtype != torch.uint8 or images_u8.ndim != 4 or len(images_u8) != len(labels):
-            raise DataError(f"DeviceLoader expects uint8 images (N, C, H, W) and N labels; got "
-                            f"{images_u8.dtype} {tuple(images_u8.shape)} and {len(labels)} labels.")
+            raise DataError(
+                f"DeviceLoader expects uint8 images (N, C, H, W) and N labels; got "
+                f"{images_u8.dtype} {tuple(images_u8.shape)} and {len(labels)} labels."
+            )
         if pad_mode not in ("zeros", "replicate"):
             raise DataError(f"data.pad_mode must be 'zeros' or 'replicate'; got {pad_mode!r}.")
         if batch_size < 1 or crop_padding < 0:
-            raise DataError(f"batch size must be ≥ 1 and data.crop_padding ≥ 0; got {batch_size}, "
-                            f"{crop_padding}.")
+            raise DataError(f"batch size must be ≥ 1 and data.crop_padding ≥ 0; got {batch_size}, {crop_padding}.")
         self.device = torch.device(device)
         self.x = images_u8.to(self.device).contiguous()
         self.y = labels.to(self.device, torch.int64)
         self.batch_size, self.shuffle, self.flip, self.pad_mode = batch_size, shuffle, flip, pad_mode
         self.crop_padding, self.seed, self.drop_last, self.pad_last = crop_padding, seed, drop_last, pad_last
         if drop_last and len(labels) < batch_size:
-            raise DataError(f"{len(labels)} images make no full batch of {batch_size}: lower batch_size or use "
-                            f"data.drop_last=false.")
+            raise DataError(
+                f"{len(labels)} images make no full batch of {batch_size}: lower batch_size or use "
+                f"data.drop_last=false."
+            )
         self.channels_last = channels_last
         self._layout = torch.channels_last if channels_last else torch.contiguous_format
         c, h, w = self.x.shape[1:]

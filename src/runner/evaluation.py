@@ -13,6 +13,7 @@ BatchNorm's running mean/var become the exact mean and unbiased variance of its 
 layer's input is the one it gets when every layer before it normalises with the set's own statistics, which is
 what eval mode with the recalibrated statistics computes too (up to var's n/(n−1)).
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager

@@ -5,6 +5,7 @@ Each `plot_*` draws one PNG from configuration groups (see runner.runs.group_con
 it was skipped. The data each figure shows comes from a function of its own (heatmap_grid, oscillation_series,
 runner.runs.loss_curves), which the tests check instead of pixels.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,8 +68,15 @@ def _curves(groups: list[dict], path: Path, panels: list[tuple], log_first: bool
 def plot_val_curves(groups: list[dict], path: Path) -> str | None:
     if not any(r["val"] for g in groups for r in g["runs"]):
         return "no validation records"
-    _curves(groups, path, [(lambda r: [(e, v) for e, v, _ in r["val"]], "validation loss"),
-                           (lambda r: [(e, a) for e, _, a in r["val"]], "validation accuracy")], log_first=True)
+    _curves(
+        groups,
+        path,
+        [
+            (lambda r: [(e, v) for e, v, _ in r["val"]], "validation loss"),
+            (lambda r: [(e, a) for e, _, a in r["val"]], "validation accuracy"),
+        ],
+        log_first=True,
+    )
 
 
 def plot_weight_norm(groups: list[dict], path: Path) -> str | None:
@@ -119,8 +127,14 @@ def heatmap_grid(groups: list[dict], keys: list[str], x: str = "lr", y: str = "w
     panels: dict[tuple, dict] = {}
     for g in groups:
         pv = tuple(hp_value(g, k) for k in panel_keys)
-        p = panels.setdefault(pv, {"title": ", ".join(f"{k}={fmt(v)}" for k, v in zip(panel_keys, pv)),
-                                   "values": [[None] * len(xs) for _ in ys], "labels": [[""] * len(xs) for _ in ys]})
+        p = panels.setdefault(
+            pv,
+            {
+                "title": ", ".join(f"{k}={fmt(v)}" for k, v in zip(panel_keys, pv)),
+                "values": [[None] * len(xs) for _ in ys],
+                "labels": [[""] * len(xs) for _ in ys],
+            },
+        )
         i, j = ys.index(hp_value(g, y)), xs.index(hp_value(g, x))
         mean, n_div = g["stats"][metric][0], g["statuses"].get("diverged", 0)
         p["values"][i][j] = mean
@@ -128,8 +142,15 @@ def heatmap_grid(groups: list[dict], keys: list[str], x: str = "lr", y: str = "w
             p["labels"][i][j] = f"{mean:.3f}" + (f"\n({n_div} div)" if n_div else "")
         else:
             p["labels"][i][j] = next((SHORT[s] for s in SHORT if g["statuses"].get(s)), "")
-    return {"x_key": x, "y_key": y, "panel_keys": panel_keys, "x_values": xs, "y_values": ys, "metric": metric,
-            "panels": [panels[k] for k in sorted(panels, key=lambda t: [sort_key(v) for v in t])]}
+    return {
+        "x_key": x,
+        "y_key": y,
+        "panel_keys": panel_keys,
+        "x_values": xs,
+        "y_values": ys,
+        "metric": metric,
+        "panels": [panels[k] for k in sorted(panels, key=lambda t: [sort_key(v) for v in t])],
+    }
 
 
 def _axis_label(key: str) -> str:
@@ -149,7 +170,7 @@ def plot_heatmap(grid: dict | None, path: Path) -> str | None:
     ncols = min(len(grid["panels"]), 4)
     nrows = math.ceil(len(grid["panels"]) / ncols)
     fig, ax = _figure(ncols, nrows, w=1.5 + 0.9 * len(grid["x_values"]), h=1.3 + 0.6 * len(grid["y_values"]))
-    for a in ax.flat[len(grid["panels"]):]:
+    for a in ax.flat[len(grid["panels"]) :]:
         a.set_visible(False)
     for a, p in zip(ax.flat, grid["panels"]):
         z = np.array([[np.nan if v is None else v for v in row] for row in p["values"]], float)
@@ -207,8 +228,10 @@ def plot_oscillation(series: dict | None, path: Path, figures=("tv_per_epoch", "
         return "no completed run has oscillation figures"
     from matplotlib.lines import Line2D
 
-    names = {"tv_per_epoch": "val-loss total variation per epoch",
-             "max_rise_rel": "largest rise above running min (rel.)"}
+    names = {
+        "tv_per_epoch": "val-loss total variation per epoch",
+        "max_rise_rel": "largest rise above running min (rel.)",
+    }
     fig, ax = _figure(len(figures))
     lams = sorted({lam for pts in series.values() for lam, _ in pts})
     any_recal = False
@@ -218,25 +241,35 @@ def plot_oscillation(series: dict | None, path: Path, figures=("tv_per_epoch", "
             for key, style in ((f, "-"), (f + "_recal", "--")):
                 xy = [(lam, d.get(key)) for lam, d in pts if finite_number(d.get(key)) is not None]
                 if xy:
-                    a.plot(*zip(*xy), style, marker="o", color=color, mfc="white" if style == "--" else color,
-                           label=label if style == "-" else None)
+                    a.plot(
+                        *zip(*xy),
+                        style,
+                        marker="o",
+                        color=color,
+                        mfc="white" if style == "--" else color,
+                        label=label if style == "-" else None,
+                    )
                     any_recal |= style == "--"
         _lambda_axis(a, lams)
         a.set(xlabel="decay strength λ (wd or l2)", ylabel=names.get(f, f))
     handles, labels = ax[0, 0].get_legend_handles_labels()
     if any_recal:
-        handles += [Line2D([], [], color="grey", ls="-", marker="o"),
-                    Line2D([], [], color="grey", ls="--", marker="o", mfc="white")]
+        handles += [
+            Line2D([], [], color="grey", ls="-", marker="o"),
+            Line2D([], [], color="grey", ls="--", marker="o", mfc="white"),
+        ]
         labels += ["BN running statistics", "BN recalibrated"]
     ax[0, 0].legend(handles, labels, fontsize="small")
     fig.savefig(path, dpi=100)
 
 
 # (key, legend, colour, line style) of a run's loss figure; validation pairs share the dashed = recalibrated code
-RUN_CURVES = [("train_loss", "train loss, train mode (mean since last validation)", "tab:blue", "-"),
-              ("train_eval_loss", "training images, eval mode", "tab:orange", "-"),
-              ("val_loss", "validation, BN running statistics", "tab:red", "-"),
-              ("val_loss_recal", "validation, BN recalibrated", "tab:red", "--")]
+RUN_CURVES = [
+    ("train_loss", "train loss, train mode (mean since last validation)", "tab:blue", "-"),
+    ("train_eval_loss", "training images, eval mode", "tab:orange", "-"),
+    ("val_loss", "validation, BN running statistics", "tab:red", "-"),
+    ("val_loss_recal", "validation, BN recalibrated", "tab:red", "--"),
+]
 
 
 def plot_run_losses(run: dict, path: Path) -> str | None:

@@ -17,6 +17,7 @@ on a side stream as CUDA graph capture requires; these are real training steps. 
 CUDA (`capture=False`) the same device-side step runs eagerly: that is how the tests check it against
 the eager loop on CPU.
 """
+
 from __future__ import annotations
 
 import time
@@ -44,8 +45,18 @@ class GraphedStep:
     """forward + backward + L2 + decoupled shrink + optimizer update for step k, with lr_t and d_t read
     on the device from per-step tables; captured as one CUDA graph per batch shape when `capture`."""
 
-    def __init__(self, model, opt: Optimizer, autocast, lr: Sequence[float], decay: Sequence[float],
-                 start_step: int = 0, *, capture: bool, warmup: int = 3):
+    def __init__(
+        self,
+        model,
+        opt: Optimizer,
+        autocast,
+        lr: Sequence[float],
+        decay: Sequence[float],
+        start_step: int = 0,
+        *,
+        capture: bool,
+        warmup: int = 3,
+    ):
         dev = opt.params[0].device
         self.model, self.opt, self.autocast, self.capture, self.warmup = model, opt, autocast, capture, warmup
         dtype = opt.params[0].dtype
@@ -54,7 +65,7 @@ class GraphedStep:
         self.keep_table = torch.tensor([opt.keep_value(d) for d in decay], dtype=dtype, device=dev)
         self.counter = torch.full((1,), start_step, dtype=torch.int64, device=dev)  # the next step's index
         self.lr_t = torch.zeros((), dtype=opt.lr_dtype, device=dev)  # the current step's lr_t and 1 − d_t:
-        self.keep = torch.zeros((), dtype=dtype, device=dev)         # the optimizer reads these two tensors
+        self.keep = torch.zeros((), dtype=dtype, device=dev)  # the optimizer reads these two tensors
         self.losses = torch.full((len(lr),), float("nan"), device=dev)  # train loss of step k at index k
         self.grad_norm = torch.zeros((), dtype=dtype, device=dev)  # ‖g‖ of the data loss at the latest step
         self.graphs: dict[tuple, tuple] = {}  # batch shape → (graph, static images, static labels)
@@ -151,8 +162,10 @@ class GraphedForward:
             _sync(x.device)
             self.capture_s += time.perf_counter() - tick
         if x.shape != self.static_x.shape or x.stride() != self.static_x.stride():
-            raise ValueError(f"GraphedForward was recorded for {tuple(self.static_x.shape)}, got {tuple(x.shape)}: "
-                             "validation batches must all have one shape (DeviceLoader(pad_last=True))")
+            raise ValueError(
+                f"GraphedForward was recorded for {tuple(self.static_x.shape)}, got {tuple(x.shape)}: "
+                "validation batches must all have one shape (DeviceLoader(pad_last=True))"
+            )
         self.static_x.copy_(x)
         self.graph.replay()
         return self.static_out

@@ -1,4 +1,5 @@
 """Signals that end a run cleanly: finish the step, write a checkpoint, then stop (a SLURM time limit, ^C)."""
+
 from __future__ import annotations
 
 import logging

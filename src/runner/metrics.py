@@ -25,6 +25,7 @@ own event files (HParams plugin) when it starts, so a running or killed run show
 metrics when it ends; the keys are the same for every run, so `tensorboard --logdir multirun/...` compares
 a sweep (not SummaryWriter.add_hparams, which makes a separate run per call: pytorch issue 32651).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,14 +33,32 @@ import math
 from pathlib import Path
 
 TB_TAGS = {
-    "train_loss": "train/loss", "l2_penalty": "train/l2_penalty", "val_loss": "val/loss", "val_acc": "val/acc",
-    "train_eval_loss": "train/eval_loss", "train_eval_acc": "train/eval_acc", "lr": "optim/lr", "decay": "optim/decay",
-    "grad_norm": "optim/grad_norm", "weight_norm": "weights/norm", "val_loss_recal": "val/loss_recal",
-    "val_acc_recal": "val/acc_recal", "train_eval_loss_recal": "train/eval_loss_recal",
-    "train_eval_acc_recal": "train/eval_acc_recal", "epoch_train_s": "time/epoch_train_s",
+    "train_loss": "train/loss",
+    "l2_penalty": "train/l2_penalty",
+    "val_loss": "val/loss",
+    "val_acc": "val/acc",
+    "train_eval_loss": "train/eval_loss",
+    "train_eval_acc": "train/eval_acc",
+    "lr": "optim/lr",
+    "decay": "optim/decay",
+    "grad_norm": "optim/grad_norm",
+    "weight_norm": "weights/norm",
+    "val_loss_recal": "val/loss_recal",
+    "val_acc_recal": "val/acc_recal",
+    "train_eval_loss_recal": "train/eval_loss_recal",
+    "train_eval_acc_recal": "train/eval_acc_recal",
+    "epoch_train_s": "time/epoch_train_s",
 }
-FINAL_METRICS = ("best_val_acc", "final_val_acc", "final_val_loss", "final_train_loss", "best_val_acc_running",
-                 "final_val_acc_running", "images_per_s", "steps")
+FINAL_METRICS = (
+    "best_val_acc",
+    "final_val_acc",
+    "final_val_loss",
+    "final_train_loss",
+    "best_val_acc_running",
+    "final_val_acc_running",
+    "images_per_s",
+    "steps",
+)
 
 
 def _clean(v):
@@ -95,7 +114,9 @@ class Recorder:
         self.file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
         if self.tb is not None:
             for key, value in record.items():
-                tag = TB_TAGS.get(key) or (f"weights/{key.split('/', 1)[1]}" if key.startswith("weight_norm/") else None)
+                tag = TB_TAGS.get(key) or (
+                    f"weights/{key.split('/', 1)[1]}" if key.startswith("weight_norm/") else None
+                )
                 if tag and value is not None:
                     self.tb.add_scalar(tag, value, record["step"])
 
@@ -152,8 +173,9 @@ def _session_end(status: str):
 
     code = {"completed": "STATUS_SUCCESS", "interrupted": "STATUS_UNKNOWN"}.get(status, "STATUS_FAILURE")
     content = HParamsPluginData(session_end_info=SessionEndInfo(status=Status.Value(code)), version=PLUGIN_DATA_VERSION)
-    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME,
-                                                                 content=content.SerializeToString()))
+    meta = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=content.SerializeToString())
+    )
     return Summary(value=[Summary.Value(tag=SESSION_END_INFO_TAG, metadata=meta)])
 
 

@@ -17,6 +17,7 @@ reads `l2` the same way, with T the whole run, so one grid of λ_norm serves bot
 
 Keras `l2(x)` adds x·‖θ‖² to the loss, i.e. λ₂ = 2x here.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,9 +43,18 @@ def normalized_lambda(lam: float, batch_size: int, n_train: int, epochs: float) 
     return lam * math.sqrt(batch_size / (n_train * epochs))
 
 
-def decoupled_rate(wd: float, wd_scaling: str, lr: float, *, normalized: bool = False, batch_size: int = 1,
-                   n_train: int = 1, period: Callable[[float], float] = lambda t: 1.0) -> Callable[[float, float], float]:
+def decoupled_rate(
+    wd: float,
+    wd_scaling: str,
+    lr: float,
+    *,
+    normalized: bool = False,
+    batch_size: int = 1,
+    n_train: int = 1,
+    period: Callable[[float], float] = lambda t: 1.0,
+) -> Callable[[float, float], float]:
     """d(t, η_t): the fraction by which decayed weights shrink at the step taken at epoch t."""
+
     def lam(t: float) -> float:
         return normalized_lambda(wd, batch_size, n_train, period(t)) if normalized else wd
 
@@ -71,10 +81,23 @@ class Optimizer:
     take it from: the two paths then apply the identical update, bit for bit. 1 − d_t is rounded to the weights'
     dtype in `keep_value` for the same reason."""
 
-    def __init__(self, model: nn.Module, *, algorithm: str, lr: float, l2: float, wd: float,
-                 decay: Callable[[float, float], float], decay_on: str = "weights", betas=(0.9, 0.999),
-                 eps: float = 1e-8, momentum: float = 0.9, nesterov: bool = False, fused: bool | None = None,
-                 capturable: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        algorithm: str,
+        lr: float,
+        l2: float,
+        wd: float,
+        decay: Callable[[float, float], float],
+        decay_on: str = "weights",
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        fused: bool | None = None,
+        capturable: bool = False,
+    ):
         self.lr, self.wd, self.l2, self.decay = lr, wd, l2, decay
         self.regularized, other = split_params(model, decay_on)
         self.params = params = self.regularized + other
@@ -146,15 +169,24 @@ class Optimizer:
         return out
 
 
-def describe(*, algorithm: str, wd: float, l2: float, wd_scaling: str, wd_normalized: bool, n_tensors: int,
-             n_values: int, lam_now: float | None = None) -> list[str]:
+def describe(
+    *,
+    algorithm: str,
+    wd: float,
+    l2: float,
+    wd_scaling: str,
+    wd_normalized: bool,
+    n_tensors: int,
+    n_values: int,
+    lam_now: float | None = None,
+) -> list[str]:
     """One plain sentence per mechanism, as printed at start and stored in summary.json."""
     where = f"on {n_tensors} tensors ({n_values / 1e6:.2f} M values)"
     lam = f"{wd:g}" if not wd_normalized else f"λ_norm·√(b/(B·T)) = {lam_now:.3g} (λ_norm={wd:g})"
     rule = {"schedule": f"η_t·{lam}", "lr": f"lr_t·{lam}", "none": lam}[wd_scaling]
     out = [f"decoupled decay: θ ← θ·(1 − {rule}) {where} (wd_scaling={wd_scaling})" if wd else "decoupled decay: off"]
-    out.append(f"L2: g ← g + {l2:g}·θ, penalty {l2 / 2:g}·‖θ‖², {where}, {'divided by √v̂ with the rest of the gradient' if algorithm == 'adam' else 'scaled by lr_t'}"
-               if l2 else "L2: off")
+    how = "divided by √v̂ with the rest of the gradient" if algorithm == "adam" else "scaled by lr_t"
+    out.append(f"L2: g ← g + {l2:g}·θ, penalty {l2 / 2:g}·‖θ‖², {where}, {how}" if l2 else "L2: off")
     return out
 
 
@@ -169,8 +201,10 @@ def rounding_note(decays: list[float]) -> str | None:
         return None
     applied = [d for d in used if d > 2**-25]
     lost = len(used) - len(applied)
-    note = (f"float32 rounding: per-step decay d_t runs from {max(used):.2g} down to {min(used):.2g}; float32 weights "
-            "take a shrink up to 1.5·2^-24/d_t off its value")
+    note = (
+        f"float32 rounding: per-step decay d_t runs from {max(used):.2g} down to {min(used):.2g}; float32 weights "
+        "take a shrink up to 1.5·2^-24/d_t off its value"
+    )
     if applied:
         note += f": {100 * bound(min(applied)):.0f} % at d_t = {min(applied):.2g}"
     return note + (f"; no shrink at all on the {lost} steps with d_t ≤ 3e-8" if lost else "")

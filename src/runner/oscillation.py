@@ -23,6 +23,7 @@ Each series stops before its first non-finite loss (a diverged run).
     gen_gap               v_last − u_last, or v_last − mean train_loss over the epoch before e_last (gen_gap_source)
     final_weight_norm     last finite `weight_norm`
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,15 @@ def val_points(records: list[dict], recal: bool = False) -> list[dict]:
         if v is None:
             break  # diverged: the series stops at the last finite value
         if e is not None:
-            out.append({"step": step, "epoch": e, "loss": v, "acc": finite_float(r.get("val_acc" + sfx)),
-                        "train_eval": finite_float(r.get("train_eval_loss" + sfx))})
+            out.append(
+                {
+                    "step": step,
+                    "epoch": e,
+                    "loss": v,
+                    "acc": finite_float(r.get("val_acc" + sfx)),
+                    "train_eval": finite_float(r.get("train_eval_loss" + sfx)),
+                }
+            )
     return out
 
 
@@ -169,8 +177,11 @@ def generalization_gap(points: list[dict], records: list[dict]) -> tuple[float |
 
 def final_value(records: list[dict], key: str) -> float | None:
     """The last finite value of `key` in step order."""
-    vals = [(r["step"], finite_float(r[key])) for r in records
-            if isinstance(r, dict) and key in r and finite_float(r.get("step")) is not None]
+    vals = [
+        (r["step"], finite_float(r[key]))
+        for r in records
+        if isinstance(r, dict) and key in r and finite_float(r.get("step")) is not None
+    ]
     vals = [v for _, v in sorted(vals, key=lambda sv: sv[0]) if v is not None]
     return vals[-1] if vals else None
 

@@ -15,6 +15,7 @@ The global random number generators are the process's, shared by the pack: train
 comes from (seed, epoch) generators, the initial weights from the seed set in setup), so a checkpoint's `rng` entry
 holds whatever state the process had when that run saved, and restoring it in a continued pack changes nothing.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,6 +39,7 @@ log = logging.getLogger("runner")
 @dataclass
 class Job:
     """One run of a pack: what `runner.train.train` takes, and the name its log lines carry."""
+
     cfg: RunConfig
     run_dir: Path
     meta: dict | None = None
@@ -47,6 +49,7 @@ class Job:
 
 class Outcome(NamedTuple):
     """How a job of the pack ended: its summary (None if it could not be set up) and the exception that stopped it."""
+
     summary: dict | None
     error: BaseException | None = None
 
@@ -58,9 +61,14 @@ def pack_key(cfg: RunConfig) -> str | None:
     packed (a `resume=` run continues a folder of its own choosing, through the usual path)."""
     if cfg.resume:
         return None
-    shared = {"model": dataclasses.asdict(cfg.model), "batch_size": cfg.batch_size, "epochs": cfg.epochs,
-              "data": dataclasses.asdict(cfg.data), "device": cfg.trainer.device,
-              "deterministic": cfg.trainer.deterministic}
+    shared = {
+        "model": dataclasses.asdict(cfg.model),
+        "batch_size": cfg.batch_size,
+        "epochs": cfg.epochs,
+        "data": dataclasses.asdict(cfg.data),
+        "device": cfg.trainer.device,
+        "deterministic": cfg.trainer.deterministic,
+    }
     return json.dumps(shared, sort_keys=True)
 
 

@@ -3,6 +3,7 @@
 Both functions are cheap, never raise, and import nothing beyond the standard library and torch (bench.py runs
 without hydra). A value that cannot be found is None, never a guess.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,13 @@ GIT_TIMEOUT_S = 5.0  # a hung network file system or a huge work tree must not h
 def _git(where: Path, *args: str) -> str | None:
     """git's stdout, or None when git is missing, fails or is slow."""
     try:
-        r = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
-                           env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})  # status must not take index.lock
+        r = subprocess.run(
+            ["git", "-C", str(where), *args],
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_S,
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+        )  # status must not take index.lock
     except (OSError, subprocess.SubprocessError):
         return None
     return r.stdout if r.returncode == 0 else None

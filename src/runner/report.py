@@ -5,6 +5,7 @@ and groups them into configurations (seeds averaged). This module writes the tab
 (one row per run), OUT/configs.csv, and asks runner.figures for the PNG figures (OUT/*.png, and one loss figure
 per run in OUT/runs/).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,22 +15,47 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from runner.figures import (heatmap_grid, oscillation_series, plot_heatmap, plot_oscillation, plot_run_losses,
-                            plot_val_curves, plot_weight_norm)
+from runner.figures import (
+    heatmap_grid,
+    oscillation_series,
+    plot_heatmap,
+    plot_oscillation,
+    plot_run_losses,
+    plot_val_curves,
+    plot_weight_norm,
+)
 from runner.runs import ID_KEYS, METRICS, STATS, collect_runs, fmt, group_configs, value, varying_keys
 
-TABLE_STATS = {"best_val_acc": "best val acc", "final_val_acc": "final val acc", "final_val_loss": "final val loss",
-               "tv_per_epoch": "TV/epoch", "tv_per_epoch_recal": "TV/epoch recal",
-               "recal_removed_share": "removed by recal", "max_rise_rel": "max rise (rel)", "n_rises": "rises",
-               "epochs_to_92": "epochs→92%", "gen_gap": "gen gap"}
-RUNS_TABLE_STATS = ["best_val_acc", "final_val_acc", "final_val_loss", "steps", "tv_per_epoch", "tv_per_epoch_recal",
-                    "recal_removed_share", "max_rise_rel", "n_rises"]
+TABLE_STATS = {
+    "best_val_acc": "best val acc",
+    "final_val_acc": "final val acc",
+    "final_val_loss": "final val loss",
+    "tv_per_epoch": "TV/epoch",
+    "tv_per_epoch_recal": "TV/epoch recal",
+    "recal_removed_share": "removed by recal",
+    "max_rise_rel": "max rise (rel)",
+    "n_rises": "rises",
+    "epochs_to_92": "epochs→92%",
+    "gen_gap": "gen gap",
+}
+RUNS_TABLE_STATS = [
+    "best_val_acc",
+    "final_val_acc",
+    "final_val_loss",
+    "steps",
+    "tv_per_epoch",
+    "tv_per_epoch_recal",
+    "recal_removed_share",
+    "max_rise_rel",
+    "n_rises",
+]
 RECAL_STATS = ("tv_per_epoch_recal", "recal_removed_share")  # columns left out when no run has val_loss_recal
 MAX_RUN_FIGURES = 64  # one loss figure per run up to this many: more is a folder nobody opens
 CSV_NAMES = {"epochs": "epochs_done"}
 
 
 # ---------------------------------------------------------------- tables
+
 
 def _status_text(counts: Counter) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
@@ -59,16 +85,24 @@ def config_table(groups: list[dict], cols: list[str]) -> str:
 
     stats = table_stats([r for g in groups for r in g["runs"]], TABLE_STATS)
     header = cols + ["n", "runs"] + [TABLE_STATS[k] for k in stats]
-    rows = [[fmt(g["hparams"].get(k)) for k in cols] + [str(g["n"]), _status_text(g["statuses"])]
-            + [cell(g, k) for k in stats] for g in groups]
+    rows = [
+        [fmt(g["hparams"].get(k)) for k in cols]
+        + [str(g["n"]), _status_text(g["statuses"])]
+        + [cell(g, k) for k in stats]
+        for g in groups
+    ]
     return md_table(header, rows)
 
 
 def runs_table(runs: list[dict], cols: list[str]) -> str:
     stats = table_stats(runs, RUNS_TABLE_STATS)
     header = ["run", "status", "seed"] + cols + [TABLE_STATS.get(k, k) for k in stats]
-    rows = [[r["path"], r["status"], fmt(r["seed"])] + [fmt(r["hparams"].get(k)) for k in cols]
-            + [fmt(value(r, k)) for k in stats] for r in runs]
+    rows = [
+        [r["path"], r["status"], fmt(r["seed"])]
+        + [fmt(r["hparams"].get(k)) for k in cols]
+        + [fmt(value(r, k)) for k in stats]
+        for r in runs
+    ]
     return md_table(header, rows)
 
 
@@ -84,24 +118,40 @@ def write_csvs(runs: list[dict], groups: list[dict], keys: list[str], out: Path)
     osc_keys = list(dict.fromkeys(k for r in runs for k in r["osc"]))
     hp_keys = keys + sorted({k for r in runs for k in r["hparams"]} - set(keys) - {"seed"})
     # summary's "epochs" (done) would clash with the hparam "epochs" (scheduled)
-    header = (["path", "status", "seed"] + hp_keys[:len(keys)] + [CSV_NAMES.get(k, k) for k in METRICS] + osc_keys
-              + hp_keys[len(keys):] + ["notes"])
+    header = (
+        ["path", "status", "seed"]
+        + hp_keys[: len(keys)]
+        + [CSV_NAMES.get(k, k) for k in METRICS]
+        + osc_keys
+        + hp_keys[len(keys) :]
+        + ["notes"]
+    )
     with open(out / "runs.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
         for r in runs:
             hp = [r["hparams"].get(k) for k in hp_keys]
-            w.writerow([r["path"], r["status"], r["seed"]] + hp[:len(keys)] + [r.get(k) for k in METRICS]
-                       + [r["osc"].get(k) for k in osc_keys] + hp[len(keys):] + ["; ".join(r.get("notes", []))])
+            w.writerow(
+                [r["path"], r["status"], r["seed"]]
+                + hp[: len(keys)]
+                + [r.get(k) for k in METRICS]
+                + [r["osc"].get(k) for k in osc_keys]
+                + hp[len(keys) :]
+                + ["; ".join(r.get("notes", []))]
+            )
     with open(out / "configs.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(keys + ["n", "runs"] + [f"{k}_{s}" for k in STATS for s in ("mean", "std")])
         for g in groups:
-            w.writerow([g["hparams"].get(k) for k in keys] + [g["n"], _status_text(g["statuses"])]
-                       + [x for k in STATS for x in g["stats"][k]])
+            w.writerow(
+                [g["hparams"].get(k) for k in keys]
+                + [g["n"], _status_text(g["statuses"])]
+                + [x for k in STATS for x in g["stats"][k]]
+            )
 
 
 # ---------------------------------------------------------------- the command
+
 
 def build_report(runs: list[dict], out: Path, root: Path, x: str = "lr", y: str = "wd") -> str:
     """Write report.md, runs.csv, configs.csv and the figures into out; return the markdown tables."""
@@ -109,24 +159,30 @@ def build_report(runs: list[dict], out: Path, root: Path, x: str = "lr", y: str 
     groups = group_configs(runs, keys)
     cols = id_keys(runs, keys)
     counts = _status_text(Counter(r["status"] for r in runs))
-    tables = (f"{len(runs)} runs ({counts}) in {len(groups)} configurations; swept: {', '.join(keys) or 'nothing'}.\n"
-              f"Configuration statistics: mean ± sample std over completed runs (n).\n\n"
-              f"## Configurations\n\n{config_table(groups, cols)}\n\n## Runs\n\n{runs_table(runs, cols)}\n")
+    tables = (
+        f"{len(runs)} runs ({counts}) in {len(groups)} configurations; swept: {', '.join(keys) or 'nothing'}.\n"
+        f"Configuration statistics: mean ± sample std over completed runs (n).\n\n"
+        f"## Configurations\n\n{config_table(groups, cols)}\n\n## Runs\n\n{runs_table(runs, cols)}\n"
+    )
     notes = notes_list(runs)
     tables += f"\n{notes}" if notes else ""
     out.mkdir(parents=True, exist_ok=True)
     write_csvs(runs, groups, keys, out)
-    figures = [("val_curves.png", "validation loss and accuracy", lambda p: plot_val_curves(groups, p)),
-               ("weight_norm.png", "weight norm", lambda p: plot_weight_norm(groups, p)),
-               ("heatmap.png", "best validation accuracy", lambda p: plot_heatmap(heatmap_grid(groups, keys, x, y), p)),
-               ("oscillation.png", "oscillation vs decay strength (dashed: BatchNorm recalibrated)",
-                lambda p: plot_oscillation(oscillation_series(groups, keys), p))]
+    figures = [
+        ("val_curves.png", "validation loss and accuracy", lambda p: plot_val_curves(groups, p)),
+        ("weight_norm.png", "weight norm", lambda p: plot_weight_norm(groups, p)),
+        ("heatmap.png", "best validation accuracy", lambda p: plot_heatmap(heatmap_grid(groups, keys, x, y), p)),
+        (
+            "oscillation.png",
+            "oscillation vs decay strength (dashed: BatchNorm recalibrated)",
+            lambda p: plot_oscillation(oscillation_series(groups, keys), p),
+        ),
+    ]
     lines = []
     for name, title, draw in figures:
         why = _draw(draw, out / name)
         lines.append(f"- {name} skipped: {why}" if why else f"### {title}\n\n![{title}]({name})\n")
-    md = (f"# Report: {root}\n\n{tables}\n## Figures\n\n" + "\n".join(lines) + "\n\n"
-          + run_figures(runs, out))
+    md = f"# Report: {root}\n\n{tables}\n## Figures\n\n" + "\n".join(lines) + "\n\n" + run_figures(runs, out)
     (out / "report.md").write_text(md, encoding="utf-8")
     return tables
 
@@ -157,9 +213,12 @@ def run_figures(runs: list[dict], out: Path) -> str:
         lines.append(f"- {r['path']} skipped: {why}" if why else f"- [{r['path']}]({name})")
     if len(runs) > MAX_RUN_FIGURES:
         lines.append(f"- capped at {MAX_RUN_FIGURES} runs: the other {len(runs) - MAX_RUN_FIGURES} have no loss figure")
-    return ("## Losses per run\n\nTrain loss in train mode (mean since the previous validation), eval-mode loss on "
-            "training images, validation loss with BatchNorm running statistics and recalibrated (dashed).\n\n"
-            + "\n".join(lines) + "\n")
+    return (
+        "## Losses per run\n\nTrain loss in train mode (mean since the previous validation), eval-mode loss on "
+        "training images, validation loss with BatchNorm running statistics and recalibrated (dashed).\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
 
 
 def main(argv=None) -> int:
@@ -168,8 +227,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="where report.md, runs.csv and the figures go (default DIR/report)")
     p.add_argument("--x", default="lr", help="heat map x key (default lr)")
     p.add_argument("--y", default="wd", help="heat map y key (default wd)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="relative rise that counts as an oscillation episode (default 0.1, or what the summary used)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="relative rise that counts as an oscillation episode (default 0.1, or what the summary used)",
+    )
     args = p.parse_args(argv)
     if args.threshold is not None and not args.threshold > 0:
         p.error(f"--threshold must be > 0, got {args.threshold}")
@@ -179,8 +242,10 @@ def main(argv=None) -> int:
         return 2
     runs = collect_runs(root, args.threshold)
     if not runs:
-        print(f"runner.report: error: no runs (summary.json, metrics.jsonl or .hydra/config.yaml) under {root}",
-              file=sys.stderr)
+        print(
+            f"runner.report: error: no runs (summary.json, metrics.jsonl or .hydra/config.yaml) under {root}",
+            file=sys.stderr,
+        )
         return 2
     out = Path(args.out) if args.out else root / "report"
     try:

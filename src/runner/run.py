@@ -5,6 +5,7 @@ CUDA), the data set and its loaders, the model, the optimizer with its L2 term a
 and the per-step tables of lr_t and d_t, the records, and the folder's own checkpoint if it has one. The loop that
 trains a Run is runner.train.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,9 +40,11 @@ class Diverged(RuntimeError):
 
 # ---------------------------------------------------------------- the run's state and records
 
+
 @dataclass
 class RunState:
     """Where the loop is and what it has seen: with the weights, optimizer and RNGs, a checkpoint's payload."""
+
     step: int = 0
     best_acc_running: float | None = None
     best_acc_recal: float | None = None
@@ -54,6 +57,7 @@ class RunState:
 
 class StepRecord(NamedTuple):
     """One step's record, its tensors still on the device."""
+
     step: int  # steps done after this one
     lr: float  # lr_t as applied
     decay: float  # d_t
@@ -65,8 +69,15 @@ class Records:
     """The steps' records on their way to metrics.jsonl: kept on the device until a logging point, then read in one
     transfer, checked for divergence, written, and summed into the epoch's mean loss."""
 
-    def __init__(self, recorder: Recorder, opt: Optimizer, stage_index: dict, steps_per_epoch: int,
-                 diverge_factor: float, state: RunState):
+    def __init__(
+        self,
+        recorder: Recorder,
+        opt: Optimizer,
+        stage_index: dict,
+        steps_per_epoch: int,
+        diverge_factor: float,
+        state: RunState,
+    ):
         self.recorder, self.opt, self.stage_index, self.spe = recorder, opt, stage_index, steps_per_epoch
         self.diverge_factor, self.state = diverge_factor, state
         self.pending: list[StepRecord] = []
@@ -83,9 +94,10 @@ class Records:
         last = pending[-1]
         extra = {**self.opt.weight_stats(self.stage_index), "grad_norm": last.grad_norm}
         extra = {k: v for k, v in extra.items() if v is not None}
-        values = torch.cat([torch.stack([r.loss for r in pending]).double(),
-                            torch.stack([v.double() for v in extra.values()])]).tolist()  # the host waits for the device here
-        losses, extra = values[:len(pending)], dict(zip(extra, values[len(pending):]))
+        values = torch.cat(
+            [torch.stack([r.loss for r in pending]).double(), torch.stack([v.double() for v in extra.values()])]
+        ).tolist()  # the host waits for the device here
+        losses, extra = values[: len(pending)], dict(zip(extra, values[len(pending) :]))
         s = self.state
         for r, loss in zip(pending, losses):
             rec = {"step": r.step, "epoch": r.step / self.spe, "train_loss": loss, "lr": r.lr, "decay": r.decay}
@@ -95,8 +107,10 @@ class Records:
                 s.initial_loss = loss
             self.recorder.write(rec)
             if not math.isfinite(loss) or (s.initial_loss is not None and loss > self.diverge_factor * s.initial_loss):
-                raise Diverged(f"train_loss={loss} at step {r.step} (initial {s.initial_loss:.4g}, "
-                               f"trainer.diverge_factor={self.diverge_factor:g})")
+                raise Diverged(
+                    f"train_loss={loss} at step {r.step} (initial {s.initial_loss:.4g}, "
+                    f"trainer.diverge_factor={self.diverge_factor:g})"
+                )
             self.last_finite = rec
             s.epoch_loss_sum += loss
             s.epoch_steps += 1
@@ -114,6 +128,7 @@ class _Prefixed(logging.LoggerAdapter):
 @dataclass
 class Run:
     """One training run, as `setup` builds it: what trains, on what, with what records."""
+
     cfg: RunConfig
     run_dir: Path
     device: torch.device
@@ -150,6 +165,7 @@ class Run:
 
 # ---------------------------------------------------------------- setup
 
+
 def pick_device(name: str, job_num: int = 0) -> torch.device:
     """auto prefers cuda, then mps, then cpu; an explicit device that is not there is a user error.
     With several GPUs, sweep job i runs on GPU i mod n (parallel jobs of a joblib sweep spread out)."""
@@ -171,12 +187,19 @@ def execution_path(tr: TrainerConfig, device: torch.device) -> dict:
     own_graphs = compiled and tr.compile_mode in ("reduce-overhead", "max-autotune")
     graphs = (cuda and not own_graphs) if tr.cuda_graphs is None else tr.cuda_graphs
     if graphs and not cuda:
-        raise ConfigError(f"trainer.cuda_graphs=true needs a CUDA device and this run got {device.type}: "
-                          "drop trainer.cuda_graphs=true")
+        raise ConfigError(
+            f"trainer.cuda_graphs=true needs a CUDA device and this run got {device.type}: "
+            "drop trainer.cuda_graphs=true"
+        )
     bf16 = tr.precision == "bf16" or (tr.precision == "auto" and cuda)
-    return {"device": str(device), "precision": "bf16" if bf16 else "fp32", "compile": compiled,
-            "compile_mode": tr.compile_mode if compiled else None, "cuda_graphs": graphs,
-            "channels_last": cuda if tr.channels_last is None else tr.channels_last}
+    return {
+        "device": str(device),
+        "precision": "bf16" if bf16 else "fp32",
+        "compile": compiled,
+        "compile_mode": tr.compile_mode if compiled else None,
+        "cuda_graphs": graphs,
+        "channels_last": cuda if tr.channels_last is None else tr.channels_last,
+    }
 
 
 def load_splits(d: DataConfig, seed: int, cache: dict | None = None) -> datasets.Splits:
@@ -195,8 +218,10 @@ def load_splits(d: DataConfig, seed: int, cache: dict | None = None) -> datasets
         splits = datasets.hold_out(splits, d.val_split)
     if d.subset:
         if d.subset > len(splits.train_y):
-            raise ConfigError(f"data.subset={d.subset} is larger than the {len(splits.train_y)} training images: "
-                              "lower it or use data.subset=null")
+            raise ConfigError(
+                f"data.subset={d.subset} is larger than the {len(splits.train_y)} training images: "
+                "lower it or use data.subset=null"
+            )
         keep = datasets.stratified_subset(splits.train_y, d.subset)
         splits = dataclasses.replace(splits, train_x=splits.train_x[keep], train_y=splits.train_y[keep])
     if cache is not None:
@@ -224,14 +249,20 @@ def resume_state(saved: dict, cfg: RunConfig, ckpt_dir: Path) -> tuple[RunState,
         what = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in refused.items())
         raise checkpoint.CheckpointError(
             f"{ckpt_dir} belongs to a run with other training settings ({what}). A continued run keeps them "
-            f"(only {', '.join(resumable)} may change): drop those overrides, or start a new run in a new folder")
+            f"(only {', '.join(resumable)} may change): drop those overrides, or start a new run in a new folder"
+        )
     if "state" in saved:
         state = RunState(**saved["state"])
     else:  # a checkpoint of the runner before RunState
         lv = saved["last_val"]
-        state = RunState(step=saved["step"], best_acc_running=saved["best_acc"], initial_loss=saved["initial_loss"],
-                         last_val=None if lv is None else {"val_loss": lv[0], "val_acc": lv[1]},
-                         epoch_loss_sum=saved["epoch_loss"] * saved["n_epoch"], epoch_steps=saved["n_epoch"])
+        state = RunState(
+            step=saved["step"],
+            best_acc_running=saved["best_acc"],
+            initial_loss=saved["initial_loss"],
+            last_val=None if lv is None else {"val_loss": lv[0], "val_acc": lv[1]},
+            epoch_loss_sum=saved["epoch_loss"] * saved["n_epoch"],
+            epoch_steps=saved["n_epoch"],
+        )
     state.schedule_epochs = state.schedule_epochs or old["epochs"]
     how = None
     if "epochs" in changed:
@@ -242,7 +273,8 @@ def resume_state(saved: dict, cfg: RunConfig, ckpt_dir: Path) -> tuple[RunState,
                 f"cosine, normalized λ) is laid out for {state.schedule_epochs} epochs: say how to go on, "
                 f"trainer.extend_schedule=hold (the steps already run keep their schedule; later steps keep the last "
                 f"step's lr and decay) or trainer.extend_schedule=rescale (the schedule is laid out again for "
-                f"{cfg.epochs} epochs: lr and decay jump to where the new schedule is at step {state.step})")
+                f"{cfg.epochs} epochs: lr and decay jump to where the new schedule is at step {state.step})"
+            )
         if how == "rescale":
             state.schedule_epochs = cfg.epochs
     for k, (a, b) in changed.items():
@@ -263,15 +295,28 @@ def regularization(cfg: RunConfig, n_train: int, spe: int, schedule_epochs: int)
     schedule = make_schedule(cfg.schedule, schedule_epochs)
     if schedule_epochs != cfg.epochs:
         schedule = held_after(schedule, (schedule_epochs * spe - 1) / spe)
-    decay = decoupled_rate(cfg.wd, o.wd_scaling, cfg.lr, normalized=o.wd_normalized, batch_size=cfg.batch_size,
-                           n_train=n_train, period=schedule.period)
+    decay = decoupled_rate(
+        cfg.wd,
+        o.wd_scaling,
+        cfg.lr,
+        normalized=o.wd_normalized,
+        batch_size=cfg.batch_size,
+        n_train=n_train,
+        period=schedule.period,
+    )
     l2 = normalized_lambda(cfg.l2, cfg.batch_size, n_train, schedule_epochs) if o.l2_normalized else cfg.l2
     lam0 = normalized_lambda(cfg.wd, cfg.batch_size, n_train, schedule.period(0.0)) if o.wd_normalized else None
     return schedule, decay, l2, lam0
 
 
-def setup(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int = 0, name: str = "",
-          data_cache: dict | None = None) -> Run:
+def setup(
+    cfg: RunConfig,
+    run_dir: Path,
+    meta: dict | None = None,
+    job_num: int = 0,
+    name: str = "",
+    data_cache: dict | None = None,
+) -> Run:
     """Everything a run needs, continued from the folder's own checkpoint if it has one. `name` prefixes the run's
     log lines and `data_cache` shares loaded data sets (load_splits) among the runs of one process (runner.pack)."""
     run_dir, tr, t_start = Path(run_dir), cfg.trainer, time.time()
@@ -282,7 +327,8 @@ def setup(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
     if saved is None and notes:  # starting over would write a second history into the same records
         raise checkpoint.CheckpointError(
             f"no checkpoint in {ckpt_dir} can be read ({'; '.join(notes)}): to start this run again from step 0, "
-            f"move {run_dir} away (or delete it) and run the same command")
+            f"move {run_dir} away (or delete it) and run the same command"
+        )
     state, info = RunState(schedule_epochs=cfg.epochs), {**(meta or {})}
     if saved is not None:
         state, info["resumed"] = resume_state(saved, cfg, ckpt_dir)
@@ -295,8 +341,11 @@ def setup(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
         torch.backends.cudnn.benchmark = not tr.deterministic
     splits = load_splits(cfg.data, cfg.seed, data_cache)
     # a CUDA graph cannot hold autocast's cache of cast weights (the PyTorch CUDA graph notes)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not path["cuda_graphs"])
-                if path["precision"] == "bf16" else nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not path["cuda_graphs"])
+        if path["precision"] == "bf16"
+        else nullcontext()
+    )
 
     model = build_resnet(cfg.model.depth, cfg.model.version, len(splits.classes), cfg.model.bn_momentum).to(device)
     if path["channels_last"]:
@@ -307,16 +356,39 @@ def setup(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
 
     o = cfg.optimizer
     schedule, decay, l2, lam0 = regularization(cfg, n_train, spe, state.schedule_epochs)
-    opt = Optimizer(model, algorithm=o.algorithm, lr=cfg.lr, l2=l2, wd=cfg.wd, decay=decay, decay_on=o.decay_on,
-                    betas=o.betas, eps=o.eps, momentum=o.momentum, nesterov=o.nesterov, capturable=path["cuda_graphs"])
-    sentences = describe(algorithm=o.algorithm, wd=cfg.wd, l2=l2, wd_scaling=o.wd_scaling, wd_normalized=o.wd_normalized,
-                         n_tensors=len(opt.regularized), n_values=sum(p.numel() for p in opt.regularized), lam_now=lam0)
+    opt = Optimizer(
+        model,
+        algorithm=o.algorithm,
+        lr=cfg.lr,
+        l2=l2,
+        wd=cfg.wd,
+        decay=decay,
+        decay_on=o.decay_on,
+        betas=o.betas,
+        eps=o.eps,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        capturable=path["cuda_graphs"],
+    )
+    sentences = describe(
+        algorithm=o.algorithm,
+        wd=cfg.wd,
+        l2=l2,
+        wd_scaling=o.wd_scaling,
+        wd_normalized=o.wd_normalized,
+        n_tensors=len(opt.regularized),
+        n_values=sum(p.numel() for p in opt.regularized),
+        lam_now=lam0,
+    )
     lrs, decays = step_tables(schedule, lambda t, eta: decay(t, eta) if cfg.wd else 0.0, cfg.lr, spe, cfg.epochs * spe)
     note = rounding_note(decays[:total])
     sentences += [note] if note else []
     position = {id(p): i for i, p in enumerate(opt.regularized)}  # per-stage norms reuse the global norm's parts
-    stage_index = {k: torch.tensor(i, device=device) for k, v in model.stage_parameters().items()
-                   if (i := [position[id(p)] for _, p in v if id(p) in position])}
+    stage_index = {
+        k: torch.tensor(i, device=device)
+        for k, v in model.stage_parameters().items()
+        if (i := [position[id(p)] for _, p in v if id(p) in position])
+    }
     if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
@@ -325,24 +397,67 @@ def setup(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
 
     # dynamic=False: one batch shape per phase (data.drop_last, padded validation), compiled once each
     forward = torch.compile(model, mode=tr.compile_mode, dynamic=False) if path["compile"] else model
-    graphed = (GraphedStep(forward, opt, autocast, lrs, decays, start_step=state.step, capture=True)
-               if path["cuda_graphs"] else None)
+    graphed = (
+        GraphedStep(forward, opt, autocast, lrs, decays, start_step=state.step, capture=True)
+        if path["cuda_graphs"]
+        else None
+    )
     recorder = Recorder(run_dir, resume_step=state.step, histograms_every=cfg.log.histograms_every)
-    info.update(n_params=sum(p.numel() for p in model.parameters() if p.requires_grad), regularization=sentences,
-                data={"name": cfg.data.name, "root": cfg.data.root, "n_train": n_train, "n_val": len(splits.val_y),
-                      "fingerprint": datasets.fingerprint(splits)},
-                code=provenance.code_version(), env=provenance.environment(device), path=path,
-                setup_s=time.time() - t_start)
-    run = Run(cfg=cfg, run_dir=run_dir, device=device, path=path, model=model, forward=forward, opt=opt,
-              autocast=autocast, train_loader=train_loader, evals=evals,
-              eval_forward=GraphedForward(forward, autocast, capture=path["cuda_graphs"]), recal_images=recal_images,
-              schedule=schedule, lrs=lrs, decays=decays, steps_per_epoch=spe, total=total,
-              val_every=tr.val_every or spe, graphed=graphed, state=state,
-              records=Records(recorder, opt, stage_index, spe, tr.diverge_factor, state), recorder=recorder,
-              info=info, log=_Prefixed(log, {"name": name}), t_start=t_start)
-    run.log.info("%s on %s (%s%s%s): %d params, %d train / %d val images, %d steps (%d per epoch)", cfg.model.name,
-                 device, path["precision"], ", compiled" if path["compile"] else "",
-                 ", CUDA graphs" if path["cuda_graphs"] else "", info["n_params"], n_train, len(splits.val_y), total, spe)
+    info.update(
+        n_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        regularization=sentences,
+        data={
+            "name": cfg.data.name,
+            "root": cfg.data.root,
+            "n_train": n_train,
+            "n_val": len(splits.val_y),
+            "fingerprint": datasets.fingerprint(splits),
+        },
+        code=provenance.code_version(),
+        env=provenance.environment(device),
+        path=path,
+        setup_s=time.time() - t_start,
+    )
+    run = Run(
+        cfg=cfg,
+        run_dir=run_dir,
+        device=device,
+        path=path,
+        model=model,
+        forward=forward,
+        opt=opt,
+        autocast=autocast,
+        train_loader=train_loader,
+        evals=evals,
+        eval_forward=GraphedForward(forward, autocast, capture=path["cuda_graphs"]),
+        recal_images=recal_images,
+        schedule=schedule,
+        lrs=lrs,
+        decays=decays,
+        steps_per_epoch=spe,
+        total=total,
+        val_every=tr.val_every or spe,
+        graphed=graphed,
+        state=state,
+        records=Records(recorder, opt, stage_index, spe, tr.diverge_factor, state),
+        recorder=recorder,
+        info=info,
+        log=_Prefixed(log, {"name": name}),
+        t_start=t_start,
+    )
+    run.log.info(
+        "%s on %s (%s%s%s): %d params, %d train / %d val images, %d steps (%d per epoch)",
+        cfg.model.name,
+        device,
+        path["precision"],
+        ", compiled" if path["compile"] else "",
+        ", CUDA graphs" if path["cuda_graphs"] else "",
+        info["n_params"],
+        n_train,
+        len(splits.val_y),
+        total,
+        spe,
+    )
     for s in sentences:
         (run.log.warning if s == note else run.log.info)(s)
     recorder.start(dataclasses.asdict(cfg), info.get("choices"))
@@ -355,24 +470,38 @@ def make_loaders(cfg: RunConfig, splits: datasets.Splits, device: torch.device, 
     mean, std = normalization(d, splits.train_x)
 
     def loader(x, y, batch_size, **kw):
-        return datasets.DeviceLoader(x, y, batch_size, device=device, mean=mean, std=std, channels_last=channels_last,
-                                     **kw)
+        return datasets.DeviceLoader(
+            x, y, batch_size, device=device, mean=mean, std=std, channels_last=channels_last, **kw
+        )
 
-    train = loader(splits.train_x, splits.train_y, cfg.batch_size, shuffle=True, crop_padding=d.crop_padding,
-                   flip=d.flip, pad_mode=d.pad_mode, seed=cfg.seed, drop_last=d.drop_last)
+    train = loader(
+        splits.train_x,
+        splits.train_y,
+        cfg.batch_size,
+        shuffle=True,
+        crop_padding=d.crop_padding,
+        flip=d.flip,
+        pad_mode=d.pad_mode,
+        seed=cfg.seed,
+        drop_last=d.drop_last,
+    )
     val_batch = VAL_BATCH.get(device.type, 100)
     evals = {"val": loader(splits.val_x, splits.val_y, val_batch, shuffle=False, pad_last=True)}
     n_train = len(splits.train_y)
     if tr.train_eval:  # the same evaluation on a fixed, un-augmented training subset: comparable curves
         keep = datasets.stratified_subset(splits.train_y, min(len(splits.val_y), n_train))
-        evals["train_eval"] = loader(splits.train_x[keep], splits.train_y[keep], val_batch, shuffle=False,
-                                     pad_last=True)
+        evals["train_eval"] = loader(
+            splits.train_x[keep], splits.train_y[keep], val_batch, shuffle=False, pad_last=True
+        )
     recal = None
     if tr.bn_recalibrate:
         n = min(tr.bn_recalibrate, n_train)
         if n < tr.bn_recalibrate:
-            log.info("trainer.bn_recalibrate=%d: the training set has %d images, recalibrating on all of them",
-                     tr.bn_recalibrate, n)
+            log.info(
+                "trainer.bn_recalibrate=%d: the training set has %d images, recalibrating on all of them",
+                tr.bn_recalibrate,
+                n,
+            )
         keep = datasets.stratified_subset(splits.train_y, n)
         recal = next(loader(splits.train_x[keep], splits.train_y[keep], n, shuffle=False).epoch(0))[0]
     return train, evals, recal

@@ -7,6 +7,7 @@ A run's configuration is its flattened hparams (`optimizer.name`, `lr`, ...) wit
 NOT_CONFIG; runs that differ only in seed form one configuration, summarized as mean ± sample std over its
 completed runs (n).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,17 +23,49 @@ from runner.oscillation import headline_points, is_recalibrated, oscillation_blo
 
 # keys that do not change what is trained: never split runs into configurations
 # `reg` only feeds wd or l2 (whichever the preset uses), which are compared themselves
-NOT_CONFIG = {"seed", "resume", "reg", "data.root", "data.download", "data.verify", "trainer.progress",
-              "trainer.log_every"}
+NOT_CONFIG = {
+    "seed",
+    "resume",
+    "reg",
+    "data.root",
+    "data.download",
+    "data.verify",
+    "trainer.progress",
+    "trainer.log_every",
+}
 NOT_CONFIG_PREFIXES = ("log.",)  # logging options
 ID_KEYS = ["optimizer.name", "lr", "wd", "l2"]  # always shown, in this order, before other swept keys
-METRICS = ["best_val_acc", "final_val_acc", "final_val_loss", "final_train_loss", "steps", "epochs",
-           "wall_time_s", "images_per_s"]
+METRICS = [
+    "best_val_acc",
+    "final_val_acc",
+    "final_val_loss",
+    "final_train_loss",
+    "steps",
+    "epochs",
+    "wall_time_s",
+    "images_per_s",
+]
 # what a configuration reports as mean ± std over its completed seeds (a mean of per-seed recal_removed_share)
-STATS = ["best_val_acc", "final_val_acc", "final_val_loss", "tv_per_epoch", "max_rise_rel", "n_rises",
-         "roughness_ratio_mid", "roughness_ratio_last", "epochs_to_90", "epochs_to_92", "gen_gap", "final_weight_norm",
-         "tv_per_epoch_recal", "max_rise_rel_recal", "n_rises_recal", "roughness_ratio_mid_recal",
-         "roughness_ratio_last_recal", "recal_removed_share"]
+STATS = [
+    "best_val_acc",
+    "final_val_acc",
+    "final_val_loss",
+    "tv_per_epoch",
+    "max_rise_rel",
+    "n_rises",
+    "roughness_ratio_mid",
+    "roughness_ratio_last",
+    "epochs_to_90",
+    "epochs_to_92",
+    "gen_gap",
+    "final_weight_norm",
+    "tv_per_epoch_recal",
+    "max_rise_rel_recal",
+    "n_rises_recal",
+    "roughness_ratio_mid_recal",
+    "roughness_ratio_last_recal",
+    "recal_removed_share",
+]
 
 
 def finite_number(x):
@@ -52,6 +85,7 @@ def fmt(v, digits: int = 4) -> str:
 
 
 # ---------------------------------------------------------------- reading runs
+
 
 def _read_json(path: Path):
     try:
@@ -116,8 +150,9 @@ def _resolve_each(node, prefix: str, failed: list[str]) -> dict:
 def flatten_hparams(d: dict) -> dict:
     """runner.metrics.flatten (dotted keys), with lists as compact JSON strings so they compare and print as one
     value: {"optimizer": {"betas": [0.9, 0.999]}} → {"optimizer.betas": "[0.9,0.999]"}."""
-    return {k: json.dumps(v, separators=(",", ":")) if isinstance(v, (list, tuple)) else v
-            for k, v in flatten(d).items()}
+    return {
+        k: json.dumps(v, separators=(",", ":")) if isinstance(v, (list, tuple)) else v for k, v in flatten(d).items()
+    }
 
 
 def _natural(path: str):
@@ -168,10 +203,12 @@ def loss_curves(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
             i += 1
         if window:
             means.append((epoch, statistics.fmean(window)))
-    return {"train_loss": means,
-            "train_eval_loss": [(p["epoch"], p["train_eval"]) for p in running if p["train_eval"] is not None],
-            "val_loss": [(p["epoch"], p["loss"]) for p in running],
-            "val_loss_recal": [(p["epoch"], p["loss"]) for p in recal]}
+    return {
+        "train_loss": means,
+        "train_eval_loss": [(p["epoch"], p["train_eval"]) for p in running if p["train_eval"] is not None],
+        "val_loss": [(p["epoch"], p["loss"]) for p in running],
+        "val_loss_recal": [(p["epoch"], p["loss"]) for p in recal],
+    }
 
 
 def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
@@ -180,8 +217,11 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     summary = _read_json(d / "summary.json")
     summary = summary if isinstance(summary, dict) else None
     records = _read_jsonl(d / "metrics.jsonl")
-    notes = ["summary.json unreadable: status and metrics from the other files"] if (
-        summary is None and (d / "summary.json").is_file()) else []
+    notes = (
+        ["summary.json unreadable: status and metrics from the other files"]
+        if (summary is None and (d / "summary.json").is_file())
+        else []
+    )
     hp = (summary or {}).get("hparams")
     if not isinstance(hp, dict):
         hp, note = read_saved_config(d / ".hydra" / "config.yaml")
@@ -197,27 +237,46 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     accs = [p["acc"] for p in head if p["acc"] is not None]
     steps = [r["step"] for r in records if finite_number(r.get("step")) is not None]
     epochs = [r["epoch"] for r in records if finite_number(r.get("epoch")) is not None]
-    from_records = {"best_val_acc": max(accs, default=None), "steps": max(steps, default=None),
-                    "final_val_acc": head[-1]["acc"] if head else None,
-                    "final_val_loss": head[-1]["loss"] if head else None, "epochs": max(epochs, default=None)}
+    from_records = {
+        "best_val_acc": max(accs, default=None),
+        "steps": max(steps, default=None),
+        "final_val_acc": head[-1]["acc"] if head else None,
+        "final_val_loss": head[-1]["loss"] if head else None,
+        "epochs": max(epochs, default=None),
+    }
     metrics = {k: finite_number(summary.get(k)) if summary and k in summary else from_records.get(k) for k in METRICS}
 
     osc = (summary or {}).get("oscillation")
     # recompute when absent, when asked for another rise threshold than the summary used, or when the block was
     # written before the recalibrated figures existed but the records have them
-    if (not isinstance(osc, dict) or (threshold is not None and records and osc.get("rise_threshold") != threshold)
-            or ("tv_per_epoch_recal" not in osc and is_recalibrated(records))):
+    if (
+        not isinstance(osc, dict)
+        or (threshold is not None and records and osc.get("rise_threshold") != threshold)
+        or ("tv_per_epoch_recal" not in osc and is_recalibrated(records))
+    ):
         if threshold is None:  # the threshold the summary's block used, else the default
             threshold = (osc.get("rise_threshold") if isinstance(osc, dict) else None) or 0.1
         osc = oscillation_block(records, finite_number(hp.get("epochs")), threshold)
 
     rel = d.relative_to(root).as_posix()
     pts = val_points(records)
-    wnorm = sorted((r["epoch"], r["weight_norm"]) for r in records
-                   if finite_number(r.get("epoch")) is not None and finite_number(r.get("weight_norm")) is not None)
-    return {"path": root.name if rel == "." else rel, "status": status, "seed": hp.get("seed"), "hparams": hp,
-            **metrics, "osc": osc, "val": [(p["epoch"], p["loss"], p["acc"]) for p in pts], "wnorm": wnorm,
-            "losses": loss_curves(records), "notes": notes}
+    wnorm = sorted(
+        (r["epoch"], r["weight_norm"])
+        for r in records
+        if finite_number(r.get("epoch")) is not None and finite_number(r.get("weight_norm")) is not None
+    )
+    return {
+        "path": root.name if rel == "." else rel,
+        "status": status,
+        "seed": hp.get("seed"),
+        "hparams": hp,
+        **metrics,
+        "osc": osc,
+        "val": [(p["epoch"], p["loss"], p["acc"]) for p in pts],
+        "wnorm": wnorm,
+        "losses": loss_curves(records),
+        "notes": notes,
+    }
 
 
 def collect_runs(root, threshold: float | None = None) -> list[dict]:
@@ -228,6 +287,7 @@ def collect_runs(root, threshold: float | None = None) -> list[dict]:
 
 
 # ---------------------------------------------------------------- configurations and seed statistics
+
 
 def value(run: dict, key: str):
     """A headline metric (summary.json) or oscillation figure of a run."""
@@ -240,8 +300,14 @@ def varying_keys(runs: list[dict]) -> list[str]:
     for r in runs:
         for k, v in r["hparams"].items():
             seen.setdefault(k, set()).add(float(v) if finite_number(v) is not None else repr(v))  # 30 and 30.0 agree
-    keys = [k for k, vals in seen.items() if len(vals) > 1 and k not in NOT_CONFIG
-            and not k.startswith(NOT_CONFIG_PREFIXES) and not k.endswith(("root", "dir", "path"))]
+    keys = [
+        k
+        for k, vals in seen.items()
+        if len(vals) > 1
+        and k not in NOT_CONFIG
+        and not k.startswith(NOT_CONFIG_PREFIXES)
+        and not k.endswith(("root", "dir", "path"))
+    ]
     return [k for k in ID_KEYS if k in keys] + sorted(k for k in keys if k not in ID_KEYS)
 
 

@@ -9,6 +9,7 @@ normalized weight decay needs.
 Run `python -m runner.schedules [overrides]` to draw the lr multiplier and the per-step decay of a
 configuration into a PNG before spending GPU hours on it.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -62,8 +63,11 @@ def restart_start(t: float, T_0: float, T_mult: float) -> tuple[float, float]:
     return start, T_0 * T_mult**i
 
 
-def warm_restarts(T_0: float, T_mult: float, eta_min: float) -> tuple[Callable[[float], float], Callable[[float], float]]:
+def warm_restarts(
+    T_0: float, T_mult: float, eta_min: float
+) -> tuple[Callable[[float], float], Callable[[float], float]]:
     """SGDR (the paper's appendix, eq. 14): η = η_min + (1 − η_min)·½(1 + cos(π·T_cur/T_i)), per batch."""
+
     def f(t: float) -> float:
         start, length = restart_start(t, T_0, T_mult)
         return eta_min + (1 - eta_min) * 0.5 * (1 + math.cos(math.pi * (t - start) / length))
@@ -96,7 +100,15 @@ def held_after(s: Schedule, last_t: float) -> Schedule:
     return Schedule(lambda t: s.multiplier(min(t, last_t)), lambda t: s.period(min(t, last_t)))
 
 
-def plot(path: str, epochs: int, steps_per_epoch: int, lr: float, schedule: Schedule, decay: Callable[[float], float], title: str) -> None:
+def plot(
+    path: str,
+    epochs: int,
+    steps_per_epoch: int,
+    lr: float,
+    schedule: Schedule,
+    decay: Callable[[float], float],
+    title: str,
+) -> None:
     """Draw η_t·lr and the per-step decay over the run into a PNG."""
     import matplotlib
 
@@ -132,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runner.schedules", description=main.__doc__)
     p.add_argument("--out", default="schedule.png")
     p.add_argument("--n-train", type=int, default=None, help="training images (default: from the data config)")
-    p.add_argument("overrides", nargs="*", help="the same overrides python -m runner takes, e.g. schedule=cosine wd=1e-3")
+    p.add_argument(
+        "overrides", nargs="*", help="the same overrides python -m runner takes, e.g. schedule=cosine wd=1e-3"
+    )
     args = p.parse_args(argv)
     register_resolvers()
     try:
@@ -148,10 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     spe = -(-n_train // cfg.batch_size)
     s = make_schedule(cfg.schedule, cfg.epochs)
     o = cfg.optimizer
-    rate = decoupled_rate(cfg.wd, o.wd_scaling, cfg.lr, normalized=o.wd_normalized, batch_size=cfg.batch_size,
-                          n_train=n_train, period=s.period)
-    title = (f"{cfg.schedule.name}, lr={cfg.lr:g}, {o.name} wd={cfg.wd:g} ({o.wd_scaling} scaling"
-             f"{', normalized' if o.wd_normalized else ''}), l2={cfg.l2:g}; {cfg.epochs} epochs × {spe} steps")
+    rate = decoupled_rate(
+        cfg.wd,
+        o.wd_scaling,
+        cfg.lr,
+        normalized=o.wd_normalized,
+        batch_size=cfg.batch_size,
+        n_train=n_train,
+        period=s.period,
+    )
+    title = (
+        f"{cfg.schedule.name}, lr={cfg.lr:g}, {o.name} wd={cfg.wd:g} ({o.wd_scaling} scaling"
+        f"{', normalized' if o.wd_normalized else ''}), l2={cfg.l2:g}; {cfg.epochs} epochs × {spe} steps"
+    )
     plot(args.out, cfg.epochs, spe, cfg.lr, s, lambda t: rate(t, s(t)), title)
     print(f"wrote {args.out}: {title}")
     return 0

@@ -11,6 +11,7 @@ compile, autotune, warm up or record a CUDA graph: the first step, and a graph's
                           not explain (a data-set reload, a slow disk, another process); ≥ 0 up to timing noise
     images_per_s_overall  all images / train_time_s, start-up and stalls included
 """
+
 from __future__ import annotations
 
 import time
@@ -42,8 +43,13 @@ def split_time(windows: list[Window]) -> dict:
     images = sum(w.images for w in windows)
     total = sum(w.seconds for w in windows)
     rate = steady_rate(windows)
-    out = {"train_time_s": total, "images_per_s": rate,
-           "images_per_s_overall": images / total if total > 0 else None, "startup_s": None, "stall_s": None}
+    out = {
+        "train_time_s": total,
+        "images_per_s": rate,
+        "images_per_s_overall": images / total if total > 0 else None,
+        "startup_s": None,
+        "stall_s": None,
+    }
     if rate:
         start = [w for w in windows if w.startup]
         out["startup_s"] = max(0.0, sum(w.seconds - w.images / rate for w in start))
@@ -54,6 +60,7 @@ def split_time(windows: list[Window]) -> dict:
 @dataclass
 class LoopClock:
     """Collects the loop's windows; `lap` closes one at a point where the host has just waited for the device."""
+
     windows: list[Window] = field(default_factory=list)
     images: int = 0
     startup: bool = False

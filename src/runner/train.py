@@ -12,6 +12,7 @@ inside the step. A run folder that holds a checkpoint continues from it, bit for
 `train()` is setup (runner.run) → loop → summary. `loop()` yields after every step, so one process can also
 interleave the steps of several runs (runner.pack); a single run just drains it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,14 +33,14 @@ from runner import checkpoint
 from runner.config import RunConfig
 from runner.evaluation import evaluate, recalibrated_bn
 from runner.interrupts import StopRequests
+from runner.metrics import read_metrics
 from runner.optim import Optimizer
 from runner.oscillation import oscillation_block
-from runner.metrics import read_metrics
 from runner.run import Diverged, Run, StepRecord, setup
 from runner.timing import split_time
 
-
 # ---------------------------------------------------------------- the loop
+
 
 def train_step(model, opt: Optimizer, x, y, t: float, eta: float, autocast, want_grad_norm: bool = False):
     """One optimizer step; returns (loss, d_t, ‖g‖ or None) with the tensors left on the device."""
@@ -130,8 +131,9 @@ def flush(run: Run) -> None:
         acc = headline(run, s.last_val)[1] if s.last_val else None
         run.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", acc="-" if acc is None else f"{acc:.3f}")
     elif s.step % tr.log_every == 0 or s.step == run.total:
-        run.log.info("step %d/%d epoch %.2f loss %.4f lr %.3g", s.step, run.total, s.step / run.steps_per_epoch,
-                     loss, lr)
+        run.log.info(
+            "step %d/%d epoch %.2f loss %.4f lr %.3g", s.step, run.total, s.step / run.steps_per_epoch, loss, lr
+        )
 
 
 def headline(run: Run, rec: dict) -> tuple[float, float]:
@@ -152,17 +154,29 @@ def validate(run: Run) -> None:
     with recal:
         if run.recal_images is not None:
             for name, loader in run.evals.items():
-                values[f"{name}_loss_recal"], values[f"{name}_acc_recal"] = evaluate(run.model, run.eval_forward,
-                                                                                      loader)
-        rec = {"step": s.step, "epoch": s.step / run.steps_per_epoch,
-               **dict(zip(values, torch.stack(list(values.values())).tolist()))}
+                values[f"{name}_loss_recal"], values[f"{name}_acc_recal"] = evaluate(
+                    run.model, run.eval_forward, loader
+                )
+        rec = {
+            "step": s.step,
+            "epoch": s.step / run.steps_per_epoch,
+            **dict(zip(values, torch.stack(list(values.values())).tolist())),
+        }
         improved = run.recal_images is None and (s.best_acc_running is None or rec["val_acc"] > s.best_acc_running)
-        improved |= run.recal_images is not None and (s.best_acc_recal is None or rec["val_acc_recal"] > s.best_acc_recal)
+        improved |= run.recal_images is not None and (
+            s.best_acc_recal is None or rec["val_acc_recal"] > s.best_acc_recal
+        )
         if improved:  # inside the recalibration: best.pt holds the statistics its accuracy was measured with
-            checkpoint.save_best(run.run_dir / "checkpoints", {
-                "model": run.model.state_dict(), "step": s.step, "val_acc": headline(run, rec)[1],
-                "val_metric": "recalibrated" if run.recal_images is not None else "running",
-                "config": dataclasses.asdict(run.cfg)})
+            checkpoint.save_best(
+                run.run_dir / "checkpoints",
+                {
+                    "model": run.model.state_dict(),
+                    "step": s.step,
+                    "val_acc": headline(run, rec)[1],
+                    "val_metric": "recalibrated" if run.recal_images is not None else "running",
+                    "config": dataclasses.asdict(run.cfg),
+                },
+            )
     s.best_acc_running = max(rec["val_acc"], s.best_acc_running or -1.0)
     if "val_acc_recal" in rec:
         s.best_acc_recal = max(rec["val_acc_recal"], s.best_acc_recal or -1.0)
@@ -171,7 +185,9 @@ def validate(run: Run) -> None:
     run.val_times.append(time.perf_counter() - tick)
     run.clock.restart()
     loss, acc = headline(run, rec)
-    more = f" (running statistics: loss {rec['val_loss']:.4f} acc {rec['val_acc']:.4f})" if "val_acc_recal" in rec else ""
+    more = (
+        f" (running statistics: loss {rec['val_loss']:.4f} acc {rec['val_acc']:.4f})" if "val_acc_recal" in rec else ""
+    )
     run.log.info("step %d epoch %.2f val_loss %.4f val_acc %.4f%s", s.step, rec["epoch"], loss, acc, more)
 
 
@@ -180,8 +196,14 @@ def end_epoch(run: Run) -> None:
     flush(run)
     s = run.state
     if s.step % run.steps_per_epoch == 0 and run.epoch_time[1]:
-        run.recorder.write({"step": s.step, "epoch": s.step / run.steps_per_epoch,
-                            "epoch_train_s": run.epoch_time[0], "epoch_images": run.epoch_time[1]})
+        run.recorder.write(
+            {
+                "step": s.step,
+                "epoch": s.step / run.steps_per_epoch,
+                "epoch_train_s": run.epoch_time[0],
+                "epoch_images": run.epoch_time[1],
+            }
+        )
         run.epoch_time = [0.0, 0]
     save_checkpoint(run)
     run.recorder.flush()
@@ -189,12 +211,21 @@ def end_epoch(run: Run) -> None:
 
 
 def save_checkpoint(run: Run) -> None:
-    checkpoint.save({"step": run.state.step, "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
-                     "state": dataclasses.asdict(run.state), "rng": checkpoint.rng_state(),
-                     "config": dataclasses.asdict(run.cfg)}, run.run_dir / "checkpoints")
+    checkpoint.save(
+        {
+            "step": run.state.step,
+            "model": run.model.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "state": dataclasses.asdict(run.state),
+            "rng": checkpoint.rng_state(),
+            "config": dataclasses.asdict(run.cfg),
+        },
+        run.run_dir / "checkpoints",
+    )
 
 
 # ---------------------------------------------------------------- the run as a whole
+
 
 def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int = 0) -> dict:
     """Train one configuration into `run_dir` (continuing from its checkpoint if it has one) and return the
@@ -203,7 +234,7 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
     show_bar = sys.stderr.isatty() if cfg.trainer.progress is None else cfg.trainer.progress
     stop = StopRequests()
     try:
-        with stop, (ProgressBar(run) if show_bar else nullcontext()):
+        with stop, ProgressBar(run) if show_bar else nullcontext():
             for _ in loop(run, stop):
                 pass
     except KeyboardInterrupt as e:
@@ -248,8 +279,14 @@ def finish(run: Run) -> dict:
     run.recorder.finish(summary)
     write_summary(run.run_dir, summary)
     best = summary["best_val_acc"]
-    run.log.info("%s after %d steps: best val acc %s (%s), %.1f s", summary["status"], run.state.step,
-                 "-" if best is None else f"{best:.4f}", summary["val_metric"], summary["wall_time_s"])
+    run.log.info(
+        "%s after %d steps: best val acc %s (%s), %.1f s",
+        summary["status"],
+        run.state.step,
+        "-" if best is None else f"{best:.4f}",
+        summary["val_metric"],
+        summary["wall_time_s"],
+    )
     return summary
 
 
@@ -261,11 +298,16 @@ def summarize(run: Run) -> dict:
     times = split_time(run.clock.windows)
     rate = times["images_per_s"]
     capture_s = run.graphed.capture_s if run.graphed is not None else 0.0
-    compile_s = (max(0.0, run.first_step_s - cfg.batch_size / rate)
-                 if run.path["compile"] and run.first_step_s and rate else 0.0)
-    startup = {"first_step_s": run.first_step_s, "compile_s": compile_s, "capture_s": capture_s,
-               "warmup_s": max(0.0, (times["startup_s"] or 0.0) - compile_s - capture_s),
-               "eval_capture_s": run.eval_forward.capture_s}
+    compile_s = (
+        max(0.0, run.first_step_s - cfg.batch_size / rate) if run.path["compile"] and run.first_step_s and rate else 0.0
+    )
+    startup = {
+        "first_step_s": run.first_step_s,
+        "compile_s": compile_s,
+        "capture_s": capture_s,
+        "warmup_s": max(0.0, (times["startup_s"] or 0.0) - compile_s - capture_s),
+        "eval_capture_s": run.eval_forward.capture_s,
+    }
     summary = {
         "status": run.status,
         "n_params": run.info["n_params"],

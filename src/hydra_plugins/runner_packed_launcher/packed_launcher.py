@@ -9,6 +9,7 @@ lines still go to its own log file), and only then does it get its JobReturn, ho
 `python -m runner` returns it, and the callbacks' on_job_end. Jobs that cannot pack (or find no partner) run the
 task function through run_job, exactly as the basic launcher does.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,10 @@ class PackedLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         if not isinstance(self.pack, int) or self.pack < 1:
-            _exit(f"hydra.launcher.pack={self.pack!r} is invalid: the most jobs trained together, an integer >= 1 "
-                  f"(1 runs the jobs one after another)")
+            _exit(
+                f"hydra.launcher.pack={self.pack!r} is invalid: the most jobs trained together, an integer >= 1 "
+                f"(1 runs the jobs one after another)"
+            )
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -55,21 +58,29 @@ class PackedLauncher(Launcher):
         for p, pack in enumerate(packs):
             for n in pack:
                 lst = " ".join(filter_overrides(job_overrides[n]))
-                log.info(f"\t#{initial_job_idx + n} : {lst}" + (f"  (pack {p}: {len(pack)} jobs)" if len(pack) > 1
-                                                                 else ""))
+                log.info(
+                    f"\t#{initial_job_idx + n} : {lst}" + (f"  (pack {p}: {len(pack)} jobs)" if len(pack) > 1 else "")
+                )
         returns: list[Any] = [None] * len(configs)
         for p, pack in enumerate(packs):
             if len(pack) == 1:  # as the basic launcher runs it
-                returns[pack[0]] = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
-                                           config=configs[pack[0]], **JOB_DIR)
+                returns[pack[0]] = run_job(
+                    hydra_context=self.hydra_context,
+                    task_function=self.task_function,
+                    config=configs[pack[0]],
+                    **JOB_DIR,
+                )
             else:
                 for n, ret in zip(pack, self._run_pack([configs[n] for n in pack])):
                     returns[n] = ret
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-            left = sum(len(q) for q in packs[p + 1:])
+            left = sum(len(q) for q in packs[p + 1 :])
             if left and any(_interrupted(returns[n]) for n in pack):
-                _exit(f"the sweep was stopped by a signal with {left} jobs not started: the same command with "
-                      f"hydra.sweep.dir={self.config.hydra.sweep.dir} continues each job from its own folder", 1)
+                _exit(
+                    f"the sweep was stopped by a signal with {left} jobs not started: the same command with "
+                    f"hydra.sweep.dir={self.config.hydra.sweep.dir} continues each job from its own folder",
+                    1,
+                )
         return returns
 
     def _job_config(self, overrides: Sequence[str], idx: int) -> DictConfig:

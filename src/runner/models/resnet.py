@@ -13,6 +13,7 @@ The example's l2(1e-4) kernel regularizer (conv kernels only) is a training choi
 
 Parameter names start with stem., stages.0., stages.1., stages.2., head. (see ResNet.stage_parameters).
 """
+
 import math
 
 import torch
@@ -125,7 +126,9 @@ class ResNet(nn.Module):
             cin = 16
             for s, c in enumerate((16, 32, 64)):
                 stride = 1 if s == 0 else 2
-                stages.append(nn.Sequential(*[BasicBlock(cin if b == 0 else c, c, stride if b == 0 else 1) for b in range(n)]))
+                stages.append(
+                    nn.Sequential(*[BasicBlock(cin if b == 0 else c, c, stride if b == 0 else 1) for b in range(n)])
+                )
                 cin = c
             head = [nn.AvgPool2d(8), nn.Flatten(), nn.Linear(64, num_classes)]
         else:
