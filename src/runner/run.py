@@ -320,18 +320,7 @@ def setup(
     """Everything a run needs, continued from the folder's own checkpoint if it has one. `name` prefixes the run's
     log lines and `data_cache` shares loaded data sets (load_splits) among the runs of one process (runner.pack)."""
     run_dir, tr, t_start = Path(run_dir), cfg.trainer, time.time()
-    ckpt_dir = run_dir / "checkpoints"
-    saved, notes = checkpoint.load_latest(ckpt_dir)  # a requeued job simply starts again here
-    for note in notes:
-        log.warning(note)
-    if saved is None and notes:  # starting over would write a second history into the same records
-        raise checkpoint.CheckpointError(
-            f"no checkpoint in {ckpt_dir} can be read ({'; '.join(notes)}): to start this run again from step 0, "
-            f"move {run_dir} away (or delete it) and run the same command"
-        )
-    state, info = RunState(schedule_epochs=cfg.epochs), {**(meta or {})}
-    if saved is not None:
-        state, info["resumed"] = resume_state(saved, cfg, ckpt_dir)
+    saved, state, info = saved_state(cfg, run_dir, meta)
     device = pick_device(tr.device, job_num)
     path = execution_path(tr, device)
     torch.manual_seed(cfg.seed)
@@ -341,10 +330,9 @@ def setup(
         torch.backends.cudnn.benchmark = not tr.deterministic
     splits = load_splits(cfg.data, cfg.seed, data_cache)
     # a CUDA graph cannot hold autocast's cache of cast weights (the PyTorch CUDA graph notes)
+    bf16 = path["precision"] == "bf16"
     autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not path["cuda_graphs"])
-        if path["precision"] == "bf16"
-        else nullcontext()
+        torch.autocast(device.type, torch.bfloat16, cache_enabled=not path["cuda_graphs"]) if bf16 else nullcontext()
     )
 
     model = build_resnet(cfg.model.depth, cfg.model.version, len(splits.classes), cfg.model.bn_momentum).to(device)
@@ -353,115 +341,88 @@ def setup(
     train_loader, evals, recal_images = make_loaders(cfg, splits, device, path["channels_last"])
     spe, n_train = len(train_loader), len(splits.train_y)
     total = cfg.epochs * spe if tr.max_steps is None else min(tr.max_steps, cfg.epochs * spe)
-
-    o = cfg.optimizer
-    schedule, decay, l2, lam0 = regularization(cfg, n_train, spe, state.schedule_epochs)
-    opt = Optimizer(
-        model,
-        algorithm=o.algorithm,
-        lr=cfg.lr,
-        l2=l2,
-        wd=cfg.wd,
-        decay=decay,
-        decay_on=o.decay_on,
-        betas=o.betas,
-        eps=o.eps,
-        momentum=o.momentum,
-        nesterov=o.nesterov,
-        capturable=path["cuda_graphs"],
-    )
-    sentences = describe(
-        algorithm=o.algorithm,
-        wd=cfg.wd,
-        l2=l2,
-        wd_scaling=o.wd_scaling,
-        wd_normalized=o.wd_normalized,
-        n_tensors=len(opt.regularized),
-        n_values=sum(p.numel() for p in opt.regularized),
-        lam_now=lam0,
-    )
-    lrs, decays = step_tables(schedule, lambda t, eta: decay(t, eta) if cfg.wd else 0.0, cfg.lr, spe, cfg.epochs * spe)
-    note = rounding_note(decays[:total])
-    sentences += [note] if note else []
-    position = {id(p): i for i, p in enumerate(opt.regularized)}  # per-stage norms reuse the global norm's parts
-    stage_index = {
-        k: torch.tensor(i, device=device)
-        for k, v in model.stage_parameters().items()
-        if (i := [position[id(p)] for _, p in v if id(p) in position])
-    }
+    opt, schedule, lrs, decays, sentences = make_optimizer(cfg, model, n_train, spe, total, state, path)
     if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         checkpoint.set_rng_state(saved["rng"])
-        log.info("continuing from step %d (epoch %.2f) of %s", state.step, state.step / spe, ckpt_dir)
+        log.info("continuing from step %d (epoch %.2f) of %s", state.step, state.step / spe, run_dir / "checkpoints")
 
     # dynamic=False: one batch shape per phase (data.drop_last, padded validation), compiled once each
     forward = torch.compile(model, mode=tr.compile_mode, dynamic=False) if path["compile"] else model
     graphed = (
-        GraphedStep(forward, opt, autocast, lrs, decays, start_step=state.step, capture=True)
-        if path["cuda_graphs"]
-        else None
+        GraphedStep(forward, opt, autocast, lrs, decays, state.step, capture=True) if path["cuda_graphs"] else None
     )
     recorder = Recorder(run_dir, resume_step=state.step, histograms_every=cfg.log.histograms_every)
     info.update(
         n_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         regularization=sentences,
-        data={
-            "name": cfg.data.name,
-            "root": cfg.data.root,
-            "n_train": n_train,
-            "n_val": len(splits.val_y),
-            "fingerprint": datasets.fingerprint(splits),
-        },
+        data={"name": cfg.data.name, "root": cfg.data.root, "n_train": n_train, "n_val": len(splits.val_y),
+              "fingerprint": datasets.fingerprint(splits)},
         code=provenance.code_version(),
         env=provenance.environment(device),
         path=path,
         setup_s=time.time() - t_start,
-    )
+    )  # fmt: skip
     run = Run(
-        cfg=cfg,
-        run_dir=run_dir,
-        device=device,
-        path=path,
-        model=model,
-        forward=forward,
-        opt=opt,
-        autocast=autocast,
-        train_loader=train_loader,
-        evals=evals,
+        cfg=cfg, run_dir=run_dir, device=device, path=path, model=model, forward=forward, opt=opt, autocast=autocast,
+        train_loader=train_loader, evals=evals, recal_images=recal_images,
         eval_forward=GraphedForward(forward, autocast, capture=path["cuda_graphs"]),
-        recal_images=recal_images,
-        schedule=schedule,
-        lrs=lrs,
-        decays=decays,
-        steps_per_epoch=spe,
-        total=total,
-        val_every=tr.val_every or spe,
-        graphed=graphed,
-        state=state,
-        records=Records(recorder, opt, stage_index, spe, tr.diverge_factor, state),
-        recorder=recorder,
-        info=info,
-        log=_Prefixed(log, {"name": name}),
-        t_start=t_start,
-    )
-    run.log.info(
-        "%s on %s (%s%s%s): %d params, %d train / %d val images, %d steps (%d per epoch)",
-        cfg.model.name,
-        device,
-        path["precision"],
-        ", compiled" if path["compile"] else "",
-        ", CUDA graphs" if path["cuda_graphs"] else "",
-        info["n_params"],
-        n_train,
-        len(splits.val_y),
-        total,
-        spe,
-    )
-    for s in sentences:
-        (run.log.warning if s == note else run.log.info)(s)
+        schedule=schedule, lrs=lrs, decays=decays, steps_per_epoch=spe, total=total, val_every=tr.val_every or spe,
+        graphed=graphed, state=state,
+        records=Records(recorder, opt, stage_index(model, opt, device), spe, tr.diverge_factor, state),
+        recorder=recorder, info=info, log=_Prefixed(log, {"name": name}), t_start=t_start,
+    )  # fmt: skip
+    what = ", ".join([path["precision"]] + ["compiled"] * path["compile"] + ["CUDA graphs"] * path["cuda_graphs"])
+    run.log.info("%s on %s (%s): %d params, %d train / %d val images, %d steps (%d per epoch)", cfg.model.name, device,
+                 what, info["n_params"], n_train, len(splits.val_y), total, spe)  # fmt: skip
+    for sentence in sentences:
+        (run.log.warning if sentence.startswith("float32 rounding") else run.log.info)(sentence)
     recorder.start(dataclasses.asdict(cfg), info.get("choices"))
     return run
+
+
+def saved_state(cfg: RunConfig, run_dir: Path, meta: dict | None) -> tuple[dict | None, RunState, dict]:
+    """(the folder's newest checkpoint or None, the RunState to start from, summary facts with `resumed`)."""
+    ckpt_dir = run_dir / "checkpoints"
+    saved, notes = checkpoint.load_latest(ckpt_dir)  # a requeued job simply starts again here
+    for note in notes:
+        log.warning(note)
+    if saved is None and notes:  # starting over would write a second history into the same records
+        raise checkpoint.CheckpointError(
+            f"no checkpoint in {ckpt_dir} can be read ({'; '.join(notes)}): to start this run again from step 0, "
+            f"move {run_dir} away (or delete it) and run the same command"
+        )
+    info = {**(meta or {})}
+    if saved is None:
+        return None, RunState(schedule_epochs=cfg.epochs), info
+    state, info["resumed"] = resume_state(saved, cfg, ckpt_dir)
+    return saved, state, info
+
+
+def make_optimizer(cfg: RunConfig, model: nn.Module, n_train: int, spe: int, total: int, state: RunState, path: dict):
+    """(Optimizer, schedule, lr_t and d_t of every step, the sentences that say what regularizes how)."""
+    o = cfg.optimizer
+    schedule, decay, l2, lam0 = regularization(cfg, n_train, spe, state.schedule_epochs)
+    opt = Optimizer(model, algorithm=o.algorithm, lr=cfg.lr, l2=l2, wd=cfg.wd, decay=decay, decay_on=o.decay_on,
+                    betas=o.betas, eps=o.eps, momentum=o.momentum, nesterov=o.nesterov,
+                    capturable=path["cuda_graphs"])  # fmt: skip
+    sentences = describe(algorithm=o.algorithm, wd=cfg.wd, l2=l2, wd_scaling=o.wd_scaling,
+                         wd_normalized=o.wd_normalized, n_tensors=len(opt.regularized),
+                         n_values=sum(p.numel() for p in opt.regularized), lam_now=lam0)  # fmt: skip
+    lrs, decays = step_tables(schedule, lambda t, eta: decay(t, eta) if cfg.wd else 0.0, cfg.lr, spe, cfg.epochs * spe)
+    note = rounding_note(decays[:total])
+    return opt, schedule, lrs, decays, sentences + ([note] if note else [])
+
+
+def stage_index(model: nn.Module, opt: Optimizer, device: torch.device) -> dict[str, torch.Tensor]:
+    """{stage: positions of its regularized tensors in opt.regularized}: per-stage norms reuse the global norm's."""
+    position = {id(p): i for i, p in enumerate(opt.regularized)}
+    return {
+        k: torch.tensor(i, device=device)
+        for k, v in model.stage_parameters().items()
+        if (i := [position[id(p)] for _, p in v if id(p) in position])
+    }
 
 
 def make_loaders(cfg: RunConfig, splits: datasets.Splits, device: torch.device, channels_last: bool):
