@@ -32,6 +32,8 @@ import json
 import math
 from pathlib import Path
 
+from runner.config import OBJECTIVES
+
 TB_TAGS = {
     "train_loss": "train/loss",
     "l2_penalty": "train/l2_penalty",
@@ -49,16 +51,7 @@ TB_TAGS = {
     "train_eval_acc_recal": "train/eval_acc_recal",
     "epoch_train_s": "time/epoch_train_s",
 }
-FINAL_METRICS = (
-    "best_val_acc",
-    "final_val_acc",
-    "final_val_loss",
-    "final_train_loss",
-    "best_val_acc_running",
-    "final_val_acc_running",
-    "images_per_s",
-    "steps",
-)
+FINAL_METRICS = (*OBJECTIVES, "images_per_s", "steps")  # the HParams tab's columns
 
 
 def _clean(v):

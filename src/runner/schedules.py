@@ -139,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import runner.configs
     from runner.config import UserError, register_resolvers, validate
-    from runner.optim import decoupled_rate
 
     p = argparse.ArgumentParser(prog="python -m runner.schedules", description=main.__doc__)
     p.add_argument("--out", default="schedule.png")
@@ -157,20 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, HydraException) as e:
         print(f"runner.schedules: error: {e}", file=sys.stderr)
         return 2
+    from runner.run import regularization  # the trainer's own schedule and decay, so the plot shows what runs
+
     d = cfg.data
     n_train = args.n_train or d.subset or ((d.n_train if d.name == "synthetic" else 50_000) - (d.val_split or 0))
-    spe = -(-n_train // cfg.batch_size)
-    s = make_schedule(cfg.schedule, cfg.epochs)
+    spe = n_train // cfg.batch_size if d.drop_last else -(-n_train // cfg.batch_size)
+    s, rate, _, _ = regularization(cfg, n_train, spe, cfg.epochs)
     o = cfg.optimizer
-    rate = decoupled_rate(
-        cfg.wd,
-        o.wd_scaling,
-        cfg.lr,
-        normalized=o.wd_normalized,
-        batch_size=cfg.batch_size,
-        n_train=n_train,
-        period=s.period,
-    )
     title = (
         f"{cfg.schedule.name}, lr={cfg.lr:g}, {o.name} wd={cfg.wd:g} ({o.wd_scaling} scaling"
         f"{', normalized' if o.wd_normalized else ''}), l2={cfg.l2:g}; {cfg.epochs} epochs × {spe} steps"
