@@ -424,7 +424,7 @@ def device_batches(loader: rdata.DeviceLoader):
 
 def reference_loader(b: Bench, batch_size: int, workers: int | None = None):
     splits = rrun.load_splits(b.data, 0)
-    mean, std = rrun.normalization(b.data, splits.train_x)  # the runner's own: per-channel mean and std
+    mean, std = rrun.normalization(b.data, splits)  # the runner's own: per-channel mean and std
     return tutorial_loader(
         splits.train_x,
         splits.train_y,

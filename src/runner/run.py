@@ -229,12 +229,12 @@ def load_splits(d: DataConfig, seed: int, cache: dict | None = None) -> datasets
     return splits
 
 
-def normalization(d: DataConfig, train_x: torch.Tensor):
+def normalization(d: DataConfig, splits: datasets.Splits):
     """(mean, std) for the loader: per channel, Keras' per-pixel mean image (no division), or none."""
     if d.normalize == "channel":
-        return datasets.channel_stats(train_x)
+        return splits.train_channel_stats
     if d.normalize == "pixel_mean":
-        return train_x.float().div(255).mean(0), None
+        return splits.train_x.float().div(255).mean(0), None
     return None, None
 
 
@@ -358,7 +358,7 @@ def setup(
         n_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         regularization=sentences,
         data={"name": cfg.data.name, "root": cfg.data.root, "n_train": n_train, "n_val": len(splits.val_y),
-              "fingerprint": datasets.fingerprint(splits)},
+              "fingerprint": splits.fingerprint},
         code=provenance.code_version(),
         env=provenance.environment(device),
         path=path,
@@ -428,7 +428,7 @@ def stage_index(model: nn.Module, opt: Optimizer, device: torch.device) -> dict[
 def make_loaders(cfg: RunConfig, splits: datasets.Splits, device: torch.device, channels_last: bool):
     """(training loader, {"val", "train_eval"} evaluation loaders, BatchNorm recalibration images or None)."""
     d, tr = cfg.data, cfg.trainer
-    mean, std = normalization(d, splits.train_x)
+    mean, std = normalization(d, splits)
 
     def loader(x, y, batch_size, **kw):
         return datasets.DeviceLoader(
