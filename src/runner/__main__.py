@@ -5,7 +5,6 @@ trainer refuses overrides that would change the training (runner.config.resumabl
 Every run says its folder on stderr when it starts and when it ends, and outputs/latest points at the newest.
 """
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def main(cfg: DictConfig) -> float | None:
     when the run has no value for it (e.g. it stopped before its first validation: Optuna counts a failed trial)."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    meta = {"choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}}
+    meta = callbacks.job_choices(hc)
     started, summary = False, {}
     try:
         if cfg.get("resume"):
@@ -62,27 +61,18 @@ def main(cfg: DictConfig) -> float | None:
         job_num, parallel = sweep_position(hc)
         if parallel and run.trainer.progress is None:
             run.trainer.progress = False  # parallel jobs share a terminal: plain log lines, no bars
-        callbacks.point_latest(run_dir)
-        print(f"runner: run folder {callbacks.shown(run_dir)}", file=sys.stderr)
+        callbacks.run_starts(run_dir)
         started = True
         summary = train(run, run_dir, meta=meta, job_num=job_num)
         return summary.get(run.trainer.objective)
     except UserError as e:
         if not cfg.get("resume"):
-            _drop_empty_run_dir(Path(hc.runtime.output_dir))
+            callbacks.drop_empty_run_dir(Path(hc.runtime.output_dir))
         print(f"runner: error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:
-        if started and run_dir.is_dir():  # the last line, also after an error or an interruption
-            status = summary.get("status", "stopped")
-            print(f"runner: run folder {callbacks.shown(run_dir)} ({status})", file=sys.stderr)
-
-
-def _drop_empty_run_dir(run_dir: Path) -> None:
-    """A fresh run stopped by a user error leaves no folder behind, unless something else is already in it."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "__main__.log"}:
-        shutil.rmtree(run_dir)
-        callbacks.forget_latest(run_dir)
+        if started:  # the last line, also after an error or an interruption
+            callbacks.run_ends(run_dir, summary.get("status", "stopped"))
 
 
 if __name__ == "__main__":

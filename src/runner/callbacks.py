@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -93,6 +94,30 @@ def forget_latest(folder: Path) -> None:
             link.unlink()
     except OSError:
         pass
+
+
+def job_choices(hc) -> dict:
+    """The summary's `choices`: the config groups the job picked (Hydra's own left out)."""
+    return {"choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}}
+
+
+def run_starts(run_dir: Path) -> None:
+    """A run is about to train in `run_dir`: point `latest` at it and say where it is."""
+    point_latest(run_dir)
+    print(f"runner: run folder {shown(run_dir)}", file=sys.stderr)
+
+
+def run_ends(run_dir: Path, status: str) -> None:
+    """The run's last line: its folder again, with how it ended (nothing if a user error removed the folder)."""
+    if Path(run_dir).is_dir():
+        print(f"runner: run folder {shown(run_dir)} ({status})", file=sys.stderr)
+
+
+def drop_empty_run_dir(run_dir: Path) -> None:
+    """A fresh run stopped by a user error leaves no folder behind, unless something else is already in it."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "__main__.log"}:
+        shutil.rmtree(run_dir)
+        forget_latest(run_dir)
 
 
 class CheckOutputFolder(Callback):

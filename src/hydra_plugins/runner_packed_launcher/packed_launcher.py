@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,10 +157,8 @@ def _enroll(cfg: DictConfig) -> tuple:
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    meta = {"choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}}
-    job = Job(validate(cfg), run_dir, meta, int(hc.job.num), name=f"#{hc.job.num}")
-    callbacks.point_latest(run_dir)
-    print(f"runner: run folder {callbacks.shown(run_dir)}", file=sys.stderr)
+    job = Job(validate(cfg), run_dir, callbacks.job_choices(hc), int(hc.job.num), name=f"#{hc.job.num}")
+    callbacks.run_starts(run_dir)
     return job, list(logging.getLogger().handlers)
 
 
@@ -178,20 +175,9 @@ def _conclude(ret: JobReturn, job: Any, outcome: Any) -> bool:
     refused = isinstance(outcome.error, UserError)
     if refused:
         print(f"runner: error: {outcome.error}", file=sys.stderr)
-        _drop_if_empty(job.run_dir)
-    if job.run_dir.is_dir():
-        status = outcome.summary["status"] if outcome.summary else "failed"
-        print(f"runner: run folder {callbacks.shown(job.run_dir)} ({status})", file=sys.stderr)
+        callbacks.drop_empty_run_dir(job.run_dir)
+    callbacks.run_ends(job.run_dir, outcome.summary["status"] if outcome.summary else "failed")
     return refused
-
-
-def _drop_if_empty(run_dir: Path) -> None:
-    """A job stopped by a user error before it wrote anything leaves no folder behind (as `python -m runner`)."""
-    from runner import callbacks
-
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "__main__.log"}:
-        shutil.rmtree(run_dir)
-        callbacks.forget_latest(run_dir)
 
 
 class _JobEndLater:
