@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Time the training loop that ships (runner.train) against a tutorial-style PyTorch loop, in one process.
+"""Time the training loop that ships (runner.engine.loop) against a tutorial-style PyTorch loop, in one process.
 
 Sections, in the order main() runs them, one function each:
-  input pipeline  the Run's runner.data.DeviceLoader against a torchvision-style DataLoader: batches alone.
-  loop rates      windows of next() on runner.train.loop(run, stop), for Runs that runner.run.setup built on
+  input pipeline  the Run's runner.core.data.DeviceLoader against a torchvision-style DataLoader: batches alone.
+  loop rates      windows of next() on engine.loop.loop(run, stop), for Runs that engine.build.setup built on
                   synthetic data in a temporary folder: the shipped loop with all its bookkeeping (step records,
                   the one-transfer flush every trainer.log_every steps with its divergence check, Recorder.write,
                   per-stage weight norms). One Run per execution path (PATHS). Validation is pushed past the
@@ -11,10 +11,10 @@ Sections, in the order main() runs them, one function each:
                   (the end-to-end section counts them). Interleaved with these windows (A B C A B C ...): the
                   tutorial loop, and each Run's bare step (forward + backward + update on one fixed batch, no
                   loader, no records); loop overhead = 1 − loop rate / bare-step rate, per interleaved pair.
-  evaluation      runner.evaluation.evaluate over the validation split with the trainer's own loader (padded,
+  evaluation      runner.core.evaluation.evaluate over the validation split with the trainer's own loader (padded,
                   one batch shape) and eval forward (GraphedForward), and recalibrated_bn over the Run's
                   trainer.bn_recalibrate training images; the first pass (compile, capture) apart.
-  end to end      runner.train.train on the same data: summary.json's images_per_s, startup_s and its parts,
+  end to end      runner.engine.loop.train on the same data: summary.json's images_per_s, startup_s and its parts,
                   stall_s, validation times, and the epoch records of metrics.jsonl.
   op counts       torch.profiler over single steps: what one step of the runner's eager loop and one of the
                   tutorial loop ask the device to do (CPU: aten ops that would be kernels; CUDA: kernel launches).
@@ -22,7 +22,7 @@ Sections, in the order main() runs them, one function each:
 The tutorial reference is a torchvision.datasets.CIFAR10-style Dataset (uint8 HWC arrays, one PIL image per item),
 RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, DataLoader(shuffle=True, num_workers=N,
 pin_memory on cuda), `.to(device)` per batch and `loss.item()` per step. It trains the model and optimizer of an
-eager Run (same initial weights, runner.optim.Optimizer, autocast and memory layout), so only the input pipeline
+eager Run (same initial weights, core.update_rule.Optimizer, autocast and memory layout), so only the input pipeline
 and the loop differ. Every rate is the median of timed windows after warm-up; CUDA is synchronised at window ends.
 Another loop (a packed one, say) is timed by adding one Timed entry to `loop_rates`.
 
@@ -57,17 +57,17 @@ from PIL import Image  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
 import runner  # noqa: E402
-from runner import data as rdata  # noqa: E402
-from runner import run as rrun  # noqa: E402
-from runner import train as rtrain  # noqa: E402
 from runner.config import DataConfig, ModelConfig, RunConfig, TrainerConfig  # noqa: E402  (no omegaconf)
-from runner.evaluation import evaluate, recalibrated_bn  # noqa: E402
-from runner.graphs import GraphedStep  # noqa: E402
-from runner.interrupts import StopRequests  # noqa: E402
-from runner.metrics import read_metrics  # noqa: E402
-from runner.models import MODELS  # noqa: E402
-from runner.optim import Optimizer  # noqa: E402
-from runner.provenance import code_version, environment  # noqa: E402
+from runner.core import data as rdata  # noqa: E402
+from runner.core.evaluation import evaluate, recalibrated_bn  # noqa: E402
+from runner.core.models import MODELS  # noqa: E402
+from runner.core.update_rule import Optimizer  # noqa: E402
+from runner.engine import build as rrun  # noqa: E402
+from runner.engine import loop as rtrain  # noqa: E402
+from runner.engine.interrupts import StopRequests  # noqa: E402
+from runner.engine.provenance import code_version, environment  # noqa: E402
+from runner.engine.records import read_metrics  # noqa: E402
+from runner.engine.step import GraphedStep  # noqa: E402
 
 EPOCH_IMAGES, VAL_IMAGES = 50_000, 10_000  # CIFAR-10's training and test set sizes, for the estimates
 LR, WD = 1e-3, 5e-4  # configs/config.yaml and configs/optimizer/adamw.yaml: what `python -m runner` trains with
@@ -171,7 +171,7 @@ class Bench:
         )
 
     def run(self, batch_size: int, path: str, name: str, *, epochs: int, **trainer) -> rrun.Run:
-        """A Run as runner.run.setup builds it, in its own folder; off CUDA the graphs path runs uncaptured."""
+        """A Run as runner.engine.build.setup builds it, in its own folder; off CUDA the graphs path runs uncaptured."""
         run = rrun.setup(self.config(batch_size, path, epochs=epochs, **trainer), self.subfolder(name))
         if PATHS[path][1] and self.device.type != "cuda":
             uncaptured_graphs(run)
@@ -282,7 +282,7 @@ def measure(
 
 
 class LoopSteps(Timed):
-    """next() on runner.train.loop(run, stop): one optimizer step of the loop that ships, bookkeeping included."""
+    """next() on runner.engine.loop.loop(run, stop): one optimizer step of the loop that ships, bookkeeping included."""
 
     def __init__(self, run: rrun.Run):
         self.run, self.steps = run, rtrain.loop(run, StopRequests())  # never entered: no signal handlers
@@ -527,7 +527,7 @@ def loop_rates(b: Bench, batch_size: int) -> tuple[dict, list[dict], dict]:
 
 
 def evaluation(b: Bench, run: rrun.Run, path: str) -> dict:
-    """Seconds per pass of runner.evaluation.evaluate over the validation split with the trainer's loader and eval
+    """Seconds per pass of runner.core.evaluation.evaluate over the validation split with the trainer's loader and eval
     forward, and per recalibration of every BatchNorm over the Run's training images; first passes apart."""
     loader, passes = run.evals["val"], b.s["val_passes"]
 
@@ -564,7 +564,7 @@ def evaluation(b: Bench, run: rrun.Run, path: str) -> dict:
 
 
 def end_to_end(b: Bench, batch_size: int, path: str) -> dict | None:
-    """runner.train.train for b.s['e2e_epochs'] epochs, validating each epoch as the defaults do."""
+    """runner.engine.loop.train for b.s['e2e_epochs'] epochs, validating each epoch as the defaults do."""
     if PATHS[path][1] and b.device.type != "cuda":
         return None  # trainer.cuda_graphs=true is refused off CUDA
     folder = b.subfolder(f"e2e_{path}_b{batch_size}")
@@ -711,7 +711,7 @@ def _mean(counts: list[Counter]) -> dict:
 
 
 def op_counts(b: Bench) -> dict:
-    """Per training step: the device work of the runner's eager loop (runner.train.loop, as it ships) and of the
+    """Per training step: the device work of the runner's eager loop (runner.engine.loop.loop, as it ships) and of the
     tutorial loop on the same model and optimizer, and what each issues that the other does not. Off CUDA the Run
     takes CUDA's settings as far as CPU allows: bf16 autocast, channels_last, fused Adam. The tutorial's batch is
     fetched before its step is profiled: its per-image transforms run in DataLoader workers, not on the device."""
@@ -829,7 +829,7 @@ def save(results: dict, path: Path) -> None:
 
 
 def bench_environment(device: torch.device) -> dict:
-    """runner.provenance's environment and commit, plus what a benchmark on a shared machine needs besides."""
+    """runner.engine.provenance's environment and commit, plus what a benchmark on a shared machine needs besides."""
     return {
         **environment(device),
         "code": code_version(),
@@ -885,7 +885,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--e2e-epochs",
         type=int,
-        help="epochs of each end-to-end runner.train.train run (0: none); default 2 (1 with --quick)",
+        help="epochs of each end-to-end runner.engine.loop.train run (0: none); default 2 (1 with --quick)",
     )
     p.add_argument(
         "--count-ops",
@@ -902,12 +902,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--data-root",
         help="real images instead of synthetic ones: a folder holding cifar-10-batches-py, "
-        "or an image folder root/train/<class>/*.png (runner.data.load_image_folder)",
+        "or an image folder root/train/<class>/*.png (runner.core.data.load_image_folder)",
     )
     p.add_argument(
         "--pack",
         type=int,
-        help="also time K jobs trained as one pack (runner.pack) against the same K "
+        help="also time K jobs trained as one pack (runner.sweeps.pack) against the same K "
         "jobs one after another, in this run (scripts/pack_bench.py)",
     )
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds): for the tests")
@@ -979,7 +979,7 @@ def main(argv=None) -> dict:
             "data": args.data_root or "synthetic",
             "lr": LR,
             "wd": WD,
-            "optimizer": "adamw (runner.optim.Optimizer), as configs/ default",
+            "optimizer": "adamw (runner.core.update_rule.Optimizer), as configs/ default",
         },
         "input_pipeline": [],
         "loop": [],

@@ -7,7 +7,7 @@
 #   data      unpack the tarball (the image-folder CIFAR-10) to /tmp/cifar10-jpg; without one, synthetic images
 #   pytest    tests/test_gpu.py -m gpu: the captured step, recalibration, eval forward and default-path checks
 #   bench     scripts/bench.py: tutorial vs eager vs graphs vs compile+graphs loops, evaluation, kernel counts
-#   runs      scripts/gpu_check.py --no-checks: runner.train.train at batch 128 and 64, default and eager, real data
+#   runs      scripts/gpu_check.py --no-checks: runner.engine.loop.train at batch 128 and 64, default and eager, real data
 #   table     scripts/speed_table.py: the README's rows, printed and written to $OUT/speed_table.md
 # Writes to $OUT (default gpu_out): gpu_all.log, bench.json, gpu_check.json, speed_table.md.
 # Needs python3 with torch, torchvision, tensorboard, tqdm and pytest; no hydra (tests run with --noconftest).

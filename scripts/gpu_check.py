@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """On a CUDA machine: check that the fast paths train exactly like the eager loop, then time real runs of
-runner.train.train. Every check runs even when an earlier one fails; the exit status is 1 if any failed.
+runner.engine.loop.train. Every check runs even when an earlier one fails; the exit status is 1 if any failed.
 Needs torch, torchvision, tensorboard and tqdm only (no hydra): it imports runner from ../src.
 
     python scripts/gpu_check.py --out gpu_check.json                               # the checks (about a minute)
@@ -23,7 +23,7 @@ Off CUDA (--device cpu) the same checks run with step and forward uncaptured, wh
 
 Timed runs (--data-root DIR, or `synthetic` for generated images): the model at each --batch-sizes with the default
 settings (compile + CUDA graphs on CUDA) for --epochs epochs and with the eager path (trainer.compile=false
-trainer.cuda_graphs=false) for --eager-epochs, each through runner.train.train: steady images/s, epoch times,
+trainer.cuda_graphs=false) for --eager-epochs, each through runner.engine.loop.train: steady images/s, epoch times,
 startup_s and its parts, stall_s, validation time; then BatchNorm recalibration and one validation pass timed apart.
 """
 
@@ -45,17 +45,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from runner import data as rdata  # noqa: E402
-from runner import run as rrun  # noqa: E402
-from runner import train as rtrain  # noqa: E402
 from runner.config import DataConfig, ModelConfig, RunConfig, TrainerConfig  # noqa: E402  (no omegaconf)
-from runner.evaluation import evaluate, recalibrated_bn  # noqa: E402
-from runner.graphs import GraphedForward, GraphedStep, step_tables  # noqa: E402
-from runner.interrupts import StopRequests  # noqa: E402
-from runner.metrics import read_metrics  # noqa: E402
-from runner.models import MODELS, build_resnet  # noqa: E402
-from runner.optim import Optimizer, decoupled_rate  # noqa: E402
-from runner.schedules import warm_restarts  # noqa: E402
+from runner.core import data as rdata  # noqa: E402
+from runner.core.evaluation import evaluate, recalibrated_bn  # noqa: E402
+from runner.core.models import MODELS, build_resnet  # noqa: E402
+from runner.core.schedules import warm_restarts  # noqa: E402
+from runner.core.update_rule import Optimizer, decoupled_rate  # noqa: E402
+from runner.engine import build as rrun  # noqa: E402
+from runner.engine import loop as rtrain  # noqa: E402
+from runner.engine.interrupts import StopRequests  # noqa: E402
+from runner.engine.records import read_metrics  # noqa: E402
+from runner.engine.step import GraphedForward, GraphedStep, step_tables  # noqa: E402
 
 # configs/optimizer/*.yaml's optimizer sections, copied because this script runs without hydra;
 # tests/test_gpu.py checks the copy against the files
@@ -194,7 +194,7 @@ def tiny_config(device: torch.device, epochs: int = 2, **trainer) -> RunConfig:
 
 
 def drain(cfg: RunConfig, folder: Path, after_step=None) -> rrun.Run:
-    """runner.train.train's own pieces (setup, loop, finish), keeping the Run to look into afterwards;
+    """runner.engine.loop.train's own pieces (setup, loop, finish), keeping the Run to look into afterwards;
     `after_step(run)` is called after every step (its validation, if one was due, included)."""
     folder.mkdir(parents=True, exist_ok=True)
     run = rrun.setup(cfg, folder)
@@ -385,7 +385,7 @@ def run_data(root: str, quick: bool) -> DataConfig:
 
 
 def timed_run(device, data: DataConfig, model: str, batch_size: int, path: str, epochs: int, folder: Path) -> dict:
-    """One runner.train.train run: the default settings, or the eager path; its summary's timing figures."""
+    """One runner.engine.loop.train run: the default settings, or the eager path; its summary's timing figures."""
     compile_, graphs = (None, None) if path == "default" else (False, False)
     depth, version = MODELS[model]
     cfg = RunConfig(
@@ -525,7 +525,7 @@ def main(argv=None) -> int:
     batch_sizes = [int(b) for b in (args.batch_sizes or ("16" if args.quick else "128,64")).split(",")]
     epochs = args.epochs or (1 if args.quick else 2)
     eager_epochs = 1 if args.eager_epochs is None else args.eager_epochs
-    from runner.provenance import code_version, environment
+    from runner.engine.provenance import code_version, environment
 
     out = Path(args.out)
     result = {"env": {**environment(device), "code": code_version()}, "checks": [], "runs": [], "evaluation": None}

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Time K runs trained as one pack (runner.pack.train_pack) against the same K runs one after another, in one run.
+"""Time K runs trained as one pack (sweeps.pack.train_pack) against the same K runs one after another, in one run.
 
-Both arms go through the same code: runner.pack.train_pack, given the K jobs at once, or one job at a time (a pack
-of one is runner.train's setup → loop → finish, as `python -m runner` runs it). The jobs are a small lr × λ grid
+Both arms go through the same code: sweeps.pack.train_pack, given the K jobs at once, or one job at a time (a pack
+of one is runner.engine.loop's setup → loop → finish, as `python -m runner` runs it). The jobs are a small lr × λ grid
 over the four update rules (AdamW, Adam + L2, SGDW, SGD + L2), one seed, on synthetic images: what a sweep varies,
 on what it shares. The timed window is the same steps in both arms: after `--warmup` steps of every job (graph
 warm-up and capture, cuDNN autotuning, compilation) up to `--steps` steps later, the device synchronised at both
@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from runner import provenance  # noqa: E402
 from runner.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainerConfig  # noqa: E402
-from runner.models import MODELS  # noqa: E402
-from runner.pack import Job, train_pack  # noqa: E402
+from runner.core.models import MODELS  # noqa: E402
+from runner.engine import provenance  # noqa: E402
+from runner.sweeps.pack import Job, train_pack  # noqa: E402
 
 DEFAULTS = {  # per device: what the issue's targets are stated for on a GPU; seconds on a CPU
     "cpu": {"model": "resnet20v1", "batch_size": 32, "sizes": [4], "warmup": 2, "steps": 20, "n_val": 100},
@@ -229,7 +229,7 @@ def probe_fused(
     say: Callable[[str], None] = print,
 ) -> dict:
     """The road not taken, measured: forward + backward (no optimizer) of K models three ways, images/s over all K.
-    `alone`: one model at a time; `streams`: the K models' steps on K CUDA streams (what runner.pack does);
+    `alone`: one model at a time; `streams`: the K models' steps on K CUDA streams (what runner.sweeps.pack does);
     `fused`: one model of K stacked parameter sets (torch.func.stack_module_state + vmap, which runs each
     convolution as one grouped convolution: HFTA's fusion). bf16 autocast on CUDA, CUDA graphs on CUDA (each way
     captured after 3 eager steps), contiguous layout everywhere (a stacked batch has no channels_last)."""
@@ -238,7 +238,7 @@ def probe_fused(
     import torch.nn.functional as F
     from torch.func import functional_call, stack_module_state, vmap
 
-    from runner.models import build_resnet
+    from runner.core.models import build_resnet
 
     d = DEFAULTS["cuda" if device == "cuda" else "cpu"]
     model, batch_size = model or d["model"], batch_size or d["batch_size"]
@@ -350,10 +350,10 @@ def _peak(dev: torch.device) -> float | None:
 def _without_tensorboard_if_missing(say: Callable[[str], None]) -> None:
     """A GPU box with torch alone: the runs write metrics.jsonl and summaries, no TensorBoard events."""
     if importlib.util.find_spec("tensorboard") is None:
-        import runner.run
-        from runner.metrics import Recorder
+        import runner.engine.build
+        from runner.engine.records import Recorder
 
-        runner.run.Recorder = functools.partial(Recorder, tensorboard=False)  # type: ignore[misc]
+        runner.engine.build.Recorder = functools.partial(Recorder, tensorboard=False)  # type: ignore[misc]
         say("pack_bench: tensorboard is not installed: the runs write no event files")
 
 

@@ -68,7 +68,10 @@ def loop_rows(bench: dict, sizes: list[int]) -> list[list[str]]:
 def run_rows(check: dict, sizes: list[int]) -> list[list[str]]:
     by = {(r.get("path"), r.get("batch_size")): r for r in check.get("runs", [])}
     rows = []
-    labels = (("default", "`runner.train.train`, default settings"), ("eager", "`runner.train.train`, eager"))
+    labels = (
+        ("default", "`runner.engine.loop.train`, default settings"),
+        ("eager", "`runner.engine.loop.train`, eager"),
+    )
     for path, label in labels:
         if not any(p == path for p, _ in by):
             continue

@@ -109,7 +109,7 @@ def test_quick_bench_runs_without_hydra_and_says_what_it_ran_on(quick):
     assert env["cpu_count"] >= 1 and "cuda" in env and "cudnn" in env
     assert env["hydra_loaded"] is False
     assert Path(env["runner_path"]) == ROOT / "src" / "runner"
-    assert set(env["code"]) == {"commit", "dirty"}  # runner.provenance's block
+    assert set(env["code"]) == {"commit", "dirty"}  # runner.engine.provenance's block
     assert "ratio" in stdout and "img/s" in stdout
 
 
@@ -123,7 +123,7 @@ def test_the_timed_loop_is_the_trainers_loop_with_its_bookkeeping(quick):
         assert row["ratio"] == pytest.approx(loop / ref)
         assert row["epoch_s_est"] == pytest.approx(50_000 / loop)
         assert 0.0 <= row["overhead"]["share"] <= 1.0
-        # runner.train.loop wrote a metrics.jsonl record for every step it took, and flushed with the weight norms
+        # runner.engine.loop.loop wrote a metrics.jsonl record for every step it took, and flushed with the weight norms
         assert row["records"]["train"] == row["records"]["steps"] > 0
         assert row["records"]["with_stage_norms"] >= 1
     assert rows["eager"]["execution"]["cuda_graphs"] is False
@@ -138,7 +138,7 @@ def test_the_timed_loop_is_the_trainers_loop_with_its_bookkeeping(quick):
 def test_evaluation_times_the_trainers_validation_and_recalibration(quick):
     res, _ = quick
     ev = {e["path"]: e for e in res["evaluation"]}["eager"]
-    assert ev["images"] == res["settings"]["n_val"] and ev["batch_size"] == 100  # runner.train.VAL_BATCH["cpu"]
+    assert ev["images"] == res["settings"]["n_val"] and ev["batch_size"] == 100  # runner.engine.loop.VAL_BATCH["cpu"]
     assert ev["validation"]["seconds"] > 0 and ev["validation"]["first_s"] > 0
     assert ev["validation"]["est_10000_images_s"] == pytest.approx(10_000 * ev["validation"]["seconds"] / ev["images"])
     assert ev["recalibration"]["images"] == res["settings"]["n_train"]  # bn_recalibrate 2048 > the 256 images

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from runner import checkpoint
-from runner.checkpoint import CheckpointError, load_latest, save, save_best
 from runner.config import RunConfig
-from runner.models import build_resnet
-from runner.optim import Optimizer
+from runner.core.models import build_resnet
+from runner.core.update_rule import Optimizer
+from runner.engine import checkpoint
+from runner.engine.checkpoint import CheckpointError, load_latest, save, save_best
 
 
 def step_files(folder):

@@ -10,8 +10,8 @@ from conftest import CONFIG_DIR, TINY, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from runner import callbacks
-from runner.callbacks import forget_latest, job_dirname, point_latest
+from runner.sweeps import callbacks
+from runner.sweeps.callbacks import forget_latest, job_dirname, point_latest
 
 SHRINK = {"epochs": "1", "data.n_train": "64", "data.n_val": "20", "batch_size": "32", "trainer.max_steps": "2"}
 # TINY with each key given once (a sweep's job names list a key given twice once, a plain compose twice)

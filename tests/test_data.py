@@ -1,4 +1,4 @@
-"""Tests for runner.data: CIFAR-10 archive reading, image folders, synthetic data, subsets, loader."""
+"""Tests for runner.core.data: CIFAR-10 archive reading, image folders, synthetic data, subsets, loader."""
 
 import hashlib
 import pickle
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import runner.data as D
-from runner.data import DataError, DeviceLoader
+import runner.core.data as D
+from runner.core.data import DataError, DeviceLoader
 
 ROWS = 20  # images per batch file in the fake archive
 

@@ -1,4 +1,4 @@
-"""Two evaluations of the same weights (runner.evaluation): with BatchNorm's running statistics, and with
+"""Two evaluations of the same weights (runner.core.evaluation): with BatchNorm's running statistics, and with
 statistics recomputed on training images. Recalibration must be exact, must leave training untouched, and must
 show what the weights can do when the running statistics lag."""
 
@@ -9,11 +9,11 @@ import torch
 from conftest import TINY, compose_cfg
 
 from runner.config import validate
-from runner.data import DeviceLoader
-from runner.evaluation import batch_norms, evaluate, recalibrated_bn
-from runner.graphs import GraphedForward
-from runner.metrics import read_metrics
-from runner.models import build_resnet
+from runner.core.data import DeviceLoader
+from runner.core.evaluation import batch_norms, evaluate, recalibrated_bn
+from runner.core.models import build_resnet
+from runner.engine.records import read_metrics
+from runner.engine.step import GraphedForward
 
 
 def lagging_model(seed=0):
@@ -87,7 +87,7 @@ def test_a_padded_validation_pass_counts_every_image_once():
 
 
 def run(tmp_path, *overrides):
-    from runner.train import train
+    from runner.engine.loop import train
 
     cfg = validate(
         compose_cfg(
@@ -130,7 +130,7 @@ def test_with_lagging_running_statistics_the_recalibrated_accuracy_reflects_the_
     best = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
     model = build_resnet(20, 1, 10, bn_momentum=0.01)
     model.load_state_dict(best)
-    from runner.data import channel_stats, make_synthetic
+    from runner.core.data import channel_stats, make_synthetic
 
     splits = make_synthetic(512, 100, seed=0)
     mean, std = channel_stats(splits.train_x)

@@ -194,6 +194,6 @@ def test_the_speed_table_puts_each_figure_in_its_cell_and_marks_what_is_missing(
     assert rows["tutorial DataLoader loop (reference)"] == ["2,200 img/s", "4,200 img/s |"]
     graphs = next(v for k, v in rows.items() if k.startswith("runner, CUDA graphs"))
     assert graphs[0] == "–" and graphs[1].startswith("16,800 img/s (4.00×), 2.98 s/epoch")
-    default = next(v for k, v in rows.items() if k.startswith("`runner.train.train`, default"))
+    default = next(v for k, v in rows.items() if k.startswith("`runner.engine.loop.train`, default"))
     assert default[0] == "failed" and default[1].startswith("25,000 img/s steady; epochs 30.50, 1.90 s; startup 28.0")
     assert lines[-1] == "gpu_check failures: run default batch 64"

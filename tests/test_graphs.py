@@ -1,4 +1,4 @@
-"""The graph-ready step (runner.graphs) is the eager step: same schedule, same decay, same update, bit for bit.
+"""The graph-ready step (runner.engine.step) is the eager step: same schedule, same decay, same update, bit for bit.
 
 On CUDA the runner trains with torch's fused Adam/SGD, and the captured step hands them lr_t as a float32
 tensor, which the fused kernels read as float32 (fused_adam_impl.cu: lr.const_data_ptr<float>()), while the
@@ -15,11 +15,11 @@ import torch
 from conftest import compose_cfg, forbid_host_reads
 
 from runner.config import ConfigError, validate
-from runner.graphs import GraphedStep, step_tables
-from runner.models import build_resnet
-from runner.optim import Optimizer, decoupled_rate
-from runner.schedules import warm_restarts
-from runner.train import train_step
+from runner.core.models import build_resnet
+from runner.core.schedules import warm_restarts
+from runner.core.update_rule import Optimizer, decoupled_rate
+from runner.engine.loop import train_step
+from runner.engine.step import GraphedStep, step_tables
 
 SPE, STEPS, LR = 4, 12, 3e-3
 BATCHES = [
@@ -187,7 +187,7 @@ def test_a_compile_mode_with_its_own_cuda_graphs_is_refused_inside_cuda_graphs()
 
 
 def test_auto_device_without_a_gpu_refuses_cuda_graphs_before_training(tmp_path, monkeypatch):
-    from runner.train import train
+    from runner.engine.loop import train
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = validate(compose_cfg("data=synthetic", "model=resnet20v1", "trainer.cuda_graphs=true"))

@@ -1,9 +1,9 @@
-"""What a run records (runner.metrics): metrics.jsonl's kinds of records and TensorBoard's HParams."""
+"""What a run records (runner.engine.records): metrics.jsonl's kinds of records and TensorBoard's HParams."""
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from runner.metrics import Recorder, read_metrics
+from runner.engine.records import Recorder, read_metrics
 
 CONFIG = {"lr": 1e-3, "optimizer": {"name": "adamw"}, "betas": [0.9, 0.999]}
 

@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from runner.models import MODELS, build_resnet
-from runner.models.resnet import Bottleneck, Conv
+from runner.core.models import MODELS, build_resnet
+from runner.core.models.resnet import Bottleneck, Conv
 
 # Trainable / total (trainable + BN moving mean/var) parameter counts from Keras 3.15.1
 # (torch backend), as model.summary() reports them (sums over model.trainable_weights / model.weights),

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from runner.optim import Optimizer, decoupled_rate, describe, rounding_note, split_params
+from runner.core.update_rule import Optimizer, decoupled_rate, describe, rounding_note, split_params
 
 ALPHA, STEPS = 3e-3, 30
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from runner.oscillation import (
+from runner.analysis.oscillation import (
     count_rises,
     headline_points,
     is_recalibrated,

@@ -1,4 +1,4 @@
-"""Packed sweeps (runner.pack, hydra/launcher=packed): every job of a pack trains as it would alone.
+"""Packed sweeps (runner.sweeps.pack, hydra/launcher=packed): every job of a pack trains as it would alone.
 
 On a CPU the jobs of a pack take turns, one optimizer step each, with the same operations as alone: their weights,
 optimizer state and records must come out bit for bit the same (float32, the CPU default).
@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import TINY, compose_cfg, run_cli
 
-from runner.checkpoint import load_latest
 from runner.config import validate
-from runner.metrics import read_metrics
-from runner.pack import Job, pack_key, plan_packs, train_pack
-from runner.train import train
+from runner.engine.checkpoint import load_latest
+from runner.engine.loop import train
+from runner.engine.records import read_metrics
+from runner.sweeps.pack import Job, pack_key, plan_packs, train_pack
 
 # 2 epochs of 4 steps; validations at steps 3, 6 and 8; weight and gradient norms every 2 steps
 SMALL = [*TINY, "data.n_train=128", "data.n_val=40", "batch_size=32", "trainer.val_every=3", "trainer.log_every=2"]
@@ -90,7 +90,7 @@ def assert_bit_equal(a, b):
 
 @pytest.fixture(scope="module")
 def alone(tmp_path_factory):
-    """Each of MIXED trained on its own, by runner.train.train."""
+    """Each of MIXED trained on its own, by runner.engine.loop.train."""
     root = tmp_path_factory.mktemp("alone")
     for job in jobs(root, MIXED):
         train(job.cfg, job.run_dir)
@@ -127,7 +127,7 @@ def test_the_folder_of_a_packed_job_holds_what_a_run_alone_writes(alone, packed)
 
 
 def test_a_diverging_or_failing_job_stops_alone_and_its_pack_goes_on(tmp_path, alone):
-    from runner.run import Diverged
+    from runner.engine.build import Diverged
 
     outcomes = train_pack(
         jobs(

@@ -7,8 +7,8 @@ import subprocess
 import pytest
 import torch
 
-from runner import provenance
-from runner.provenance import code_version, environment
+from runner.engine import provenance
+from runner.engine.provenance import code_version, environment
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 

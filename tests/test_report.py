@@ -1,4 +1,4 @@
-"""runner.report on fake run folders written by hand (the contract of summary.json / metrics.jsonl / .hydra)."""
+"""analysis.report on fake run folders written by hand (the contract of summary.json / metrics.jsonl / .hydra)."""
 
 import csv
 import json
@@ -10,9 +10,9 @@ import matplotlib.image
 import pytest
 import yaml
 
-from runner.figures import heatmap_grid, oscillation_series
-from runner.report import main
-from runner.runs import collect_runs, group_configs, varying_keys
+from runner.analysis.figures import heatmap_grid, oscillation_series
+from runner.analysis.report import main
+from runner.analysis.runs import collect_runs, group_configs, varying_keys
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -282,14 +282,14 @@ def test_missing_or_empty_dir_exits_2(tmp_path, capsys):
 def test_cli_error_has_no_traceback(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(
-        [sys.executable, "-m", "runner.report", str(tmp_path / "nope")],
+        [sys.executable, "-m", "runner.analysis.report", str(tmp_path / "nope")],
         capture_output=True,
         text=True,
         env=env,
         timeout=60,
     )
     assert p.returncode == 2
-    assert p.stderr.strip() == f"runner.report: error: no such folder: {tmp_path / 'nope'}"
+    assert p.stderr.strip() == f"runner.analysis.report: error: no such folder: {tmp_path / 'nope'}"
 
 
 def test_a_config_that_cannot_be_resolved_is_a_note_not_a_crash(tmp_path, capsys):
@@ -320,11 +320,11 @@ def test_one_loss_figure_per_run_listed_in_the_report(report):
 
 
 def test_loss_figures_are_capped(tmp_path, monkeypatch):
-    import runner.report
+    import runner.analysis.report
 
     for i in range(3):
         make_run(tmp_path / "sweep" / str(i), hparams(1e-3, 1e-4, i))
-    monkeypatch.setattr(runner.report, "MAX_RUN_FIGURES", 2)
+    monkeypatch.setattr(runner.analysis.report, "MAX_RUN_FIGURES", 2)
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
     assert sorted(p.name for p in (tmp_path / "rep" / "runs").iterdir()) == ["0.png", "1.png"]
     assert "- capped at 2 runs: the other 1 have no loss figure" in (tmp_path / "rep" / "report.md").read_text()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import TINY, run_cli
 
-from runner.metrics import read_metrics
+from runner.engine.records import read_metrics
 
 # 3 epochs of 8 steps with crops and flips on; flushing every step so the test can pick its moment
 RUN = [
@@ -26,7 +26,7 @@ RUN = [
 
 
 def final_weights(run_dir):
-    from runner.checkpoint import load_latest
+    from runner.engine.checkpoint import load_latest
 
     return load_latest(run_dir / "checkpoints")[0]["model"]
 
@@ -141,7 +141,7 @@ def test_ctrl_c_twice_stops_at_once_and_damages_nothing(tmp_path):
     assert s["status"] == "interrupted"
     records = read_metrics(metrics)
     assert len(records) == len(metrics.read_text().splitlines())  # every line is whole JSON
-    from runner.checkpoint import load_latest
+    from runner.engine.checkpoint import load_latest
 
     state, notes = load_latest(run_dir / "checkpoints")
     assert notes == [] and state is not None  # the epoch-end checkpoint is intact

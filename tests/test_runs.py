@@ -1,4 +1,4 @@
-"""runner.runs: run folders as Hydra and the trainer leave them, finished or not, read into comparable runs.
+"""runner.analysis.runs: run folders as Hydra and the trainer leave them, finished or not, read into comparable runs.
 
 A run that never wrote summary.json (still running, killed, out of memory) has only Hydra's saved config, whose
 optimizer preset values are interpolations (`wd: ${reg_or:${reg},5.0e-4}`): they must be resolved so that such a
@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from runner.figures import heatmap_grid, oscillation_series
-from runner.runs import (
+from runner.analysis.figures import heatmap_grid, oscillation_series
+from runner.analysis.runs import (
     collect_runs,
     finite_number,
     flatten_hparams,

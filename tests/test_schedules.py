@@ -3,7 +3,7 @@
 import pytest
 
 from runner.config import ScheduleConfig
-from runner.schedules import make_schedule, restart_start
+from runner.core.schedules import make_schedule, restart_start
 
 
 def test_piecewise_constant_fractions_scale_with_epochs():
@@ -54,7 +54,7 @@ def test_warmup_scales_the_start_linearly():
 
 
 def test_the_schedule_cli_draws_a_png_of_the_configured_run(tmp_path):
-    from runner.schedules import main
+    from runner.core.schedules import main
 
     out = tmp_path / "s.png"
     assert (
@@ -64,7 +64,7 @@ def test_the_schedule_cli_draws_a_png_of_the_configured_run(tmp_path):
 
 
 def test_the_schedule_cli_refuses_bad_settings(tmp_path, capsys):
-    from runner.schedules import main
+    from runner.core.schedules import main
 
     assert main(["--out", str(tmp_path / "s.png"), "schedule=warm_restarts", "schedule.T_mult=0.5"]) == 2
     assert "schedule.T_mult" in capsys.readouterr().err

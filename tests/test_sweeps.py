@@ -7,7 +7,7 @@ import torch
 from conftest import TINY, compose_cfg, run_cli
 
 from runner.config import validate
-from runner.run import pick_device
+from runner.engine.build import pick_device
 
 SMALL = [*TINY, "epochs=2", "data.n_train=128", "data.n_val=40", "batch_size=32"]
 
@@ -38,7 +38,7 @@ def test_experiment_presets_compose():
     a = validate(compose_cfg("experiment=adamw_20ep"))
     assert (a.optimizer.name, a.l2, a.batch_size, a.epochs, a.schedule.name) == ("adamw", 0.0, 64, 20, "warm_restarts")
     assert a.optimizer.wd_normalized and a.trainer.train_eval and a.trainer.bn_recalibrate > 0
-    from runner.optim import normalized_lambda
+    from runner.core.update_rule import normalized_lambda
 
     assert normalized_lambda(a.wd, a.batch_size, 50_000, a.epochs) == pytest.approx(3.0e-4)  # what was measured
     o = validate(compose_cfg("experiment=adamw_oscillate"))
@@ -97,7 +97,9 @@ def run_cli_report(args):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "runner.report", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "runner.analysis.report", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow
@@ -113,7 +115,7 @@ def test_report_on_a_real_2x2_sweep_and_hparams_in_each_run(tmp_path):
     assert table.count("completed") >= 4
     head = (sweep / "report" / "heatmap.png").read_bytes()[:8]
     assert head == b"\x89PNG\r\n\x1a\n"
-    from runner.report import collect_runs, varying_keys
+    from runner.analysis.report import collect_runs, varying_keys
 
     runs = collect_runs(sweep)
     keys = varying_keys(runs)

@@ -1,4 +1,4 @@
-"""Training time told honestly (runner.timing): the steady rate, with start-up and stalls reported beside it."""
+"""Training time told honestly (runner.engine.timing): the steady rate, with start-up and stalls reported beside it."""
 
 import json
 import time
@@ -7,8 +7,8 @@ import pytest
 from conftest import TINY, compose_cfg
 
 from runner.config import validate
-from runner.metrics import read_metrics
-from runner.timing import LoopClock, Window, split_time, steady_rate
+from runner.engine.records import read_metrics
+from runner.engine.timing import LoopClock, Window, split_time, steady_rate
 
 
 def test_the_steady_rate_ignores_start_up_windows_and_a_stall():
@@ -47,7 +47,7 @@ def test_the_clock_closes_a_window_only_when_it_trained_something():
 def test_a_run_with_an_injected_stall_reports_it_apart_from_the_steady_rate(tmp_path, monkeypatch):
     """A 1.5 s pause inside one step: images_per_s stays the steady rate, stall_s holds the pause, and the
     epoch records and the summary's parts add up to the training time."""
-    import runner.train as train_mod
+    import runner.engine.loop as train_mod
 
     real = train_mod.take_step
 

@@ -7,7 +7,7 @@ import re
 import pytest
 from conftest import TINY, forbid_host_reads, run_cli
 
-from runner.metrics import read_metrics
+from runner.engine.records import read_metrics
 
 SUMMARY_KEYS = {
     "status",
@@ -104,9 +104,9 @@ def test_a_training_step_never_reads_device_values_on_the_host(monkeypatch):
 
     import torch
 
-    from runner.models import build_resnet
-    from runner.optim import Optimizer, decoupled_rate
-    from runner.train import train_step
+    from runner.core.models import build_resnet
+    from runner.core.update_rule import Optimizer, decoupled_rate
+    from runner.engine.loop import train_step
 
     model = build_resnet(20, 1)
     opt = Optimizer(model, algorithm="adam", lr=1e-3, l2=1e-4, wd=5e-4, decay=decoupled_rate(5e-4, "schedule", 1e-3))
@@ -121,7 +121,7 @@ def test_a_decay_too_small_for_float32_is_reported_in_the_summary(tmp_path, capl
     from conftest import compose_cfg
 
     from runner.config import validate
-    from runner.train import train
+    from runner.engine.loop import train
 
     # torch's convention: d_t = lr_t·λ = 1e-3·5e-4 = 5e-7, which float32 weights take up to 18 % off
     cfg = validate(
@@ -196,7 +196,7 @@ def test_one_batch_shape_per_phase_full_training_batches_and_padded_validation(t
     import torch
     from conftest import compose_cfg
 
-    import runner.train as train_mod
+    import runner.engine.loop as train_mod
     from runner.config import validate
 
     shapes = {True: set(), False: set()}
@@ -222,7 +222,7 @@ def test_the_summary_says_which_accuracy_it_reports_and_what_ran(tmp_path):
     from conftest import compose_cfg
 
     from runner.config import validate
-    from runner.train import train
+    from runner.engine.loop import train
 
     s = train(validate(compose_cfg(*TINY, "trainer.max_steps=3", "data.n_train=128", "data.n_val=50")), tmp_path)
     assert s["val_metric"] == "recalibrated" and s["best_val_acc"] == s["best_val_acc_recal"]

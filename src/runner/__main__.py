@@ -13,8 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import runner.configs
-from runner import callbacks
 from runner.config import UserError, register_resolvers, validate
+from runner.sweeps import callbacks
 
 CONFIG_DIR = str(Path(runner.configs.__file__).parent)
 register_resolvers()
@@ -56,7 +56,7 @@ def main(cfg: DictConfig) -> float | None:
             cfg, run_dir = resumed_config(cfg, list(hc.overrides.task))
             meta = {}
         run = validate(cfg)
-        from runner.train import train  # torch loads only once the config is known to be good
+        from runner.engine.loop import train  # torch loads only once the config is known to be good
 
         job_num, parallel = sweep_position(hc)
         if parallel and run.trainer.progress is None:

@@ -216,7 +216,7 @@ class TrainerConfig(_Section):
     )
     cuda_graphs: Optional[bool] = setting(None, resumable=True)
     progress: Optional[bool] = setting(None, resumable=True)
-    train_eval: bool = setting(False, resumable=True)  # evaluations never touch the training (runner.evaluation)
+    train_eval: bool = setting(False, resumable=True)  # evaluations never touch the training (runner.core.evaluation)
     bn_recalibrate: int = setting(2048, resumable=True)
     extend_schedule: Optional[str] = setting(None, choices=("rescale", "hold"), resumable=True)
     objective: str = setting("best_val_acc", choices=OBJECTIVES, resumable=True)

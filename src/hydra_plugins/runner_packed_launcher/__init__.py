@@ -2,5 +2,5 @@
 configs/hydra/launcher/packed.yaml).
 
 Hydra instantiates launchers only from the `hydra_plugins` namespace package, so the launcher lives here and the
-training it drives in runner.pack.
+training it drives in runner.sweeps.pack.
 """

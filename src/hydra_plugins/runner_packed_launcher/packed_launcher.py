@@ -1,7 +1,7 @@
 """`python -m runner -m hydra/launcher=packed [hydra.launcher.pack=K] lr=... wd=...`: a sweep's jobs trained in packs
-of up to K in this process (runner.pack), the rest one after another as Hydra's basic launcher runs them.
+of up to K in this process (runner.sweeps.pack), the rest one after another as Hydra's basic launcher runs them.
 
-Jobs pack when runner.pack.pack_key says they may (same model, batch size, epochs, data and device) and Hydra runs
+Jobs pack when sweeps.pack.pack_key says they may (same model, batch size, epochs, data and device) and Hydra runs
 them alike (same hydra.job.env_set, no hydra.job.chdir). A packed job goes through Hydra's own `run_job` for what
 Hydra does to any job: its folder, `.hydra/` files, job logging (its `__main__.log`), `hydra.job.env_set` and the
 callbacks' on_job_start. Then, instead of the task function, it is enrolled in the pack: the pack trains it (its log
@@ -45,7 +45,7 @@ class PackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from runner.pack import plan_packs
+        from runner.sweeps.pack import plan_packs
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
@@ -92,10 +92,10 @@ class PackedLauncher(Launcher):
         return config
 
     def _key(self, config: DictConfig) -> Optional[str]:
-        """runner.pack.pack_key of the job, with how Hydra runs it; None: it runs alone (a config the task function
+        """sweeps.pack.pack_key of the job, with how Hydra runs it; None: it runs alone (a config the task function
         will refuse with its usual message, a job that changes its working folder, a resume= run)."""
         from runner.config import UserError, validate
-        from runner.pack import pack_key
+        from runner.sweeps.pack import pack_key
 
         if config.hydra.job.chdir:
             return None
@@ -112,7 +112,7 @@ class PackedLauncher(Launcher):
 
     def _run_pack(self, configs: list[DictConfig]) -> list[JobReturn]:
         """Enroll each job through run_job, train them together, then give each its return value and on_job_end."""
-        from runner.pack import train_pack
+        from runner.sweeps.pack import train_pack
 
         assert self.hydra_context is not None and self.config is not None
         callbacks = self.hydra_context.callbacks
@@ -149,11 +149,11 @@ class PackedLauncher(Launcher):
 
 
 def _enroll(cfg: DictConfig) -> tuple:
-    """What `python -m runner` does for a job before it trains, inside run_job: the job's runner.pack.Job, and the
+    """What `python -m runner` does for a job before it trains, inside run_job: the job's sweeps.pack.Job, and the
     log handlers run_job configured for it (its console and its own log file)."""
-    from runner import callbacks
     from runner.config import validate
-    from runner.pack import Job
+    from runner.sweeps import callbacks
+    from runner.sweeps.pack import Job
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -165,8 +165,8 @@ def _enroll(cfg: DictConfig) -> tuple:
 def _conclude(ret: JobReturn, job: Any, outcome: Any) -> bool:
     """Fill the job's JobReturn as run_job would have from `python -m runner`: the objective, or the exception.
     Says the job's end as `python -m runner` does; True for a user error (a setting or a file the user can fix)."""
-    from runner import callbacks
     from runner.config import UserError
+    from runner.sweeps import callbacks
 
     if outcome.error is None:
         ret.status, ret.return_value = JobStatus.COMPLETED, outcome.summary.get(job.cfg.trainer.objective)

@@ -5,12 +5,12 @@ For each optimizer step k at fractional epoch t = k / steps_per_epoch:
     g     = ∇ data loss (+ λ₂·θ when l2 > 0)
     θ     ← θ·(1 − d_t)                       decoupled decay, d_t by `optimizer.wd_scaling`
     θ     ← θ − Adam/SGD update(g, lr_t)
-On CUDA the whole step is replayed as one CUDA graph by default (runner.graphs), the same update bit for bit.
+On CUDA the whole step is replayed as one CUDA graph by default (runner.engine.step), the same update bit for bit.
 Losses stay on the device and are read in one transfer at logging points, so a GPU never waits for the host
 inside the step. A run folder that holds a checkpoint continues from it, bit for bit.
 
-`train()` is setup (runner.run) → loop → summary. `loop()` yields after every step, so one process can also
-interleave the steps of several runs (runner.pack); a single run just drains it.
+`train()` is setup (runner.engine.build) → loop → summary. `loop()` yields after every step, so one process can also
+interleave the steps of several runs (runner.sweeps.pack); a single run just drains it.
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from runner import checkpoint
+from runner.analysis.oscillation import oscillation_block
 from runner.config import RunConfig
-from runner.evaluation import evaluate, recalibrated_bn
-from runner.interrupts import StopRequests
-from runner.metrics import read_metrics
-from runner.optim import Optimizer
-from runner.oscillation import oscillation_block
-from runner.run import Diverged, Run, StepRecord, setup
-from runner.timing import split_time
+from runner.core.evaluation import evaluate, recalibrated_bn
+from runner.core.update_rule import Optimizer
+from runner.engine import checkpoint
+from runner.engine.build import Diverged, Run, StepRecord, setup
+from runner.engine.interrupts import StopRequests
+from runner.engine.records import read_metrics
+from runner.engine.timing import split_time
 
 # ---------------------------------------------------------------- the loop
 
@@ -291,7 +291,7 @@ def finish(run: Run) -> dict:
 
 
 def summarize(run: Run) -> dict:
-    """summary.json: the run's results, its time split honestly (runner.timing), and what ran."""
+    """summary.json: the run's results, its time split honestly (runner.engine.timing), and what ran."""
     s, cfg = run.state, run.cfg
     recal = run.recal_images is not None
     last = s.last_val or {}

@@ -6,7 +6,7 @@ schedule moves smoothly within an epoch. `period(t)` is the length in epochs of 
 period containing t (the restart period for SGDR, the whole run otherwise), which the paper's
 normalized weight decay needs.
 
-Run `python -m runner.schedules [overrides]` to draw the lr multiplier and the per-step decay of a
+Run `python -m runner.core.schedules [overrides]` to draw the lr multiplier and the per-step decay of a
 configuration into a PNG before spending GPU hours on it.
 """
 
@@ -130,7 +130,7 @@ def plot(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m runner.schedules [--out PNG] [overrides]`: draw the configured schedule and decay."""
+    """`python -m runner.core.schedules [--out PNG] [overrides]`: draw the configured schedule and decay."""
     import argparse
     import sys
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     import runner.configs
     from runner.config import UserError, register_resolvers, validate
 
-    p = argparse.ArgumentParser(prog="python -m runner.schedules", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m runner.core.schedules", description=main.__doc__)
     p.add_argument("--out", default="schedule.png")
     p.add_argument("--n-train", type=int, default=None, help="training images (default: from the data config)")
     p.add_argument(
@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         with initialize_config_dir(config_dir=str(Path(runner.configs.__file__).parent), version_base="1.3"):
             cfg = validate(compose(config_name="config", overrides=args.overrides))
     except (UserError, HydraException) as e:
-        print(f"runner.schedules: error: {e}", file=sys.stderr)
+        print(f"runner.core.schedules: error: {e}", file=sys.stderr)
         return 2
-    from runner.run import regularization  # the trainer's own schedule and decay, so the plot shows what runs
+    from runner.engine.build import regularization  # the trainer's own schedule and decay, so the plot shows what runs
 
     d = cfg.data
     n_train = args.n_train or d.subset or ((d.n_train if d.name == "synthetic" else 50_000) - (d.val_split or 0))

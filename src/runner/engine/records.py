@@ -9,7 +9,7 @@ metrics.jsonl holds one JSON object per record, always with `step` (optimizer st
     weight_norm  ‖θ‖ of the regularized weights (the ones `decay_on` selects)
     grad_norm    ‖∇ data loss‖ at that step (on logging steps)
     weight_norm/<stage>   ‖θ‖ of the regularized weights of stem, stages.0-2, head
-Validation records (a record with `val_loss` is one), see runner.evaluation for the two evaluations:
+Validation records (a record with `val_loss` is one), see runner.core.evaluation for the two evaluations:
     val_loss, val_acc                   eval mode with BatchNorm's running statistics (Keras' and torch's number)
     val_loss_recal, val_acc_recal       eval mode after BatchNorm statistics are recomputed on training images
                                         (trainer.bn_recalibrate > 0)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runner.data import IGNORE
+from runner.core.data import IGNORE
 
 
 @torch.no_grad()

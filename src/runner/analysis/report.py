@@ -1,8 +1,8 @@
-"""`python -m runner.report DIR`: tables and figures over every run found under DIR.
+"""`python -m runner.analysis.report DIR`: tables and figures over every run found under DIR.
 
-DIR is a run folder, a sweep folder (multirun/DATE/TIME_x/) or any folder above them; runner.runs finds the runs
+DIR is a run folder, a sweep folder (multirun/DATE/TIME_x/) or any folder above them; analysis.runs finds the runs
 and groups them into configurations (seeds averaged). This module writes the tables: OUT/report.md, OUT/runs.csv
-(one row per run), OUT/configs.csv, and asks runner.figures for the PNG figures (OUT/*.png, and one loss figure
+(one row per run), OUT/configs.csv, and asks runner.analysis.figures for the PNG figures (OUT/*.png, and one loss figure
 per run in OUT/runs/).
 """
 
@@ -15,7 +15,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from runner.figures import (
+from runner.analysis.figures import (
     heatmap_grid,
     oscillation_series,
     plot_heatmap,
@@ -24,7 +24,7 @@ from runner.figures import (
     plot_val_curves,
     plot_weight_norm,
 )
-from runner.runs import ID_KEYS, METRICS, STATS, collect_runs, fmt, group_configs, value, varying_keys
+from runner.analysis.runs import ID_KEYS, METRICS, STATS, collect_runs, fmt, group_configs, value, varying_keys
 
 TABLE_STATS = {
     "best_val_acc": "best val acc",
@@ -222,7 +222,9 @@ def run_figures(runs: list[dict], out: Path) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runner.report", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p = argparse.ArgumentParser(
+        prog="python -m runner.analysis.report", description=__doc__.splitlines()[0].split(": ", 1)[1]
+    )
     p.add_argument("dir", help="a run folder, a sweep folder, or any folder above them")
     p.add_argument("--out", help="where report.md, runs.csv and the figures go (default DIR/report)")
     p.add_argument("--x", default="lr", help="heat map x key (default lr)")
@@ -238,12 +240,12 @@ def main(argv=None) -> int:
         p.error(f"--threshold must be > 0, got {args.threshold}")
     root = Path(args.dir)
     if not root.is_dir():
-        print(f"runner.report: error: no such folder: {root}", file=sys.stderr)
+        print(f"runner.analysis.report: error: no such folder: {root}", file=sys.stderr)
         return 2
     runs = collect_runs(root, args.threshold)
     if not runs:
         print(
-            f"runner.report: error: no runs (summary.json, metrics.jsonl or .hydra/config.yaml) under {root}",
+            f"runner.analysis.report: error: no runs (summary.json, metrics.jsonl or .hydra/config.yaml) under {root}",
             file=sys.stderr,
         )
         return 2
@@ -251,7 +253,7 @@ def main(argv=None) -> int:
     try:
         tables = build_report(runs, out, root, args.x, args.y)
     except OSError as e:
-        print(f"runner.report: error: cannot write the report to {out}: {e}", file=sys.stderr)
+        print(f"runner.analysis.report: error: cannot write the report to {out}: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out / 'report.md'}, runs.csv, configs.csv and figures", file=sys.stderr)
     try:

@@ -3,7 +3,7 @@
 `setup` applies the configuration once: the device and its speed settings (null = auto: compile and CUDA graphs on
 CUDA), the data set and its loaders, the model, the optimizer with its L2 term and decoupled decay, the schedule
 and the per-step tables of lr_t and d_t, the records, and the folder's own checkpoint if it has one. The loop that
-trains a Run is runner.train.
+trains a Run is runner.engine.loop.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import nn
 
-from runner import checkpoint, provenance
-from runner import data as datasets
 from runner.config import ConfigError, DataConfig, RunConfig, TrainerConfig, resumable_keys
-from runner.graphs import GraphedForward, GraphedStep, step_tables
-from runner.metrics import Recorder, flatten
-from runner.models import build_resnet
-from runner.optim import Optimizer, decoupled_rate, describe, normalized_lambda, rounding_note
-from runner.schedules import Schedule, held_after, make_schedule
-from runner.timing import LoopClock
+from runner.core import data as datasets
+from runner.core.models import build_resnet
+from runner.core.schedules import Schedule, held_after, make_schedule
+from runner.core.update_rule import Optimizer, decoupled_rate, describe, normalized_lambda, rounding_note
+from runner.engine import checkpoint, provenance
+from runner.engine.records import Recorder, flatten
+from runner.engine.step import GraphedForward, GraphedStep, step_tables
+from runner.engine.timing import LoopClock
 
 log = logging.getLogger("runner")
 VAL_BATCH = {"cuda": 1000, "cpu": 100}  # big batches feed a GPU; on CPU cores batch 100 is ~2x faster per image
@@ -203,7 +203,7 @@ def execution_path(tr: TrainerConfig, device: torch.device) -> dict:
 
 
 def load_splits(d: DataConfig, seed: int, cache: dict | None = None) -> datasets.Splits:
-    """The configured data set, with the held-out validation split and training subset applied. `cache` (runner.pack's)
+    """The configured data set, with the held-out validation split and training subset applied. `cache` (sweeps.pack's)
     hands out splits already loaded for the same data settings: runs only read them, so they may share one copy."""
     key = (repr(d), seed if d.name == "synthetic" else None)  # synthetic images are drawn from the run's seed
     if cache is not None and key in cache:
@@ -318,7 +318,7 @@ def setup(
     data_cache: dict | None = None,
 ) -> Run:
     """Everything a run needs, continued from the folder's own checkpoint if it has one. `name` prefixes the run's
-    log lines and `data_cache` shares loaded data sets (load_splits) among the runs of one process (runner.pack)."""
+    log lines and `data_cache` shares loaded data sets (load_splits) among the runs of one process (sweeps.pack)."""
     run_dir, tr, t_start = Path(run_dir), cfg.trainer, time.time()
     saved, state, info = saved_state(cfg, run_dir, meta)
     device = pick_device(tr.device, job_num)

@@ -1,4 +1,4 @@
-"""Reading run folders and grouping them into configurations: the data behind runner.report and runner.figures.
+"""Reading run folders and grouping them into configurations: the data behind analysis.report and .figures.
 
 A run folder is one that holds summary.json, metrics.jsonl or .hydra/config.yaml. Its status comes from
 summary.json, else "running" (metrics.jsonl only: still going, or killed) or "not started" (.hydra only).
@@ -18,8 +18,8 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from runner.metrics import flatten, read_metrics
-from runner.oscillation import headline_points, is_recalibrated, oscillation_block, val_points
+from runner.analysis.oscillation import headline_points, is_recalibrated, oscillation_block, val_points
+from runner.engine.records import flatten, read_metrics
 
 # keys that do not change what is trained: never split runs into configurations
 # `reg` only feeds wd or l2 (whichever the preset uses), which are compared themselves
@@ -148,7 +148,7 @@ def _resolve_each(node, prefix: str, failed: list[str]) -> dict:
 
 
 def flatten_hparams(d: dict) -> dict:
-    """runner.metrics.flatten (dotted keys), with lists as compact JSON strings so they compare and print as one
+    """runner.engine.records.flatten (dotted keys), with lists as compact JSON strings so they compare and print as one
     value: {"optimizer": {"betas": [0.9, 0.999]}} → {"optimizer.betas": "[0.9,0.999]"}."""
     return {
         k: json.dumps(v, separators=(",", ":")) if isinstance(v, (list, tuple)) else v for k, v in flatten(d).items()
@@ -185,7 +185,7 @@ def loss_curves(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
         val_loss         validation loss with running BatchNorm statistics
         val_loss_recal   validation loss with BatchNorm statistics recomputed on training images
 
-    A curve the run did not record is empty; each stops where runner.oscillation.val_points stops its series.
+    A curve the run did not record is empty; each stops where runner.analysis.oscillation.val_points stops its series.
     """
     running, recal = val_points(records), val_points(records, recal=True)
     train = {}  # step → train_loss (a re-logged step: the later record)

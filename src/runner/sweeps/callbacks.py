@@ -152,7 +152,7 @@ class CheckOutputFolder(Callback):
 
 class SweepFolder(Callback):
     """multirun/latest points at the newest sweep from its start; at its end the sweep folder is the last line,
-    after the report (python -m runner.report SWEEP) when the config says report=true."""
+    after the report (python -m runner.analysis.report SWEEP) when the config says report=true."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         point_latest(Path(config.hydra.sweep.dir))
@@ -168,7 +168,7 @@ def _report(sweep: Path) -> None:
     """Run the report on the finished sweep; its failure is reported, never the sweep's (its runs are all saved)."""
     import traceback
 
-    from runner import report
+    from runner.analysis import report
 
     try:
         failed = report.main([str(sweep)]) != 0
@@ -177,7 +177,7 @@ def _report(sweep: Path) -> None:
         failed = True
     if failed:
         print(
-            f"runner: the report failed; the sweep's runs are saved: python -m runner.report {shown(sweep)}",
+            f"runner: the report failed; the sweep's runs are saved: python -m runner.analysis.report {shown(sweep)}",
             file=sys.stderr,
         )
 

@@ -1,9 +1,9 @@
 """The report's figures: validation curves, weight norms, the lr × λ heat map, oscillation vs λ, one run's losses.
 
-Each `plot_*` draws one PNG from configuration groups (see runner.runs.group_configs), or from one run
-(runner.runs.load_run), with matplotlib Figure objects (no pyplot state) and returns None, or a one-line reason
+Each `plot_*` draws one PNG from configuration groups (see runner.analysis.runs.group_configs), or from one run
+(runner.analysis.runs.load_run), with matplotlib Figure objects (no pyplot state) and returns None, or a one-line reason
 it was skipped. The data each figure shows comes from a function of its own (heatmap_grid, oscillation_series,
-runner.runs.loss_curves), which the tests check instead of pixels.
+runner.analysis.runs.loss_curves), which the tests check instead of pixels.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import statistics
 from pathlib import Path
 
-from runner.runs import finite_number, fmt, sort_key
+from runner.analysis.runs import finite_number, fmt, sort_key
 
 SHORT = {"diverged": "div", "running": "run", "interrupted": "int", "not started": ""}  # heat map cells without a mean
 
@@ -273,7 +273,7 @@ RUN_CURVES = [
 
 
 def plot_run_losses(run: dict, path: Path) -> str | None:
-    """One run's losses vs epoch (runner.runs.loss_curves): the curves it did not record are left out."""
+    """One run's losses vs epoch (runner.analysis.runs.loss_curves): the curves it did not record are left out."""
     curves = {k: v for k, v in (run.get("losses") or {}).items() if v}
     if not curves:
         return "no validation records"

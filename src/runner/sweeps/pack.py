@@ -1,7 +1,7 @@
 """Packed training: several runs in one process and on one device, their steps interleaved (hydra/launcher=packed).
 
 A graphed ResNet56v2 step at batch 128 keeps an H100/H200 mostly idle, and the studies are sweeps. A pack sets up
-each of its runs with `runner.train.setup` and turns the same `runner.train.loop` generator of each, one optimizer
+each of its runs with `engine.build.setup` and turns the same `engine.loop.loop` generator of each, one optimizer
 step at a time, round robin. Every run keeps everything that makes it itself: its folder, weights, optimizer state,
 schedule, data order and augmentation (drawn from its own seed and epoch), divergence check, checkpoints, records and
 summary. The pack shares the process, one StopRequests (a SIGTERM checkpoints every run), and the loaded data set.
@@ -29,16 +29,16 @@ from typing import Callable, ContextManager, NamedTuple, Sequence
 import torch
 
 from runner.config import ConfigError, RunConfig, UserError
-from runner.interrupts import StopRequests
-from runner.run import pick_device, setup
-from runner.train import finish, loop
+from runner.engine.build import pick_device, setup
+from runner.engine.interrupts import StopRequests
+from runner.engine.loop import finish, loop
 
 log = logging.getLogger("runner")
 
 
 @dataclass
 class Job:
-    """One run of a pack: what `runner.train.train` takes, and the name its log lines carry."""
+    """One run of a pack: what `runner.engine.loop.train` takes, and the name its log lines carry."""
 
     cfg: RunConfig
     run_dir: Path

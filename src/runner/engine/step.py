@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from runner.optim import Optimizer
+from runner.core.update_rule import Optimizer
 
 
 def step_tables(schedule, decay, lr: float, steps_per_epoch: int, n_steps: int) -> tuple[list[float], list[float]]:
