@@ -64,6 +64,7 @@ from runner.core.models import MODELS  # noqa: E402
 from runner.core.update_rule import Optimizer  # noqa: E402
 from runner.engine import build as rrun  # noqa: E402
 from runner.engine import loop as rtrain  # noqa: E402
+from runner.engine import step as rstep  # noqa: E402
 from runner.engine.interrupts import StopRequests  # noqa: E402
 from runner.engine.provenance import code_version, environment  # noqa: E402
 from runner.engine.records import read_metrics  # noqa: E402
@@ -189,8 +190,8 @@ class Bench:
 def uncaptured_graphs(run: rrun.Run) -> None:
     """Off CUDA: the graphs path's device-side step, uncaptured (GraphedStep(capture=False)). It shows that the path
     works there (the quick test runs it); its speed says nothing about a captured graph."""
-    run.graphed = GraphedStep(
-        run.forward, run.opt, run.autocast, run.lrs, run.decays, start_step=run.state.step, capture=False
+    run.step = GraphedStep(
+        run.forward, run.opt, run.autocast, run.plan.lr, run.plan.d, start_step=run.state.step, capture=False
     )
     run.path = {**run.path, "cuda_graphs": "uncaptured"}
 
@@ -291,7 +292,7 @@ class LoopSteps(Timed):
         try:
             next(self.steps)
         except StopIteration:
-            raise RuntimeError(f"the loop stopped at step {self.run.state.step} ({self.run.status})") from None
+            raise RuntimeError(f"the loop stopped at step {self.run.state.step} ({self.run.stats.status})") from None
         return self.run.cfg.batch_size  # data.drop_last: every batch is full
 
     def before_window(self, n: int) -> None:
@@ -326,7 +327,7 @@ class BareStep(Timed):
         run = self.run
         if run.graphed is None:
             t = run.state.step / run.steps_per_epoch
-            rtrain.train_step(run.forward, run.opt, self.x, self.y, t, run.schedule(t), run.autocast)
+            rstep.train_step(run.forward, run.opt, self.x, self.y, t, run.plan.schedule(t), run.autocast)
         else:  # the replay of the graph the loop's warm-up recorded (same shape and layout as its batches)
             run.graphed(self.x, self.y, run.state.step)
         return len(self.y)
@@ -356,7 +357,7 @@ class TutorialSteps(Timed):
         with run.autocast:
             loss = F.cross_entropy(run.forward(inputs), targets)
         loss.backward()
-        run.opt.step(t, run.schedule(t))
+        run.opt.step(t, run.plan.schedule(t))
         self.running_loss += loss.item()
         self.k += 1
 
@@ -508,7 +509,7 @@ def loop_rates(b: Bench, batch_size: int) -> tuple[dict, list[dict], dict]:
             "ratio": loop_r["images_per_s"] / ref["images_per_s"],
             "epoch_s_est": EPOCH_IMAGES / loop_r["images_per_s"],
             "startup": {
-                "first_step_s": run.first_step_s,
+                "first_step_s": run.stats.first_step_s,
                 "capture_s": run.graphed.capture_s if run.graphed is not None else 0.0,
                 "graphs": len(run.graphed.graphs) if run.graphed is not None else 0,
             },

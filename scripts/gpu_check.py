@@ -50,12 +50,15 @@ from runner.core import data as rdata  # noqa: E402
 from runner.core.evaluation import evaluate, recalibrated_bn  # noqa: E402
 from runner.core.models import MODELS, build_resnet  # noqa: E402
 from runner.core.schedules import warm_restarts  # noqa: E402
+from runner.core.step_plan import step_tables  # noqa: E402
 from runner.core.update_rule import Optimizer, decoupled_rate  # noqa: E402
 from runner.engine import build as rrun  # noqa: E402
 from runner.engine import loop as rtrain  # noqa: E402
+from runner.engine import step as rstep  # noqa: E402
+from runner.engine import summary as rsummary  # noqa: E402
 from runner.engine.interrupts import StopRequests  # noqa: E402
 from runner.engine.records import read_metrics  # noqa: E402
-from runner.engine.step import GraphedForward, GraphedStep, step_tables  # noqa: E402
+from runner.engine.step import GraphedForward, GraphedStep  # noqa: E402
 
 # configs/optimizer/*.yaml's optimizer sections, copied because this script runs without hydra;
 # tests/test_gpu.py checks the copy against the files
@@ -105,7 +108,7 @@ def step_equivalence(device: torch.device, preset: str, reg: str, quick: bool = 
         eager = []
         for k, (x, y) in enumerate(batches):
             t = k / SPE
-            loss, d, gn = rtrain.train_step(m1, o1, x, y, t, schedule(t), nullcontext(), want_grad_norm=True)
+            loss, d, gn = rstep.train_step(m1, o1, x, y, t, schedule(t), nullcontext(), want_grad_norm=True)
             eager.append((loss.item(), d, gn.item()))
         m2, o2 = make(capturable=cuda)  # what the graphed trainer builds
         lrs, ds = step_tables(schedule, lambda t, e: decay(t, e) if wd else 0.0, LR, SPE, len(batches))
@@ -203,7 +206,7 @@ def drain(cfg: RunConfig, folder: Path, after_step=None) -> rrun.Run:
             if after_step is not None:
                 after_step(run)
     finally:
-        rtrain.finish(run)
+        rsummary.finish(run)
     return run
 
 

@@ -17,9 +17,9 @@ from conftest import compose_cfg, forbid_host_reads
 from runner.config import ConfigError, validate
 from runner.core.models import build_resnet
 from runner.core.schedules import warm_restarts
+from runner.core.step_plan import step_tables
 from runner.core.update_rule import Optimizer, decoupled_rate
-from runner.engine.loop import train_step
-from runner.engine.step import GraphedStep, step_tables
+from runner.engine.step import GraphedStep, train_step
 
 SPE, STEPS, LR = 4, 12, 3e-3
 BATCHES = [

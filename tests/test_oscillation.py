@@ -5,10 +5,10 @@ import math
 
 import pytest
 
-from runner.analysis.oscillation import (
+from runner.core.headline import Headline
+from runner.core.oscillation import (
     count_rises,
     headline_points,
-    is_recalibrated,
     max_rise,
     oscillation_block,
     phase_window,
@@ -246,9 +246,9 @@ def test_each_series_stops_at_its_own_first_non_finite_loss():
 
 def test_headline_points_are_the_recalibrated_series_when_the_records_have_it():
     plain = val_records([2.0, 1.0], [1, 2], accs=[0.5, 0.6])
-    assert not is_recalibrated(plain) and [p["acc"] for p in headline_points(plain)] == [0.5, 0.6]
+    assert not Headline.of_records(plain).recalibrated and [p["acc"] for p in headline_points(plain)] == [0.5, 0.6]
     recal = val_records([2.0, 1.0], [1, 2], accs=[0.5, 0.6], recal=[1.9, 0.9], accs_recal=[0.55, 0.65])
-    assert is_recalibrated(recal) and [p["acc"] for p in headline_points(recal)] == [0.55, 0.65]
+    assert Headline.of_records(recal).recalibrated and [p["acc"] for p in headline_points(recal)] == [0.55, 0.65]
     assert [p["step"] for p in headline_points(recal)] == [10, 20]
     # train records never make a run "recalibrated", whatever they hold
-    assert not is_recalibrated([{"step": 1, "epoch": 0.1, "train_loss": 1.0, "val_loss_recal": 1.0}])
+    assert not Headline.of_records([{"step": 1, "epoch": 0.1, "train_loss": 1.0, "val_loss_recal": 1.0}]).recalibrated

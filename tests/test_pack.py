@@ -127,7 +127,7 @@ def test_the_folder_of_a_packed_job_holds_what_a_run_alone_writes(alone, packed)
 
 
 def test_a_diverging_or_failing_job_stops_alone_and_its_pack_goes_on(tmp_path, alone):
-    from runner.engine.build import Diverged
+    from runner.engine.records import Diverged
 
     outcomes = train_pack(
         jobs(

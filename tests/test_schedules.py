@@ -51,21 +51,3 @@ def test_warm_restart_is_continuous_inside_a_period():
 def test_warmup_scales_the_start_linearly():
     s = make_schedule(ScheduleConfig(milestones=[0.5], factors=[0.1], warmup_epochs=2), epochs=10)
     assert (s(0), s(1), s(2), s(6)) == (0, 0.5, 1, 0.1)
-
-
-def test_the_schedule_cli_draws_a_png_of_the_configured_run(tmp_path):
-    from runner.core.schedules import main
-
-    out = tmp_path / "s.png"
-    assert (
-        main(["--out", str(out), "schedule=warm_restarts", "epochs=30", "optimizer.wd_normalized=true", "wd=0.05"]) == 0
-    )
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_the_schedule_cli_refuses_bad_settings(tmp_path, capsys):
-    from runner.core.schedules import main
-
-    assert main(["--out", str(tmp_path / "s.png"), "schedule=warm_restarts", "schedule.T_mult=0.5"]) == 2
-    assert "schedule.T_mult" in capsys.readouterr().err
-    assert not (tmp_path / "s.png").exists()

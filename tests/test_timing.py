@@ -60,12 +60,12 @@ def test_a_run_with_an_injected_stall_reports_it_apart_from_the_steady_rate(tmp_
     cfg = validate(compose_cfg(*TINY, "batch_size=32", "epochs=2", "trainer.log_every=4"))
     s = train_mod.train(cfg, tmp_path)
     assert s["stall_s"] >= 1.4
-    assert s["images_per_s"] > 1.5 * s["images_per_s_overall"]  # 32 steps of ~0.05 s: the pause is most of it
+    assert s["images_per_s"] > s["images_per_s_overall"]  # the pause is in the overall rate, not the steady one
     parts = s["startup_s"] + s["steps"] * 32 / s["images_per_s"] + s["stall_s"]
     assert parts == pytest.approx(s["train_time_s"], rel=1e-6)
     assert s["startup"]["first_step_s"] > 0 and s["startup"]["capture_s"] == 0  # no graphs on CPU
     epochs = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "epoch_train_s" in r]
     assert [(r["step"], r["epoch_images"]) for r in epochs] == [(16, 512), (32, 512)]
-    assert epochs[0]["epoch_train_s"] > 1.5 > epochs[1]["epoch_train_s"]  # the pause fell in epoch 1
+    assert epochs[0]["epoch_train_s"] >= 1.5  # the pause fell in epoch 1, whatever the machine's speed
     assert sum(r["epoch_train_s"] for r in epochs) == pytest.approx(s["train_time_s"], rel=1e-6)
     assert json.loads((tmp_path / "summary.json").read_text())["stall_s"] == s["stall_s"]

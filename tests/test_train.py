@@ -106,7 +106,7 @@ def test_a_training_step_never_reads_device_values_on_the_host(monkeypatch):
 
     from runner.core.models import build_resnet
     from runner.core.update_rule import Optimizer, decoupled_rate
-    from runner.engine.loop import train_step
+    from runner.engine.step import train_step
 
     model = build_resnet(20, 1)
     opt = Optimizer(model, algorithm="adam", lr=1e-3, l2=1e-4, wd=5e-4, decay=decoupled_rate(5e-4, "schedule", 1e-3))

@@ -18,7 +18,8 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from runner.analysis.oscillation import headline_points, is_recalibrated, oscillation_block, val_points
+from runner.core.headline import Headline
+from runner.core.oscillation import headline_points, oscillation_block, val_points
 from runner.engine.records import flatten, read_metrics
 
 # keys that do not change what is trained: never split runs into configurations
@@ -185,7 +186,7 @@ def loss_curves(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
         val_loss         validation loss with running BatchNorm statistics
         val_loss_recal   validation loss with BatchNorm statistics recomputed on training images
 
-    A curve the run did not record is empty; each stops where runner.analysis.oscillation.val_points stops its series.
+    A curve the run did not record is empty; each stops where runner.core.oscillation.val_points stops its series.
     """
     running, recal = val_points(records), val_points(records, recal=True)
     train = {}  # step → train_loss (a re-logged step: the later record)
@@ -252,7 +253,7 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     if (
         not isinstance(osc, dict)
         or (threshold is not None and records and osc.get("rise_threshold") != threshold)
-        or ("tv_per_epoch_recal" not in osc and is_recalibrated(records))
+        or ("tv_per_epoch_recal" not in osc and Headline.of_records(records).recalibrated)
     ):
         if threshold is None:  # the threshold the summary's block used, else the default
             threshold = (osc.get("rise_threshold") if isinstance(osc, dict) else None) or 0.1

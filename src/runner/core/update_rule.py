@@ -77,9 +77,9 @@ class Optimizer:
 
     `fused` picks torch's fused kernels (default: on CUDA; torch has them on CPU too, which is how the tests run
     the GPU's code path). The fused kernels read a tensor lr as float32, so with fused=True every lr_t is rounded
-    to float32 in `lr_value`, the one place both the eager `step` and the device-side `step_tensors` (CUDA graphs)
-    take it from: the two paths then apply the identical update, bit for bit. 1 − d_t is rounded to the weights'
-    dtype in `keep_value` for the same reason."""
+    to float32 in `lr_value`, the one place both the eager step and the device-side one (CUDA graphs: `apply` with
+    tensors) take it from: the two paths then apply the identical update, bit for bit. 1 − d_t is rounded to the
+    weights' dtype in `keep_value` for the same reason."""
 
     def __init__(
         self,
@@ -125,17 +125,14 @@ class Optimizer:
     def step(self, t: float, eta: float) -> float:
         """One update at epoch t with multiplier η_t; gradients must be in .grad. Returns the shrink d_t applied."""
         d = self.decay(t, eta) if self.wd else 0.0
-        self._update(self.lr_value(self.lr * eta), self.keep_value(d) if d else None)
+        self.apply(self.lr_value(self.lr * eta), self.keep_value(d) if d else None)
         return d
 
     @torch.no_grad()
-    def step_tensors(self, lr_t: torch.Tensor, keep: torch.Tensor) -> None:
-        """The same update with lr_t and 1 − d_t as 0-d device tensors that the caller fills with `lr_value` and
-        `keep_value` of the step: nothing is read from the host, so a CUDA graph can capture it (graphs.py).
-        Pass the same two tensors at every call."""
-        self._update(lr_t, keep if self.wd else None)
-
-    def _update(self, lr_t, keep) -> None:
+    def apply(self, lr_t, keep) -> None:
+        """The update with lr_t and keep = 1 − d_t (None: no shrink) as given: Python numbers from `lr_value` and
+        `keep_value`, or 0-d device tensors holding them, which a CUDA graph can capture (engine.step; pass the same
+        two tensors at every call). Gradients must be in .grad."""
         for g in self.inner.param_groups:
             g["lr"] = lr_t
         if self.l2:  # g + λ₂·θ_{t-1}, torch.optim's own weight_decay formula, taken before the shrink touches θ

@@ -31,8 +31,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
 
 from runner.config import OBJECTIVES
+
+if TYPE_CHECKING:
+    from runner.core.update_rule import Optimizer
+    from runner.engine.state import RunState, StepRecord
 
 TB_TAGS = {
     "train_loss": "train/loss",
@@ -183,3 +191,60 @@ def read_metrics(path: Path) -> list[dict]:
         if isinstance(record, dict):
             out.append(record)
     return out
+
+
+class Diverged(RuntimeError):
+    """The training loss left the finite range or rose `trainer.diverge_factor`× above its start."""
+
+
+class Records:
+    """The steps' records on their way to metrics.jsonl: kept on the device until a logging point, then read in one
+    transfer, checked for divergence, written, and summed into the epoch's mean loss."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        opt: Optimizer,
+        stage_index: dict,
+        steps_per_epoch: int,
+        diverge_factor: float,
+        state: RunState,
+    ):
+        self.recorder, self.opt, self.stage_index, self.spe = recorder, opt, stage_index, steps_per_epoch
+        self.diverge_factor, self.state = diverge_factor, state
+        self.pending: list[StepRecord] = []
+        self.last_finite: dict | None = None
+
+    def add(self, record: StepRecord) -> None:
+        self.pending.append(record)
+
+    def flush(self, model: nn.Module) -> float | None:
+        """Write the pending records; raise Diverged on a bad loss. Returns the last loss (None if nothing pended)."""
+        if not self.pending:
+            return None
+        pending, self.pending = self.pending, []
+        last = pending[-1]
+        extra = {**self.opt.weight_stats(self.stage_index), "grad_norm": last.grad_norm}
+        extra = {k: v for k, v in extra.items() if v is not None}
+        values = torch.cat(
+            [torch.stack([r.loss for r in pending]).double(), torch.stack([v.double() for v in extra.values()])]
+        ).tolist()  # the host waits for the device here
+        losses, extra = values[: len(pending)], dict(zip(extra, values[len(pending) :]))
+        s = self.state
+        for r, loss in zip(pending, losses):
+            rec = {"step": r.step, "epoch": r.step / self.spe, "train_loss": loss, "lr": r.lr, "decay": r.decay}
+            if r is last:
+                rec.update(extra)
+            if s.initial_loss is None and math.isfinite(loss):
+                s.initial_loss = loss
+            self.recorder.write(rec)
+            if not math.isfinite(loss) or (s.initial_loss is not None and loss > self.diverge_factor * s.initial_loss):
+                raise Diverged(
+                    f"train_loss={loss} at step {r.step} (initial {s.initial_loss:.4g}, "
+                    f"trainer.diverge_factor={self.diverge_factor:g})"
+                )
+            self.last_finite = rec
+            s.epoch_loss_sum += loss
+            s.epoch_steps += 1
+        self.recorder.histograms(model, last.step)
+        return losses[-1]

@@ -1,21 +1,18 @@
-"""The training step and the validation forward replayed as CUDA graphs: one launch instead of hundreds.
+"""The training step: one body, run eagerly or replayed as a CUDA graph.
 
-At batch 128 a ResNet56v2 step is bound by kernel launches, not FLOPs: the forward, backward, L2 term,
-decoupled shrink and Adam update are ~1000 small kernels, and Python launches them more slowly than the
-GPU runs them (../shared/gpu/README.md: 3,994 img/s eager, 17,214 img/s graphed on an H200).
-`GraphedStep` records the whole step once per batch shape and replays it, so the host only copies the
-batch in and launches one graph; `GraphedForward` does the same for the eval-mode forward.
+`step_body` is step k itself: forward, backward, ‖g‖ of the data loss, then Optimizer.apply (L2, the decoupled
+shrink, the Adam/SGD update) with lr_t and 1 − d_t. `EagerStep` calls it with the plan's values for step k as
+Python numbers (core.step_plan, rounded by Optimizer.lr_value/keep_value). `GraphedStep` calls the same body with
+two device tensors that it fills from device copies of the plan at a step counter the graph advances itself, so
+nothing in the step comes from the host, and records it once per batch shape as a CUDA graph.
 
-Nothing in the step may come from the host, so the schedule runs inside the graph: lr_t and 1 − d_t of
-every step of the run are computed up front by the same `schedule(t)` and `decay(t, η_t)` the eager
-loop calls, rounded by `Optimizer.lr_value`/`keep_value` exactly as the eager step rounds them, stored as
-device tables, and read at a step counter the graph advances itself. Each step's loss lands in a device
-buffer at its own index, so the loop reads them back in one transfer at logging points.
-
-Eager warm-up comes first for each shape (cudnn autotuning, torch.compile, the optimizer's lazy state),
-on a side stream as CUDA graph capture requires; these are real training steps. On a device without
-CUDA (`capture=False`) the same device-side step runs eagerly: that is how the tests check it against
-the eager loop on CPU.
+Why graphs: at batch 128 a ResNet56v2 step is bound by kernel launches, not FLOPs (~1000 small kernels that
+Python launches more slowly than the GPU runs them; docs/results/2026-11-28-h200: 3,994 img/s eager, 17,214
+img/s graphed on an H200). Each step's loss lands in a device buffer at its own index, so the loop reads them
+back in one transfer at logging points. Eager warm-up comes first for each shape (cudnn autotuning,
+torch.compile, the optimizer's lazy state), on a side stream as CUDA graph capture requires; these are real
+training steps. Without CUDA (`capture=False`) the device-side step runs eagerly: that is how the tests check it
+against the eager step on CPU. `GraphedForward` records the eval-mode forward the same way.
 """
 
 from __future__ import annotations
@@ -27,13 +24,49 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from runner.core.step_plan import StepPlan
 from runner.core.update_rule import Optimizer
 
 
-def step_tables(schedule, decay, lr: float, steps_per_epoch: int, n_steps: int) -> tuple[list[float], list[float]]:
-    """(lr_t, d_t) for steps 0..n_steps-1 at t = k / steps_per_epoch: what the eager loop computes step by step."""
-    etas = [schedule(k / steps_per_epoch) for k in range(n_steps)]
-    return [lr * e for e in etas], [decay(k / steps_per_epoch, e) for k, e in enumerate(etas)]
+def step_body(forward, opt: Optimizer, autocast, x, y, lr_t, keep, want_grad_norm: bool):
+    """Step k on batch (x, y) with lr_t and keep = 1 − d_t (None: no shrink); returns (loss, ‖g‖ or None), on the
+    device. Gradients must be None on entry."""
+    with autocast:
+        loss = F.cross_entropy(forward(x), y)
+    loss.backward()
+    grad_norm = None
+    if want_grad_norm:  # data-loss gradient, before L2 joins it
+        grad_norm = torch.stack(torch._foreach_norm([p.grad for p in opt.params if p.grad is not None])).norm()
+    opt.apply(lr_t, keep)
+    return loss.detach().float(), grad_norm
+
+
+def train_step(model, opt: Optimizer, x, y, t: float, eta: float, autocast, want_grad_norm: bool = False):
+    """The eager step at epoch t with multiplier η_t, its lr_t and d_t from the optimizer's own rule; returns
+    (loss, d_t, ‖g‖ or None) with the tensors left on the device."""
+    d = opt.decay(t, eta) if opt.wd else 0.0
+    lr_t, keep = opt.lr_value(opt.lr * eta), opt.keep_value(d) if d else None
+    loss, grad_norm = step_body(model, opt, autocast, x, y, lr_t, keep, want_grad_norm)
+    opt.zero_grad()
+    return loss, d, grad_norm
+
+
+class EagerStep:
+    """Step k as the plan says, launched op by op from the host."""
+
+    def __init__(self, forward, opt: Optimizer, autocast, plan: StepPlan):
+        self.forward, self.opt, self.autocast, self.plan = forward, opt, autocast, plan
+        self.capture_s, self.first = 0.0, True
+
+    def __call__(self, x, y, k: int, want_grad_norm: bool) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """(loss, ‖g‖ or None, whether this was a start-up step: the first one compiles and autotunes)."""
+        lr, d = self.plan.at(k)
+        keep = self.opt.keep_value(d) if d else None
+        loss, grad_norm = step_body(self.forward, self.opt, self.autocast, x, y, self.opt.lr_value(lr), keep,
+                                    want_grad_norm)  # fmt: skip
+        self.opt.zero_grad()
+        startup, self.first = self.first, False
+        return loss, grad_norm, startup
 
 
 def _sync(device: torch.device) -> None:
@@ -74,25 +107,26 @@ class GraphedStep:
         self.side = torch.cuda.Stream(dev) if capture else None
 
     def _body(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """The step itself, every tensor op on the device. Gradients must be None on entry."""
+        """step_body at the counter's step, every tensor op on the device."""
         self.lr_t.copy_(self.lr_table.index_select(0, self.counter)[0])
         self.keep.copy_(self.keep_table.index_select(0, self.counter)[0])
-        with self.autocast:
-            loss = F.cross_entropy(self.model(x), y)
-        loss.backward()
-        grads = [p.grad for p in self.opt.params if p.grad is not None]
-        self.grad_norm.copy_(torch.stack(torch._foreach_norm(grads)).norm())  # before L2 joins the gradient
-        self.opt.step_tensors(self.lr_t, self.keep)
-        self.losses.index_copy_(0, self.counter, loss.detach().float().view(1))
+        keep = self.keep if self.opt.wd else None
+        loss, grad_norm = step_body(self.model, self.opt, self.autocast, x, y, self.lr_t, keep, True)
+        self.grad_norm.copy_(grad_norm)
+        self.losses.index_copy_(0, self.counter, loss.view(1))
         self.counter += 1
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """Train on batch (x, y) as step k of the run; returns (loss, ‖g‖) as device tensors, and whether this
-        call warmed up or recorded a graph (a start-up step, timed apart from the steady rate)."""
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, k: int, want_grad_norm: bool = True):
+        """Train on batch (x, y) as step k of the run; returns (loss, ‖g‖ or None) as device tensors, and whether
+        this call warmed up or recorded a graph (a start-up step, timed apart from the steady rate)."""
+        loss, startup = self._run(x, y, k)
+        return loss, self.grad_norm if want_grad_norm else None, startup
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, bool]:
         if not self.capture:
             self.opt.zero_grad()
             self._body(x, y)
-            return self.losses[k], self.grad_norm, False
+            return self.losses[k], False
         shape = (tuple(x.shape), x.stride(), tuple(y.shape))
         entry = self.graphs.get(shape)
         startup = entry is None
@@ -100,13 +134,13 @@ class GraphedStep:
             self.seen[shape] = self.seen.get(shape, 0) + 1
             if self.seen[shape] <= self.warmup:
                 self._warm(x, y)
-                return self.losses[k], self.grad_norm, True
+                return self.losses[k], True
             entry = self.graphs[shape] = self._record(x, y)
         graph, static_x, static_y = entry
         static_x.copy_(x)
         static_y.copy_(y)
         graph.replay()
-        return self.losses[k], self.grad_norm, startup
+        return self.losses[k], startup
 
     def _warm(self, x, y) -> None:
         """An eager step on a side stream, as the CUDA graph docs ask before a capture."""

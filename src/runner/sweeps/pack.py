@@ -31,14 +31,15 @@ import torch
 from runner.config import ConfigError, RunConfig, UserError
 from runner.engine.build import pick_device, setup
 from runner.engine.interrupts import StopRequests
-from runner.engine.loop import finish, loop
+from runner.engine.loop import loop
+from runner.engine.summary import finish
 
 log = logging.getLogger("runner")
 
 
 @dataclass
 class Job:
-    """One run of a pack: what `runner.engine.loop.train` takes, and the name its log lines carry."""
+    """One run of a pack: what `engine.loop.train` takes, and the name its log lines carry."""
 
     cfg: RunConfig
     run_dir: Path
@@ -135,14 +136,14 @@ def train_pack(jobs: Sequence[Job], around: Callable[[int], ContextManager] | No
                         except StopIteration:  # completed, diverged (on_diverge=stop) or stopped by a signal
                             error = None
                         except Exception as e:  # a bug, or on_diverge=raise: this job fails, the others go on
-                            runs[i].status, error = "failed", e
+                            runs[i].stats.status, error = "failed", e
                             runs[i].log.error("failed at step %d: %s", runs[i].state.step, e, exc_info=e)
                         del turns[i]
                         outcomes[i] = Outcome(finish(runs[i]), error)
         except KeyboardInterrupt as e:  # a second signal: every job stops now, without a final checkpoint
             for i in [i for i in runs if outcomes[i] is None]:
                 with inside(i):
-                    runs[i].status = "interrupted"
+                    runs[i].stats.status = "interrupted"
                     runs[i].log.warning("interrupted at step %d: %s", runs[i].state.step, e)
                     outcomes[i] = Outcome(finish(runs[i]))
     stop.pass_on()

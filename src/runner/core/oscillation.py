@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import math
 
+from runner.core.headline import Headline
+
 ACC_TARGETS = (0.90, 0.92)
 
 
@@ -37,12 +39,6 @@ def finite_float(x) -> float | None:
         return None
     x = float(x)
     return x if math.isfinite(x) else None
-
-
-def is_recalibrated(records: list[dict]) -> bool:
-    """Whether the run also evaluated with recomputed BatchNorm statistics: its validation records carry
-    `val_loss_recal` (the trainer leaves the key out when trainer.bn_recalibrate=0)."""
-    return any(isinstance(r, dict) and "val_loss" in r and "val_loss_recal" in r for r in records)
 
 
 def val_points(records: list[dict], recal: bool = False) -> list[dict]:
@@ -77,7 +73,7 @@ def val_points(records: list[dict], recal: bool = False) -> list[dict]:
 
 def headline_points(records: list[dict]) -> list[dict]:
     """The series summary.json's best/final_val_acc and final_val_loss come from: recalibrated when the run has it."""
-    return val_points(records, recal=is_recalibrated(records))
+    return val_points(records, recal=Headline.of_records(records).recalibrated)
 
 
 def total_variation_per_epoch(v: list[float], e: list[float]) -> float | None:
@@ -225,7 +221,7 @@ def oscillation_block(records: list[dict], epochs_total: float | None, threshold
     out["rise_threshold"] = threshold
     out.update({f"{k}_recal": x for k, x in series_figures(recal, T, threshold).items()})
     out["recal_removed_share"] = removed_share(out["tv_per_epoch"], out["tv_per_epoch_recal"])
-    headline = is_recalibrated(records)  # the accuracy summary.json reports
+    headline = Headline.of_records(records).recalibrated  # the accuracy summary.json reports
     for target in ACC_TARGETS:
         out[f"epochs_to_{round(target * 100)}"] = epochs_to_acc(recal if headline else running, target)
     out["epochs_to_metric"] = "recalibrated" if headline else "running"

@@ -1,0 +1,99 @@
+"""summary.json: a run's results, its time split honestly (engine.timing), and what ran (engine.provenance).
+
+The headline numbers best_val_acc, final_val_acc and final_val_loss are the evaluation core.headline names
+(`val_metric`); both evaluations are also reported under their own names (`*_running`, `*_recal`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from runner.core.oscillation import oscillation_block
+from runner.engine.records import read_metrics
+from runner.engine.state import Run
+from runner.engine.timing import split_time
+
+
+def finish(run: Run) -> dict:
+    """Write summary.json and the HParams end, close the records; returns the summary."""
+    summary = summarize(run)
+    run.recorder.close()
+    summary["oscillation"] = oscillation_block(read_metrics(run.recorder.path), run.cfg.epochs)
+    run.recorder.finish(summary)
+    write_summary(run.run_dir, summary)
+    best = summary["best_val_acc"]
+    run.log.info(
+        "%s after %d steps: best val acc %s (%s), %.1f s",
+        summary["status"],
+        run.state.step,
+        "-" if best is None else f"{best:.4f}",
+        summary["val_metric"],
+        summary["wall_time_s"],
+    )
+    return summary
+
+
+def summarize(run: Run) -> dict:
+    """summary.json: the run's results, its time split honestly (runner.engine.timing), and what ran."""
+    s, cfg, st, head = run.state, run.cfg, run.stats, run.headline
+    last = s.last_val or {}
+    times = split_time(st.clock.windows)
+    summary = {
+        "status": st.status,
+        "n_params": run.info["n_params"],
+        "steps": s.step,
+        "epochs": s.step / run.steps_per_epoch,
+        "val_metric": head.name,
+        "best_val_acc": s.best_acc_recal if head.recalibrated else s.best_acc_running,
+        "final_val_acc": last.get(head.key("val_acc")),
+        "final_val_loss": last.get(head.key("val_loss")),
+        "best_val_acc_running": s.best_acc_running,
+        "final_val_acc_running": last.get("val_acc"),
+        "final_val_loss_running": last.get("val_loss"),
+        "best_val_acc_recal": s.best_acc_recal,
+        "final_val_acc_recal": last.get("val_acc_recal"),
+        "final_val_loss_recal": last.get("val_loss_recal"),
+        "final_train_loss": s.epoch_loss_sum / s.epoch_steps if s.epoch_steps else None,
+        "wall_time_s": time.time() - st.t_start,
+        **times,
+        "startup": startup_parts(run, times),
+        "first_step_s": st.first_step_s,
+        "val_time_s": sum(st.val_times),
+        "val_first_s": st.val_times[0] if st.val_times else None,
+        "val_s": statistics.median(st.val_times[1:]) if len(st.val_times) > 1 else None,
+        "device": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else run.device.type,
+        "hparams": dataclasses.asdict(cfg),
+        **run.info,
+    }
+    if st.status == "diverged":
+        summary.update(diverged_at_step=st.diverged_at, last_finite=run.records.last_finite)
+    return summary
+
+
+def startup_parts(run: Run, times: dict) -> dict:
+    """startup_s in its parts: the first step, compilation, graph capture, warm-up, the eval graph's capture."""
+    st, rate = run.stats, times["images_per_s"]
+    capture_s = run.graphed.capture_s if run.graphed is not None else 0.0
+    compiled = run.path["compile"] and st.first_step_s and rate
+    compile_s = max(0.0, st.first_step_s - run.cfg.batch_size / rate) if compiled else 0.0
+    return {
+        "first_step_s": st.first_step_s,
+        "compile_s": compile_s,
+        "capture_s": capture_s,
+        "warmup_s": max(0.0, (times["startup_s"] or 0.0) - compile_s - capture_s),
+        "eval_capture_s": run.eval_forward.capture_s,
+    }
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    """summary.json, replaced atomically so a reader never sees half a file."""
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, run_dir / "summary.json")
