@@ -2,7 +2,7 @@
 
 At batch 128 a ResNet56v2 step is bound by kernel launches, not FLOPs: the forward, backward, L2 term,
 decoupled shrink and Adam update are ~1000 small kernels, and Python launches them more slowly than the
-GPU runs them (../shared/gpu/README.md: 3,994 img/s eager, 17,214 img/s graphed on an H200).
+GPU runs them (docs/results/2026-11-28-h200: 3,994 img/s eager, 17,214 img/s graphed on an H200).
 `GraphedStep` records the whole step once per batch shape and replays it, so the host only copies the
 batch in and launches one graph; `GraphedForward` does the same for the eval-mode forward.
 
