@@ -311,7 +311,7 @@ def default_path(device: torch.device, folder: Path) -> dict:
     """The default settings (compile + CUDA graphs on CUDA, eager elsewhere) on a 3-epoch run with a validation (and
     a recalibration) each epoch: after the first epoch and its validation, nothing is compiled or recorded again:
     one training graph, the eval forward captured once (at its third call), and torch.compile's count of compiled
-    frames unchanged. Exact counts, no timing: the end-of-epoch stall of ../shared/gpu/README.md was a recompile and
+    frames unchanged. Exact counts, no timing: the epoch-end stall of docs/results/2026-11-28-h200 was a recompile and
     recapture of a new batch shape, which these counts see."""
     seen = {}
 

@@ -4,7 +4,7 @@ Two numbers answer "how good are these weights?", and they can disagree by tens 
   running      eval mode with each BatchNorm's running statistics (momentum 0.01 = Keras' 0.99). This is what
                Keras' model.evaluate and torch's model.eval() report. The running averages lag behind weights
                that move fast (strong decoupled decay, a high lr, the first few hundred steps), so this loss
-               oscillates and understates the model (../shared/gpu/README.md).
+               oscillates and understates the model (docs/results/2026-11-28-h200).
   recalibrated the same evaluation after every BatchNorm's statistics are recomputed exactly over a fixed set of
                un-augmented training images (`recalibrated_bn`), then restored, so training never sees it.
 
