@@ -212,6 +212,23 @@ def loss_curves(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
     }
 
 
+def headline_metrics(summary: dict | None, records: list[dict]) -> dict:
+    """METRICS from summary.json, or from the records where it lacks them; without summary.json the headline
+    follows its rule (core.headline): the recalibrated evaluation when the run has one."""
+    head = headline_points(records)
+    accs = [p["acc"] for p in head if p["acc"] is not None]
+    steps = [r["step"] for r in records if finite_number(r.get("step")) is not None]
+    epochs = [r["epoch"] for r in records if finite_number(r.get("epoch")) is not None]
+    from_records = {
+        "best_val_acc": max(accs, default=None),
+        "steps": max(steps, default=None),
+        "final_val_acc": head[-1]["acc"] if head else None,
+        "final_val_loss": head[-1]["loss"] if head else None,
+        "epochs": max(epochs, default=None),
+    }
+    return {k: finite_number(summary.get(k)) if summary and k in summary else from_records.get(k) for k in METRICS}
+
+
 def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     """One run: status, flattened hparams, headline metrics, oscillation block, curves for the figures (`val`,
     `wnorm`, `losses`: see loss_curves), and notes (a list of one-line remarks on what could not be read)."""
@@ -233,20 +250,7 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     else:
         status = "running" if (d / "metrics.jsonl").is_file() else "not started"
 
-    # without summary.json the headline follows its rule: the recalibrated evaluation when the run has one
-    head = headline_points(records)
-    accs = [p["acc"] for p in head if p["acc"] is not None]
-    steps = [r["step"] for r in records if finite_number(r.get("step")) is not None]
-    epochs = [r["epoch"] for r in records if finite_number(r.get("epoch")) is not None]
-    from_records = {
-        "best_val_acc": max(accs, default=None),
-        "steps": max(steps, default=None),
-        "final_val_acc": head[-1]["acc"] if head else None,
-        "final_val_loss": head[-1]["loss"] if head else None,
-        "epochs": max(epochs, default=None),
-    }
-    metrics = {k: finite_number(summary.get(k)) if summary and k in summary else from_records.get(k) for k in METRICS}
-
+    metrics = headline_metrics(summary, records)
     osc = (summary or {}).get("oscillation")
     # recompute when absent, when asked for another rise threshold than the summary used, or when the block was
     # written before the recalibrated figures existed but the records have them
