@@ -95,10 +95,10 @@ def lap(run: Run, sync: bool = False) -> None:
             st.first_step_s = w.seconds
 
 
-def flush(run: Run) -> None:
-    """Write the pending step records (a host sync) and log or show the latest loss."""
+def flush(run: Run, stats: bool = True) -> None:
+    """Write the pending step records (a host sync) and log or show the latest loss (`stats`: Records.flush)."""
     s, tr = run.state, run.cfg.trainer
-    loss = run.records.flush(run.model)
+    loss = run.records.flush(run.model, stats)
     lap(run)
     if loss is None:
         return
@@ -149,8 +149,8 @@ def validate(run: Run) -> None:
 
 def end_epoch(run: Run) -> None:
     """Flush, record the epoch's training time, and checkpoint at the epoch's end (or where the run stops)."""
-    flush(run)
     s, st = run.state, run.stats
+    flush(run, stats=s.step % run.steps_per_epoch == 0)  # a stop mid-epoch: the step's record as a straight run has it
     if s.step % run.steps_per_epoch == 0 and st.epoch_images:
         run.recorder.write(
             {
@@ -161,8 +161,8 @@ def end_epoch(run: Run) -> None:
             }
         )
         st.epoch_seconds, st.epoch_images = 0.0, 0
+    run.recorder.flush(durable=True)  # the records up to this step are on disk before the checkpoint says they exist
     save_checkpoint(run)
-    run.recorder.flush()
     st.clock.restart()
 
 
