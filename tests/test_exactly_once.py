@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY, compose_cfg
+from conftest import TINY, cli_env, compose_cfg
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from runner.engine.records import Recorder, read_metrics
@@ -23,7 +23,7 @@ TOTAL = 8
 
 
 def start(run_dir):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**cli_env(), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "runner", *RUN, f"hydra.run.dir={run_dir}"]
     return subprocess.Popen(cmd, cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 

@@ -32,7 +32,7 @@ from runner.engine.build import setup
 from runner.engine.interrupts import StopRequests
 from runner.engine.records import Diverged
 from runner.engine.state import Run, StepRecord
-from runner.engine.summary import finish
+from runner.engine.summary import completed_summary, finish
 
 # ---------------------------------------------------------------- the loop
 
@@ -197,10 +197,17 @@ def save_checkpoint(run: Run) -> None:
 # ---------------------------------------------------------------- the run as a whole
 
 
-def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int = 0) -> dict:
+def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int = 0, on_start=None) -> dict:
     """Train one configuration into `run_dir` (continuing from its checkpoint if it has one) and return the
-    summary, also written to summary.json. `job_num` is the job's index in a sweep."""
+    summary, also written to summary.json. `job_num` is the job's index in a sweep; `on_start()` is called once the
+    run is set up (the CLI then names the folder: a run refused during setup leaves none to name)."""
+    done = completed_summary(cfg, Path(run_dir))
+    if done is not None:  # its summary (and timing) stays as it is
+        logging.getLogger("runner").info("%s already completed %d steps: nothing to train", run_dir, done["steps"])
+        return done
     run = setup(cfg, Path(run_dir), meta, job_num)
+    if on_start is not None:
+        on_start()
     show_bar = sys.stderr.isatty() if cfg.trainer.progress is None else cfg.trainer.progress
     stop = StopRequests()
     try:
