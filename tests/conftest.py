@@ -26,9 +26,20 @@ def compose_cfg(*overrides: str):
         return compose(config_name="config", overrides=list(overrides))
 
 
+def cli_env() -> dict:
+    """The environment a CLI subprocess runs in: this checkout's src/ first (a relative PYTHONPATH=src would no
+    longer point there from the subprocess's folder, and an installed copy elsewhere would be tested instead)."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+
+
 def run_cli(args, cwd, timeout=300, env_extra=None):
     """`python -m runner ARGS` in a subprocess; returns CompletedProcess (text)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    env = {**cli_env(), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run(
         [sys.executable, "-m", "runner", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )

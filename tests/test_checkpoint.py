@@ -332,3 +332,32 @@ def test_disk_full_while_saving_best_keeps_the_previous_best(tmp_path, monkeypat
     monkeypatch.undo()
     assert torch.load(tmp_path / "best.pt", weights_only=True)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+
+
+class _Creates:
+    """A pickled object whose unpickling would create `path` (a stand-in for any code a crafted file runs)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_a_crafted_format1_file_with_a_valid_checksum_runs_no_code_and_is_reported_unusable(tmp_path):
+    marker = tmp_path / "pwned"
+    save_format1({"step": 780, "rng": _Creates(marker)}, tmp_path / "ckpt" / "last.pt")
+    state, notes = load_latest(tmp_path / "ckpt")
+    assert not marker.exists()  # nothing the file names was called
+    assert state is None and len(notes) == 1 and "last.pt" in notes[0] and "refuses" in notes[0]
+
+
+def test_a_crafted_step_file_whose_name_matches_its_bytes_runs_no_code(tmp_path):
+    marker = tmp_path / "pwned"
+    buf = io.BytesIO()
+    torch.save({"format": 2, "step": 5, "x": _Creates(marker)}, buf)
+    raw = buf.getvalue()
+    (tmp_path / f"step-00000005-{hashlib.sha256(raw).hexdigest()[:16]}.pt").write_bytes(raw)
+    with pytest.raises(CheckpointError):
+        load_latest(tmp_path)
+    assert not marker.exists()

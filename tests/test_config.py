@@ -357,3 +357,34 @@ def test_cli_help_does_not_import_torch(tmp_path):
         cwd=tmp_path,
     )
     assert probe.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("epochs=100000000", "epochs="),
+        ("model.depth=60002", "model.depth="),
+        ("data.n_train=100000000", "data.n_train="),
+        ("data.crop_padding=100000", "data.crop_padding="),
+        ("seed=99999999999999999999", "seed="),
+        ("seed=-1", "seed="),
+        ("schedule=piecewise_linear", None),
+        ("wd=1", "wd="),
+    ],
+)
+def test_values_that_would_exhaust_the_machine_or_break_the_maths_are_refused_naming_the_key(override, key):
+    extra = ["schedule.knots=[[0.0,1.0],[nan,0.5],[1.0,0.0]]"] if key is None else []
+    extra += ["optimizer.wd_scaling=none"] if override == "wd=1" else []
+    with pytest.raises(ConfigError) as e:
+        validate(compose_cfg(*TINY, override, *extra))
+    assert str(e.value).startswith(key or "schedule.knots=") and "\n" not in str(e.value)
+
+
+def test_bounds_leave_the_largest_sensible_values_alone():
+    validate(compose_cfg(*TINY, "epochs=10000", "model.depth=1202", "data.crop_padding=32", f"seed={2**63 - 1}"))
+    validate(compose_cfg(*TINY, "wd=0.5", "optimizer.wd_scaling=none"))
+
+
+def test_integer_knots_are_refused_with_the_fix():
+    with pytest.raises(ConfigError, match=r"schedule.knots\[0\].*decimal point \(0.0, 1.0\)"):
+        validate(compose_cfg(*TINY, "schedule=piecewise_linear", "schedule.knots=[[0,1],[1,0]]"))

@@ -396,3 +396,36 @@ def test_batches_never_read_device_values_on_the_host(no_host_reads):
     )
     out = [xb for xb, _ in loader.epoch(3)]
     assert len(out) == len(loader) == 8
+
+
+class _Creates:
+    """A pickled object whose unpickling would create `path` (a stand-in for any code a crafted file runs)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_a_cifar_batch_that_names_any_other_callable_is_refused_and_runs_nothing(tmp_path, protocol):
+    folder = write_cifar_folder(tmp_path)
+    marker = tmp_path / "pwned"
+    with open(folder / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, _Creates(marker)]}, f, protocol=protocol)
+    with pytest.raises(DataError, match=r"data_batch_3 is refused: it names \S+, which is not part of the format"):
+        D.load_cifar10(tmp_path, download=False, verify=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_derived_cifar_batches_of_every_pickle_protocol_still_read(tmp_path, protocol):
+    folder = write_cifar_folder(tmp_path)
+    x = np.full((3, 3072), 7, np.uint8)
+    with open(folder / "data_batch_1", "wb") as f:
+        pickle.dump({"data": x, "labels": np.array([1, 2, 3]), "batch_label": b"derived"}, f, protocol=protocol)
+    s = D.load_cifar10(tmp_path, download=False, verify=False)
+    assert len(s.train_y) == 4 * ROWS + 3 and s.train_y[:3].tolist() == [1, 2, 3] and int(s.train_x[0].max()) == 7

@@ -1,7 +1,6 @@
 """Reliability end to end: interrupted runs resume bit for bit; divergence ends a run cleanly."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import TINY, cli_env, run_cli
 
 from runner.engine.records import read_metrics
 
@@ -41,7 +40,7 @@ def uninterrupted(tmp_path_factory):
 
 def interrupt_at(run_dir, n_steps, sig=signal.SIGTERM):
     """Start the run, send `sig` once `n_steps` train records are on disk; return the process result."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = cli_env()
     p = subprocess.Popen(
         [sys.executable, "-m", "runner", *RUN, f"hydra.run.dir={run_dir}"],
         cwd=run_dir.parent,
@@ -121,7 +120,7 @@ def test_on_diverge_raise_raises(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_twice_stops_at_once_and_damages_nothing(tmp_path):
     run_dir = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = cli_env()
     p = subprocess.Popen(
         [sys.executable, "-m", "runner", *RUN, f"hydra.run.dir={run_dir}"],
         cwd=tmp_path,

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import runner.configs
-from runner.config import UserError, register_resolvers, validate
+from runner.config import ConfigError, UserError, register_resolvers, resumable_keys, validate
 from runner.sweeps import callbacks
 
 CONFIG_DIR = str(Path(runner.configs.__file__).parent)
@@ -22,16 +22,40 @@ callbacks.register_resolvers()
 
 
 def resumed_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path]:
-    """The saved config of run folder `cfg.resume`, with this command line's overrides laid over it."""
+    """The saved config of run folder `cfg.resume`, with this command line's overrides laid over it (a null one
+    too). ConfigError for an override that would change the training, checkpoint or none: the records are its."""
     saved = callbacks.saved_config(cfg.resume)
     run_dir = saved.parent.parent
-    old = OmegaConf.load(saved)
+    old = callbacks.load_saved_config(cfg.resume)
+    before = flat(old)
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("+~")
-        if key != "resume" and OmegaConf.select(cfg, key) is not None:
-            OmegaConf.update(old, key, OmegaConf.select(cfg, key), force_add=True)
+        if key != "resume" and OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
+            OmegaConf.update(old, key, OmegaConf.select(cfg, key), force_add=True, merge=False)
+    after, resumable = flat(old), (*resumable_keys(), "resume")
+    refused = [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k) and k not in resumable]
+    if refused:
+        what = ", ".join(f"{k}: {before.get(k)!r} → {after.get(k)!r}" for k in refused)
+        raise ConfigError(
+            f"resume={cfg.resume} would change the training ({what}): a continued run keeps its settings (only "
+            f"{', '.join(resumable_keys())} may change); drop those overrides, or start a new run in a new folder"
+        )
     old.resume = str(run_dir)
     return old, run_dir
+
+
+_ABSENT = object()
+
+
+def flat(cfg: DictConfig) -> dict:
+    """{dotted key: value} of a config's settings (Hydra's own left out)."""
+    out, todo = {}, [("", OmegaConf.to_container(cfg, resolve=False))]
+    while todo:
+        prefix, d = todo.pop()
+        for k, v in d.items():
+            if k != "hydra":
+                todo.append((f"{prefix}{k}.", v)) if isinstance(v, dict) else out.__setitem__(f"{prefix}{k}", v)
+    return out
 
 
 def sweep_position(hc) -> tuple[int, bool]:
@@ -61,13 +85,17 @@ def main(cfg: DictConfig) -> float | None:
         job_num, parallel = sweep_position(hc)
         if parallel and run.trainer.progress is None:
             run.trainer.progress = False  # parallel jobs share a terminal: plain log lines, no bars
-        callbacks.run_starts(run_dir)
-        started = True
-        summary = train(run, run_dir, meta=meta, job_num=job_num)
+
+        def on_start():
+            nonlocal started
+            callbacks.run_starts(run_dir)
+            started = True
+
+        summary = train(run, run_dir, meta=meta, job_num=job_num, on_start=on_start)
         return summary.get(run.trainer.objective)
     except UserError as e:
-        if not cfg.get("resume"):
-            callbacks.drop_empty_run_dir(Path(hc.runtime.output_dir))
+        if not started:  # refused before it trained: the folder stays as it was found (a new one goes)
+            callbacks.refused(run_dir)
         print(f"runner: error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:

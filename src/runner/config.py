@@ -75,6 +75,8 @@ class ModelConfig(_Section):
         step = 6 if self.version == 1 else 9
         if self.depth < step + 2 or (self.depth - 2) % step:
             self._fail("depth", f"ResNet v{self.version} depth must be {step}n+2 (e.g. {3 * step + 2})")
+        if self.depth > MAX_DEPTH:
+            self._fail("depth", f"must be at most {MAX_DEPTH} (the deepest CIFAR ResNet published)")
         if not 0 < self.bn_momentum <= 1:
             self._fail("bn_momentum", "must be in (0, 1] (torch convention: Keras momentum 0.99 is 0.01)")
 
@@ -131,6 +133,8 @@ class ScheduleConfig(_Section):
             if len(self.knots) < 2 or any(len(k) != 2 for k in self.knots):
                 self._fail("knots", "need at least two [at, multiplier] pairs")
             for k in self.knots:
+                if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in k):
+                    self._fail("knots", "positions and multipliers must be finite numbers, e.g. [[0,1.0],[1,0.0]]")
                 self._finite("knots", k[1])
         elif self.name == "warm_restarts":
             if self.T_0 is not None and not (math.isfinite(self.T_0) and self.T_0 > 0):
@@ -182,8 +186,11 @@ class DataConfig(_Section):
         for name in ("subset", "val_split"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 self._fail(name, "must be >= 1, or null for none")
-        if self.crop_padding < 0:
-            self._fail("crop_padding", "must be >= 0 (0 turns cropping off)")
+        if not 0 <= self.crop_padding <= 32:
+            self._fail("crop_padding", "must be from 0 (cropping off) to 32 (the images' size)")
+        for name in ("n_train", "n_val", "subset", "val_split"):
+            if (getattr(self, name) or 0) > MAX_IMAGES:
+                self._fail(name, f"must be at most {MAX_IMAGES} images (each split is held in memory)")
         if self.name == "synthetic" and (self.n_train < 10 or self.n_val < 10):
             self._fail("n_train/n_val", "synthetic data needs at least 10 images per split", (self.n_train, self.n_val))
 
@@ -291,11 +298,21 @@ class RunConfig(_Section):
         self._finite("l2")
         if self.reg is not None:
             self._finite("reg")
-        if self.epochs < 1:
-            self._fail("epochs", "must be >= 1")
-        if self.batch_size < 1:
-            self._fail("batch_size", "must be >= 1")
+        if not 1 <= self.epochs <= MAX_EPOCHS:
+            self._fail("epochs", f"must be from 1 to {MAX_EPOCHS}")
+        if not 1 <= self.batch_size <= MAX_IMAGES:
+            self._fail("batch_size", f"must be from 1 to {MAX_IMAGES}")
+        if not 0 <= self.seed < 2**63:
+            self._fail("seed", "must be from 0 to 2**63-1 (torch's generators take a 64-bit seed)")
+        if self.optimizer.wd_scaling == "none" and self.wd >= 1:
+            self._fail("wd", "with optimizer.wd_scaling=none the shrink per step is wd itself: θ·(1 − wd) with "
+                       "wd >= 1 zeroes or flips the weights every step; use a wd below 1 (e.g. 5e-4)")  # fmt: skip
         self.schedule.check_span(self.epochs)
+
+
+MAX_DEPTH = 1202  # ResNet-1202, He et al. 2016
+MAX_EPOCHS = 100_000
+MAX_IMAGES = 10_000_000  # 30 GB of 32×32 RGB uint8: past it a split cannot be held in memory
 
 
 def _leaves(cls: type, prefix: str = "") -> Iterator[tuple[str, Field]]:
@@ -365,4 +382,8 @@ def _user_error(e: Exception) -> ConfigError:
     msg = str(e).splitlines()[0]
     if "Missing mandatory value" in msg:
         return ConfigError(f"{key} is not set: give it on the command line, e.g. {key}=...")
+    if (
+        "(int) is incompatible with type hint 'float'" in msg
+    ):  # YAML reads 0 and 1 as ints, where the schema wants floats
+        return ConfigError(f"{key}: {msg}: write the number with a decimal point (0.0, 1.0)")
     return ConfigError(f"{key}: {msg}")

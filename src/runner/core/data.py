@@ -167,7 +167,12 @@ def _unpickle(path: Path) -> dict:
         )
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")  # trusted: the official format is a pickle
+            d = _CifarUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise DataError(
+            f"{path} is refused: {e}. CIFAR-10's files hold only arrays, lists, bytes and numbers; a file that "
+            "names anything else could run code when read. Use the official files or regenerate the data set."
+        ) from None
     except Exception as e:
         raise DataError(
             f"Could not read the CIFAR-10 file {path} ({type(e).__name__}: {e}); it is "
@@ -177,6 +182,39 @@ def _unpickle(path: Path) -> dict:
     if not isinstance(d, dict):
         raise DataError(f"{path} holds a {type(d).__name__}, expected a dict as in CIFAR-10's format.")
     return {_str(k): v for k, v in d.items()}
+
+
+def _latin1(obj, encoding="latin1"):
+    """What protocol-2 pickles of bytes call (_codecs.encode(text, "latin1")), with no other codec allowed."""
+    if encoding != "latin1" or not isinstance(obj, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not part of the format")
+    return obj.encode("latin1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR-10's batches are made of (dicts, lists, bytes, numbers and numpy arrays): any other
+    global a pickle names is refused before it is looked up, so no file can make the reader call anything else."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),  # protocol 5's arrays
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which is not part of the format")
+        from numpy._core import multiarray, numeric
+
+        own = {"_reconstruct": multiarray._reconstruct, "scalar": multiarray.scalar, "_frombuffer": numeric._frombuffer}
+        return own.get(name) or getattr(np, name)
 
 
 def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

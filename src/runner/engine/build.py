@@ -23,7 +23,7 @@ from runner.core.headline import Headline
 from runner.core.models import build_resnet
 from runner.core.step_plan import StepPlan, plan_steps
 from runner.core.update_rule import Optimizer, describe, rounding_note
-from runner.engine import checkpoint, provenance
+from runner.engine import checkpoint, lock, provenance
 from runner.engine.records import Recorder, Records
 from runner.engine.resume import saved_state
 from runner.engine.state import Run, RunState
@@ -127,6 +127,7 @@ def setup(
     log lines and `data_cache` shares loaded data sets (load_splits) among the runs of one process (sweeps.pack);
     a benchmark passes one to time runs on data it loaded itself."""
     run_dir, tr, t_start = Path(run_dir), cfg.trainer, time.time()
+    lock.hold(run_dir)  # one writer per folder (already held when the CLI took it before Hydra wrote .hydra/)
     saved, state, info = saved_state(cfg, run_dir, meta)
     device = pick_device(tr.device, job_num)
     path = execution_path(tr, device)

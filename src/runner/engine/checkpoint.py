@@ -21,11 +21,12 @@ Loading (load_latest) tries the step files newest first (by step), checks each a
 and falls back to the previous one with a note when the newest is truncated or corrupt. A file whose hash
 matches but which this runner cannot read is a CheckpointError, not a fallback: it is intact, only newer.
 
-Format 1 (the runner before step files): regular files `last.pt` and `prev.pt`, each one line with the SHA-256 of the
-payload, then the payload (numpy's RNG state as an ndarray, so it needs weights_only=False). Such folders
-still continue: they are read after any step file (with weights_only=False: the runner's own files, checksum
-verified first), and the first save moves an intact old last.pt to prev.pt (as format 1 did); prev.pt is
-deleted once a verified older step file exists.
+Format 1 (the runner before step files): regular files `last.pt` and `prev.pt`, each one line with the SHA-256 of
+the payload, then the payload (numpy's RNG state as an ndarray). Such folders still continue: they are read after
+any step file, with weights_only=True and numpy's array rebuild (nothing else) added to what it admits, so a crafted
+file names no other callable and runs no code (its checksum, which anyone can compute, proves nothing). The first
+save moves an intact old last.pt to prev.pt (as format 1 did); prev.pt is deleted once a verified older step file
+exists.
 
 best.pt (save_best): {"format", "model": state_dict, "step": int, "val_acc": float,
 "val_metric": "recalibrated" | "running", "config": dict}, replaced atomically whenever the headline
@@ -262,10 +263,23 @@ def _read(path: Path) -> dict:
     head, _, payload = raw.partition(b"\n")
     if len(head) != 64 or hashlib.sha256(payload).hexdigest().encode() != head:
         raise _Damaged("checksum mismatch: truncated or corrupted")
-    try:  # format 1 holds numpy's RNG state as an ndarray; these are the runner's own files, checksum verified
-        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    try:  # format 1 holds numpy's RNG state as an ndarray: admit numpy's array rebuild and nothing else
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # names a callable outside the allow-list: never run, never trusted
+        raise _Damaged(f"it holds objects a weights-only load refuses ({str(e).splitlines()[-1][:200]})") from None
     except Exception as e:
         raise _Damaged(f"{type(e).__name__}: {e}") from None
+
+
+def _numpy_globals() -> list:
+    """What format 1's ndarrays need, under numpy 1's and numpy 2's module names: rebuilding an array (no code)."""
+    from numpy._core import multiarray
+
+    out = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), type(np.dtype(np.float64)), type(np.dtype(np.int64))]
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out += [(multiarray._reconstruct, f"{mod}._reconstruct"), (multiarray.scalar, f"{mod}.scalar")]
+    return out
 
 
 def _check_format(state, path: Path) -> None:

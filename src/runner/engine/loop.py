@@ -32,7 +32,7 @@ from runner.engine.build import setup
 from runner.engine.interrupts import StopRequests
 from runner.engine.records import Diverged
 from runner.engine.state import Run, StepRecord
-from runner.engine.summary import finish
+from runner.engine.summary import completed_summary, finish
 
 # ---------------------------------------------------------------- the loop
 
@@ -95,10 +95,10 @@ def lap(run: Run, sync: bool = False) -> None:
             st.first_step_s = w.seconds
 
 
-def flush(run: Run) -> None:
-    """Write the pending step records (a host sync) and log or show the latest loss."""
+def flush(run: Run, stats: bool = True) -> None:
+    """Write the pending step records (a host sync) and log or show the latest loss (`stats`: Records.flush)."""
     s, tr = run.state, run.cfg.trainer
-    loss = run.records.flush(run.model)
+    loss = run.records.flush(run.model, stats)
     lap(run)
     if loss is None:
         return
@@ -149,8 +149,8 @@ def validate(run: Run) -> None:
 
 def end_epoch(run: Run) -> None:
     """Flush, record the epoch's training time, and checkpoint at the epoch's end (or where the run stops)."""
-    flush(run)
     s, st = run.state, run.stats
+    flush(run, stats=s.step % run.steps_per_epoch == 0)  # a stop mid-epoch: the step's record as a straight run has it
     if s.step % run.steps_per_epoch == 0 and st.epoch_images:
         run.recorder.write(
             {
@@ -161,8 +161,8 @@ def end_epoch(run: Run) -> None:
             }
         )
         st.epoch_seconds, st.epoch_images = 0.0, 0
+    run.recorder.flush(durable=True)  # the records up to this step are on disk before the checkpoint says they exist
     save_checkpoint(run)
-    run.recorder.flush()
     st.clock.restart()
 
 
@@ -197,10 +197,17 @@ def save_checkpoint(run: Run) -> None:
 # ---------------------------------------------------------------- the run as a whole
 
 
-def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int = 0) -> dict:
+def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int = 0, on_start=None) -> dict:
     """Train one configuration into `run_dir` (continuing from its checkpoint if it has one) and return the
-    summary, also written to summary.json. `job_num` is the job's index in a sweep."""
+    summary, also written to summary.json. `job_num` is the job's index in a sweep; `on_start()` is called once the
+    run is set up (the CLI then names the folder: a run refused during setup leaves none to name)."""
+    done = completed_summary(cfg, Path(run_dir))
+    if done is not None:  # its summary (and timing) stays as it is
+        logging.getLogger("runner").info("%s already completed %d steps: nothing to train", run_dir, done["steps"])
+        return done
     run = setup(cfg, Path(run_dir), meta, job_num)
+    if on_start is not None:
+        on_start()
     show_bar = sys.stderr.isatty() if cfg.trainer.progress is None else cfg.trainer.progress
     stop = StopRequests()
     try:

@@ -18,7 +18,8 @@ Validation records (a record with `val_loss` is one), see runner.core.evaluation
 Epoch records (one at each epoch end, a record with `epoch_train_s` is one):
     epoch_train_s, epoch_images         seconds spent training in that epoch in this process (the host waits for
                                         the device before reading the clock), and the images trained in them
-The file is only ever appended to; a continued run skips the records the file already has.
+A continued run first drops the records past its checkpoint's step (an earlier attempt wrote them after it) and
+writes them again, so each record is in the file once; records are on disk before a checkpoint is published.
 
 TensorBoard: scalars grouped train/, val/, optim/, weights/, time/. The run's hyperparameters go into its
 own event files (HParams plugin) when it starts, so a running or killed run shows them too, and its final
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,8 +68,12 @@ def _clean(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def _kind(record: dict) -> str:
-    return "val" if "val_loss" in record else "epoch" if "epoch_train_s" in record else "train"
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -87,30 +93,28 @@ class Recorder:
     def __init__(self, run_dir: Path, resume_step: int = 0, histograms_every: int = 0, tensorboard: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # records past the checkpoint were written before the interruption: the continued run skips them
-        self.done = {"train": 0, "val": 0, "epoch": 0}
-        if self.path.exists():
-            for r in read_metrics(self.path):
-                self.done[_kind(r)] = max(self.done[_kind(r)], r["step"])
-            self._terminate_last_line()
+        if self.path.exists():  # records past the checkpoint belong to a timeline the run is about to redo
+            self._truncate(resume_step)
         self.file = open(self.path, "a", encoding="utf-8")
         self.histograms_every = histograms_every
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step hides the earlier attempt's events past the checkpoint
-            self.tb = SummaryWriter(log_dir=str(run_dir), purge_step=resume_step + 1 if resume_step else None)
+            # purge_step: TensorBoard drops the earlier attempts' events past the checkpoint; this run writes them anew
+            self.tb = SummaryWriter(log_dir=str(run_dir), purge_step=resume_step + 1)
 
-    def _terminate_last_line(self) -> None:
-        with open(self.path, "rb+") as f:  # a line cut by a kill must not glue onto the next record
-            f.seek(0, 2)
-            if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":
-                f.write(b"\n")
+    def _truncate(self, step: int) -> None:
+        """Keep the complete records up to `step` (the checkpoint's), drop the rest, in one atomic replace."""
+        kept = [r for r in read_metrics(self.path) if isinstance(r.get("step"), int) and r["step"] <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
-        if record["step"] <= self.done[_kind(record)]:
-            return
         # NaN is not JSON: a non-finite value is stored as null (the summary says the run diverged)
         self.file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
         if self.tb is not None:
@@ -151,11 +155,17 @@ class Recorder:
             self.tb.close()
         self.close()
 
-    def flush(self) -> None:
+    def flush(self, durable: bool = False) -> None:
+        """Hand the records to the OS; `durable`: also onto the disk (fsync), as before a checkpoint is published,
+        so that a kill right after it loses none of the records up to its step."""
         if not self.file.closed:
             self.file.flush()
+            if durable:
+                os.fsync(self.file.fileno())
         if self.tb is not None:
             self.tb.flush()
+            for events in self.path.parent.glob("events.out.tfevents.*") if durable else ():
+                _fsync(events)
 
     def close(self) -> None:
         """Close metrics.jsonl; the TensorBoard writer stays open for `finish`."""
@@ -218,17 +228,19 @@ class Records:
     def add(self, record: StepRecord) -> None:
         self.pending.append(record)
 
-    def flush(self, model: nn.Module) -> float | None:
-        """Write the pending records; raise Diverged on a bad loss. Returns the last loss (None if nothing pended)."""
+    def flush(self, model: nn.Module, stats: bool = True) -> float | None:
+        """Write the pending records; raise Diverged on a bad loss. Returns the last loss (None if nothing pended).
+        `stats`: the last record gets the weight and gradient norms (a logging, validation or epoch-end step; not a
+        step where a signal stopped the run, which a straight run records without them)."""
         if not self.pending:
             return None
         pending, self.pending = self.pending, []
         last = pending[-1]
-        extra = {**self.opt.weight_stats(self.stage_index), "grad_norm": last.grad_norm}
+        extra = {**self.opt.weight_stats(self.stage_index), "grad_norm": last.grad_norm} if stats else {}
         extra = {k: v for k, v in extra.items() if v is not None}
-        values = torch.cat(
-            [torch.stack([r.loss for r in pending]).double(), torch.stack([v.double() for v in extra.values()])]
-        ).tolist()  # the host waits for the device here
+        tensors = [torch.stack([r.loss for r in pending]).double()]
+        tensors += [torch.stack([v.double() for v in extra.values()])] if extra else []
+        values = torch.cat(tensors).tolist()  # the host waits for the device here
         losses, extra = values[: len(pending)], dict(zip(extra, values[len(pending) :]))
         s = self.state
         for r, loss in zip(pending, losses):
@@ -239,8 +251,9 @@ class Records:
                 s.initial_loss = loss
             self.recorder.write(rec)
             if not math.isfinite(loss) or (s.initial_loss is not None and loss > self.diverge_factor * s.initial_loss):
+                initial = "none finite" if s.initial_loss is None else f"{s.initial_loss:.4g}"
                 raise Diverged(
-                    f"train_loss={loss} at step {r.step} (initial {s.initial_loss:.4g}, "
+                    f"train_loss={loss} at step {r.step} (initial {initial}, "
                     f"trainer.diverge_factor={self.diverge_factor:g})"
                 )
             self.last_finite = rec

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import torch
 
+from runner.config import RunConfig, resumable_keys
 from runner.core.oscillation import oscillation_block
+from runner.engine import lock
 from runner.engine.records import read_metrics
+from runner.engine.resume import config_changes
 from runner.engine.state import Run
 from runner.engine.timing import split_time
 
@@ -28,6 +31,7 @@ def finish(run: Run) -> dict:
     summary["oscillation"] = oscillation_block(read_metrics(run.recorder.path), run.cfg.epochs)
     run.recorder.finish(summary)
     write_summary(run.run_dir, summary)
+    lock.release(run.run_dir)  # the folder's records are complete: another process may continue it
     best = summary["best_val_acc"]
     run.log.info(
         "%s after %d steps: best val acc %s (%s), %.1f s",
@@ -90,6 +94,21 @@ def startup_parts(run: Run, times: dict) -> dict:
         "warmup_s": max(0.0, (times["startup_s"] or 0.0) - compile_s - capture_s),
         "eval_capture_s": run.eval_forward.capture_s,
     }
+
+
+def completed_summary(cfg: RunConfig, run_dir: Path) -> dict | None:
+    """The summary of a run in `run_dir` that already completed what `cfg` asks (same epochs and max_steps), else
+    None: continuing it has nothing to train, and writing its summary again would replace its timing."""
+    try:
+        old = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    hp = old.get("hparams") if isinstance(old, dict) else None
+    if old.get("status") != "completed" or not isinstance(hp, dict) or not isinstance(hp.get("trainer"), dict):
+        return None
+    same = hp.get("epochs") == cfg.epochs and hp["trainer"].get("max_steps") == cfg.trainer.max_steps
+    training = [k for k in config_changes(hp, dataclasses.asdict(cfg)) if k not in resumable_keys()]
+    return old if same and not training else None  # a training change is setup's to refuse
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

@@ -17,6 +17,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config import ConfigError
+from runner.engine import lock
 
 DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")  # outputs/DATE/TIME_id and multirun/DATE/TIME_id (configs/config.yaml)
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes per name; leave room for editors' and tools' suffixes
@@ -40,6 +41,22 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("job_dirname"):
         OmegaConf.register_new_resolver("job_dirname", job_dirname)
         OmegaConf.register_new_resolver("objective_direction", objective_direction)
+
+
+def load_saved_config(resume: str) -> DictConfig:
+    """The saved config of the run folder `resume`; ConfigError when there is none or it does not parse."""
+    saved = saved_config(resume)
+    try:
+        cfg = OmegaConf.load(saved)
+    except Exception as e:  # YAML's own errors, a binary file: the user's file, not a bug
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"resume={resume!r}: its saved config {saved} cannot be read ({first}); restore it from a copy "
+            f"(the checkpoints also hold the config), or start a new run"
+        ) from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"resume={resume!r}: its saved config {saved} is not a mapping; restore it from a copy")
+    return cfg
 
 
 def saved_config(resume: str) -> Path:
@@ -68,6 +85,9 @@ def _latest_link(folder: Path) -> Path | None:
     return folder.parent.parent / "latest" if DATE_FOLDER.fullmatch(folder.parent.name) else None
 
 
+_previous_latest: dict[Path, str | None] = {}  # link → where it pointed before this process moved it
+
+
 def point_latest(folder: Path) -> None:
     """Make ROOT/latest point at `folder` (ROOT/DATE/NAME), replacing the old link in one rename so that readers see
     either the old or the new one. Never fails the run: a file system without links only costs the link."""
@@ -77,6 +97,7 @@ def point_latest(folder: Path) -> None:
     folder = Path(folder).absolute()
     tmp = link.with_name(f".latest.{os.getpid()}")
     try:
+        _previous_latest.setdefault(link, os.readlink(link) if link.is_symlink() else None)
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(Path(folder.parent.name, folder.name))  # relative: the tree can move
         os.replace(tmp, link)
@@ -87,11 +108,14 @@ def point_latest(folder: Path) -> None:
 
 
 def forget_latest(folder: Path) -> None:
-    """Remove ROOT/latest if it points at `folder` (a run folder removed after a user error)."""
+    """If ROOT/latest points at `folder` (a refused run), point it back where it pointed before, or remove it."""
     link = _latest_link(folder)
     try:
         if link is not None and link.is_symlink() and os.readlink(link) == str(Path(*Path(folder).parts[-2:])):
+            before = _previous_latest.pop(link, None)
             link.unlink()
+            if before is not None:
+                link.symlink_to(before)
     except OSError:
         pass
 
@@ -102,20 +126,80 @@ def job_choices(hc) -> dict:
 
 
 def run_starts(run_dir: Path) -> None:
-    """A run is about to train in `run_dir`: point `latest` at it and say where it is."""
+    """A run has been set up in `run_dir` and starts training: point `latest` at it and say where it is."""
     point_latest(run_dir)
     print(f"runner: run folder {shown(run_dir)}", file=sys.stderr)
 
 
 def run_ends(run_dir: Path, status: str) -> None:
-    """The run's last line: its folder again, with how it ended (nothing if a user error removed the folder)."""
+    """The run's last line: its folder again, with how it ended."""
     if Path(run_dir).is_dir():
         print(f"runner: run folder {shown(run_dir)} ({status})", file=sys.stderr)
 
 
+class FolderBefore:
+    """The run folder as it was before Hydra and the run touched it, so that a refused run can leave it exactly so:
+    the folders it created are removed (an `outputs/DATE/` too, when empty), a folder that existed keeps its entries,
+    its .hydra/ files' bytes and its logs' lengths, and nothing the run did not write is deleted."""
+
+    OURS = (".hydra", lock.NAME)  # what a refused run may have added to a folder, besides its *.log
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder).absolute()
+        self.created = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        existed = not self.created
+        self.entries = set(os.listdir(self.folder)) if existed else set()
+        hydra = self.folder / ".hydra"
+        self.hydra = {p.name: p.read_bytes() for p in hydra.iterdir() if p.is_file()} if hydra.is_dir() else None
+        self.logs = {p.name: p.stat().st_size for p in self.folder.glob("*.log")} if existed else {}
+
+    def restore(self) -> None:
+        forget_latest(self.folder)
+        lock.release(self.folder)
+        if self.created:  # made by this run: what is in it is the run's own (.hydra, its log, its lock)
+            if self.folder.is_dir() and {p.name for p in self.folder.iterdir()} <= {*self.OURS, "__main__.log"}:
+                shutil.rmtree(self.folder)
+            for p in self.created[1:]:
+                _rmdir_if_empty(p)
+            return
+        for name in set(os.listdir(self.folder)) - self.entries:
+            if name in self.OURS or name.endswith(".log"):
+                shutil.rmtree(self.folder / name) if (self.folder / name).is_dir() else (self.folder / name).unlink()
+        if self.hydra is not None:
+            hydra = self.folder / ".hydra"
+            hydra.mkdir(exist_ok=True)
+            for p in hydra.iterdir():
+                if p.name not in self.hydra:
+                    p.unlink()
+            for name, raw in self.hydra.items():
+                (hydra / name).write_bytes(raw)
+        for name, size in self.logs.items():
+            with open(self.folder / name, "rb+") as f:
+                f.truncate(size)
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:  # not empty (another run's folder is in it) or already gone
+        pass
+
+
+_before: FolderBefore | None = None  # the single run's folder before Hydra wrote .hydra/ (CheckOutputFolder)
+
+
+def refused(run_dir: Path) -> None:
+    """A user error stopped the run before it trained: leave its folder as it was found."""
+    if _before is not None and _before.folder == Path(run_dir).absolute():
+        _before.restore()
+    else:  # a sweep's job: Hydra made its folder just now
+        drop_empty_run_dir(Path(run_dir))
+
+
 def drop_empty_run_dir(run_dir: Path) -> None:
-    """A fresh run stopped by a user error leaves no folder behind, unless something else is already in it."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "__main__.log"}:
+    """A sweep job stopped by a user error leaves no folder behind, unless something else is already in it."""
+    lock.release(run_dir)
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {*FolderBefore.OURS, "__main__.log"}:
         shutil.rmtree(run_dir)
         forget_latest(run_dir)
 
@@ -138,13 +222,20 @@ class CheckOutputFolder(Callback):
             )
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        global _before
         resume = OmegaConf.select(config, "resume")
         if resume:
             try:
-                saved_config(resume)  # before the check below: it would create the folder resume= names
+                load_saved_config(resume)  # before the check below: it would create the folder resume= names
             except ConfigError as e:
                 _exit(str(e))
+        _before = FolderBefore(Path(config.hydra.run.dir))
         self._check(config.hydra.run.dir, "hydra.run.dir")
+        try:  # before Hydra writes .hydra/: a second writer must not replace the first one's config
+            lock.hold(config.hydra.run.dir, "resume=... of another run or hydra.run.dir" if resume else "hydra.run.dir")
+        except lock.FolderBusy as e:
+            _before.restore()
+            _exit(str(e))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
