@@ -195,3 +195,12 @@ def test_submitit_local_requeues_an_interrupted_job_which_continues_in_its_folde
     assert "resumed" not in s["0"] and s["1"]["resumed"]["from_step"] >= 5
     steps = [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "train_loss" in r]
     assert steps == list(range(1, 17))  # appended across the requeue, no duplicates
+
+
+def test_a_sweep_with_one_bad_value_refuses_before_any_job_trains_and_leaves_no_folder(tmp_path):
+    (tmp_path / "multirun").mkdir()
+    r = run_cli(["-m", *SMALL, "trainer.max_steps=2", "lr=1e-3,-1"], cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "sweep job [" in r.stderr and "lr=-1" in r.stderr and "lr=-1.0 is invalid" in r.stderr
+    assert "completed" not in r.stdout + r.stderr  # job 0 (lr=1e-3) never trained
+    assert list((tmp_path / "multirun").iterdir()) == []  # no sweep folder, no multirun/latest

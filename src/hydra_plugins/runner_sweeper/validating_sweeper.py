@@ -10,6 +10,7 @@ anything trains, whatever the launcher.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -20,6 +21,7 @@ class ValidatingSweeper(BasicSweeper):
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         super().validate_batch_is_legal(batch)
         from runner.config import UserError, validate
+        from runner.sweeps import callbacks
 
         for overrides in batch:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -31,5 +33,6 @@ class ValidatingSweeper(BasicSweeper):
                 validate(cfg)
             except UserError as e:
                 job = " ".join(overrides) or "(no overrides)"
+                callbacks.refused_sweep(Path(self.config.hydra.sweep.dir))
                 print(f"runner: error: sweep job [{job}]: {e} (no job of the sweep was started)", file=sys.stderr)
                 sys.exit(2)

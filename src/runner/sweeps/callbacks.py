@@ -196,6 +196,16 @@ def refused(run_dir: Path) -> None:
         drop_empty_run_dir(Path(run_dir))
 
 
+def refused_sweep(sweep_dir: Path) -> None:
+    """A sweep refused before its first job (hydra_plugins.runner_sweeper): its new folder goes, multirun.yaml (the
+    sweeper's first file) with it, and multirun/latest points where it pointed before."""
+    if _before is None or _before.folder != Path(sweep_dir).absolute():
+        return
+    if _before.created:
+        (Path(sweep_dir) / "multirun.yaml").unlink(missing_ok=True)
+    _before.restore()
+
+
 def drop_empty_run_dir(run_dir: Path) -> None:
     """A sweep job stopped by a user error leaves no folder behind, unless something else is already in it."""
     lock.release(run_dir)
@@ -238,6 +248,8 @@ class CheckOutputFolder(Callback):
             _exit(str(e))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        global _before
+        _before = FolderBefore(Path(config.hydra.sweep.dir))  # a sweep refused before its first job leaves no trace
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
 
 
