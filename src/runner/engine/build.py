@@ -56,6 +56,14 @@ def pick_device(name: str, job_num: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def use_device(device: torch.device) -> torch.device:
+    """Make a CUDA device the current one: what torch takes without a device (a capture's sync and memory pool,
+    a new stream, cuDNN's handle) then points at this run's GPU, not GPU 0."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
 def execution_path(tr: TrainerConfig, device: torch.device) -> dict:
     """The speed settings as they apply on `device`: null (auto) means on for CUDA. Graphs step aside for a
     compile mode that records its own."""
@@ -128,7 +136,7 @@ def setup(
     a benchmark passes one to time runs on data it loaded itself."""
     run_dir, tr, t_start = Path(run_dir), cfg.trainer, time.time()
     saved, state, info = saved_state(cfg, run_dir, meta)
-    device = pick_device(tr.device, job_num)
+    device = use_device(pick_device(tr.device, job_num))
     path = execution_path(tr, device)
     torch.manual_seed(cfg.seed)
     autocast = device_settings(tr, device, path)
