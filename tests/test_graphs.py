@@ -8,6 +8,7 @@ device-side step eagerly (capture=False); the capture itself is checked on a GPU
 """
 
 import math
+import os
 import warnings
 from contextlib import contextmanager as contextmanager_fn
 from contextlib import nullcontext
@@ -304,3 +305,24 @@ def test_the_eval_forward_keeps_one_warm_up_stream_and_marks_its_outputs_used_by
     assert len(fake.recorded) == 2  # each warm-up output, marked as used by the caller's stream of its device
     assert all(s is not forward.side and s.device == x.device for s in fake.recorded)
     assert outs[0].shape == (4, 10)
+
+
+def test_a_compiled_run_keeps_torch_compiles_caches_in_the_configured_folder(tmp_path, monkeypatch):
+    """trainer.compile_cache: a later process finds what this one compiled (a warm start); null leaves torch's."""
+    from runner.config import DataConfig, ModelConfig, RunConfig, TrainerConfig
+    from runner.engine.build import setup
+
+    def tiny(**trainer):
+        tr = TrainerConfig(device="cpu", compile=True, progress=False, bn_recalibrate=0, **trainer)
+        data = DataConfig(name="synthetic", n_train=64, n_val=20)
+        return RunConfig(epochs=1, batch_size=32, model=ModelConfig(name="resnet20v1", depth=20, version=1),
+                         data=data, trainer=tr)  # fmt: skip
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    (tmp_path / "run").mkdir()
+    setup(tiny(compile_cache=str(tmp_path / "cache")), tmp_path / "run").recorder.close()  # compiles at step 1
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    (tmp_path / "run2").mkdir()
+    setup(tiny(), tmp_path / "run2").recorder.close()
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") != str(tmp_path / "cache")  # torch's own default, if any

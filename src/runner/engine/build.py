@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -151,6 +152,8 @@ def setup(
     if saved is not None:
         restore(saved, model, opt)
         log.info("continuing from step %d (epoch %.2f) of %s", state.step, state.step / spe, run_dir / "checkpoints")
+    if path["compile"]:
+        use_compile_cache(tr.compile_cache)
     # dynamic=False: one batch shape per phase (data.drop_last, padded validation), compiled once each
     forward = torch.compile(model, mode=tr.compile_mode, dynamic=False) if path["compile"] else model
     step = (
@@ -180,6 +183,13 @@ def setup(
     announce(run, len(splits.val_y))
     recorder.start(dataclasses.asdict(cfg), info.get("choices"))
     return run
+
+
+def use_compile_cache(folder: str | None) -> None:
+    """torch.compile's on-disk caches (Inductor's compiled graphs and autotuning, Triton's kernels) in `folder`, so
+    that a later process compiles from them (a warm start); None leaves torch's own, /tmp/torchinductor_$USER."""
+    if folder:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder).expanduser().resolve())
 
 
 def device_settings(tr: TrainerConfig, device: torch.device, path: dict):
