@@ -53,6 +53,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # timing_harness, also when imported by file path
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

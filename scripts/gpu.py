@@ -113,8 +113,9 @@ class Stages:
     def left(self) -> float:
         return self.end - time.monotonic()
 
-    def run(self, name: str, cmd: list[str], cap: float, need: float, env: dict | None = None) -> dict:
-        """`cmd` with at most `cap` seconds (less if the deadline is nearer); skipped below `need` seconds left."""
+    def run(self, name: str, cmd: list[str], cap: float, need: float, env: dict | None = None, figures=None) -> dict:
+        """`cmd` with at most `cap` seconds (less if the deadline is nearer); skipped below `need` seconds left.
+        `figures()` reads what the stage measured, saved with it."""
         limit = min(cap, self.left() - 5)  # 5 s to write the results
         stage = {"command": " ".join(cmd), "limit_s": round(max(limit, 0), 1)}
         self.results["stages"][name] = stage
@@ -133,6 +134,8 @@ class Stages:
             tail = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
         stage["seconds"] = round(time.monotonic() - tick, 1)
         stage["output_tail"] = tail[-3000:]
+        if figures is not None:
+            stage["figures"] = figures()
         print(tail[-3000:], flush=True)
         return self._save(name, stage)
 
@@ -146,12 +149,13 @@ class Stages:
 def cli_run(data: dict, epochs: int, run_dir: Path, cache: Path, quick: bool, device: str) -> list[str]:
     """`python -m runner` as a user types it: the shipped defaults, the data, a compile cache folder."""
     args = [sys.executable, "-m", "runner", f"hydra.run.dir={run_dir}", f"trainer.compile_cache={cache}",
-            "trainer.progress=false"]  # fmt: skip
-    if data["root"]:
-        args += ["data=image_folder", f"data.root={data['root']}"]
-    if quick:  # ResNet20v1 on a few synthetic images (configs/debug/smoke.yaml), one short epoch
-        return args + ["debug=smoke", "data.n_train=256", "data.n_val=100", "epochs=1", f"trainer.device={device}"]
-    return args + [f"epochs={epochs}", "batch_size=128", f"trainer.device={device}"]
+            "trainer.progress=false", f"trainer.device={device}"]  # fmt: skip
+    args += ["data=image_folder", f"data.root={data['root']}"] if data["root"] else []
+    if quick:  # ResNet20v1, one short epoch (on synthetic images: a few of them)
+        args += [] if data["root"] else ["data=synthetic", "data.n_train=256", "data.n_val=100"]
+        return args + ["model=resnet20v1", "model.bn_momentum=0.1", "epochs=1", "batch_size=32",
+                       "trainer.bn_recalibrate=64"]  # fmt: skip
+    return args + [f"epochs={epochs}", "batch_size=128"]
 
 
 def run_figures(run_dir: Path) -> dict:
@@ -173,10 +177,14 @@ def bench_command(device: str, quick: bool, data: dict, out: Path, more: bool) -
     cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", device, "--out", str(out)]
     if quick:
         cmd += ["--quick", "--threads", "1"]
-    if data["root"]:
+    if data["root"] and not quick:  # quick: the bench's few synthetic images (windows need more than a tiny folder)
         cmd += ["--data-root", data["root"]]
     if more:  # the eager path and the tutorial loop, both batch sizes, kernel counts
-        return cmd + ["--paths", "eager", "--batch-sizes", "16" if quick else "128,64", "--e2e-epochs", "0"]
+        return (
+            cmd
+            + ["--paths", "eager", "--batch-sizes", "16" if quick else "128,64", "--e2e-epochs", "0"]
+            + (["--no-count-ops"] if quick else [])
+        )
     paths = "eager" if device == "cpu" else "graphs,compile+graphs"
     return cmd + ["--paths", paths, "--batch-sizes", "16" if quick else "128", "--e2e-epochs", "0", "--no-count-ops",
                   "--pack", "2" if quick else "8"]  # fmt: skip
@@ -193,10 +201,12 @@ def main(argv=None) -> int:
     env = environment(args.device)
     out = Path(args.out) if args.out else ROOT / "docs" / "results" / f"{env['date'][:10]}-{card_slug(env['card'])}"
     out.mkdir(parents=True, exist_ok=True)
+    results = {"env": env, "deadline_s": args.deadline, "data": None, "stages": {}}
+    st = Stages(results, out, args.deadline)  # the deadline counts from here: unpacking is part of it
     with tempfile.TemporaryDirectory(prefix="runner_gpu_") as tmp:
         tmp = Path(tmp)
-        results = {"env": env, "deadline_s": args.deadline, "data": unpack(args.data, tmp / "data"), "stages": {}}
-        failed = stages(args, Stages(results, out, args.deadline), results["data"], tmp)
+        results["data"] = unpack(args.data, tmp / "data")
+        failed = stages(args, st, results["data"], tmp)
     print(f"gpu: wrote {out / 'gpu.json'} and {out / 'README.md'}", flush=True)
     return 1 if failed else 0
 
@@ -213,18 +223,16 @@ def stages(args, st: Stages, data: dict, tmp: Path) -> bool:
         st.results["stages"]["preflight"] = {"status": "skipped: no CUDA (it needs a GPU)"}
     cache, bench_json = tmp / "compile_cache", tmp / "bench.json"
     for name in ("default_cold", "default_warm"):
-        run_dir = tmp / name
-        st.run(name, cli_run(data, args.epochs, run_dir, cache, q, args.device), 240, 20)
-        st.results["stages"][name]["figures"] = run_figures(run_dir)
+        cmd = cli_run(data, args.epochs, tmp / name, cache, q, args.device)
+        st.run(name, cmd, 240, 20, figures=lambda d=tmp / name: run_figures(d))
     bench_env = {"TORCHINDUCTOR_CACHE_DIR": str(cache)}  # the caches the default runs filled
-    st.run("bench", bench_command(args.device, q, data, bench_json, more=False), 200, 30, bench_env)
-    st.results["stages"]["bench"]["figures"] = _summary(bench_json)
+    cmd = bench_command(args.device, q, data, bench_json, more=False)
+    st.run("bench", cmd, 200, 30, bench_env, figures=lambda: _summary(bench_json))
     if cuda:
         st.run("checks", [*pytest, "tests/test_gpu.py"], 120, 30)
     more_json = tmp / "bench_more.json"
-    st.run("bench_more", bench_command(args.device, q, data, more_json, more=True), 200, 30)
-    st.results["stages"]["bench_more"]["figures"] = _summary(more_json)
-    st._save("bench_more", st.results["stages"]["bench_more"])  # with its figures
+    cmd = bench_command(args.device, q, data, more_json, more=True)
+    st.run("bench_more", cmd, 200, 30, figures=lambda: _summary(more_json))
     return any(s.get("status") in ("failed", "out of time") for s in st.results["stages"].values())
 
 

@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -278,8 +279,21 @@ def test_the_gpu_command_refuses_in_one_line_without_cuda(tmp_path):
 
 @pytest.mark.slow
 def test_the_gpu_command_runs_its_stages_on_cpu_and_rewrites_its_results_after_each(tmp_path):
-    """--device cpu --quick: every stage but the GPU-only ones, tiny; then one with too short a deadline."""
-    r = gpu_command("--device", "cpu", "--quick", "--out", str(tmp_path / "out"), timeout=400)
+    """--device cpu --quick on a tarball of a few JPEGs: every stage but the GPU-only ones, tiny; then one with too
+    short a deadline."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 48), ("test", 16)):
+        for c in ("cat", "dog"):
+            (tmp_path / "jpg" / split / c).mkdir(parents=True)
+            for k in range(n):
+                pixels = torch.randint(0, 256, (32, 32, 3), generator=gen, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / "jpg" / split / c / f"{k}.jpg")
+    with tarfile.open(tmp_path / "data.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "jpg", arcname="cifar10-jpg")
+    r = gpu_command("--device", "cpu", "--quick", "--data", str(tmp_path / "data.tar.gz"), "--out",
+                    str(tmp_path / "out"), timeout=400)  # fmt: skip
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     res = json.loads((tmp_path / "out" / "gpu.json").read_text())
     st = res["stages"]
@@ -288,7 +302,9 @@ def test_the_gpu_command_runs_its_stages_on_cpu_and_rewrites_its_results_after_e
     assert all(st[k]["status"] == "passed" for k in ("default_cold", "default_warm", "bench", "bench_more")), st
     assert st["default_cold"]["figures"]["status"] == "completed" and st["default_warm"]["figures"]["images_per_s"] > 0
     assert st["bench"]["figures"]["pack"]["k"] == 2 and st["bench_more"]["figures"]["summary"]["tutorial_images_per_s"]
-    assert set(res["env"]) >= {"card", "driver", "torch", "date", "code"} and res["data"]["name"] == "synthetic"
+    assert set(res["env"]) >= {"card", "driver", "torch", "date", "code"}
+    assert res["data"]["name"] == "image_folder" and res["data"]["tarball"] == "data.tar.gz"
+    assert st["default_cold"]["figures"]["path"]["device"] == "cpu" and "data.root=" in st["default_cold"]["command"]
     table = (tmp_path / "out" / "README.md").read_text()
     assert "pack of 2: aggregate images/s vs sequential" in table and "default run (warm compile cache)" in table
     r = gpu_command("--device", "cpu", "--quick", "--deadline", "12", "--out", str(tmp_path / "short"), timeout=200)
