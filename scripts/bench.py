@@ -431,7 +431,7 @@ def loop_rates(b: Bench, batch_size: int) -> tuple[dict, list[dict], dict]:
     timed: dict[str, Timed] = {"tutorial": tutorial}
     for p, run in runs.items():
         timed[p], timed[f"{p}/bare"] = LoopSteps(run), BareStep(run)
-    # (another loop, such as scripts/pack_bench.py's packed runs (--pack K), joins here as one more Timed entry)
+    # (another loop joins here as one more Timed entry; packs are timed apart, by pack_rates)
     m = measure(timed, b.clock, s["warmup_steps"], s["windows"], s["window_steps"], s["budget_s"])
     tutorial.close()
     close(ref_run)
