@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: test format run bench gpu-all clean
+.PHONY: test format run bench gpu gpu-wheels clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,25 @@ run: $(VENV)/.installed   ## train the default configuration (ResNet56v2, AdamW,
 bench: $(VENV)/.installed ## time the runner's loop against a plain PyTorch DataLoader loop
 	$(PY) scripts/bench.py $(ARGS)
 
-gpu-all:                  ## on a GPU machine (no venv, no hydra): all GPU checks and benchmarks; DATA=cifar10-jpg.tar.gz
-	PYTHON=$(PYTHON) bash scripts/gpu_all.sh $(DATA)
+# The GPU command. On a GPU machine whose Python has torch and torchvision but no Hydra: installs this package
+# (editable, no downloads) with the Hydra wheels carried in .gpu/wheels (make gpu-wheels builds them on a machine
+# with a package index), then runs scripts/gpu.py: a preflight, then the measurements, under DEADLINE seconds.
+WHEELS   := .gpu/wheels
+DEADLINE ?= 480
+HYDRA    := hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 PyYAML packaging
+GPU_PYTHON ?= 3.12        # the GPU machine's Python (PyYAML's wheel is built for one version)
+
+gpu:                      ## on a GPU machine: preflight, then the speed figures into docs/results/; DATA=cifar10-jpg.tar.gz
+	$(PYTHON) -m pip install --quiet --no-index --find-links $(WHEELS) $(HYDRA)
+	$(PYTHON) -m pip install --quiet --no-index --find-links $(WHEELS) --no-deps -e .  # builds with the carried setuptools
+	$(PYTHON) scripts/gpu.py --deadline $(DEADLINE) $(if $(DATA),--data $(DATA))
+
+gpu-wheels:               ## here, with a package index: the wheels `make gpu` installs, into .gpu/wheels
+	$(PYTHON) -m pip wheel --quiet --no-deps -w $(WHEELS) hydra-core==1.3.8 omegaconf==2.3.1 \
+	  antlr4-python3-runtime==4.9.3 packaging
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: -d $(WHEELS) "setuptools>=68"
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+	  --platform manylinux2014_x86_64 -d $(WHEELS) PyYAML
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -18,18 +18,23 @@ Sections, in the order main() runs them, one function each:
                   stall_s, validation times, and the epoch records of metrics.jsonl.
   op counts       torch.profiler over single steps: what one step of the runner's eager loop and one of the
                   tutorial loop ask the device to do (CPU: aten ops that would be kernels; CUDA: kernel launches).
+  pack (--pack K) K jobs of a sweep trained as one pack (runner.sweeps.pack) against the same jobs one after
+                  another: aggregate images/s over the same steps of every job, and wall time.
 
 The tutorial reference is a torchvision.datasets.CIFAR10-style Dataset (uint8 HWC arrays, one PIL image per item),
 RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, DataLoader(shuffle=True, num_workers=N,
 pin_memory on cuda), `.to(device)` per batch and `loss.item()` per step. It trains the model and optimizer of an
 eager Run (same initial weights, core.update_rule.Optimizer, autocast and memory layout), so only the input pipeline
-and the loop differ. Every rate is the median of timed windows after warm-up; CUDA is synchronised at window ends.
-Another loop (a packed one, say) is timed by adding one Timed entry to `loop_rates`.
+and the loop differ. Every rate is the median of timed windows after warm-up; CUDA is synchronised at window ends
+(scripts/timing_harness.py, the benchmarks' one timing helper). Runs are built by engine.build.setup with one
+data_cache, so the data set is loaded once and never timed.
 
 Runs without hydra/omegaconf and without the package installed: it imports runner from ../src.
 
     python scripts/bench.py                      # CPU: ResNet20v1, batch 32, eager; about 2 min on 2 cores
-    python scripts/bench.py --device cuda        # ResNet56v2, batch 64 and 128, eager, graphs, compile + graphs
+    python scripts/bench.py --device cuda        # ResNet56v2, batch 128 and 64, eager, graphs, compile + graphs
+    python scripts/bench.py --device cpu --model resnet56v2 --batch-sizes 128 --window-steps 10 --e2e-epochs 0
+    python scripts/bench.py --device cuda --pack 8 --paths graphs --e2e-epochs 0 --no-count-ops
     python scripts/bench.py --quick --out /tmp/b.json
 """
 
@@ -37,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import statistics
@@ -49,15 +53,17 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # timing_harness, also when imported by file path
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
+from timing_harness import Clock, Timed, TurnWindow, measure, save_json  # noqa: E402  (scripts/: this one's folder)
 from torchvision import transforms  # noqa: E402
 
 import runner  # noqa: E402
-from runner.config import DataConfig, ModelConfig, RunConfig, TrainerConfig  # noqa: E402  (no omegaconf)
+from runner.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainerConfig  # noqa: E402
 from runner.core import data as rdata  # noqa: E402
 from runner.core.evaluation import evaluate, recalibrated_bn  # noqa: E402
 from runner.core.models import MODELS  # noqa: E402
@@ -69,10 +75,11 @@ from runner.engine.interrupts import StopRequests  # noqa: E402
 from runner.engine.provenance import code_version, environment  # noqa: E402
 from runner.engine.records import read_metrics  # noqa: E402
 from runner.engine.step import GraphedStep  # noqa: E402
+from runner.engine.summary import finish  # noqa: E402
+from runner.sweeps.pack import Job, train_pack  # noqa: E402
 
 EPOCH_IMAGES, VAL_IMAGES = 50_000, 10_000  # CIFAR-10's training and test set sizes, for the estimates
 LR, WD = 1e-3, 5e-4  # configs/config.yaml and configs/optimizer/adamw.yaml: what `python -m runner` trains with
-MIN_WINDOWS = 3
 PATHS = {  # execution path → (trainer.compile, trainer.cuda_graphs); on CUDA null (auto) means compile+graphs
     "eager": (False, False),  # trainer.compile=false trainer.cuda_graphs=false
     "graphs": (False, True),
@@ -98,10 +105,11 @@ DEFAULTS = {  # per device; every one of these can be overridden by its flag
         e2e_epochs=2,
         count_model="resnet56v2",
         count_batch=8,
+        pack_steps=20,
     ),
     "cuda": dict(
         model="resnet56v2",
-        batch_sizes=[64, 128],
+        batch_sizes=[128, 64],  # the study's batch first: a run cut short has measured it
         paths=["eager", "graphs", "compile+graphs"],
         windows=5,
         window_steps=50,
@@ -116,6 +124,7 @@ DEFAULTS = {  # per device; every one of these can be overridden by its flag
         e2e_epochs=2,
         count_model="resnet56v2",
         count_batch=None,
+        pack_steps=200,
     ),
     "quick": dict(
         model="resnet20v1",
@@ -134,6 +143,7 @@ DEFAULTS = {  # per device; every one of these can be overridden by its flag
         e2e_epochs=1,
         count_model="resnet20v1",
         count_batch=4,
+        pack_steps=6,
     ),
 }
 
@@ -149,7 +159,8 @@ class Bench:
     device: torch.device
     data: DataConfig
     folder: Path
-    clock: "Clock"
+    clock: Clock
+    cache: dict = dataclasses.field(default_factory=dict)  # engine.build.setup's data_cache: loaded once, untimed
 
     def config(self, batch_size: int, path: str, *, epochs: int, model: str | None = None, **trainer) -> RunConfig:
         """The RunConfig `python -m runner` trains with (adamw, piecewise-constant schedule, trainer defaults) on the
@@ -173,7 +184,9 @@ class Bench:
 
     def run(self, batch_size: int, path: str, name: str, *, epochs: int, **trainer) -> rrun.Run:
         """A Run as runner.engine.build.setup builds it, in its own folder; off CUDA the graphs path runs uncaptured."""
-        run = rrun.setup(self.config(batch_size, path, epochs=epochs, **trainer), self.subfolder(name))
+        run = rrun.setup(
+            self.config(batch_size, path, epochs=epochs, **trainer), self.subfolder(name), data_cache=self.cache
+        )
         if PATHS[path][1] and self.device.type != "cuda":
             uncaptured_graphs(run)
         return run
@@ -184,7 +197,9 @@ class Bench:
         return self.folder / name
 
     def steps_per_epoch(self, batch_size: int) -> int:
-        return len(rrun.load_splits(self.data, 0).train_y) // batch_size  # data.drop_last: full batches only
+        return (
+            len(rrun.load_splits(self.data, 0, self.cache).train_y) // batch_size
+        )  # data.drop_last: full batches only
 
 
 def uncaptured_graphs(run: rrun.Run) -> None:
@@ -203,83 +218,12 @@ def close(run: rrun.Run) -> None:
     run.recorder.close()
 
 
-def load_splits_once() -> None:
-    """setup() loads the data set for every Run; the bench loads it once per process (loading is not timed)."""
-    original, cache = rrun.load_splits, {}
-
-    def cached(d: DataConfig, seed: int, _setups_cache=None):  # one cache for every Run, train() included
-        key = repr((d, seed))
-        if key not in cache:
-            cache[key] = original(d, seed)
-        return cache[key]
-
-    rrun.load_splits = cached
-
-
 def data_config(s: dict, data_root: str | None) -> DataConfig:
     if not data_root:
         return DataConfig(name="synthetic", n_train=s["n_train"], n_val=s["n_val"])
     root = Path(data_root).expanduser()
     name = "cifar10" if (root / rdata.CIFAR10_FOLDER).is_dir() else "image_folder"
     return DataConfig(name=name, root=str(root), download=False)
-
-
-# ---------------------------------------------------------------- timing
-
-
-class Clock:
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def __call__(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-
-class Timed:
-    """One thing measured in windows: `step()` does one batch and returns its images; `before_window(n)` may run
-    untimed steps first, `after_window()` tidies up after a window."""
-
-    def step(self) -> int:
-        raise NotImplementedError
-
-    def before_window(self, n: int) -> None:
-        pass
-
-    def after_window(self) -> None:
-        pass
-
-
-def measure(
-    timed: dict[str, Timed], clock: Clock, warmup: int, windows: int, window_steps: int, budget_s: float | None = None
-) -> dict:
-    """Warm each entry up (its first step timed apart), then time `windows` rounds of one window of `window_steps`
-    steps per entry, interleaved (A B A B ...), so that a load change on a shared machine hits all entries alike.
-    Returns per name: images/s per window, their median, the first step's and the warm-up's seconds. With
-    `budget_s`, stops after the round that passes it (at least MIN_WINDOWS rounds)."""
-    out = {}
-    for name, t in timed.items():
-        t0 = clock()
-        t.step()
-        t1 = clock()
-        for _ in range(warmup - 1):
-            t.step()
-        out[name] = {"first_step_s": t1 - t0, "warmup_s": clock() - t0, "windows": []}
-        t.after_window()
-    start = time.perf_counter()
-    for k in range(windows):
-        for name, t in timed.items():
-            t.before_window(window_steps)
-            t0 = clock()
-            n = sum(t.step() for _ in range(window_steps))
-            out[name]["windows"].append(n / (clock() - t0))
-            t.after_window()
-        if budget_s is not None and k + 1 >= MIN_WINDOWS and time.perf_counter() - start > budget_s:
-            break
-    for r in out.values():
-        r["images_per_s"] = statistics.median(r["windows"])
-    return out
 
 
 class LoopSteps(Timed):
@@ -424,7 +368,7 @@ def device_batches(loader: rdata.DeviceLoader):
 
 
 def reference_loader(b: Bench, batch_size: int, workers: int | None = None):
-    splits = rrun.load_splits(b.data, 0)
+    splits = rrun.load_splits(b.data, 0, b.cache)
     mean, std = rrun.normalization(b.data, splits)  # the runner's own: per-channel mean and std
     return tutorial_loader(
         splits.train_x,
@@ -487,7 +431,7 @@ def loop_rates(b: Bench, batch_size: int) -> tuple[dict, list[dict], dict]:
     timed: dict[str, Timed] = {"tutorial": tutorial}
     for p, run in runs.items():
         timed[p], timed[f"{p}/bare"] = LoopSteps(run), BareStep(run)
-    # (another loop, such as scripts/pack_bench.py's packed runs (--pack K), joins here as one more Timed entry)
+    # (another loop joins here as one more Timed entry; packs are timed apart, by pack_rates)
     m = measure(timed, b.clock, s["warmup_steps"], s["windows"], s["window_steps"], s["budget_s"])
     tutorial.close()
     close(ref_run)
@@ -569,7 +513,7 @@ def end_to_end(b: Bench, batch_size: int, path: str) -> dict | None:
     if PATHS[path][1] and b.device.type != "cuda":
         return None  # trainer.cuda_graphs=true is refused off CUDA
     folder = b.subfolder(f"e2e_{path}_b{batch_size}")
-    summary = rtrain.train(b.config(batch_size, path, epochs=b.s["e2e_epochs"]), folder)
+    summary = train(b, b.config(batch_size, path, epochs=b.s["e2e_epochs"]), folder)
     epochs = [r for r in read_metrics(folder / "metrics.jsonl") if "epoch_train_s" in r]
     keys = (
         "status",
@@ -607,6 +551,17 @@ def end_to_end(b: Bench, batch_size: int, path: str) -> dict | None:
         flush=True,
     )
     return row
+
+
+def train(b: Bench, cfg: RunConfig, folder: Path) -> dict:
+    """runner.engine.loop.train's own parts (setup, loop, summary) on the bench's loaded data; the summary."""
+    run = rrun.setup(cfg, folder, data_cache=b.cache)
+    try:
+        for _ in rtrain.loop(run, StopRequests()):
+            pass
+    finally:
+        summary = finish(run)
+    return summary
 
 
 def records(run: rrun.Run) -> dict:
@@ -720,11 +675,11 @@ def op_counts(b: Bench) -> dict:
     bs, every = s["count_batch"] or s["batch_sizes"][0], 5  # a flush every 5 steps: its extra work is shown apart
     like_cuda = {} if cuda else dict(precision="bf16", channels_last=True)
     cfg = b.config(bs, "eager", epochs=2, model=s["count_model"], log_every=every, val_every=10**9, **like_cuda)
-    run = rrun.setup(cfg, b.subfolder("op_counts"))
+    run = rrun.setup(cfg, b.subfolder("op_counts"), data_cache=b.cache)
     if not cuda:  # torch's CPU Adam defaults to a loop over tensors; on CUDA the runner's Optimizer is fused
-        run.opt = run.records.opt = Optimizer(
-            run.model, algorithm="adam", lr=LR, l2=0.0, wd=WD, decay=run.opt.decay, fused=True
-        )
+        opt = Optimizer(run.model, algorithm="adam", lr=LR, l2=0.0, wd=WD, decay=run.opt.decay, fused=True)
+        run.opt = run.records.opt = opt  # the step holds its optimizer too: both loops then run the fused one
+        run.step = rstep.EagerStep(run.forward, opt, run.autocast, run.plan)
     steps = LoopSteps(run)
     for _ in range(3):  # warm-up: allocations, autotuning, the optimizer's state
         steps.step()
@@ -762,8 +717,14 @@ def op_counts(b: Bench) -> dict:
         "runner": runner_step,
         "tutorial": tutorial_step,
     }
+    _print_counts(out)
+    return out
+
+
+def _print_counts(out: dict) -> None:
     print(
-        f"op counts ({out['unit']}, {out['model']} batch {bs}, {out['execution']['precision']}, channels_last "
+        f"op counts ({out['unit']}, {out['model']} batch {out['batch_size']}, {out['execution']['precision']}, "
+        f"channels_last "
         f"{out['execution']['channels_last']}, {out['optimizer']}): runner {out['runner_per_step']:g} per step "
         f"(+{out['log_step_extra']:g} at each flush), tutorial {out['tutorial_per_step']:g}",
         flush=True,
@@ -771,7 +732,89 @@ def op_counts(b: Bench) -> dict:
     for side in ("runner_only", "tutorial_only"):
         for k, v in sorted(out[side].items(), key=lambda kv: -kv[1]):
             print(f"  {side:13s} {v:7g}  {k}", flush=True)
+
+
+# ---------------------------------------------------------------- packs
+
+RULES = [  # (preset name, algorithm, lr, wd, l2): the update rules of the studies, each at two strengths
+    ("adamw", "adam", 1e-3, 5e-4, 0.0),
+    ("adam_l2", "adam", 1e-3, 0.0, 5e-4),
+    ("sgdw", "sgd", 0.05, 5e-4, 0.0),
+    ("sgd_l2", "sgd", 0.05, 0.0, 5e-4),
+    ("adamw", "adam", 2e-3, 1e-3, 0.0),
+    ("adam_l2", "adam", 2e-3, 0.0, 1e-3),
+    ("sgdw", "sgd", 0.1, 1e-3, 0.0),
+    ("sgd_l2", "sgd", 0.1, 0.0, 1e-3),
+]
+
+
+def pack_configs(k: int, device: str, model: str, batch_size: int, steps: int, graphs: bool | None) -> list:
+    """K jobs of a small lr × λ grid over the four update rules, one epoch of `steps` + 1 steps each (the step after
+    the window closes it), synthetic images, no compile: what a sweep varies, on what it shares."""
+    depth, version = MODELS[model]
+    data = DataConfig(name="synthetic", n_train=(steps + 2) * batch_size, n_val=1000 if device == "cuda" else 100)
+    out = []
+    for n in range(k):
+        name, algorithm, lr, wd, l2 = RULES[n % len(RULES)]
+        trainer = TrainerConfig(device=device, max_steps=steps + 1, compile=False, cuda_graphs=graphs,
+                                progress=False, bn_recalibrate=0)  # fmt: skip
+        out.append(RunConfig(lr=lr * (1 + n // len(RULES)), wd=wd, l2=l2, epochs=1, batch_size=batch_size, seed=0,
+                             data=data, model=ModelConfig(name=model, depth=depth, version=version),
+                             optimizer=OptimizerConfig(name=name, algorithm=algorithm), trainer=trainer))  # fmt: skip
     return out
+
+
+def timed_pack(cfgs: list, root: Path, warmup: int, steps: int, clock: Clock) -> dict:
+    """Train `cfgs` as one pack into fresh folders under `root`: the seconds of steps warmup+1 .. steps of every
+    job (turns: K setups, then one step of each job per round), and of the whole call. Unstaggered: these jobs
+    validate only at their end, after the window, and a stagger would put its ramp inside the window."""
+    k, jobs = len(cfgs), []
+    for n, cfg in enumerate(cfgs):
+        run_dir = root / f"{time.monotonic_ns()}_{n}"
+        run_dir.mkdir(parents=True)
+        jobs.append(Job(cfg, run_dir, name=f"#{n}"))
+    window = TurnWindow(start=k + k * warmup + 1, end=k + k * steps + 1, clock=clock)
+    tick = clock()
+    outcomes = train_pack(jobs, around=window, stagger=False)
+    wall = clock() - tick
+    bad = [o.error or o.summary["status"] for o in outcomes if o.error or o.summary["status"] != "completed"]
+    if bad:
+        raise RuntimeError(f"benchmark runs did not complete: {bad}")
+    return {
+        "window_s": window.seconds,
+        "wall_s": wall,
+        "run_images_per_s": [o.summary["images_per_s"] for o in outcomes],
+    }
+
+
+def pack_rates(device: torch.device, k: int, model: str, batch_size: int, steps: int, graphs: bool | None) -> dict:
+    """K jobs one after another (each a pack of one: setup, loop, summary, as `python -m runner` runs it), then the
+    same K jobs as one pack (runner.sweeps.pack). Aggregate images/s = all jobs' images in the window / its seconds
+    (sequential: the K windows' seconds added up), so the ratio is what packing buys; `wall` includes set-up,
+    capture, validation and checkpoints. The first tenth of the steps (at least 2) is warm-up, untimed."""
+    clock, warmup = Clock(device), max(2, steps // 10)
+    cfgs = pack_configs(k, device.type, model, batch_size, steps, graphs)
+    images = (steps - warmup) * batch_size  # per job, in the window
+    with tempfile.TemporaryDirectory(prefix="bench_pack_") as tmp:
+        alone = [timed_pack([cfg], Path(tmp), warmup, steps, clock) for cfg in cfgs]
+        packed = timed_pack(cfgs, Path(tmp), warmup, steps, clock)
+    sequential = k * images / sum(a["window_s"] for a in alone)
+    row = {
+        "k": k, "model": model, "batch_size": batch_size, "device": str(device), "cuda_graphs": graphs,
+        "warmup_steps": warmup, "timed_steps": steps - warmup,
+        "sequential_images_per_s": sequential, "pack_images_per_s": k * images / packed["window_s"],
+        "sequential_wall_s": sum(a["wall_s"] for a in alone), "pack_wall_s": packed["wall_s"],
+        "alone_images_per_s": [images / a["window_s"] for a in alone],
+        "pack_run_images_per_s": packed["run_images_per_s"],
+        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "jobs": [{"optimizer": c.optimizer.name, "lr": c.lr, "wd": c.wd, "l2": c.l2} for c in cfgs],
+    }  # fmt: skip
+    row["ratio"] = row["pack_images_per_s"] / sequential
+    row["wall_ratio"] = row["sequential_wall_s"] / row["pack_wall_s"]
+    print(f"pack  {model} batch {batch_size} K={k}: sequential {sequential:,.0f} img/s, pack "
+          f"{row['pack_images_per_s']:,.0f} img/s: {row['ratio']:.2f}x; wall {row['sequential_wall_s']:.1f} s vs "
+          f"{row['pack_wall_s']:.1f} s ({row['wall_ratio']:.2f}x)", flush=True)  # fmt: skip
+    return row
 
 
 # ---------------------------------------------------------------- results
@@ -821,14 +864,6 @@ def summarize(results: dict) -> dict:
     return out
 
 
-def save(results: dict, path: Path) -> None:
-    """Written after every section (atomically), so a run cut short by a time limit keeps what it measured."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def bench_environment(device: torch.device) -> dict:
     """runner.engine.provenance's environment and commit, plus what a benchmark on a shared machine needs besides."""
     return {
@@ -851,69 +886,45 @@ def parse_args(argv=None):
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--model", choices=sorted(MODELS), help="default: resnet20v1 on cpu, resnet56v2 on cuda")
-    p.add_argument("--batch-sizes", help="comma-separated; default: 32 on cpu, 64,128 on cuda")
-    p.add_argument(
-        "--paths",
-        help=f"comma-separated execution paths of the runner's loop, of {', '.join(PATHS)}; "
-        "default eager on cpu, eager,graphs,compile+graphs on cuda",
-    )
-    p.add_argument("--windows", type=int, help="timed windows per measurement (median reported)")
-    p.add_argument(
-        "--window-steps",
-        type=int,
-        help="training steps per window (a multiple of trainer.log_every, 50, puts one flush in each window)",
-    )
-    p.add_argument("--warmup-steps", type=int, help="untimed steps before the windows")
-    p.add_argument(
-        "--log-every",
-        type=int,
-        help="trainer.log_every of the timed Runs (default 50, as the trainer's; "
-        "2 with --quick, so the tests see flushes)",
-    )
-    p.add_argument(
-        "--workers", type=int, help="reference DataLoader num_workers; default 2 on cpu, min(8, cpus) on cuda"
-    )
+    p.add_argument("--batch-sizes", help="comma-separated; default: 32 on cpu, 128,64 on cuda")
+    p.add_argument("--paths", help=f"comma-separated execution paths of the runner's loop, of {', '.join(PATHS)}; "
+                   "default eager on cpu, eager,graphs,compile+graphs on cuda")  # fmt: skip
+    _timing_args(p)
+    p.add_argument("--workers", type=int, help="reference DataLoader num_workers (2 cpu, min(8, cpus) cuda)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: the usable CPUs)")
     p.add_argument("--n-train", type=int, help="synthetic training images (default 4096 cpu, 50000 cuda)")
     p.add_argument("--n-val", type=int, help="synthetic validation images (default 1000 cpu, 10000 cuda)")
-    p.add_argument("--val-passes", type=int, help="timed validation and recalibration passes")
-    p.add_argument(
-        "--budget-s",
-        type=float,
-        help="stop a measurement after the round that passes this many seconds "
-        "(at least 3 rounds); default 30 on cpu, none on cuda",
-    )
-    p.add_argument(
-        "--e2e-epochs",
-        type=int,
-        help="epochs of each end-to-end runner.engine.loop.train run (0: none); default 2 (1 with --quick)",
-    )
-    p.add_argument(
-        "--count-ops",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="count the device work of one runner step and one tutorial step (default on)",
-    )
+    p.add_argument("--e2e-epochs", type=int, help="epochs of each end-to-end run (0: none); default 2 (1 with --quick)")
+    p.add_argument("--count-ops", action=argparse.BooleanOptionalAction, default=True,
+                   help="count the device work of one runner step and one tutorial step (default on)")  # fmt: skip
     p.add_argument("--count-model", choices=sorted(MODELS), help="model of the op counts (default resnet56v2)")
-    p.add_argument(
-        "--count-batch",
-        type=int,
-        help="batch of the op counts (default 8 on cpu, the first batch size on cuda; counts do not depend on it)",
-    )
-    p.add_argument(
-        "--data-root",
-        help="real images instead of synthetic ones: a folder holding cifar-10-batches-py, "
-        "or an image folder root/train/<class>/*.png (runner.core.data.load_image_folder)",
-    )
-    p.add_argument(
-        "--pack",
-        type=int,
-        help="also time K jobs trained as one pack (runner.sweeps.pack) against the same K "
-        "jobs one after another, in this run (scripts/pack_bench.py)",
-    )
+    p.add_argument("--count-batch", type=int, help="batch of the op counts (default 8 on cpu, the first batch size "
+                   "on cuda; counts do not depend on it)")  # fmt: skip
+    p.add_argument("--data-root", help="real images instead of synthetic ones: a folder holding cifar-10-batches-py, "
+                   "or an image folder root/train/<class>/*.png (runner.core.data.load_image_folder)")  # fmt: skip
+    p.add_argument("--pack", type=int, help="also time K jobs trained as one pack (runner.sweeps.pack) against the "
+                   "same K jobs one after another")  # fmt: skip
+    p.add_argument("--pack-steps", type=int, help="steps of each packed job (default 20 cpu, 200 cuda)")
+    p.add_argument("--pack-graphs", choices=("auto", "on", "off"), default="auto", help="trainer.cuda_graphs of "
+                   "the packed jobs (auto: on for cuda)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds): for the tests")
     p.add_argument("--out", default="bench.json", help="JSON results (default: bench.json in the working directory)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.pack_graphs = {"auto": None, "on": True, "off": False}[args.pack_graphs]
+    return args
+
+
+def _timing_args(p: argparse.ArgumentParser) -> None:
+    """How each rate is measured: windows, their steps, warm-up, flushes, a time budget, validation passes."""
+    p.add_argument("--windows", type=int, help="timed windows per measurement (median reported)")
+    p.add_argument("--window-steps", type=int, help="training steps per window (a multiple of trainer.log_every, 50, "
+                   "puts one flush in each window)")  # fmt: skip
+    p.add_argument("--warmup-steps", type=int, help="untimed steps before the windows")
+    p.add_argument("--log-every", type=int, help="trainer.log_every of the timed Runs (default 50, as the trainer's; "
+                   "2 with --quick, so the tests see flushes)")  # fmt: skip
+    p.add_argument("--val-passes", type=int, help="timed validation and recalibration passes")
+    p.add_argument("--budget-s", type=float, help="stop a measurement after the round that passes this many seconds "
+                   "(at least 3 rounds); default 30 on cpu, none on cuda")  # fmt: skip
 
 
 def settings(args, device: torch.device) -> dict:
@@ -933,6 +944,7 @@ def settings(args, device: torch.device) -> dict:
         "e2e_epochs",
         "count_model",
         "count_batch",
+        "pack_steps",
     ):
         if getattr(args, k) is not None:
             s[k] = getattr(args, k)
@@ -970,7 +982,6 @@ def main(argv=None) -> dict:
     s = settings(args, device)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(args.threads or usable)
-    load_splits_once()
     out = Path(args.out)
     env = bench_environment(device)
     results = {
@@ -1004,16 +1015,13 @@ def main(argv=None) -> dict:
         b = Bench(s, device, data_config(s, args.data_root), Path(tmp), Clock(device))
         run_sections(b, results, out)
     if args.pack:  # K jobs as one pack vs one after another, the batch and model of the first loop row
-        import pack_bench  # scripts/ is on sys.path: this script's own folder
-
-        results["pack"] = pack_bench.bench_pack(
-            args.pack, device.type, model=s["model"], batch_size=s["batch_sizes"][0], root=None
-        )
-        save(results, out)
+        bs = s["batch_sizes"][0]
+        results["pack"] = pack_rates(device, args.pack, s["model"], bs, s["pack_steps"], args.pack_graphs)
+        save_json(results, out)
     results["summary"] = summarize(results)
     env["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     env["wall_s"] = time.perf_counter() - t_start
-    save(results, out)
+    save_json(results, out)
     print(f"bench: wrote {out} ({env['wall_s']:.0f} s)", flush=True)
     return results
 
@@ -1037,14 +1045,14 @@ def run_sections(b: Bench, results: dict, out: Path) -> None:
             torch._dynamo.reset()  # compiled graphs of this batch size are not needed again
         if b.device.type == "cuda":
             torch.cuda.empty_cache()
-        save(results, out)
+        save_json(results, out)
     if s["e2e_epochs"]:
         for bs in s["batch_sizes"]:
             for p in s["paths"]:
                 row = end_to_end(b, bs, p)
                 if row is not None:
                     results["end_to_end"].append(row)
-                    save(results, out)
+                    save_json(results, out)
     if s["count_ops"]:
         try:
             results["op_counts"] = op_counts(b)

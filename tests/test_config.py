@@ -194,6 +194,7 @@ def test_resumable_keys_are_exactly_the_settings_that_do_not_change_the_training
         "trainer.device",
         "trainer.compile",
         "trainer.compile_mode",
+        "trainer.compile_cache",
         "trainer.cuda_graphs",
         "trainer.extend_schedule",
         "trainer.objective",

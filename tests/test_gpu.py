@@ -1,199 +1,312 @@
-"""The CUDA paths train exactly like the eager loop: scripts/gpu_check.py's checks as tests.
+"""The CUDA paths train exactly like the eager loop. Tests marked `gpu` need a CUDA device and are skipped
+elsewhere; on a GPU machine (the GPU command, `make gpu`, runs them after its measurements):
 
-Tests marked `gpu` need a CUDA device and are skipped elsewhere; on a GPU machine (which has no hydra, which
-tests/conftest.py needs) run them with
+    python -m pytest -m gpu tests/test_gpu.py tests/test_gpu_preflight.py
 
-    PYTHONPATH=src python -m pytest --noconftest -m gpu tests/test_gpu.py
-
-The unmarked tests below run everywhere: the same checks uncaptured on CPU (their plumbing, so that an unattended
-GPU session does not stop on a typo), the copy of the optimizer presets, and scripts/gpu_all.sh end to end in its
-CPU mode. Nothing here imports hydra or tests/conftest.py.
+Checks:
+  step equivalence  each optimizer preset (adamw, adam_l2, sgdw, sgd_l2) with L2, decoupled decay and both, in
+                    float64: the eager `train_step` (fused optimizer, as the eager trainer builds it) against
+                    `GraphedStep(capture=True)` (capturable, as the graphed trainer builds it), on batches of two
+                    shapes (two graphs, each replayed): every loss, d_t and ‖g‖, weight, BatchNorm buffer and
+                    optimizer moment equal (torch.equal), cuDNN deterministic.
+  recalibration     a short captured run whose validations recalibrate BatchNorm every 3 steps trains bit for bit
+                    like the same run validating once per epoch without recalibration.
+  eval forward      the captured validation forward (GraphedForward) gives exactly the eager forward's logits.
+  default path      compile + CUDA graphs over 3 epochs: after epoch 1 and its validation nothing is compiled or
+                    recorded again (one training graph, one eval graph, no new compiled frame).
+The unmarked tests run the same checks uncaptured on CPU (their plumbing, and that they can fail), and the GPU
+command's refusal without CUDA and its CPU mode.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
+import tarfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_cfg
+from gpu_runs import compiled_frames, drain, tiny_config
+
+from runner.config import validate
+from runner.core import data as rdata
+from runner.core.evaluation import evaluate
+from runner.core.models import build_resnet
+from runner.core.schedules import warm_restarts
+from runner.core.step_plan import step_tables
+from runner.core.update_rule import Optimizer, decoupled_rate
+from runner.engine import step as rstep
+from runner.engine.records import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
-gpu_check = importlib.util.module_from_spec(_spec)
-sys.modules["gpu_check"] = gpu_check
-_spec.loader.exec_module(gpu_check)
-
-CUDA = torch.device("cuda")
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+PRESETS = ("adamw", "adam_l2", "sgdw", "sgd_l2")
+REGULARIZATION = {"l2": (1e-3, 0.0), "decoupled": (0.0, 0.05), "both": (1e-3, 0.05)}  # (λ₂, λ)
+LR, SPE = 3e-3, 5
+SHAPES = ([16] * 4 + [8]) * 5  # 8 = an epoch's last, smaller batch: 3 warm-ups, its capture, then a replay
+QUICK_SHAPES = [16, 16, 8, 16, 8]
 
 
-@pytest.mark.parametrize("reg", sorted(gpu_check.REGULARIZATION))
-@pytest.mark.parametrize("preset", sorted(gpu_check.PRESETS))
+class cudnn_flags:
+    """cuDNN's deterministic/benchmark flags for a block, then back as they were."""
+
+    def __init__(self, **flags):
+        self.flags = flags
+
+    def __enter__(self):
+        self.saved = {k: getattr(torch.backends.cudnn, k) for k in self.flags}
+        for k, v in self.flags.items():
+            setattr(torch.backends.cudnn, k, v)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            setattr(torch.backends.cudnn, k, v)
+
+
+# ---------------------------------------------------------------- step equivalence
+
+
+def optimizer_kwargs(preset: str, reg: str) -> dict:
+    """configs/optimizer/PRESET.yaml's settings with the regularization's λ₂ and λ, for core.update_rule.Optimizer."""
+    o = validate(compose_cfg(f"optimizer={preset}")).optimizer
+    l2, wd = REGULARIZATION[reg]
+    kw = dict(algorithm=o.algorithm, lr=LR, l2=l2, wd=wd, decay=decoupled_rate(wd, o.wd_scaling, LR))
+    return kw | (dict(betas=tuple(o.betas), eps=o.eps) if o.algorithm == "adam" else dict(momentum=o.momentum,
+                                                                                      nesterov=o.nesterov))  # fmt: skip
+
+
+def float64_batches(device, shapes):
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.randn(b, 3, 32, 32, generator=gen, dtype=torch.float64).to(device),
+             torch.randint(0, 10, (b,), generator=gen).to(device)) for b in shapes]  # fmt: skip
+
+
+def twin_runs(device, kw, batches, depth, tables=step_tables):
+    """The eager step's and the graphed step's (loss, d_t, ‖g‖) per batch, models and optimizers."""
+    schedule, _ = warm_restarts(T_0=1.0, T_mult=2.0, eta_min=0.05)  # moves every step, restarts at step 5
+
+    def make(capturable):
+        torch.manual_seed(0)
+        model = build_resnet(depth, 1, 10, bn_momentum=0.1).double().to(device)  # float64: nothing to round away
+        return model, Optimizer(model, fused=True, capturable=capturable, **kw)
+
+    m1, o1 = make(capturable=False)  # what the eager trainer builds
+    eager = []
+    for k, (x, y) in enumerate(batches):
+        loss, d, gn = rstep.train_step(m1, o1, x, y, k / SPE, schedule(k / SPE), nullcontext(), want_grad_norm=True)
+        eager.append((loss.item(), d, gn.item()))
+    m2, o2 = make(capturable=device.type == "cuda")  # what the graphed trainer builds
+    lrs, ds = tables(schedule, lambda t, e: kw["decay"](t, e) if kw["wd"] else 0.0, LR, SPE, len(batches))
+    g = rstep.GraphedStep(m2, o2, nullcontext(), lrs, ds, capture=device.type == "cuda")
+    graphed = []
+    for k, (x, y) in enumerate(batches):
+        loss, gn, _ = g(x, y, k)
+        graphed.append((loss.item(), ds[k], gn.item()))
+    return (eager, m1, o1), (graphed, m2, o2, g)
+
+
+def differences(a: dict, b: dict) -> dict:
+    """{name: max |difference|} of the tensors that are not equal (at most 5)."""
+    out = {}
+    for k, v in a.items():
+        if not torch.equal(v, b[k]) and len(out) < 5:
+            out[k] = (v.double() - b[k].double()).abs().max().item()
+    return out
+
+
+def moments(opt: Optimizer) -> dict:
+    return {f"{i}.{k}": v for i, p in enumerate(opt.params) for k, v in opt.inner.state[p].items()}
+
+
+def step_equivalence(device, preset, reg, quick=False, tables=step_tables) -> dict:
+    """Exact, not close: both paths take lr_t from Optimizer.lr_value and 1 − d_t from keep_value, and run the same
+    kernels on the same inputs (cuDNN deterministic), so any difference is a bug."""
+    batches = float64_batches(device, QUICK_SHAPES if quick else SHAPES)
+    with cudnn_flags(deterministic=True, benchmark=False):
+        (eager, m1, o1), (graphed, m2, o2, g) = twin_runs(device, optimizer_kwargs(preset, reg), batches,
+                                                          8 if quick else 20, tables)  # fmt: skip
+    return {
+        "steps": len(batches),
+        "graphs": len(g.graphs),
+        "counter": g.counter.item(),
+        "steps_that_differ": [k for k, (a, b) in enumerate(zip(eager, graphed)) if a != b][:5],
+        "weights_that_differ": differences(m1.state_dict(), m2.state_dict()),
+        "moments_that_differ": differences(moments(o1), moments(o2)),
+        "trained": eager[0][0] != eager[-1][0],
+    }
+
+
+def assert_equivalent(r: dict, graphs: int) -> None:
+    assert r["graphs"] == graphs and r["counter"] == r["steps"] and r["trained"], r
+    assert not r["steps_that_differ"] and not r["weights_that_differ"] and not r["moments_that_differ"], r
+
+
+@pytest.mark.parametrize("reg", sorted(REGULARIZATION))
+@pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.gpu
 @needs_cuda
 def test_the_captured_step_equals_the_eager_step_bit_for_bit(preset, reg):
-    r = gpu_check.step_equivalence(CUDA, preset, reg)
-    assert r["graphs"] == 2 and r["counter"] == r["steps"]  # both batch shapes were recorded and replayed
-    assert r["ok"], r
+    assert_equivalent(step_equivalence(CUDA, preset, reg), graphs=2)  # both batch shapes recorded and replayed
+
+
+@pytest.mark.parametrize("preset,reg", [("adamw", "both"), ("sgd_l2", "l2")])
+def test_the_step_equivalence_check_runs_uncaptured_on_cpu(preset, reg):
+    assert_equivalent(step_equivalence(CPU, preset, reg, quick=True), graphs=0)
+
+
+def test_the_step_equivalence_check_sees_a_different_update():
+    """The check can fail: the graphed side built with another lr table is caught at its first step."""
+    scaled = lambda *a: tuple([v * 1.5 for v in t] for t in step_tables(*a))  # noqa: E731
+    r = step_equivalence(CPU, "adamw", "decoupled", quick=True, tables=scaled)
+    assert r["steps_that_differ"][0] == 0 and r["weights_that_differ"]
+
+
+# ---------------------------------------------------------------- recalibration, eval forward, default path
+
+
+def recalibration_identity(device, folder: Path) -> tuple[list, list, dict]:
+    """(step records of the run that recalibrates every 3 steps, of the run that does not, weight differences)."""
+    det = dict(deterministic=True, bn_recalibrate=256, compile=False)  # the check is about the captured step
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        a = drain(tiny_config(device, val_every=3, **det), folder / "recal_every_3")
+        b = drain(tiny_config(device, **{**det, "bn_recalibrate": 0}), folder / "no_recal")
+    finally:  # setup() turned them on for the whole process
+        torch.use_deterministic_algorithms(was)
+    keep = ("step", "train_loss", "lr", "decay")  # the two runs flush (and add weight norms) at different steps
+    steps = [[{k: r[k] for k in keep} for r in read_metrics(run.recorder.path) if "train_loss" in r] for run in (a, b)]
+    weights = differences(a.model.state_dict(), b.model.state_dict()) | differences(moments(a.opt), moments(b.opt))
+    assert a.path["cuda_graphs"] is (device.type == "cuda")
+    return steps[0], steps[1], weights
+
+
+def eval_forward_equality(device) -> tuple[int, list, list, bool]:
+    """(batches whose captured logits differ from the eager ones, evaluate() with each, whether it captured)."""
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    model = build_resnet(20, 1, 10).to(device, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    model.eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if cuda else nullcontext()
+    splits = rdata.make_synthetic(n_train=20, n_val=450, seed=1)
+    mean, std = rdata.channel_stats(splits.train_x)
+    loader = rdata.DeviceLoader(splits.val_x, splits.val_y, 100, device=device, shuffle=False, pad_last=True,
+                                mean=mean, std=std, channels_last=cuda)  # fmt: skip
+    captured = rstep.GraphedForward(model, autocast, capture=cuda)
+    eager = rstep.GraphedForward(model, autocast, capture=False)
+    unequal = 0
+    with cudnn_flags(benchmark=True):  # as the trainer runs
+        for _ in range(2):
+            for x, _y in loader.epoch(0):
+                unequal += not torch.equal(eager(x).clone(), captured(x).clone())  # a replay rewrites its output
+        ev_eager = torch.stack(evaluate(model, eager, loader)).tolist()
+        model.eval()
+        ev_captured = torch.stack(evaluate(model, captured, loader)).tolist()
+    return unequal, ev_eager, ev_captured, captured.graph is not None
+
+
+def default_path(device, folder: Path) -> dict:
+    """A 3-epoch run on the default settings, validating and recalibrating each epoch: its counts after epoch 1
+    and at the end (exact counts, no timing: a recompile or recapture of a new batch shape shows in them)."""
+    seen = {}
+
+    def after_step(run):
+        if run.state.step == run.steps_per_epoch:
+            seen.update(frames=compiled_frames(), graphs=len(run.graphed.graphs) if run.graphed else 0)
+
+    run = drain(tiny_config(device, epochs=3, bn_recalibrate=256), folder / "default_path", after_step)
+    s = json.loads((run.run_dir / "summary.json").read_text())
+    return {
+        "execution": run.path,
+        "status": s["status"],
+        "epochs": len([r for r in read_metrics(run.recorder.path) if "epoch_train_s" in r]),
+        "graphs": len(run.graphed.graphs) if run.graphed else 0,
+        "graphs_after_epoch_1": seen["graphs"],
+        "eval_captured": run.eval_forward.graph is not None,
+        "frames": compiled_frames(),
+        "frames_after_epoch_1": seen["frames"],
+    }
 
 
 @pytest.mark.gpu
 @needs_cuda
 def test_validations_that_recalibrate_batchnorm_leave_captured_training_bit_identical(tmp_path):
-    r = gpu_check.recalibration_identity(CUDA, tmp_path)
-    assert r["execution"]["cuda_graphs"] is True
-    assert r["ok"], r
+    a, b, weights = recalibration_identity(CUDA, tmp_path)
+    assert a == b and not weights
 
 
 @pytest.mark.gpu
 @needs_cuda
 def test_the_captured_validation_forward_gives_the_eager_logits_exactly():
-    r = gpu_check.eval_forward_equality(CUDA)
-    assert r["captured"]
-    assert r["ok"], r
+    unequal, ev_eager, ev_captured, captured = eval_forward_equality(CUDA)
+    assert captured and unequal == 0 and ev_eager == ev_captured
 
 
 @pytest.mark.gpu
 @needs_cuda
 def test_the_default_path_compiles_and_captures_once_and_never_stalls_after_the_first_epoch(tmp_path):
-    r = gpu_check.default_path(CUDA, tmp_path)
+    r = default_path(CUDA, tmp_path)
     assert r["execution"]["compile"] is True and r["execution"]["cuda_graphs"] is True
-    assert r["ok"], r
-
-
-# ---------------------------------------------------------------- everywhere: the plumbing
-
-CPU = torch.device("cpu")
-
-
-@pytest.mark.parametrize("preset,reg", [("adamw", "both"), ("sgd_l2", "l2")])
-def test_step_equivalence_check_runs_uncaptured_on_cpu(preset, reg):
-    r = gpu_check.step_equivalence(CPU, preset, reg, quick=True)
-    assert r["ok"], r
-    assert r["graphs"] == 0 and r["trained"]
-
-
-def test_step_equivalence_check_sees_a_different_update():
-    """The check can fail: the graphed side built with another lr table is caught at its first step."""
-    original = gpu_check.step_tables
-    try:
-        gpu_check.step_tables = lambda *a: tuple([v * 1.5 for v in t] for t in original(*a))
-        r = gpu_check.step_equivalence(CPU, "adamw", "decoupled", quick=True)
-    finally:
-        gpu_check.step_tables = original
-    assert not r["ok"] and r["steps_that_differ"][0] == 0 and r["weights_that_differ"]
+    assert r["status"] == "completed" and r["epochs"] == 3 and r["eval_captured"], r
+    assert r["graphs"] == r["graphs_after_epoch_1"] == 1 and r["frames"] == r["frames_after_epoch_1"], r
 
 
 def test_recalibration_and_eval_forward_checks_run_on_cpu(tmp_path):
-    assert gpu_check.recalibration_identity(CPU, tmp_path)["ok"]
-    assert gpu_check.eval_forward_equality(CPU)["ok"]
+    a, b, weights = recalibration_identity(CPU, tmp_path)
+    assert a == b and len(a) == 16 and not weights
+    unequal, ev_eager, ev_captured, captured = eval_forward_equality(CPU)
+    assert unequal == 0 and ev_eager == ev_captured and not captured
 
 
-def test_a_check_that_raises_is_a_failed_check_and_the_others_still_run(tmp_path, monkeypatch):
-    def boom(*a, **k):
-        raise RuntimeError("planted")
-
-    monkeypatch.setattr(gpu_check, "eval_forward_equality", boom)
-    monkeypatch.setattr(gpu_check, "PRESETS", {"adamw": gpu_check.PRESETS["adamw"]})
-    monkeypatch.setattr(gpu_check, "REGULARIZATION", {"both": gpu_check.REGULARIZATION["both"]})
-    monkeypatch.setattr(gpu_check, "recalibration_identity", lambda *a: {"check": "recalibration", "ok": True})
-    monkeypatch.setattr(gpu_check, "default_path", lambda *a: {"check": "default path", "ok": True})
-    results = gpu_check.all_checks(CPU, tmp_path, quick=True)
-    assert [r["ok"] for r in results] == [True, True, False, True]
-    assert "planted" in results[2]["error"]
+# ---------------------------------------------------------------- the GPU command
 
 
-def test_the_preset_copy_matches_configs_optimizer():
-    yaml = pytest.importorskip("yaml")
-    for name, copied in gpu_check.PRESETS.items():
-        section = yaml.safe_load((ROOT / "configs" / "optimizer" / f"{name}.yaml").read_text())["optimizer"]
-        for key, value in copied.items():
-            assert section[key] == (list(value) if isinstance(value, tuple) else value), (name, key)
+def gpu_command(*args, timeout=120):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_the_gpu_command_refuses_in_one_line_without_cuda(tmp_path):
+    r = gpu_command("--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and not (tmp_path / "out").exists()
+    assert r.stderr.strip().count("\n") == 0 and "no CUDA device here" in r.stderr and "--device cpu" in r.stderr
 
 
 @pytest.mark.slow
-def test_gpu_all_runs_every_stage_and_prints_the_speed_table_in_its_cpu_mode(tmp_path):
-    """DEVICE=cpu QUICK=1 scripts/gpu_all.sh: the unattended GPU command's plumbing, tiny, on CPU."""
-    env = {
-        **os.environ,
-        "DEVICE": "cpu",
-        "QUICK": "1",
-        "OUT": str(tmp_path / "out"),
-        "OMP_NUM_THREADS": "1",
-        "PYTHON": sys.executable,
-    }
-    r = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "gpu_all.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+def test_the_gpu_command_runs_its_stages_on_cpu_and_rewrites_its_results_after_each(tmp_path):
+    """--device cpu --quick on a tarball of a few JPEGs: every stage but the GPU-only ones, tiny; then one with too
+    short a deadline."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 48), ("test", 16)):
+        for c in ("cat", "dog"):
+            (tmp_path / "jpg" / split / c).mkdir(parents=True)
+            for k in range(n):
+                pixels = torch.randint(0, 256, (32, 32, 3), generator=gen, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / "jpg" / split / c / f"{k}.jpg")
+    with tarfile.open(tmp_path / "data.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "jpg", arcname="cifar10-jpg")
+    r = gpu_command("--device", "cpu", "--quick", "--data", str(tmp_path / "data.tar.gz"), "--out",
+                    str(tmp_path / "out"), timeout=400)  # fmt: skip
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    out = tmp_path / "out"
-    assert json.loads((out / "bench.json").read_text())["summary"]["loop_images_per_s"]["eager"]
-    assert json.loads((out / "gpu_check.json").read_text())["failed"] == []
-    table = (out / "speed_table.md").read_text()
-    assert "| tutorial DataLoader loop" in table and "| runner, eager" in table
-    assert (out / "gpu_all.log").read_text().count("stage ") >= 4
-    assert len(list(out.iterdir())) <= 8  # what the device tool brings back from $OUT
-
-
-def test_the_speed_table_puts_each_figure_in_its_cell_and_marks_what_is_missing():
-    spec = importlib.util.spec_from_file_location("speed_table", ROOT / "scripts" / "speed_table.py")
-    speed_table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed_table)
-
-    def loop_row(batch, path, rate, tutorial):
-        return {
-            "batch_size": batch,
-            "path": path,
-            "loop": {"images_per_s": rate},
-            "tutorial": {"images_per_s": tutorial},
-            "ratio": rate / tutorial,
-            "epoch_s_est": 50_000 / rate,
-            "overhead": {"share_raw": 0.01},
-        }
-
-    bench = {
-        "env": {
-            "device_name": "NVIDIA H100",
-            "torch": "2.11.0",
-            "cuda": "13.0",
-            "cudnn": 91900,
-            "python": "3.12.3",
-            "cpu_count": 16,
-            "code": {"commit": "abcdef1234", "dirty": False},
-        },
-        "settings": {"model": "resnet56v2", "data": "synthetic"},
-        "loop": [
-            loop_row(64, "eager", 2400, 2200),
-            loop_row(128, "eager", 4000, 4200),
-            loop_row(128, "graphs", 16800, 4200),
-        ],
-    }
-    check = {
-        "runs": [
-            {
-                "batch_size": 128,
-                "path": "default",
-                "images_per_s": 25_000,
-                "epoch_train_s": [30.5, 1.9],
-                "startup_s": 28.0,
-                "stall_s": 0.05,
-                "val_s": 0.21,
-                "val_first_s": 19.0,
-            },
-            {"batch_size": 64, "path": "default", "error": "Traceback ..."},
-        ],
-        "failed": ["run default batch 64"],
-    }
-    lines = speed_table.table(bench, check).splitlines()
-    assert lines[0].startswith("Measured on NVIDIA H100, torch 2.11.0, CUDA 13.0") and "commit abcdef1" in lines[0]
-    rows = {ln.split(" | ")[0].lstrip("| "): ln.split(" | ")[1:] for ln in lines if ln.startswith("| ")}
-    assert rows["what"] == ["batch 64", "batch 128 |"]
-    assert rows["tutorial DataLoader loop (reference)"] == ["2,200 img/s", "4,200 img/s |"]
-    graphs = next(v for k, v in rows.items() if k.startswith("runner, CUDA graphs"))
-    assert graphs[0] == "–" and graphs[1].startswith("16,800 img/s (4.00×), 2.98 s/epoch")
-    default = next(v for k, v in rows.items() if k.startswith("`runner.engine.loop.train`, default"))
-    assert default[0] == "failed" and default[1].startswith("25,000 img/s steady; epochs 30.50, 1.90 s; startup 28.0")
-    assert lines[-1] == "gpu_check failures: run default batch 64"
+    res = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    st = res["stages"]
+    assert list(st) == ["preflight", "default_cold", "default_warm", "bench", "bench_more"]
+    assert st["preflight"]["status"].startswith("skipped: no CUDA")
+    assert all(st[k]["status"] == "passed" for k in ("default_cold", "default_warm", "bench", "bench_more")), st
+    assert st["default_cold"]["figures"]["status"] == "completed" and st["default_warm"]["figures"]["images_per_s"] > 0
+    assert st["bench"]["figures"]["pack"]["k"] == 2 and st["bench_more"]["figures"]["summary"]["tutorial_images_per_s"]
+    assert set(res["env"]) >= {"card", "driver", "torch", "date", "code"}
+    assert res["data"]["name"] == "image_folder" and res["data"]["tarball"] == "data.tar.gz"
+    assert st["default_cold"]["figures"]["path"]["device"] == "cpu" and "data.root=" in st["default_cold"]["command"]
+    table = (tmp_path / "out" / "README.md").read_text()
+    assert "pack of 2: aggregate images/s vs sequential" in table and "default run (warm compile cache)" in table
+    r = gpu_command("--device", "cpu", "--quick", "--deadline", "12", "--out", str(tmp_path / "short"), timeout=200)
+    st = json.loads((tmp_path / "short" / "gpu.json").read_text())["stages"]
+    assert any(s["status"].startswith("skipped: ") and "deadline" in s["status"] for s in st.values()), st

@@ -8,6 +8,9 @@ device-side step eagerly (capture=False); the capture itself is checked on a GPU
 """
 
 import math
+import os
+import warnings
+from contextlib import contextmanager as contextmanager_fn
 from contextlib import nullcontext
 
 import pytest
@@ -19,7 +22,7 @@ from runner.core.models import build_resnet
 from runner.core.schedules import warm_restarts
 from runner.core.step_plan import step_tables
 from runner.core.update_rule import Optimizer, decoupled_rate
-from runner.engine.step import GraphedStep, train_step
+from runner.engine.step import GraphedForward, GraphedStep, train_step
 
 SPE, STEPS, LR = 4, 12, 3e-3
 BATCHES = [
@@ -206,3 +209,120 @@ def test_the_graphed_step_never_reads_a_device_value_on_the_host(monkeypatch):
     loss, gn, _ = g(*BATCHES[1], 1)
     monkeypatch.undo()
     assert g.counter.item() == 2 and math.isfinite(loss.item()) and gn.item() > 0
+
+
+class FakeCuda:
+    """torch.cuda's stream, graph and device calls, recorded, on a machine without CUDA: what GraphedStep and
+    GraphedForward ask for (which device, which stream) is checked here; the bodies run eagerly on CPU tensors."""
+
+    def __init__(self, monkeypatch, empty=False):
+        self.streams, self.current, self.captures, self.devices, self.recorded = [], [], [], [], []
+        fake = self
+
+        class Current:  # what current_stream(device) hands out
+            def __init__(self, device=None):
+                self.device = device
+
+            def wait_stream(self, other):
+                pass
+
+        class Stream(Current):  # a stream the code under test makes
+            def __init__(self, device=None):
+                super().__init__(device)
+                fake.streams.append(self)
+
+        class Graph:
+            def replay(self):
+                pass
+
+        @contextmanager_fn
+        def graph(g, stream=None, **kw):
+            fake.captures.append(stream)
+            yield
+            if empty:
+                warnings.warn("The CUDA Graph is empty. This usually means that the graph was attempted to be "
+                              "captured on wrong device or stream.")  # fmt: skip
+
+        def current_stream(device=None):
+            fake.current.append(device)
+            return Current(device)
+
+        def device(d):
+            fake.devices.append(d)
+            return nullcontext()
+
+        for name, value in dict(
+            Stream=Stream,
+            CUDAGraph=Graph,
+            graph=graph,
+            current_stream=current_stream,
+            stream=lambda s: nullcontext(),
+            device=device,
+            synchronize=lambda d=None: None,
+        ).items():
+            monkeypatch.setattr(torch.cuda, name, value)  # fmt: skip
+        monkeypatch.setattr(torch.Tensor, "record_stream", lambda t, s: fake.recorded.append(s), raising=False)
+
+
+def captured_step(monkeypatch, empty=False):
+    fake = FakeCuda(monkeypatch, empty)
+    model, opt, decay = make("adam", 0.0, 0.05, "schedule", fused=True)
+    lrs, ds = step_tables(SCHEDULE, decay, LR, SPE, STEPS)
+    return fake, GraphedStep(model, opt, nullcontext(), lrs, ds, capture=True)
+
+
+def test_the_graphed_step_warms_up_and_captures_on_its_weights_device_and_stream(monkeypatch):
+    """torch's capture stream and current_stream() default to the current device (GPU 0): on cuda:N the step must
+    name its own device and stream, or the graph records nothing of it."""
+    fake, g = captured_step(monkeypatch)
+    for k in range(5):  # 3 warm-ups, the capture, a replay
+        g(*BATCHES[k], k)
+    assert len(g.graphs) == 1
+    assert fake.current and all(d == g.device for d in fake.current)  # never the current device by default
+    assert fake.streams == [g.side] and g.side.device == g.device  # one side stream, of its device
+    assert fake.captures == [g.side]  # captured there, not on torch's process-wide capture stream
+    assert fake.devices == [g.device]  # with its device current while capturing
+
+
+def test_a_capture_that_records_nothing_is_an_error_not_a_run_that_trains_nothing(monkeypatch):
+    _, g = captured_step(monkeypatch, empty=True)
+    for k in range(3):
+        g(*BATCHES[k], k)
+    with pytest.raises(RuntimeError, match="recorded no work"):
+        g(*BATCHES[3], 3)
+
+
+def test_the_eval_forward_keeps_one_warm_up_stream_and_marks_its_outputs_used_by_the_callers(monkeypatch):
+    """A new stream per call comes from torch's round-robin pool (shared with a pack's other runs); an output
+    made on the side stream and freed on the caller's could be handed out again while still in use."""
+    fake = FakeCuda(monkeypatch)
+    model = build_resnet(8, 1, 10).eval()
+    forward = GraphedForward(model, nullcontext(), capture=True, warmup=2)
+    x = torch.randn(4, 3, 32, 32)
+    outs = [forward(x) for _ in range(4)]  # 2 warm-ups, the capture, a replay
+    assert forward.graph is not None and fake.streams == [forward.side]  # one side stream, made once
+    assert fake.captures == [forward.side]
+    assert len(fake.recorded) == 2  # each warm-up output, marked as used by the caller's stream of its device
+    assert all(s is not forward.side and s.device == x.device for s in fake.recorded)
+    assert outs[0].shape == (4, 10)
+
+
+def test_a_compiled_run_keeps_torch_compiles_caches_in_the_configured_folder(tmp_path, monkeypatch):
+    """trainer.compile_cache: a later process finds what this one compiled (a warm start); null leaves torch's."""
+    from runner.config import DataConfig, ModelConfig, RunConfig, TrainerConfig
+    from runner.engine.build import setup
+
+    def tiny(**trainer):
+        tr = TrainerConfig(device="cpu", compile=True, progress=False, bn_recalibrate=0, **trainer)
+        data = DataConfig(name="synthetic", n_train=64, n_val=20)
+        return RunConfig(epochs=1, batch_size=32, model=ModelConfig(name="resnet20v1", depth=20, version=1),
+                         data=data, trainer=tr)  # fmt: skip
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    (tmp_path / "run").mkdir()
+    setup(tiny(compile_cache=str(tmp_path / "cache")), tmp_path / "run").recorder.close()  # compiles at step 1
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    (tmp_path / "run2").mkdir()
+    setup(tiny(), tmp_path / "run2").recorder.close()
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") != str(tmp_path / "cache")  # torch's own default, if any

@@ -298,3 +298,30 @@ def test_rounding_note_appears_only_when_some_step_is_too_small_for_float32():
     note = rounding_note([1e-5, 1e-6])
     assert note.endswith("off its value: 9 % at d_t = 1e-06")
     assert rounding_note([1e-8]).endswith("off its value; no shrink at all on the 1 steps with d_t ≤ 3e-8")
+
+
+@pytest.mark.parametrize("algorithm", ["adam", "sgd"])
+def test_loading_a_checkpoint_keeps_this_optimizers_execution_flags(algorithm):
+    """torch.optim's load_state_dict takes fused/foreach/capturable from the checkpoint; the runner keeps its own, so
+    an eager or CPU run's checkpoint continues on the fused (and, for CUDA graphs, capturable) path. Fused kernels
+    run on CPU too: a checkpoint of the unfused optimizer is loaded into a fused one here."""
+    kw = dict(algorithm=algorithm, lr=ALPHA, l2=0.0, wd=0.0, decay=decoupled_rate(0.0, "schedule", ALPHA))
+    model = tiny_model()
+    saved_from = Optimizer(model, fused=False, **kw)
+    for k in range(3):
+        saved_from.zero_grad()
+        grads(model, k)
+        saved_from.step(k / STEPS, 1.0)
+    loaded = Optimizer(model, fused=True, **kw)
+    flags = {k: v for k, v in loaded.inner.param_groups[0].items() if k in ("fused", "foreach", "capturable")}
+    loaded.load_state_dict(saved_from.state_dict())
+    assert flags["fused"] is True
+    for group in loaded.inner.param_groups:
+        assert {k: group[k] for k in flags} == flags
+    if algorithm == "adam":  # the fused kernels read the step count as float32 on the weights' device
+        steps = [s["step"] for s in loaded.inner.state.values()]
+        assert steps and all(s.dtype == torch.float32 and s.item() == 3 for s in steps)
+    loaded.zero_grad()
+    grads(model, 3)
+    loaded.step(3 / STEPS, 1.0)  # the fused step runs on the loaded state
+    assert all(s.get("step", torch.tensor(4.0)).item() == 4 for s in loaded.inner.state.values())

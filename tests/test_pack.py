@@ -18,7 +18,7 @@ from runner.config import validate
 from runner.engine.checkpoint import load_latest
 from runner.engine.loop import train
 from runner.engine.records import read_metrics
-from runner.sweeps.pack import Job, pack_key, plan_packs, train_pack
+from runner.sweeps.pack import Job, pack_key, plan_packs, start_rounds, train_pack
 
 # 2 epochs of 4 steps; validations at steps 3, 6 and 8; weight and gradient norms every 2 steps
 SMALL = [*TINY, "data.n_train=128", "data.n_val=40", "batch_size=32", "trainer.val_every=3", "trainer.log_every=2"]
@@ -170,6 +170,32 @@ def test_sigterm_checkpoints_every_job_and_a_rerun_resumes_each_from_its_own_fol
         assert outcome.summary["status"] == "completed" and outcome.summary["resumed"]["from_step"] in (4, 5)
         assert_bit_equal(saved_state(tmp_path / name)[0], saved_state(alone / name)[0])
         assert essentials(tmp_path / name) == essentials(alone / name)
+
+
+class Turns:
+    """An `around` for train_pack that notes whose turn each one is."""
+
+    def __init__(self):
+        self.order = []
+
+    @contextmanager
+    def __call__(self, i):
+        self.order.append(i)
+        yield
+
+
+def test_staggered_jobs_start_apart_so_they_never_validate_in_the_same_round_and_train_as_alone(tmp_path, alone):
+    assert start_rounds([390, 390, 390, 390]) == [0, 97, 195, 292]  # a quarter of an epoch apart
+    assert start_rounds([3, 6]) == [0, 1] and start_rounds([]) == []
+    names = ["adamw", "sgdw"]
+    turns = Turns()
+    outcomes = train_pack(jobs(tmp_path, names), around=turns, stagger=True)  # what a pack does on CUDA
+    # two setups; sgdw waits one round (val_every=3: 3·1/2 rounds), so its validations come a step after adamw's
+    assert turns.order[:6] == [0, 1, 0, 0, 1, 0]
+    for name, outcome in zip(names, outcomes):
+        assert outcome.summary["status"] == "completed"
+        assert records(tmp_path / name) == records(alone / name)
+        assert_bit_equal(saved_state(tmp_path / name)[0], saved_state(alone / name)[0])
 
 
 def test_jobs_pack_by_model_batch_size_epochs_data_and_device_in_sweep_order():

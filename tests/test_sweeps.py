@@ -7,7 +7,7 @@ import torch
 from conftest import TINY, compose_cfg, run_cli
 
 from runner.config import validate
-from runner.engine.build import pick_device
+from runner.engine.build import pick_device, use_device
 
 SMALL = [*TINY, "epochs=2", "data.n_train=128", "data.n_val=40", "batch_size=32"]
 
@@ -22,6 +22,18 @@ def test_sweep_job_i_runs_on_gpu_i_mod_n(monkeypatch):
     assert [pick_device("auto", i).index for i in range(7)] == [0, 1, 2, 0, 1, 2, 0]
     assert pick_device("cuda", 4) == torch.device("cuda", 1)
     assert pick_device("cpu", 4) == torch.device("cpu")
+
+
+def test_a_run_on_gpu_n_makes_gpu_n_the_current_device(monkeypatch):
+    """What torch takes without a device (a graph capture's sync and pool, new streams) then means the run's GPU."""
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert use_device(pick_device("cuda", 3)) == torch.device("cuda", 1)
+    assert current == [torch.device("cuda", 1)]
+    use_device(torch.device("cpu"))
+    assert current == [torch.device("cuda", 1)]  # a CPU run leaves CUDA alone
 
 
 def test_experiment_presets_compose():

@@ -221,6 +221,7 @@ class TrainerConfig(_Section):
     compile_mode: str = setting(
         "default", resumable=True, choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
     )
+    compile_cache: Optional[str] = setting(None, resumable=True)  # folder of torch.compile's caches; null: torch's
     cuda_graphs: Optional[bool] = setting(None, resumable=True)
     progress: Optional[bool] = setting(None, resumable=True)
     train_eval: bool = setting(False, resumable=True)  # evaluations never touch the training (runner.core.evaluation)

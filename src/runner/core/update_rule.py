@@ -67,6 +67,9 @@ def decoupled_rate(
     raise ValueError(f"unknown wd_scaling {wd_scaling!r}")
 
 
+EXECUTION_FLAGS = ("fused", "capturable", "foreach", "differentiable")  # how torch.optim runs, not what it learned
+
+
 def _round(x: float, dtype: torch.dtype) -> float:
     """x rounded to `dtype` (float32 or float64), as a Python float."""
     return struct.unpack("f", struct.pack("f", x))[0] if dtype == torch.float32 else float(x)
@@ -152,7 +155,19 @@ class Optimizer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """The moments and step counts of `state`, under this optimizer's own execution flags: torch.optim's
+        load_state_dict takes fused/capturable/foreach from the checkpoint, so a checkpoint of an eager or CPU run
+        continued with CUDA graphs would fail at capture ("capturable is False"). Adam's step counts move to where
+        the flags want them (the weights' device as float32 for fused or capturable kernels, else the host)."""
+        flags = [{k: g[k] for k in EXECUTION_FLAGS if k in g} for g in self.inner.param_groups]
         self.inner.load_state_dict(state)
+        for group, own in zip(self.inner.param_groups, flags):
+            group.update(own)
+            on_device = group.get("fused") or group.get("capturable")
+            for p in group["params"]:
+                st = self.inner.state.get(p, {})
+                if torch.is_tensor(st.get("step")):
+                    st["step"] = st["step"].to(dtype=torch.float32, device=p.device) if on_device else st["step"].cpu()
 
     @torch.no_grad()
     def weight_stats(self, stages: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

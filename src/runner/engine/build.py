@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -54,6 +55,14 @@ def pick_device(name: str, job_num: int = 0) -> torch.device:
     if name == "cuda":
         return torch.device("cuda", job_num % torch.cuda.device_count())
     return torch.device(name)
+
+
+def use_device(device: torch.device) -> torch.device:
+    """Make a CUDA device the current one: what torch takes without a device (a capture's sync and memory pool,
+    a new stream, cuDNN's handle) then points at this run's GPU, not GPU 0."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def execution_path(tr: TrainerConfig, device: torch.device) -> dict:
@@ -129,7 +138,7 @@ def setup(
     run_dir, tr, t_start = Path(run_dir), cfg.trainer, time.time()
     lock.hold(run_dir)  # one writer per folder (already held when the CLI took it before Hydra wrote .hydra/)
     saved, state, info = saved_state(cfg, run_dir, meta)
-    device = pick_device(tr.device, job_num)
+    device = use_device(pick_device(tr.device, job_num))
     path = execution_path(tr, device)
     torch.manual_seed(cfg.seed)
     autocast = device_settings(tr, device, path)
@@ -144,6 +153,8 @@ def setup(
     if saved is not None:
         restore(saved, model, opt)
         log.info("continuing from step %d (epoch %.2f) of %s", state.step, state.step / spe, run_dir / "checkpoints")
+    if path["compile"]:
+        use_compile_cache(tr.compile_cache)
     # dynamic=False: one batch shape per phase (data.drop_last, padded validation), compiled once each
     forward = torch.compile(model, mode=tr.compile_mode, dynamic=False) if path["compile"] else model
     step = (
@@ -173,6 +184,13 @@ def setup(
     announce(run, len(splits.val_y))
     recorder.start(dataclasses.asdict(cfg), info.get("choices"))
     return run
+
+
+def use_compile_cache(folder: str | None) -> None:
+    """torch.compile's on-disk caches (Inductor's compiled graphs and autotuning, Triton's kernels) in `folder`, so
+    that a later process compiles from them (a warm start); None leaves torch's own, /tmp/torchinductor_$USER."""
+    if folder:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder).expanduser().resolve())
 
 
 def device_settings(tr: TrainerConfig, device: torch.device, path: dict):

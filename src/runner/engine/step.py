@@ -74,6 +74,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+EMPTY_GRAPH = "The CUDA Graph is empty"  # torch's warning when a capture recorded no work (wrong device or stream)
+
+
+def record_graph(graph, stream, device: torch.device, body) -> None:
+    """Record `body()` into `graph` on `stream`, a stream of `device`, with `device` current (torch's capture syncs
+    and allocates on the current device). A graph that recorded nothing would replay as a no-op and train nothing:
+    that is an error here, not a warning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.cuda.device(device), torch.cuda.graph(graph, stream=stream):
+            body()
+    for w in caught:
+        if EMPTY_GRAPH in str(w.message):
+            raise RuntimeError(f"the CUDA graph captured on {device} recorded no work: {w.message}")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)  # the others, as they came
+
+
 class GraphedStep:
     """forward + backward + L2 + decoupled shrink + optimizer update for step k, with lr_t and d_t read
     on the device from per-step tables; captured as one CUDA graph per batch shape when `capture`."""
@@ -90,7 +107,7 @@ class GraphedStep:
         capture: bool,
         warmup: int = 3,
     ):
-        dev = opt.params[0].device
+        self.device = dev = opt.params[0].device
         self.model, self.opt, self.autocast, self.capture, self.warmup = model, opt, autocast, capture, warmup
         dtype = opt.params[0].dtype
         # the values the eager step would use, rounded in the one place both paths share
@@ -104,7 +121,7 @@ class GraphedStep:
         self.graphs: dict[tuple, tuple] = {}  # batch shape → (graph, static images, static labels)
         self.seen: dict[tuple, int] = {}
         self.capture_s = 0.0  # time spent recording graphs, kept apart from the training rate
-        self.side = torch.cuda.Stream(dev) if capture else None
+        self.side = torch.cuda.Stream(dev) if capture else None  # warm-up and capture, on the weights' device
 
     def _body(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """step_body at the counter's step, every tensor op on the device."""
@@ -144,12 +161,13 @@ class GraphedStep:
 
     def _warm(self, x, y) -> None:
         """An eager step on a side stream, as the CUDA graph docs ask before a capture."""
-        self.side.wait_stream(torch.cuda.current_stream())
+        current = torch.cuda.current_stream(self.device)  # the run's stream (its own in a pack), on its device
+        self.side.wait_stream(current)
         with torch.cuda.stream(self.side), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*capturable=True.*")  # Adam warns when run uncaptured
             self.opt.zero_grad()
             self._body(x, y)
-        torch.cuda.current_stream().wait_stream(self.side)
+        current.wait_stream(self.side)
 
     def _record(self, x, y) -> tuple:
         """Record the step for this batch shape (nothing runs yet; the caller replays it)."""
@@ -158,8 +176,7 @@ class GraphedStep:
         static_x, static_y = x.clone(), y.clone()
         self.opt.zero_grad()  # the graph allocates the gradients in its own memory pool and rewrites them each replay
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._body(static_x, static_y)
+        record_graph(graph, self.side, self.device, lambda: self._body(static_x, static_y))
         _sync(x.device)
         self.capture_s += time.perf_counter() - tick
         return graph, static_x, static_y
@@ -167,11 +184,14 @@ class GraphedStep:
 
 class GraphedForward:
     """`forward(x)` of one fixed input shape (validation's padded batches), recorded once as a CUDA graph after
-    `warmup` eager calls and replayed after; the caller owns model.eval()/train(). Eager when not `capture`."""
+    `warmup` eager calls and replayed after; the caller owns model.eval()/train(). Eager when not `capture`.
+    Warm-up and capture use one side stream of the input's device, made at the first call and kept: a new stream
+    per call would come from torch's small round-robin pool, shared with the other runs of a pack."""
 
     def __init__(self, forward, autocast, *, capture: bool, warmup: int = 2):
         self.forward, self.autocast, self.capture, self.warmup = forward, autocast, capture, warmup
         self.calls, self.graph, self.static_x, self.static_out = 0, None, None, None
+        self.side: torch.cuda.Stream | None = None
         self.capture_s = 0.0
 
     @torch.no_grad()
@@ -181,18 +201,14 @@ class GraphedForward:
                 return self.forward(x)
         if self.graph is None:
             self.calls += 1
+            if self.side is None:
+                self.side = torch.cuda.Stream(x.device)
             if self.calls <= self.warmup:
-                side = torch.cuda.Stream(x.device)
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side), self.autocast:
-                    out = self.forward(x)
-                torch.cuda.current_stream().wait_stream(side)
-                return out
+                return self._warm(x)
             _sync(x.device)
             tick = time.perf_counter()
             self.static_x, self.graph = x.clone(), torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph), self.autocast:
-                self.static_out = self.forward(self.static_x)
+            record_graph(self.graph, self.side, x.device, lambda: self._record(self.static_x))
             _sync(x.device)
             self.capture_s += time.perf_counter() - tick
         if x.shape != self.static_x.shape or x.stride() != self.static_x.stride():
@@ -203,3 +219,18 @@ class GraphedForward:
         self.static_x.copy_(x)
         self.graph.replay()
         return self.static_out
+
+    def _warm(self, x: torch.Tensor) -> torch.Tensor:
+        """An eager call on the side stream; its output, made there and used on the caller's stream, is marked as
+        used by that stream, so the allocator does not hand its memory out before the caller is done with it."""
+        current = torch.cuda.current_stream(x.device)
+        self.side.wait_stream(current)
+        with torch.cuda.stream(self.side), self.autocast:
+            out = self.forward(x)
+        current.wait_stream(self.side)
+        out.record_stream(current)
+        return out
+
+    def _record(self, x: torch.Tensor) -> None:
+        with self.autocast:
+            self.static_out = self.forward(x)

@@ -29,7 +29,7 @@ from typing import Callable, ContextManager, NamedTuple, Sequence
 import torch
 
 from runner.config import ConfigError, RunConfig, UserError
-from runner.engine.build import pick_device, setup
+from runner.engine.build import pick_device, setup, use_device
 from runner.engine.interrupts import StopRequests
 from runner.engine.loop import loop
 from runner.engine.summary import finish
@@ -89,15 +89,26 @@ def plan_packs(keys: Sequence[str | None], size: int) -> list[list[int]]:
     return packs
 
 
-def train_pack(jobs: Sequence[Job], around: Callable[[int], ContextManager] | None = None) -> list[Outcome]:
+def start_rounds(periods: Sequence[int]) -> list[int]:
+    """The round in which each of K jobs takes its first step: job i waits i·P/K rounds, P the shortest validation
+    period (trainer.val_every, in steps) among them, so that no two jobs validate or checkpoint in the same round
+    (all at once, the device would run one job's evaluation while the others' streams sit empty)."""
+    k, period = len(periods), min(periods, default=0)
+    return [i * period // k for i in range(k)]
+
+
+def train_pack(
+    jobs: Sequence[Job], around: Callable[[int], ContextManager] | None = None, stagger: bool | None = None
+) -> list[Outcome]:
     """Train `jobs` together, each into its own folder (continuing from its checkpoint if it has one), and return
     their outcomes in order. A job that diverges, fails or cannot start stops alone; the others go on (a job's user
     error, e.g. a missing data set, is only returned: the caller reports it).
     `around(i)` is entered around everything job i does (the launcher routes log lines to the job's own log file
-    with it; the benchmark times with it). All jobs run on the device of the first job's number (pick_device)."""
+    with it; the benchmark times with it). All jobs run on the device of the first job's number (pick_device).
+    `stagger` (default: on CUDA) starts the jobs a few rounds apart (start_rounds); it changes no job's training."""
     around = around or (lambda i: nullcontext())
     try:
-        device = pick_device(jobs[0].cfg.trainer.device, jobs[0].job_num)
+        device = use_device(pick_device(jobs[0].cfg.trainer.device, jobs[0].job_num))
     except ConfigError as e:  # trainer.device=cuda on a machine without one: no job can start
         return [Outcome(None, e) for _ in jobs]
     streams = [torch.cuda.Stream(device) if device.type == "cuda" else None for _ in jobs]
@@ -126,20 +137,17 @@ def train_pack(jobs: Sequence[Job], around: Callable[[int], ContextManager] | No
         data_cache.clear()  # the loaders hold what they need
         if turns:
             log.info("pack of %d: %s", len(turns), ", ".join(jobs[i].name or str(i) for i in turns))
+        stagger = device.type == "cuda" if stagger is None else stagger
+        first = dict(zip(turns, start_rounds([runs[i].val_every for i in turns]))) if stagger else {}
+        rounds = 0
         try:
             while turns:
                 for i in list(turns):
+                    if rounds < first.get(i, 0):
+                        continue
                     with inside(i):
-                        try:
-                            next(turns[i])  # one optimizer step of job i (and its logging or validation, if due)
-                            continue
-                        except StopIteration:  # completed, diverged (on_diverge=stop) or stopped by a signal
-                            error = None
-                        except Exception as e:  # a bug, or on_diverge=raise: this job fails, the others go on
-                            runs[i].stats.status, error = "failed", e
-                            runs[i].log.error("failed at step %d: %s", runs[i].state.step, e, exc_info=e)
-                        del turns[i]
-                        outcomes[i] = Outcome(finish(runs[i]), error)
+                        _turn(i, turns, runs, outcomes)
+                rounds += 1
         except KeyboardInterrupt as e:  # a second signal: every job stops now, without a final checkpoint
             for i in [i for i in runs if outcomes[i] is None]:
                 with inside(i):
@@ -148,6 +156,20 @@ def train_pack(jobs: Sequence[Job], around: Callable[[int], ContextManager] | No
                     outcomes[i] = Outcome(finish(runs[i]))
     stop.pass_on()
     return outcomes  # type: ignore[return-value]  # every slot is filled above
+
+
+def _turn(i: int, turns: dict, runs: dict, outcomes: list) -> None:
+    """One optimizer step of job i (and its logging or validation, if due); when its loop ends, its outcome."""
+    try:
+        next(turns[i])
+        return
+    except StopIteration:  # completed, diverged (on_diverge=stop) or stopped by a signal
+        error = None
+    except Exception as e:  # a bug, or on_diverge=raise: this job fails, the others go on
+        runs[i].stats.status, error = "failed", e
+        runs[i].log.error("failed at step %d: %s", runs[i].state.step, e, exc_info=e)
+    del turns[i]
+    outcomes[i] = Outcome(finish(runs[i]), error)
 
 
 def _recompile_room(jobs: Sequence[Job], device: torch.device) -> ContextManager:
