@@ -30,6 +30,11 @@ TABLE_STATS = {
     "best_val_acc": "best val acc",
     "final_val_acc": "final val acc",
     "final_val_loss": "final val loss",
+    "dispersion": "dispersion",
+    "dispersion_recal": "dispersion recal",
+    "dispersion_share_gap": "BN gap share",
+    "acc_noise_floor": "acc noise floor",
+    "val_every_steps": "val every",
     "tv_per_epoch": "TV/epoch",
     "tv_per_epoch_recal": "TV/epoch recal",
     "recal_removed_share": "removed by recal",
@@ -43,13 +48,22 @@ RUNS_TABLE_STATS = [
     "final_val_acc",
     "final_val_loss",
     "steps",
+    "val_every_steps",
+    "dispersion",
+    "dispersion_recal",
+    "dispersion_share_gap",
     "tv_per_epoch",
     "tv_per_epoch_recal",
     "recal_removed_share",
     "max_rise_rel",
     "n_rises",
 ]
-RECAL_STATS = ("tv_per_epoch_recal", "recal_removed_share")  # columns left out when no run has val_loss_recal
+# columns left out when no run has val_loss_recal
+RECAL_STATS = ("tv_per_epoch_recal", "recal_removed_share", "dispersion_recal", "dispersion_share_gap")
+FREQUENCY_NOTE = (
+    "Total variation, largest rise, rises and the share recalibration removes grow with how often a run validates "
+    "(val every, in steps): compare them only at equal val every; dispersion does not (docs/reports.md)."
+)
 MAX_RUN_FIGURES = 64  # one loss figure per run up to this many: more is a folder nobody opens
 CSV_NAMES = {"epochs": "epochs_done"}
 
@@ -161,7 +175,7 @@ def build_report(runs: list[dict], out: Path, root: Path, x: str = "lr", y: str 
     counts = _status_text(Counter(r["status"] for r in runs))
     tables = (
         f"{len(runs)} runs ({counts}) in {len(groups)} configurations; swept: {', '.join(keys) or 'nothing'}.\n"
-        f"Configuration statistics: mean ± sample std over completed runs (n).\n\n"
+        f"Configuration statistics: mean ± sample std over completed runs (n). {FREQUENCY_NOTE}\n\n"
         f"## Configurations\n\n{config_table(groups, cols)}\n\n## Runs\n\n{runs_table(runs, cols)}\n"
     )
     notes = notes_list(runs)

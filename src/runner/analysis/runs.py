@@ -51,6 +51,12 @@ STATS = [
     "best_val_acc",
     "final_val_acc",
     "final_val_loss",
+    "dispersion",
+    "dispersion_recal",
+    "dispersion_share_gap",
+    "acc_dispersion",
+    "acc_noise_floor",
+    "val_every_steps",
     "tv_per_epoch",
     "max_rise_rel",
     "n_rises",
@@ -261,7 +267,8 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     ):
         if threshold is None:  # the threshold the summary's block used, else the default
             threshold = (osc.get("rise_threshold") if isinstance(osc, dict) else None) or 0.1
-        osc = oscillation_block(records, finite_number(hp.get("epochs")), threshold)
+        n_val = finite_number(((summary or {}).get("data") or {}).get("n_val"))
+        osc = oscillation_block(records, finite_number(hp.get("epochs")), threshold, n_val=n_val)
 
     rel = d.relative_to(root).as_posix()
     pts = val_points(records)

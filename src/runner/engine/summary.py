@@ -25,7 +25,8 @@ def finish(run: Run) -> dict:
     """Write summary.json and the HParams end, close the records; returns the summary."""
     summary = summarize(run)
     run.recorder.close()
-    summary["oscillation"] = oscillation_block(read_metrics(run.recorder.path), run.cfg.epochs)
+    n_val = run.info["data"]["n_val"]
+    summary["oscillation"] = oscillation_block(read_metrics(run.recorder.path), run.cfg.epochs, n_val=n_val)
     run.recorder.finish(summary)
     write_summary(run.run_dir, summary)
     best = summary["best_val_acc"]
