@@ -32,6 +32,11 @@ FREQUENCY_ROBUST = {
     "change_corr_train",
     "acc_dispersion",
     "acc_noise_floor",
+    *(f"bn_{pair}_{what}" for pair in ("staleness", "lag", "mismatch") for what in ("mu", "logvar")),
+    "gap_loss_mean",
+    "gap_lag_mean",
+    "gap_mismatch_mean",
+    "gap_staleness_corr",
 }
 V = [3, 2, 2.5, 1, 1.2, 0.9]  # running min 3,2,2,1,1,0.9 → rises 0,0,0.5,0,0.2,0
 E = [1, 2, 3, 4, 5, 6]
@@ -361,3 +366,21 @@ def test_a_short_run_measures_dispersion_over_a_quarter_of_its_span():
     b = oscillation_block(recs, epochs_total=2)
     assert b["dispersion_half_window"] == pytest.approx((2 - 1 / 8) / 4)
     assert b["dispersion"] is not None
+
+
+def test_the_loss_gap_splits_into_lag_and_mismatch_and_follows_staleness():
+    v, w, aug = [2.0, 3.0, 2.5, 4.0], [1.0, 1.5, 1.25, 2.0], [1.5, 2.0, 2.0, 2.5]
+    recs = val_records(v, [1, 2, 3, 4], recal=w)
+    for r, a, z in zip(recs, aug, [0.1, 0.2, 0.15, 0.3]):
+        r.update(val_loss_recal_aug=a, bn_staleness_mu_mean=z, bn_lag_mu_mean=z / 2, bn_mismatch_logvar_mean=0.5)
+    b = oscillation_block(recs, epochs_total=4)
+    assert b["gap_loss_mean"] == pytest.approx((1 + 1.5 + 1.25 + 2) / 4)
+    assert b["gap_lag_mean"] == pytest.approx((0.5 + 1 + 0.5 + 1.5) / 4)
+    assert b["gap_mismatch_mean"] == pytest.approx((0.5 + 0.5 + 0.75 + 0.5) / 4)
+    assert b["gap_lag_mean"] + b["gap_mismatch_mean"] == pytest.approx(b["gap_loss_mean"])
+    assert b["bn_staleness_mu"] == pytest.approx(0.1875) and b["bn_lag_mu"] == pytest.approx(0.09375)
+    assert b["bn_mismatch_logvar"] == 0.5 and b["bn_lag_logvar"] is None
+    recs[3]["val_loss"] = 8.0  # the gap grows where staleness peaks
+    assert oscillation_block(recs, epochs_total=4)["gap_staleness_corr"] > 0.8
+    recs[3]["val_loss"], recs[0]["val_loss"] = 2.0, 8.0  # the largest gap where staleness is least
+    assert oscillation_block(recs, epochs_total=4)["gap_staleness_corr"] < -0.5

@@ -43,6 +43,15 @@ compare them only between runs with the same `val_every_steps`. The figures belo
     acc_noise_floor       √(ā(1 − ā)/n_val), ā = mean a_i: the binomial std of an accuracy measured on n_val images,
                           the resolution of the validation set (summary data.n_val; None without it)
     val_every_steps       the median number of steps between two validations
+
+BatchNorm staleness over the run, from the per-validation keys of core.bn_staleness (validations with both series):
+    bn_<pair>_<what>      mean over validations of bn_<pair>_<what>_mean, pair ∈ staleness | lag | mismatch,
+                          what ∈ mu | logvar
+    gap_loss_mean         mean_i (v_i − w_i): the running − recalibrated loss gap
+    gap_lag_mean          mean_i (v_i − v^aug_i), v^aug = val_loss_recal_aug (statistics of the augmented draw):
+                          the part of the gap that is lag; gap_mismatch_mean = mean_i (v^aug_i − w_i) the part that
+                          is clean vs augmented images; the two add up to gap_loss_mean
+    gap_staleness_corr    corr over validations of log v_i − log w_i and bn_staleness_mu_mean
 """
 
 from __future__ import annotations
@@ -328,6 +337,43 @@ def dispersion_figures(running: list[dict], recal: list[dict], records: list[dic
     }
 
 
+def pearson(a: list[float], b: list[float]) -> float | None:
+    """Pearson correlation of two paired lists; None below 3 pairs or when either is flat."""
+    if len(a) < 3:
+        return None
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    saa, sbb = sum((x - ma) ** 2 for x in a), sum((y - mb) ** 2 for y in b)
+    return sum((x - ma) * (y - mb) for x, y in zip(a, b)) / math.sqrt(saa * sbb) if saa > 0 and sbb > 0 else None
+
+
+def mean_or_none(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def bn_gap_figures(running: list[dict], recal: list[dict], records: list[dict]) -> dict:
+    """BatchNorm staleness over the run (core.bn_staleness's per-validation keys) and the loss gap it explains:
+    means over the validations having both series, and corr(log v − log w, bn_staleness_mu_mean)."""
+    by_step = {r["step"]: r for r in records if isinstance(r, dict) and "val_loss" in r and "step" in r}
+    w_of = {p["step"]: p["loss"] for p in recal}
+    pts = [(p, by_step[p["step"]]) for p in running if p["step"] in w_of and p["step"] in by_step]
+    out = {}
+    for name in ("staleness", "lag", "mismatch"):
+        for what in ("mu", "logvar"):
+            vals = [finite_float(r.get(f"bn_{name}_{what}_mean")) for _, r in pts]
+            out[f"bn_{name}_{what}"] = mean_or_none([v for v in vals if v is not None])
+    aug = [(p, finite_float(r.get("val_loss_recal_aug"))) for p, r in pts]
+    aug = [(p, a) for p, a in aug if a is not None]
+    out["gap_loss_mean"] = mean_or_none([p["loss"] - w_of[p["step"]] for p, _ in pts])
+    out["gap_lag_mean"] = mean_or_none([p["loss"] - a for p, a in aug])
+    out["gap_mismatch_mean"] = mean_or_none([a - w_of[p["step"]] for p, a in aug])
+    pairs = [(p, finite_float(r.get("bn_staleness_mu_mean"))) for p, r in pts]
+    pairs = [(p, z) for p, z in pairs if z is not None and p["loss"] > 0 and w_of[p["step"]] > 0]
+    out["gap_staleness_corr"] = pearson(
+        [math.log(p["loss"]) - math.log(w_of[p["step"]]) for p, _ in pairs], [z for _, z in pairs]
+    )
+    return out
+
+
 def oscillation_block(
     records: list[dict], epochs_total: float | None, threshold: float = 0.1, n_val: int | None = None
 ) -> dict:
@@ -351,5 +397,6 @@ def oscillation_block(
     out["gen_gap"], out["gen_gap_source"] = generalization_gap(running, records)
     out["final_weight_norm"] = final_value(records, "weight_norm")
     out.update(dispersion_figures(running, recal, records, n_val))
+    out.update(bn_gap_figures(running, recal, records))
     out["frequency_dependent"] = list(FREQUENCY_DEPENDENT)
     return out

@@ -167,6 +167,7 @@ def setup(
         val_every=tr.val_every or spe, state=state,
         records=Records(recorder, opt, stage_index(model, opt, device), spe, tr.diverge_factor, state),
         recorder=recorder, info=info, log=_Prefixed(log, {"name": name}),
+        recal_aug_images=augmented_recal_images(cfg, splits, device, path["channels_last"]),
     )  # fmt: skip
     run.stats.t_start = t_start
     announce(run, len(splits.val_y))
@@ -269,3 +270,18 @@ def make_loaders(cfg: RunConfig, splits: datasets.Splits, device: torch.device, 
         keep = datasets.stratified_subset(splits.train_y, n)
         recal = next(loader(splits.train_x[keep], splits.train_y[keep], n, shuffle=False).epoch(0))[0]
     return train, evals, recal
+
+
+def augmented_recal_images(cfg: RunConfig, splits: datasets.Splits, device: torch.device, channels_last: bool):
+    """The BatchNorm recalibration images through one fixed draw of the training augmentation (crop, flip): the
+    reference that tells the running statistics' lag from the clean/augmented mismatch (core.bn_staleness).
+    None when recalibration is off."""
+    d, n = cfg.data, min(cfg.trainer.bn_recalibrate, len(splits.train_y))
+    if not n:
+        return None
+    keep = datasets.stratified_subset(splits.train_y, n)
+    mean, std = normalization(d, splits)
+    loader = datasets.DeviceLoader(splits.train_x[keep], splits.train_y[keep], n, device=device, shuffle=False,
+                                   crop_padding=d.crop_padding, flip=d.flip, pad_mode=d.pad_mode, mean=mean, std=std,
+                                   seed=cfg.seed + 1, channels_last=channels_last)  # fmt: skip
+    return next(loader.epoch(0))[0]

@@ -15,6 +15,8 @@ Validation records (a record with `val_loss` is one), see runner.core.evaluation
                                         (trainer.bn_recalibrate > 0)
     train_eval_loss, train_eval_acc     the same evaluations on a fixed un-augmented training subset
     train_eval_loss_recal, train_eval_acc_recal          (trainer.train_eval=true)
+    bn_staleness_*, bn_lag_*, bn_mismatch_*, val_loss_recal_aug, val_acc_recal_aug
+                                        BatchNorm's running statistics against exact ones (core.bn_staleness)
 Epoch records (one at each epoch end, a record with `epoch_train_s` is one):
     epoch_train_s, epoch_images         seconds spent training in that epoch in this process (the host waits for
                                         the device before reading the clock), and the images trained in them
@@ -118,6 +120,7 @@ class Recorder:
                 tag = TB_TAGS.get(key) or (
                     f"weights/{key.split('/', 1)[1]}" if key.startswith("weight_norm/") else None
                 )
+                tag = tag or (f"bn/{key[3:]}" if key.startswith("bn_") else None)  # core.bn_staleness
                 if tag and value is not None:
                     self.tb.add_scalar(tag, value, record["step"])
 
