@@ -110,3 +110,8 @@ def test_a_training_run_records_staleness_at_every_validation(tmp_path):
     for r in vals:
         for key in ("bn_staleness_mu_mean", "bn_lag_logvar_max", "bn_mismatch_mu/stem", "val_loss_recal_aug"):
             assert isinstance(r[key], float) and r[key] >= 0, key
+    # the same run's log points carry the equilibrium figures (core.equilibrium), its summary the timescale
+    logs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "rotation" in line]
+    assert logs and all(r["rotation/stages.1"] > 0 and r["weight_norm_eq/stages.1"] > 0 for r in logs)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["equilibrium"]["tau_steps"] > 0 and "norm_ratio/stem" in summary["equilibrium"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from runner.core.equilibrium import equilibrium_block, run_timescale
 from runner.core.oscillation import oscillation_block
 from runner.engine.records import read_metrics
 from runner.engine.state import Run
@@ -26,7 +27,9 @@ def finish(run: Run) -> dict:
     summary = summarize(run)
     run.recorder.close()
     n_val = run.info["data"]["n_val"]
-    summary["oscillation"] = oscillation_block(read_metrics(run.recorder.path), run.cfg.epochs, n_val=n_val)
+    records = read_metrics(run.recorder.path)
+    summary["oscillation"] = oscillation_block(records, run.cfg.epochs, n_val=n_val)
+    summary["equilibrium"] = {**timescale(run), **equilibrium_block(records, run.cfg.epochs)}
     run.recorder.finish(summary)
     write_summary(run.run_dir, summary)
     best = summary["best_val_acc"]
@@ -76,6 +79,13 @@ def summarize(run: Run) -> dict:
     if st.status == "diverged":
         summary.update(diverged_at_step=st.diverged_at, last_finite=run.records.last_finite)
     return summary
+
+
+def timescale(run: Run) -> dict:
+    """The decay's EMA timescale τ of the run's plan (core.equilibrium)."""
+    o = run.cfg.optimizer
+    rule = {"algorithm": o.algorithm, "l2": run.plan.l2, "momentum": o.momentum}
+    return run_timescale(run.plan.lr, run.plan.d, run.total, rule)
 
 
 def startup_parts(run: Run, times: dict) -> dict:
