@@ -118,6 +118,13 @@ def test_the_equilibrium_block_averages_the_middle_third_of_the_schedule():
     assert b["norm_ratio/a"] == pytest.approx(2.0)  # epochs 3, 4, 5 of [3, 6)
     assert b["angular_ratio/a"] == pytest.approx((1.5 + 2 + 2.5) / 3)
     assert equilibrium_block([], epochs_total=9) == {}
+    l2 = [
+        {"step": e, "epoch": e, "weight_norm/a": 1.0, "l2_grad_ratio/a": e, "l2_sign_fraction/a": 0.1}
+        for e in range(10)
+    ]
+    b = equilibrium_block(l2, epochs_total=9)
+    assert b["l2_grad_ratio/a"] == pytest.approx(4) and b["l2_sign_fraction/a"] == pytest.approx(0.1)
+    assert b["norm_ratio/a"] is None  # Adam + L2: no equilibrium prediction
 
 
 def test_run_timescale_uses_each_rules_own_shrink():

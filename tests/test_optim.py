@@ -298,3 +298,36 @@ def test_rounding_note_appears_only_when_some_step_is_too_small_for_float32():
     note = rounding_note([1e-5, 1e-6])
     assert note.endswith("off its value: 9 % at d_t = 1e-06")
     assert rounding_note([1e-8]).endswith("off its value; no shrink at all on the 1 steps with d_t ≤ 3e-8")
+
+
+# ---------------------------------------------------------------- the L2 term under Adam, measured
+
+
+def test_l2_terms_on_a_hand_made_adam_state():
+    from runner.core.update_rule import l2_stage_figures
+
+    model = torch.nn.Linear(2, 2, bias=False)
+    opt = Optimizer(model, algorithm="adam", lr=1e-3, l2=0.5, wd=0.0, decay=lambda t, eta: 0.0, fused=False)
+    model.weight.grad = torch.ones(2, 2)
+    opt.inner.step()  # Adam's state exists from here on
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))  # (λ₂θ)² = 0.25, 1, 2.25, 4
+    state = opt.inner.state[model.weight]
+    state["step"] = torch.tensor(10.0)
+    bias = 1 - 0.999**10
+    state["exp_avg_sq"].copy_(torch.tensor([[0.5, 2.0], [2.0, 2.0]]) * bias)  # v̂ = 0.5, 2, 2, 2
+    model.weight.grad = torch.tensor([[3.0, 0.0], [0.0, 4.0]])  # ‖g‖ = 5
+    opt.note_l2_terms()
+    f = l2_stage_figures(opt.l2_terms, {"all": torch.tensor([0])}, {"all": 4})
+    assert f["l2_grad_ratio/all"].item() == pytest.approx(0.5 * math.sqrt(30) / 5)
+    assert f["l2_sign_fraction/all"].item() == pytest.approx(2 / 4)  # 2.25 > 2 and 4 > 2 only
+
+
+def test_l2_terms_are_left_alone_without_l2_or_under_sgd():
+    model = torch.nn.Linear(2, 2, bias=False)
+    for algorithm, l2 in (("adam", 0.0), ("sgd", 0.5)):
+        opt = Optimizer(model, algorithm=algorithm, lr=1e-3, l2=l2, wd=0.0, decay=lambda t, eta: 0.0, fused=False)
+        model.weight.grad = torch.ones(2, 2)
+        opt.inner.step()
+        opt.note_l2_terms()
+        assert opt.l2_terms is None

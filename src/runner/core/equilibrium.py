@@ -144,9 +144,10 @@ def equilibrium_block(records: list[dict], epochs_total: float | None) -> dict:
     """Per stage, over the log records of the schedule's middle third [T/3, 2T/3) (past the transient, before a
     decaying lr makes the equilibrium itself move faster than τ): norm_ratio/<stage> = mean of
     weight_norm/<stage> / weight_norm_eq/<stage>, angular_ratio/<stage> = mean of angular_update/<stage> /
-    angular_update_eq. Without T the window is the middle third of the logged epochs."""
+    angular_update_eq; for Adam + L2 also the means of l2_grad_ratio/<stage> and l2_sign_fraction/<stage>. Without T
+    the window is the middle third of the logged epochs."""
     logs = [r for r in records if isinstance(r, dict) and isinstance(r.get("epoch"), (int, float))]
-    logs = [r for r in logs if any(k.startswith("weight_norm_eq/") or k.startswith("angular_update/") for k in r)]
+    logs = [r for r in logs if any(k.startswith(("weight_norm_eq/", "angular_update/", "l2_grad_ratio/")) for k in r)]
     T = epochs_total or max((r["epoch"] for r in logs), default=0)
     mid = [r for r in logs if T / 3 <= r["epoch"] < 2 * T / 3]
     out, stages = {}, sorted({k.split("/", 1)[1] for r in mid for k in r if k.startswith("weight_norm/")})
@@ -156,7 +157,15 @@ def equilibrium_block(records: list[dict], epochs_total: float | None) -> dict:
                   if _positive(r.get(f"angular_update/{stage}")) and _positive(r.get("angular_update_eq"))]  # fmt: skip
         out[f"norm_ratio/{stage}"] = sum(norms) / len(norms) if norms else None
         out[f"angular_ratio/{stage}"] = sum(speeds) / len(speeds) if speeds else None
+        for key in ("l2_grad_ratio", "l2_sign_fraction"):  # Adam + L2 (core.update_rule.l2_stage_figures)
+            vals = [r[f"{key}/{stage}"] for r in mid if _finite(r.get(f"{key}/{stage}"))]
+            if vals:
+                out[f"{key}/{stage}"] = sum(vals) / len(vals)
     return out
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _positive(x) -> bool:

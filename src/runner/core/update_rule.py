@@ -99,6 +99,7 @@ class Optimizer:
         capturable: bool = False,
     ):
         self.lr, self.wd, self.l2, self.decay = lr, wd, l2, decay
+        self.l2_terms: torch.Tensor | None = None  # note_l2_terms
         self.regularized, other = split_params(model, decay_on)
         self.params = params = self.regularized + other
         self.fused = params[0].is_cuda if fused is None else fused
@@ -155,6 +156,31 @@ class Optimizer:
         self.inner.load_state_dict(state)
 
     @torch.no_grad()
+    def note_l2_terms(self) -> None:
+        """Before the update, with the data gradient in .grad: per regularized tensor ‖g‖², ‖λ₂θ‖² and the number of
+        values with (λ₂θ)² > v̂ (Adam's bias-corrected second moment, where Adam + L2 turns into a sign step), kept
+        in `l2_terms` (3 × n, on the device; one buffer, so a CUDA graph's replays refill it). Adam + L2 only."""
+        state = self.inner.state.get(self.regularized[0]) if self.regularized else None
+        if not self.l2 or not isinstance(self.inner, torch.optim.Adam) or not state:
+            return
+        beta2 = self.inner.param_groups[0]["betas"][1]
+        step = torch.as_tensor(state["step"], device=self.regularized[0].device, dtype=torch.float32)
+        v_hat = torch._foreach_div([self.inner.state[p]["exp_avg_sq"] for p in self.regularized], 1 - beta2**step)
+        l2_sq = torch._foreach_mul(self.regularized, self.regularized)
+        torch._foreach_mul_(l2_sq, self.l2**2)
+        over = torch._foreach_sign(torch._foreach_sub(l2_sq, v_hat))  # +1 where (λ₂θ)² > v̂
+        torch._foreach_add_(over, 1.0)
+        terms = torch.stack([
+            torch.stack(torch._foreach_norm([p.grad for p in self.regularized])).float().pow(2),
+            torch.stack(torch._foreach_norm(self.regularized)).float().pow(2) * self.l2**2,
+            torch.stack(torch._foreach_norm(over, 1)).float() / 2,  # Σ (sign + 1)/2: the count (ties count ½)
+        ])  # fmt: skip
+        if self.l2_terms is None:
+            self.l2_terms = terms
+        else:
+            self.l2_terms.copy_(terms)
+
+    @torch.no_grad()
     def weight_stats(self, stages: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """weight_norm ‖θ‖ and l2_penalty λ₂/2·‖θ‖² of the regularized weights, and weight_norm/<name> for each
         index tensor of positions in self.regularized in `stages`: one foreach norm, device tensors, no host sync."""
@@ -164,6 +190,17 @@ class Optimizer:
         for name, idx in (stages or {}).items():
             out[f"weight_norm/{name}"] = norms[idx].norm()
         return out
+
+
+def l2_stage_figures(terms: torch.Tensor, stages: dict[str, torch.Tensor], sizes: dict[str, int]) -> dict:
+    """Per stage from Optimizer.l2_terms: l2_grad_ratio/<stage> = ‖λ₂θ‖/‖g‖ and l2_sign_fraction/<stage> = the share
+    of its values with (λ₂θ)² > v̂ (device tensors)."""
+    out = {}
+    for name, idx in stages.items():
+        g_sq, l2_sq, over = terms[:, idx].sum(1)
+        out[f"l2_grad_ratio/{name}"] = (l2_sq / g_sq).sqrt()
+        out[f"l2_sign_fraction/{name}"] = over / sizes[name]
+    return out
 
 
 def describe(

@@ -11,6 +11,7 @@ metrics.jsonl holds one JSON object per record, always with `step` (optimizer st
     weight_norm/<stage>   ‖θ‖ of the regularized weights of stem, stages.0-2, head
     weight_norm_eq/<stage>, rotation/<stage>, rotation_steps, angular_update/<stage>, angular_update_eq
                  rotational equilibrium on logging steps (core.equilibrium)
+    l2_grad_ratio/<stage>, l2_sign_fraction/<stage>   Adam + L2: ‖λ₂θ‖/‖g‖, share with (λ₂θ)² > v̂ (core.update_rule)
 Validation records (a record with `val_loss` is one), see runner.core.evaluation for the two evaluations:
     val_loss, val_acc                   eval mode with BatchNorm's running statistics (Keras' and torch's number)
     val_loss_recal, val_acc_recal       eval mode after BatchNorm statistics are recomputed on training images
@@ -42,6 +43,7 @@ from torch import nn
 
 from runner.config import OBJECTIVES
 from runner.core.equilibrium import Rotation, log_point_figures
+from runner.core.update_rule import l2_stage_figures
 
 if TYPE_CHECKING:
     from runner.core.update_rule import Optimizer
@@ -233,6 +235,8 @@ class Records:
         pending, self.pending = self.pending, []
         last = pending[-1]
         extra = {**self.opt.weight_stats(self.stage_index), "grad_norm": last.grad_norm}
+        if last.grad_norm is not None and self.opt.l2_terms is not None:  # a log step of Adam + L2
+            extra.update(l2_stage_figures(self.opt.l2_terms, self.stage_index, self.sizes))
         diff = self.rotation.diff_sq(self.opt.regularized)
         if diff is not None:
             extra.update({f"diff_sq/{k}": diff[idx].sum() for k, idx in self.stage_index.items()})
