@@ -289,15 +289,20 @@ def test_float32_weights_round_small_shrinks_as_the_rounding_note_says():
         assert 0.5 * 2**-24 / d < err.max() <= 1.5 * 2**-24 / d
 
 
-def test_rounding_note_appears_only_when_some_step_is_too_small_for_float32():
-    assert rounding_note([5e-4, 5e-5, 5e-6]) is None  # the paper's η_t·λ with the default schedule: ≤ 1.8 %
+def test_rounding_note_judges_the_integrated_error_of_the_whole_decay():
+    # a constant shrink of 1e-7: 1 − 1e-7 rounds to 1 − 2·2^-24, so every step applies 1.19e-7, 19 % too strong
+    note = rounding_note([1e-7] * 1000)
+    assert "apply 119.2 % of the decoupled decay" in note and "+19.2 %" in note and "no shrink" not in note
+    applied = 1 - torch.tensor(1 - 1e-7, dtype=torch.float32).double().item()  # what θ·(1 − d) multiplies by
+    assert applied / 1e-7 == pytest.approx(1.192, abs=1e-3)
+    # strong decay whose schedule ends in 81 shrinks too small for float32: they carry ~1e-7 of the total, no note
+    assert rounding_note([1e-3] * 20000 + [1e-9] * 81) is None
+    assert rounding_note([5e-4, 5e-5, 5e-6]) is None  # the paper's η_t·λ with the default schedule
     assert rounding_note([0.0, 0.0]) is None  # no decoupled decay
     note = rounding_note([5e-7, 5e-8, 5e-9, 0.0])  # torch's lr_t·λ at lr=1e-3, wd=5e-4, decayed to 1 %
-    assert "from 5e-07 down to 5e-09" in note and "179 % at d_t = 5e-08" in note
-    assert "no shrink at all on the 1 steps with d_t ≤ 3e-8" in note
-    note = rounding_note([1e-5, 1e-6])
-    assert note.endswith("off its value: 9 % at d_t = 1e-06")
-    assert rounding_note([1e-8]).endswith("off its value; no shrink at all on the 1 steps with d_t ≤ 3e-8")
+    assert "-3.3 %" in note and "from 5e-07 down to 5e-09" in note
+    assert note.endswith("no shrink at all on the 1 steps with d_t ≤ 3e-8")
+    assert "apply 0.0 %" in rounding_note([1e-8])
 
 
 # ---------------------------------------------------------------- the L2 term under Adam, measured

@@ -33,7 +33,13 @@ def test_experiment_presets_compose():
         "pixel_mean",
         "replicate",
     )
-    assert k.schedule.milestones == [0.4, 0.6, 0.8, 0.9]
+    assert k.schedule.milestones == [0.405, 0.605, 0.805, 0.905]
+    # Keras' lr_schedule(epoch) with its 0-based epoch index: `epoch > 80` → ×0.1, ... (cifar10_resnet.py)
+    from runner.core.schedules import make_schedule
+
+    keras = lambda e: 0.5e-3 if e > 180 else 1e-3 if e > 160 else 1e-2 if e > 120 else 1e-1 if e > 80 else 1.0  # noqa: E731
+    eta = make_schedule(k.schedule, k.epochs)
+    assert all(eta(e + f) == keras(e) for e in range(200) for f in (0.0, 0.5, 0.999))
     assert k.data.drop_last is False  # Keras trains on the last, smaller batch of each epoch too
     a = validate(compose_cfg("experiment=adamw_20ep"))
     assert (a.optimizer.name, a.l2, a.batch_size, a.epochs, a.schedule.name) == ("adamw", 0.0, 64, 20, "warm_restarts")
