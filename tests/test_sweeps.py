@@ -201,3 +201,24 @@ def test_submitit_local_requeues_an_interrupted_job_which_continues_in_its_folde
     assert "resumed" not in s["0"] and s["1"]["resumed"]["from_step"] >= 5
     steps = [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "train_loss" in r]
     assert steps == list(range(1, 17))  # appended across the requeue, no duplicates
+
+
+def test_the_oscillation_study_puts_each_optimizer_on_its_own_axis():
+    from pathlib import Path
+
+    import yaml
+    from conftest import CONFIG_DIR
+
+    arms = yaml.safe_load((Path(CONFIG_DIR) / "experiment" / "oscillation_study.yaml").read_text())
+    arms = arms["hydra"]["sweeper"]["params"]
+    assert arms == {
+        "+arm": "adamw_tau0.03,adamw_tau0.1,adamw_tau0.3,adamw_tau1,adam_l2_1e-4,adam_l2_1e-3,adam_l2_1e-2",
+        "model.bn_momentum": "0.01,0.1",
+    }
+    for arm in arms["+arm"].split(","):
+        c = validate(compose_cfg("experiment=oscillation_study", f"+arm={arm}", "model.bn_momentum=0.1"))
+        if arm.startswith("adamw"):  # τ/T, the decay's timescale, sets λ; no L2
+            assert (c.optimizer.name, c.optimizer.wd_tau, c.l2) == ("adamw", float(arm.split("tau")[1]), 0.0)
+        else:  # λ₂ alone, no decoupled decay
+            assert (c.optimizer.name, c.l2, c.wd, c.optimizer.wd_tau) == ("adam_l2", float(arm[8:]), 0.0, None)
+        assert c.model.bn_momentum == 0.1 and c.trainer.val_every == 200 and c.trainer.bn_recalibrate > 0

@@ -92,9 +92,14 @@ class OptimizerConfig(_Section):
     wd_normalized: bool = False
     l2_normalized: bool = False
     decay_on: str = setting("weights", choices=("weights", "conv", "all"))
+    wd_tau: Optional[float] = None  # τ/T: λ set so the decay's EMA timescale 1/mean d_t is this fraction of the run
 
     def __post_init__(self) -> None:
         self._check_choices()
+        if self.wd_tau is not None:
+            self._finite("wd_tau", positive=True)
+            if self.wd_normalized:
+                self._fail("wd_tau", "sets λ itself: drop optimizer.wd_normalized=true or optimizer.wd_tau")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             self._fail("betas", "need two values in [0, 1), e.g. [0.9,0.999]")
         self._finite("eps", positive=True)
@@ -295,6 +300,8 @@ class RunConfig(_Section):
             self._fail("epochs", "must be >= 1")
         if self.batch_size < 1:
             self._fail("batch_size", "must be >= 1")
+        if self.optimizer.wd_tau is not None and not self.wd:
+            self._fail("wd", "leaves no decoupled decay for optimizer.wd_tau to set: use optimizer=adamw or sgdw")
         self.schedule.check_span(self.epochs)
 
 

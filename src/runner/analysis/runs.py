@@ -18,6 +18,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+from runner.core.equilibrium import equilibrium_block
 from runner.core.headline import Headline
 from runner.core.oscillation import headline_points, oscillation_block, val_points
 from runner.engine.records import flatten, read_metrics
@@ -72,6 +73,16 @@ STATS = [
     "roughness_ratio_mid_recal",
     "roughness_ratio_last_recal",
     "recal_removed_share",
+    "bn_staleness_mu",
+    "bn_lag_mu",
+    "bn_mismatch_mu",
+    "gap_loss_mean",
+    "gap_lag_mean",
+    "gap_mismatch_mean",
+    "gap_staleness_corr",
+    "angular_update_mid",
+    "angular_update_eq_mid",
+    "tau_fraction",
 ]
 
 
@@ -270,6 +281,7 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         n_val = finite_number(((summary or {}).get("data") or {}).get("n_val"))
         osc = oscillation_block(records, finite_number(hp.get("epochs")), threshold, n_val=n_val)
 
+    osc = {**osc, **equilibrium_of(summary, records, finite_number(hp.get("epochs")))}
     rel = d.relative_to(root).as_posix()
     pts = val_points(records)
     wnorm = sorted(
@@ -289,6 +301,13 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         "losses": loss_curves(records),
         "notes": notes,
     }
+
+
+def equilibrium_of(summary: dict | None, records: list[dict], epochs: float | None) -> dict:
+    """summary.json's `equilibrium` block (tau_steps, tau_fraction, norm and angular ratios), or what the records
+    give of it (no τ: that needs the run's plan)."""
+    eq = (summary or {}).get("equilibrium")
+    return eq if isinstance(eq, dict) else equilibrium_block(records, epochs)
 
 
 def collect_runs(root, threshold: float | None = None) -> list[dict]:

@@ -144,7 +144,9 @@ def equilibrium_block(records: list[dict], epochs_total: float | None) -> dict:
     """Per stage, over the log records of the schedule's middle third [T/3, 2T/3) (past the transient, before a
     decaying lr makes the equilibrium itself move faster than τ): norm_ratio/<stage> = mean of
     weight_norm/<stage> / weight_norm_eq/<stage>, angular_ratio/<stage> = mean of angular_update/<stage> /
-    angular_update_eq; for Adam + L2 also the means of l2_grad_ratio/<stage> and l2_sign_fraction/<stage>. Without T
+    angular_update_eq; for Adam + L2 also the means of l2_grad_ratio/<stage> and l2_sign_fraction/<stage>;
+    angular_update_mid = mean of angular_update/<stage> over the stages but the head and those records, and
+    angular_update_eq_mid = mean angular_update_eq over them (None where a run has none). Without T
     the window is the middle third of the logged epochs."""
     logs = [r for r in records if isinstance(r, dict) and isinstance(r.get("epoch"), (int, float))]
     logs = [r for r in logs if any(k.startswith(("weight_norm_eq/", "angular_update/", "l2_grad_ratio/")) for k in r)]
@@ -161,6 +163,12 @@ def equilibrium_block(records: list[dict], epochs_total: float | None) -> dict:
             vals = [r[f"{key}/{stage}"] for r in mid if _finite(r.get(f"{key}/{stage}"))]
             if vals:
                 out[f"{key}/{stage}"] = sum(vals) / len(vals)
+    body = [s for s in stages if s != "head"]  # the stages BatchNorm follows
+    speeds = [sum(r[f"angular_update/{s}"] for s in body) / len(body) for r in mid
+              if body and all(_finite(r.get(f"angular_update/{s}")) for s in body)]  # fmt: skip
+    out["angular_update_mid"] = sum(speeds) / len(speeds) if speeds else None
+    eq = [r["angular_update_eq"] for r in mid if _positive(r.get("angular_update_eq"))]
+    out["angular_update_eq_mid"] = sum(eq) / len(eq) if eq else None
     return out
 
 

@@ -208,10 +208,10 @@ def announce(run: Run, n_val: int) -> None:
 def make_optimizer(cfg: RunConfig, model: nn.Module, plan: StepPlan, state: RunState, path: dict):
     """(Optimizer, the sentences that say what regularizes how)."""
     o = cfg.optimizer
-    opt = Optimizer(model, algorithm=o.algorithm, lr=cfg.lr, l2=plan.l2, wd=cfg.wd, decay=plan.decay,
+    opt = Optimizer(model, algorithm=o.algorithm, lr=cfg.lr, l2=plan.l2, wd=plan.wd, decay=plan.decay,
                     decay_on=o.decay_on, betas=o.betas, eps=o.eps, momentum=o.momentum, nesterov=o.nesterov,
                     capturable=path["cuda_graphs"])  # fmt: skip
-    sentences = describe(algorithm=o.algorithm, wd=cfg.wd, l2=plan.l2, wd_scaling=o.wd_scaling,
+    sentences = describe(algorithm=o.algorithm, wd=plan.wd, l2=plan.l2, wd_scaling=o.wd_scaling,
                          wd_normalized=o.wd_normalized, n_tensors=len(opt.regularized),
                          n_values=sum(p.numel() for p in opt.regularized), lam_now=plan.lam_now)  # fmt: skip
     total = cfg.epochs * plan.steps_per_epoch if cfg.trainer.max_steps is None else cfg.trainer.max_steps
