@@ -212,11 +212,11 @@ def test_the_oscillation_study_puts_each_optimizer_on_its_own_axis():
     arms = yaml.safe_load((Path(CONFIG_DIR) / "experiment" / "oscillation_study.yaml").read_text())
     arms = arms["hydra"]["sweeper"]["params"]
     assert arms == {
-        "+arm": "adamw_tau0.03,adamw_tau0.1,adamw_tau0.3,adamw_tau1,adam_l2_1e-4,adam_l2_1e-3,adam_l2_1e-2",
+        "arm": "adamw_tau0.03,adamw_tau0.1,adamw_tau0.3,adamw_tau1,adam_l2_1e-4,adam_l2_1e-3,adam_l2_1e-2",
         "model.bn_momentum": "0.01,0.1",
     }
-    for arm in arms["+arm"].split(","):
-        c = validate(compose_cfg("experiment=oscillation_study", f"+arm={arm}", "model.bn_momentum=0.1"))
+    for arm in arms["arm"].split(","):
+        c = validate(compose_cfg("experiment=oscillation_study", f"arm={arm}", "model.bn_momentum=0.1"))
         if arm.startswith("adamw"):  # τ/T, the decay's timescale, sets λ; no L2
             assert (c.optimizer.name, c.optimizer.wd_tau, c.l2) == ("adamw", float(arm.split("tau")[1]), 0.0)
         else:  # λ₂ alone, no decoupled decay

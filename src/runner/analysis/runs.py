@@ -281,7 +281,6 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         n_val = finite_number(((summary or {}).get("data") or {}).get("n_val"))
         osc = oscillation_block(records, finite_number(hp.get("epochs")), threshold, n_val=n_val)
 
-    osc = {**osc, **equilibrium_of(summary, records, finite_number(hp.get("epochs")))}
     rel = d.relative_to(root).as_posix()
     pts = val_points(records)
     wnorm = sorted(
@@ -296,6 +295,7 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         "hparams": hp,
         **metrics,
         "osc": osc,
+        "eq": equilibrium_of(summary, records, finite_number(hp.get("epochs"))),
         "val": [(p["epoch"], p["loss"], p["acc"]) for p in pts],
         "wnorm": wnorm,
         "losses": loss_curves(records),
@@ -321,8 +321,10 @@ def collect_runs(root, threshold: float | None = None) -> list[dict]:
 
 
 def value(run: dict, key: str):
-    """A headline metric (summary.json) or oscillation figure of a run."""
-    return run.get(key) if key in METRICS else run["osc"].get(key)
+    """A headline metric (summary.json), oscillation figure or equilibrium figure (summary's `equilibrium`) of a run."""
+    if key in METRICS:
+        return run.get(key)
+    return run["osc"][key] if key in run["osc"] else run.get("eq", {}).get(key)
 
 
 def varying_keys(runs: list[dict]) -> list[str]:
