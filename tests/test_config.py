@@ -312,7 +312,7 @@ def test_debug_smoke_can_still_be_overridden_and_shrinks_an_experiment():
     assert run.schedule.name == "warm_restarts" and run.trainer.train_eval  # the rest of the experiment stays
 
 
-GROUPS = ("model", "optimizer", "schedule", "data", "trainer", "experiment", "debug")
+GROUPS = ("model", "optimizer", "schedule", "data", "trainer", "experiment", "arm", "debug")
 PRESETS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
 NEEDS = {("data", "image_folder"): ["data.root=/data/cinic10"]}  # what a preset needs from the command line
 

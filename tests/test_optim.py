@@ -289,15 +289,20 @@ def test_float32_weights_round_small_shrinks_as_the_rounding_note_says():
         assert 0.5 * 2**-24 / d < err.max() <= 1.5 * 2**-24 / d
 
 
-def test_rounding_note_appears_only_when_some_step_is_too_small_for_float32():
-    assert rounding_note([5e-4, 5e-5, 5e-6]) is None  # the paper's η_t·λ with the default schedule: ≤ 1.8 %
+def test_rounding_note_judges_the_integrated_error_of_the_whole_decay():
+    # a constant shrink of 1e-7: 1 − 1e-7 rounds to 1 − 2·2^-24, so every step applies 1.19e-7, 19 % too strong
+    note = rounding_note([1e-7] * 1000)
+    assert "apply 119.2 % of the decoupled decay" in note and "+19.2 %" in note and "no shrink" not in note
+    applied = 1 - torch.tensor(1 - 1e-7, dtype=torch.float32).double().item()  # what θ·(1 − d) multiplies by
+    assert applied / 1e-7 == pytest.approx(1.192, abs=1e-3)
+    # strong decay whose schedule ends in 81 shrinks too small for float32: they carry ~1e-7 of the total, no note
+    assert rounding_note([1e-3] * 20000 + [1e-9] * 81) is None
+    assert rounding_note([5e-4, 5e-5, 5e-6]) is None  # the paper's η_t·λ with the default schedule
     assert rounding_note([0.0, 0.0]) is None  # no decoupled decay
     note = rounding_note([5e-7, 5e-8, 5e-9, 0.0])  # torch's lr_t·λ at lr=1e-3, wd=5e-4, decayed to 1 %
-    assert "from 5e-07 down to 5e-09" in note and "179 % at d_t = 5e-08" in note
-    assert "no shrink at all on the 1 steps with d_t ≤ 3e-8" in note
-    note = rounding_note([1e-5, 1e-6])
-    assert note.endswith("off its value: 9 % at d_t = 1e-06")
-    assert rounding_note([1e-8]).endswith("off its value; no shrink at all on the 1 steps with d_t ≤ 3e-8")
+    assert "-3.3 %" in note and "from 5e-07 down to 5e-09" in note
+    assert note.endswith("no shrink at all on the 1 steps with d_t ≤ 3e-8")
+    assert "apply 0.0 %" in rounding_note([1e-8])
 
 
 @pytest.mark.parametrize("algorithm", ["adam", "sgd"])
@@ -325,3 +330,36 @@ def test_loading_a_checkpoint_keeps_this_optimizers_execution_flags(algorithm):
     grads(model, 3)
     loaded.step(3 / STEPS, 1.0)  # the fused step runs on the loaded state
     assert all(s.get("step", torch.tensor(4.0)).item() == 4 for s in loaded.inner.state.values())
+
+
+# ---------------------------------------------------------------- the L2 term under Adam, measured
+
+
+def test_l2_terms_on_a_hand_made_adam_state():
+    from runner.core.update_rule import l2_stage_figures
+
+    model = torch.nn.Linear(2, 2, bias=False)
+    opt = Optimizer(model, algorithm="adam", lr=1e-3, l2=0.5, wd=0.0, decay=lambda t, eta: 0.0, fused=False)
+    model.weight.grad = torch.ones(2, 2)
+    opt.inner.step()  # Adam's state exists from here on
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))  # (λ₂θ)² = 0.25, 1, 2.25, 4
+    state = opt.inner.state[model.weight]
+    state["step"] = torch.tensor(10.0)
+    bias = 1 - 0.999**10
+    state["exp_avg_sq"].copy_(torch.tensor([[0.5, 2.0], [2.0, 2.0]]) * bias)  # v̂ = 0.5, 2, 2, 2
+    model.weight.grad = torch.tensor([[3.0, 0.0], [0.0, 4.0]])  # ‖g‖ = 5
+    opt.note_l2_terms()
+    f = l2_stage_figures(opt.l2_terms, {"all": torch.tensor([0])}, {"all": 4})
+    assert f["l2_grad_ratio/all"].item() == pytest.approx(0.5 * math.sqrt(30) / 5)
+    assert f["l2_sign_fraction/all"].item() == pytest.approx(2 / 4)  # 2.25 > 2 and 4 > 2 only
+
+
+def test_l2_terms_are_left_alone_without_l2_or_under_sgd():
+    model = torch.nn.Linear(2, 2, bias=False)
+    for algorithm, l2 in (("adam", 0.0), ("sgd", 0.5)):
+        opt = Optimizer(model, algorithm=algorithm, lr=1e-3, l2=l2, wd=0.0, decay=lambda t, eta: 0.0, fused=False)
+        model.weight.grad = torch.ones(2, 2)
+        opt.inner.step()
+        opt.note_l2_terms()
+        assert opt.l2_terms is None

@@ -7,7 +7,9 @@ import pytest
 
 from runner.core.headline import Headline
 from runner.core.oscillation import (
+    change_corr,
     count_rises,
+    detrended,
     headline_points,
     max_rise,
     oscillation_block,
@@ -18,6 +20,24 @@ from runner.core.oscillation import (
     val_points,
 )
 
+FREQUENCY_ROBUST = {
+    "val_every_steps",
+    "dispersion_half_window",
+    "dispersion",
+    "dispersion_recal",
+    "dispersion_train_eval",
+    "dispersion_train_eval_recal",
+    "dispersion_share_gap",
+    "change_corr_train_eval",
+    "change_corr_train",
+    "acc_dispersion",
+    "acc_noise_floor",
+    *(f"bn_{pair}_{what}" for pair in ("staleness", "lag", "mismatch") for what in ("mu", "logvar")),
+    "gap_loss_mean",
+    "gap_lag_mean",
+    "gap_mismatch_mean",
+    "gap_staleness_corr",
+}
 V = [3, 2, 2.5, 1, 1.2, 0.9]  # running min 3,2,2,1,1,0.9 → rises 0,0,0.5,0,0.2,0
 E = [1, 2, 3, 4, 5, 6]
 
@@ -149,7 +169,7 @@ def test_block_on_empty_records():
     assert all(
         v is None
         for k, v in b.items()
-        if k not in ("n_val_points", "n_val_points_recal", "rise_threshold", "epochs_to_metric")
+        if k not in ("n_val_points", "n_val_points_recal", "rise_threshold", "epochs_to_metric", "frequency_dependent")
     )
 
 
@@ -178,10 +198,15 @@ def test_block_keys_and_threshold():
         "gen_gap",
         "gen_gap_source",
         "final_weight_norm",
+        *FREQUENCY_ROBUST,
+        "frequency_dependent",
     }
+    frequency_dependent = {"tv_per_epoch", "max_rise", "max_rise_rel", "n_rises", "recal_removed_share"}
+    assert set(b["frequency_dependent"]) == frequency_dependent
     assert all(
         v is None or isinstance(v, (int, float, str)) and not (isinstance(v, float) and math.isnan(v))
-        for v in b.values()
+        for k, v in b.items()
+        if k != "frequency_dependent"
     )
 
 
@@ -252,3 +277,110 @@ def test_headline_points_are_the_recalibrated_series_when_the_records_have_it():
     assert [p["step"] for p in headline_points(recal)] == [10, 20]
     # train records never make a run "recalibrated", whatever they hold
     assert not Headline.of_records([{"step": 1, "epoch": 0.1, "train_loss": 1.0, "val_loss_recal": 1.0}]).recalibrated
+
+
+# ---------------------------------------------------------------- figures that do not depend on val_every
+
+
+def test_detrended_residuals_leave_each_point_out_of_its_own_median():
+    # half window 1: point i sees i−1 and i+1 only (endpoints skipped: their window leaves the series)
+    r = detrended([1.0, 5.0, 2.0, 2.0, 9.0], [0, 1, 2, 3, 4], 1.0)
+    assert r == {1: 5.0 - 1.5, 2: 2.0 - 3.5, 3: 2.0 - 5.5}
+    assert detrended([1.0, 2.0, 3.0, 4.0, 5.0], [0, 1, 2, 3, 4], 1.0) == {1: 0.0, 2: 0.0, 3: 0.0}  # a line: none
+
+
+def white_noise_run(per_epoch: int, epochs: int = 20, sigma: float = 0.2, seed: int = 0):
+    """Validation records of a loss decaying as 2·exp(−t/8) times log-normal white noise, `per_epoch` a epoch."""
+    import random
+
+    rng = random.Random(seed)
+    n = per_epoch * epochs
+    recs = []
+    for i in range(1, n + 1):
+        e = i / per_epoch
+        noise = math.exp(rng.gauss(0, sigma))
+        recs.append({"step": i * 100, "epoch": e, "val_loss": 2 * math.exp(-e / 8) * noise, "val_acc": 0.5})
+    return recs
+
+
+def test_dispersion_is_stable_under_thinning_where_total_variation_halves():
+    recs = white_noise_run(per_epoch=8)
+    full = oscillation_block(recs, epochs_total=20)
+    halves = [oscillation_block(recs[k::2], epochs_total=20) for k in (0, 1)]
+    quarters = [oscillation_block(recs[k::4], epochs_total=20) for k in range(4)]
+    assert full["val_every_steps"] == 100 and halves[0]["val_every_steps"] == 200
+    for b in halves:
+        assert b["tv_per_epoch"] < 0.6 * full["tv_per_epoch"]  # TV: about half as many steps of the same size
+        assert abs(b["dispersion"] / full["dispersion"] - 1) < 1 / 3
+    for b in quarters:
+        assert b["tv_per_epoch"] < 0.35 * full["tv_per_epoch"]
+        assert abs(b["dispersion"] / full["dispersion"] - 1) < 1 / 3
+    assert full["dispersion"] == pytest.approx(0.2, rel=0.15)  # the noise's own σ of log v
+
+
+def test_dispersion_share_gap_splits_the_running_variance_into_gap_and_recalibrated_parts():
+    # w is white noise around a smooth curve; v = w·exp(g) with a gap g of its own: the shares add to one
+    import random
+
+    rng = random.Random(1)
+    recs = []
+    for i in range(1, 81):
+        e = i / 4
+        w = math.exp(-e / 10 + rng.gauss(0, 0.1))
+        g = rng.gauss(0, 0.2)
+        recs.append({"step": i, "epoch": e, "val_loss": w * math.exp(g), "val_loss_recal": w, "val_acc_recal": 0.5})
+    b = oscillation_block(recs, epochs_total=20)
+    # independent parts: the gap carries about 0.2²/(0.1² + 0.2²) = 0.8 of the variance
+    assert b["dispersion_share_gap"] == pytest.approx(0.8, abs=0.1)
+    assert b["dispersion"] > b["dispersion_recal"]
+    same = [{**r, "val_loss_recal": r["val_loss"]} for r in recs]
+    assert oscillation_block(same, epochs_total=20)["dispersion_share_gap"] == 0  # no gap: nothing is BatchNorm's
+
+
+def test_change_correlations_pair_val_with_train_eval_and_train_mode_loss():
+    assert change_corr([1, 2, 1, 3], [2, 4, 2, 6]) == pytest.approx(1.0)
+    assert change_corr([1, 2, 1, 3], [3, 2, 3, 1]) == pytest.approx(-1.0)
+    assert change_corr([1, 2], [1, 2]) is None and change_corr([1, 2, 3], [1, 1, 1]) is None
+    vals = [2.0, 1.0, 2.0, 1.0, 2.0]
+    recs = val_records(vals, [1, 2, 3, 4, 5], train_eval=[v / 2 for v in vals])
+    # train_loss between validations (steps 10, 20, ...): the mirror image of val
+    recs += [{"step": s, "epoch": s / 10, "train_loss": 3.0 - vals[s // 10 - 1]} for s in range(10, 51, 10)]
+    recs += [{"step": s - 5, "epoch": s / 10, "train_loss": 3.0 - vals[s // 10 - 1]} for s in range(10, 51, 10)]
+    b = oscillation_block(recs, epochs_total=5)
+    assert b["change_corr_train_eval"] == pytest.approx(1.0)
+    assert b["change_corr_train"] == pytest.approx(-1.0)
+
+
+def test_accuracy_noise_floor_is_the_binomial_std_of_the_validation_set():
+    recs = white_noise_run(per_epoch=4)
+    for r in recs:
+        r["val_acc"] = 0.8
+    b = oscillation_block(recs, epochs_total=20, n_val=10000)
+    assert b["acc_noise_floor"] == pytest.approx(math.sqrt(0.8 * 0.2 / 10000))
+    assert b["acc_dispersion"] == 0  # a constant accuracy does not wobble
+    assert oscillation_block(recs, epochs_total=20)["acc_noise_floor"] is None  # n_val unknown
+
+
+def test_a_short_run_measures_dispersion_over_a_quarter_of_its_span():
+    recs = white_noise_run(per_epoch=8, epochs=2)
+    b = oscillation_block(recs, epochs_total=2)
+    assert b["dispersion_half_window"] == pytest.approx((2 - 1 / 8) / 4)
+    assert b["dispersion"] is not None
+
+
+def test_the_loss_gap_splits_into_lag_and_mismatch_and_follows_staleness():
+    v, w, aug = [2.0, 3.0, 2.5, 4.0], [1.0, 1.5, 1.25, 2.0], [1.5, 2.0, 2.0, 2.5]
+    recs = val_records(v, [1, 2, 3, 4], recal=w)
+    for r, a, z in zip(recs, aug, [0.1, 0.2, 0.15, 0.3]):
+        r.update(val_loss_recal_aug=a, bn_staleness_mu_mean=z, bn_lag_mu_mean=z / 2, bn_mismatch_logvar_mean=0.5)
+    b = oscillation_block(recs, epochs_total=4)
+    assert b["gap_loss_mean"] == pytest.approx((1 + 1.5 + 1.25 + 2) / 4)
+    assert b["gap_lag_mean"] == pytest.approx((0.5 + 1 + 0.5 + 1.5) / 4)
+    assert b["gap_mismatch_mean"] == pytest.approx((0.5 + 0.5 + 0.75 + 0.5) / 4)
+    assert b["gap_lag_mean"] + b["gap_mismatch_mean"] == pytest.approx(b["gap_loss_mean"])
+    assert b["bn_staleness_mu"] == pytest.approx(0.1875) and b["bn_lag_mu"] == pytest.approx(0.09375)
+    assert b["bn_mismatch_logvar"] == 0.5 and b["bn_lag_logvar"] is None
+    recs[3]["val_loss"] = 8.0  # the gap grows where staleness peaks
+    assert oscillation_block(recs, epochs_total=4)["gap_staleness_corr"] > 0.8
+    recs[3]["val_loss"], recs[0]["val_loss"] = 2.0, 8.0  # the largest gap where staleness is least
+    assert oscillation_block(recs, epochs_total=4)["gap_staleness_corr"] < -0.5

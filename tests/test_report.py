@@ -352,3 +352,27 @@ def test_tables_show_the_recalibrated_columns_only_when_a_run_has_them(tmp_path,
     assert float(cfg[0]["recal_removed_share_mean"]) == pytest.approx(1 / 6)
     assert float(cfg[1]["tv_per_epoch_recal_mean"]) == pytest.approx(0.9 / 2)  # 1.9 → 1.0 → 1.0
     assert (tmp_path / "rep" / "oscillation.png").read_bytes()[:8] == PNG
+
+
+def test_the_staleness_table_and_figure_put_each_optimizer_on_its_own_axis(tmp_path):
+    runs = [("0", "adamw", 1e-3, 0.0, 0.1, 0.05), ("1", "adam_l2", 0.0, 1e-3, None, 0.01)]
+    for name, opt, wd, l2, tau, speed in runs:
+        d = tmp_path / "sweep" / name
+        make_run(d, hparams(1e-3, wd, 0, l2=l2, opt=opt))
+        osc = {"dispersion": 0.3, "dispersion_recal": 0.1, "dispersion_share_gap": 0.8, "bn_staleness_mu": 0.2,
+               "bn_lag_mu": 0.15, "gap_lag_mean": 0.4, "gap_mismatch_mean": 0.1, "rise_threshold": 0.1}  # fmt: skip
+        summary = json.loads((d / "summary.json").read_text())
+        summary["oscillation"] = osc
+        summary["equilibrium"] = {"tau_fraction": tau, "angular_update_mid": speed, "angular_update_eq_mid": 0.04}
+        (d / "summary.json").write_text(json.dumps(summary))
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    table = md.split("## BatchNorm staleness", 1)[1]
+    assert "| τ/T=0.1 | 0.3 | 0.1 | 0.8 | 0.4 | 0.1 | 0.2 | 0.15 | 0.05 | 0.04 |" in table  # AdamW: τ/T
+    assert "| λ₂=0.001 | 0.3 |" in table  # Adam + L2: its own λ₂
+    assert (tmp_path / "rep" / "staleness.png").read_bytes()[:8] == PNG
+
+
+def test_no_staleness_table_without_staleness_records(report):
+    assert "## BatchNorm staleness" not in report[1]
+    assert "staleness.png skipped" in (report[2] / "report.md").read_text()

@@ -31,3 +31,29 @@ def test_a_held_schedule_keeps_the_last_planned_step_beyond_its_epochs():
 
 def test_steps_per_epoch_counts_the_remainder_unless_dropped():
     assert steps_per_epoch(500, 64, drop_last=True) == 7 and steps_per_epoch(500, 64, drop_last=False) == 8
+
+
+@pytest.mark.parametrize("scaling", ["schedule", "lr", "none"])
+def test_wd_tau_sets_lambda_so_the_decays_timescale_is_that_fraction_of_the_run(scaling):
+    from runner.core.equilibrium import ema_timescale
+
+    over = ["optimizer=adamw", "lr=2e-3", "epochs=4", "schedule=cosine", "optimizer.wd_tau=0.25"]
+    cfg = validate(compose_cfg(*over, f"optimizer.wd_scaling={scaling}"))
+    plan = plan_steps(cfg, n_train=1000, steps_per_epoch=10, schedule_epochs=4)
+    assert ema_timescale(plan.d, 40)["tau_fraction"] == pytest.approx(0.25)
+    assert plan.wd != cfg.wd and plan.d[5] == pytest.approx(plan.decay(0.5, plan.schedule(0.5)))
+
+
+def test_wd_tau_is_refused_where_it_has_no_decoupled_decay_to_set():
+    from runner.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^wd=0\.0 is invalid: .*optimizer=adamw or sgdw"):
+        validate(compose_cfg("optimizer=adam_l2", "optimizer.wd_tau=0.1"))
+    with pytest.raises(ConfigError, match=r"^optimizer.wd_tau=0.1 is invalid: sets λ itself"):
+        validate(compose_cfg("optimizer=adamw", "optimizer.wd_tau=0.1", "optimizer.wd_normalized=true"))
+    with pytest.raises(ConfigError, match=r"^optimizer.wd_tau=-1.0 is invalid: must be a finite number > 0"):
+        validate(compose_cfg("optimizer=adamw", "optimizer.wd_tau=-1"))
+
+    cfg = validate(compose_cfg("optimizer=adamw", "epochs=2", "optimizer.wd_tau=0.01"))
+    with pytest.raises(ConfigError, match=r"^optimizer.wd_tau=0.01 gives a per-step shrink d_t up to .*raise"):
+        plan_steps(cfg, n_train=100, steps_per_epoch=10, schedule_epochs=2)  # τ = 0.2 steps

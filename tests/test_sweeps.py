@@ -45,7 +45,13 @@ def test_experiment_presets_compose():
         "pixel_mean",
         "replicate",
     )
-    assert k.schedule.milestones == [0.4, 0.6, 0.8, 0.9]
+    assert k.schedule.milestones == [0.405, 0.605, 0.805, 0.905]
+    # Keras' lr_schedule(epoch) with its 0-based epoch index: `epoch > 80` → ×0.1, ... (cifar10_resnet.py)
+    from runner.core.schedules import make_schedule
+
+    keras = lambda e: 0.5e-3 if e > 180 else 1e-3 if e > 160 else 1e-2 if e > 120 else 1e-1 if e > 80 else 1.0  # noqa: E731
+    eta = make_schedule(k.schedule, k.epochs)
+    assert all(eta(e + f) == keras(e) for e in range(200) for f in (0.0, 0.5, 0.999))
     assert k.data.drop_last is False  # Keras trains on the last, smaller batch of each epoch too
     a = validate(compose_cfg("experiment=adamw_20ep"))
     assert (a.optimizer.name, a.l2, a.batch_size, a.epochs, a.schedule.name) == ("adamw", 0.0, 64, 20, "warm_restarts")
@@ -216,3 +222,24 @@ def test_a_sweep_with_one_bad_value_refuses_before_any_job_trains_and_leaves_no_
     assert "sweep job [" in r.stderr and "lr=-1" in r.stderr and "lr=-1.0 is invalid" in r.stderr
     assert "completed" not in r.stdout + r.stderr  # job 0 (lr=1e-3) never trained
     assert list((tmp_path / "multirun").iterdir()) == []  # no sweep folder, no multirun/latest
+
+
+def test_the_oscillation_study_puts_each_optimizer_on_its_own_axis():
+    from pathlib import Path
+
+    import yaml
+    from conftest import CONFIG_DIR
+
+    arms = yaml.safe_load((Path(CONFIG_DIR) / "experiment" / "oscillation_study.yaml").read_text())
+    arms = arms["hydra"]["sweeper"]["params"]
+    assert arms == {
+        "arm": "adamw_tau0.03,adamw_tau0.1,adamw_tau0.3,adamw_tau1,adam_l2_1e-4,adam_l2_1e-3,adam_l2_1e-2",
+        "model.bn_momentum": "0.01,0.1",
+    }
+    for arm in arms["arm"].split(","):
+        c = validate(compose_cfg("experiment=oscillation_study", f"arm={arm}", "model.bn_momentum=0.1"))
+        if arm.startswith("adamw"):  # τ/T, the decay's timescale, sets λ; no L2
+            assert (c.optimizer.name, c.optimizer.wd_tau, c.l2) == ("adamw", float(arm.split("tau")[1]), 0.0)
+        else:  # λ₂ alone, no decoupled decay
+            assert (c.optimizer.name, c.l2, c.wd, c.optimizer.wd_tau) == ("adam_l2", float(arm[8:]), 0.0, None)
+        assert c.model.bn_momentum == 0.1 and c.trainer.val_every == 200 and c.trainer.bn_recalibrate > 0

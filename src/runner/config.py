@@ -94,9 +94,14 @@ class OptimizerConfig(_Section):
     wd_normalized: bool = False
     l2_normalized: bool = False
     decay_on: str = setting("weights", choices=("weights", "conv", "all"))
+    wd_tau: Optional[float] = None  # τ/T: λ set so the decay's EMA timescale 1/mean d_t is this fraction of the run
 
     def __post_init__(self) -> None:
         self._check_choices()
+        if self.wd_tau is not None:
+            self._finite("wd_tau", positive=True)
+            if self.wd_normalized:
+                self._fail("wd_tau", "sets λ itself: drop optimizer.wd_normalized=true or optimizer.wd_tau")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             self._fail("betas", "need two values in [0, 1), e.g. [0.9,0.999]")
         self._finite("eps", positive=True)
@@ -308,6 +313,8 @@ class RunConfig(_Section):
         if self.optimizer.wd_scaling == "none" and self.wd >= 1:
             self._fail("wd", "with optimizer.wd_scaling=none the shrink per step is wd itself: θ·(1 − wd) with "
                        "wd >= 1 zeroes or flips the weights every step; use a wd below 1 (e.g. 5e-4)")  # fmt: skip
+        if self.optimizer.wd_tau is not None and not self.wd:
+            self._fail("wd", "leaves no decoupled decay for optimizer.wd_tau to set: use optimizer=adamw or sgdw")
         self.schedule.check_span(self.epochs)
 
 

@@ -288,3 +288,46 @@ def plot_run_losses(run: dict, path: Path) -> str | None:
     a.title.set_fontsize(9)
     a.legend(fontsize="small")
     fig.savefig(path, dpi=100)
+
+
+def staleness_points(groups: list[dict]) -> list[dict]:
+    """One point per configuration with a measured angular update: {label, optimizer, bn_momentum, x =
+    angular_update_mid, dispersion, dispersion_recal, bn_staleness_mu} (seed means; None where not recorded)."""
+    out = []
+    for g in groups:
+        x = g["stats"].get("angular_update_mid", (None, None))[0]
+        if x is None:
+            continue
+        point = {k: g["stats"].get(k, (None, None))[0] for k in ("dispersion", "dispersion_recal", "bn_staleness_mu")}
+        out.append({"label": g["label"], "optimizer": g["hparams"].get("optimizer.name"),
+                    "bn_momentum": g["hparams"].get("model.bn_momentum"), "x": x, **point})  # fmt: skip
+    return out
+
+
+def plot_staleness(points: list[dict], path: Path) -> str | None:
+    """Left: dispersion of the val loss (filled: running statistics, hollow: recalibrated) against the measured
+    angular update per step; right: BatchNorm staleness against it. Colour: optimizer; marker: BN momentum."""
+    if not any(p["dispersion"] is not None or p["bn_staleness_mu"] is not None for p in points):
+        return "no configuration has both an angular update and oscillation or staleness figures"
+    optimizers = sorted({str(p["optimizer"]) for p in points})
+    momenta = sorted({str(p["bn_momentum"]) for p in points})
+    color = dict(zip(optimizers, _colors(len(optimizers))))
+    marker = dict(zip(momenta, "osD^v<>"))
+    fig, ax = _figure(2)
+    for p in points:
+        c, m = color[str(p["optimizer"])], marker[str(p["bn_momentum"])]
+        if p["dispersion"] is not None:
+            ax[0, 0].plot(p["x"], p["dispersion"], m, color=c)
+        if p["dispersion_recal"] is not None:
+            ax[0, 0].plot(p["x"], p["dispersion_recal"], m, color=c, mfc="white")
+        if p["bn_staleness_mu"] is not None:
+            ax[0, 1].plot(p["x"], p["bn_staleness_mu"], m, color=c)
+    ax[0, 0].set(xlabel="angular update per step (rad)", ylabel="val-loss dispersion (hollow: recalibrated)")
+    ax[0, 1].set(xlabel="angular update per step (rad)", ylabel="BN staleness: mean |Δμ| / σ")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", color=color[o], label=o) for o in optimizers]
+    handles += [Line2D([], [], ls="", marker=marker[b], color="grey", label=f"BN momentum {b}") for b in momenta]
+    ax[0, 1].legend(handles=handles, fontsize=8)
+    fig.savefig(path, dpi=100)
+    return None

@@ -21,15 +21,32 @@ from runner.analysis.figures import (
     plot_heatmap,
     plot_oscillation,
     plot_run_losses,
+    plot_staleness,
     plot_val_curves,
     plot_weight_norm,
+    staleness_points,
 )
-from runner.analysis.runs import ID_KEYS, METRICS, STATS, collect_runs, fmt, group_configs, value, varying_keys
+from runner.analysis.runs import (
+    ID_KEYS,
+    METRICS,
+    STATS,
+    collect_runs,
+    finite_number,
+    fmt,
+    group_configs,
+    value,
+    varying_keys,
+)
 
 TABLE_STATS = {
     "best_val_acc": "best val acc",
     "final_val_acc": "final val acc",
     "final_val_loss": "final val loss",
+    "dispersion": "dispersion",
+    "dispersion_recal": "dispersion recal",
+    "dispersion_share_gap": "BN gap share",
+    "acc_noise_floor": "acc noise floor",
+    "val_every_steps": "val every",
     "tv_per_epoch": "TV/epoch",
     "tv_per_epoch_recal": "TV/epoch recal",
     "recal_removed_share": "removed by recal",
@@ -43,13 +60,22 @@ RUNS_TABLE_STATS = [
     "final_val_acc",
     "final_val_loss",
     "steps",
+    "val_every_steps",
+    "dispersion",
+    "dispersion_recal",
+    "dispersion_share_gap",
     "tv_per_epoch",
     "tv_per_epoch_recal",
     "recal_removed_share",
     "max_rise_rel",
     "n_rises",
 ]
-RECAL_STATS = ("tv_per_epoch_recal", "recal_removed_share")  # columns left out when no run has val_loss_recal
+# columns left out when no run has val_loss_recal
+RECAL_STATS = ("tv_per_epoch_recal", "recal_removed_share", "dispersion_recal", "dispersion_share_gap")
+FREQUENCY_NOTE = (
+    "Total variation, largest rise, rises and the share recalibration removes grow with how often a run validates "
+    "(val every, in steps): compare them only at equal val every; dispersion does not (docs/reports.md)."
+)
 MAX_RUN_FIGURES = 64  # one loss figure per run up to this many: more is a folder nobody opens
 CSV_NAMES = {"epochs": "epochs_done"}
 
@@ -104,6 +130,48 @@ def runs_table(runs: list[dict], cols: list[str]) -> str:
         for r in runs
     ]
     return md_table(header, rows)
+
+
+STALENESS_STATS = {
+    "dispersion": "dispersion",
+    "dispersion_recal": "dispersion recal",
+    "dispersion_share_gap": "BN gap share",
+    "gap_lag_mean": "gap: lag",
+    "gap_mismatch_mean": "gap: clean/aug",
+    "bn_staleness_mu": "staleness μ",
+    "bn_lag_mu": "lag μ",
+    "angular_update_mid": "angular update",
+    "angular_update_eq_mid": "√(2d)",
+    "gap_staleness_corr": "corr(gap, staleness)",
+}
+
+
+STALENESS_NOTE = (
+    "Per configuration (seed means): the val-loss dispersion with running and recalibrated statistics, the share "
+    "of the running one carried by the running − recalibrated gap, the gap's lag and clean/augmented parts (mean "
+    "loss), the running statistics' staleness and lag (μ offset in reference stds), and the measured angular "
+    "update per step of the BatchNorm-followed stages against √(2d) (docs/reports.md)."
+)
+
+
+def natural_axis(g: dict) -> str:
+    """Where a configuration sits on its optimizer's own axis: τ/T for decoupled decay, λ₂ for L2 alone."""
+    tau, l2 = g["stats"]["tau_fraction"][0], finite_number(g["hparams"].get("l2"))
+    return f"τ/T={fmt(tau, 3)}" if tau is not None else f"λ₂={fmt(l2)}" if l2 else "-"
+
+
+def staleness_table(groups: list[dict], cols: list[str]) -> str:
+    """How much of each configuration's oscillation is BatchNorm staleness, next to its angular update; empty when
+    no run recorded staleness (docs/reports.md#batchnorm-staleness-and-rotational-equilibrium)."""
+    if not any(g["stats"]["bn_staleness_mu"][0] is not None for g in groups):
+        return ""
+    header = cols + ["n", "axis"] + list(STALENESS_STATS.values())
+    rows = [
+        [fmt(g["hparams"].get(k)) for k in cols] + [str(g["n"]), natural_axis(g)]
+        + [fmt(g["stats"][k][0], 3) for k in STALENESS_STATS]
+        for g in groups
+    ]  # fmt: skip
+    return "## BatchNorm staleness\n\n" + STALENESS_NOTE + "\n\n" + md_table(header, rows) + "\n"
 
 
 def notes_list(runs: list[dict]) -> str:
@@ -161,9 +229,11 @@ def build_report(runs: list[dict], out: Path, root: Path, x: str = "lr", y: str 
     counts = _status_text(Counter(r["status"] for r in runs))
     tables = (
         f"{len(runs)} runs ({counts}) in {len(groups)} configurations; swept: {', '.join(keys) or 'nothing'}.\n"
-        f"Configuration statistics: mean ± sample std over completed runs (n).\n\n"
+        f"Configuration statistics: mean ± sample std over completed runs (n). {FREQUENCY_NOTE}\n\n"
         f"## Configurations\n\n{config_table(groups, cols)}\n\n## Runs\n\n{runs_table(runs, cols)}\n"
     )
+    stale = staleness_table(groups, cols)
+    tables += f"\n{stale}" if stale else ""
     notes = notes_list(runs)
     tables += f"\n{notes}" if notes else ""
     out.mkdir(parents=True, exist_ok=True)
@@ -176,6 +246,11 @@ def build_report(runs: list[dict], out: Path, root: Path, x: str = "lr", y: str 
             "oscillation.png",
             "oscillation vs decay strength (dashed: BatchNorm recalibrated)",
             lambda p: plot_oscillation(oscillation_series(groups, keys), p),
+        ),
+        (
+            "staleness.png",
+            "oscillation and BatchNorm staleness vs the angular update",
+            lambda p: plot_staleness(staleness_points(groups), p),
         ),
     ]
     lines = []

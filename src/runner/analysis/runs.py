@@ -18,6 +18,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+from runner.core.equilibrium import equilibrium_block
 from runner.core.headline import Headline
 from runner.core.oscillation import headline_points, oscillation_block, val_points
 from runner.engine.records import flatten, read_metrics
@@ -51,6 +52,12 @@ STATS = [
     "best_val_acc",
     "final_val_acc",
     "final_val_loss",
+    "dispersion",
+    "dispersion_recal",
+    "dispersion_share_gap",
+    "acc_dispersion",
+    "acc_noise_floor",
+    "val_every_steps",
     "tv_per_epoch",
     "max_rise_rel",
     "n_rises",
@@ -66,6 +73,16 @@ STATS = [
     "roughness_ratio_mid_recal",
     "roughness_ratio_last_recal",
     "recal_removed_share",
+    "bn_staleness_mu",
+    "bn_lag_mu",
+    "bn_mismatch_mu",
+    "gap_loss_mean",
+    "gap_lag_mean",
+    "gap_mismatch_mean",
+    "gap_staleness_corr",
+    "angular_update_mid",
+    "angular_update_eq_mid",
+    "tau_fraction",
 ]
 
 
@@ -261,7 +278,8 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     ):
         if threshold is None:  # the threshold the summary's block used, else the default
             threshold = (osc.get("rise_threshold") if isinstance(osc, dict) else None) or 0.1
-        osc = oscillation_block(records, finite_number(hp.get("epochs")), threshold)
+        n_val = finite_number(((summary or {}).get("data") or {}).get("n_val"))
+        osc = oscillation_block(records, finite_number(hp.get("epochs")), threshold, n_val=n_val)
 
     rel = d.relative_to(root).as_posix()
     pts = val_points(records)
@@ -277,11 +295,19 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         "hparams": hp,
         **metrics,
         "osc": osc,
+        "eq": equilibrium_of(summary, records, finite_number(hp.get("epochs"))),
         "val": [(p["epoch"], p["loss"], p["acc"]) for p in pts],
         "wnorm": wnorm,
         "losses": loss_curves(records),
         "notes": notes,
     }
+
+
+def equilibrium_of(summary: dict | None, records: list[dict], epochs: float | None) -> dict:
+    """summary.json's `equilibrium` block (tau_steps, tau_fraction, norm and angular ratios), or what the records
+    give of it (no τ: that needs the run's plan)."""
+    eq = (summary or {}).get("equilibrium")
+    return eq if isinstance(eq, dict) else equilibrium_block(records, epochs)
 
 
 def collect_runs(root, threshold: float | None = None) -> list[dict]:
@@ -295,8 +321,10 @@ def collect_runs(root, threshold: float | None = None) -> list[dict]:
 
 
 def value(run: dict, key: str):
-    """A headline metric (summary.json) or oscillation figure of a run."""
-    return run.get(key) if key in METRICS else run["osc"].get(key)
+    """A headline metric (summary.json), oscillation figure or equilibrium figure (summary's `equilibrium`) of a run."""
+    if key in METRICS:
+        return run.get(key)
+    return run["osc"][key] if key in run["osc"] else run.get("eq", {}).get(key)
 
 
 def varying_keys(runs: list[dict]) -> list[str]:

@@ -22,15 +22,49 @@ Each series stops before its first non-finite loss (a diverged run).
                           the run has it (epochs_to_metric says which: "recalibrated" | "running")
     gen_gap               v_last − u_last, or v_last − mean train_loss over the epoch before e_last (gen_gap_source)
     final_weight_norm     last finite `weight_norm`
+
+TV, max_rise, n_rises, roughness and recal_removed_share depend on how often the run validates (between two
+validations the fluctuations are nearly white, so TV grows with their number and max_rise is an extreme value):
+compare them only between runs with the same `val_every_steps`. The figures below do not depend on it:
+
+    dispersion            √(mean_i r_i²),  r_i = log v_i − median{log v_j : j ≠ i, |e_j − e_i| ≤ h}, over the points
+                          whose whole window [e_i − h, e_i + h] lies inside the series (h = dispersion_half_window,
+                          2 epochs, shrunk to a quarter of the span for shorter runs); the typical factor by which
+                          one validation's loss sits off its local level (0.25: ×/÷ 1.28). Leaving v_i out of its
+                          own median keeps a sparse series from being pulled towards itself.
+    dispersion_recal      the same of w;  dispersion_train_eval (u) and dispersion_train_eval_recal
+    dispersion_share_gap  Σ r_v·(r_v − r_w) / Σ r_v² over points with both: the share of the running series'
+                          detrended variance carried by the running − recalibrated gap (BatchNorm's statistics);
+                          1 − it is carried by w. Additive by construction, not bounded to [0, 1]
+    change_corr_train_eval    corr(Δ log v, Δ log u) of consecutive validations: ≈ 1 when val and train-eval move
+                          together (an evaluation effect shared by both image sets), ≈ 0 for independent noise
+    change_corr_train     corr(Δ log v, Δ log t̄), t̄_i = mean train_loss of the steps (s_{i−1}, s_i]: train mode
+    acc_dispersion        √(mean_i ρ_i²) with ρ_i the same residual of the accuracy a_i (no log)
+    acc_noise_floor       √(ā(1 − ā)/n_val), ā = mean a_i: the binomial std of an accuracy measured on n_val images,
+                          the resolution of the validation set (summary data.n_val; None without it)
+    val_every_steps       the median number of steps between two validations
+
+BatchNorm staleness over the run, from the per-validation keys of core.bn_staleness (validations with both series):
+    bn_<pair>_<what>      mean over validations of bn_<pair>_<what>_mean, pair ∈ staleness | lag | mismatch,
+                          what ∈ mu | logvar
+    gap_loss_mean         mean_i (v_i − w_i): the running − recalibrated loss gap
+    gap_lag_mean          mean_i (v_i − v^aug_i), v^aug = val_loss_recal_aug (statistics of the augmented draw):
+                          the part of the gap that is lag; gap_mismatch_mean = mean_i (v^aug_i − w_i) the part that
+                          is clean vs augmented images; the two add up to gap_loss_mean
+    gap_staleness_corr    corr over validations of log v_i − log w_i and bn_staleness_mu_mean
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+import statistics
 
 from runner.core.headline import Headline
 
 ACC_TARGETS = (0.90, 0.92)
+HALF_WINDOW = 2.0  # epochs each side of a point for its running median (dispersion)
+FREQUENCY_DEPENDENT = ("tv_per_epoch", "max_rise", "max_rise_rel", "n_rises", "recal_removed_share")
 
 
 def finite_float(x) -> float | None:
@@ -208,10 +242,145 @@ def removed_share(tv_running: float | None, tv_recal: float | None) -> float | N
     return 1 - tv_recal / tv_running
 
 
-def oscillation_block(records: list[dict], epochs_total: float | None, threshold: float = 0.1) -> dict:
+def detrended(x: list[float], e: list[float], half: float) -> dict[int, float]:
+    """{i: x_i − median{x_j : j ≠ i, |e_j − e_i| ≤ half}} for every i whose window lies inside [e_0, e_last] and holds
+    at least two other points (the running median dispersion is measured around)."""
+    eps = 1e-9 * max(1.0, abs(e[-1])) if e else 0.0
+    out = {}
+    for i, (xi, ei) in enumerate(zip(x, e)):
+        if ei - half < e[0] - eps or ei + half > e[-1] + eps:
+            continue
+        nb = [xj for j, (xj, ej) in enumerate(zip(x, e)) if j != i and abs(ej - ei) <= half + eps]
+        if len(nb) >= 2:
+            out[i] = xi - statistics.median(nb)
+    return out
+
+
+def rms(values) -> float | None:
+    values = list(values)
+    return math.sqrt(sum(v * v for v in values) / len(values)) if values else None
+
+
+def half_window(points: list[dict]) -> float | None:
+    """h: HALF_WINDOW epochs, or a quarter of the series' span when that is shorter; None below 2 points."""
+    if len(points) < 2 or points[-1]["epoch"] <= points[0]["epoch"]:
+        return None
+    return min(HALF_WINDOW, (points[-1]["epoch"] - points[0]["epoch"]) / 4)
+
+
+def log_residuals(points: list[dict], field: str, half: float | None) -> dict[int, float]:
+    """detrended log of `field` ("loss" or "train_eval") over the points that have a positive value of it, keyed by
+    step."""
+    kept = [p for p in points if p[field] is not None and p[field] > 0]
+    if half is None or len(kept) < 3:
+        return {}
+    r = detrended([math.log(p[field]) for p in kept], [p["epoch"] for p in kept], half)
+    return {kept[i]["step"]: v for i, v in r.items()}
+
+
+def change_corr(a: list[float], b: list[float]) -> float | None:
+    """Pearson correlation of consecutive differences of two paired series; None below 3 pairs or a flat one."""
+    da, db = [y - x for x, y in zip(a, a[1:])], [y - x for x, y in zip(b, b[1:])]
+    if len(da) < 2:
+        return None
+    ma, mb = sum(da) / len(da), sum(db) / len(db)
+    sab = sum((x - ma) * (y - mb) for x, y in zip(da, db))
+    saa, sbb = sum((x - ma) ** 2 for x in da), sum((y - mb) ** 2 for y in db)
+    return sab / math.sqrt(saa * sbb) if saa > 0 and sbb > 0 else None
+
+
+def train_loss_between(points: list[dict], records: list[dict]) -> list[float | None]:
+    """t̄_i: the mean finite train_loss of the steps (s_{i−1}, s_i] before validation i (None when there is none)."""
+    by_step = {}
+    for r in records:
+        if isinstance(r, dict) and finite_float(r.get("train_loss")) is not None and finite_float(r.get("step")):
+            by_step[r["step"]] = r["train_loss"]
+    steps, out, prev = sorted(by_step), [], -math.inf
+    for p in points:
+        lo, hi = bisect.bisect_right(steps, prev), bisect.bisect_right(steps, p["step"])
+        vals = [by_step[k] for k in steps[lo:hi]]
+        out.append(sum(vals) / len(vals) if vals else None)
+        prev = p["step"]
+    return out
+
+
+def paired_corr(points: list[dict], other: list[float | None]) -> float | None:
+    """change_corr of log v and log `other` over the points where both are positive."""
+    pairs = [(p["loss"], o) for p, o in zip(points, other) if o is not None and o > 0 and p["loss"] > 0]
+    return change_corr([math.log(a) for a, _ in pairs], [math.log(b) for _, b in pairs])
+
+
+def dispersion_figures(running: list[dict], recal: list[dict], records: list[dict], n_val: int | None) -> dict:
+    """The oscillation figures that do not depend on the validation frequency (module docstring)."""
+    half = half_window(running)
+    r_v, r_u = log_residuals(running, "loss", half), log_residuals(running, "train_eval", half)
+    half_w = half_window(recal)
+    r_w, r_uw = log_residuals(recal, "loss", half_w), log_residuals(recal, "train_eval", half_w)
+    both = [k for k in r_v if k in r_w]
+    den = sum(r_v[k] ** 2 for k in both)
+    accs = [p for p in running if p["acc"] is not None]
+    r_a = detrended([p["acc"] for p in accs], [p["epoch"] for p in accs], half) if half and len(accs) > 2 else {}
+    a_bar = sum(accs[i]["acc"] for i in r_a) / len(r_a) if r_a else None
+    steps = [p["step"] for p in running]
+    return {
+        "val_every_steps": statistics.median(b - a for a, b in zip(steps, steps[1:])) if len(steps) > 1 else None,
+        "dispersion_half_window": half,
+        "dispersion": rms(r_v.values()),
+        "dispersion_recal": rms(r_w.values()),
+        "dispersion_train_eval": rms(r_u.values()),
+        "dispersion_train_eval_recal": rms(r_uw.values()),
+        "dispersion_share_gap": sum(r_v[k] * (r_v[k] - r_w[k]) for k in both) / den if den > 0 else None,
+        "change_corr_train_eval": paired_corr(running, [p["train_eval"] for p in running]),
+        "change_corr_train": paired_corr(running, train_loss_between(running, records)),
+        "acc_dispersion": rms(r_a.values()),
+        "acc_noise_floor": math.sqrt(a_bar * (1 - a_bar) / n_val) if a_bar is not None and n_val else None,
+    }
+
+
+def pearson(a: list[float], b: list[float]) -> float | None:
+    """Pearson correlation of two paired lists; None below 3 pairs or when either is flat."""
+    if len(a) < 3:
+        return None
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    saa, sbb = sum((x - ma) ** 2 for x in a), sum((y - mb) ** 2 for y in b)
+    return sum((x - ma) * (y - mb) for x, y in zip(a, b)) / math.sqrt(saa * sbb) if saa > 0 and sbb > 0 else None
+
+
+def mean_or_none(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def bn_gap_figures(running: list[dict], recal: list[dict], records: list[dict]) -> dict:
+    """BatchNorm staleness over the run (core.bn_staleness's per-validation keys) and the loss gap it explains:
+    means over the validations having both series, and corr(log v − log w, bn_staleness_mu_mean)."""
+    by_step = {r["step"]: r for r in records if isinstance(r, dict) and "val_loss" in r and "step" in r}
+    w_of = {p["step"]: p["loss"] for p in recal}
+    pts = [(p, by_step[p["step"]]) for p in running if p["step"] in w_of and p["step"] in by_step]
+    out = {}
+    for name in ("staleness", "lag", "mismatch"):
+        for what in ("mu", "logvar"):
+            vals = [finite_float(r.get(f"bn_{name}_{what}_mean")) for _, r in pts]
+            out[f"bn_{name}_{what}"] = mean_or_none([v for v in vals if v is not None])
+    aug = [(p, finite_float(r.get("val_loss_recal_aug"))) for p, r in pts]
+    aug = [(p, a) for p, a in aug if a is not None]
+    out["gap_loss_mean"] = mean_or_none([p["loss"] - w_of[p["step"]] for p, _ in pts])
+    out["gap_lag_mean"] = mean_or_none([p["loss"] - a for p, a in aug])
+    out["gap_mismatch_mean"] = mean_or_none([a - w_of[p["step"]] for p, a in aug])
+    pairs = [(p, finite_float(r.get("bn_staleness_mu_mean"))) for p, r in pts]
+    pairs = [(p, z) for p, z in pairs if z is not None and p["loss"] > 0 and w_of[p["step"]] > 0]
+    out["gap_staleness_corr"] = pearson(
+        [math.log(p["loss"]) - math.log(w_of[p["step"]]) for p, _ in pairs], [z for _, z in pairs]
+    )
+    return out
+
+
+def oscillation_block(
+    records: list[dict], epochs_total: float | None, threshold: float = 0.1, n_val: int | None = None
+) -> dict:
     """All oscillation figures of one run as a flat dict of JSON-able values (None where undefined).
 
     `epochs_total` is T, the run's scheduled epochs (hparams.epochs); None falls back to the last validation epoch.
+    `n_val` is the number of validation images (the accuracy's noise floor; None leaves it out).
     The running series' figures keep their plain names, the recalibrated series' carry `_recal`.
     """
     running, recal = val_points(records), val_points(records, recal=True)
@@ -227,4 +396,7 @@ def oscillation_block(records: list[dict], epochs_total: float | None, threshold
     out["epochs_to_metric"] = "recalibrated" if headline else "running"
     out["gen_gap"], out["gen_gap_source"] = generalization_gap(running, records)
     out["final_weight_norm"] = final_value(records, "weight_norm")
+    out.update(dispersion_figures(running, recal, records, n_val))
+    out.update(bn_gap_figures(running, recal, records))
+    out["frequency_dependent"] = list(FREQUENCY_DEPENDENT)
     return out

@@ -179,6 +179,7 @@ def setup(
         val_every=tr.val_every or spe, state=state,
         records=Records(recorder, opt, stage_index(model, opt, device), spe, tr.diverge_factor, state),
         recorder=recorder, info=info, log=_Prefixed(log, {"name": name}),
+        recal_aug_images=augmented_recal_images(cfg, splits, device, path["channels_last"]),
     )  # fmt: skip
     run.stats.t_start = t_start
     announce(run, len(splits.val_y))
@@ -226,10 +227,10 @@ def announce(run: Run, n_val: int) -> None:
 def make_optimizer(cfg: RunConfig, model: nn.Module, plan: StepPlan, state: RunState, path: dict):
     """(Optimizer, the sentences that say what regularizes how)."""
     o = cfg.optimizer
-    opt = Optimizer(model, algorithm=o.algorithm, lr=cfg.lr, l2=plan.l2, wd=cfg.wd, decay=plan.decay,
+    opt = Optimizer(model, algorithm=o.algorithm, lr=cfg.lr, l2=plan.l2, wd=plan.wd, decay=plan.decay,
                     decay_on=o.decay_on, betas=o.betas, eps=o.eps, momentum=o.momentum, nesterov=o.nesterov,
                     capturable=path["cuda_graphs"])  # fmt: skip
-    sentences = describe(algorithm=o.algorithm, wd=cfg.wd, l2=plan.l2, wd_scaling=o.wd_scaling,
+    sentences = describe(algorithm=o.algorithm, wd=plan.wd, l2=plan.l2, wd_scaling=o.wd_scaling,
                          wd_normalized=o.wd_normalized, n_tensors=len(opt.regularized),
                          n_values=sum(p.numel() for p in opt.regularized), lam_now=plan.lam_now)  # fmt: skip
     total = cfg.epochs * plan.steps_per_epoch if cfg.trainer.max_steps is None else cfg.trainer.max_steps
@@ -288,3 +289,18 @@ def make_loaders(cfg: RunConfig, splits: datasets.Splits, device: torch.device, 
         keep = datasets.stratified_subset(splits.train_y, n)
         recal = next(loader(splits.train_x[keep], splits.train_y[keep], n, shuffle=False).epoch(0))[0]
     return train, evals, recal
+
+
+def augmented_recal_images(cfg: RunConfig, splits: datasets.Splits, device: torch.device, channels_last: bool):
+    """The BatchNorm recalibration images through one fixed draw of the training augmentation (crop, flip): the
+    reference that tells the running statistics' lag from the clean/augmented mismatch (core.bn_staleness).
+    None when recalibration is off."""
+    d, n = cfg.data, min(cfg.trainer.bn_recalibrate, len(splits.train_y))
+    if not n:
+        return None
+    keep = datasets.stratified_subset(splits.train_y, n)
+    mean, std = normalization(d, splits)
+    loader = datasets.DeviceLoader(splits.train_x[keep], splits.train_y[keep], n, device=device, shuffle=False,
+                                   crop_padding=d.crop_padding, flip=d.flip, pad_mode=d.pad_mode, mean=mean, std=std,
+                                   seed=cfg.seed + 1, channels_last=channels_last)  # fmt: skip
+    return next(loader.epoch(0))[0]

@@ -26,6 +26,7 @@ from typing import Iterator
 import torch
 
 from runner.config import RunConfig
+from runner.core.bn_staleness import bn_statistics, measure_inside_recalibration
 from runner.core.evaluation import evaluate, recalibrated_bn
 from runner.engine import checkpoint
 from runner.engine.build import setup
@@ -120,12 +121,14 @@ def validate(run: Run) -> None:
     for name, loader in run.evals.items():
         values[f"{name}_loss"], values[f"{name}_acc"] = evaluate(run.model, run.eval_forward, loader)
     recal = nullcontext() if run.recal_images is None else recalibrated_bn(run.model, run.recal_images, run.autocast)
+    running = bn_statistics(run.model) if run.recal_images is not None else None
     with recal:
         if run.recal_images is not None:
             for name, loader in run.evals.items():
                 values[f"{name}_loss_recal"], values[f"{name}_acc_recal"] = evaluate(
                     run.model, run.eval_forward, loader
                 )
+            values.update(staleness_values(run, running))
         values = dict(zip(values, torch.stack(list(values.values())).tolist()))  # the host waits for the device here
         rec = {"step": s.step, "epoch": s.step / run.steps_per_epoch, **values}
         best = s.best_acc_recal if run.headline.recalibrated else s.best_acc_running
@@ -145,6 +148,12 @@ def validate(run: Run) -> None:
         else ""
     )
     run.log.info("step %d epoch %.2f val_loss %.4f val_acc %.4f%s", s.step, rec["epoch"], loss, acc, more)
+
+
+def staleness_values(run: Run, running) -> dict:
+    """BatchNorm staleness at this validation (core.bn_staleness), from inside the recalibration."""
+    val = lambda: evaluate(run.model, run.eval_forward, run.evals["val"])  # noqa: E731
+    return measure_inside_recalibration(run.model, running, run.recal_aug_images, run.autocast, val)
 
 
 def end_epoch(run: Run) -> None:

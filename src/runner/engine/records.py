@@ -9,12 +9,17 @@ metrics.jsonl holds one JSON object per record, always with `step` (optimizer st
     weight_norm  ‖θ‖ of the regularized weights (the ones `decay_on` selects)
     grad_norm    ‖∇ data loss‖ at that step (on logging steps)
     weight_norm/<stage>   ‖θ‖ of the regularized weights of stem, stages.0-2, head
+    weight_norm_eq/<stage>, rotation/<stage>, rotation_steps, angular_update/<stage>, angular_update_eq
+                 rotational equilibrium on logging steps (core.equilibrium)
+    l2_grad_ratio/<stage>, l2_sign_fraction/<stage>   Adam + L2: ‖λ₂θ‖/‖g‖, share with (λ₂θ)² > v̂ (core.update_rule)
 Validation records (a record with `val_loss` is one), see runner.core.evaluation for the two evaluations:
     val_loss, val_acc                   eval mode with BatchNorm's running statistics (Keras' and torch's number)
     val_loss_recal, val_acc_recal       eval mode after BatchNorm statistics are recomputed on training images
                                         (trainer.bn_recalibrate > 0)
     train_eval_loss, train_eval_acc     the same evaluations on a fixed un-augmented training subset
     train_eval_loss_recal, train_eval_acc_recal          (trainer.train_eval=true)
+    bn_staleness_*, bn_lag_*, bn_mismatch_*, val_loss_recal_aug, val_acc_recal_aug
+                                        BatchNorm's running statistics against exact ones (core.bn_staleness)
 Epoch records (one at each epoch end, a record with `epoch_train_s` is one):
     epoch_train_s, epoch_images         seconds spent training in that epoch in this process (the host waits for
                                         the device before reading the clock), and the images trained in them
@@ -39,6 +44,8 @@ import torch
 from torch import nn
 
 from runner.config import OBJECTIVES
+from runner.core.equilibrium import Rotation, log_point_figures
+from runner.core.update_rule import l2_stage_figures
 
 if TYPE_CHECKING:
     from runner.core.update_rule import Optimizer
@@ -122,6 +129,7 @@ class Recorder:
                 tag = TB_TAGS.get(key) or (
                     f"weights/{key.split('/', 1)[1]}" if key.startswith("weight_norm/") else None
                 )
+                tag = tag or (f"bn/{key[3:]}" if key.startswith("bn_") else None)  # core.bn_staleness
                 if tag and value is not None:
                     self.tb.add_scalar(tag, value, record["step"])
 
@@ -224,6 +232,8 @@ class Records:
         self.diverge_factor, self.state = diverge_factor, state
         self.pending: list[StepRecord] = []
         self.last_finite: dict | None = None
+        self.rotation, self.prev_norms, self.prev_step = Rotation(), None, None  # core.equilibrium's log points
+        self.sizes = {k: sum(opt.regularized[i].numel() for i in idx.tolist()) for k, idx in stage_index.items()}
 
     def add(self, record: StepRecord) -> None:
         self.pending.append(record)
@@ -236,12 +246,20 @@ class Records:
             return None
         pending, self.pending = self.pending, []
         last = pending[-1]
-        extra = {**self.opt.weight_stats(self.stage_index), "grad_norm": last.grad_norm} if stats else {}
+        extra = {}
+        if stats:  # a log point: norms, ‖g‖, the L2 term's figures and the rotation since the previous log point
+            extra = {**self.opt.weight_stats(self.stage_index), "grad_norm": last.grad_norm}
+            if last.grad_norm is not None and self.opt.l2_terms is not None:  # a log step of Adam + L2
+                extra.update(l2_stage_figures(self.opt.l2_terms, self.stage_index, self.sizes))
+            diff = self.rotation.diff_sq(self.opt.regularized)
+            if diff is not None:
+                extra.update({f"diff_sq/{k}": diff[idx].sum() for k, idx in self.stage_index.items()})
         extra = {k: v for k, v in extra.items() if v is not None}
         tensors = [torch.stack([r.loss for r in pending]).double()]
         tensors += [torch.stack([v.double() for v in extra.values()])] if extra else []
         values = torch.cat(tensors).tolist()  # the host waits for the device here
         losses, extra = values[: len(pending)], dict(zip(extra, values[len(pending) :]))
+        extra = self.equilibrium(extra, pending) if stats else extra
         s = self.state
         for r, loss in zip(pending, losses):
             rec = {"step": r.step, "epoch": r.step / self.spe, "train_loss": loss, "lr": r.lr, "decay": r.decay}
@@ -261,3 +279,16 @@ class Records:
             s.epoch_steps += 1
         self.recorder.histograms(model, last.step)
         return losses[-1]
+
+    def equilibrium(self, extra: dict, pending: list) -> dict:
+        """The log point's values with core.equilibrium's figures in place of the per-stage ‖θ − θ_prev‖²."""
+        diff = {k.split("/", 1)[1]: extra.pop(k) for k in [k for k in extra if k.startswith("diff_sq/")]}
+        norms = {k.split("/", 1)[1]: v for k, v in extra.items() if k.startswith("weight_norm/")}
+        steps = pending[-1].step - (self.prev_step if self.prev_step is not None else pending[0].step - 1)
+        adam, defaults = isinstance(self.opt.inner, torch.optim.Adam), self.opt.inner.defaults
+        rule = {"algorithm": "adam" if adam else "sgd", "l2": self.opt.l2,
+                "momentum": defaults["betas"][0] if adam else defaults.get("momentum", 0.0)}  # fmt: skip
+        figures = log_point_figures(norms, diff, self.prev_norms, steps, [r.lr for r in pending],
+                                    [r.decay for r in pending], self.sizes, rule)  # fmt: skip
+        self.prev_norms, self.prev_step = norms, pending[-1].step
+        return {**extra, **figures}

@@ -88,6 +88,7 @@ class Run:
     log: logging.LoggerAdapter
     stats: LoopStats = field(default_factory=LoopStats)
     bar: Any = None  # the progress bar while one is shown
+    recal_aug_images: torch.Tensor | None = None  # the same images through one fixed draw of the augmentation
 
     @property
     def steps_per_epoch(self) -> int:

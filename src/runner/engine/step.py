@@ -37,6 +37,7 @@ def step_body(forward, opt: Optimizer, autocast, x, y, lr_t, keep, want_grad_nor
     grad_norm = None
     if want_grad_norm:  # data-loss gradient, before L2 joins it
         grad_norm = torch.stack(torch._foreach_norm([p.grad for p in opt.params if p.grad is not None])).norm()
+        opt.note_l2_terms()  # Adam + L2: how large the L2 term is against g and v̂
     opt.apply(lr_t, keep)
     return loss.detach().float(), grad_norm
 

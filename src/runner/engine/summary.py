@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from runner.config import RunConfig, resumable_keys
+from runner.core.equilibrium import equilibrium_block, run_timescale
 from runner.core.oscillation import oscillation_block
 from runner.engine import lock
 from runner.engine.records import read_metrics
@@ -28,7 +29,10 @@ def finish(run: Run) -> dict:
     """Write summary.json and the HParams end, close the records; returns the summary."""
     summary = summarize(run)
     run.recorder.close()
-    summary["oscillation"] = oscillation_block(read_metrics(run.recorder.path), run.cfg.epochs)
+    n_val = run.info["data"]["n_val"]
+    records = read_metrics(run.recorder.path)
+    summary["oscillation"] = oscillation_block(records, run.cfg.epochs, n_val=n_val)
+    summary["equilibrium"] = {**timescale(run), **equilibrium_block(records, run.cfg.epochs)}
     run.recorder.finish(summary)
     write_summary(run.run_dir, summary)
     lock.release(run.run_dir)  # the folder's records are complete: another process may continue it
@@ -79,6 +83,13 @@ def summarize(run: Run) -> dict:
     if st.status == "diverged":
         summary.update(diverged_at_step=st.diverged_at, last_finite=run.records.last_finite)
     return summary
+
+
+def timescale(run: Run) -> dict:
+    """The decay's EMA timescale τ of the run's plan (core.equilibrium)."""
+    o = run.cfg.optimizer
+    rule = {"algorithm": o.algorithm, "l2": run.plan.l2, "momentum": o.momentum}
+    return run_timescale(run.plan.lr, run.plan.d, run.total, rule)
 
 
 def startup_parts(run: Run, times: dict) -> dict:
