@@ -55,6 +55,20 @@ def test_keys_that_do_not_change_the_training_stay_out_of_the_name():
     assert job_folder_name(1, "optimizer=adam_l2", "l2=0.0001", *noisy) == "1_l2=0.0001,optimizer=adam_l2"
 
 
+def test_in_a_sweep_a_job_folder_names_only_the_keys_the_sweep_varies(monkeypatch):
+    from runner.sweeps.callbacks import SWEPT_ENV, swept_keys
+
+    cli = ["batch_size=32", "data.subset=400", "epochs=2", "optimizer=adamw,adam_l2", "reg=1e-4,1e-3",
+           "model=resnet20v1", "hydra/launcher=packed", "seed=range(2)"]  # fmt: skip
+    sweep = OmegaConf.create({"hydra": {"overrides": {"task": cli}, "sweeper": {"params": {"lr": "1e-3,2e-3"}}}})
+    assert swept_keys(sweep) == ["lr", "optimizer", "reg", "seed"]
+    monkeypatch.setenv(SWEPT_ENV, "optimizer,reg")
+    job = ["batch_size=32", "data.subset=400", "epochs=2", "optimizer=adam_l2", "reg=0.001", "model=resnet20v1"]
+    assert job_folder_name(1, *job) == "1_optimizer=adam_l2,reg=0.001"  # the README's promise
+    monkeypatch.setenv(SWEPT_ENV, "")
+    assert job_folder_name(4, *job) == "4"  # a sweep of one point varies nothing
+
+
 def test_a_job_that_overrides_nothing_is_named_by_its_number():
     assert job_folder_name(0) == "0"
     assert job_folder_name(7, "trainer.device=cpu") == "7"

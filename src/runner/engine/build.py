@@ -170,7 +170,7 @@ def setup(
     )  # fmt: skip
     run.stats.t_start = t_start
     announce(run, len(splits.val_y))
-    recorder.start(dataclasses.asdict(cfg), info.get("choices"))
+    recorder.start(dataclasses.asdict(cfg), info.get("choices"), info.get("swept"))
     return run
 
 

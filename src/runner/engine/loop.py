@@ -105,7 +105,8 @@ def flush(run: Run) -> None:
     lr = run.records.last_finite["lr"]
     if run.bar is not None:
         acc = run.headline.loss_acc(s.last_val)[1] if s.last_val else None
-        run.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", acc="-" if acc is None else f"{acc:.3f}")
+        shown = {run.headline.key("val_acc"): "-" if acc is None else f"{acc:.3f}"}  # the evaluation's own name
+        run.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", **shown)
     elif s.step % tr.log_every == 0 or s.step == run.total:
         run.log.info(
             "step %d/%d epoch %.2f loss %.4f lr %.3g", s.step, run.total, s.step / run.steps_per_epoch, loss, lr
@@ -118,7 +119,7 @@ def validate(run: Run) -> None:
     tick, s = time.perf_counter(), run.state
     values = {}
     for name, loader in run.evals.items():
-        values[f"{name}_loss"], values[f"{name}_acc"] = evaluate(run.model, run.eval_forward, loader)
+        values[f"{name}_loss_running"], values[f"{name}_acc_running"] = evaluate(run.model, run.eval_forward, loader)
     recal = nullcontext() if run.recal_images is None else recalibrated_bn(run.model, run.recal_images, run.autocast)
     with recal:
         if run.recal_images is not None:
@@ -127,24 +128,21 @@ def validate(run: Run) -> None:
                     run.model, run.eval_forward, loader
                 )
         values = dict(zip(values, torch.stack(list(values.values())).tolist()))  # the host waits for the device here
-        rec = {"step": s.step, "epoch": s.step / run.steps_per_epoch, **values}
+        rec = {"step": s.step, "epoch": s.step / run.steps_per_epoch, **run.headline.record(values)}
         best = s.best_acc_recal if run.headline.recalibrated else s.best_acc_running
-        loss, acc = run.headline.loss_acc(rec)
+        acc = run.headline.loss_acc(rec)[1]
         if best is None or acc > best:  # inside the recalibration: best.pt holds the statistics it was measured with
             save_best(run, acc)
-    s.best_acc_running = max(rec["val_acc"], s.best_acc_running or -1.0)
+    s.best_acc_running = max(rec["val_acc_running"], s.best_acc_running or -1.0)
     if "val_acc_recal" in rec:
         s.best_acc_recal = max(rec["val_acc_recal"], s.best_acc_recal or -1.0)
     s.last_val = rec
     run.recorder.write(rec)
     run.stats.val_times.append(time.perf_counter() - tick)
     run.stats.clock.restart()
-    more = (
-        f" (running statistics: loss {rec['val_loss']:.4f} acc {rec['val_acc']:.4f})"
-        if run.headline.recalibrated
-        else ""
-    )
-    run.log.info("step %d epoch %.2f val_loss %.4f val_acc %.4f%s", s.step, rec["epoch"], loss, acc, more)
+    own = " ".join(f"{k} {rec[k]:.4f}" for k in ("val_acc_recal", "val_loss_recal", "val_acc_running",
+                   "val_loss_running") if k in rec)  # fmt: skip
+    run.log.info("step %d epoch %.2f %s (val_acc = %s)", s.step, rec["epoch"], own, run.headline.key("val_acc"))
 
 
 def end_epoch(run: Run) -> None:

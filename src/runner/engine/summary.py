@@ -1,7 +1,8 @@
 """summary.json: a run's results, its time split honestly (engine.timing), and what ran (engine.provenance).
 
 The headline numbers best_val_acc, final_val_acc and final_val_loss are the evaluation core.headline names
-(`val_metric`); both evaluations are also reported under their own names (`*_running`, `*_recal`).
+(`val_metric`): final_val_acc is the last validation record's `val_acc`; both evaluations are also reported
+under their own names (`*_running`, `*_recal`), as in metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from runner.core.headline import named
 from runner.core.oscillation import oscillation_block
 from runner.engine.records import read_metrics
 from runner.engine.state import Run
@@ -30,11 +32,11 @@ def finish(run: Run) -> dict:
     write_summary(run.run_dir, summary)
     best = summary["best_val_acc"]
     run.log.info(
-        "%s after %d steps: best val acc %s (%s), %.1f s",
+        "%s after %d steps: best_val_acc %s (= %s), %.1f s",
         summary["status"],
         run.state.step,
         "-" if best is None else f"{best:.4f}",
-        summary["val_metric"],
+        "best_val_acc" + run.headline.suffix,
         summary["wall_time_s"],
     )
     return summary
@@ -43,7 +45,7 @@ def finish(run: Run) -> dict:
 def summarize(run: Run) -> dict:
     """summary.json: the run's results, its time split honestly (runner.engine.timing), and what ran."""
     s, cfg, st, head = run.state, run.cfg, run.stats, run.headline
-    last = s.last_val or {}
+    last = named(s.last_val or {})  # a checkpoint of an older version holds its record in the old names
     times = split_time(st.clock.windows)
     summary = {
         "status": st.status,
@@ -52,11 +54,11 @@ def summarize(run: Run) -> dict:
         "epochs": s.step / run.steps_per_epoch,
         "val_metric": head.name,
         "best_val_acc": s.best_acc_recal if head.recalibrated else s.best_acc_running,
-        "final_val_acc": last.get(head.key("val_acc")),
-        "final_val_loss": last.get(head.key("val_loss")),
+        "final_val_acc": last.get("val_acc"),
+        "final_val_loss": last.get("val_loss"),
         "best_val_acc_running": s.best_acc_running,
-        "final_val_acc_running": last.get("val_acc"),
-        "final_val_loss_running": last.get("val_loss"),
+        "final_val_acc_running": last.get("val_acc_running"),
+        "final_val_loss_running": last.get("val_loss_running"),
         "best_val_acc_recal": s.best_acc_recal,
         "final_val_acc_recal": last.get("val_acc_recal"),
         "final_val_loss_recal": last.get("val_loss_recal"),
