@@ -53,8 +53,7 @@ def test_experiment_presets_compose():
 
 @pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_without_progress_bars(tmp_path):
-    common = "batch_size=32,data.n_train=128,data.n_val=40,debug=smoke,epochs=2,"  # no launcher keys,
-    # trainer.progress or trainer.device: they change no result
+    # only the swept key names the folder: no launcher keys, no keys every job shares
     r = run_cli(
         [
             "-m",
@@ -69,7 +68,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_without_progress_bars(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     s = summaries(tmp_path / "multirun" / "latest")
-    assert sorted(s) == [f"{i}_{common}seed={i + 1},trainer.max_steps=2" for i in (0, 1)]
+    assert sorted(s) == [f"{i}_seed={i + 1}" for i in (0, 1)]
     assert {v["hparams"]["seed"] for v in s.values()} == {1, 2}
     assert all(v["status"] == "completed" for v in s.values())
     assert "it/s" not in r.stderr  # no tqdm bars from parallel jobs

@@ -90,7 +90,7 @@ def load_splits(d: DataConfig, seed: int, cache: dict | None = None) -> datasets
     elif d.name == "image_folder":
         splits = datasets.load_image_folder(d.root)
     else:
-        splits = datasets.make_synthetic(n_train=d.n_train, n_val=d.n_val, seed=seed)
+        splits = datasets.make_synthetic(n_train=d.n_train or 2000, n_val=d.n_val or 500, seed=seed)
     if d.val_split:
         splits = datasets.hold_out(splits, d.val_split)
     if d.subset:
@@ -101,9 +101,22 @@ def load_splits(d: DataConfig, seed: int, cache: dict | None = None) -> datasets
             )
         keep = datasets.stratified_subset(splits.train_y, d.subset)
         splits = dataclasses.replace(splits, train_x=splits.train_x[keep], train_y=splits.train_y[keep])
+    if d.val_subset:
+        splits = val_subset(splits, d.val_subset)
     if cache is not None:
         cache[key] = splits
     return splits
+
+
+def val_subset(splits: datasets.Splits, n: int) -> datasets.Splits:
+    """The first n validation images, stratified by class (data.val_subset): the same ones at every validation."""
+    if n > len(splits.val_y):
+        raise ConfigError(
+            f"data.val_subset={n} is larger than the {len(splits.val_y)} validation images: "
+            "lower it or use data.val_subset=null"
+        )
+    keep = datasets.stratified_subset(splits.val_y, n)
+    return dataclasses.replace(splits, val_x=splits.val_x[keep], val_y=splits.val_y[keep])
 
 
 def normalization(d: DataConfig, splits: datasets.Splits):
