@@ -115,7 +115,7 @@ def step_equivalence(device: torch.device, preset: str, reg: str, quick: bool = 
         g = GraphedStep(m2, o2, nullcontext(), lrs, ds, capture=cuda)
         graphed = []
         for k, (x, y) in enumerate(batches):
-            loss, gn, _ = g(x, y, k)
+            loss, _, gn, _ = g(x, y, k)
             graphed.append((loss.item(), ds[k], gn.item()))
     differ = [k for k, (a, b) in enumerate(zip(eager, graphed)) if a != b]
     weights = _differences(m1.state_dict(), m2.state_dict())

@@ -154,5 +154,7 @@ def test_best_pt_holds_the_weights_and_statistics_of_the_best_validation(tmp_pat
     top = max(val, key=lambda r: r["val_acc_recal"])
     assert best["step"] == top["step"] and best["val_acc"] == top["val_acc_recal"] == s["best_val_acc"]
     assert best["val_metric"] == "recalibrated"
+    assert len(best["classes"]) == 10 and best["normalize"] == "channel" and best["image_size"] == [3, 32, 32]
+    assert len(best["mean"]) == len(best["std"]) == 3 and all(0 < s < 1 for s in best["std"])  # what inference needs
     model = build_resnet(20, 1, 10, bn_momentum=0.1)
     model.load_state_dict(best["model"])  # loads as it is, statistics included

@@ -278,3 +278,18 @@ def test_data_val_subset_validates_on_the_same_stratified_images_every_time():
     assert torch.bincount(a.val_y, minlength=10).tolist() == [2] * 10  # stratified: 2 per class
     with pytest.raises(ConfigError, match=r"^data.val_subset=101 is larger than the 100 validation images"):
         load_splits(DataConfig(n_train=100, n_val=100, val_subset=101), seed=0)
+
+
+def test_each_epoch_records_its_training_accuracy_as_keras_prints_it(tmp_path):
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.engine.loop import train
+    from runner.engine.records import read_metrics
+
+    cfg = validate(compose_cfg(*TINY, "data.n_train=128", "data.n_val=40", "batch_size=32", "epochs=2"))
+    s = train(cfg, tmp_path)
+    epochs = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "epoch_train_s" in r]
+    assert [r["step"] for r in epochs] == [4, 8] and all(0 <= r["train_acc"] <= 1 for r in epochs)
+    assert all((r["train_acc"] * 128) == pytest.approx(round(r["train_acc"] * 128)) for r in epochs)  # k of 128
+    assert s["final_train_acc"] == epochs[-1]["train_acc"]

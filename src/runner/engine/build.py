@@ -119,6 +119,14 @@ def val_subset(splits: datasets.Splits, n: int) -> datasets.Splits:
     return dataclasses.replace(splits, val_x=splits.val_x[keep], val_y=splits.val_y[keep])
 
 
+def inference(d: DataConfig, splits: datasets.Splits) -> dict:
+    """What a user needs besides the weights to run best.pt on new images: the class names in label order and the
+    input transform, x = (RGB uint8 / 255 − mean) / std (mean per channel, or a (C, H, W) image; std None = 1)."""
+    mean, std = normalization(d, splits)
+    return {"classes": list(splits.classes), "normalize": d.normalize, "mean": mean, "std": std,
+            "image_size": list(splits.train_x.shape[1:])}  # fmt: skip
+
+
 def normalization(d: DataConfig, splits: datasets.Splits):
     """(mean, std) for the loader: per channel, Keras' per-pixel mean image (no division), or none."""
     if d.normalize == "channel":
@@ -182,6 +190,7 @@ def setup(
         recorder=recorder, info=info, log=_Prefixed(log, {"name": name}),
     )  # fmt: skip
     run.stats.t_start = t_start
+    run.inference = inference(cfg.data, splits)
     announce(run, len(splits.val_y))
     recorder.start(dataclasses.asdict(cfg), info.get("choices"), info.get("swept"))
     return run

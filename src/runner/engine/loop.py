@@ -41,9 +41,9 @@ def take_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[StepRecord, b
     """Step k on batch (x, y), as the plan says (engine.step: eagerly or as the graph's replay); returns its record
     and whether it was a start-up step (compilation, autotuning, a graph's warm-up or capture), timed apart."""
     k = run.state.step
-    loss, grad_norm, startup = run.step(x, y, k, want_grad_norm=(k + 1) % run.cfg.trainer.log_every == 0)
+    loss, correct, grad_norm, startup = run.step(x, y, k, want_grad_norm=(k + 1) % run.cfg.trainer.log_every == 0)
     lr, d = run.plan.at(k)
-    return StepRecord(k + 1, run.opt.lr_value(lr), d, loss, grad_norm), startup
+    return StepRecord(k + 1, run.opt.lr_value(lr), d, loss, grad_norm, correct, len(y)), startup
 
 
 def loop(run: Run, stop: StopRequests) -> Iterator[None]:
@@ -54,7 +54,7 @@ def loop(run: Run, stop: StopRequests) -> Iterator[None]:
         while s.step < run.total and stop.signum is None:
             epoch, start = divmod(s.step, spe)
             if start == 0:
-                s.epoch_loss_sum, s.epoch_steps = 0.0, 0
+                s.epoch_loss_sum, s.epoch_steps, s.epoch_correct, s.epoch_seen = 0.0, 0, 0, 0
             for x, y in run.train_loader.epoch(epoch, start_step=start):
                 record, startup = take_step(run, x, y)  # forward, backward, L2, shrink, update
                 s.step += 1
@@ -156,6 +156,7 @@ def end_epoch(run: Run) -> None:
                 "epoch": s.step / run.steps_per_epoch,
                 "epoch_train_s": st.epoch_seconds,
                 "epoch_images": st.epoch_images,
+                **({"train_acc": s.epoch_correct / s.epoch_seen} if s.epoch_seen else {}),
             }
         )
         st.epoch_seconds, st.epoch_images = 0.0, 0
@@ -174,6 +175,7 @@ def save_best(run: Run, acc: float) -> None:
             "val_acc": acc,
             "val_metric": run.headline.name,
             "config": dataclasses.asdict(run.cfg),
+            **run.inference,  # classes, normalize, mean, std, image_size
         },
     )
 

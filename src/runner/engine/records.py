@@ -23,6 +23,8 @@ returns those records in today's names (core.headline.named).
 Epoch records (one at each epoch end, a record with `epoch_train_s` is one):
     epoch_train_s, epoch_images         seconds spent training in that epoch in this process (the host waits for
                                         the device before reading the clock), and the images trained in them
+    train_acc                           Σ correct / Σ images over the epoch's training batches, in train mode on
+                                        the augmented batches as the steps saw them (what Keras prints per epoch)
 The file is only ever appended to; a continued run skips the records the file already has.
 
 TensorBoard: scalars grouped train/, val/, optim/, weights/, time/, each named as in metrics.jsonl (val/acc is
@@ -70,6 +72,7 @@ TB_TAGS = {
     "train_eval_loss_recal": "train/eval_loss_recal",
     "train_eval_acc_recal": "train/eval_acc_recal",
     "epoch_train_s": "time/epoch_train_s",
+    "train_acc": "train/acc",
 }
 # the HParams tab's metric columns: the last value of scalars the run writes anyway (no single-point charts)
 HPARAMS_METRICS = ("val/acc", "val/best_acc", "val/loss", "train/loss")
@@ -256,12 +259,15 @@ class Records:
         last = pending[-1]
         extra = {**self.opt.weight_stats(self.stage_index), "grad_norm": last.grad_norm}
         extra = {k: v for k, v in extra.items() if v is not None}
+        n = len(pending)
+        corrects = [r.correct if r.correct is not None else torch.zeros((), device=r.loss.device) for r in pending]
         values = torch.cat(
-            [torch.stack([r.loss for r in pending]).double(), torch.stack([v.double() for v in extra.values()])]
+            [torch.stack([r.loss for r in pending]).double(), torch.stack(corrects).double()]
+            + [torch.stack([v.double() for v in extra.values()])]
         ).tolist()  # the host waits for the device here
-        losses, extra = values[: len(pending)], dict(zip(extra, values[len(pending) :]))
+        losses, corrects, extra = values[:n], values[n : 2 * n], dict(zip(extra, values[2 * n :]))
         s = self.state
-        for r, loss in zip(pending, losses):
+        for r, loss, correct in zip(pending, losses, corrects):
             rec = {"step": r.step, "epoch": r.step / self.spe, "train_loss": loss, "lr": r.lr, "decay": r.decay}
             if r is last:
                 rec.update(extra)
@@ -276,5 +282,6 @@ class Records:
             self.last_finite = rec
             s.epoch_loss_sum += loss
             s.epoch_steps += 1
+            s.epoch_correct, s.epoch_seen = s.epoch_correct + int(correct), s.epoch_seen + r.images
         self.recorder.histograms(model, last.step)
         return losses[-1]

@@ -63,6 +63,7 @@ def summarize(run: Run) -> dict:
         "final_val_acc_recal": last.get("val_acc_recal"),
         "final_val_loss_recal": last.get("val_loss_recal"),
         "final_train_loss": s.epoch_loss_sum / s.epoch_steps if s.epoch_steps else None,
+        "final_train_acc": s.epoch_correct / s.epoch_seen if s.epoch_seen else None,
         "wall_time_s": time.time() - st.t_start,
         **times,
         "startup": startup_parts(run, times),
