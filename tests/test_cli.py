@@ -227,3 +227,22 @@ def test_a_two_trial_optuna_sweep_maximizes_what_each_run_returns(tmp_path):
 
     values = sorted(t.value for t in optuna.load_study(study_name="t", storage=f"sqlite:///{study}").trials)
     assert values == sorted(accs)
+
+
+def test_help_shows_the_projects_own_examples_and_groups(tmp_path):
+    r = run_cli(["--help"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "python -m runner debug=smoke" in r.stdout and "resume=outputs/latest" in r.stdout
+    assert "optimizer: adam_l2, adamw, sgd_l2, sgdw" in r.stdout  # the groups, from the configs themselves
+
+
+def test_a_run_that_stops_early_says_how_to_continue_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    callbacks.run_ends(run, "interrupted")
+    assert "resume=" not in capsys.readouterr().err  # nothing to continue from yet
+    (run / "checkpoints" / "step-00000008-0123456789abcdef.pt").write_bytes(b"x")
+    callbacks.run_ends(run, "interrupted")
+    assert f"runner: continue it with: python -m runner resume={run}" in capsys.readouterr().err
+    callbacks.run_ends(run, "completed")
+    assert "resume=" not in capsys.readouterr().err

@@ -131,9 +131,13 @@ def run_starts(run_dir: Path) -> None:
 
 
 def run_ends(run_dir: Path, status: str) -> None:
-    """The run's last line: its folder again, with how it ended (nothing if a user error removed the folder)."""
-    if Path(run_dir).is_dir():
-        print(f"runner: run folder {shown(run_dir)} ({status})", file=sys.stderr)
+    """The run's last lines: its folder again, with how it ended (nothing if a user error removed the folder), and
+    for a run that stopped before its end with a checkpoint to go on from, the command that continues it."""
+    if not Path(run_dir).is_dir():
+        return
+    print(f"runner: run folder {shown(run_dir)} ({status})", file=sys.stderr)
+    if status not in ("completed", "diverged") and any((Path(run_dir) / "checkpoints").glob("step-*.pt")):
+        print(f"runner: continue it with: python -m runner resume={shown(run_dir)}", file=sys.stderr)
 
 
 def drop_empty_run_dir(run_dir: Path) -> None:
