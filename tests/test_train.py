@@ -249,7 +249,8 @@ def test_with_the_progress_bar_validations_are_still_logged_and_the_last_line_is
     assert len(re.findall(rf"step [48] epoch [\d.]+ {own} \(val_acc = val_acc_recal\)", out)) == 2
     assert re.search(r"8/8 \[[^\r]*val_acc_recal=\d\.\d{3}[^\r]*\]\n", r.stderr)  # the bar keeps its last accuracy
     last = [line for line in out.splitlines() if "best_val_acc" in line][-1]
-    assert re.search(r"completed after 8 steps: best_val_acc \d\.\d{4} \(= best_val_acc_recal\), [\d.]+ s$", last), last
+    head = r"best_val_acc \d\.\d{4} \(= best_val_acc_recal, selected on test\)"  # no held-out split: test chose it
+    assert re.search(rf"completed after 8 steps: {head}, [\d.]+ s$", last), last
 
 
 @pytest.mark.slow
@@ -293,3 +294,36 @@ def test_each_epoch_records_its_training_accuracy_as_keras_prints_it(tmp_path):
     assert [r["step"] for r in epochs] == [4, 8] and all(0 <= r["train_acc"] <= 1 for r in epochs)
     assert all((r["train_acc"] * 128) == pytest.approx(round(r["train_acc"] * 128)) for r in epochs)  # k of 128
     assert s["final_train_acc"] == epochs[-1]["train_acc"]
+
+
+def test_with_a_held_out_split_the_test_split_scores_the_selected_and_the_final_weights(tmp_path):
+    import torch
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.core.data import make_synthetic
+    from runner.core.models import build_resnet
+    from runner.engine.loop import train
+
+    cfg = validate(compose_cfg(*TINY, "data.n_train=128", "data.n_val=40", "data.val_split=32", "batch_size=32"))
+    s = train(cfg, tmp_path)
+    assert s["selected_on"] == "val_split" and s["data"]["n_val"] == 32  # the held-out images select
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    assert s["selected_step"] == best["step"] and best["val_acc"] == s["best_val_acc"]
+    test = make_synthetic(128, 40, seed=0)  # its val split is the test split the run kept apart
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (best["mean"], best["std"]))
+    model = build_resnet(20, 1, len(best["classes"]), bn_momentum=0.1)
+    model.load_state_dict(best["model"])
+    with torch.no_grad():  # best.pt on its own, as a user runs it: its normalization, eval mode
+        acc = (model.eval()((test.val_x.float() / 255 - mean) / std).argmax(1) == test.val_y).float().mean().item()
+    assert s["test_acc_selected"] == pytest.approx(acc, abs=1e-6) and 0 <= s["test_acc_final"] <= 1
+
+
+def test_without_a_held_out_split_the_summary_says_the_test_split_selected(tmp_path):
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.engine.loop import train
+
+    s = train(validate(compose_cfg(*TINY, "data.n_train=128", "data.n_val=40", "trainer.max_steps=2")), tmp_path)
+    assert s["selected_on"] == "test" and "test_acc_selected" not in s

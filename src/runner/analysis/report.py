@@ -89,9 +89,11 @@ def headline_name(runs: list[dict]) -> str:
 
 
 def label(key: str, runs: list[dict]) -> str:
-    """A table column's header: headline columns say which evaluation they are."""
+    """A table column's header: headline columns say which evaluation they are, and the best accuracy says which
+    images chose it when the test split did (a run without data.val_split: engine.selection)."""
     text = TABLE_STATS.get(key, key)
-    return f"{text} ({headline_name(runs)})" if key in HEADLINE_STATS else text
+    on_test = key == "best_val_acc" and any(r.get("selected_on") == "test" for r in runs)
+    return f"{text} ({headline_name(runs)}{', selected on test' if on_test else ''})" if key in HEADLINE_STATS else text
 
 
 def config_table(groups: list[dict], cols: list[str]) -> str:
@@ -139,7 +141,7 @@ def write_csvs(runs: list[dict], groups: list[dict], keys: list[str], out: Path)
         ["path", "status", "seed"]
         + hp_keys[: len(keys)]
         + [CSV_NAMES.get(k, k) for k in METRICS]
-        + ["val_metric"]
+        + ["val_metric", "selected_on"]
         + osc_keys
         + hp_keys[len(keys) :]
         + ["notes"]
@@ -153,7 +155,7 @@ def write_csvs(runs: list[dict], groups: list[dict], keys: list[str], out: Path)
                 [r["path"], r["status"], r["seed"]]
                 + hp[: len(keys)]
                 + [r.get(k) for k in METRICS]
-                + [r.get("val_metric")]
+                + [r.get("val_metric"), r.get("selected_on")]
                 + [r["osc"].get(k) for k in osc_keys]
                 + hp[len(keys) :]
                 + ["; ".join(r.get("notes", []))]

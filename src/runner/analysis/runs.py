@@ -45,6 +45,8 @@ METRICS = [
     "epochs",
     "wall_time_s",
     "images_per_s",
+    "test_acc_selected",  # runs with data.val_split: the test split's accuracy of best.pt and of the final weights
+    "test_acc_final",
 ]
 # what a configuration reports as mean ± std over its completed seeds (a mean of per-seed recal_removed_share)
 STATS = [
@@ -277,6 +279,7 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         "hparams": hp,
         **metrics,
         "val_metric": (summary or {}).get("val_metric") or Headline.of_records(records).name,
+        "selected_on": (summary or {}).get("selected_on") or ("val_split" if hp.get("data.val_split") else "test"),
         "osc": osc,
         "val": [(p["epoch"], p["loss"], p["acc"]) for p in pts],
         "wnorm": wnorm,

@@ -191,6 +191,11 @@ def setup(
     )  # fmt: skip
     run.stats.t_start = t_start
     run.inference = inference(cfg.data, splits)
+    if splits.test_y is not None:
+        mean, std = normalization(cfg.data, splits)
+        run.test = datasets.DeviceLoader(splits.test_x, splits.test_y, VAL_BATCH.get(device.type, 100), device=device,
+                                         mean=mean, std=std, channels_last=path["channels_last"], shuffle=False,
+                                         pad_last=True)  # fmt: skip
     announce(run, len(splits.val_y))
     recorder.start(dataclasses.asdict(cfg), info.get("choices"), info.get("swept"))
     return run

@@ -117,16 +117,20 @@ def validate(run: Run) -> None:
     """Evaluate every split with BatchNorm's running statistics, then with recalibrated ones (trainer.bn_recalibrate);
     one device→host read; best.pt when the headline accuracy improves."""
     tick, s = time.perf_counter(), run.state
-    values = {}
+    values, bar = {}, validation_bar(run)
     for name, loader in run.evals.items():
-        values[f"{name}_loss_running"], values[f"{name}_acc_running"] = evaluate(run.model, run.eval_forward, loader)
+        values[f"{name}_loss_running"], values[f"{name}_acc_running"] = evaluate(
+            run.model, run.eval_forward, loader, bar and bar.update
+        )
     recal = nullcontext() if run.recal_images is None else recalibrated_bn(run.model, run.recal_images, run.autocast)
     with recal:
         if run.recal_images is not None:
             for name, loader in run.evals.items():
                 values[f"{name}_loss_recal"], values[f"{name}_acc_recal"] = evaluate(
-                    run.model, run.eval_forward, loader
+                    run.model, run.eval_forward, loader, bar and bar.update
                 )
+        if bar is not None:
+            bar.close()
         values = dict(zip(values, torch.stack(list(values.values())).tolist()))  # the host waits for the device here
         rec = {"step": s.step, "epoch": s.step / run.steps_per_epoch, **run.headline.record(values)}
         best = s.best_acc_recal if run.headline.recalibrated else s.best_acc_running
@@ -143,6 +147,18 @@ def validate(run: Run) -> None:
     own = " ".join(f"{k} {rec[k]:.4f}" for k in ("val_acc_recal", "val_loss_recal", "val_acc_running",
                    "val_loss_running") if k in rec)  # fmt: skip
     run.log.info("step %d epoch %.2f %s (val_acc = %s)", s.step, rec["epoch"], own, run.headline.key("val_acc"))
+
+
+def validation_bar(run: Run):
+    """A second bar under the run's bar for the validation's batches (both evaluations), so a long validation shows
+    that it moves; None without a run bar (plain log lines)."""
+    if run.bar is None:
+        return None
+    from tqdm import tqdm
+
+    n = sum(len(loader) for loader in run.evals.values()) * (1 if run.recal_images is None else 2)
+    images = sum(len(loader.y) for loader in run.evals.values())
+    return tqdm(total=n, desc=f"validation ({images} images)", leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
 def end_epoch(run: Run) -> None:

@@ -90,6 +90,7 @@ class Run:
     recorder: Recorder
     info: dict  # what summary.json says about the run besides its results
     log: logging.LoggerAdapter
+    test: DeviceLoader | None = None  # the test split when validation is a split held out of training (data.val_split)
     inference: dict = field(default_factory=dict)  # what best.pt needs besides weights: classes, normalization
     stats: LoopStats = field(default_factory=LoopStats)
     bar: Any = None  # the progress bar while one is shown

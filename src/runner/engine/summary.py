@@ -19,24 +19,27 @@ import torch
 from runner.core.headline import named
 from runner.core.oscillation import oscillation_block
 from runner.engine.records import read_metrics
+from runner.engine.selection import selected_note, selection
 from runner.engine.state import Run
 from runner.engine.timing import split_time
 
 
 def finish(run: Run) -> dict:
     """Write summary.json and the HParams end, close the records; returns the summary."""
-    summary = summarize(run)
+    summary = {**summarize(run), **selection(run)}
     run.recorder.close()
     summary["oscillation"] = oscillation_block(read_metrics(run.recorder.path), run.cfg.epochs)
     run.recorder.finish(summary)
     write_summary(run.run_dir, summary)
     best = summary["best_val_acc"]
     run.log.info(
-        "%s after %d steps: best_val_acc %s (= %s), %.1f s",
+        "%s after %d steps: best_val_acc %s (= %s, %s)%s, %.1f s",
         summary["status"],
         run.state.step,
         "-" if best is None else f"{best:.4f}",
         "best_val_acc" + run.headline.suffix,
+        selected_note(summary),
+        "".join(f"; {k} {summary[k]:.4f}" for k in ("test_acc_selected", "test_acc_final") if k in summary),
         summary["wall_time_s"],
     )
     return summary
