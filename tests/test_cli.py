@@ -182,10 +182,7 @@ def test_a_sweep_names_jobs_by_their_overrides_links_latest_reports_and_says_its
     assert r.returncode == 0, r.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun").glob("20*/*")
     jobs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").is_file())
-    assert jobs == [
-        job_folder_name(i, *SMALL, f"optimizer={o}", "report=true") for i, o in enumerate(["adamw", "adam_l2"])
-    ]
-    assert "optimizer=adamw" in jobs[0]
+    assert jobs == ["0_optimizer=adamw", "1_optimizer=adam_l2"]  # the swept key only
     assert not any(k in jobs[0] for k in ("trainer.progress", "trainer.device", "report"))
     names = {json.loads((sweep / j / "summary.json").read_text())["hparams"]["optimizer"]["name"] for j in jobs}
     assert names == {"adamw", "adam_l2"}

@@ -248,6 +248,7 @@ def test_with_the_progress_bar_validations_are_still_logged_and_the_last_line_is
     own = r"val_acc_recal [\d.]+ val_loss_recal [\d.]+ val_acc_running [\d.]+ val_loss_running [\d.]+"
     assert len(re.findall(rf"step [48] epoch [\d.]+ {own} \(val_acc = val_acc_recal\)", out)) == 2
     assert re.search(r"8/8 \[[^\r]*val_acc_recal=\d\.\d{3}[^\r]*\]\n", r.stderr)  # the bar keeps its last accuracy
+    assert re.search(r"validation \(200 images\): 100%\|[^\r]*\| 4/4 ", r.stderr)  # 2 batches x 2 evaluations
     last = [line for line in out.splitlines() if "best_val_acc" in line][-1]
     head = r"best_val_acc \d\.\d{4} \(= best_val_acc_recal, selected on test\)"  # no held-out split: test chose it
     assert re.search(rf"completed after 8 steps: {head}, [\d.]+ s$", last), last
