@@ -17,8 +17,8 @@ register_resolvers()
 torch.set_num_threads(1)  # 2 cores: one pytest process plus one CLI subprocess, no oversubscription
 
 
-# A tiny, fast run: ResNet20v1 on 512 synthetic images on the CPU, 2 epochs (configs/debug/smoke.yaml).
-TINY = ["debug=smoke"]
+# A tiny, fast run: ResNet20v1 on 512 synthetic images on the CPU, 2 epochs (configs/debug/tiny.yaml).
+TINY = ["debug=tiny"]
 
 
 def compose_cfg(*overrides: str):

@@ -282,7 +282,7 @@ def test_image_folder_needs_its_own_root_not_cifar10s():
     assert validate(compose_cfg("data=image_folder", "data.root=/data/cinic10")).data.root == "/data/cinic10"
 
 
-# ---- debug=smoke, and every preset of every group
+# ---- debug=tiny and debug=smoke, and every preset of every group
 
 OLD_TINY = [
     "data=synthetic",
@@ -297,17 +297,22 @@ OLD_TINY = [
 ]
 
 
-def test_debug_smoke_is_the_tiny_run_the_tests_spelled_out_before():
+def test_debug_tiny_is_the_tiny_run_the_tests_spelled_out_before():
     smoke = dataclasses.asdict(validate(compose_cfg(*TINY)))
     spelled = dataclasses.asdict(validate(compose_cfg(*OLD_TINY)))
     assert smoke["trainer"].pop("bn_recalibrate") == 256 and spelled["trainer"].pop("bn_recalibrate") == 2048
     assert smoke == spelled
 
 
-def test_debug_smoke_can_still_be_overridden_and_shrinks_an_experiment():
-    run = validate(compose_cfg("debug=smoke", "trainer.progress=true", "epochs=3", "model=resnet32v1"))
+def test_debug_smoke_is_the_demo_with_the_bar_on_a_terminal():
+    run = validate(compose_cfg("debug=smoke"))
+    assert (run.trainer.progress, run.trainer.device, run.epochs, run.data.name) == (None, "cpu", 3, "synthetic")
+
+
+def test_debug_tiny_can_still_be_overridden_and_shrinks_an_experiment():
+    run = validate(compose_cfg("debug=tiny", "trainer.progress=true", "epochs=3", "model=resnet32v1"))
     assert (run.trainer.progress, run.epochs, run.model.name) == (True, 3, "resnet32v1")
-    run = validate(compose_cfg("experiment=adamw_oscillate", "debug=smoke"))
+    run = validate(compose_cfg("experiment=adamw_oscillate", "debug=tiny"))
     assert (run.epochs, run.model.name, run.data.name) == (2, "resnet20v1", "synthetic")
     assert run.schedule.name == "warm_restarts" and run.trainer.train_eval  # the rest of the experiment stays
 
@@ -389,3 +394,41 @@ def test_bounds_leave_the_largest_sensible_values_alone():
 def test_integer_knots_are_refused_with_the_fix():
     with pytest.raises(ConfigError, match=r"schedule.knots\[0\].*decimal point \(0.0, 1.0\)"):
         validate(compose_cfg(*TINY, "schedule=piecewise_linear", "schedule.knots=[[0,1],[1,0]]"))
+
+
+# ---- traps in the defaults and the records
+
+
+def test_reg_together_with_wd_or_l2_is_refused_naming_both():
+    for opt, key in (("adamw", "wd"), ("adam_l2", "l2"), ("adamw", "l2"), ("sgd_l2", "wd")):
+        with pytest.raises(ConfigError, match=rf"^reg=0.001 and {key}=0.0001 are both set: .*give reg or {key}"):
+            validate(compose_cfg(f"optimizer={opt}", "reg=1e-3", f"{key}=1e-4"))
+    assert validate(compose_cfg("optimizer=adamw", "reg=1e-3")).wd == 1e-3  # reg alone goes where the preset says
+    assert validate(compose_cfg("optimizer=adamw", "wd=1e-4")).wd == 1e-4
+    assert validate(compose_cfg("optimizer=adam_l2", "reg=1e-3", "wd=0")).l2 == 1e-3  # a zero changes nothing
+
+
+def test_the_sgd_presets_start_at_sgds_usual_lr_and_a_given_lr_still_wins():
+    for opt in ("sgdw", "sgd_l2"):
+        assert validate(compose_cfg(f"optimizer={opt}")).lr == 0.1
+        assert validate(compose_cfg(f"optimizer={opt}", "lr=0.05")).lr == 0.05
+    assert validate(compose_cfg("optimizer=adamw")).lr == 1e-3
+
+
+def test_a_schedule_records_its_preset_beside_the_shape_it_uses():
+    for preset, shape in (
+        ("cosine", "warm_restarts"),
+        ("keras", "piecewise_constant"),
+        ("triangular", "piecewise_linear"),
+    ):
+        s = validate(compose_cfg(f"schedule={preset}")).schedule
+        assert (s.preset, s.name) == (preset, shape)
+
+
+def test_only_synthetic_data_has_an_image_count_to_record():
+    assert validate(compose_cfg("data=image_folder", "data.root=/data/x")).data.n_train is None
+    with pytest.raises(ConfigError, match=r"^data.n_train=500 is invalid: only data=synthetic makes its images"):
+        validate(compose_cfg("data=image_folder", "data.root=/data/x", "+data.n_train=500"))  # Hydra refuses it bare
+    assert validate(compose_cfg("data=synthetic")).data.n_train == 2000
+    with pytest.raises(ConfigError, match=r"^data.val_subset=0 is invalid"):
+        validate(compose_cfg("data.val_subset=0"))

@@ -104,7 +104,7 @@ def twin_runs(device, kw, batches, depth, tables=step_tables):
     g = rstep.GraphedStep(m2, o2, nullcontext(), lrs, ds, capture=device.type == "cuda")
     graphed = []
     for k, (x, y) in enumerate(batches):
-        loss, gn, _ = g(x, y, k)
+        loss, _, gn, _ = g(x, y, k)
         graphed.append((loss.item(), ds[k], gn.item()))
     return (eager, m1, o1), (graphed, m2, o2, g)
 

@@ -70,7 +70,8 @@ def graphed(model, opt, decay, wd, steps, start=0):
     g = GraphedStep(model, opt, nullcontext(), lrs, ds, start_step=start, capture=False)
     out = []
     for k in steps:
-        loss, gn, startup = g(*BATCHES[k], k)
+        loss, correct, gn, startup = g(*BATCHES[k], k)
+        assert 0 <= correct.item() <= len(BATCHES[k][1])  # the batch's correctly classified images
         assert not startup  # uncaptured: no warm-up, no recording
         out.append((loss.item(), ds[k], gn.item()))
     assert g.counter.item() == steps[-1] + 1  # the device's step counter kept pace with the loop's
@@ -206,7 +207,7 @@ def test_the_graphed_step_never_reads_a_device_value_on_the_host(monkeypatch):
     g = GraphedStep(model, opt, nullcontext(), lrs, ds, capture=False)
     forbid_host_reads(monkeypatch, opt)
     g(*BATCHES[0], 0)
-    loss, gn, _ = g(*BATCHES[1], 1)
+    loss, _, gn, _ = g(*BATCHES[1], 1)
     monkeypatch.undo()
     assert g.counter.item() == 2 and math.isfinite(loss.item()) and gn.item() > 0
 

@@ -345,7 +345,8 @@ def test_tables_show_the_recalibrated_columns_only_when_a_run_has_them(tmp_path,
         path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "| TV/epoch | TV/epoch recal | removed by recal |" in md
+    assert "| TV/epoch running | TV/epoch recal | removed by recal |" in md
+    assert "| best val acc (recal, selected on test) | final val acc (recal) | final val loss (recal) |" in md
     # wd=1e-4: TV 1.2/2 = 0.6 running, 1.0/2 = 0.5 recalibrated, so recalibration removes 1/6 of it
     assert "| 0.6 ± 0 | 0.5 ± 0 | 0.1667 ± 0 |" in md  # the configuration row (two identical seeds)
     cfg = list(csv.DictReader(open(tmp_path / "rep" / "configs.csv", encoding="utf-8")))

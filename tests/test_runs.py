@@ -304,17 +304,18 @@ def test_loss_curves_of_a_run_with_every_evaluation():
     ]  # an epoch record: no loss
     assert loss_curves(recs) == {
         "train_loss": [(1.0, 3.0), (2.0, 1.0)],  # mean of steps 1-2, then of steps 3-4 (since the last validation)
-        "train_eval_loss": [(1.0, 2.1), (2.0, 0.9)],
-        "val_loss": [(1.0, 2.5), (2.0, 1.4)],
+        "train_eval_loss_running": [(1.0, 2.1), (2.0, 0.9)],
+        "val_loss_running": [(1.0, 2.5), (2.0, 1.4)],
         "val_loss_recal": [(1.0, 2.2), (2.0, 1.1)],
     }
 
 
 def test_loss_curves_leave_out_what_the_run_did_not_record():
     c = loss_curves(val_records([2.0, 1.0], [0.5, 0.8]))  # no recalibration, no train_eval
-    assert c["train_loss"] == [(1.0, 4.0), (2.0, 2.0)] and c["val_loss"] == [(1.0, 2.0), (2.0, 1.0)]
-    assert c["train_eval_loss"] == [] and c["val_loss_recal"] == []
-    assert loss_curves([]) == {"train_loss": [], "train_eval_loss": [], "val_loss": [], "val_loss_recal": []}
+    assert c["train_loss"] == [(1.0, 4.0), (2.0, 2.0)] and c["val_loss_running"] == [(1.0, 2.0), (2.0, 1.0)]
+    assert c["train_eval_loss_running"] == [] and c["val_loss_recal"] == []
+    assert loss_curves([]) == {
+        "train_loss": [], "train_eval_loss_running": [], "val_loss_running": [], "val_loss_recal": []}  # fmt: skip
 
 
 def test_loss_curves_skip_non_finite_train_losses_and_stop_with_a_diverged_series():
@@ -323,7 +324,7 @@ def test_loss_curves_skip_non_finite_train_losses_and_stop_with_a_diverged_serie
     recs[-1]["val_loss"] = None  # diverged at the last validation
     c = loss_curves(recs)
     assert c["train_loss"] == [(1.0, 4.0), (2.0, 2.0)]
-    assert c["val_loss"] == [(1.0, 2.0), (2.0, 1.0)]
+    assert c["val_loss_running"] == [(1.0, 2.0), (2.0, 1.0)]
 
 
 def test_load_run_carries_the_loss_curves(tmp_path):

@@ -71,8 +71,7 @@ def test_experiment_presets_compose():
 
 @pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_without_progress_bars(tmp_path):
-    common = "batch_size=32,data.n_train=128,data.n_val=40,debug=smoke,epochs=2,"  # no launcher keys,
-    # trainer.progress or trainer.device: they change no result
+    # only the swept key names the folder: no launcher keys, no keys every job shares
     r = run_cli(
         [
             "-m",
@@ -87,7 +86,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_without_progress_bars(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     s = summaries(tmp_path / "multirun" / "latest")
-    assert sorted(s) == [f"{i}_{common}seed={i + 1},trainer.max_steps=2" for i in (0, 1)]
+    assert sorted(s) == [f"{i}_seed={i + 1}" for i in (0, 1)]
     assert {v["hparams"]["seed"] for v in s.values()} == {1, 2}
     assert all(v["status"] == "completed" for v in s.values())
     assert "it/s" not in r.stderr  # no tqdm bars from parallel jobs
@@ -152,7 +151,7 @@ def test_report_on_a_real_2x2_sweep_and_hparams_in_each_run(tmp_path):
         info = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/session_start_info"])
         key_sets.append(frozenset(info.session_start_info.hparams.keys()))
         assert info.session_start_info.hparams["lr"].number_value in (1e-3, 2e-3)
-    assert len(key_sets) == 4 and len(set(key_sets)) == 1 and "optimizer.name" in key_sets[0]
+    assert len(key_sets) == 4 and len(set(key_sets)) == 1 and {"lr", "wd", "optimizer", "epochs"} <= key_sets[0]
 
 
 def _pids_writing(path) -> list[int]:
@@ -197,7 +196,7 @@ def test_submitit_local_requeues_an_interrupted_job_which_continues_in_its_folde
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    job1 = sweep / "1_batch_size=32,data.n_train=128,data.n_val=40,debug=smoke,epochs=4,seed=2"
+    job1 = sweep / "1_seed=2"  # the swept key only
     metrics = job1 / "metrics.jsonl"
     deadline = time.time() + 240
     while not (metrics.exists() and metrics.read_text().count("train_loss") >= 5) and time.time() < deadline:

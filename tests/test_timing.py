@@ -69,3 +69,49 @@ def test_a_run_with_an_injected_stall_reports_it_apart_from_the_steady_rate(tmp_
     assert epochs[0]["epoch_train_s"] >= 1.5  # the pause fell in epoch 1, whatever the machine's speed
     assert sum(r["epoch_train_s"] for r in epochs) == pytest.approx(s["train_time_s"], rel=1e-6)
     assert json.loads((tmp_path / "summary.json").read_text())["stall_s"] == s["stall_s"]
+
+
+class FakeClock:
+    """A host clock that a test moves by hand: a slow, uneven host and a stall, without sleeping."""
+
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def clocked_run(step_seconds: list[float], startup_steps: int = 1, lap_every: int = 4) -> dict:
+    """split_time of a run whose step i takes step_seconds[i] on the fake clock (32 images each), the clock read
+    every `lap_every` steps and after each start-up step, as the loop reads it."""
+    fake = FakeClock()
+    clock = LoopClock(now=fake)
+    for i, sec in enumerate(step_seconds):
+        fake.t += sec
+        clock.add(32, startup=i < startup_steps)
+        if i < startup_steps or (i + 1) % lap_every == 0:
+            clock.lap()
+    clock.lap()
+    return split_time(clock.windows)
+
+
+def test_the_timing_parts_add_up_to_the_training_time_on_a_loaded_machine_whose_speed_varies():
+    """The case the old identity broke on: the windows' median rate is slower than their mean (a few fast windows
+    among slow ones), so images / images_per_s alone exceeds the training time; steady_s absorbs it."""
+    fast, slow = [0.01] * 20, [0.2] * 60  # the machine was quiet, then loaded (slow windows hold the median)
+    t = clocked_run([3.0] + fast + slow)
+    assert t["images_per_s"] == pytest.approx(32 / 0.2)
+    assert 81 * 32 / t["images_per_s"] > t["train_time_s"] - t["startup_s"]  # the old identity's overshoot
+    assert t["startup_s"] + t["steady_s"] + t["stall_s"] == pytest.approx(t["train_time_s"], rel=1e-12)
+    assert min(t["startup_s"], t["steady_s"], t["stall_s"]) >= 0 and t["stall_s"] == 0
+    assert t["startup_s"] == pytest.approx(3.0 - 0.2)  # the first step, less what a steady step takes
+
+
+def test_a_slow_host_with_a_stall_reports_the_stall_and_the_parts_still_add_up():
+    steps = [2.0] + [0.5] * 30  # a slow host: 64 img/s steady
+    steps[12] += 7.0  # a 7 s stall inside one window
+    t = clocked_run(steps)
+    assert t["images_per_s"] == pytest.approx(64.0)
+    assert t["stall_s"] == pytest.approx(7.0)
+    assert t["steady_s"] == pytest.approx(31 * 32 / 64.0)  # every image at the steady rate, the first one's too
+    assert t["startup_s"] + t["steady_s"] + t["stall_s"] == pytest.approx(t["train_time_s"], rel=1e-12)

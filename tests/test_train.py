@@ -80,8 +80,8 @@ def test_a_two_job_sweep_writes_one_folder_per_job(tmp_path):
     r = run_cli(["-m", *TINY, "epochs=1", "trainer.max_steps=3", "lr=1e-3,2e-3"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     dirs = run_dirs(tmp_path / "multirun" / "latest")
-    assert [d.name.split("_", 1)[0] for d in dirs] == ["0", "1"]  # job number first, then the job's overrides
-    assert dirs[0].name == "0_debug=smoke,epochs=1,lr=0.001,trainer.max_steps=3"
+    assert [d.name.split("_", 1)[0] for d in dirs] == ["0", "1"]  # job number first, then the swept keys
+    assert [d.name for d in dirs] == ["0_lr=0.001", "1_lr=0.002"]  # what varies, not every override
     lrs = sorted(json.loads((d / "summary.json").read_text())["hparams"]["lr"] for d in dirs)
     assert lrs == [1e-3, 2e-3]
     assert all(json.loads((d / "summary.json").read_text())["steps"] == 3 for d in dirs)
@@ -245,7 +245,86 @@ def test_with_the_progress_bar_validations_are_still_logged_and_the_last_line_is
     r = run_cli([*TINY, "trainer.progress=true", "trainer.max_steps=8", "trainer.val_every=4"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr  # Hydra's log lines go to stdout, the bar to stderr
-    assert len(re.findall(r"step [48] epoch [\d.]+ val_loss [\d.]+ val_acc [\d.]+ \(running statistics", out)) == 2
-    assert re.search(r"8/8 \[[^\r]*acc=\d\.\d{3}[^\r]*\]\n", r.stderr)  # the bar stays, with its last accuracy
-    last = [line for line in out.splitlines() if "best val acc" in line][-1]
-    assert re.search(r"completed after 8 steps: best val acc \d\.\d{4} \(recalibrated\), [\d.]+ s$", last), last
+    own = r"val_acc_recal [\d.]+ val_loss_recal [\d.]+ val_acc_running [\d.]+ val_loss_running [\d.]+"
+    assert len(re.findall(rf"step [48] epoch [\d.]+ {own} \(val_acc = val_acc_recal\)", out)) == 2
+    assert re.search(r"8/8 \[[^\r]*val_acc_recal=\d\.\d{3}[^\r]*\]\n", r.stderr)  # the bar keeps its last accuracy
+    assert re.search(r"validation \(200 images\): 100%\|[^\r]*\| 4/4 ", r.stderr)  # 2 batches x 2 evaluations
+    last = [line for line in out.splitlines() if "best_val_acc" in line][-1]
+    head = r"best_val_acc \d\.\d{4} \(= best_val_acc_recal, selected on test\)"  # no held-out split: test chose it
+    assert re.search(rf"completed after 8 steps: {head}, [\d.]+ s$", last), last
+
+
+@pytest.mark.slow
+def test_the_smoke_demo_learns_clearly_above_chance(tmp_path):
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.engine.loop import train
+
+    cfg = validate(compose_cfg("debug=smoke"))
+    assert cfg.trainer.progress is None  # the bar wherever there is a terminal
+    s = train(cfg, tmp_path)
+    assert s["status"] == "completed" and s["final_val_acc"] >= 0.3, s["final_val_acc"]  # chance: 0.1
+
+
+def test_data_val_subset_validates_on_the_same_stratified_images_every_time():
+    import torch
+
+    from runner.config import ConfigError, DataConfig
+    from runner.engine.build import load_splits
+
+    full = load_splits(DataConfig(n_train=100, n_val=100), seed=0)
+    a = load_splits(DataConfig(n_train=100, n_val=100, val_subset=20), seed=0)
+    b = load_splits(DataConfig(n_train=100, n_val=100, val_subset=20), seed=0)
+    assert len(a.val_y) == 20 and torch.equal(a.val_x, b.val_x) and torch.equal(a.train_x, full.train_x)
+    assert torch.bincount(a.val_y, minlength=10).tolist() == [2] * 10  # stratified: 2 per class
+    with pytest.raises(ConfigError, match=r"^data.val_subset=101 is larger than the 100 validation images"):
+        load_splits(DataConfig(n_train=100, n_val=100, val_subset=101), seed=0)
+
+
+def test_each_epoch_records_its_training_accuracy_as_keras_prints_it(tmp_path):
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.engine.loop import train
+    from runner.engine.records import read_metrics
+
+    cfg = validate(compose_cfg(*TINY, "data.n_train=128", "data.n_val=40", "batch_size=32", "epochs=2"))
+    s = train(cfg, tmp_path)
+    epochs = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "epoch_train_s" in r]
+    assert [r["step"] for r in epochs] == [4, 8] and all(0 <= r["train_acc"] <= 1 for r in epochs)
+    assert all((r["train_acc"] * 128) == pytest.approx(round(r["train_acc"] * 128)) for r in epochs)  # k of 128
+    assert s["final_train_acc"] == epochs[-1]["train_acc"]
+
+
+def test_with_a_held_out_split_the_test_split_scores_the_selected_and_the_final_weights(tmp_path):
+    import torch
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.core.data import make_synthetic
+    from runner.core.models import build_resnet
+    from runner.engine.loop import train
+
+    cfg = validate(compose_cfg(*TINY, "data.n_train=128", "data.n_val=40", "data.val_split=32", "batch_size=32"))
+    s = train(cfg, tmp_path)
+    assert s["selected_on"] == "val_split" and s["data"]["n_val"] == 32  # the held-out images select
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    assert s["selected_step"] == best["step"] and best["val_acc"] == s["best_val_acc"]
+    test = make_synthetic(128, 40, seed=0)  # its val split is the test split the run kept apart
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (best["mean"], best["std"]))
+    model = build_resnet(20, 1, len(best["classes"]), bn_momentum=0.1)
+    model.load_state_dict(best["model"])
+    with torch.no_grad():  # best.pt on its own, as a user runs it: its normalization, eval mode
+        acc = (model.eval()((test.val_x.float() / 255 - mean) / std).argmax(1) == test.val_y).float().mean().item()
+    assert s["test_acc_selected"] == pytest.approx(acc, abs=1e-6) and 0 <= s["test_acc_final"] <= 1
+
+
+def test_without_a_held_out_split_the_summary_says_the_test_split_selected(tmp_path):
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.engine.loop import train
+
+    s = train(validate(compose_cfg(*TINY, "data.n_train=128", "data.n_val=40", "trainer.max_steps=2")), tmp_path)
+    assert s["selected_on"] == "test" and "test_acc_selected" not in s

@@ -117,6 +117,7 @@ class ScheduleConfig(_Section):
     `check_span`, which RunConfig calls with `epochs`."""
 
     section: ClassVar[str] = "schedule"
+    preset: Optional[str] = None  # the configs/schedule preset (cosine, keras, ...): what summary.json and HParams show
     name: str = setting("piecewise_constant", choices=("piecewise_constant", "piecewise_linear", "warm_restarts"))
     unit: str = setting("fraction", choices=("fraction", "epoch"))
     milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])
@@ -180,23 +181,28 @@ class DataConfig(_Section):
     flip: bool = True
     pad_mode: str = setting("zeros", choices=("zeros", "replicate"))
     normalize: str = setting("channel", choices=("channel", "pixel_mean", "none"))
-    n_train: int = 2000
-    n_val: int = 500
+    val_subset: Optional[int] = None
+    n_train: Optional[int] = None  # data=synthetic only (null = 2000 / 500: make_synthetic's), so no other run has one
+    n_val: Optional[int] = None
     drop_last: bool = True
 
     def __post_init__(self) -> None:
         self._check_choices()
         if self.name != "synthetic" and not self.root:
             self._fail("root", f"data={self.name} needs a folder: data.root=/path/to/data")
-        for name in ("subset", "val_split"):
+        for name in ("subset", "val_split", "val_subset"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 self._fail(name, "must be >= 1, or null for none")
+        for name in ("n_train", "n_val"):
+            if self.name != "synthetic" and getattr(self, name) is not None:
+                self._fail(name, f"only data=synthetic makes its images: use data.subset / data.val_subset with "
+                                 f"data={self.name}")  # fmt: skip
         if not 0 <= self.crop_padding <= 32:
             self._fail("crop_padding", "must be from 0 (cropping off) to 32 (the images' size)")
-        for name in ("n_train", "n_val", "subset", "val_split"):
+        for name in ("n_train", "n_val", "subset", "val_split", "val_subset"):
             if (getattr(self, name) or 0) > MAX_IMAGES:
                 self._fail(name, f"must be at most {MAX_IMAGES} images (each split is held in memory)")
-        if self.name == "synthetic" and (self.n_train < 10 or self.n_val < 10):
+        if self.name == "synthetic" and min(self.n_train or 10, self.n_val or 10) < 10:
             self._fail("n_train/n_val", "synthetic data needs at least 10 images per split", (self.n_train, self.n_val))
 
 
@@ -372,6 +378,7 @@ def validate(cfg: DictConfig) -> RunConfig:
     from omegaconf.errors import ConfigTypeError, OmegaConfBaseException
 
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
+    _check_reg(cfg)
     schema = OmegaConf.structured(RunConfig)  # builds each section's defaults: a failure here is a bug
     try:
         merged = OmegaConf.merge(schema, cfg)
@@ -383,6 +390,22 @@ def validate(cfg: DictConfig) -> RunConfig:
         raise  # "Could not create instance of ...": a __post_init__ crashed, which is a bug, not a setting
     except OmegaConfBaseException as e:  # a value left ??? or an interpolation that does not resolve
         raise _user_error(e) from None
+
+
+def _check_reg(cfg: DictConfig) -> None:
+    """`reg` is the strength the optimizer preset puts into wd or l2 (its `${reg_or:...}`): a wd or l2 given as well
+    would silently win over it, so the two together are refused."""
+    from omegaconf import OmegaConf
+
+    reg = OmegaConf.select(cfg, "reg", throw_on_missing=False)
+    if reg is None:
+        return
+    for key in ("wd", "l2"):
+        if key in cfg and not OmegaConf.is_interpolation(cfg, key) and cfg[key] not in (0, None):
+            raise ConfigError(
+                f"reg={reg} and {key}={cfg[key]} are both set: reg sets wd (adamw, sgdw) or l2 (adam_l2, sgd_l2) "
+                f"for the preset; give reg or {key}, not both"
+            )
 
 
 def _user_error(e: Exception) -> ConfigError:

@@ -65,15 +65,16 @@ def _curves(groups: list[dict], path: Path, panels: list[tuple], log_first: bool
     fig.savefig(path, dpi=100)
 
 
-def plot_val_curves(groups: list[dict], path: Path) -> str | None:
+def plot_val_curves(groups: list[dict], path: Path, evaluation: str = "headline") -> str | None:
+    """Each run's headline validation series (val_loss, val_acc), labelled with the evaluation it is."""
     if not any(r["val"] for g in groups for r in g["runs"]):
         return "no validation records"
     _curves(
         groups,
         path,
         [
-            (lambda r: [(e, v) for e, v, _ in r["val"]], "validation loss"),
-            (lambda r: [(e, a) for e, _, a in r["val"]], "validation accuracy"),
+            (lambda r: [(e, v) for e, v, _ in r["val"]], f"validation loss ({evaluation} BN statistics)"),
+            (lambda r: [(e, a) for e, _, a in r["val"]], f"validation accuracy ({evaluation} BN statistics)"),
         ],
         log_first=True,
     )
@@ -266,8 +267,8 @@ def plot_oscillation(series: dict | None, path: Path, figures=("tv_per_epoch", "
 # (key, legend, colour, line style) of a run's loss figure; validation pairs share the dashed = recalibrated code
 RUN_CURVES = [
     ("train_loss", "train loss, train mode (mean since last validation)", "tab:blue", "-"),
-    ("train_eval_loss", "training images, eval mode", "tab:orange", "-"),
-    ("val_loss", "validation, BN running statistics", "tab:red", "-"),
+    ("train_eval_loss_running", "training images, eval mode, BN running statistics", "tab:orange", "-"),
+    ("val_loss_running", "validation, BN running statistics", "tab:red", "-"),
     ("val_loss_recal", "validation, BN recalibrated", "tab:red", "--"),
 ]
 

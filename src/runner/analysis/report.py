@@ -38,23 +38,25 @@ from runner.analysis.runs import (
     varying_keys,
 )
 
+# the oscillation figures without a suffix are of the running-statistics series (core.oscillation)
 TABLE_STATS = {
     "best_val_acc": "best val acc",
     "final_val_acc": "final val acc",
     "final_val_loss": "final val loss",
-    "dispersion": "dispersion",
+    "dispersion": "dispersion running",
     "dispersion_recal": "dispersion recal",
     "dispersion_share_gap": "BN gap share",
     "acc_noise_floor": "acc noise floor",
     "val_every_steps": "val every",
-    "tv_per_epoch": "TV/epoch",
+    "tv_per_epoch": "TV/epoch running",
     "tv_per_epoch_recal": "TV/epoch recal",
     "recal_removed_share": "removed by recal",
-    "max_rise_rel": "max rise (rel)",
-    "n_rises": "rises",
+    "max_rise_rel": "max rise (rel) running",
+    "n_rises": "rises running",
     "epochs_to_92": "epochs→92%",
-    "gen_gap": "gen gap",
+    "gen_gap": "gen gap running",
 }
+HEADLINE_STATS = ("best_val_acc", "final_val_acc", "final_val_loss", "epochs_to_92")  # in the runs' headline
 RUNS_TABLE_STATS = [
     "best_val_acc",
     "final_val_acc",
@@ -104,13 +106,30 @@ def table_stats(runs: list[dict], stats) -> list[str]:
     return [k for k in stats if recal or k not in RECAL_STATS]
 
 
+def headline_name(runs: list[dict]) -> str:
+    """Which evaluation the headline columns are: recal or running when every run agrees (summary.json's
+    val_metric), else headline (each run its own: runs.csv's val_metric column says which)."""
+    names = {r.get("val_metric") for r in runs}
+    only = names.pop() if len(names) == 1 else None
+    return {"recalibrated": "recal", "running": "running"}.get(only, "headline")
+
+
+def label(key: str, runs: list[dict]) -> str:
+    """A table column's header: headline columns say which evaluation they are, and the best accuracy says which
+    images chose it when the test split did (a run without data.val_split: engine.selection)."""
+    text = TABLE_STATS.get(key, key)
+    on_test = key == "best_val_acc" and any(r.get("selected_on") == "test" for r in runs)
+    return f"{text} ({headline_name(runs)}{', selected on test' if on_test else ''})" if key in HEADLINE_STATS else text
+
+
 def config_table(groups: list[dict], cols: list[str]) -> str:
     def cell(g, k):
         m, s = g["stats"][k]
         return "-" if m is None else fmt(m) + ("" if s is None else f" ± {fmt(s, 2)}")
 
-    stats = table_stats([r for g in groups for r in g["runs"]], TABLE_STATS)
-    header = cols + ["n", "runs"] + [TABLE_STATS[k] for k in stats]
+    runs = [r for g in groups for r in g["runs"]]
+    stats = table_stats(runs, TABLE_STATS)
+    header = cols + ["n", "runs"] + [label(k, runs) for k in stats]
     rows = [
         [fmt(g["hparams"].get(k)) for k in cols]
         + [str(g["n"]), _status_text(g["statuses"])]
@@ -122,7 +141,7 @@ def config_table(groups: list[dict], cols: list[str]) -> str:
 
 def runs_table(runs: list[dict], cols: list[str]) -> str:
     stats = table_stats(runs, RUNS_TABLE_STATS)
-    header = ["run", "status", "seed"] + cols + [TABLE_STATS.get(k, k) for k in stats]
+    header = ["run", "status", "seed"] + cols + [label(k, runs) for k in stats]
     rows = [
         [r["path"], r["status"], fmt(r["seed"])]
         + [fmt(r["hparams"].get(k)) for k in cols]
@@ -190,6 +209,7 @@ def write_csvs(runs: list[dict], groups: list[dict], keys: list[str], out: Path)
         ["path", "status", "seed"]
         + hp_keys[: len(keys)]
         + [CSV_NAMES.get(k, k) for k in METRICS]
+        + ["val_metric", "selected_on"]
         + osc_keys
         + hp_keys[len(keys) :]
         + ["notes"]
@@ -203,6 +223,7 @@ def write_csvs(runs: list[dict], groups: list[dict], keys: list[str], out: Path)
                 [r["path"], r["status"], r["seed"]]
                 + hp[: len(keys)]
                 + [r.get(k) for k in METRICS]
+                + [r.get("val_metric"), r.get("selected_on")]
                 + [r["osc"].get(k) for k in osc_keys]
                 + hp[len(keys) :]
                 + ["; ".join(r.get("notes", []))]
@@ -239,7 +260,7 @@ def build_report(runs: list[dict], out: Path, root: Path, x: str = "lr", y: str 
     out.mkdir(parents=True, exist_ok=True)
     write_csvs(runs, groups, keys, out)
     figures = [
-        ("val_curves.png", "validation loss and accuracy", lambda p: plot_val_curves(groups, p)),
+        ("val_curves.png", "validation loss and accuracy", lambda p: plot_val_curves(groups, p, headline_name(runs))),
         ("weight_norm.png", "weight norm", lambda p: plot_weight_norm(groups, p)),
         ("heatmap.png", "best validation accuracy", lambda p: plot_heatmap(heatmap_grid(groups, keys, x, y), p)),
         (

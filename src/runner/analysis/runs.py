@@ -46,6 +46,8 @@ METRICS = [
     "epochs",
     "wall_time_s",
     "images_per_s",
+    "test_acc_selected",  # runs with data.val_split: the test split's accuracy of best.pt and of the final weights
+    "test_acc_final",
 ]
 # what a configuration reports as mean ± std over its completed seeds (a mean of per-seed recal_removed_share)
 STATS = [
@@ -199,8 +201,8 @@ def loss_curves(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
 
         train_loss       mean `train_loss` (train mode, augmented batches) over the steps since the previous
                          validation point (after the previous validation step, up to and including this one)
-        train_eval_loss  eval-mode loss on the fixed training subset (running BatchNorm statistics)
-        val_loss         validation loss with running BatchNorm statistics
+        train_eval_loss_running  eval-mode loss on the fixed training subset (running BatchNorm statistics)
+        val_loss_running validation loss with running BatchNorm statistics
         val_loss_recal   validation loss with BatchNorm statistics recomputed on training images
 
     A curve the run did not record is empty; each stops where runner.core.oscillation.val_points stops its series.
@@ -223,8 +225,8 @@ def loss_curves(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
             means.append((epoch, statistics.fmean(window)))
     return {
         "train_loss": means,
-        "train_eval_loss": [(p["epoch"], p["train_eval"]) for p in running if p["train_eval"] is not None],
-        "val_loss": [(p["epoch"], p["loss"]) for p in running],
+        "train_eval_loss_running": [(p["epoch"], p["train_eval"]) for p in running if p["train_eval"] is not None],
+        "val_loss_running": [(p["epoch"], p["loss"]) for p in running],
         "val_loss_recal": [(p["epoch"], p["loss"]) for p in recal],
     }
 
@@ -282,7 +284,7 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         osc = oscillation_block(records, finite_number(hp.get("epochs")), threshold, n_val=n_val)
 
     rel = d.relative_to(root).as_posix()
-    pts = val_points(records)
+    pts = headline_points(records)  # `val`: the headline series, as best/final_val_acc
     wnorm = sorted(
         (r["epoch"], r["weight_norm"])
         for r in records
@@ -294,6 +296,8 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         "seed": hp.get("seed"),
         "hparams": hp,
         **metrics,
+        "val_metric": (summary or {}).get("val_metric") or Headline.of_records(records).name,
+        "selected_on": (summary or {}).get("selected_on") or ("val_split" if hp.get("data.val_split") else "test"),
         "osc": osc,
         "eq": equilibrium_of(summary, records, finite_number(hp.get("epochs"))),
         "val": [(p["epoch"], p["loss"], p["acc"]) for p in pts],

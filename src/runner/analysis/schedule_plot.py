@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"runner.analysis.schedule_plot: error: {e}", file=sys.stderr)
         return 2
     d = cfg.data
-    n_train = args.n_train or d.subset or ((d.n_train if d.name == "synthetic" else 50_000) - (d.val_split or 0))
+    n_train = (
+        args.n_train or d.subset or (((d.n_train or 2000) if d.name == "synthetic" else 50_000) - (d.val_split or 0))
+    )
     spe = steps_per_epoch(n_train, cfg.batch_size, d.drop_last)
     plan = plan_steps(cfg, n_train, spe, cfg.epochs)  # the trainer's own plan, so the plot shows what runs
     s, rate = plan.schedule, plan.decay

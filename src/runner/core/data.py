@@ -59,6 +59,8 @@ class Splits:
     val_x: torch.Tensor
     val_y: torch.Tensor
     classes: tuple[str, ...]
+    test_x: torch.Tensor | None = None  # the test split when `hold_out` made val_* from training images
+    test_y: torch.Tensor | None = None
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -412,7 +414,8 @@ def stratified_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def hold_out(splits: Splits, n: int) -> Splits:
-    """Replace the val split by the last n training images, stratified (round-robin from the end)."""
+    """Replace the val split by the last n training images, stratified (round-robin from the end); the old val split
+    (the test split) becomes test_*."""
     if n >= len(splits.train_y):
         raise DataError(
             f"data.val_split={n} leaves no training images (there are {len(splits.train_y)}); choose a smaller value."
@@ -427,6 +430,8 @@ def hold_out(splits: Splits, n: int) -> Splits:
         splits.train_x[val].contiguous(),
         splits.train_y[val],
         splits.classes,
+        splits.val_x,  # the test split stays, for the test accuracy of the final and the selected weights
+        splits.val_y,
     )
 
 

@@ -26,15 +26,18 @@ from runner.core.data import IGNORE
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, forward, loader) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate(model: nn.Module, forward, loader, on_batch=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean loss, accuracy) over the loader's images as device tensors. `forward(x)` gives the logits (eager under
-    autocast, or a GraphedForward); padding labelled IGNORE counts for neither."""
+    autocast, or a GraphedForward); padding labelled IGNORE counts for neither. `on_batch()`, if given, is called
+    after each batch is launched (a progress bar; it does not wait for the device)."""
     model.eval()
     loss_sum = correct = 0
     for x, y in loader.epoch(0):
         logits = forward(x).float()
         loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum", ignore_index=IGNORE)
         correct = correct + (logits.argmax(1) == y).sum()
+        if on_batch is not None:
+            on_batch()
     model.train()
     n = len(loader.y)
     return loss_sum / n, correct.float() / n

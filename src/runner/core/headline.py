@@ -1,14 +1,45 @@
-"""Which evaluation is a run's headline: the one summary.json reports as best/final_val_acc and final_val_loss.
+"""The names of a run's two evaluations, and which one is its headline.
 
 A run evaluates with BatchNorm's running statistics always, and also with recalibrated statistics when
 trainer.bn_recalibrate > 0 (core.evaluation); the recalibrated one is then the headline, since the running
-statistics lag fast-moving weights. In metrics.jsonl the running evaluation is `val_loss`/`val_acc` (and
-`train_eval_*`), the recalibrated one their `_recal` twins. Every place that picks between the two asks this.
+statistics lag fast-moving weights. Each evaluation has its own name everywhere (metrics.jsonl, TensorBoard,
+summary.json, the terminal, the report):
+    val_loss_running, val_acc_running     running statistics          (train_eval_*_running alike)
+    val_loss_recal,   val_acc_recal       recalibrated statistics     (train_eval_*_recal alike)
+    val_loss,         val_acc             the headline: a copy of one of the two, named by summary.json's
+                                          `val_metric` ("recalibrated" or "running")
+so summary.json's final_val_acc is the last validation record's `val_acc`. Records written before this naming
+used the bare `val_loss`/`val_acc` for the running statistics; `named` reads them in today's names.
+Every place that picks between the two evaluations asks this module.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+EVALUATIONS = ("val", "train_eval")  # the evaluated image sets, each with a loss and an accuracy
+RUNNING, RECAL = "_running", "_recal"
+
+
+def _bare_keys() -> tuple[str, ...]:
+    return tuple(f"{s}_{m}" for s in EVALUATIONS for m in ("loss", "acc"))
+
+
+def named(record: dict) -> dict:
+    """A validation record in today's names. A record written before the running evaluation had its own name (it
+    has `val_loss` but no `val_loss_running`) gets its bare keys as `*_running` and its headline keys recomputed;
+    any other record comes back as it is."""
+    if not isinstance(record, dict) or "val_loss" not in record or "val_loss" + RUNNING in record:
+        return record
+    out = dict(record)
+    head = Headline("val_loss" + RECAL in record)
+    for key in _bare_keys():
+        if key in record:
+            out[key + RUNNING] = record[key]
+    for key in _bare_keys():
+        if head.key(key) in out:
+            out[key] = out[head.key(key)]
+    return out
 
 
 @dataclass(frozen=True)
@@ -23,18 +54,24 @@ class Headline:
 
     @property
     def name(self) -> str:
-        """summary.json's `val_metric`."""
+        """summary.json's `val_metric`: which evaluation `val_acc`, best/final_val_acc and final_val_loss are."""
         return "recalibrated" if self.recalibrated else "running"
 
     @property
     def suffix(self) -> str:
-        """What the headline's keys in metrics.jsonl add to the running evaluation's: `val_acc` + suffix."""
-        return "_recal" if self.recalibrated else ""
+        """What the headline evaluation's own keys add to the bare name: `val_acc` + suffix."""
+        return RECAL if self.recalibrated else RUNNING
 
     def key(self, metric: str) -> str:
-        """The record key of `metric` ("val_acc", "val_loss", ...) in the headline evaluation."""
+        """The own key of `metric` ("val_acc", "val_loss", ...) in the headline evaluation: val_acc_recal, ..."""
         return metric + self.suffix
+
+    def record(self, values: dict) -> dict:
+        """The evaluations' values under their own names ({"val_acc_running": ..., "val_acc_recal": ...}) plus the
+        headline's copies under the bare names, in that order."""
+        return {**values, **{k: values[self.key(k)] for k in _bare_keys() if self.key(k) in values}}
 
     def loss_acc(self, record: dict) -> tuple[float, float]:
         """(loss, accuracy) of a validation record in the headline evaluation."""
+        record = named(record)
         return record[self.key("val_loss")], record[self.key("val_acc")]

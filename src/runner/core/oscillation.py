@@ -1,11 +1,11 @@
 """How much a run's validation loss oscillates: pure functions over metrics.jsonl records (no I/O, no torch).
 
 Each figure is computed on two series of the validation records (those with `val_loss`), in step order:
-the running-statistics series v_i = `val_loss` (BatchNorm's running mean/var, what model.eval() uses), and the
+the running-statistics series v_i = `val_loss_running` (BatchNorm's running mean/var, what model.eval() uses), and the
 recalibrated series w_i = `val_loss_recal` (BN statistics recomputed on training images just before; recorded
 when trainer.bn_recalibrate > 0). Running statistics lag behind fast-changing weights, so v oscillates more than
 the weights do; w shows what is left once that bookkeeping is taken out. e_i is the epoch, a_i the accuracy,
-u_i = `train_eval_loss` (the same evaluation on a fixed, un-augmented training subset; `_recal` twin for w).
+u_i = `train_eval_loss_running` (the same evaluation on a fixed, un-augmented training subset; `_recal` twin for w).
 Each series stops before its first non-finite loss (a diverged run).
 
     tv_per_epoch          Σ_i |v_{i+1} − v_i| / (e_last − e_first)
@@ -60,7 +60,7 @@ import bisect
 import math
 import statistics
 
-from runner.core.headline import Headline
+from runner.core.headline import Headline, named
 
 ACC_TARGETS = (0.90, 0.92)
 HALF_WINDOW = 2.0  # epochs each side of a point for its running median (dispersion)
@@ -79,13 +79,14 @@ def val_points(records: list[dict], recal: bool = False) -> list[dict]:
     """One validation series in step order: [{"step", "epoch", "loss", "acc", "train_eval"}], one point per step
     (the last record), cut before the first non-finite loss.
 
-    recal=False reads val_loss, val_acc, train_eval_loss (BatchNorm running statistics); recal=True reads their
-    `_recal` twins (statistics recomputed on training images), and is empty for a run without them."""
-    sfx = "_recal" if recal else ""
+    recal=False reads val_loss_running, val_acc_running, train_eval_loss_running (BatchNorm running statistics;
+    records in the names before those, core.headline.named); recal=True reads their `_recal` twins (statistics
+    recomputed on training images), and is empty for a run without them."""
+    sfx = "_recal" if recal else "_running"
     by_step = {}
     for r in records:
         if isinstance(r, dict) and "val_loss" in r and finite_float(r.get("step")) is not None:
-            by_step[r["step"]] = r  # a resumed run re-logs steps: the later record wins
+            by_step[r["step"]] = named(r)  # a resumed run re-logs steps: the later record wins
     out = []
     for step in sorted(by_step):
         r = by_step[step]

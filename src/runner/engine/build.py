@@ -99,7 +99,7 @@ def load_splits(d: DataConfig, seed: int, cache: dict | None = None) -> datasets
     elif d.name == "image_folder":
         splits = datasets.load_image_folder(d.root)
     else:
-        splits = datasets.make_synthetic(n_train=d.n_train, n_val=d.n_val, seed=seed)
+        splits = datasets.make_synthetic(n_train=d.n_train or 2000, n_val=d.n_val or 500, seed=seed)
     if d.val_split:
         splits = datasets.hold_out(splits, d.val_split)
     if d.subset:
@@ -110,9 +110,30 @@ def load_splits(d: DataConfig, seed: int, cache: dict | None = None) -> datasets
             )
         keep = datasets.stratified_subset(splits.train_y, d.subset)
         splits = dataclasses.replace(splits, train_x=splits.train_x[keep], train_y=splits.train_y[keep])
+    if d.val_subset:
+        splits = val_subset(splits, d.val_subset)
     if cache is not None:
         cache[key] = splits
     return splits
+
+
+def val_subset(splits: datasets.Splits, n: int) -> datasets.Splits:
+    """The first n validation images, stratified by class (data.val_subset): the same ones at every validation."""
+    if n > len(splits.val_y):
+        raise ConfigError(
+            f"data.val_subset={n} is larger than the {len(splits.val_y)} validation images: "
+            "lower it or use data.val_subset=null"
+        )
+    keep = datasets.stratified_subset(splits.val_y, n)
+    return dataclasses.replace(splits, val_x=splits.val_x[keep], val_y=splits.val_y[keep])
+
+
+def inference(d: DataConfig, splits: datasets.Splits) -> dict:
+    """What a user needs besides the weights to run best.pt on new images: the class names in label order and the
+    input transform, x = (RGB uint8 / 255 − mean) / std (mean per channel, or a (C, H, W) image; std None = 1)."""
+    mean, std = normalization(d, splits)
+    return {"classes": list(splits.classes), "normalize": d.normalize, "mean": mean, "std": std,
+            "image_size": list(splits.train_x.shape[1:])}  # fmt: skip
 
 
 def normalization(d: DataConfig, splits: datasets.Splits):
@@ -182,8 +203,14 @@ def setup(
         recal_aug_images=augmented_recal_images(cfg, splits, device, path["channels_last"]),
     )  # fmt: skip
     run.stats.t_start = t_start
+    run.inference = inference(cfg.data, splits)
+    if splits.test_y is not None:
+        mean, std = normalization(cfg.data, splits)
+        run.test = datasets.DeviceLoader(splits.test_x, splits.test_y, VAL_BATCH.get(device.type, 100), device=device,
+                                         mean=mean, std=std, channels_last=path["channels_last"], shuffle=False,
+                                         pad_last=True)  # fmt: skip
     announce(run, len(splits.val_y))
-    recorder.start(dataclasses.asdict(cfg), info.get("choices"))
+    recorder.start(dataclasses.asdict(cfg), info.get("choices"), info.get("swept"))
     return run
 
 

@@ -42,9 +42,9 @@ def take_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[StepRecord, b
     """Step k on batch (x, y), as the plan says (engine.step: eagerly or as the graph's replay); returns its record
     and whether it was a start-up step (compilation, autotuning, a graph's warm-up or capture), timed apart."""
     k = run.state.step
-    loss, grad_norm, startup = run.step(x, y, k, want_grad_norm=(k + 1) % run.cfg.trainer.log_every == 0)
+    loss, correct, grad_norm, startup = run.step(x, y, k, want_grad_norm=(k + 1) % run.cfg.trainer.log_every == 0)
     lr, d = run.plan.at(k)
-    return StepRecord(k + 1, run.opt.lr_value(lr), d, loss, grad_norm), startup
+    return StepRecord(k + 1, run.opt.lr_value(lr), d, loss, grad_norm, correct, len(y)), startup
 
 
 def loop(run: Run, stop: StopRequests) -> Iterator[None]:
@@ -55,7 +55,7 @@ def loop(run: Run, stop: StopRequests) -> Iterator[None]:
         while s.step < run.total and stop.signum is None:
             epoch, start = divmod(s.step, spe)
             if start == 0:
-                s.epoch_loss_sum, s.epoch_steps = 0.0, 0
+                s.epoch_loss_sum, s.epoch_steps, s.epoch_correct, s.epoch_seen = 0.0, 0, 0, 0
             for x, y in run.train_loader.epoch(epoch, start_step=start):
                 record, startup = take_step(run, x, y)  # forward, backward, L2, shrink, update
                 s.step += 1
@@ -106,7 +106,8 @@ def flush(run: Run, stats: bool = True) -> None:
     lr = run.records.last_finite["lr"]
     if run.bar is not None:
         acc = run.headline.loss_acc(s.last_val)[1] if s.last_val else None
-        run.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", acc="-" if acc is None else f"{acc:.3f}")
+        shown = {run.headline.key("val_acc"): "-" if acc is None else f"{acc:.3f}"}  # the evaluation's own name
+        run.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", **shown)
     elif s.step % tr.log_every == 0 or s.step == run.total:
         run.log.info(
             "step %d/%d epoch %.2f loss %.4f lr %.3g", s.step, run.total, s.step / run.steps_per_epoch, loss, lr
@@ -117,37 +118,50 @@ def validate(run: Run) -> None:
     """Evaluate every split with BatchNorm's running statistics, then with recalibrated ones (trainer.bn_recalibrate);
     one device→host read; best.pt when the headline accuracy improves."""
     tick, s = time.perf_counter(), run.state
-    values = {}
+    values, bar = {}, validation_bar(run)
     for name, loader in run.evals.items():
-        values[f"{name}_loss"], values[f"{name}_acc"] = evaluate(run.model, run.eval_forward, loader)
+        values[f"{name}_loss_running"], values[f"{name}_acc_running"] = evaluate(
+            run.model, run.eval_forward, loader, bar and bar.update
+        )
     recal = nullcontext() if run.recal_images is None else recalibrated_bn(run.model, run.recal_images, run.autocast)
     running = bn_statistics(run.model) if run.recal_images is not None else None
     with recal:
         if run.recal_images is not None:
             for name, loader in run.evals.items():
                 values[f"{name}_loss_recal"], values[f"{name}_acc_recal"] = evaluate(
-                    run.model, run.eval_forward, loader
+                    run.model, run.eval_forward, loader, bar and bar.update
                 )
             values.update(staleness_values(run, running))
+        if bar is not None:
+            bar.close()
         values = dict(zip(values, torch.stack(list(values.values())).tolist()))  # the host waits for the device here
-        rec = {"step": s.step, "epoch": s.step / run.steps_per_epoch, **values}
+        rec = {"step": s.step, "epoch": s.step / run.steps_per_epoch, **run.headline.record(values)}
         best = s.best_acc_recal if run.headline.recalibrated else s.best_acc_running
-        loss, acc = run.headline.loss_acc(rec)
+        acc = run.headline.loss_acc(rec)[1]
         if best is None or acc > best:  # inside the recalibration: best.pt holds the statistics it was measured with
             save_best(run, acc)
-    s.best_acc_running = max(rec["val_acc"], s.best_acc_running or -1.0)
+    s.best_acc_running = max(rec["val_acc_running"], s.best_acc_running or -1.0)
     if "val_acc_recal" in rec:
         s.best_acc_recal = max(rec["val_acc_recal"], s.best_acc_recal or -1.0)
     s.last_val = rec
     run.recorder.write(rec)
     run.stats.val_times.append(time.perf_counter() - tick)
     run.stats.clock.restart()
-    more = (
-        f" (running statistics: loss {rec['val_loss']:.4f} acc {rec['val_acc']:.4f})"
-        if run.headline.recalibrated
-        else ""
-    )
-    run.log.info("step %d epoch %.2f val_loss %.4f val_acc %.4f%s", s.step, rec["epoch"], loss, acc, more)
+    own = " ".join(f"{k} {rec[k]:.4f}" for k in ("val_acc_recal", "val_loss_recal", "val_acc_running",
+                   "val_loss_running") if k in rec)  # fmt: skip
+    run.log.info("step %d epoch %.2f %s (val_acc = %s)", s.step, rec["epoch"], own, run.headline.key("val_acc"))
+
+
+def validation_bar(run: Run):
+    """A second bar under the run's bar for the validation's batches (both evaluations), so a long validation shows
+    that it moves; None without a run bar (plain log lines)."""
+    if run.bar is None:
+        return None
+    from tqdm import tqdm
+
+    n = sum(len(loader) for loader in run.evals.values()) * (1 if run.recal_images is None else 2)
+    images = sum(len(loader.y) for loader in run.evals.values())
+    return tqdm(total=n, desc=f"validation ({images} images)", leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
 def staleness_values(run: Run, running) -> dict:
@@ -167,6 +181,7 @@ def end_epoch(run: Run) -> None:
                 "epoch": s.step / run.steps_per_epoch,
                 "epoch_train_s": st.epoch_seconds,
                 "epoch_images": st.epoch_images,
+                **({"train_acc": s.epoch_correct / s.epoch_seen} if s.epoch_seen else {}),
             }
         )
         st.epoch_seconds, st.epoch_images = 0.0, 0
@@ -185,6 +200,7 @@ def save_best(run: Run, acc: float) -> None:
             "val_acc": acc,
             "val_metric": run.headline.name,
             "config": dataclasses.asdict(run.cfg),
+            **run.inference,  # classes, normalize, mean, std, image_size
         },
     )
 

@@ -12,24 +12,34 @@ metrics.jsonl holds one JSON object per record, always with `step` (optimizer st
     weight_norm_eq/<stage>, rotation/<stage>, rotation_steps, angular_update/<stage>, angular_update_eq
                  rotational equilibrium on logging steps (core.equilibrium)
     l2_grad_ratio/<stage>, l2_sign_fraction/<stage>   Adam + L2: ‖λ₂θ‖/‖g‖, share with (λ₂θ)² > v̂ (core.update_rule)
-Validation records (a record with `val_loss` is one), see runner.core.evaluation for the two evaluations:
-    val_loss, val_acc                   eval mode with BatchNorm's running statistics (Keras' and torch's number)
+Validation records (a record with `val_loss` is one), see runner.core.evaluation for the two evaluations and
+runner.core.headline for their names:
+    val_loss_running, val_acc_running   eval mode with BatchNorm's running statistics (Keras' and torch's number)
     val_loss_recal, val_acc_recal       eval mode after BatchNorm statistics are recomputed on training images
                                         (trainer.bn_recalibrate > 0)
-    train_eval_loss, train_eval_acc     the same evaluations on a fixed un-augmented training subset
-    train_eval_loss_recal, train_eval_acc_recal          (trainer.train_eval=true)
+    val_loss, val_acc                   the headline: a copy of the recalibrated pair when there is one, else of
+                                        the running pair (summary.json's `val_metric` says which)
+    train_eval_loss_running, ...        the same on a fixed un-augmented training subset (trainer.train_eval=true),
+                                        `_recal` twins and headline copies alike
     bn_staleness_*, bn_lag_*, bn_mismatch_*, val_loss_recal_aug, val_acc_recal_aug
                                         BatchNorm's running statistics against exact ones (core.bn_staleness)
+Files written before the running evaluation had its own name hold it as bare val_loss/val_acc: `read_metrics`
+returns those records in today's names (core.headline.named).
 Epoch records (one at each epoch end, a record with `epoch_train_s` is one):
     epoch_train_s, epoch_images         seconds spent training in that epoch in this process (the host waits for
                                         the device before reading the clock), and the images trained in them
+    train_acc                           Σ correct / Σ images over the epoch's training batches, in train mode on
+                                        the augmented batches as the steps saw them (what Keras prints per epoch)
 A continued run first drops the records past its checkpoint's step (an earlier attempt wrote them after it) and
 writes them again, so each record is in the file once; records are on disk before a checkpoint is published.
 
-TensorBoard: scalars grouped train/, val/, optim/, weights/, time/. The run's hyperparameters go into its
-own event files (HParams plugin) when it starts, so a running or killed run shows them too, and its final
-metrics when it ends; the keys are the same for every run, so `tensorboard --logdir multirun/...` compares
-a sweep (not SummaryWriter.add_hparams, which makes a separate run per call: pytorch issue 32651).
+TensorBoard: scalars grouped train/, val/, optim/, weights/, time/, each named as in metrics.jsonl (val/acc is
+the headline val_acc, val/acc_running and val/acc_recal the two evaluations, val/best_acc the best val/acc so
+far). The run's hyperparameters go into its own event files (HParams plugin) when it starts, so a running or
+killed run shows them too: the swept keys first, then the study's (hparams_columns); its metric columns are the
+last values of HPARAMS_METRICS, and its status is written when it ends. The keys are the same for every run of a
+sweep, so `tensorboard --logdir multirun/...` compares it (not SummaryWriter.add_hparams, which makes a separate
+run per call: pytorch issue 32651).
 """
 
 from __future__ import annotations
@@ -43,8 +53,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from runner.config import OBJECTIVES
 from runner.core.equilibrium import Rotation, log_point_figures
+from runner.core.headline import named
 from runner.core.update_rule import l2_stage_figures
 
 if TYPE_CHECKING:
@@ -56,8 +66,12 @@ TB_TAGS = {
     "l2_penalty": "train/l2_penalty",
     "val_loss": "val/loss",
     "val_acc": "val/acc",
+    "val_loss_running": "val/loss_running",
+    "val_acc_running": "val/acc_running",
     "train_eval_loss": "train/eval_loss",
     "train_eval_acc": "train/eval_acc",
+    "train_eval_loss_running": "train/eval_loss_running",
+    "train_eval_acc_running": "train/eval_acc_running",
     "lr": "optim/lr",
     "decay": "optim/decay",
     "grad_norm": "optim/grad_norm",
@@ -67,8 +81,22 @@ TB_TAGS = {
     "train_eval_loss_recal": "train/eval_loss_recal",
     "train_eval_acc_recal": "train/eval_acc_recal",
     "epoch_train_s": "time/epoch_train_s",
+    "train_acc": "train/acc",
 }
-FINAL_METRICS = (*OBJECTIVES, "images_per_s", "steps")  # the HParams tab's columns
+# the HParams tab's metric columns: the last value of scalars the run writes anyway (no single-point charts)
+HPARAMS_METRICS = ("val/acc", "val/best_acc", "val/loss", "train/loss")
+STUDY_KEYS = ("optimizer", "lr", "wd", "l2", "reg", "schedule", "epochs")  # HParams columns after the swept keys
+
+
+def hparams_columns(config: dict, choices: dict, swept: list[str]) -> dict:
+    """The HParams tab's columns: the keys the sweep varies, then the study's keys; a config group
+    (optimizer, schedule, ...) shows the preset it picked. Everything else stays in summary.json."""
+    flat, out = flatten(config), {}
+    for key in [*swept, *STUDY_KEYS]:
+        value = choices.get(key, flat.get(key, flat.get(f"{key}.name")))
+        if key not in out and value is not None:
+            out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
 
 
 def _clean(v):
@@ -100,8 +128,11 @@ class Recorder:
     def __init__(self, run_dir: Path, resume_step: int = 0, histograms_every: int = 0, tensorboard: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.best_acc = None  # val/best_acc: the best headline val_acc so far
         if self.path.exists():  # records past the checkpoint belong to a timeline the run is about to redo
             self._truncate(resume_step)
+            for r in read_metrics(self.path):
+                self._best(r)
         self.file = open(self.path, "a", encoding="utf-8")
         self.histograms_every = histograms_every
         self.tb = None
@@ -121,6 +152,10 @@ class Recorder:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
+    def _best(self, record: dict) -> None:
+        if isinstance(record.get("val_acc"), (int, float)) and math.isfinite(record["val_acc"]):
+            self.best_acc = max(record["val_acc"], self.best_acc if self.best_acc is not None else -1.0)
+
     def write(self, record: dict) -> None:
         # NaN is not JSON: a non-finite value is stored as null (the summary says the run diverged)
         self.file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
@@ -132,33 +167,32 @@ class Recorder:
                 tag = tag or (f"bn/{key[3:]}" if key.startswith("bn_") else None)  # core.bn_staleness
                 if tag and value is not None:
                     self.tb.add_scalar(tag, value, record["step"])
+            self._best(record)
+            if "val_acc" in record and self.best_acc is not None:
+                self.tb.add_scalar("val/best_acc", self.best_acc, record["step"])
 
     def histograms(self, model, step: int) -> None:
         if self.tb is not None and self.histograms_every and step % self.histograms_every == 0:
             for name, p in model.named_parameters():
                 self.tb.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
 
-    def start(self, config: dict, choices: dict | None = None) -> None:
-        """The run's hyperparameters into its own event file now, so TensorBoard's HParams tab lists the run
-        while it trains (and after it is killed); `finish` adds the final metrics and the status."""
+    def start(self, config: dict, choices: dict | None = None, swept: list[str] | None = None) -> None:
+        """The run's hyperparameters (hparams_columns) into its own event file now, so TensorBoard's HParams tab
+        lists the run while it trains (and after it is killed); `finish` adds the status."""
         if self.tb is None:
             return
         from torch.utils.tensorboard.summary import hparams
 
-        hp = flatten({**config, "choices": choices or {}})
-        hp = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hp.items()}
-        experiment, session_start, _ = hparams(hp, {f"hparams/{k}": 0.0 for k in FINAL_METRICS})
+        hp = hparams_columns(config, choices or {}, swept or [])
+        experiment, session_start, _ = hparams(hp, {k: 0.0 for k in HPARAMS_METRICS})
         writer = self.tb._get_file_writer()
         writer.add_summary(experiment)
         writer.add_summary(session_start)
         self.tb.flush()
 
     def finish(self, summary: dict) -> None:
-        """Write the run's final metrics and its status (HParams session end) into its own event file, then close."""
+        """Write the run's status (HParams session end) into its own event file, then close."""
         if self.tb is not None:
-            for k in FINAL_METRICS:
-                if isinstance(summary.get(k), (int, float)) and not isinstance(summary.get(k), bool):
-                    self.tb.add_scalar(f"hparams/{k}", float(summary[k]), summary.get("steps", 0))
             self.tb._get_file_writer().add_summary(_session_end(summary["status"]))
             self.tb.close()
         self.close()
@@ -207,7 +241,7 @@ def read_metrics(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
         if isinstance(record, dict):
-            out.append(record)
+            out.append(named(record))
     return out
 
 
@@ -255,13 +289,15 @@ class Records:
             if diff is not None:
                 extra.update({f"diff_sq/{k}": diff[idx].sum() for k, idx in self.stage_index.items()})
         extra = {k: v for k, v in extra.items() if v is not None}
-        tensors = [torch.stack([r.loss for r in pending]).double()]
+        n = len(pending)
+        corrects = [r.correct if r.correct is not None else torch.zeros((), device=r.loss.device) for r in pending]
+        tensors = [torch.stack([r.loss for r in pending]).double(), torch.stack(corrects).double()]
         tensors += [torch.stack([v.double() for v in extra.values()])] if extra else []
         values = torch.cat(tensors).tolist()  # the host waits for the device here
-        losses, extra = values[: len(pending)], dict(zip(extra, values[len(pending) :]))
+        losses, corrects, extra = values[:n], values[n : 2 * n], dict(zip(extra, values[2 * n :]))
         extra = self.equilibrium(extra, pending) if stats else extra
         s = self.state
-        for r, loss in zip(pending, losses):
+        for r, loss, correct in zip(pending, losses, corrects):
             rec = {"step": r.step, "epoch": r.step / self.spe, "train_loss": loss, "lr": r.lr, "decay": r.decay}
             if r is last:
                 rec.update(extra)
@@ -277,6 +313,7 @@ class Records:
             self.last_finite = rec
             s.epoch_loss_sum += loss
             s.epoch_steps += 1
+            s.epoch_correct, s.epoch_seen = s.epoch_correct + int(correct), s.epoch_seen + r.images
         self.recorder.histograms(model, last.step)
         return losses[-1]
 

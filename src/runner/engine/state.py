@@ -33,6 +33,8 @@ class RunState:
     initial_loss: float | None = None
     epoch_loss_sum: float = 0.0  # Σ train_loss over this epoch's steps so far (the summary's final_train_loss)
     epoch_steps: int = 0
+    epoch_correct: int = 0  # Σ correctly classified training images over this epoch's steps (train mode, augmented)
+    epoch_seen: int = 0  # the images of those steps
     schedule_epochs: int | None = None  # the epochs the schedule is laid out for (trainer.extend_schedule=hold)
 
 
@@ -44,6 +46,8 @@ class StepRecord(NamedTuple):
     decay: float  # d_t
     loss: torch.Tensor
     grad_norm: torch.Tensor | None  # on logging steps only
+    correct: torch.Tensor | None = None  # the batch's correctly classified images (train mode)
+    images: int = 0  # the batch's images
 
 
 @dataclass
@@ -86,6 +90,8 @@ class Run:
     recorder: Recorder
     info: dict  # what summary.json says about the run besides its results
     log: logging.LoggerAdapter
+    test: DeviceLoader | None = None  # the test split when validation is a split held out of training (data.val_split)
+    inference: dict = field(default_factory=dict)  # what best.pt needs besides weights: classes, normalization
     stats: LoopStats = field(default_factory=LoopStats)
     bar: Any = None  # the progress bar while one is shown
     recal_aug_images: torch.Tensor | None = None  # the same images through one fixed draw of the augmentation

@@ -29,17 +29,19 @@ from runner.core.update_rule import Optimizer
 
 
 def step_body(forward, opt: Optimizer, autocast, x, y, lr_t, keep, want_grad_norm: bool):
-    """Step k on batch (x, y) with lr_t and keep = 1 − d_t (None: no shrink); returns (loss, ‖g‖ or None), on the
-    device. Gradients must be None on entry."""
+    """Step k on batch (x, y) with lr_t and keep = 1 − d_t (None: no shrink); returns (loss, the batch's correctly
+    classified images in train mode, ‖g‖ or None), on the device. Gradients must be None on entry."""
     with autocast:
-        loss = F.cross_entropy(forward(x), y)
+        logits = forward(x)
+        loss = F.cross_entropy(logits, y)
+    correct = (logits.detach().argmax(1) == y).sum()
     loss.backward()
     grad_norm = None
     if want_grad_norm:  # data-loss gradient, before L2 joins it
         grad_norm = torch.stack(torch._foreach_norm([p.grad for p in opt.params if p.grad is not None])).norm()
         opt.note_l2_terms()  # Adam + L2: how large the L2 term is against g and v̂
     opt.apply(lr_t, keep)
-    return loss.detach().float(), grad_norm
+    return loss.detach().float(), correct, grad_norm
 
 
 def train_step(model, opt: Optimizer, x, y, t: float, eta: float, autocast, want_grad_norm: bool = False):
@@ -47,7 +49,7 @@ def train_step(model, opt: Optimizer, x, y, t: float, eta: float, autocast, want
     (loss, d_t, ‖g‖ or None) with the tensors left on the device."""
     d = opt.decay(t, eta) if opt.wd else 0.0
     lr_t, keep = opt.lr_value(opt.lr * eta), opt.keep_value(d) if d else None
-    loss, grad_norm = step_body(model, opt, autocast, x, y, lr_t, keep, want_grad_norm)
+    loss, _, grad_norm = step_body(model, opt, autocast, x, y, lr_t, keep, want_grad_norm)
     opt.zero_grad()
     return loss, d, grad_norm
 
@@ -59,15 +61,15 @@ class EagerStep:
         self.forward, self.opt, self.autocast, self.plan = forward, opt, autocast, plan
         self.capture_s, self.first = 0.0, True
 
-    def __call__(self, x, y, k: int, want_grad_norm: bool) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-        """(loss, ‖g‖ or None, whether this was a start-up step: the first one compiles and autotunes)."""
+    def __call__(self, x, y, k: int, want_grad_norm: bool):
+        """(loss, correct, ‖g‖ or None, whether this was a start-up step: the first one compiles and autotunes)."""
         lr, d = self.plan.at(k)
         keep = self.opt.keep_value(d) if d else None
-        loss, grad_norm = step_body(self.forward, self.opt, self.autocast, x, y, self.opt.lr_value(lr), keep,
+        loss, correct, grad_norm = step_body(self.forward, self.opt, self.autocast, x, y, self.opt.lr_value(lr), keep,
                                     want_grad_norm)  # fmt: skip
         self.opt.zero_grad()
         startup, self.first = self.first, False
-        return loss, grad_norm, startup
+        return loss, correct, grad_norm, startup
 
 
 def _sync(device: torch.device) -> None:
@@ -118,6 +120,7 @@ class GraphedStep:
         self.lr_t = torch.zeros((), dtype=opt.lr_dtype, device=dev)  # the current step's lr_t and 1 − d_t:
         self.keep = torch.zeros((), dtype=dtype, device=dev)  # the optimizer reads these two tensors
         self.losses = torch.full((len(lr),), float("nan"), device=dev)  # train loss of step k at index k
+        self.corrects = torch.zeros((len(lr),), dtype=torch.int64, device=dev)  # its correctly classified images
         self.grad_norm = torch.zeros((), dtype=dtype, device=dev)  # ‖g‖ of the data loss at the latest step
         self.graphs: dict[tuple, tuple] = {}  # batch shape → (graph, static images, static labels)
         self.seen: dict[tuple, int] = {}
@@ -129,16 +132,17 @@ class GraphedStep:
         self.lr_t.copy_(self.lr_table.index_select(0, self.counter)[0])
         self.keep.copy_(self.keep_table.index_select(0, self.counter)[0])
         keep = self.keep if self.opt.wd else None
-        loss, grad_norm = step_body(self.model, self.opt, self.autocast, x, y, self.lr_t, keep, True)
+        loss, correct, grad_norm = step_body(self.model, self.opt, self.autocast, x, y, self.lr_t, keep, True)
         self.grad_norm.copy_(grad_norm)
         self.losses.index_copy_(0, self.counter, loss.view(1))
+        self.corrects.index_copy_(0, self.counter, correct.view(1))
         self.counter += 1
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, k: int, want_grad_norm: bool = True):
-        """Train on batch (x, y) as step k of the run; returns (loss, ‖g‖ or None) as device tensors, and whether
-        this call warmed up or recorded a graph (a start-up step, timed apart from the steady rate)."""
+        """Train on batch (x, y) as step k of the run; returns (loss, correct, ‖g‖ or None) as device tensors, and
+        whether this call warmed up or recorded a graph (a start-up step, timed apart from the steady rate)."""
         loss, startup = self._run(x, y, k)
-        return loss, self.grad_norm if want_grad_norm else None, startup
+        return loss, self.corrects[k], self.grad_norm if want_grad_norm else None, startup
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, bool]:
         if not self.capture:

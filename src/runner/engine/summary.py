@@ -1,7 +1,8 @@
 """summary.json: a run's results, its time split honestly (engine.timing), and what ran (engine.provenance).
 
 The headline numbers best_val_acc, final_val_acc and final_val_loss are the evaluation core.headline names
-(`val_metric`); both evaluations are also reported under their own names (`*_running`, `*_recal`).
+(`val_metric`): final_val_acc is the last validation record's `val_acc`; both evaluations are also reported
+under their own names (`*_running`, `*_recal`), as in metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ import torch
 
 from runner.config import RunConfig, resumable_keys
 from runner.core.equilibrium import equilibrium_block, run_timescale
+from runner.core.headline import named
 from runner.core.oscillation import oscillation_block
 from runner.engine import lock
 from runner.engine.records import read_metrics
 from runner.engine.resume import config_changes
+from runner.engine.selection import selected_note, selection
 from runner.engine.state import Run
 from runner.engine.timing import split_time
 
 
 def finish(run: Run) -> dict:
     """Write summary.json and the HParams end, close the records; returns the summary."""
-    summary = summarize(run)
+    summary = {**summarize(run), **selection(run)}
     run.recorder.close()
     n_val = run.info["data"]["n_val"]
     records = read_metrics(run.recorder.path)
@@ -38,11 +41,13 @@ def finish(run: Run) -> dict:
     lock.release(run.run_dir)  # the folder's records are complete: another process may continue it
     best = summary["best_val_acc"]
     run.log.info(
-        "%s after %d steps: best val acc %s (%s), %.1f s",
+        "%s after %d steps: best_val_acc %s (= %s, %s)%s, %.1f s",
         summary["status"],
         run.state.step,
         "-" if best is None else f"{best:.4f}",
-        summary["val_metric"],
+        "best_val_acc" + run.headline.suffix,
+        selected_note(summary),
+        "".join(f"; {k} {summary[k]:.4f}" for k in ("test_acc_selected", "test_acc_final") if k in summary),
         summary["wall_time_s"],
     )
     return summary
@@ -51,7 +56,7 @@ def finish(run: Run) -> dict:
 def summarize(run: Run) -> dict:
     """summary.json: the run's results, its time split honestly (runner.engine.timing), and what ran."""
     s, cfg, st, head = run.state, run.cfg, run.stats, run.headline
-    last = s.last_val or {}
+    last = named(s.last_val or {})  # a checkpoint of an older version holds its record in the old names
     times = split_time(st.clock.windows)
     summary = {
         "status": st.status,
@@ -60,15 +65,16 @@ def summarize(run: Run) -> dict:
         "epochs": s.step / run.steps_per_epoch,
         "val_metric": head.name,
         "best_val_acc": s.best_acc_recal if head.recalibrated else s.best_acc_running,
-        "final_val_acc": last.get(head.key("val_acc")),
-        "final_val_loss": last.get(head.key("val_loss")),
+        "final_val_acc": last.get("val_acc"),
+        "final_val_loss": last.get("val_loss"),
         "best_val_acc_running": s.best_acc_running,
-        "final_val_acc_running": last.get("val_acc"),
-        "final_val_loss_running": last.get("val_loss"),
+        "final_val_acc_running": last.get("val_acc_running"),
+        "final_val_loss_running": last.get("val_loss_running"),
         "best_val_acc_recal": s.best_acc_recal,
         "final_val_acc_recal": last.get("val_acc_recal"),
         "final_val_loss_recal": last.get("val_loss_recal"),
         "final_train_loss": s.epoch_loss_sum / s.epoch_steps if s.epoch_steps else None,
+        "final_train_acc": s.epoch_correct / s.epoch_seen if s.epoch_seen else None,
         "wall_time_s": time.time() - st.t_start,
         **times,
         "startup": startup_parts(run, times),

@@ -6,16 +6,21 @@ reads is a window: (images trained, seconds, whether a start-up step ran in it).
 compile, autotune, warm up or record a CUDA graph: the first step, and a graph's warm-up and capture steps.
 
     images_per_s          the steady rate: the median of the other windows' rates, weighted by their images
-    startup_s             Σ over start-up windows of (seconds − images / images_per_s)
-    stall_s               train_time_s − startup_s − (images / images_per_s): whatever else the steady rate does
-                          not explain (a data-set reload, a slow disk, another process); ≥ 0 up to timing noise
+    startup_s             Σ over start-up windows of max(0, seconds − images / images_per_s)
+    stall_s               max(0, train_time_s − startup_s − images / images_per_s): whatever else the steady rate
+                          does not explain (a data-set reload, a slow disk, another process)
+    steady_s              train_time_s − startup_s − stall_s = min(images / images_per_s, train_time_s − startup_s):
+                          the time at the steady rate; less than images / images_per_s only when the windows ran
+                          faster on the whole than their median (a loaded machine whose speed varies)
     images_per_s_overall  all images / train_time_s, start-up and stalls included
+so startup_s + steady_s + stall_s = train_time_s by construction, each part ≥ 0, on any machine.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 @dataclass
@@ -48,12 +53,13 @@ def split_time(windows: list[Window]) -> dict:
         "images_per_s": rate,
         "images_per_s_overall": images / total if total > 0 else None,
         "startup_s": None,
+        "steady_s": None,
         "stall_s": None,
     }
     if rate:
-        start = [w for w in windows if w.startup]
-        out["startup_s"] = max(0.0, sum(w.seconds - w.images / rate for w in start))
-        out["stall_s"] = max(0.0, total - out["startup_s"] - images / rate)
+        startup = sum(max(0.0, w.seconds - w.images / rate) for w in windows if w.startup)
+        steady = min(images / rate, total - startup)
+        out.update(startup_s=startup, steady_s=steady, stall_s=total - startup - steady)
     return out
 
 
@@ -64,11 +70,15 @@ class LoopClock:
     windows: list[Window] = field(default_factory=list)
     images: int = 0
     startup: bool = False
-    since: float = field(default_factory=time.perf_counter)
+    now: Callable[[], float] = time.perf_counter  # the clock (a test's fake one: a slow or stalling host)
+    since: float | None = None
+
+    def __post_init__(self) -> None:
+        self.since = self.now() if self.since is None else self.since
 
     def restart(self) -> None:
         """Start a window now (after a validation or a checkpoint, which are not training time)."""
-        self.images, self.startup, self.since = 0, False, time.perf_counter()
+        self.images, self.startup, self.since = 0, False, self.now()
 
     def add(self, images: int, startup: bool = False) -> None:
         self.images += images
@@ -76,7 +86,7 @@ class LoopClock:
 
     def lap(self) -> Window | None:
         """Close the current window (None if it trained nothing) and start the next."""
-        now = time.perf_counter()
+        now = self.now()
         w = Window(self.images, now - self.since, self.startup) if self.images else None
         if w is not None:
             self.windows.append(w)

@@ -23,11 +23,31 @@ DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")  # outputs/DATE/TIME_id and multi
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes per name; leave room for editors' and tools' suffixes
 
 
-def job_dirname(num: int, override_dirname: str) -> str:
-    """A sweep job's folder name: its job number, then what it overrides, e.g. `3_optimizer=adamw,wd=0.0005`;
-    just `3` when it overrides nothing. The number comes first so that it survives the cut to MAX_NAME_BYTES and
-    keeps apart jobs whose overrides read the same (a value given twice, an Optuna trial that draws a point again,
-    jobs that differ only in keys left out of the name); folders then also list in launch order."""
+SWEPT_ENV = "RUNNER_SWEPT_KEYS"  # the keys a sweep varies, set at its start: job processes inherit it
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys a sweep varies: those its command line gives as a sweep (a,b / range / interval / choice) and those
+    of hydra.sweeper.params (an experiment preset's grid, Optuna's search space), hydra's own left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    lines = [*OmegaConf.select(config, "hydra.overrides.task", default=[]), *(f"{k}={v}" for k, v in params.items())]
+    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(lines) if o.is_sweep_override()]
+    return sorted({k for k in keys if not k.startswith("hydra")})
+
+
+def job_dirname(num: int, override_dirname: str, task: list | None = None) -> str:
+    """A sweep job's folder name: its job number, then the values of the keys the sweep varies (SWEPT_ENV), e.g.
+    `3_optimizer=adamw,reg=0.0005`; without that list (a sweep started elsewhere) what it overrides; just `3` when
+    that is nothing. The number comes first so that it survives the cut to MAX_NAME_BYTES and keeps apart jobs
+    whose names read the same (a value given twice, an Optuna trial that draws a point again, keys left out of the
+    name); folders then also list in launch order."""
+    swept = os.environ.get(SWEPT_ENV)
+    if swept is not None and task is not None:
+        keep = set(swept.split(",")) - {""}
+        pairs = sorted(str(o).lstrip("+~").split("=", 1) for o in task if "=" in str(o))
+        override_dirname = ",".join(f"{k}={v}" for k, v in pairs if k in keep)
     name = f"{num}_{override_dirname.replace('/', '%2F')}" if override_dirname else str(num)  # a "/" would nest
     return name.encode()[:MAX_NAME_BYTES].decode(errors="ignore")
 
@@ -121,8 +141,11 @@ def forget_latest(folder: Path) -> None:
 
 
 def job_choices(hc) -> dict:
-    """The summary's `choices`: the config groups the job picked (Hydra's own left out)."""
-    return {"choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}}
+    """The summary's `choices` (the config groups the job picked, Hydra's own left out) and, in a sweep, `swept`
+    (the keys it varies: HParams' first columns)."""
+    out = {"choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}}
+    swept = os.environ.get(SWEPT_ENV)
+    return {**out, "swept": [k for k in swept.split(",") if k]} if swept is not None else out
 
 
 def run_starts(run_dir: Path) -> None:
@@ -132,9 +155,13 @@ def run_starts(run_dir: Path) -> None:
 
 
 def run_ends(run_dir: Path, status: str) -> None:
-    """The run's last line: its folder again, with how it ended."""
-    if Path(run_dir).is_dir():
-        print(f"runner: run folder {shown(run_dir)} ({status})", file=sys.stderr)
+    """The run's last lines: its folder again, with how it ended (nothing if a user error removed the folder), and
+    for a run that stopped before its end with a checkpoint to go on from, the command that continues it."""
+    if not Path(run_dir).is_dir():
+        return
+    print(f"runner: run folder {shown(run_dir)} ({status})", file=sys.stderr)
+    if status not in ("completed", "diverged") and any((Path(run_dir) / "checkpoints").glob("step-*.pt")):
+        print(f"runner: continue it with: python -m runner resume={shown(run_dir)}", file=sys.stderr)
 
 
 class FolderBefore:
@@ -258,6 +285,7 @@ class SweepFolder(Callback):
     after the report (python -m runner.analysis.report SWEEP) when the config says report=true."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        os.environ[SWEPT_ENV] = ",".join(swept_keys(config))  # job folder names and HParams columns read it
         point_latest(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
