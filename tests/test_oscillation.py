@@ -384,3 +384,23 @@ def test_the_loss_gap_splits_into_lag_and_mismatch_and_follows_staleness():
     assert oscillation_block(recs, epochs_total=4)["gap_staleness_corr"] > 0.8
     recs[3]["val_loss"], recs[0]["val_loss"] = 2.0, 8.0  # the largest gap where staleness is least
     assert oscillation_block(recs, epochs_total=4)["gap_staleness_corr"] < -0.5
+
+
+@pytest.mark.parametrize("run", ["adamw_30ep", "adamw20_wd3e-4"])
+def test_on_the_recorded_h200_runs_halving_the_validations_moves_dispersion_by_less_than_a_third(run):
+    """The committed H200 records (docs/results/2026-11-28-h200): every 2nd validation, either offset, keeps the
+    dispersion within a third of the full series', while TV per epoch falls (scripts/oscillation_thinning.py)."""
+    import gzip
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "results" / "2026-11-28-h200" / f"{run}.metrics.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    vals = sorted({r["step"]: r for r in records if "val_loss" in r}.values(), key=lambda r: r["step"])
+    others = [r for r in records if "val_loss" not in r]
+    full = oscillation_block(others + vals, None, n_val=10000)
+    for offset in (0, 1):
+        half = oscillation_block(others + vals[offset::2], None, n_val=10000)
+        assert abs(half["dispersion"] / full["dispersion"] - 1) < 1 / 3
+        assert half["tv_per_epoch"] < full["tv_per_epoch"]
+        assert half["val_every_steps"] == 2 * full["val_every_steps"]
