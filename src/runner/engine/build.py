@@ -112,9 +112,19 @@ def load_splits(d: DataConfig, seed: int, cache: dict | None = None) -> datasets
         splits = dataclasses.replace(splits, train_x=splits.train_x[keep], train_y=splits.train_y[keep])
     if d.val_subset:
         splits = val_subset(splits, d.val_subset)
+    check_classes(d, splits)
     if cache is not None:
         cache[key] = splits
     return splits
+
+
+def check_classes(d: DataConfig, splits: datasets.Splits) -> None:
+    """A training set of one class is refused: every prediction would be right, and accuracy 1.0 would mean nothing."""
+    if splits.train_y.unique().numel() < 2:
+        raise ConfigError(
+            f"data={d.name}: its {len(splits.train_y)} training images hold one class or none: give a data set with "
+            "two or more classes (and a data.subset large enough to keep them)"
+        )
 
 
 def val_subset(splits: datasets.Splits, n: int) -> datasets.Splits:
@@ -139,7 +149,14 @@ def inference(d: DataConfig, splits: datasets.Splits) -> dict:
 def normalization(d: DataConfig, splits: datasets.Splits):
     """(mean, std) for the loader: per channel, Keras' per-pixel mean image (no division), or none."""
     if d.normalize == "channel":
-        return splits.train_channel_stats
+        mean, std = splits.train_channel_stats
+        flat = [c for c, s in enumerate(std) if s < 1e-6]  # one grey level is 1/255: below 1e-6 is round-off of 0
+        if flat:  # (x − mean)/0 is not a number: the first step would diverge
+            raise ConfigError(
+                f"data.normalize=channel: channel {flat[0]} of the {len(splits.train_y)} training images is "
+                "constant (std 0), so it cannot be divided by its std: use data.normalize=pixel_mean or none"
+            )
+        return mean, std
     if d.normalize == "pixel_mean":
         return splits.train_x.float().div(255).mean(0), None
     return None, None
@@ -169,7 +186,7 @@ def setup(
         model = model.to(memory_format=torch.channels_last)
     train_loader, evals, recal_images = make_loaders(cfg, splits, device, path["channels_last"])
     spe, n_train = len(train_loader), len(splits.train_y)
-    plan = plan_steps(cfg, n_train, spe, state.schedule_epochs)
+    plan = checked_plan(cfg, n_train, spe, state, run_dir)  # before anything is written: a refusal changes nothing
     opt, sentences = make_optimizer(cfg, model, plan, state, path)
     if saved is not None:
         restore(saved, model, opt)
@@ -212,6 +229,23 @@ def setup(
     announce(run, len(splits.val_y))
     recorder.start(dataclasses.asdict(cfg), info.get("choices"), info.get("swept"))
     return run
+
+
+def checked_plan(cfg: RunConfig, n_train: int, spe: int, state: RunState, run_dir: Path) -> StepPlan:
+    """The step plan, refused when a continued run would end before the steps it already ran or when some step
+    would shrink the weights by all of themselves or more (d_t ≥ 1 zeroes or flips them, under any wd_scaling)."""
+    if state.step > cfg.epochs * spe:
+        raise ConfigError(
+            f"epochs={cfg.epochs} ends at step {cfg.epochs * spe}, before step {state.step} that {run_dir} already "
+            f"reached: a continued run cannot shrink its run; give epochs >= {-(-state.step // spe)}"
+        )
+    plan = plan_steps(cfg, n_train, spe, state.schedule_epochs)
+    if plan.d and max(plan.d) >= 1:
+        raise ConfigError(
+            f"wd={cfg.wd:g} makes the per-step shrink d_t reach {max(plan.d):.3g} (optimizer.wd_scaling="
+            f"{cfg.optimizer.wd_scaling}): θ·(1 − d_t) with d_t >= 1 zeroes or flips the weights; lower wd"
+        )
+    return plan
 
 
 def use_compile_cache(folder: str | None) -> None:
