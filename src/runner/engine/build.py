@@ -27,7 +27,8 @@ from runner.core.update_rule import Optimizer, describe, rounding_note
 from runner.engine import checkpoint, lock, provenance
 from runner.engine.records import Recorder, Records
 from runner.engine.resume import saved_state
-from runner.engine.state import Run, RunState
+from runner.engine.run import Run
+from runner.engine.state import RunState
 from runner.engine.step import EagerStep, GraphedForward, GraphedStep
 
 log = logging.getLogger("runner")
@@ -191,15 +192,7 @@ def setup(
     if saved is not None:
         restore(saved, model, opt)
         log.info("continuing from step %d (epoch %.2f) of %s", state.step, state.step / spe, run_dir / "checkpoints")
-    if path["compile"]:
-        use_compile_cache(tr.compile_cache)
-    # dynamic=False: one batch shape per phase (data.drop_last, padded validation), compiled once each
-    forward = torch.compile(model, mode=tr.compile_mode, dynamic=False) if path["compile"] else model
-    step = (
-        GraphedStep(forward, opt, autocast, plan.lr, plan.d, state.step, capture=True)
-        if path["cuda_graphs"]
-        else EagerStep(forward, opt, autocast, plan)
-    )
+    forward, step = make_step(tr, model, opt, autocast, plan, state.step, path)
     recorder = Recorder(run_dir, resume_step=state.step, histograms_every=cfg.log.histograms_every)
     info.update(
         n_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -220,15 +213,34 @@ def setup(
         recal_aug_images=augmented_recal_images(cfg, splits, device, path["channels_last"]),
     )  # fmt: skip
     run.stats.t_start = t_start
+    if saved is not None and "equilibrium" in saved:  # checkpoints before the equilibrium figures lack it
+        run.records.load_tracker(saved["equilibrium"])
     run.inference = inference(cfg.data, splits)
-    if splits.test_y is not None:
-        mean, std = normalization(cfg.data, splits)
-        run.test = datasets.DeviceLoader(splits.test_x, splits.test_y, VAL_BATCH.get(device.type, 100), device=device,
-                                         mean=mean, std=std, channels_last=path["channels_last"], shuffle=False,
-                                         pad_last=True)  # fmt: skip
+    run.test = test_loader(cfg.data, splits, device, path["channels_last"])
     announce(run, len(splits.val_y))
     recorder.start(dataclasses.asdict(cfg), info.get("choices"), info.get("swept"))
     return run
+
+
+def make_step(tr: TrainerConfig, model: nn.Module, opt: Optimizer, autocast, plan: StepPlan, start: int, path: dict):
+    """(what trains: the model or torch.compile's wrapper, the step: eager or graphed, from step `start`)."""
+    if path["compile"]:
+        use_compile_cache(tr.compile_cache)
+    # dynamic=False: one batch shape per phase (data.drop_last, padded validation), compiled once each
+    forward = torch.compile(model, mode=tr.compile_mode, dynamic=False) if path["compile"] else model
+    if path["cuda_graphs"]:
+        return forward, GraphedStep(forward, opt, autocast, plan.lr, plan.d, start, capture=True)
+    return forward, EagerStep(forward, opt, autocast, plan)
+
+
+def test_loader(d: DataConfig, splits: datasets.Splits, device: torch.device, channels_last: bool):
+    """The test split's loader when validation is a split held out of training (data.val_split), else None."""
+    if splits.test_y is None:
+        return None
+    mean, std = normalization(d, splits)
+    return datasets.DeviceLoader(splits.test_x, splits.test_y, VAL_BATCH.get(device.type, 100), device=device,
+                                 mean=mean, std=std, channels_last=channels_last, shuffle=False,
+                                 pad_last=True)  # fmt: skip
 
 
 def checked_plan(cfg: RunConfig, n_train: int, spe: int, state: RunState, run_dir: Path) -> StepPlan:
