@@ -1,5 +1,6 @@
 """Tests for runner.core.data: CIFAR-10 archive reading, image folders, synthetic data, subsets, loader."""
 
+import dataclasses
 import hashlib
 import pickle
 import shutil
@@ -97,6 +98,9 @@ def test_cifar_download_unreachable(tmp_path, monkeypatch):
         D.load_cifar10(tmp_path, download=True)
     assert url in str(e.value) and "failed" in str(e.value) and D.CIFAR10_ARCHIVE in str(e.value)
     assert not (tmp_path / D.CIFAR10_ARCHIVE).exists()
+    with pytest.raises(DataError):  # a data.root the download made goes with the failed download
+        D.load_cifar10(tmp_path / "new" / "root", download=True)
+    assert not (tmp_path / "new").exists() and tmp_path.is_dir()
 
 
 @pytest.fixture
@@ -429,3 +433,20 @@ def test_derived_cifar_batches_of_every_pickle_protocol_still_read(tmp_path, pro
         pickle.dump({"data": x, "labels": np.array([1, 2, 3]), "batch_label": b"derived"}, f, protocol=protocol)
     s = D.load_cifar10(tmp_path, download=False, verify=False)
     assert len(s.train_y) == 4 * ROWS + 3 and s.train_y[:3].tolist() == [1, 2, 3] and int(s.train_x[0].max()) == 7
+
+
+def test_a_data_set_with_one_class_or_a_constant_channel_is_refused_before_training():
+    from conftest import compose_cfg
+
+    from runner.config import ConfigError, validate
+    from runner.engine.build import check_classes, load_splits, normalization
+
+    cfg = validate(compose_cfg("data=synthetic", "data.n_train=100", "data.n_val=20"))
+    splits = load_splits(cfg.data, 0)
+    with pytest.raises(ConfigError, match=r"^data=synthetic: its 100 training images hold one class or none"):
+        check_classes(cfg.data, dataclasses.replace(splits, train_y=torch.zeros_like(splits.train_y)))
+    flat = dataclasses.replace(splits, train_x=splits.train_x.clone())
+    flat.train_x[:, 1] = 7
+    with pytest.raises(ConfigError, match=r"^data.normalize=channel: channel 1 .* constant \(std 0\)"):
+        normalization(cfg.data, flat)
+    assert min(normalization(cfg.data, splits)[1]) > 0

@@ -94,6 +94,13 @@ def test_resume_refuses_a_training_change_and_allows_more_epochs(tmp_path, unint
     assert not (tmp_path / "outputs").exists()
 
 
+def test_resume_refuses_epochs_that_end_before_the_steps_already_run(tmp_path, uninterrupted):
+    before = (uninterrupted / "metrics.jsonl").read_bytes()
+    r = run_cli([f"resume={uninterrupted}", "epochs=2", "trainer.extend_schedule=hold"], cwd=tmp_path)
+    assert r.returncode == 2 and "epochs=2 ends at step 16, before step" in r.stderr and "Traceback" not in r.stderr
+    assert (uninterrupted / "metrics.jsonl").read_bytes() == before  # the refusal changed nothing
+
+
 @pytest.mark.slow
 def test_resume_of_a_folder_with_no_run_says_so(tmp_path):
     r = run_cli(["resume=" + str(tmp_path / "nothing")], cwd=tmp_path)

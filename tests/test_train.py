@@ -328,3 +328,17 @@ def test_without_a_held_out_split_the_summary_says_the_test_split_selected(tmp_p
 
     s = train(validate(compose_cfg(*TINY, "data.n_train=128", "data.n_val=40", "trainer.max_steps=2")), tmp_path)
     assert s["selected_on"] == "test" and "test_acc_selected" not in s
+
+
+def test_a_per_step_shrink_of_one_or_more_is_refused_under_any_scaling(tmp_path):
+    from conftest import compose_cfg
+
+    from runner.config import ConfigError, validate
+    from runner.engine.loop import train
+
+    cfg = validate(compose_cfg(*TINY, "optimizer.wd_scaling=lr", "lr=2", "wd=0.6"))  # d_t = lr_t·λ = 1.2
+    with pytest.raises(
+        ConfigError, match=r"^wd=0.6 makes the per-step shrink d_t reach 1.2 \(optimizer.wd_scaling=lr\)"
+    ):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -125,11 +125,15 @@ def _fetch_cifar10(root: Path, download: bool, verify: bool) -> None:
                 f"Set data.download=true to download it, place {CIFAR10_ARCHIVE} ({CIFAR10_URL}) in "
                 f"{root}, or point data.root at the folder that contains {CIFAR10_FOLDER}."
             )
+        created = [p for p in (root, *root.parents) if not p.exists()]
         try:
             root.mkdir(parents=True, exist_ok=True)
             _download(CIFAR10_URL, root, CIFAR10_ARCHIVE)
         except (OSError, RuntimeError) as e:  # URLError and HTTPError are OSErrors
             archive.unlink(missing_ok=True)  # a partial file would otherwise look like a placed archive
+            for folder in created:  # the folders made for the download go with it, when nothing else is in them
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
             raise DataError(
                 f"Downloading CIFAR-10 from {CIFAR10_URL} into {root} failed ({e}). Without network "
                 f"access, download {CIFAR10_ARCHIVE} elsewhere and place it in {root} (data.root), "

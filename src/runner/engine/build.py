@@ -27,7 +27,8 @@ from runner.core.update_rule import Optimizer, describe, rounding_note
 from runner.engine import checkpoint, lock, provenance
 from runner.engine.records import Recorder, Records
 from runner.engine.resume import saved_state
-from runner.engine.state import Run, RunState
+from runner.engine.run import Run
+from runner.engine.state import RunState
 from runner.engine.step import EagerStep, GraphedForward, GraphedStep
 
 log = logging.getLogger("runner")
@@ -112,9 +113,19 @@ def load_splits(d: DataConfig, seed: int, cache: dict | None = None) -> datasets
         splits = dataclasses.replace(splits, train_x=splits.train_x[keep], train_y=splits.train_y[keep])
     if d.val_subset:
         splits = val_subset(splits, d.val_subset)
+    check_classes(d, splits)
     if cache is not None:
         cache[key] = splits
     return splits
+
+
+def check_classes(d: DataConfig, splits: datasets.Splits) -> None:
+    """A training set of one class is refused: every prediction would be right, and accuracy 1.0 would mean nothing."""
+    if splits.train_y.unique().numel() < 2:
+        raise ConfigError(
+            f"data={d.name}: its {len(splits.train_y)} training images hold one class or none: give a data set with "
+            "two or more classes (and a data.subset large enough to keep them)"
+        )
 
 
 def val_subset(splits: datasets.Splits, n: int) -> datasets.Splits:
@@ -139,7 +150,14 @@ def inference(d: DataConfig, splits: datasets.Splits) -> dict:
 def normalization(d: DataConfig, splits: datasets.Splits):
     """(mean, std) for the loader: per channel, Keras' per-pixel mean image (no division), or none."""
     if d.normalize == "channel":
-        return splits.train_channel_stats
+        mean, std = splits.train_channel_stats
+        flat = [c for c, s in enumerate(std) if s < 1e-6]  # one grey level is 1/255: below 1e-6 is round-off of 0
+        if flat:  # (x − mean)/0 is not a number: the first step would diverge
+            raise ConfigError(
+                f"data.normalize=channel: channel {flat[0]} of the {len(splits.train_y)} training images is "
+                "constant (std 0), so it cannot be divided by its std: use data.normalize=pixel_mean or none"
+            )
+        return mean, std
     if d.normalize == "pixel_mean":
         return splits.train_x.float().div(255).mean(0), None
     return None, None
@@ -169,20 +187,12 @@ def setup(
         model = model.to(memory_format=torch.channels_last)
     train_loader, evals, recal_images = make_loaders(cfg, splits, device, path["channels_last"])
     spe, n_train = len(train_loader), len(splits.train_y)
-    plan = plan_steps(cfg, n_train, spe, state.schedule_epochs)
+    plan = checked_plan(cfg, n_train, spe, state, run_dir)  # before anything is written: a refusal changes nothing
     opt, sentences = make_optimizer(cfg, model, plan, state, path)
     if saved is not None:
         restore(saved, model, opt)
         log.info("continuing from step %d (epoch %.2f) of %s", state.step, state.step / spe, run_dir / "checkpoints")
-    if path["compile"]:
-        use_compile_cache(tr.compile_cache)
-    # dynamic=False: one batch shape per phase (data.drop_last, padded validation), compiled once each
-    forward = torch.compile(model, mode=tr.compile_mode, dynamic=False) if path["compile"] else model
-    step = (
-        GraphedStep(forward, opt, autocast, plan.lr, plan.d, state.step, capture=True)
-        if path["cuda_graphs"]
-        else EagerStep(forward, opt, autocast, plan)
-    )
+    forward, step = make_step(tr, model, opt, autocast, plan, state.step, path)
     recorder = Recorder(run_dir, resume_step=state.step, histograms_every=cfg.log.histograms_every)
     info.update(
         n_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -203,15 +213,51 @@ def setup(
         recal_aug_images=augmented_recal_images(cfg, splits, device, path["channels_last"]),
     )  # fmt: skip
     run.stats.t_start = t_start
+    if saved is not None and "equilibrium" in saved:  # checkpoints before the equilibrium figures lack it
+        run.records.load_tracker(saved["equilibrium"])
     run.inference = inference(cfg.data, splits)
-    if splits.test_y is not None:
-        mean, std = normalization(cfg.data, splits)
-        run.test = datasets.DeviceLoader(splits.test_x, splits.test_y, VAL_BATCH.get(device.type, 100), device=device,
-                                         mean=mean, std=std, channels_last=path["channels_last"], shuffle=False,
-                                         pad_last=True)  # fmt: skip
+    run.test = test_loader(cfg.data, splits, device, path["channels_last"])
     announce(run, len(splits.val_y))
     recorder.start(dataclasses.asdict(cfg), info.get("choices"), info.get("swept"))
     return run
+
+
+def make_step(tr: TrainerConfig, model: nn.Module, opt: Optimizer, autocast, plan: StepPlan, start: int, path: dict):
+    """(what trains: the model or torch.compile's wrapper, the step: eager or graphed, from step `start`)."""
+    if path["compile"]:
+        use_compile_cache(tr.compile_cache)
+    # dynamic=False: one batch shape per phase (data.drop_last, padded validation), compiled once each
+    forward = torch.compile(model, mode=tr.compile_mode, dynamic=False) if path["compile"] else model
+    if path["cuda_graphs"]:
+        return forward, GraphedStep(forward, opt, autocast, plan.lr, plan.d, start, capture=True)
+    return forward, EagerStep(forward, opt, autocast, plan)
+
+
+def test_loader(d: DataConfig, splits: datasets.Splits, device: torch.device, channels_last: bool):
+    """The test split's loader when validation is a split held out of training (data.val_split), else None."""
+    if splits.test_y is None:
+        return None
+    mean, std = normalization(d, splits)
+    return datasets.DeviceLoader(splits.test_x, splits.test_y, VAL_BATCH.get(device.type, 100), device=device,
+                                 mean=mean, std=std, channels_last=channels_last, shuffle=False,
+                                 pad_last=True)  # fmt: skip
+
+
+def checked_plan(cfg: RunConfig, n_train: int, spe: int, state: RunState, run_dir: Path) -> StepPlan:
+    """The step plan, refused when a continued run would end before the steps it already ran or when some step
+    would shrink the weights by all of themselves or more (d_t ≥ 1 zeroes or flips them, under any wd_scaling)."""
+    if state.step > cfg.epochs * spe:
+        raise ConfigError(
+            f"epochs={cfg.epochs} ends at step {cfg.epochs * spe}, before step {state.step} that {run_dir} already "
+            f"reached: a continued run cannot shrink its run; give epochs >= {-(-state.step // spe)}"
+        )
+    plan = plan_steps(cfg, n_train, spe, state.schedule_epochs)
+    if plan.d and max(plan.d) >= 1:
+        raise ConfigError(
+            f"wd={cfg.wd:g} makes the per-step shrink d_t reach {max(plan.d):.3g} (optimizer.wd_scaling="
+            f"{cfg.optimizer.wd_scaling}): θ·(1 − d_t) with d_t >= 1 zeroes or flips the weights; lower wd"
+        )
+    return plan
 
 
 def use_compile_cache(folder: str | None) -> None:

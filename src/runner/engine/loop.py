@@ -32,7 +32,8 @@ from runner.engine import checkpoint
 from runner.engine.build import setup
 from runner.engine.interrupts import StopRequests
 from runner.engine.records import Diverged
-from runner.engine.state import Run, StepRecord
+from runner.engine.run import Run
+from runner.engine.state import StepRecord
 from runner.engine.summary import completed_summary, finish
 
 # ---------------------------------------------------------------- the loop
@@ -214,6 +215,7 @@ def save_checkpoint(run: Run) -> None:
             "state": dataclasses.asdict(run.state),
             "rng": checkpoint.rng_state(),
             "config": dataclasses.asdict(run.cfg),
+            "equilibrium": run.records.tracker_state(),
         },
         run.run_dir / "checkpoints",
     )

@@ -269,6 +269,17 @@ class Records:
         self.rotation, self.prev_norms, self.prev_step = Rotation(), None, None  # core.equilibrium's log points
         self.sizes = {k: sum(opt.regularized[i].numel() for i in idx.tolist()) for k, idx in stage_index.items()}
 
+    def tracker_state(self) -> dict:
+        """What the equilibrium figures keep from the previous log point (θ, stage norms, step): saved with each
+        checkpoint, so a continued run's next log point measures what the straight run's measures."""
+        return {"prev": self.rotation.prev, "prev_norms": self.prev_norms, "prev_step": self.prev_step}
+
+    def load_tracker(self, saved: dict) -> None:
+        prev = saved.get("prev")
+        if prev is not None:
+            prev = [t.to(p.device, p.dtype) for t, p in zip(prev, self.opt.regularized)]
+        self.rotation.prev, self.prev_norms, self.prev_step = prev, saved.get("prev_norms"), saved.get("prev_step")
+
     def add(self, record: StepRecord) -> None:
         self.pending.append(record)
 

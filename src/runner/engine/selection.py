@@ -19,7 +19,7 @@ import torch
 
 from runner.core.evaluation import evaluate, recalibrated_bn
 from runner.engine import checkpoint
-from runner.engine.state import Run
+from runner.engine.run import Run
 
 
 def selection(run: Run) -> dict:

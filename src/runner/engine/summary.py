@@ -23,8 +23,8 @@ from runner.core.oscillation import oscillation_block
 from runner.engine import lock
 from runner.engine.records import read_metrics
 from runner.engine.resume import config_changes
+from runner.engine.run import Run
 from runner.engine.selection import selected_note, selection
-from runner.engine.state import Run
 from runner.engine.timing import split_time
 
 
