@@ -432,3 +432,9 @@ def test_only_synthetic_data_has_an_image_count_to_record():
     assert validate(compose_cfg("data=synthetic")).data.n_train == 2000
     with pytest.raises(ConfigError, match=r"^data.val_subset=0 is invalid"):
         validate(compose_cfg("data.val_subset=0"))
+
+
+def test_a_removed_config_group_is_refused_instead_of_training_the_schema_defaults():
+    for group in ("model", "optimizer", "schedule", "data"):
+        with pytest.raises(ConfigError, match=rf"^{group} is not set \(removed with ~{group}\?\)"):
+            validate(compose_cfg(f"~{group}"))

@@ -342,3 +342,51 @@ def test_a_per_step_shrink_of_one_or_more_is_refused_under_any_scaling(tmp_path)
     ):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_signal_while_the_summary_is_written_waits_for_it_and_is_passed_on_after(tmp_path, monkeypatch):
+    """SIGTERM after the loop (a SLURM time limit at the last step): the summary is still written whole, and the
+    handler that was there before the run (submitit's requeue) gets the signal once, after summary.json exists."""
+    import os
+    import signal
+
+    from conftest import compose_cfg
+
+    import runner.engine.summary as summary_mod
+    from runner.config import validate
+    from runner.engine.loop import train
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda s, f: seen.append((tmp_path / "summary.json").exists()))
+    real = summary_mod.oscillation_block
+
+    def signalled(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(summary_mod, "oscillation_block", signalled)
+    try:
+        s = train(validate(compose_cfg(*TINY, "trainer.max_steps=3")), tmp_path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert s["status"] == "completed" and seen == [True]
+
+
+def test_a_run_whose_metrics_file_was_removed_still_ends_with_its_summary(tmp_path, monkeypatch):
+    from conftest import compose_cfg
+
+    import runner.engine.loop as loop_mod
+    from runner.config import validate
+
+    real = loop_mod.take_step
+
+    def removing(run, x, y):
+        if run.state.step == 2:
+            (tmp_path / "metrics.jsonl").unlink()
+        return real(run, x, y)
+
+    monkeypatch.setattr(loop_mod, "take_step", removing)
+    s = loop_mod.train(validate(compose_cfg(*TINY, "trainer.max_steps=4")), tmp_path)
+    assert (
+        s["status"] == "completed" and (tmp_path / "summary.json").is_file() and s["oscillation"]["n_val_points"] == 0
+    )

@@ -367,6 +367,9 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("saved_config_dir", lambda resume: None if resume else ".hydra")
 
 
+PRESET_EXAMPLES = {"model": "resnet56v2", "optimizer": "adamw", "schedule": "piecewise_constant", "data": "cifar10"}
+
+
 def validate(cfg: DictConfig) -> RunConfig:
     """Type-check `cfg` against the schema and range-check every value; raise ConfigError on the first problem.
 
@@ -378,6 +381,10 @@ def validate(cfg: DictConfig) -> RunConfig:
     from omegaconf.errors import ConfigTypeError, OmegaConfBaseException
 
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
+    for group in ("model", "optimizer", "schedule", "data"):  # `~model` would train the schema's defaults unsaid
+        if group not in cfg:
+            raise ConfigError(f"{group} is not set (removed with ~{group}?): a run needs a {group} preset, e.g. "
+                              f"{group}={PRESET_EXAMPLES[group]}")  # fmt: skip
     _check_reg(cfg)
     schema = OmegaConf.structured(RunConfig)  # builds each section's defaults: a failure here is a bug
     try:

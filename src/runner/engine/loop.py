@@ -248,8 +248,10 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
         run.stats.status = "failed"  # a bug or a fatal error: the summary still says where the run stopped
         raise
     finally:
-        summary = finish(run)
+        with StopRequests() as late:  # a signal while the summary is written waits for it
+            summary = finish(run)
     stop.pass_on()
+    late.pass_on()
     return summary
 
 

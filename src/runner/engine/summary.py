@@ -33,7 +33,10 @@ def finish(run: Run) -> dict:
     summary = {**summarize(run), **selection(run)}
     run.recorder.close()
     n_val = run.info["data"]["n_val"]
-    records = read_metrics(run.recorder.path)
+    records = read_metrics(run.recorder.path) if run.recorder.path.exists() else []
+    if not run.recorder.path.exists():  # removed by hand while the run wrote it: the summary still gets written
+        run.log.warning("%s was removed during the run: the summary's oscillation figures are empty",
+                        run.recorder.path)  # fmt: skip
     summary["oscillation"] = oscillation_block(records, run.cfg.epochs, n_val=n_val)
     summary["equilibrium"] = {**timescale(run), **equilibrium_block(records, run.cfg.epochs)}
     run.recorder.finish(summary)
