@@ -388,8 +388,8 @@ def test_the_loss_gap_splits_into_lag_and_mismatch_and_follows_staleness():
 
 @pytest.mark.parametrize("run", ["adamw_30ep", "adamw20_wd3e-4"])
 def test_on_the_recorded_h200_runs_halving_the_validations_moves_dispersion_by_less_than_a_third(run):
-    """The committed H200 records (docs/results/2026-11-28-h200): every 2nd validation, either offset, keeps the
-    dispersion within a third of the full series', while TV per epoch falls (scripts/oscillation_thinning.py)."""
+    """The committed H200 records (docs/results/2026-11-28-h200, its oscillation_thinning.py prints the figures):
+    every 2nd validation, either offset, keeps the dispersion within a third of the full series', while TV falls."""
     import gzip
     from pathlib import Path
 

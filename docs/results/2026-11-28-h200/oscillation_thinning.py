@@ -1,6 +1,6 @@
 """The oscillation figures of the committed H200 AdamW runs with every 1st, 2nd or 4th validation kept.
 
-PYTHONPATH=src python scripts/oscillation_thinning.py [metrics.jsonl.gz ...]
+PYTHONPATH=src python docs/results/2026-11-28-h200/oscillation_thinning.py [metrics.jsonl.gz ...]
 Frequency-dependent figures (tv_per_epoch, n_rises) fall as validations are thinned; dispersion stays put.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from runner.core.oscillation import oscillation_block
 
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "2026-11-28-h200"
+RESULTS = Path(__file__).resolve().parent  # the raw records beside this file
 DEFAULT = [RESULTS / "adamw_30ep.metrics.jsonl.gz", RESULTS / "adamw20_wd3e-4.metrics.jsonl.gz"]
 KEYS = ("val_every_steps", "dispersion", "dispersion_train_eval", "tv_per_epoch", "n_rises",
         "change_corr_train_eval", "change_corr_train", "acc_dispersion", "acc_noise_floor")  # fmt: skip

@@ -1,6 +1,6 @@
 """The H200 AdamW runs' weight norm per stage over its predicted rotational equilibrium lr_t·√(C/(2·d_t)).
 
-PYTHONPATH=src python scripts/equilibrium_h200.py
+PYTHONPATH=src python docs/results/2026-11-28-h200/equilibrium.py
 Reads the committed metrics (docs/results/2026-11-28-h200), whose records predate the equilibrium keys: C is the
 number of regularized values of each stage of ResNet56v2 (conv and linear kernels, decay_on=weights).
 """
@@ -15,7 +15,7 @@ from runner.core.equilibrium import equilibrium_norm
 from runner.core.models import build_resnet
 from runner.core.update_rule import split_params
 
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "2026-11-28-h200"
+RESULTS = Path(__file__).resolve().parent  # the raw records beside this file
 
 
 def stage_sizes() -> dict[str, int]:
