@@ -291,3 +291,17 @@ def test_sigterm_ends_a_packed_sweep_with_its_pack_checkpointed_and_the_same_com
     done = {n: json.loads((d / "summary.json").read_text()) for n, d in job_folders(tmp_path / "sweep").items()}
     assert len(done) == 4 and all(s["status"] == "completed" and s["steps"] == 12 for s in done.values())
     assert all(done[n]["resumed"]["from_step"] > 0 for n in first)
+
+
+def test_a_job_is_announced_only_once_it_is_set_up_so_a_refused_job_names_no_folder(tmp_path):
+    started = []
+    good = Job(
+        validate(compose_cfg(*SMALL, "trainer.max_steps=1")), tmp_path / "good", on_start=lambda: started.append("good")
+    )
+    bad_cfg = validate(
+        compose_cfg(*SMALL, "data=image_folder", f"data.root={tmp_path / 'no_images'}", "~data.n_train", "~data.n_val")
+    )
+    bad = Job(bad_cfg, tmp_path / "bad", on_start=lambda: started.append("bad"))
+    (done, _), (refused, error) = train_pack([good, bad])
+    assert done["status"] == "completed" and refused is None and error is not None
+    assert started == ["good"]

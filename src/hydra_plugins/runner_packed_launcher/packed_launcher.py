@@ -157,8 +157,14 @@ def _enroll(cfg: DictConfig) -> tuple:
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    job = Job(validate(cfg), run_dir, callbacks.job_choices(hc), int(hc.job.num), name=f"#{hc.job.num}")
-    callbacks.run_starts(run_dir)
+    job = Job(
+        validate(cfg),
+        run_dir,
+        callbacks.job_choices(hc),
+        int(hc.job.num),
+        name=f"#{hc.job.num}",
+        on_start=lambda: callbacks.run_starts(run_dir),
+    )  # named once set up: a refused job leaves none to name
     return job, list(logging.getLogger().handlers)
 
 
