@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 test: $(VENV)/.installed  ## install the package with its test extras, lint, check the format, run the suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadfile $(ARGS)  # one worker per core, each test file on one worker
 
 format: $(VENV)/.installed ## format the code and fix what the linter can (what make test checks)
 	$(VENV)/bin/ruff format .
