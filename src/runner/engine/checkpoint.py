@@ -125,7 +125,8 @@ def _serialize(state: dict) -> bytes:
     return payload
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder by its path (a folder: the renames in it are on disk)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -142,7 +143,7 @@ def _write_atomic(path: Path, payload: bytes, what: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)  # the rename is on disk before anything older is deleted
+        fsync_path(path.parent)  # the rename is on disk before anything older is deleted
     except OSError as e:
         tmp.unlink(missing_ok=True)
         why = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)

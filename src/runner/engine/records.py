@@ -56,6 +56,7 @@ from torch import nn
 from runner.core.equilibrium import Rotation, log_point_figures
 from runner.core.headline import named
 from runner.core.update_rule import l2_stage_figures
+from runner.engine.checkpoint import fsync_path
 
 if TYPE_CHECKING:
     from runner.core.update_rule import Optimizer
@@ -101,14 +102,6 @@ def hparams_columns(config: dict, choices: dict, swept: list[str]) -> dict:
 
 def _clean(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -207,7 +200,7 @@ class Recorder:
         if self.tb is not None:
             self.tb.flush()
             for events in self.path.parent.glob("events.out.tfevents.*") if durable else ():
-                _fsync(events)
+                fsync_path(events)
 
     def close(self) -> None:
         """Close metrics.jsonl; the TensorBoard writer stays open for `finish`."""
