@@ -9,7 +9,9 @@ ARGS   ?=
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	# configs/ sits outside src/, so setuptools installs through a meta path finder and prints an information-only
+	# notice about it; nothing to act on, so the first screen stays clean
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 test: $(VENV)/.installed  ## install the package with its test extras, lint, check the format, run the suite
