@@ -6,11 +6,11 @@ ARGS   ?=
 
 .PHONY: test format run bench gpu gpu-wheels clean
 
+# PYTHONWARNINGS=ignore: configs/ sits outside src/, so setuptools installs through a meta path finder and prints an
+# information-only notice about it, nothing to act on; the first screen stays clean
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	# configs/ sits outside src/, so setuptools installs through a meta path finder and prints an information-only
-	# notice about it; nothing to act on, so the first screen stays clean
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
