@@ -46,7 +46,7 @@ class Job:
     meta: dict | None = None
     job_num: int = 0
     name: str = ""
-    on_start: Callable[[], None] | None = None  # called once the job is set up (the launcher then names its folder)
+    on_start: Callable[[], None] = lambda: None  # called once the job is set up (the launcher then names its folder)
 
 
 class Outcome(NamedTuple):
@@ -134,8 +134,7 @@ def train_pack(
                         log.error("[%s] not started: %s", job.name, e, exc_info=e)
                     outcomes[i] = Outcome(None, e)
                     continue
-                if job.on_start is not None:
-                    job.on_start()
+                job.on_start()
                 turns[i] = loop(runs[i], stop)
         data_cache.clear()  # the loaders hold what they need
         if turns:
