@@ -45,6 +45,14 @@ def run_cli(args, cwd, timeout=300, env_extra=None):
     )
 
 
+def finished_run(tmp_path_factory, name: str, args) -> Path:
+    """A run of `python -m runner ARGS` trained to its end in a folder of its own (for module-scoped fixtures)."""
+    d = tmp_path_factory.mktemp(name) / "run"
+    r = run_cli([*args, f"hydra.run.dir={d}"], cwd=d.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return d
+
+
 @pytest.fixture
 def compose_config():
     return compose_cfg

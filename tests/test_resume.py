@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY, cli_env, run_cli
+from conftest import TINY, cli_env, finished_run, run_cli
 
 from runner.engine.records import read_metrics
 
@@ -32,10 +32,7 @@ def final_weights(run_dir):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    d = tmp_path_factory.mktemp("straight") / "run"
-    r = run_cli([*RUN, f"hydra.run.dir={d}"], cwd=d.parent)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return d
+    return finished_run(tmp_path_factory, "straight", RUN)
 
 
 def interrupt_at(run_dir, n_steps, sig=signal.SIGTERM):

@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, finished_run, run_cli
 
 from runner.engine import lock
 
@@ -22,10 +22,7 @@ def snapshot(folder):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    d = tmp_path_factory.mktemp("finished") / "run"
-    r = run_cli([*SHORT, f"hydra.run.dir={d}"], cwd=d.parent)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return d
+    return finished_run(tmp_path_factory, "finished", SHORT)
 
 
 @pytest.mark.slow
