@@ -77,6 +77,12 @@ class Splits:
         """channel_stats(train_x): about a second for CIFAR-10's 50,000 images, so once per Splits."""
         return channel_stats(self.train_x)
 
+    @functools.cached_property
+    def train_pixel_mean(self) -> torch.Tensor:
+        """The mean training image on [0, 1] (Keras' per-pixel mean), (C, H, W): a float copy of the whole set, so
+        once per Splits (the loaders, the test split and best.pt's inference settings all ask for it)."""
+        return self.train_x.float().div(255).mean(0)
+
 
 # ---------------------------------------------------------------- CIFAR-10 python archive
 

@@ -159,7 +159,7 @@ def normalization(d: DataConfig, splits: datasets.Splits):
             )
         return mean, std
     if d.normalize == "pixel_mean":
-        return splits.train_x.float().div(255).mean(0), None
+        return splits.train_pixel_mean, None
     return None, None
 
 
