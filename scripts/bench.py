@@ -2,7 +2,7 @@
 """Time the training loop that ships (runner.engine.loop) against a tutorial-style PyTorch loop, in one process.
 
 Sections, in the order main() runs them, one function each:
-  input pipeline  the Run's runner.core.data.DeviceLoader against a torchvision-style DataLoader: batches alone.
+  input pipeline  the Run's runner.core.loader.DeviceLoader against a torchvision-style DataLoader: batches alone.
   loop rates      windows of next() on engine.loop.loop(run, stop), for Runs that engine.build.setup built on
                   synthetic data in a temporary folder: the shipped loop with all its bookkeeping (step records,
                   the one-transfer flush every trainer.log_every steps with its divergence check, Recorder.write,
@@ -63,11 +63,13 @@ from timing_harness import Clock, Timed, TurnWindow, measure, save_json  # noqa:
 from torchvision import transforms  # noqa: E402
 
 import runner  # noqa: E402
+import runner.data as rsplits  # noqa: E402
 from runner.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainerConfig  # noqa: E402
-from runner.core import data as rdata  # noqa: E402
+from runner.core import loader as rdata  # noqa: E402
 from runner.core.evaluation import evaluate, recalibrated_bn  # noqa: E402
 from runner.core.models import MODELS  # noqa: E402
 from runner.core.update_rule import Optimizer  # noqa: E402
+from runner.data import cifar10 as rcifar  # noqa: E402
 from runner.engine import build as rrun  # noqa: E402
 from runner.engine import loop as rtrain  # noqa: E402
 from runner.engine import step as rstep  # noqa: E402
@@ -198,7 +200,7 @@ class Bench:
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return (
-            len(rrun.load_splits(self.data, 0, self.cache).train_y) // batch_size
+            len(rsplits.load_splits(self.data, 0, self.cache).train_y) // batch_size
         )  # data.drop_last: full batches only
 
 
@@ -220,10 +222,10 @@ def close(run: rrun.Run) -> None:
 
 def data_config(s: dict, data_root: str | None) -> DataConfig:
     if not data_root:
-        return DataConfig(name="synthetic", n_train=s["n_train"], n_val=s["n_val"])
+        return DataConfig(n_train=s["n_train"], n_val=s["n_val"])
     root = Path(data_root).expanduser()
-    name = "cifar10" if (root / rdata.CIFAR10_FOLDER).is_dir() else "image_folder"
-    return DataConfig(name=name, root=str(root), download=False)
+    name = "cifar10" if (root / rcifar.CIFAR10_FOLDER).is_dir() else "image_folder"
+    return DataConfig(name=name, source=name, root=str(root), download=False)
 
 
 class LoopSteps(Timed):
@@ -368,8 +370,8 @@ def device_batches(loader: rdata.DeviceLoader):
 
 
 def reference_loader(b: Bench, batch_size: int, workers: int | None = None):
-    splits = rrun.load_splits(b.data, 0, b.cache)
-    mean, std = rrun.normalization(b.data, splits)  # the runner's own: per-channel mean and std
+    splits = rsplits.load_splits(b.data, 0, b.cache)
+    mean, std = rsplits.normalization(b.data, splits)  # the runner's own: per-channel mean and std
     return tutorial_loader(
         splits.train_x,
         splits.train_y,
@@ -752,7 +754,7 @@ def pack_configs(k: int, device: str, model: str, batch_size: int, steps: int, g
     """K jobs of a small lr × λ grid over the four update rules, one epoch of `steps` + 1 steps each (the step after
     the window closes it), synthetic images, no compile: what a sweep varies, on what it shares."""
     depth, version = MODELS[model]
-    data = DataConfig(name="synthetic", n_train=(steps + 2) * batch_size, n_val=1000 if device == "cuda" else 100)
+    data = DataConfig(n_train=(steps + 2) * batch_size, n_val=1000 if device == "cuda" else 100)
     out = []
     for n in range(k):
         name, algorithm, lr, wd, l2 = RULES[n % len(RULES)]
@@ -901,7 +903,7 @@ def parse_args(argv=None):
     p.add_argument("--count-batch", type=int, help="batch of the op counts (default 8 on cpu, the first batch size "
                    "on cuda; counts do not depend on it)")  # fmt: skip
     p.add_argument("--data-root", help="real images instead of synthetic ones: a folder holding cifar-10-batches-py, "
-                   "or an image folder root/train/<class>/*.png (runner.core.data.load_image_folder)")  # fmt: skip
+                   "or an image folder root/train/<class>/*.png (runner.data.image_folder)")  # fmt: skip
     p.add_argument("--pack", type=int, help="also time K jobs trained as one pack (runner.sweeps.pack) against the "
                    "same K jobs one after another")  # fmt: skip
     p.add_argument("--pack-steps", type=int, help="steps of each packed job (default 20 cpu, 200 cuda)")

@@ -10,9 +10,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import runner.configs
-from runner.config import register_resolvers
+from runner.config import register_resolvers, register_schema
 
 CONFIG_DIR = str(Path(runner.configs.__file__).parent)
+register_schema()
 register_resolvers()
 torch.set_num_threads(1)  # 2 cores: one pytest process plus one CLI subprocess, no oversubscription
 

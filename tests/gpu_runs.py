@@ -27,7 +27,7 @@ def tiny_config(device: torch.device, epochs: int = 2, depth: int = 20, batch_si
         batch_size=batch_size,
         seed=0,
         model=ModelConfig(name=f"resnet{depth}v1", depth=depth, version=1, bn_momentum=0.1),
-        data=DataConfig(name="synthetic", n_train=512, n_val=200),
+        data=DataConfig(n_train=512, n_val=200),
         trainer=TrainerConfig(**tr),
     )
 

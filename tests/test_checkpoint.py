@@ -1,5 +1,5 @@
-"""Checkpoints: plain torch files, atomic, self-verifying by name, the last two kept, damage reported and survived,
-and run folders written by format 1 still continue."""
+"""Checkpoints: plain torch files, atomic, self-verifying by name, the last two kept, damage reported and
+survived, nothing in them executed."""
 
 import dataclasses
 import errno
@@ -34,7 +34,7 @@ def real_state(step=1):
     opt = Optimizer(model, algorithm="adam", lr=1e-3, l2=0.0, wd=0.0, decay=lambda t, eta: 0.0)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     opt.inner.step()
-    np.random.randn()  # leaves a cached gaussian in numpy's state, the part format 1 kept as an ndarray
+    np.random.randn()  # leaves a cached gaussian in numpy's state
     return {
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
@@ -47,20 +47,6 @@ def real_state(step=1):
         "rng": checkpoint.rng_state(),
         "config": dataclasses.asdict(RunConfig()),
     }
-
-
-def save_format1(state, path):
-    """A checkpoint file as the runner wrote it before step files: SHA-256 line, then the payload, numpy's RNG
-    state as np.random.get_state() returns it."""
-    buf = io.BytesIO()
-    torch.save({"format": 1, **state}, buf)
-    payload = buf.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
-
-
-def format1_rng():
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
 
 # ---------------------------------------------------------------- the files
@@ -261,42 +247,6 @@ def test_an_intact_file_this_runner_cannot_read_is_an_error_not_a_fallback(tmp_p
         load_latest(tmp_path)
 
 
-def test_a_format1_run_folder_continues_and_loses_nothing(tmp_path):
-    save_format1({"step": 390, "rng": format1_rng()}, tmp_path / "prev.pt")
-    rng = format1_rng()
-    save_format1({"step": 780, "rng": rng}, tmp_path / "last.pt")
-    expected = draws()
-
-    state, notes = load_latest(tmp_path)
-    assert state["step"] == 780 and state["format"] == 1 and notes == []
-    checkpoint.set_rng_state(state["rng"])  # numpy's state in format 1's tuple form
-    assert draws() == expected
-
-    new = save({"step": 1170}, tmp_path)
-    assert (tmp_path / "last.pt").readlink() == pathlib.Path(new.name)
-    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 1170
-    new.write_bytes(b"")  # the first new-style checkpoint is damaged: format 1's newest is the fallback
-    state, notes = load_latest(tmp_path)
-    assert state["step"] == 780 and len(notes) == 1
-
-    save({"step": 1171}, tmp_path)
-    save({"step": 1172}, tmp_path)
-    assert [n[:13] for n in step_files(tmp_path)] == ["step-00001171", "step-00001172"]
-    assert not (tmp_path / "prev.pt").exists()  # superseded by a verified step file
-
-
-def test_a_format1_folder_with_a_damaged_last_pt_uses_prev_pt_and_keeps_it(tmp_path):
-    save_format1({"step": 390}, tmp_path / "prev.pt")
-    save_format1({"step": 780}, tmp_path / "last.pt")
-    (tmp_path / "last.pt").write_bytes((tmp_path / "last.pt").read_bytes()[:100])
-    state, notes = load_latest(tmp_path)
-    assert state["step"] == 390 and len(notes) == 1 and "last.pt" in notes[0] and "checksum" in notes[0]
-    save({"step": 391}, tmp_path)  # the damaged last.pt must not replace the good prev.pt
-    (tmp_path / "last.pt").unlink()
-    next(tmp_path.glob("step-*.pt")).write_bytes(b"")
-    assert load_latest(tmp_path)[0]["step"] == 390
-
-
 # ---------------------------------------------------------------- best.pt
 
 
@@ -342,14 +292,6 @@ class _Creates:
 
     def __reduce__(self):
         return (pathlib.Path.touch, (pathlib.Path(self.path),))
-
-
-def test_a_crafted_format1_file_with_a_valid_checksum_runs_no_code_and_is_reported_unusable(tmp_path):
-    marker = tmp_path / "pwned"
-    save_format1({"step": 780, "rng": _Creates(marker)}, tmp_path / "ckpt" / "last.pt")
-    state, notes = load_latest(tmp_path / "ckpt")
-    assert not marker.exists()  # nothing the file names was called
-    assert state is None and len(notes) == 1 and "last.pt" in notes[0] and "refuses" in notes[0]
 
 
 def test_a_crafted_step_file_whose_name_matches_its_bytes_runs_no_code(tmp_path):

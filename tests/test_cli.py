@@ -72,12 +72,12 @@ def test_in_a_sweep_a_job_folder_names_only_the_keys_the_sweep_varies(monkeypatc
 def test_a_job_that_overrides_nothing_is_named_by_its_number():
     assert job_folder_name(0) == "0"
     assert job_folder_name(7, "trainer.device=cpu") == "7"
-    assert job_dirname(0, "") == "0"
+    assert job_dirname(0, []) == "0"
 
 
 def test_two_jobs_never_share_a_folder():
     # the same overrides (a value given twice, an Optuna point drawn again) still give distinct folders
-    assert job_dirname(0, "lr=0.001") != job_dirname(1, "lr=0.001")
+    assert job_dirname(0, ["lr=0.001"]) != job_dirname(1, ["lr=0.001"])
     # jobs that differ only in a key left out of the name, too
     assert job_folder_name(0, "trainer.device=cpu") != job_folder_name(1, "trainer.device=cuda")
 
@@ -85,10 +85,11 @@ def test_two_jobs_never_share_a_folder():
 def test_a_long_or_slashed_override_set_is_one_valid_folder_name_that_keeps_the_job_number():
     long = ",".join(f"schedule.milestones=[{i}]" for i in range(100))
     for num in (3, 12):
-        name = job_dirname(num, long + ",+experiment=a/b")
-        assert name.startswith(f"{num}_schedule.milestones=") and len(name.encode()) <= 255 and "/" not in name
-    assert job_dirname(0, "data.name=a/b") == "0_data.name=a%2Fb"
-    assert job_dirname(0, "xy=" + "é" * 200).endswith("é")  # cut between characters, never inside one
+        name = job_dirname(num, [*long.split(","), "+experiment=a/b"])
+        assert name.startswith(f"{num}_experiment=a%2Fb,schedule.milestones=") and "/" not in name
+        assert len(name.encode()) <= 255
+    assert job_dirname(0, ["data.subset=a/b"]) == "0_data.subset=a%2Fb"
+    assert job_dirname(0, ["xy=" + "é" * 200]).endswith("é")  # cut between characters, never inside one
 
 
 # --- latest links ---------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ import torch
 from conftest import TINY, compose_cfg
 
 from runner.config import validate
-from runner.core.data import DeviceLoader
 from runner.core.evaluation import batch_norms, evaluate, recalibrated_bn
+from runner.core.loader import DeviceLoader
 from runner.core.models import build_resnet
 from runner.engine.records import read_metrics
 from runner.engine.step import GraphedForward
@@ -132,7 +132,8 @@ def test_with_lagging_running_statistics_the_recalibrated_accuracy_reflects_the_
     best = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
     model = build_resnet(20, 1, 10, bn_momentum=0.01)
     model.load_state_dict(best)
-    from runner.core.data import channel_stats, make_synthetic
+    from runner.core.loader import channel_stats
+    from runner.data.synthetic import make_synthetic
 
     splits = make_synthetic(512, 100, seed=0)
     mean, std = channel_stats(splits.train_x)

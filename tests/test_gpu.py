@@ -32,12 +32,13 @@ from conftest import compose_cfg
 from gpu_runs import compiled_frames, drain, tiny_config
 
 from runner.config import validate
-from runner.core import data as rdata
+from runner.core import loader as rdata
 from runner.core.evaluation import evaluate
 from runner.core.models import build_resnet
 from runner.core.schedules import warm_restarts
 from runner.core.step_plan import step_tables
 from runner.core.update_rule import Optimizer, decoupled_rate
+from runner.data.synthetic import make_synthetic
 from runner.engine import step as rstep
 from runner.engine.records import read_metrics
 
@@ -191,7 +192,7 @@ def eval_forward_equality(device) -> tuple[int, list, list, bool]:
     model = build_resnet(20, 1, 10).to(device, memory_format=torch.channels_last if cuda else torch.contiguous_format)
     model.eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if cuda else nullcontext()
-    splits = rdata.make_synthetic(n_train=20, n_val=450, seed=1)
+    splits = make_synthetic(n_train=20, n_val=450, seed=1)
     mean, std = rdata.channel_stats(splits.train_x)
     loader = rdata.DeviceLoader(splits.val_x, splits.val_y, 100, device=device, shuffle=False, pad_last=True,
                                 mean=mean, std=std, channels_last=cuda)  # fmt: skip

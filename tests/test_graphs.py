@@ -315,7 +315,7 @@ def test_a_compiled_run_keeps_torch_compiles_caches_in_the_configured_folder(tmp
 
     def tiny(**trainer):
         tr = TrainerConfig(device="cpu", compile=True, progress=False, bn_recalibrate=0, **trainer)
-        data = DataConfig(name="synthetic", n_train=64, n_val=20)
+        data = DataConfig(n_train=64, n_val=20)
         return RunConfig(epochs=1, batch_size=32, model=ModelConfig(name="resnet20v1", depth=20, version=1),
                          data=data, trainer=tr)  # fmt: skip
 

@@ -43,17 +43,19 @@ E = [1, 2, 3, 4, 5, 6]
 
 
 def val_records(losses, epochs, accs=None, train_eval=None, recal=None, accs_recal=None, train_eval_recal=None):
-    """Validation records as the trainer writes them; the `*_recal` keys only when a recal series is given."""
+    """Validation records as the trainer writes them: each evaluation under its own name, the headline
+    (the recalibrated one when given) under the bare name; the `*_recal` keys only for a recal series."""
     out = []
     for i, (v, e) in enumerate(zip(losses, epochs)):
-        r = {"step": 10 * (i + 1), "epoch": e, "val_loss": v, "val_acc": None if accs is None else accs[i]}
+        values = {"val_loss_running": v, "val_acc_running": None if accs is None else accs[i]}
         if train_eval is not None:
-            r["train_eval_loss"], r["train_eval_acc"] = train_eval[i], 0.5
+            values["train_eval_loss_running"], values["train_eval_acc_running"] = train_eval[i], 0.5
         if recal is not None:
-            r["val_loss_recal"], r["val_acc_recal"] = recal[i], None if accs_recal is None else accs_recal[i]
+            values["val_loss_recal"] = recal[i]
+            values["val_acc_recal"] = None if accs_recal is None else accs_recal[i]
         if train_eval_recal is not None:
-            r["train_eval_loss_recal"], r["train_eval_acc_recal"] = train_eval_recal[i], 0.5
-        out.append(r)
+            values["train_eval_loss_recal"], values["train_eval_acc_recal"] = train_eval_recal[i], 0.5
+        out.append({"step": 10 * (i + 1), "epoch": e, **Headline(recal is not None).record(values)})
     return out
 
 
@@ -142,7 +144,8 @@ def test_generalization_gap_falls_back_to_last_epoch_train_loss():
 
 def test_diverged_series_stops_at_last_finite_value():
     recs = val_records([2.0, 1.0, 1.5, None, 0.1], [1, 2, 3, 4, 5], accs=[0.1, 0.5, 0.6, 0.1, 0.99])
-    recs.append({"step": 60, "epoch": 6, "val_loss": float("nan"), "val_acc": 0.1})
+    recs += val_records([float("nan")], [6], accs=[0.1])
+    recs[-1]["step"] = 60
     recs += [{"step": 5, "epoch": 0.5, "weight_norm": 3.0}, {"step": 45, "epoch": 4.5, "weight_norm": None}]
     b = oscillation_block(recs, epochs_total=10)
     assert b["n_val_points"] == 3
@@ -155,11 +158,12 @@ def test_diverged_series_stops_at_last_finite_value():
 
 def test_val_points_sorted_and_deduplicated():
     recs = [
-        {"step": 20, "epoch": 2, "val_loss": 1.0},
-        {"step": 10, "epoch": 1, "val_loss": 3.0},
-        {"step": 20, "epoch": 2, "val_loss": 2.0},
+        {"step": 20, "epoch": 2, "val_loss_running": 1.0},
+        {"step": 10, "epoch": 1, "val_loss_running": 3.0},
+        {"step": 20, "epoch": 2, "val_loss_running": 2.0},
         {"step": 5, "epoch": 0.5, "train_loss": 4.0, "grad_norm": 1},
     ]
+    recs = [{**r, "val_loss": r["val_loss_running"]} if "val_loss_running" in r else r for r in recs]
     assert [p["loss"] for p in val_points(recs)] == [3.0, 2.0]  # step order; a re-logged step keeps the later record
 
 
@@ -299,7 +303,9 @@ def white_noise_run(per_epoch: int, epochs: int = 20, sigma: float = 0.2, seed: 
     for i in range(1, n + 1):
         e = i / per_epoch
         noise = math.exp(rng.gauss(0, sigma))
-        recs.append({"step": i * 100, "epoch": e, "val_loss": 2 * math.exp(-e / 8) * noise, "val_acc": 0.5})
+        v = 2 * math.exp(-e / 8) * noise
+        recs.append({"step": i * 100, "epoch": e, "val_loss_running": v, "val_acc_running": 0.5})
+        recs[-1].update(val_loss=v, val_acc=0.5)
     return recs
 
 
@@ -328,12 +334,13 @@ def test_dispersion_share_gap_splits_the_running_variance_into_gap_and_recalibra
         e = i / 4
         w = math.exp(-e / 10 + rng.gauss(0, 0.1))
         g = rng.gauss(0, 0.2)
-        recs.append({"step": i, "epoch": e, "val_loss": w * math.exp(g), "val_loss_recal": w, "val_acc_recal": 0.5})
+        recs += val_records([w * math.exp(g)], [e], recal=[w], accs_recal=[0.5])
+        recs[-1]["step"] = i
     b = oscillation_block(recs, epochs_total=20)
     # independent parts: the gap carries about 0.2²/(0.1² + 0.2²) = 0.8 of the variance
     assert b["dispersion_share_gap"] == pytest.approx(0.8, abs=0.1)
     assert b["dispersion"] > b["dispersion_recal"]
-    same = [{**r, "val_loss_recal": r["val_loss"]} for r in recs]
+    same = [{**r, "val_loss_recal": r["val_loss_running"], "val_loss": r["val_loss_running"]} for r in recs]
     assert oscillation_block(same, epochs_total=20)["dispersion_share_gap"] == 0  # no gap: nothing is BatchNorm's
 
 
@@ -354,7 +361,7 @@ def test_change_correlations_pair_val_with_train_eval_and_train_mode_loss():
 def test_accuracy_noise_floor_is_the_binomial_std_of_the_validation_set():
     recs = white_noise_run(per_epoch=4)
     for r in recs:
-        r["val_acc"] = 0.8
+        r["val_acc"] = r["val_acc_running"] = 0.8
     b = oscillation_block(recs, epochs_total=20, n_val=10000)
     assert b["acc_noise_floor"] == pytest.approx(math.sqrt(0.8 * 0.2 / 10000))
     assert b["acc_dispersion"] == 0  # a constant accuracy does not wobble
@@ -380,9 +387,9 @@ def test_the_loss_gap_splits_into_lag_and_mismatch_and_follows_staleness():
     assert b["gap_lag_mean"] + b["gap_mismatch_mean"] == pytest.approx(b["gap_loss_mean"])
     assert b["bn_staleness_mu"] == pytest.approx(0.1875) and b["bn_lag_mu"] == pytest.approx(0.09375)
     assert b["bn_mismatch_logvar"] == 0.5 and b["bn_lag_logvar"] is None
-    recs[3]["val_loss"] = 8.0  # the gap grows where staleness peaks
+    recs[3]["val_loss_running"] = 8.0  # the gap grows where staleness peaks
     assert oscillation_block(recs, epochs_total=4)["gap_staleness_corr"] > 0.8
-    recs[3]["val_loss"], recs[0]["val_loss"] = 2.0, 8.0  # the largest gap where staleness is least
+    recs[3]["val_loss_running"], recs[0]["val_loss_running"] = 2.0, 8.0  # the largest gap where staleness is least
     assert oscillation_block(recs, epochs_total=4)["gap_staleness_corr"] < -0.5
 
 

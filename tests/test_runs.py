@@ -20,6 +20,7 @@ from runner.analysis.runs import (
     read_saved_config,
     varying_keys,
 )
+from runner.core.headline import Headline
 
 # what Hydra writes into .hydra/config.yaml for `optimizer=adamw` or `optimizer=adam_l2` (interpolations unresolved)
 SAVED = """\
@@ -71,10 +72,11 @@ def val_records(losses, accs, recal=None, acc_recal=None, steps_per_epoch=2):
         for k in range(steps_per_epoch):
             step = i * steps_per_epoch + k + 1
             out.append({"step": step, "epoch": step / steps_per_epoch, "train_loss": 2 * v, "lr": 1e-3, "decay": 0.0})
-        r = {"step": (i + 1) * steps_per_epoch, "epoch": float(i + 1), "val_loss": v, "val_acc": a}
+        values = {"val_loss_running": v, "val_acc_running": a}
         if recal is not None:
-            r.update(val_loss_recal=recal[i], val_acc_recal=acc_recal[i])
-        out.append(r)
+            values.update(val_loss_recal=recal[i], val_acc_recal=acc_recal[i])
+        r = Headline(recal is not None).record(values)
+        out.append({"step": (i + 1) * steps_per_epoch, "epoch": float(i + 1), **r})
     return out
 
 
@@ -279,26 +281,35 @@ def test_an_oscillation_block_from_before_recalibration_is_recomputed_from_the_r
 
 def test_loss_curves_of_a_run_with_every_evaluation():
     recs = [{"step": s, "epoch": s / 2, "train_loss": x} for s, x in [(1, 4.0), (2, 2.0), (3, 1.5), (4, 0.5)]]
+    both = Headline(True).record
     recs += [
         {
             "step": 2,
             "epoch": 1.0,
-            "val_loss": 2.5,
-            "val_acc": 0.4,
-            "val_loss_recal": 2.2,
-            "val_acc_recal": 0.5,
-            "train_eval_loss": 2.1,
-            "train_eval_acc": 0.5,
+            **both(
+                {
+                    "val_loss_running": 2.5,
+                    "val_acc_running": 0.4,
+                    "val_loss_recal": 2.2,
+                    "val_acc_recal": 0.5,
+                    "train_eval_loss_running": 2.1,
+                    "train_eval_acc_running": 0.5,
+                }
+            ),
         },
         {
             "step": 4,
             "epoch": 2.0,
-            "val_loss": 1.4,
-            "val_acc": 0.6,
-            "val_loss_recal": 1.1,
-            "val_acc_recal": 0.7,
-            "train_eval_loss": 0.9,
-            "train_eval_acc": 0.8,
+            **both(
+                {
+                    "val_loss_running": 1.4,
+                    "val_acc_running": 0.6,
+                    "val_loss_recal": 1.1,
+                    "val_acc_recal": 0.7,
+                    "train_eval_loss_running": 0.9,
+                    "train_eval_acc_running": 0.8,
+                }
+            ),
         },
         {"step": 4, "epoch": 2.0, "epoch_train_s": 1.5, "epoch_images": 256},
     ]  # an epoch record: no loss
@@ -321,7 +332,7 @@ def test_loss_curves_leave_out_what_the_run_did_not_record():
 def test_loss_curves_skip_non_finite_train_losses_and_stop_with_a_diverged_series():
     recs = val_records([2.0, 1.0, 3.0], [0.5, 0.8, 0.1])
     recs[0]["train_loss"] = None  # one NaN step (stored as null) among the first epoch's two
-    recs[-1]["val_loss"] = None  # diverged at the last validation
+    recs[-1]["val_loss"] = recs[-1]["val_loss_running"] = None  # diverged at the last validation
     c = loss_curves(recs)
     assert c["train_loss"] == [(1.0, 4.0), (2.0, 2.0)]
     assert c["val_loss_running"] == [(1.0, 2.0), (2.0, 1.0)]

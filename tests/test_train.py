@@ -267,21 +267,6 @@ def test_the_smoke_demo_learns_clearly_above_chance(tmp_path):
     assert s["status"] == "completed" and s["final_val_acc"] >= 0.3, s["final_val_acc"]  # chance: 0.1
 
 
-def test_data_val_subset_validates_on_the_same_stratified_images_every_time():
-    import torch
-
-    from runner.config import ConfigError, DataConfig
-    from runner.engine.build import load_splits
-
-    full = load_splits(DataConfig(n_train=100, n_val=100), seed=0)
-    a = load_splits(DataConfig(n_train=100, n_val=100, val_subset=20), seed=0)
-    b = load_splits(DataConfig(n_train=100, n_val=100, val_subset=20), seed=0)
-    assert len(a.val_y) == 20 and torch.equal(a.val_x, b.val_x) and torch.equal(a.train_x, full.train_x)
-    assert torch.bincount(a.val_y, minlength=10).tolist() == [2] * 10  # stratified: 2 per class
-    with pytest.raises(ConfigError, match=r"^data.val_subset=101 is larger than the 100 validation images"):
-        load_splits(DataConfig(n_train=100, n_val=100, val_subset=101), seed=0)
-
-
 def test_each_epoch_records_its_training_accuracy_as_keras_prints_it(tmp_path):
     from conftest import compose_cfg
 
@@ -302,8 +287,8 @@ def test_with_a_held_out_split_the_test_split_scores_the_selected_and_the_final_
     from conftest import compose_cfg
 
     from runner.config import validate
-    from runner.core.data import make_synthetic
     from runner.core.models import build_resnet
+    from runner.data.synthetic import make_synthetic
     from runner.engine.loop import train
 
     cfg = validate(compose_cfg(*TINY, "data.n_train=128", "data.n_val=40", "data.val_split=32", "batch_size=32"))

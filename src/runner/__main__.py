@@ -13,49 +13,46 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import runner.configs
-from runner.config import ConfigError, UserError, register_resolvers, resumable_keys, validate
+from runner.config import (
+    ConfigError,
+    UserError,
+    refused_changes,
+    register_resolvers,
+    register_schema,
+    resume_hint,
+    validate,
+)
 from runner.sweeps import callbacks
 
 CONFIG_DIR = str(Path(runner.configs.__file__).parent)
+register_schema()
 register_resolvers()
 callbacks.register_resolvers()
 
 
 def resumed_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path]:
-    """The saved config of run folder `cfg.resume`, with this command line's overrides laid over it (a null one
-    too). ConfigError for an override that would change the training, checkpoint or none: the records are its."""
+    """The saved config of run folder `cfg.resume`, with this command line's overrides laid over it
+    (a null one too). ConfigError for an override that would change the training (config.
+    refused_changes), checkpoint or none: the records are its."""
     saved = callbacks.saved_config(cfg.resume)
     run_dir = saved.parent.parent
     old = callbacks.load_saved_config(cfg.resume)
-    before = flat(old)
+    before = OmegaConf.to_container(old, resolve=False)
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("+~")
         if key != "resume" and OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
             OmegaConf.update(old, key, OmegaConf.select(cfg, key), force_add=True, merge=False)
-    after, resumable = flat(old), (*resumable_keys(), "resume")
-    refused = [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k) and k not in resumable]
+    refused = refused_changes(before, OmegaConf.to_container(old, resolve=False))
     if refused:
-        what = ", ".join(f"{k}: {before.get(k)!r} → {after.get(k)!r}" for k in refused)
         raise ConfigError(
-            f"resume={cfg.resume} would change the training ({what}): a continued run keeps its settings (only "
-            f"{', '.join(resumable_keys())} may change); drop those overrides, or start a new run in a new folder"
+            f"resume={cfg.resume} would change the training ({refused}): a continued run keeps its "
+            f"settings ({resume_hint()}); drop those overrides, or start a new run in a new folder"
         )
     old.resume = str(run_dir)
     return old, run_dir
 
 
 _ABSENT = object()
-
-
-def flat(cfg: DictConfig) -> dict:
-    """{dotted key: value} of a config's settings (Hydra's own left out)."""
-    out, todo = {}, [("", OmegaConf.to_container(cfg, resolve=False))]
-    while todo:
-        prefix, d = todo.pop()
-        for k, v in d.items():
-            if k != "hydra":
-                todo.append((f"{prefix}{k}.", v)) if isinstance(v, dict) else out.__setitem__(f"{prefix}{k}", v)
-    return out
 
 
 def sweep_position(hc) -> tuple[int, bool]:

@@ -1,12 +1,20 @@
-"""The run's configuration: a typed schema that carries its own rules, and `validate`, its one entry point.
+"""The run's configuration: a typed schema that declares every setting once, and `validate`.
 
-Hydra composes the YAML under configs/; `validate` checks it once, before any work, and returns plain
-dataclasses that the rest of the package receives as arguments. Each section checks its own values in
-`__post_init__`, so a section built by hand (scripts, tests) is checked too; `RunConfig.__post_init__` adds the
-rules that span sections. A field declares its allowed values and whether a continued run may change it
-(`setting(..., choices=..., resumable=True)`); `choices(key)` and `resumable_keys()` read them back.
-Every dataclass default is a valid value on its own; the defaults a user sees are those of configs/.
-Nothing here imports torch (and omegaconf only inside `validate`), so `--help` and tab completion stay quick.
+The schema below is the one place a setting, its default, its allowed values and its meaning are
+declared. Hydra composes configs/ on top of it (`register_schema`: the YAML sets only what differs
+from these defaults), and `validate` checks the result once, before any work, returning plain
+dataclasses that the rest of the package receives as arguments. Each section checks its own values
+in `__post_init__`, so a section built by hand (scripts, tests) is checked too; `RunConfig` adds
+the rules that span sections.
+
+A field's metadata says what kind of setting it is (`setting(...)`):
+    choices     its allowed values (none: any value of its type)
+    resumable   a continued run may change it (length, logging, device, speed)
+    trains      it changes what is trained (False: where or how the run goes, what it records)
+Every list of keys the package needs is read from that metadata: `resumable_keys()`,
+`non_training_keys()` (folder names, the report's configurations), `refused_changes()`.
+Nothing here imports torch (and omegaconf or hydra only inside functions), so `--help` and tab
+completion stay quick.
 """
 
 from __future__ import annotations
@@ -24,31 +32,40 @@ if TYPE_CHECKING:
 
 
 class UserError(Exception):
-    """A problem the user can fix (a setting, a path, a file): shown as one clear message, no traceback."""
+    """A problem the user can fix (a setting, a path, a file): one clear message, no traceback."""
 
 
 class ConfigError(UserError, ValueError):
     """A setting the user can fix; the message names the key and the allowed values."""
 
 
-def setting(default: Any, *, choices: tuple = (), resumable: bool = False) -> Any:
-    """A schema field: its default, its allowed values (none = any value of its type) and whether a continued
-    run may change it (settings that do not change the training: length, logging, device, speed)."""
-    return field(default=default, metadata={"choices": tuple(choices), "resumable": resumable})
+def setting(default: Any, *, choices: tuple = (), resumable: bool = False, trains: bool = True) -> Any:
+    """A schema field: its default and what kind of setting it is (module docstring)."""
+    meta = {"choices": tuple(choices), "resumable": resumable, "trains": trains}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def run_setting(default: Any, *, choices: tuple = ()) -> Any:
+    """A setting of how or where the run goes, not of what it trains: a continued run may change
+    it, and it stays out of folder names and the report's configurations."""
+    return setting(default, choices=choices, resumable=True, trains=False)
 
 
 _OWN = object()  # _Section._fail's marker for "report the field's own value"
 
 
 class _Section:
-    """What every section shares: its place in RunConfig (`section`, '' for the top level) and the checks that
-    turn a bad value into one ConfigError naming the full dotted key."""
+    """What every section shares: its place in RunConfig (`section`, '' for the top level) and the
+    checks that turn a bad value into one ConfigError naming the full dotted key."""
 
     section: ClassVar[str] = ""
 
     def _fail(self, name: str, rule: str, value: Any = _OWN) -> NoReturn:
         key = f"{self.section}.{name}" if self.section else name
-        raise ConfigError(f"{key}={getattr(self, name) if value is _OWN else value!r} is invalid: {rule}")
+        shown = getattr(self, name) if value is _OWN else value
+        raise ConfigError(f"{key}={shown!r} is invalid: {rule}")
 
     def _check_choices(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]  # every _Section is a dataclass
@@ -59,49 +76,60 @@ class _Section:
     def _finite(self, name: str, value: Any = _OWN, *, positive: bool = False) -> None:
         v = getattr(self, name) if value is _OWN else value
         if not math.isfinite(v) or v < 0 or (positive and v == 0):
-            self._fail(name, "must be a finite number " + ("> 0" if positive else ">= 0"), value=v)
+            rule = "must be a finite number " + ("> 0" if positive else ">= 0")
+            self._fail(name, rule, value=v)
 
 
 @dataclass
 class ModelConfig(_Section):
+    """The Keras cifar10_resnet.py ResNets (core.models): v1 basic blocks, v2 bottlenecks."""
+
     section: ClassVar[str] = "model"
-    name: str = "resnet56v2"
-    depth: int = 56
+    name: Optional[str] = None  # the configs/model preset this came from (None: built by hand)
+    depth: int = 56  # 6n+2 (v1) or 9n+2 (v2)
     version: int = setting(2, choices=(1, 2))
-    bn_momentum: float = 0.01
+    bn_momentum: float = 0.01  # torch convention: Keras' BatchNormalization(momentum=0.99)
 
     def __post_init__(self) -> None:
         self._check_choices()
         step = 6 if self.version == 1 else 9
         if self.depth < step + 2 or (self.depth - 2) % step:
-            self._fail("depth", f"ResNet v{self.version} depth must be {step}n+2 (e.g. {3 * step + 2})")
+            rule = f"ResNet v{self.version} depth must be {step}n+2 (e.g. {3 * step + 2})"
+            self._fail("depth", rule)
         if self.depth > MAX_DEPTH:
             self._fail("depth", f"must be at most {MAX_DEPTH} (the deepest CIFAR ResNet published)")
         if not 0 < self.bn_momentum <= 1:
-            self._fail("bn_momentum", "must be in (0, 1] (torch convention: Keras momentum 0.99 is 0.01)")
+            rule = "must be in (0, 1] (torch convention: Keras momentum 0.99 is 0.01)"
+            self._fail("bn_momentum", rule)
 
 
 @dataclass
 class OptimizerConfig(_Section):
+    """Adam or SGD with L2 (`l2`) and decoupled decay (`wd`): conventions in core.update_rule."""
+
     section: ClassVar[str] = "optimizer"
-    name: str = "adamw"
+    name: Optional[str] = None  # the configs/optimizer preset this came from
     algorithm: str = setting("adam", choices=("adam", "sgd"))
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    momentum: float = 0.9
-    nesterov: bool = False
+    betas: List[float] = setting([0.9, 0.999])  # Adam's β1, β2
+    eps: float = 1e-8  # PyTorch's default; Keras uses 1e-7
+    momentum: float = 0.9  # SGD only
+    nesterov: bool = False  # SGD only
+    # d_t of θ ← θ·(1 − d_t): η_t·λ (the paper), lr_t·λ (PyTorch, Keras) or λ (TF-Addons)
     wd_scaling: str = setting("schedule", choices=("schedule", "lr", "none"))
-    wd_normalized: bool = False
-    l2_normalized: bool = False
+    wd_normalized: bool = False  # `wd` is λ_norm, λ = λ_norm·√(b/(B·T)) (the paper's App. B.1)
+    l2_normalized: bool = False  # `l2` read the same way, T the whole run
+    # the regularized tensors: conv + linear kernels | conv kernels (the Keras example) | all
     decay_on: str = setting("weights", choices=("weights", "conv", "all"))
-    wd_tau: Optional[float] = None  # τ/T: λ set so the decay's EMA timescale 1/mean d_t is this fraction of the run
+    # τ/T: λ set so the decay's EMA timescale 1/mean_t d_t is this fraction of the run's steps
+    wd_tau: Optional[float] = None
 
     def __post_init__(self) -> None:
         self._check_choices()
         if self.wd_tau is not None:
             self._finite("wd_tau", positive=True)
             if self.wd_normalized:
-                self._fail("wd_tau", "sets λ itself: drop optimizer.wd_normalized=true or optimizer.wd_tau")
+                rule = "sets λ itself: drop optimizer.wd_normalized=true or optimizer.wd_tau"
+                self._fail("wd_tau", rule)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             self._fail("betas", "need two values in [0, 1), e.g. [0.9,0.999]")
         self._finite("eps", positive=True)
@@ -111,38 +139,38 @@ class OptimizerConfig(_Section):
             self._fail("nesterov", "Nesterov needs optimizer.momentum > 0")
 
 
+SHAPES = ("piecewise_constant", "piecewise_linear", "warm_restarts")
+
+
 @dataclass
 class ScheduleConfig(_Section):
-    """Positions (milestones, knots, T_0) are in `unit`; the rules that need the run's length are in
-    `check_span`, which RunConfig calls with `epochs`."""
+    """η_t, the multiplier of lr (core.schedules). Positions (milestones, knots, T_0) are in
+    `unit`; the rules that need the run's length are in `check_span`, which RunConfig calls."""
 
     section: ClassVar[str] = "schedule"
-    preset: Optional[str] = None  # the configs/schedule preset (cosine, keras, ...): what summary.json and HParams show
-    name: str = setting("piecewise_constant", choices=("piecewise_constant", "piecewise_linear", "warm_restarts"))
+    name: Optional[str] = None  # the configs/schedule preset this came from (cosine, keras, ...)
+    shape: str = setting("piecewise_constant", choices=SHAPES)
+    # fraction: positions are fractions of the run (they scale with epochs) | epoch: absolute
     unit: str = setting("fraction", choices=("fraction", "epoch"))
-    milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])
-    factors: List[float] = field(default_factory=lambda: [0.1, 0.01])
-    knots: List[List[float]] = field(default_factory=list)
-    T_0: Optional[float] = None
-    T_mult: float = 1.0
-    eta_min: float = 0.0
-    warmup_epochs: float = 0.0
+    milestones: List[float] = setting([0.5, 0.75])  # piecewise_constant: strictly increasing
+    factors: List[float] = setting([0.1, 0.01])  # η_t after each milestone (not cumulative)
+    knots: List[List[float]] = setting([])  # piecewise_linear: [[at, multiplier], ...]
+    T_0: Optional[float] = None  # warm_restarts: the first period (null: the whole run)
+    T_mult: float = 1.0  # each period T_mult times the last
+    eta_min: float = 0.0  # η at the end of each period
+    warmup_epochs: float = 0.0  # a linear warm-up min(1, t/warmup_epochs) in front of any shape
 
     def __post_init__(self) -> None:
         self._check_choices()
-        if self.name == "piecewise_constant":
+        if self.shape == "piecewise_constant":
             if len(self.milestones) != len(self.factors):
-                self._fail("factors", f"need one factor per milestone ({len(self.milestones)} milestones)")
+                n = len(self.milestones)
+                self._fail("factors", f"need one factor per milestone ({n} milestones)")
             for f in self.factors:
                 self._finite("factors", f)
-        elif self.name == "piecewise_linear":
-            if len(self.knots) < 2 or any(len(k) != 2 for k in self.knots):
-                self._fail("knots", "need at least two [at, multiplier] pairs")
-            for k in self.knots:
-                if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in k):
-                    self._fail("knots", "positions and multipliers must be finite numbers, e.g. [[0,1.0],[1,0.0]]")
-                self._finite("knots", k[1])
-        elif self.name == "warm_restarts":
+        elif self.shape == "piecewise_linear":
+            self._check_knots()
+        elif self.shape == "warm_restarts":
             if self.T_0 is not None and not (math.isfinite(self.T_0) and self.T_0 > 0):
                 self._fail("T_0", "the first period must be > 0 epochs (null = the whole run)")
             if not (math.isfinite(self.T_mult) and self.T_mult >= 1):
@@ -150,60 +178,80 @@ class ScheduleConfig(_Section):
             if not 0 <= self.eta_min < 1:
                 self._fail("eta_min", "must be in [0, 1): the multiplier at the end of each period")
 
+    def _check_knots(self) -> None:
+        if len(self.knots) < 2 or any(len(k) != 2 for k in self.knots):
+            self._fail("knots", "need at least two [at, multiplier] pairs")
+        for k in self.knots:
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in k):
+                rule = "positions and multipliers must be finite numbers, e.g. [[0,1.0],[1,0.0]]"
+                self._fail("knots", rule)
+            self._finite("knots", k[1])
+
     def check_span(self, epochs: int) -> None:
         """The rules that need the run's length: warm-up and positions inside the run."""
         end = 1.0 if self.unit == "fraction" else float(epochs)
         if not 0 <= self.warmup_epochs < epochs:
             self._fail("warmup_epochs", f"must be in [0, epochs={epochs})")
-        if self.name == "piecewise_constant":
+        if self.shape == "piecewise_constant":
             ms = self.milestones
             if any(not 0 < x < end for x in ms) or any(b <= a for a, b in zip(ms, ms[1:])):
-                self._fail("milestones", f"must be strictly increasing inside (0, {end:g}) with unit={self.unit}")
-        elif self.name == "piecewise_linear":
+                rule = f"must be strictly increasing inside (0, {end:g}) with unit={self.unit}"
+                self._fail("milestones", rule)
+        elif self.shape == "piecewise_linear":
             at = [k[0] for k in self.knots]
             if at[0] != 0 or any(b <= a for a, b in zip(at, at[1:])) or at[-1] > end:
-                self._fail(
-                    "knots", f"positions must start at 0 and increase strictly up to at most {end:g} (unit={self.unit})"
-                )
+                rule = f"positions must start at 0 and increase strictly up to at most {end:g}"
+                self._fail("knots", f"{rule} (unit={self.unit})")
+
+
+SOURCES = ("cifar10", "image_folder", "synthetic")
 
 
 @dataclass
 class DataConfig(_Section):
+    """Where the images come from (runner.data) and how each batch is augmented. The schema's own
+    source needs no folder, so DataConfig() is valid; configs/ make cifar10 the default."""
+
     section: ClassVar[str] = "data"
-    # the schema's own default needs no folder, so DataConfig() is valid; configs/ make cifar10 the default
-    name: str = setting("synthetic", choices=("cifar10", "image_folder", "synthetic"))
-    root: Optional[str] = None
-    download: bool = True
-    verify: bool = True
-    subset: Optional[int] = None
-    val_split: Optional[int] = None
-    crop_padding: int = 4
-    flip: bool = True
-    pad_mode: str = setting("zeros", choices=("zeros", "replicate"))
-    normalize: str = setting("channel", choices=("channel", "pixel_mean", "none"))
-    val_subset: Optional[int] = None
-    n_train: Optional[int] = None  # data=synthetic only (null = 2000 / 500: make_synthetic's), so no other run has one
+    name: Optional[str] = None  # the configs/data preset this came from
+    source: str = setting("synthetic", choices=SOURCES)
+    # where the data set lies and how it is fetched: not what trains, but a continued run keeps it
+    root: Optional[str] = setting(None, trains=False)  # the folder (cifar10, image_folder)
+    download: bool = setting(True, trains=False)  # cifar10: download the archive if missing
+    verify: bool = setting(True, trains=False)  # cifar10: check md5s (false: derived data)
+    subset: Optional[int] = None  # train on N training images, stratified by class
+    val_split: Optional[int] = None  # hold out N training images as validation (not the test split)
+    val_subset: Optional[int] = None  # validate on a fixed, stratified N of the validation images
+    # synthetic only, the images it makes (null: runner.data.synthetic's own 2000 and 500)
+    n_train: Optional[int] = None
     n_val: Optional[int] = None
-    drop_last: bool = True
+    crop_padding: int = 4  # random crop after this much padding (0: off)
+    flip: bool = True  # random horizontal flip
+    pad_mode: str = setting("zeros", choices=("zeros", "replicate"))  # replicate: Keras' 'nearest'
+    # channel: mean/std per channel | pixel_mean: Keras' per-pixel mean image, no division | none
+    normalize: str = setting("channel", choices=("channel", "pixel_mean", "none"))
+    drop_last: bool = True  # full batches only (false: Keras' last, smaller batch)
 
     def __post_init__(self) -> None:
         self._check_choices()
-        if self.name != "synthetic" and not self.root:
-            self._fail("root", f"data={self.name} needs a folder: data.root=/path/to/data")
+        if self.source != "synthetic" and not self.root:
+            self._fail("root", f"data={self.source} needs a folder: data.root=/path/to/data")
         for name in ("subset", "val_split", "val_subset"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 self._fail(name, "must be >= 1, or null for none")
         for name in ("n_train", "n_val"):
-            if self.name != "synthetic" and getattr(self, name) is not None:
-                self._fail(name, f"only data=synthetic makes its images: use data.subset / data.val_subset with "
-                                 f"data={self.name}")  # fmt: skip
+            if self.source != "synthetic" and getattr(self, name) is not None:
+                fix = f"use data.subset / data.val_subset with data={self.source}"
+                self._fail(name, f"only data=synthetic makes its images: {fix}")
         if not 0 <= self.crop_padding <= 32:
             self._fail("crop_padding", "must be from 0 (cropping off) to 32 (the images' size)")
         for name in ("n_train", "n_val", "subset", "val_split", "val_subset"):
             if (getattr(self, name) or 0) > MAX_IMAGES:
-                self._fail(name, f"must be at most {MAX_IMAGES} images (each split is held in memory)")
-        if self.name == "synthetic" and min(self.n_train or 10, self.n_val or 10) < 10:
-            self._fail("n_train/n_val", "synthetic data needs at least 10 images per split", (self.n_train, self.n_val))
+                rule = f"must be at most {MAX_IMAGES} images (each split is held in memory)"
+                self._fail(name, rule)
+        if self.source == "synthetic" and min(self.n_train or 10, self.n_val or 10) < 10:
+            rule = "synthetic data needs at least 10 images per split"
+            self._fail("n_train/n_val", rule, (self.n_train, self.n_val))
 
 
 # the numeric summary.json keys a sweeper may optimize (trainer.objective)
@@ -215,55 +263,47 @@ OBJECTIVES = (
     "best_val_acc_running",
     "final_val_acc_running",
 )
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
 class TrainerConfig(_Section):
-    """`compile` and `cuda_graphs` are null for auto (on for CUDA, off elsewhere); the trainer resolves them."""
+    """How and where the run goes. `compile` and `cuda_graphs` are null for auto (on for CUDA,
+    off elsewhere); engine.build resolves them."""
 
     section: ClassVar[str] = "trainer"
-    device: str = setting("auto", choices=("auto", "cpu", "cuda", "mps"), resumable=True)
-    max_steps: Optional[int] = setting(None, resumable=True)
-    val_every: Optional[int] = setting(None, resumable=True)
-    log_every: int = setting(50, resumable=True)
-    precision: str = setting("auto", choices=("auto", "bf16", "fp32"))
-    channels_last: Optional[bool] = None
-    compile: Optional[bool] = setting(None, resumable=True)
-    compile_mode: str = setting(
-        "default", resumable=True, choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-    )
-    compile_cache: Optional[str] = setting(None, resumable=True)  # folder of torch.compile's caches; null: torch's
-    cuda_graphs: Optional[bool] = setting(None, resumable=True)
-    progress: Optional[bool] = setting(None, resumable=True)
-    train_eval: bool = setting(False, resumable=True)  # evaluations never touch the training (runner.core.evaluation)
-    bn_recalibrate: int = setting(2048, resumable=True)
-    extend_schedule: Optional[str] = setting(None, choices=("rescale", "hold"), resumable=True)
-    objective: str = setting("best_val_acc", choices=OBJECTIVES, resumable=True)
-    diverge_factor: float = 10.0
-    on_diverge: str = setting("stop", choices=("stop", "raise"))
-    deterministic: bool = False
+    device: str = run_setting("auto", choices=("auto", "cpu", "cuda", "mps"))  # auto: cuda first
+    max_steps: Optional[int] = setting(None, resumable=True)  # stop after N optimizer steps
+    val_every: Optional[int] = run_setting(None)  # steps between validations (null: each epoch)
+    log_every: int = run_setting(50)  # steps between log points (norms, probes, plain log lines)
+    precision: str = setting("auto", choices=("auto", "bf16", "fp32"))  # auto: bf16 on CUDA
+    channels_last: Optional[bool] = None  # null: on for CUDA
+    compile: Optional[bool] = run_setting(None)  # torch.compile the model (null: on for CUDA)
+    # reduce-overhead and max-autotune record their own CUDA graphs
+    compile_mode: str = run_setting("default", choices=COMPILE_MODES)
+    compile_cache: Optional[str] = run_setting(None)  # torch.compile's caches (null: torch's own)
+    cuda_graphs: Optional[bool] = run_setting(None)  # the step as CUDA graphs (null: on for CUDA)
+    progress: Optional[bool] = run_setting(None)  # a bar (null: on a terminal), else log lines
+    train_eval: bool = run_setting(False)  # also evaluate a fixed, un-augmented training subset
+    # BatchNorm statistics recomputed on N un-augmented training images before each validation
+    bn_recalibrate: int = run_setting(2048)
+    # a continued run that changes `epochs`: rescale or hold the schedule (null: refuse)
+    extend_schedule: Optional[str] = run_setting(None, choices=("rescale", "hold"))
+    objective: str = run_setting("best_val_acc", choices=OBJECTIVES)  # what a sweeper optimizes
+    diverge_factor: float = 10.0  # diverged: train loss non-finite or above factor × its first
+    on_diverge: str = setting("stop", choices=("stop", "raise"))  # stop: exit 0, a sweep goes on
+    deterministic: bool = False  # torch's deterministic algorithms, cudnn.benchmark off
 
     def __post_init__(self) -> None:
         self._check_choices()
         if self.cuda_graphs is True and self.device in ("cpu", "mps"):
-            self._fail(
-                "cuda_graphs",
-                f"CUDA graphs need trainer.device=cuda (or auto on a GPU machine), not "
-                f"{self.device}: drop trainer.cuda_graphs=true (the default, null, is off there)",
-            )
-        nests = self.compile_mode in ("reduce-overhead", "max-autotune")  # modes that record CUDA graphs themselves
-        if self.cuda_graphs is True and self.compile is not False and nests:
-            auto = self.compile is None  # null compiles on CUDA, which is where cuda_graphs=true runs
-            self._fail(
-                "compile_mode",
-                "that mode records its own CUDA graphs, which cannot nest in "
-                "trainer.cuda_graphs=true"
-                + (" (trainer.compile=null compiles on CUDA)" if auto else "")
-                + ": use trainer.compile_mode=default or max-autotune-no-cudagraphs"
-                + (", or trainer.compile=false" if auto else ""),
-            )
+            fix = "drop trainer.cuda_graphs=true (the default, null, is off there)"
+            rule = f"CUDA graphs need trainer.device=cuda (or auto on a GPU machine), not {self.device}"
+            self._fail("cuda_graphs", f"{rule}: {fix}")
+        self._check_compile_mode()
         if not (math.isfinite(self.diverge_factor) and self.diverge_factor > 1):
-            self._fail("diverge_factor", "must be a finite number > 1 (stop when loss > factor × initial loss)")
+            rule = "must be a finite number > 1 (stop when loss > factor × initial loss)"
+            self._fail("diverge_factor", rule)
         for name in ("max_steps", "val_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 self._fail(name, "must be >= 1, or null")
@@ -271,13 +311,23 @@ class TrainerConfig(_Section):
             self._fail("log_every", "must be >= 1")
         # BatchNorm needs 2 values per channel for a variance; the images pass through in one batch
         if self.bn_recalibrate != 0 and not 2 <= self.bn_recalibrate <= 10_000:
-            self._fail("bn_recalibrate", "must be 0 (off) or from 2 to 10000 (one forward pass holds them all)")
+            rule = "must be 0 (off) or from 2 to 10000 (one forward pass holds them all)"
+            self._fail("bn_recalibrate", rule)
+
+    def _check_compile_mode(self) -> None:
+        nests = self.compile_mode in ("reduce-overhead", "max-autotune")  # they record own graphs
+        if self.cuda_graphs is True and self.compile is not False and nests:
+            auto = self.compile is None  # null compiles on CUDA, which is where cuda_graphs runs
+            rule = "that mode records its own CUDA graphs, which cannot nest in "
+            rule += "trainer.cuda_graphs=true" + (" (trainer.compile=null compiles on CUDA)" * auto)
+            fix = "use trainer.compile_mode=default or max-autotune-no-cudagraphs"
+            self._fail("compile_mode", f"{rule}: {fix}" + (", or trainer.compile=false" * auto))
 
 
 @dataclass
 class LogConfig(_Section):
     section: ClassVar[str] = "log"
-    histograms_every: int = setting(0, resumable=True)
+    histograms_every: int = run_setting(0)  # steps between TensorBoard weight histograms (0: off)
 
     def __post_init__(self) -> None:
         if self.histograms_every < 0:
@@ -285,13 +335,29 @@ class LogConfig(_Section):
 
 
 @dataclass
-class RunConfig(_Section):
-    """The whole run; its sections check themselves first (they are built first), then the rules across them."""
+class ProbesConfig(_Section):
+    """Instruments that observe training without changing it (runner.probes): each adds figures
+    to metrics.jsonl at log points or validations, and a run trains the same with any of them."""
 
-    lr: float = 1e-3
-    wd: float = 0.0
-    l2: float = 0.0
-    reg: Optional[float] = None
+    section: ClassVar[str] = "probes"
+    # per stage: ‖θ‖ against the equilibrium norm, rotation and angular update (log points)
+    equilibrium: bool = run_setting(True)
+    l2_terms: bool = run_setting(True)  # Adam + L2: the L2 term against g and √v̂ (log points)
+    # running BatchNorm statistics against exact ones (validations; one more forward pass and
+    # one more evaluation of the validation set each time)
+    bn_staleness: bool = run_setting(False)
+
+
+@dataclass
+class RunConfig(_Section):
+    """The whole run; its sections check themselves first (they are built first), then the rules
+    across them."""
+
+    lr: float = 1e-3  # base learning rate α: the step uses lr_t = α·η_t
+    wd: float = 0.0  # decoupled decay λ (optimizer.wd_scaling says how each step applies it)
+    l2: float = 0.0  # L2 coefficient λ₂: adds λ₂·θ to the gradient (penalty λ₂/2·‖θ‖²)
+    # one strength for every optimizer preset: sets wd (adamw, sgdw) or l2 (adam_l2, sgd_l2)
+    reg: Optional[float] = setting(None, trains=False)
     epochs: int = setting(30, resumable=True)
     batch_size: int = 128
     seed: int = 0
@@ -301,8 +367,9 @@ class RunConfig(_Section):
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    resume: Optional[str] = None
-    report: bool = setting(False, resumable=True)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
+    resume: Optional[str] = run_setting(None)  # a run folder to continue
+    report: bool = run_setting(False)  # a sweep's report at its end (python -m runner.analysis.report)
 
     def __post_init__(self) -> None:
         self._finite("lr", positive=True)
@@ -316,11 +383,9 @@ class RunConfig(_Section):
             self._fail("batch_size", f"must be from 1 to {MAX_IMAGES}")
         if not 0 <= self.seed < 2**63:
             self._fail("seed", "must be from 0 to 2**63-1 (torch's generators take a 64-bit seed)")
-        if self.optimizer.wd_scaling == "none" and self.wd >= 1:
-            self._fail("wd", "with optimizer.wd_scaling=none the shrink per step is wd itself: θ·(1 − wd) with "
-                       "wd >= 1 zeroes or flips the weights every step; use a wd below 1 (e.g. 5e-4)")  # fmt: skip
         if self.optimizer.wd_tau is not None and not self.wd:
-            self._fail("wd", "leaves no decoupled decay for optimizer.wd_tau to set: use optimizer=adamw or sgdw")
+            rule = "leaves no decoupled decay for optimizer.wd_tau to set"
+            self._fail("wd", f"{rule}: use optimizer=adamw or sgdw")
         self.schedule.check_span(self.epochs)
 
 
@@ -329,8 +394,11 @@ MAX_EPOCHS = 100_000
 MAX_IMAGES = 10_000_000  # 30 GB of 32×32 RGB uint8: past it a split cannot be held in memory
 
 
+# ---------------------------------------------------------------- lists read from the schema
+
+
 def _leaves(cls: type, prefix: str = "") -> Iterator[tuple[str, Field]]:
-    """(dotted key, field) of every setting of `cls`, walking into its sections, in declaration order."""
+    """(dotted key, field) of every setting of `cls`, walking into its sections, in order."""
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if is_dataclass(hints[f.name]):
@@ -340,26 +408,82 @@ def _leaves(cls: type, prefix: str = "") -> Iterator[tuple[str, Field]]:
 
 
 def resumable_keys() -> tuple[str, ...]:
-    """The dotted keys a continued run may change (declared `resumable=True` on their fields), in schema order."""
+    """The dotted keys a continued run may change, in schema order."""
     return tuple(key for key, f in _leaves(RunConfig) if f.metadata.get("resumable"))
 
 
+def non_training_keys() -> tuple[str, ...]:
+    """The dotted keys that do not change what is trained: they stay out of sweep folder names
+    and do not split runs into configurations in the report."""
+    return tuple(key for key, f in _leaves(RunConfig) if not f.metadata.get("trains", True))
+
+
 def choices(key: str) -> tuple:
-    """The allowed values of dotted `key`, e.g. choices("trainer.device"); () when any value of its type goes."""
+    """The allowed values of dotted `key`, e.g. choices("trainer.device"); () for any value."""
     return dict(_leaves(RunConfig))[key].metadata.get("choices", ())
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"optimizer": {"name": "adamw"}} → {"optimizer.name": "adamw"}."""
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changes(old: dict, new: dict) -> dict[str, tuple]:
+    """{dotted key: (old, new)} for every setting that differs between two configs (nested or
+    flat dicts, Hydra's own `hydra` node left out)."""
+    a = {k: v for k, v in flatten(old).items() if not k.startswith("hydra.")}
+    b = {k: v for k, v in flatten(new).items() if not k.startswith("hydra.")}
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+def refused_changes(old: dict, new: dict) -> str | None:
+    """None when a run saved with `old` may continue with `new`; else what it would change, for the
+    refusal: only resumable settings may change, any other makes it another run."""
+    allowed = {*resumable_keys()}
+    refused = {k: ab for k, ab in changes(old, new).items() if k not in allowed}
+    if not refused:
+        return None
+    return ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in refused.items())
+
+
+def resume_hint() -> str:
+    """What a refusal of a continued run says it may change."""
+    return f"only {', '.join(resumable_keys())} may change"
+
+
+# ---------------------------------------------------------------- Hydra
+
+
 _RUN_ID = secrets.token_hex(3)
+SCHEMA = "runner_schema"  # configs/config.yaml's first default: this module's RunConfig
+
+
+def register_schema() -> None:
+    """The schema's defaults as the base of configs/config.yaml (Hydra's ConfigStore), so every
+    setting exists with its default before the YAML sets what differs. Stored as plain values:
+    Hydra then refuses an unknown key as it composes, and `validate` checks types and ranges with
+    the runner's own messages."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.to_container(OmegaConf.structured(RunConfig))
+    ConfigStore.instance().store(name=SCHEMA, node=defaults)
 
 
 def register_resolvers() -> None:
-    """`${run_id:}`: a per-process random tag so runs started in the same second never share a folder."""
+    """The interpolations configs/ uses; registered once per process."""
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("run_id"):
+    if not OmegaConf.has_resolver("run_id"):  # runs started in the same second never share a folder
         OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID)
     if not OmegaConf.has_resolver("reg_or"):
-        # optimizer presets: wd (or l2) = the sweep's shared strength `reg` when set, else the preset's default
+        # optimizer presets: wd (or l2) = the sweep's shared strength `reg`, else the preset's own
         OmegaConf.register_new_resolver("reg_or", lambda reg, default: default if reg is None else reg)
     if not OmegaConf.has_resolver("resume_or"):
         # resume=RUN_DIR runs in that folder, and leaves its saved .hydra/ untouched
@@ -367,51 +491,62 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("saved_config_dir", lambda resume: None if resume else ".hydra")
 
 
-PRESET_EXAMPLES = {"model": "resnet56v2", "optimizer": "adamw", "schedule": "piecewise_constant", "data": "cifar10"}
+PRESET_EXAMPLES = {
+    "model": "resnet56v2",
+    "optimizer": "adamw",
+    "schedule": "piecewise_constant",
+    "data": "cifar10",
+}
 
 
 def validate(cfg: DictConfig) -> RunConfig:
-    """Type-check `cfg` against the schema and range-check every value; raise ConfigError on the first problem.
+    """Type-check `cfg` against the schema and range-check every value; raise ConfigError on the
+    first problem.
 
-    OmegaConf checks types and unknown keys while merging. `to_object` then builds the dataclasses, each section
-    before the RunConfig that holds it; the first `__post_init__` that refuses a value raises ConfigError, which
-    OmegaConf passes on unchanged (it wraps only a TypeError from a constructor: a bug, left a traceback).
+    OmegaConf checks types and unknown keys while merging. `to_object` then builds the dataclasses,
+    each section before the RunConfig that holds it; the first `__post_init__` that refuses a value
+    raises ConfigError, which OmegaConf passes on unchanged (it wraps only a TypeError from a
+    constructor: a bug, left a traceback).
     """
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigTypeError, OmegaConfBaseException
 
-    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
-    for group in ("model", "optimizer", "schedule", "data"):  # `~model` would train the schema's defaults unsaid
-        if group not in cfg:
-            raise ConfigError(f"{group} is not set (removed with ~{group}?): a run needs a {group} preset, e.g. "
-                              f"{group}={PRESET_EXAMPLES[group]}")  # fmt: skip
+    if "hydra" in cfg:
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    for group in ("model", "optimizer", "schedule", "data"):  # `~model`: the schema's defaults
+        if group not in cfg or not OmegaConf.select(cfg, f"{group}.name"):
+            example = PRESET_EXAMPLES[group]
+            raise ConfigError(
+                f"{group} is not set (removed with ~{group}?): a run needs a {group} preset, e.g. {group}={example}"
+            )
     _check_reg(cfg)
-    schema = OmegaConf.structured(RunConfig)  # builds each section's defaults: a failure here is a bug
+    schema = OmegaConf.structured(RunConfig)  # builds each section's defaults: a failure is a bug
     try:
         merged = OmegaConf.merge(schema, cfg)
     except OmegaConfBaseException as e:
         raise _user_error(e) from None
     try:
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]  # a RunConfig: merged is structured
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]  # merged is structured
     except ConfigTypeError:
-        raise  # "Could not create instance of ...": a __post_init__ crashed, which is a bug, not a setting
+        raise  # "Could not create instance of ...": a __post_init__ crashed, a bug
     except OmegaConfBaseException as e:  # a value left ??? or an interpolation that does not resolve
         raise _user_error(e) from None
 
 
 def _check_reg(cfg: DictConfig) -> None:
-    """`reg` is the strength the optimizer preset puts into wd or l2 (its `${reg_or:...}`): a wd or l2 given as well
-    would silently win over it, so the two together are refused."""
+    """`reg` is the strength the optimizer preset puts into wd or l2 (its `${reg_or:...}`): a wd or
+    l2 given as well would silently win over it, so the two together are refused."""
     from omegaconf import OmegaConf
 
     reg = OmegaConf.select(cfg, "reg", throw_on_missing=False)
     if reg is None:
         return
     for key in ("wd", "l2"):
-        if key in cfg and not OmegaConf.is_interpolation(cfg, key) and cfg[key] not in (0, None):
+        given = key in cfg and not OmegaConf.is_interpolation(cfg, key)
+        if given and cfg[key] not in (0, None):
             raise ConfigError(
-                f"reg={reg} and {key}={cfg[key]} are both set: reg sets wd (adamw, sgdw) or l2 (adam_l2, sgd_l2) "
-                f"for the preset; give reg or {key}, not both"
+                f"reg={reg} and {key}={cfg[key]} are both set: reg sets wd (adamw, sgdw) or l2 "
+                f"(adam_l2, sgd_l2) for the preset; give reg or {key}, not both"
             )
 
 
@@ -420,8 +555,6 @@ def _user_error(e: Exception) -> ConfigError:
     msg = str(e).splitlines()[0]
     if "Missing mandatory value" in msg:
         return ConfigError(f"{key} is not set: give it on the command line, e.g. {key}=...")
-    if (
-        "(int) is incompatible with type hint 'float'" in msg
-    ):  # YAML reads 0 and 1 as ints, where the schema wants floats
+    if "(int) is incompatible with type hint 'float'" in msg:  # YAML reads 0 and 1 as ints
         return ConfigError(f"{key}: {msg}: write the number with a decimal point (0.0, 1.0)")
     return ConfigError(f"{key}: {msg}")

@@ -18,24 +18,15 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+from runner.config import flatten, non_training_keys
 from runner.core.equilibrium import equilibrium_block
 from runner.core.headline import Headline
 from runner.core.oscillation import headline_points, oscillation_block, val_points
-from runner.engine.records import flatten, read_metrics
+from runner.engine.records import read_metrics
 
-# keys that do not change what is trained: never split runs into configurations
-# `reg` only feeds wd or l2 (whichever the preset uses), which are compared themselves
-NOT_CONFIG = {
-    "seed",
-    "resume",
-    "reg",
-    "data.root",
-    "data.download",
-    "data.verify",
-    "trainer.progress",
-    "trainer.log_every",
-}
-NOT_CONFIG_PREFIXES = ("log.",)  # logging options
+# keys that do not split runs into configurations: the seed (runs that differ only in it are
+# replicates) and every setting the schema marks as not changing what is trained
+NOT_CONFIG = {"seed", *non_training_keys()}
 ID_KEYS = ["optimizer.name", "lr", "wd", "l2"]  # always shown, in this order, before other swept keys
 METRICS = [
     "best_val_acc",
@@ -337,14 +328,7 @@ def varying_keys(runs: list[dict]) -> list[str]:
     for r in runs:
         for k, v in r["hparams"].items():
             seen.setdefault(k, set()).add(float(v) if finite_number(v) is not None else repr(v))  # 30 and 30.0 agree
-    keys = [
-        k
-        for k, vals in seen.items()
-        if len(vals) > 1
-        and k not in NOT_CONFIG
-        and not k.startswith(NOT_CONFIG_PREFIXES)
-        and not k.endswith(("root", "dir", "path"))
-    ]
+    keys = [k for k, vals in seen.items() if len(vals) > 1 and k not in NOT_CONFIG]
     return [k for k in ID_KEYS if k in keys] + sorted(k for k in keys if k not in ID_KEYS)
 
 

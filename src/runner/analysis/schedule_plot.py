@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
 
     import runner.configs
-    from runner.config import UserError, register_resolvers, validate
+    from runner.config import UserError, register_resolvers, register_schema, validate
 
     p = argparse.ArgumentParser(prog="python -m runner.analysis.schedule_plot", description=main.__doc__)
     p.add_argument("--out", default="schedule.png")
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "overrides", nargs="*", help="the same overrides python -m runner takes, e.g. schedule=cosine wd=1e-3"
     )
     args = p.parse_args(argv)
+    register_schema()
     register_resolvers()
     try:
         from pathlib import Path
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     d = cfg.data
     n_train = (
-        args.n_train or d.subset or (((d.n_train or 2000) if d.name == "synthetic" else 50_000) - (d.val_split or 0))
+        args.n_train or d.subset or (((d.n_train or 2000) if d.source == "synthetic" else 50_000) - (d.val_split or 0))
     )
     spe = steps_per_epoch(n_train, cfg.batch_size, d.drop_last)
     plan = plan_steps(cfg, n_train, spe, cfg.epochs)  # the trainer's own plan, so the plot shows what runs

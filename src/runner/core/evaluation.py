@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runner.core.data import IGNORE
+from runner.core.loader import IGNORE
 
 
 @torch.no_grad()

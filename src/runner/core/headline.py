@@ -8,9 +8,8 @@ summary.json, the terminal, the report):
     val_loss_recal,   val_acc_recal       recalibrated statistics     (train_eval_*_recal alike)
     val_loss,         val_acc             the headline: a copy of one of the two, named by summary.json's
                                           `val_metric` ("recalibrated" or "running")
-so summary.json's final_val_acc is the last validation record's `val_acc`. Records written before this naming
-used the bare `val_loss`/`val_acc` for the running statistics; `named` reads them in today's names.
-Every place that picks between the two evaluations asks this module.
+so summary.json's final_val_acc is the last validation record's `val_acc`. Every place that picks
+between the two evaluations asks this module.
 """
 
 from __future__ import annotations
@@ -23,23 +22,6 @@ RUNNING, RECAL = "_running", "_recal"
 
 def _bare_keys() -> tuple[str, ...]:
     return tuple(f"{s}_{m}" for s in EVALUATIONS for m in ("loss", "acc"))
-
-
-def named(record: dict) -> dict:
-    """A validation record in today's names. A record written before the running evaluation had its own name (it
-    has `val_loss` but no `val_loss_running`) gets its bare keys as `*_running` and its headline keys recomputed;
-    any other record comes back as it is."""
-    if not isinstance(record, dict) or "val_loss" not in record or "val_loss" + RUNNING in record:
-        return record
-    out = dict(record)
-    head = Headline("val_loss" + RECAL in record)
-    for key in _bare_keys():
-        if key in record:
-            out[key + RUNNING] = record[key]
-    for key in _bare_keys():
-        if head.key(key) in out:
-            out[key] = out[head.key(key)]
-    return out
 
 
 @dataclass(frozen=True)
@@ -73,5 +55,4 @@ class Headline:
 
     def loss_acc(self, record: dict) -> tuple[float, float]:
         """(loss, accuracy) of a validation record in the headline evaluation."""
-        record = named(record)
         return record[self.key("val_loss")], record[self.key("val_acc")]

@@ -60,7 +60,7 @@ import bisect
 import math
 import statistics
 
-from runner.core.headline import Headline, named
+from runner.core.headline import Headline
 
 ACC_TARGETS = (0.90, 0.92)
 HALF_WINDOW = 2.0  # epochs each side of a point for its running median (dispersion)
@@ -79,14 +79,14 @@ def val_points(records: list[dict], recal: bool = False) -> list[dict]:
     """One validation series in step order: [{"step", "epoch", "loss", "acc", "train_eval"}], one point per step
     (the last record), cut before the first non-finite loss.
 
-    recal=False reads val_loss_running, val_acc_running, train_eval_loss_running (BatchNorm running statistics;
-    records in the names before those, core.headline.named); recal=True reads their `_recal` twins (statistics
+    recal=False reads val_loss_running, val_acc_running, train_eval_loss_running (BatchNorm running statistics);
+    recal=True reads their `_recal` twins (statistics
     recomputed on training images), and is empty for a run without them."""
     sfx = "_recal" if recal else "_running"
     by_step = {}
     for r in records:
         if isinstance(r, dict) and "val_loss" in r and finite_float(r.get("step")) is not None:
-            by_step[r["step"]] = named(r)  # a resumed run re-logs steps: the later record wins
+            by_step[r["step"]] = r  # a resumed run re-logs steps: the later record wins
     out = []
     for step in sorted(by_step):
         r = by_step[step]

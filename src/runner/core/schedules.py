@@ -79,15 +79,15 @@ def make_schedule(s: ScheduleConfig, epochs: int) -> Schedule:
     """Build the schedule of a validated config. Fractions (unit=fraction) are scaled to `epochs`."""
     scale = float(epochs) if s.unit == "fraction" else 1.0
     period = lambda t: float(epochs)  # noqa: E731
-    if s.name == "piecewise_constant":
+    if s.shape == "piecewise_constant":
         base = piecewise_constant([m * scale for m in s.milestones], s.factors)
-    elif s.name == "piecewise_linear":
+    elif s.shape == "piecewise_linear":
         base = piecewise_linear([(k[0] * scale, k[1]) for k in s.knots])
-    elif s.name == "warm_restarts":
+    elif s.shape == "warm_restarts":
         T_0 = float(epochs) if s.T_0 is None else s.T_0 * scale  # T_0 is in `unit` too
         base, period = warm_restarts(T_0, s.T_mult, s.eta_min)
     else:
-        raise ValueError(f"unknown schedule {s.name!r}")
+        raise ValueError(f"unknown schedule shape {s.shape!r}")
     if s.warmup_epochs > 0:
         w, inner = s.warmup_epochs, base
         base = lambda t: inner(t) * min(1.0, t / w)  # noqa: E731

@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from runner.config import ConfigError, DataConfig, RunConfig, TrainerConfig
-from runner.core import data as datasets
+from runner.core import loader as datasets
 from runner.core.headline import Headline
 from runner.core.models import build_resnet
 from runner.core.step_plan import StepPlan, plan_steps
 from runner.core.update_rule import Optimizer, describe, rounding_note
+from runner.data import load_splits, normalization
 from runner.engine import checkpoint, lock, provenance
 from runner.engine.records import Recorder, Records
 from runner.engine.resume import saved_state
@@ -89,78 +90,12 @@ def execution_path(tr: TrainerConfig, device: torch.device) -> dict:
     }
 
 
-def load_splits(d: DataConfig, seed: int, cache: dict | None = None) -> datasets.Splits:
-    """The configured data set, with the held-out validation split and training subset applied. `cache` (sweeps.pack's)
-    hands out splits already loaded for the same data settings: runs only read them, so they may share one copy."""
-    key = (repr(d), seed if d.name == "synthetic" else None)  # synthetic images are drawn from the run's seed
-    if cache is not None and key in cache:
-        return cache[key]
-    if d.name == "cifar10":
-        splits = datasets.load_cifar10(d.root, download=d.download, verify=d.verify)
-    elif d.name == "image_folder":
-        splits = datasets.load_image_folder(d.root)
-    else:
-        splits = datasets.make_synthetic(n_train=d.n_train or 2000, n_val=d.n_val or 500, seed=seed)
-    if d.val_split:
-        splits = datasets.hold_out(splits, d.val_split)
-    if d.subset:
-        if d.subset > len(splits.train_y):
-            raise ConfigError(
-                f"data.subset={d.subset} is larger than the {len(splits.train_y)} training images: "
-                "lower it or use data.subset=null"
-            )
-        keep = datasets.stratified_subset(splits.train_y, d.subset)
-        splits = dataclasses.replace(splits, train_x=splits.train_x[keep], train_y=splits.train_y[keep])
-    if d.val_subset:
-        splits = val_subset(splits, d.val_subset)
-    check_classes(d, splits)
-    if cache is not None:
-        cache[key] = splits
-    return splits
-
-
-def check_classes(d: DataConfig, splits: datasets.Splits) -> None:
-    """A training set of one class is refused: every prediction would be right, and accuracy 1.0 would mean nothing."""
-    if splits.train_y.unique().numel() < 2:
-        raise ConfigError(
-            f"data={d.name}: its {len(splits.train_y)} training images hold one class or none: give a data set with "
-            "two or more classes (and a data.subset large enough to keep them)"
-        )
-
-
-def val_subset(splits: datasets.Splits, n: int) -> datasets.Splits:
-    """The first n validation images, stratified by class (data.val_subset): the same ones at every validation."""
-    if n > len(splits.val_y):
-        raise ConfigError(
-            f"data.val_subset={n} is larger than the {len(splits.val_y)} validation images: "
-            "lower it or use data.val_subset=null"
-        )
-    keep = datasets.stratified_subset(splits.val_y, n)
-    return dataclasses.replace(splits, val_x=splits.val_x[keep], val_y=splits.val_y[keep])
-
-
 def inference(d: DataConfig, splits: datasets.Splits) -> dict:
     """What a user needs besides the weights to run best.pt on new images: the class names in label order and the
     input transform, x = (RGB uint8 / 255 − mean) / std (mean per channel, or a (C, H, W) image; std None = 1)."""
     mean, std = normalization(d, splits)
     return {"classes": list(splits.classes), "normalize": d.normalize, "mean": mean, "std": std,
             "image_size": list(splits.train_x.shape[1:])}  # fmt: skip
-
-
-def normalization(d: DataConfig, splits: datasets.Splits):
-    """(mean, std) for the loader: per channel, Keras' per-pixel mean image (no division), or none."""
-    if d.normalize == "channel":
-        mean, std = splits.train_channel_stats
-        flat = [c for c, s in enumerate(std) if s < 1e-6]  # one grey level is 1/255: below 1e-6 is round-off of 0
-        if flat:  # (x − mean)/0 is not a number: the first step would diverge
-            raise ConfigError(
-                f"data.normalize=channel: channel {flat[0]} of the {len(splits.train_y)} training images is "
-                "constant (std 0), so it cannot be divided by its std: use data.normalize=pixel_mean or none"
-            )
-        return mean, std
-    if d.normalize == "pixel_mean":
-        return splits.train_pixel_mean, None
-    return None, None
 
 
 def setup(
@@ -197,8 +132,8 @@ def setup(
     info.update(
         n_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         regularization=sentences,
-        data={"name": cfg.data.name, "root": cfg.data.root, "n_train": n_train, "n_val": len(splits.val_y),
-              "fingerprint": splits.fingerprint},
+        data={"name": cfg.data.name, "source": cfg.data.source, "root": cfg.data.root,
+              "n_train": n_train, "n_val": len(splits.val_y), "fingerprint": splits.fingerprint},
         code=provenance.code_version(), env=provenance.environment(device), path=path, setup_s=time.time() - t_start,
     )  # fmt: skip
     total = cfg.epochs * spe if tr.max_steps is None else min(tr.max_steps, cfg.epochs * spe)
@@ -213,7 +148,7 @@ def setup(
         recal_aug_images=augmented_recal_images(cfg, splits, device, path["channels_last"]),
     )  # fmt: skip
     run.stats.t_start = t_start
-    if saved is not None and "equilibrium" in saved:  # checkpoints before the equilibrium figures lack it
+    if saved is not None:
         run.records.load_tracker(saved["equilibrium"])
     run.inference = inference(cfg.data, splits)
     run.test = test_loader(cfg.data, splits, device, path["channels_last"])
@@ -290,7 +225,8 @@ def announce(run: Run, n_val: int) -> None:
     """The run's first lines: what trains on what, and one sentence per regularization mechanism."""
     path, cfg = run.path, run.cfg
     what = ", ".join([path["precision"]] + ["compiled"] * path["compile"] + ["CUDA graphs"] * path["cuda_graphs"])
-    run.log.info("%s on %s (%s): %d params, %d train / %d val images, %d steps (%d per epoch)", cfg.model.name,
+    run.log.info("%s on %s (%s): %d params, %d train / %d val images, %d steps (%d per epoch)",
+                 f"resnet{cfg.model.depth}v{cfg.model.version}",
                  run.device, what, run.info["n_params"], run.info["data"]["n_train"], n_val, run.total,
                  run.steps_per_epoch)  # fmt: skip
     for sentence in run.info["regularization"]:

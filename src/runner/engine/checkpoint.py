@@ -21,13 +21,6 @@ Loading (load_latest) tries the step files newest first (by step), checks each a
 and falls back to the previous one with a note when the newest is truncated or corrupt. A file whose hash
 matches but which this runner cannot read is a CheckpointError, not a fallback: it is intact, only newer.
 
-Format 1 (the runner before step files): regular files `last.pt` and `prev.pt`, each one line with the SHA-256 of
-the payload, then the payload (numpy's RNG state as an ndarray). Such folders still continue: they are read after
-any step file, with weights_only=True and numpy's array rebuild (nothing else) added to what it admits, so a crafted
-file names no other callable and runs no code (its checksum, which anyone can compute, proves nothing). The first
-save moves an intact old last.pt to prev.pt (as format 1 did); prev.pt is deleted once a verified older step file
-exists.
-
 best.pt (save_best): {"format", "model": state_dict, "step": int, "val_acc": float,
 "val_metric": "recalibrated" | "running", "config": dict}, replaced atomically whenever the headline
 validation accuracy improves. It has no hash in its name (it is the one file a user opens by hand): torch.load
@@ -53,11 +46,10 @@ from runner.config import UserError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2
-READABLE = (1, 2)  # 1: checksum line + payload in last.pt/prev.pt; 2: step files, weights_only payload
+FORMAT = 2  # step files with a weights_only payload (the only format this runner has released)
 HASH_CHARS = 16  # 64 bits of SHA-256: damage detection, not security
 STEP_FILE = re.compile(r"step-(\d+)-([0-9a-f]{%d})\.pt" % HASH_CHARS)
-LAST, PREV, BEST = "last.pt", "prev.pt", "best.pt"
+LAST, BEST = "last.pt", "best.pt"
 
 
 class CheckpointError(UserError):
@@ -89,19 +81,12 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what rng_state() returned, from this format or format 1 (numpy's state as its own tuple)."""
+    """Restore what rng_state() returned."""
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))  # a list after some loaders: setstate wants a tuple
     n = state["numpy"]
-    if isinstance(n, dict):
-        n = (
-            n["bit_generator"],
-            np.asarray(n["keys"], dtype=np.int64).astype(np.uint32),
-            n["pos"],
-            n["has_gauss"],
-            n["cached_gaussian"],
-        )
-    np.random.set_state(n)
+    keys = np.asarray(n["keys"], dtype=np.int64).astype(np.uint32)
+    np.random.set_state((n["bit_generator"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -178,19 +163,9 @@ def save_best(folder: Path, state: dict) -> Path:
     return path
 
 
-def _format1_intact(path: Path) -> bool:
-    """A regular file in format 1 (a line of 64 hex digits, the SHA-256 of the rest, then the payload) that verifies."""
-    if path.is_symlink() or not path.is_file():
-        return False
-    head, _, payload = path.read_bytes().partition(b"\n")
-    return len(head) == 64 and hashlib.sha256(payload).hexdigest().encode() == head
-
-
 def _point_last(folder: Path, target: Path) -> None:
     """last.pt → target, swapped in by one rename; silently left out where the file system has no symlinks."""
     link, tmp = folder / LAST, folder / (LAST + ".tmp")
-    if _format1_intact(link):  # format 1's newest stays the fallback, as prev.pt (format 1's own name for it)
-        os.replace(link, folder / PREV)
     try:
         tmp.unlink(missing_ok=True)
         os.symlink(target.name, tmp)
@@ -208,9 +183,7 @@ def _prune(folder: Path, new: Path) -> None:
     step = _step(new)
     others = [p for p in _step_files(folder) if p != new]
     previous = next((p for p in others if _step(p) < step and _verified(p)), None)
-    doomed = [p for p in others if p != previous] + list(folder.glob("step-*.pt.tmp"))  # .tmp: left by a crash
-    if previous is not None:  # format 1's fallback, superseded by a verified step file
-        doomed.append(folder / PREV)
+    doomed = [p for p in others if p != previous] + list(folder.glob("step-*.pt.tmp"))  # a crash's
     for p in doomed:
         try:
             p.unlink(missing_ok=True)
@@ -245,47 +218,26 @@ def _step_files(folder: Path) -> list[Path]:
 
 
 def _read(path: Path) -> dict:
-    """The checkpoint in `path`; _Damaged when its bytes are not the ones written."""
+    """The checkpoint in step file `path`; _Damaged when its bytes are not the ones written."""
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise _Damaged(e.strerror or str(e)) from None
-    if STEP_FILE.fullmatch(path.name):
-        if hashlib.sha256(raw).hexdigest()[:HASH_CHARS] != STEP_FILE.fullmatch(path.name)[2]:
-            raise _Damaged("checksum mismatch: truncated or corrupted")
-        try:
-            return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-        except Exception as e:  # intact bytes this torch cannot read: falling back would throw away newer work
-            raise CheckpointError(
-                f"{path} is intact (its SHA-256 matches its name) but this runner cannot read it "
-                f"({type(e).__name__}: {str(e)[:200]}): continue the run with the runner and torch "
-                "versions that wrote it"
-            ) from None
-    head, _, payload = raw.partition(b"\n")
-    if len(head) != 64 or hashlib.sha256(payload).hexdigest().encode() != head:
+    if hashlib.sha256(raw).hexdigest()[:HASH_CHARS] != STEP_FILE.fullmatch(path.name)[2]:
         raise _Damaged("checksum mismatch: truncated or corrupted")
-    try:  # format 1 holds numpy's RNG state as an ndarray: admit numpy's array rebuild and nothing else
-        with torch.serialization.safe_globals(_numpy_globals()):
-            return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # names a callable outside the allow-list: never run, never trusted
-        raise _Damaged(f"it holds objects a weights-only load refuses ({str(e).splitlines()[-1][:200]})") from None
-    except Exception as e:
-        raise _Damaged(f"{type(e).__name__}: {e}") from None
-
-
-def _numpy_globals() -> list:
-    """What format 1's ndarrays need, under numpy 1's and numpy 2's module names: rebuilding an array (no code)."""
-    from numpy._core import multiarray
-
-    out = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), type(np.dtype(np.float64)), type(np.dtype(np.int64))]
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        out += [(multiarray._reconstruct, f"{mod}._reconstruct"), (multiarray.scalar, f"{mod}.scalar")]
-    return out
+    try:
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:  # intact bytes this torch cannot read: a fallback would lose newer work
+        raise CheckpointError(
+            f"{path} is intact (its SHA-256 matches its name) but this runner cannot read it "
+            f"({type(e).__name__}: {str(e)[:200]}): continue the run with the runner and torch "
+            "versions that wrote it"
+        ) from None
 
 
 def _check_format(state, path: Path) -> None:
     fmt = state.get("format") if isinstance(state, dict) else None
-    if fmt in READABLE:
+    if fmt == FORMAT:
         return
     if isinstance(fmt, int) and fmt > FORMAT:
         raise CheckpointError(
@@ -293,26 +245,16 @@ def _check_format(state, path: Path) -> None:
             "continue the run with the newer runner version that wrote it"
         )
     raise CheckpointError(
-        f"{path} has checkpoint format {fmt!r}, this runner reads formats "
-        f"{', '.join(map(str, READABLE))}: start a new run (or resume with the runner version "
-        "that wrote it)"
+        f"{path} has checkpoint format {fmt!r}, this runner reads format {FORMAT}: start a new "
+        "run (or resume with the runner version that wrote it)"
     )
-
-
-def _candidates(folder: Path) -> list[Path]:
-    """Every file that may hold a checkpoint, newest first: step files, then format 1's last.pt and prev.pt."""
-    if not folder.is_dir():
-        return []
-    legacy = [folder / LAST] if (folder / LAST).is_file() and not (folder / LAST).is_symlink() else []
-    legacy += [folder / PREV] if (folder / PREV).is_file() else []
-    return _step_files(folder) + legacy
 
 
 def load_latest(folder: Path) -> tuple[dict | None, list[str]]:
     """(newest valid checkpoint or None, notes on the ones that were skipped and why)."""
     folder = Path(folder)
     notes = []
-    for path in _candidates(folder):
+    for path in _step_files(folder) if folder.is_dir() else []:
         try:
             state = _read(path)
         except _Damaged as e:  # report it and try the older one

@@ -23,8 +23,6 @@ runner.core.headline for their names:
                                         `_recal` twins and headline copies alike
     bn_staleness_*, bn_lag_*, bn_mismatch_*, val_loss_recal_aug, val_acc_recal_aug
                                         BatchNorm's running statistics against exact ones (core.bn_staleness)
-Files written before the running evaluation had its own name hold it as bare val_loss/val_acc: `read_metrics`
-returns those records in today's names (core.headline.named).
 Epoch records (one at each epoch end, a record with `epoch_train_s` is one):
     epoch_train_s, epoch_images         seconds spent training in that epoch in this process (the host waits for
                                         the device before reading the clock), and the images trained in them
@@ -53,8 +51,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from runner.config import flatten
 from runner.core.equilibrium import Rotation, log_point_figures
-from runner.core.headline import named
 from runner.core.update_rule import l2_stage_figures
 from runner.engine.checkpoint import fsync_path
 
@@ -102,17 +100,6 @@ def hparams_columns(config: dict, choices: dict, swept: list[str]) -> dict:
 
 def _clean(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{"optimizer": {"name": "adamw"}} → {"optimizer.name": "adamw"}."""
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 class Recorder:
@@ -234,7 +221,7 @@ def read_metrics(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
         if isinstance(record, dict):
-            out.append(named(record))
+            out.append(record)
     return out
 
 

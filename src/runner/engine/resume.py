@@ -12,9 +12,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from runner.config import ConfigError, RunConfig, resumable_keys
+from runner.config import ConfigError, RunConfig, changes, refused_changes, resume_hint
 from runner.engine import checkpoint
-from runner.engine.records import flatten
 from runner.engine.state import RunState
 
 log = logging.getLogger("runner")
@@ -39,30 +38,19 @@ def saved_state(cfg: RunConfig, run_dir: Path, meta: dict | None) -> tuple[dict 
 
 
 def resume_state(saved: dict, cfg: RunConfig, ckpt_dir: Path) -> tuple[RunState, dict]:
-    """The checkpoint's RunState and what the continued run changes ({"from_step", "changed", "schedule"}).
-    CheckpointError if it would change the training; ConfigError if it changes `epochs` without saying how."""
-    old = saved["config"]
-    changed = config_changes(old, dataclasses.asdict(cfg))
-    resumable = resumable_keys()  # settings a continued run may change; any other would make it another run
-    refused = {k: v for k, v in changed.items() if k not in resumable}
+    """The checkpoint's RunState and what the continued run changes ({"from_step", "changed",
+    "schedule"}). CheckpointError if it would change the training; ConfigError if it changes
+    `epochs` without saying how."""
+    old, new = saved["config"], dataclasses.asdict(cfg)
+    refused = refused_changes(old, new)
     if refused:
-        what = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in refused.items())
         raise checkpoint.CheckpointError(
-            f"{ckpt_dir} belongs to a run with other training settings ({what}). A continued run keeps them "
-            f"(only {', '.join(resumable)} may change): drop those overrides, or start a new run in a new folder"
+            f"{ckpt_dir} belongs to a run with other training settings ({refused}). A continued "
+            f"run keeps them ({resume_hint()}): drop those overrides, or start a new run in a "
+            "new folder"
         )
-    if "state" in saved:
-        state = RunState(**saved["state"])
-    else:  # a checkpoint of the runner before RunState
-        lv = saved["last_val"]
-        state = RunState(
-            step=saved["step"],
-            best_acc_running=saved["best_acc"],
-            initial_loss=saved["initial_loss"],
-            last_val=None if lv is None else {"val_loss": lv[0], "val_acc": lv[1]},
-            epoch_loss_sum=saved["epoch_loss"] * saved["n_epoch"],
-            epoch_steps=saved["n_epoch"],
-        )
+    changed = {k: v for k, v in changes(old, new).items() if k != "resume"}
+    state = RunState(**saved["state"])
     state.schedule_epochs = state.schedule_epochs or old["epochs"]
     how = None
     if "epochs" in changed:
@@ -80,9 +68,3 @@ def resume_state(saved: dict, cfg: RunConfig, ckpt_dir: Path) -> tuple[RunState,
     for k, (a, b) in changed.items():
         log.info("continuing with %s changed: %r → %r", k, a, b)
     return state, {"from_step": state.step, "changed": {k: list(v) for k, v in changed.items()}, "schedule": how}
-
-
-def config_changes(old: dict, new: dict) -> dict:
-    """{dotted key: (old, new)} for every setting that differs between two resolved configs."""
-    a, b = flatten(old), flatten(new)
-    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k) and k != "resume"}

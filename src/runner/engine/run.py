@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from runner.config import RunConfig
-from runner.core.data import DeviceLoader
 from runner.core.headline import Headline
+from runner.core.loader import DeviceLoader
 from runner.core.step_plan import StepPlan
 from runner.core.update_rule import Optimizer
 from runner.engine.records import Recorder, Records

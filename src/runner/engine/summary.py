@@ -16,13 +16,11 @@ from pathlib import Path
 
 import torch
 
-from runner.config import RunConfig, resumable_keys
+from runner.config import RunConfig, refused_changes
 from runner.core.equilibrium import equilibrium_block, run_timescale
-from runner.core.headline import named
 from runner.core.oscillation import oscillation_block
 from runner.engine import lock
 from runner.engine.records import read_metrics
-from runner.engine.resume import config_changes
 from runner.engine.run import Run
 from runner.engine.selection import selected_note, selection
 from runner.engine.timing import split_time
@@ -59,7 +57,7 @@ def finish(run: Run) -> dict:
 def summarize(run: Run) -> dict:
     """summary.json: the run's results, its time split honestly (runner.engine.timing), and what ran."""
     s, cfg, st, head = run.state, run.cfg, run.stats, run.headline
-    last = named(s.last_val or {})  # a checkpoint of an older version holds its record in the old names
+    last = s.last_val or {}
     times = split_time(st.clock.windows)
     summary = {
         "status": st.status,
@@ -127,7 +125,7 @@ def completed_summary(cfg: RunConfig, run_dir: Path) -> dict | None:
     if old.get("status") != "completed" or not isinstance(hp, dict) or not isinstance(hp.get("trainer"), dict):
         return None
     same = hp.get("epochs") == cfg.epochs and hp["trainer"].get("max_steps") == cfg.trainer.max_steps
-    training = [k for k in config_changes(hp, dataclasses.asdict(cfg)) if k not in resumable_keys()]
+    training = refused_changes(hp, dataclasses.asdict(cfg))
     return old if same and not training else None  # a training change is setup's to refuse
 
 

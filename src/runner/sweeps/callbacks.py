@@ -16,7 +16,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config import ConfigError
+from runner.config import ConfigError, non_training_keys
 from runner.engine import lock
 
 DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")  # outputs/DATE/TIME_id and multirun/DATE/TIME_id (configs/config.yaml)
@@ -37,18 +37,20 @@ def swept_keys(config: DictConfig) -> list[str]:
     return sorted({k for k in keys if not k.startswith("hydra")})
 
 
-def job_dirname(num: int, override_dirname: str, task: list | None = None) -> str:
-    """A sweep job's folder name: its job number, then the values of the keys the sweep varies (SWEPT_ENV), e.g.
-    `3_optimizer=adamw,reg=0.0005`; without that list (a sweep started elsewhere) what it overrides; just `3` when
-    that is nothing. The number comes first so that it survives the cut to MAX_NAME_BYTES and keeps apart jobs
-    whose names read the same (a value given twice, an Optuna trial that draws a point again, keys left out of the
-    name); folders then also list in launch order."""
+def job_dirname(num: int, task: list | None = None) -> str:
+    """A sweep job's folder name: its job number, then the values of the keys the sweep varies
+    (SWEPT_ENV), e.g. `3_optimizer=adamw,reg=0.0005`; without that list (a sweep started
+    elsewhere) the keys its command line sets, less those that do not change the training
+    (config.non_training_keys); just `3` when that is nothing. The number comes first so that it
+    survives the cut to MAX_NAME_BYTES and keeps apart jobs whose names read the same (a value
+    given twice, an Optuna trial that draws a point again); folders then list in launch order."""
     swept = os.environ.get(SWEPT_ENV)
-    if swept is not None and task is not None:
-        keep = set(swept.split(",")) - {""}
-        pairs = sorted(str(o).lstrip("+~").split("=", 1) for o in task if "=" in str(o))
-        override_dirname = ",".join(f"{k}={v}" for k, v in pairs if k in keep)
-    name = f"{num}_{override_dirname.replace('/', '%2F')}" if override_dirname else str(num)  # a "/" would nest
+    keep = set(swept.split(",")) - {""} if swept is not None else None
+    skip = set(non_training_keys())
+    pairs = sorted(str(o).lstrip("+~").split("=", 1) for o in task or [] if "=" in str(o))
+    shown = [(k, v) for k, v in pairs if (k in keep if keep is not None else k not in skip)]
+    values = ",".join(f"{k}={v}" for k, v in shown if not k.startswith("hydra"))
+    name = f"{num}_{values.replace('/', '%2F')}" if values else str(num)  # a "/" would nest
     return name.encode()[:MAX_NAME_BYTES].decode(errors="ignore")
 
 
