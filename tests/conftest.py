@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 import runner.configs
 from runner.config import register_resolvers, register_schema
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
 CONFIG_DIR = str(Path(runner.configs.__file__).parent)
 register_schema()
 register_resolvers()
@@ -30,7 +31,7 @@ def compose_cfg(*overrides: str):
 def cli_env() -> dict:
     """The environment a CLI subprocess runs in: this checkout's src/ first (a relative PYTHONPATH=src would no
     longer point there from the subprocess's folder, and an installed copy elsewhere would be tested instead)."""
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(ROOT / "src")
     return {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),

@@ -10,6 +10,7 @@ from runner.config import DataConfig, ModelConfig, RunConfig, TrainerConfig
 from runner.engine import build, loop
 from runner.engine.interrupts import StopRequests
 from runner.engine.records import read_metrics
+from runner.engine.run import Run
 from runner.engine.summary import finish
 
 
@@ -32,8 +33,8 @@ def tiny_config(device: torch.device, epochs: int = 2, depth: int = 20, batch_si
     )
 
 
-def drain(cfg: RunConfig, folder: Path, after_step=None, job_num: int = 0) -> build.Run:
-    """runner.engine.loop.train's own parts (setup, loop, summary), keeping the Run; `after_step(run)` is called
+def drain(cfg: RunConfig, folder: Path, after_step=None, job_num: int = 0) -> Run:
+    """runner.engine.train.train's own parts (setup, loop, summary), keeping the Run; `after_step(run)` is called
     after every step (its validation, if one was due, included)."""
     folder.mkdir(parents=True, exist_ok=True)
     run = build.setup(cfg, folder, job_num=job_num)

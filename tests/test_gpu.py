@@ -36,8 +36,8 @@ from runner.core import loader as rdata
 from runner.core.evaluation import evaluate
 from runner.core.models import build_resnet
 from runner.core.schedules import warm_restarts
-from runner.core.step_plan import step_tables
-from runner.core.update_rule import Optimizer, decoupled_rate
+from runner.core.step_plan import StepPlan, decoupled_rate
+from runner.core.update_rule import Optimizer
 from runner.data.synthetic import make_synthetic
 from runner.engine import step as rstep
 from runner.engine.records import read_metrics
@@ -71,13 +71,25 @@ class cudnn_flags:
 # ---------------------------------------------------------------- step equivalence
 
 
-def optimizer_kwargs(preset: str, reg: str) -> dict:
-    """configs/optimizer/PRESET.yaml's settings with the regularization's λ₂ and λ, for core.update_rule.Optimizer."""
+def optimizer_kwargs(preset: str, reg: str) -> tuple[dict, float, str]:
+    """configs/optimizer/PRESET.yaml's settings with the regularization's λ₂, for core.update_rule.Optimizer; and
+    the decoupled λ with its convention, for the plan."""
     o = validate(compose_cfg(f"optimizer={preset}")).optimizer
     l2, wd = REGULARIZATION[reg]
-    kw = dict(algorithm=o.algorithm, lr=LR, l2=l2, wd=wd, decay=decoupled_rate(wd, o.wd_scaling, LR))
-    return kw | (dict(betas=tuple(o.betas), eps=o.eps) if o.algorithm == "adam" else dict(momentum=o.momentum,
-                                                                                      nesterov=o.nesterov))  # fmt: skip
+    kw = dict(algorithm=o.algorithm, l2=l2)
+    kw |= (
+        dict(betas=tuple(o.betas), eps=o.eps)
+        if o.algorithm == "adam"
+        else dict(momentum=o.momentum, nesterov=o.nesterov)
+    )
+    return kw, wd, o.wd_scaling
+
+
+def step_tables(schedule, wd: float, wd_scaling: str, n: int) -> tuple[list[float], list[float]]:
+    """lr_t and d_t of steps 0..n-1 as core.step_plan lays them out."""
+    rate = decoupled_rate(wd, wd_scaling, LR)
+    etas = [schedule(k / SPE) for k in range(n)]
+    return [LR * e for e in etas], [rate(k / SPE, e) if wd else 0.0 for k, e in enumerate(etas)]
 
 
 def float64_batches(device, shapes):
@@ -86,27 +98,33 @@ def float64_batches(device, shapes):
              torch.randint(0, 10, (b,), generator=gen).to(device)) for b in shapes]  # fmt: skip
 
 
-def twin_runs(device, kw, batches, depth, tables=step_tables):
+def twin_runs(device, rule, batches, depth, tables=step_tables):
     """The eager step's and the graphed step's (loss, d_t, ‖g‖) per batch, models and optimizers."""
     schedule, _ = warm_restarts(T_0=1.0, T_mult=2.0, eta_min=0.05)  # moves every step, restarts at step 5
+
+    kw, wd, wd_scaling = rule
 
     def make(capturable):
         torch.manual_seed(0)
         model = build_resnet(depth, 1, 10, bn_momentum=0.1).double().to(device)  # float64: nothing to round away
         return model, Optimizer(model, fused=True, capturable=capturable, **kw)
 
+    def plan(lrs, ds):
+        return StepPlan(None, wd, kw["l2"], None, lrs, ds, SPE)
+
     m1, o1 = make(capturable=False)  # what the eager trainer builds
+    step = rstep.EagerStep(m1, o1, nullcontext(), plan(*step_tables(schedule, wd, wd_scaling, len(batches))))
     eager = []
     for k, (x, y) in enumerate(batches):
-        loss, d, gn = rstep.train_step(m1, o1, x, y, k / SPE, schedule(k / SPE), nullcontext(), want_grad_norm=True)
-        eager.append((loss.item(), d, gn.item()))
+        loss, _, norms, _ = step(x, y, k, log_point=True)
+        eager.append((loss.item(), step.plan.d[k], norms.norm().item()))
     m2, o2 = make(capturable=device.type == "cuda")  # what the graphed trainer builds
-    lrs, ds = tables(schedule, lambda t, e: kw["decay"](t, e) if kw["wd"] else 0.0, LR, SPE, len(batches))
-    g = rstep.GraphedStep(m2, o2, nullcontext(), lrs, ds, capture=device.type == "cuda")
+    graphed_plan = plan(*tables(schedule, wd, wd_scaling, len(batches)))
+    g = rstep.GraphedStep(m2, o2, nullcontext(), graphed_plan, capture=device.type == "cuda")
     graphed = []
     for k, (x, y) in enumerate(batches):
-        loss, _, gn, _ = g(x, y, k)
-        graphed.append((loss.item(), ds[k], gn.item()))
+        loss, _, norms, _ = g(x, y, k, log_point=True)
+        graphed.append((loss.item(), graphed_plan.d[k], norms.norm().item()))
     return (eager, m1, o1), (graphed, m2, o2, g)
 
 
@@ -179,9 +197,12 @@ def recalibration_identity(device, folder: Path) -> tuple[list, list, dict]:
     finally:  # setup() turned them on for the whole process
         torch.use_deterministic_algorithms(was)
     keep = ("step", "train_loss", "lr", "decay")  # the two runs flush (and add weight norms) at different steps
-    steps = [[{k: r[k] for k in keep} for r in read_metrics(run.recorder.path) if "train_loss" in r] for run in (a, b)]
-    weights = differences(a.model.state_dict(), b.model.state_dict()) | differences(moments(a.opt), moments(b.opt))
-    assert a.path["cuda_graphs"] is (device.type == "cuda")
+    steps = [
+        [{k: r[k] for k in keep} for r in read_metrics(run.out.recorder.path) if "train_loss" in r] for run in (a, b)
+    ]
+    ta, tb = a.trainee, b.trainee
+    weights = differences(ta.model.state_dict(), tb.model.state_dict()) | differences(moments(ta.opt), moments(tb.opt))
+    assert a.path.cuda_graphs is (device.type == "cuda")
     return steps[0], steps[1], weights
 
 
@@ -216,17 +237,17 @@ def default_path(device, folder: Path) -> dict:
 
     def after_step(run):
         if run.state.step == run.steps_per_epoch:
-            seen.update(frames=compiled_frames(), graphs=len(run.graphed.graphs) if run.graphed else 0)
+            seen.update(frames=compiled_frames(), graphs=len(run.trainee.graphed.graphs) if run.trainee.graphed else 0)
 
     run = drain(tiny_config(device, epochs=3, bn_recalibrate=256), folder / "default_path", after_step)
-    s = json.loads((run.run_dir / "summary.json").read_text())
+    s = json.loads((run.out.run_dir / "summary.json").read_text())
     return {
         "execution": run.path,
         "status": s["status"],
-        "epochs": len([r for r in read_metrics(run.recorder.path) if "epoch_train_s" in r]),
-        "graphs": len(run.graphed.graphs) if run.graphed else 0,
+        "epochs": len([r for r in read_metrics(run.out.recorder.path) if "epoch_train_s" in r]),
+        "graphs": len(run.trainee.graphed.graphs) if run.trainee.graphed else 0,
         "graphs_after_epoch_1": seen["graphs"],
-        "eval_captured": run.eval_forward.graph is not None,
+        "eval_captured": run.trainee.eval_forward.graph is not None,
         "frames": compiled_frames(),
         "frames_after_epoch_1": seen["frames"],
     }

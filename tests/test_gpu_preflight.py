@@ -24,14 +24,14 @@ def test_the_default_path_captures_once_trains_finite_losses_and_compiles_nothin
 
     def after_step(run):
         if run.state.step == run.steps_per_epoch:  # epoch 1 trained and validated: eval forward compiled, captured
-            seen.update(frames=compiled_frames(), graphs=len(run.graphed.graphs))
+            seen.update(frames=compiled_frames(), graphs=len(run.trainee.graphed.graphs))
 
     run = drain(tiny_config(CUDA, epochs=2, depth=8, bn_recalibrate=256), tmp_path / "default", after_step)
     s = json.loads((tmp_path / "default" / "summary.json").read_text())
-    assert run.path["compile"] is True and run.path["cuda_graphs"] is True
+    assert run.path.compile is True and run.path.cuda_graphs is True
     assert s["status"] == "completed" and all_finite(train_losses(tmp_path / "default"))
-    assert len(run.graphed.graphs) == seen["graphs"] == 1 and len(run.graphed.seen) == 1
-    assert run.eval_forward.graph is not None
+    assert len(run.trainee.graphed.graphs) == seen["graphs"] == 1 and len(run.trainee.graphed.seen) == 1
+    assert run.trainee.eval_forward.graph is not None
     assert compiled_frames() == seen["frames"]
 
 
@@ -55,8 +55,8 @@ def test_an_eager_checkpoint_continues_with_cuda_graphs(tmp_path):
     drain(tiny_config(CUDA, max_steps=8, **eager), folder)  # epoch 1, eager; its checkpoint is not capturable
     run = drain(tiny_config(CUDA, epochs=2, depth=8, compile=False, cuda_graphs=True, bn_recalibrate=0), folder)
     s = json.loads((folder / "summary.json").read_text())
-    assert s["status"] == "completed" and s["resumed"]["from_step"] == 8 and len(run.graphed.graphs) == 1
-    assert run.opt.inner.param_groups[0]["capturable"] is True
+    assert s["status"] == "completed" and s["resumed"]["from_step"] == 8 and len(run.trainee.graphed.graphs) == 1
+    assert run.trainee.opt.inner.param_groups[0]["capturable"] is True
     assert all_finite(train_losses(folder))
 
 
@@ -64,5 +64,5 @@ def test_a_run_on_an_explicit_device_index_trains_there(tmp_path):
     last = torch.cuda.device_count() - 1
     run = drain(tiny_config(CUDA, epochs=1, depth=8, compile=False, bn_recalibrate=0), tmp_path / "n", job_num=last)
     assert run.device == torch.device("cuda", last) and torch.cuda.current_device() == last
-    assert all(p.device == run.device for p in run.model.parameters())
-    assert len(run.graphed.graphs) == 1 and all_finite(train_losses(tmp_path / "n"))
+    assert all(p.device == run.device for p in run.trainee.model.parameters())
+    assert len(run.trainee.graphed.graphs) == 1 and all_finite(train_losses(tmp_path / "n"))

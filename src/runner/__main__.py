@@ -77,7 +77,7 @@ def main(cfg: DictConfig) -> float | None:
             cfg, run_dir = resumed_config(cfg, list(hc.overrides.task))
             meta = {}
         run = validate(cfg)
-        from runner.engine.loop import train  # torch loads only once the config is known to be good
+        from runner.engine.train import train  # torch loads once the config is known to be good
 
         job_num, parallel = sweep_position(hc)
         if parallel and run.trainer.progress is None:

@@ -383,6 +383,12 @@ class RunConfig(_Section):
             self._fail("batch_size", f"must be from 1 to {MAX_IMAGES}")
         if not 0 <= self.seed < 2**63:
             self._fail("seed", "must be from 0 to 2**63-1 (torch's generators take a 64-bit seed)")
+        if self.probes.bn_staleness and not self.trainer.bn_recalibrate:
+            raise ConfigError(
+                "probes.bn_staleness=true measures the running statistics against recalibrated "
+                "ones, and trainer.bn_recalibrate=0 recalibrates nothing: give "
+                "trainer.bn_recalibrate > 0, or probes.bn_staleness=false"
+            )
         if self.optimizer.wd_tau is not None and not self.wd:
             rule = "leaves no decoupled decay for optimizer.wd_tau to set"
             self._fail("wd", f"{rule}: use optimizer=adamw or sgdw")

@@ -38,7 +38,7 @@ from runner.analysis.runs import (
     varying_keys,
 )
 
-# the oscillation figures without a suffix are of the running-statistics series (core.oscillation)
+# the oscillation figures without a suffix are of the running-statistics series (runner.analysis.oscillation)
 TABLE_STATS = {
     "best_val_acc": "best val acc",
     "final_val_acc": "final val acc",

@@ -18,10 +18,10 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+from runner.analysis.equilibrium import equilibrium_block
+from runner.analysis.oscillation import headline_points, oscillation_block, val_points
 from runner.config import flatten, non_training_keys
-from runner.core.equilibrium import equilibrium_block
 from runner.core.headline import Headline
-from runner.core.oscillation import headline_points, oscillation_block, val_points
 from runner.engine.records import read_metrics
 
 # keys that do not split runs into configurations: the seed (runs that differ only in it are
@@ -159,7 +159,7 @@ def _resolve_each(node, prefix: str, failed: list[str]) -> dict:
 
 
 def flatten_hparams(d: dict) -> dict:
-    """runner.engine.records.flatten (dotted keys), with lists as compact JSON strings so they compare and print as one
+    """runner.config.flatten (dotted keys), with lists as compact JSON strings so they compare and print as one
     value: {"optimizer": {"betas": [0.9, 0.999]}} → {"optimizer.betas": "[0.9,0.999]"}."""
     return {
         k: json.dumps(v, separators=(",", ":")) if isinstance(v, (list, tuple)) else v for k, v in flatten(d).items()
@@ -196,7 +196,7 @@ def loss_curves(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
         val_loss_running validation loss with running BatchNorm statistics
         val_loss_recal   validation loss with BatchNorm statistics recomputed on training images
 
-    A curve the run did not record is empty; each stops where runner.core.oscillation.val_points stops its series.
+    A curve the run did not record is empty; each stops where runner.analysis.oscillation.val_points stops its series.
     """
     running, recal = val_points(records), val_points(records, recal=True)
     train = {}  # step → train_loss (a re-logged step: the later record)

@@ -3,34 +3,23 @@ d_t over the run, from the trainer's own step plan (core.step_plan), before spen
 
 from __future__ import annotations
 
-from typing import Callable
-
-from runner.core.schedules import Schedule
-from runner.core.step_plan import plan_steps, steps_per_epoch
+from runner.core.loader import batches_per_epoch
+from runner.core.step_plan import StepPlan, plan_steps
 
 
-def plot(
-    path: str,
-    epochs: int,
-    steps_per_epoch: int,
-    lr: float,
-    schedule: Schedule,
-    decay: Callable[[float], float],
-    title: str,
-) -> None:
-    """Draw η_t·lr and the per-step decay over the run into a PNG."""
+def plot(path: str, plan: StepPlan, title: str) -> None:
+    """Draw the plan's lr_t and d_t of every step over the run into a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = epochs * steps_per_epoch
-    ts = [k / steps_per_epoch for k in range(n)]
+    ts = [k / plan.steps_per_epoch for k in range(len(plan.lr))]
     fig, (a, b) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    a.plot(ts, [lr * schedule(t) for t in ts])
+    a.plot(ts, plan.lr)
     a.set_ylabel("learning rate lr·η_t")
     a.set_title(title, fontsize=9)
-    b.plot(ts, [decay(t) for t in ts], color="tab:red")
+    b.plot(ts, plan.d, color="tab:red")
     b.set_ylabel("decay per step (θ ← θ·(1 − d))")
     b.set_xlabel("epoch")
     fig.tight_layout()
@@ -70,15 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     n_train = (
         args.n_train or d.subset or (((d.n_train or 2000) if d.source == "synthetic" else 50_000) - (d.val_split or 0))
     )
-    spe = steps_per_epoch(n_train, cfg.batch_size, d.drop_last)
+    spe = batches_per_epoch(n_train, cfg.batch_size, d.drop_last)
     plan = plan_steps(cfg, n_train, spe, cfg.epochs)  # the trainer's own plan, so the plot shows what runs
-    s, rate = plan.schedule, plan.decay
     o = cfg.optimizer
     title = (
         f"{cfg.schedule.name}, lr={cfg.lr:g}, {o.name} wd={cfg.wd:g} ({o.wd_scaling} scaling"
         f"{', normalized' if o.wd_normalized else ''}), l2={cfg.l2:g}; {cfg.epochs} epochs × {spe} steps"
     )
-    plot(args.out, cfg.epochs, spe, cfg.lr, s, lambda t: rate(t, s(t)), title)
+    plot(args.out, plan, title)
     print(f"wrote {args.out}: {title}")
     return 0
 

@@ -47,6 +47,11 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def bn_statistics(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(running_mean, running_var) of every BatchNorm of `model`, copied, in module order."""
+    return [(m.running_mean.detach().clone(), m.running_var.detach().clone()) for m in batch_norms(model)]
+
+
 @contextmanager
 def recalibrated_bn(model: nn.Module, images: torch.Tensor, autocast):
     """Inside the block every BatchNorm of `model` holds the exact statistics of its input over `images`

@@ -1,9 +1,9 @@
 """Build a run from a validated config: `setup` applies the configuration once.
 
-The device and its speed settings (null = auto: compile and CUDA graphs on CUDA), the data set and its loaders,
-the model, the optimizer with its L2 term and decoupled decay, the step plan (core.step_plan: what every step
-applies), the step (eager or graphed), the records, and the folder's own checkpoint if it has one
-(engine.resume). The loop that trains the Run is engine.loop.
+The device and how the run executes there (null = auto: compile and CUDA graphs on CUDA), the
+data set and its loaders (engine.loaders), the model, the plan of every step (core.step_plan),
+the optimizer, the step (eager or graphed), the probes, the records, and the folder's own
+checkpoint if it has one (engine.resume). The loop that trains the Run is engine.loop.
 """
 
 from __future__ import annotations
@@ -18,22 +18,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from runner.config import ConfigError, DataConfig, RunConfig, TrainerConfig
-from runner.core import loader as datasets
+from runner.config import ConfigError, RunConfig, TrainerConfig
 from runner.core.headline import Headline
 from runner.core.models import build_resnet
-from runner.core.step_plan import StepPlan, plan_steps
-from runner.core.update_rule import Optimizer, describe, rounding_note
-from runner.data import load_splits, normalization
+from runner.core.step_plan import describe, plan_steps
+from runner.core.update_rule import Optimizer, rounding_note
+from runner.data import load_splits
 from runner.engine import checkpoint, lock, provenance
-from runner.engine.records import Recorder, Records
+from runner.engine.loaders import augmented_recal_images, run_data
+from runner.engine.records import Recorder
 from runner.engine.resume import saved_state
-from runner.engine.run import Run
-from runner.engine.state import RunState
+from runner.engine.run import ExecutionPath, Output, Run, RunData, Trainee
+from runner.engine.state import LoopStats, RunState
 from runner.engine.step import EagerStep, GraphedForward, GraphedStep
+from runner.probes import Subject, make_probes
 
 log = logging.getLogger("runner")
-VAL_BATCH = {"cuda": 1000, "cpu": 100}  # big batches feed a GPU; on CPU cores batch 100 is ~2x faster per image
 
 
 class _Prefixed(logging.LoggerAdapter):
@@ -43,12 +43,73 @@ class _Prefixed(logging.LoggerAdapter):
         return (f"[{self.extra['name']}] {msg}" if self.extra["name"] else msg), kwargs
 
 
-# ---------------------------------------------------------------- setup
+def setup(
+    cfg: RunConfig,
+    run_dir: Path,
+    meta: dict | None = None,
+    job_num: int = 0,
+    name: str = "",
+    data_cache: dict | None = None,
+) -> Run:
+    """Everything a run needs, continued from the folder's own checkpoint if it has one. `name`
+    prefixes the run's log lines; `data_cache` shares loaded data sets among the runs of one
+    process (sweeps.pack, and a benchmark that times runs on data it loaded itself)."""
+    run_dir, t_start = Path(run_dir), time.time()
+    lock.hold(run_dir)  # one writer per folder (the CLI took it already, before Hydra wrote .hydra/)
+    saved, state, facts = saved_state(cfg, run_dir, meta)
+    path = execution_path(cfg.trainer, use_device(pick_device(cfg.trainer.device, job_num)))
+    torch.manual_seed(cfg.seed)
+    autocast = device_settings(cfg.trainer, path)
+    splits = load_splits(cfg.data, cfg.seed, data_cache)
+    data = run_data(cfg, splits, path)
+    trainee, sentences = make_trainee(cfg, path, autocast, len(splits.classes), data, state)
+    if saved is not None:
+        restore(saved, trainee)
+        where = run_dir / "checkpoints"
+        log.info(
+            "continuing from step %d (epoch %.2f) of %s", state.step, state.step / trainee.plan.steps_per_epoch, where
+        )
+    subject = Subject(
+        trainee.model,
+        trainee.opt,
+        trainee.plan,
+        autocast,
+        stage_index(trainee.model, trainee.opt, path.device),
+        lambda: augmented_recal_images(cfg, splits, path),
+    )
+    probes = make_probes(cfg.probes, subject)
+    for probe in probes if saved is not None else ():
+        probe.load_state_dict(saved["probes"].get(probe.name, {}))
+    recorder = Recorder(run_dir, resume_step=state.step, histograms_every=cfg.log.histograms_every)
+    facts.update(run_facts(cfg, trainee, data, path, sentences), setup_s=time.time() - t_start)
+    spe = trainee.plan.steps_per_epoch
+    total = cfg.epochs * spe
+    run = Run(
+        cfg=cfg,
+        path=path,
+        trainee=trainee,
+        data=data,
+        out=Output(run_dir, recorder, _Prefixed(log, {"name": name})),
+        probes=probes,
+        headline=Headline(data.recal_images is not None),
+        total=total if cfg.trainer.max_steps is None else min(cfg.trainer.max_steps, total),
+        val_every=cfg.trainer.val_every or spe,
+        facts=facts,
+        state=state,
+        stats=LoopStats(t_start=t_start),
+    )
+    announce(run)
+    recorder.start(dataclasses.asdict(cfg), facts.get("choices"), facts.get("swept"))
+    return run
+
+
+# ---------------------------------------------------------------- where and how it runs
 
 
 def pick_device(name: str, job_num: int = 0) -> torch.device:
-    """auto prefers cuda, then mps, then cpu; an explicit device that is not there is a user error.
-    With several GPUs, sweep job i runs on GPU i mod n (parallel jobs of a joblib sweep spread out)."""
+    """auto prefers cuda, then mps, then cpu; an explicit device that is not there is a user
+    error. With several GPUs, sweep job i runs on GPU i mod n (a joblib sweep's parallel jobs
+    spread out)."""
     have = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     if name == "auto":
         name = next(k for k in ("cuda", "mps", "cpu") if have[k])
@@ -60,256 +121,171 @@ def pick_device(name: str, job_num: int = 0) -> torch.device:
 
 
 def use_device(device: torch.device) -> torch.device:
-    """Make a CUDA device the current one: what torch takes without a device (a capture's sync and memory pool,
-    a new stream, cuDNN's handle) then points at this run's GPU, not GPU 0."""
+    """Make a CUDA device the current one: what torch takes without a device (a capture's sync and
+    memory pool, a new stream, cuDNN's handle) then points at this run's GPU, not GPU 0."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
 
 
-def execution_path(tr: TrainerConfig, device: torch.device) -> dict:
-    """The speed settings as they apply on `device`: null (auto) means on for CUDA. Graphs step aside for a
-    compile mode that records its own."""
+def execution_path(tr: TrainerConfig, device: torch.device) -> ExecutionPath:
+    """The speed settings as they apply on `device`: null (auto) means on for CUDA. Graphs step
+    aside for a compile mode that records its own."""
     cuda = device.type == "cuda"
     compiled = cuda if tr.compile is None else tr.compile
     own_graphs = compiled and tr.compile_mode in ("reduce-overhead", "max-autotune")
     graphs = (cuda and not own_graphs) if tr.cuda_graphs is None else tr.cuda_graphs
     if graphs and not cuda:
         raise ConfigError(
-            f"trainer.cuda_graphs=true needs a CUDA device and this run got {device.type}: "
-            "drop trainer.cuda_graphs=true"
+            f"trainer.cuda_graphs=true needs a CUDA device and this run got "
+            f"{device.type}: drop trainer.cuda_graphs=true"
         )
     bf16 = tr.precision == "bf16" or (tr.precision == "auto" and cuda)
-    return {
-        "device": str(device),
-        "precision": "bf16" if bf16 else "fp32",
-        "compile": compiled,
-        "compile_mode": tr.compile_mode if compiled else None,
-        "cuda_graphs": graphs,
-        "channels_last": cuda if tr.channels_last is None else tr.channels_last,
-    }
+    return ExecutionPath(
+        device=device,
+        precision="bf16" if bf16 else "fp32",
+        compile=compiled,
+        compile_mode=tr.compile_mode if compiled else None,
+        cuda_graphs=graphs,
+        channels_last=cuda if tr.channels_last is None else tr.channels_last,
+    )
 
 
-def inference(d: DataConfig, splits: datasets.Splits) -> dict:
-    """What a user needs besides the weights to run best.pt on new images: the class names in label order and the
-    input transform, x = (RGB uint8 / 255 − mean) / std (mean per channel, or a (C, H, W) image; std None = 1)."""
-    mean, std = normalization(d, splits)
-    return {"classes": list(splits.classes), "normalize": d.normalize, "mean": mean, "std": std,
-            "image_size": list(splits.train_x.shape[1:])}  # fmt: skip
-
-
-def setup(
-    cfg: RunConfig,
-    run_dir: Path,
-    meta: dict | None = None,
-    job_num: int = 0,
-    name: str = "",
-    data_cache: dict | None = None,
-) -> Run:
-    """Everything a run needs, continued from the folder's own checkpoint if it has one. `name` prefixes the run's
-    log lines and `data_cache` shares loaded data sets (load_splits) among the runs of one process (sweeps.pack);
-    a benchmark passes one to time runs on data it loaded itself."""
-    run_dir, tr, t_start = Path(run_dir), cfg.trainer, time.time()
-    lock.hold(run_dir)  # one writer per folder (already held when the CLI took it before Hydra wrote .hydra/)
-    saved, state, info = saved_state(cfg, run_dir, meta)
-    device = use_device(pick_device(tr.device, job_num))
-    path = execution_path(tr, device)
-    torch.manual_seed(cfg.seed)
-    autocast = device_settings(tr, device, path)
-    splits = load_splits(cfg.data, cfg.seed, data_cache)
-    model = build_resnet(cfg.model.depth, cfg.model.version, len(splits.classes), cfg.model.bn_momentum).to(device)
-    if path["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    train_loader, evals, recal_images = make_loaders(cfg, splits, device, path["channels_last"])
-    spe, n_train = len(train_loader), len(splits.train_y)
-    plan = checked_plan(cfg, n_train, spe, state, run_dir)  # before anything is written: a refusal changes nothing
-    opt, sentences = make_optimizer(cfg, model, plan, state, path)
-    if saved is not None:
-        restore(saved, model, opt)
-        log.info("continuing from step %d (epoch %.2f) of %s", state.step, state.step / spe, run_dir / "checkpoints")
-    forward, step = make_step(tr, model, opt, autocast, plan, state.step, path)
-    recorder = Recorder(run_dir, resume_step=state.step, histograms_every=cfg.log.histograms_every)
-    info.update(
-        n_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        regularization=sentences,
-        data={"name": cfg.data.name, "source": cfg.data.source, "root": cfg.data.root,
-              "n_train": n_train, "n_val": len(splits.val_y), "fingerprint": splits.fingerprint},
-        code=provenance.code_version(), env=provenance.environment(device), path=path, setup_s=time.time() - t_start,
-    )  # fmt: skip
-    total = cfg.epochs * spe if tr.max_steps is None else min(tr.max_steps, cfg.epochs * spe)
-    run = Run(
-        cfg=cfg, run_dir=run_dir, device=device, path=path, model=model, forward=forward, opt=opt, autocast=autocast,
-        plan=plan, step=step, train_loader=train_loader, evals=evals,
-        eval_forward=GraphedForward(forward, autocast, capture=path["cuda_graphs"]),
-        recal_images=recal_images, headline=Headline(recal_images is not None), total=total,
-        val_every=tr.val_every or spe, state=state,
-        records=Records(recorder, opt, stage_index(model, opt, device), spe, tr.diverge_factor, state),
-        recorder=recorder, info=info, log=_Prefixed(log, {"name": name}),
-        recal_aug_images=augmented_recal_images(cfg, splits, device, path["channels_last"]),
-    )  # fmt: skip
-    run.stats.t_start = t_start
-    if saved is not None:
-        run.records.load_tracker(saved["equilibrium"])
-    run.inference = inference(cfg.data, splits)
-    run.test = test_loader(cfg.data, splits, device, path["channels_last"])
-    announce(run, len(splits.val_y))
-    recorder.start(dataclasses.asdict(cfg), info.get("choices"), info.get("swept"))
-    return run
-
-
-def make_step(tr: TrainerConfig, model: nn.Module, opt: Optimizer, autocast, plan: StepPlan, start: int, path: dict):
-    """(what trains: the model or torch.compile's wrapper, the step: eager or graphed, from step `start`)."""
-    if path["compile"]:
-        use_compile_cache(tr.compile_cache)
-    # dynamic=False: one batch shape per phase (data.drop_last, padded validation), compiled once each
-    forward = torch.compile(model, mode=tr.compile_mode, dynamic=False) if path["compile"] else model
-    if path["cuda_graphs"]:
-        return forward, GraphedStep(forward, opt, autocast, plan.lr, plan.d, start, capture=True)
-    return forward, EagerStep(forward, opt, autocast, plan)
-
-
-def test_loader(d: DataConfig, splits: datasets.Splits, device: torch.device, channels_last: bool):
-    """The test split's loader when validation is a split held out of training (data.val_split), else None."""
-    if splits.test_y is None:
-        return None
-    mean, std = normalization(d, splits)
-    return datasets.DeviceLoader(splits.test_x, splits.test_y, VAL_BATCH.get(device.type, 100), device=device,
-                                 mean=mean, std=std, channels_last=channels_last, shuffle=False,
-                                 pad_last=True)  # fmt: skip
-
-
-def checked_plan(cfg: RunConfig, n_train: int, spe: int, state: RunState, run_dir: Path) -> StepPlan:
-    """The step plan, refused when a continued run would end before the steps it already ran or when some step
-    would shrink the weights by all of themselves or more (d_t ≥ 1 zeroes or flips them, under any wd_scaling)."""
-    if state.step > cfg.epochs * spe:
-        raise ConfigError(
-            f"epochs={cfg.epochs} ends at step {cfg.epochs * spe}, before step {state.step} that {run_dir} already "
-            f"reached: a continued run cannot shrink its run; give epochs >= {-(-state.step // spe)}"
-        )
-    plan = plan_steps(cfg, n_train, spe, state.schedule_epochs)
-    if plan.d and max(plan.d) >= 1:
-        raise ConfigError(
-            f"wd={cfg.wd:g} makes the per-step shrink d_t reach {max(plan.d):.3g} (optimizer.wd_scaling="
-            f"{cfg.optimizer.wd_scaling}): θ·(1 − d_t) with d_t >= 1 zeroes or flips the weights; lower wd"
-        )
-    return plan
+def device_settings(tr: TrainerConfig, path: ExecutionPath):
+    """Determinism and cuDNN autotuning as configured; returns the autocast context the step
+    runs under."""
+    if tr.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if path.device.type == "cuda":
+        torch.backends.cudnn.benchmark = not tr.deterministic
+    if path.precision != "bf16":
+        return nullcontext()
+    # a CUDA graph cannot hold autocast's cache of cast weights (the PyTorch CUDA graph notes)
+    return torch.autocast(path.device.type, torch.bfloat16, cache_enabled=not path.cuda_graphs)
 
 
 def use_compile_cache(folder: str | None) -> None:
-    """torch.compile's on-disk caches (Inductor's compiled graphs and autotuning, Triton's kernels) in `folder`, so
-    that a later process compiles from them (a warm start); None leaves torch's own, /tmp/torchinductor_$USER."""
+    """torch.compile's on-disk caches (Inductor's compiled graphs and autotuning, Triton's
+    kernels) in `folder`, so that a later process compiles from them (a warm start); None leaves
+    torch's own, /tmp/torchinductor_$USER."""
     if folder:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder).expanduser().resolve())
 
 
-def device_settings(tr: TrainerConfig, device: torch.device, path: dict):
-    """Determinism and cuDNN autotuning as configured; returns the autocast context the step runs under."""
-    if tr.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not tr.deterministic
-    if path["precision"] != "bf16":
-        return nullcontext()
-    # a CUDA graph cannot hold autocast's cache of cast weights (the PyTorch CUDA graph notes)
-    return torch.autocast(device.type, torch.bfloat16, cache_enabled=not path["cuda_graphs"])
+# ---------------------------------------------------------------- what trains
 
 
-def restore(saved: dict, model: nn.Module, opt: Optimizer) -> None:
+def make_trainee(
+    cfg: RunConfig, path: ExecutionPath, autocast, n_classes: int, data: RunData, state: RunState
+) -> tuple[Trainee, list[str]]:
+    """(the model, optimizer, plan and step, the sentences that say what regularizes how)."""
+    m = cfg.model
+    model = build_resnet(m.depth, m.version, n_classes, m.bn_momentum).to(path.device)
+    if path.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    spe = len(data.train)
+    check_length(cfg, spe, state)
+    plan = plan_steps(cfg, data.n_train, spe, state.schedule_epochs)  # before anything is written
+    o = cfg.optimizer
+    opt = Optimizer(
+        model,
+        algorithm=o.algorithm,
+        l2=plan.l2,
+        decay_on=o.decay_on,
+        betas=o.betas,
+        eps=o.eps,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        capturable=path.cuda_graphs,
+    )
+    n_values = sum(p.numel() for p in opt.regularized)
+    sentences = describe(plan, cfg, len(opt.regularized), n_values)
+    total = cfg.epochs * spe if cfg.trainer.max_steps is None else cfg.trainer.max_steps
+    note = rounding_note(plan.d[:total])
+    if path.compile:
+        use_compile_cache(cfg.trainer.compile_cache)
+    # dynamic=False: one batch shape per phase (data.drop_last, padded validation), compiled once
+    forward = torch.compile(model, mode=cfg.trainer.compile_mode, dynamic=False) if path.compile else model
+    kind = GraphedStep if path.cuda_graphs else EagerStep
+    trainee = Trainee(
+        model,
+        forward,
+        opt,
+        autocast,
+        plan,
+        kind(forward, opt, autocast, plan, state.step),
+        GraphedForward(forward, autocast, capture=path.cuda_graphs),
+    )
+    return trainee, sentences + ([note] if note else [])
+
+
+def check_length(cfg: RunConfig, spe: int, state: RunState) -> None:
+    """A continued run may grow its run, not cut it short of the steps it already ran."""
+    if state.step > cfg.epochs * spe:
+        raise ConfigError(
+            f"epochs={cfg.epochs} ends at step {cfg.epochs * spe}, before step {state.step} that "
+            f"this run already reached: a continued run cannot shrink its run; give epochs >= "
+            f"{-(-state.step // spe)}"
+        )
+
+
+def restore(saved: dict, trainee: Trainee) -> None:
     """Weights, optimizer state and RNGs of a checkpoint."""
-    model.load_state_dict(saved["model"])
-    opt.load_state_dict(saved["optimizer"])
+    trainee.model.load_state_dict(saved["model"])
+    trainee.opt.load_state_dict(saved["optimizer"])
     checkpoint.set_rng_state(saved["rng"])
 
 
-def announce(run: Run, n_val: int) -> None:
-    """The run's first lines: what trains on what, and one sentence per regularization mechanism."""
-    path, cfg = run.path, run.cfg
-    what = ", ".join([path["precision"]] + ["compiled"] * path["compile"] + ["CUDA graphs"] * path["cuda_graphs"])
-    run.log.info("%s on %s (%s): %d params, %d train / %d val images, %d steps (%d per epoch)",
-                 f"resnet{cfg.model.depth}v{cfg.model.version}",
-                 run.device, what, run.info["n_params"], run.info["data"]["n_train"], n_val, run.total,
-                 run.steps_per_epoch)  # fmt: skip
-    for sentence in run.info["regularization"]:
-        (run.log.warning if sentence.startswith("float32 rounding") else run.log.info)(sentence)
-
-
-def make_optimizer(cfg: RunConfig, model: nn.Module, plan: StepPlan, state: RunState, path: dict):
-    """(Optimizer, the sentences that say what regularizes how)."""
-    o = cfg.optimizer
-    opt = Optimizer(model, algorithm=o.algorithm, lr=cfg.lr, l2=plan.l2, wd=plan.wd, decay=plan.decay,
-                    decay_on=o.decay_on, betas=o.betas, eps=o.eps, momentum=o.momentum, nesterov=o.nesterov,
-                    capturable=path["cuda_graphs"])  # fmt: skip
-    sentences = describe(algorithm=o.algorithm, wd=plan.wd, l2=plan.l2, wd_scaling=o.wd_scaling,
-                         wd_normalized=o.wd_normalized, n_tensors=len(opt.regularized),
-                         n_values=sum(p.numel() for p in opt.regularized), lam_now=plan.lam_now)  # fmt: skip
-    total = cfg.epochs * plan.steps_per_epoch if cfg.trainer.max_steps is None else cfg.trainer.max_steps
-    note = rounding_note(plan.d[:total])
-    return opt, sentences + ([note] if note else [])
-
-
 def stage_index(model: nn.Module, opt: Optimizer, device: torch.device) -> dict[str, torch.Tensor]:
-    """{stage: positions of its regularized tensors in opt.regularized}: per-stage norms reuse the global norm's."""
+    """{stage: positions of its regularized tensors in opt.regularized}."""
     position = {id(p): i for i, p in enumerate(opt.regularized)}
+    out = {}
+    for stage, params in model.stage_parameters().items():
+        where = [position[id(p)] for _, p in params if id(p) in position]
+        if where:
+            out[stage] = torch.tensor(where, device=device)
+    return out
+
+
+# ---------------------------------------------------------------- what it says
+
+
+def run_facts(cfg: RunConfig, trainee: Trainee, data: RunData, path: ExecutionPath, sentences: list[str]) -> dict:
+    """What summary.json says about the run besides its results."""
     return {
-        k: torch.tensor(i, device=device)
-        for k, v in model.stage_parameters().items()
-        if (i := [position[id(p)] for _, p in v if id(p) in position])
+        "n_params": sum(p.numel() for p in trainee.model.parameters() if p.requires_grad),
+        "regularization": sentences,
+        "data": {
+            "name": cfg.data.name,
+            "source": cfg.data.source,
+            "root": cfg.data.root,
+            "n_train": data.n_train,
+            "n_val": data.n_val,
+            "fingerprint": data.fingerprint,
+        },
+        "code": provenance.code_version(),
+        "env": provenance.environment(path.device),
+        "path": path.summary(),
     }
 
 
-def make_loaders(cfg: RunConfig, splits: datasets.Splits, device: torch.device, channels_last: bool):
-    """(training loader, {"val", "train_eval"} evaluation loaders, BatchNorm recalibration images or None)."""
-    d, tr = cfg.data, cfg.trainer
-    mean, std = normalization(d, splits)
-
-    def loader(x, y, batch_size, **kw):
-        return datasets.DeviceLoader(
-            x, y, batch_size, device=device, mean=mean, std=std, channels_last=channels_last, **kw
-        )
-
-    train = loader(
-        splits.train_x,
-        splits.train_y,
-        cfg.batch_size,
-        shuffle=True,
-        crop_padding=d.crop_padding,
-        flip=d.flip,
-        pad_mode=d.pad_mode,
-        seed=cfg.seed,
-        drop_last=d.drop_last,
+def announce(run: Run) -> None:
+    """The run's first lines: what trains on what, and one sentence per regularization
+    mechanism."""
+    p, cfg, f = run.path, run.cfg, run.facts
+    what = ", ".join([p.precision] + ["compiled"] * p.compile + ["CUDA graphs"] * p.cuda_graphs)
+    model = f"resnet{cfg.model.depth}v{cfg.model.version}"
+    run.out.log.info(
+        "%s on %s (%s): %d params, %d train / %d val images, %d steps (%d per epoch)",
+        model,
+        run.device,
+        what,
+        f["n_params"],
+        run.data.n_train,
+        run.data.n_val,
+        run.total,
+        run.steps_per_epoch,
     )
-    val_batch = VAL_BATCH.get(device.type, 100)
-    evals = {"val": loader(splits.val_x, splits.val_y, val_batch, shuffle=False, pad_last=True)}
-    n_train = len(splits.train_y)
-    if tr.train_eval:  # the same evaluation on a fixed, un-augmented training subset: comparable curves
-        keep = datasets.stratified_subset(splits.train_y, min(len(splits.val_y), n_train))
-        evals["train_eval"] = loader(
-            splits.train_x[keep], splits.train_y[keep], val_batch, shuffle=False, pad_last=True
-        )
-    recal = None
-    if tr.bn_recalibrate:
-        n = min(tr.bn_recalibrate, n_train)
-        if n < tr.bn_recalibrate:
-            log.info(
-                "trainer.bn_recalibrate=%d: the training set has %d images, recalibrating on all of them",
-                tr.bn_recalibrate,
-                n,
-            )
-        keep = datasets.stratified_subset(splits.train_y, n)
-        recal = next(loader(splits.train_x[keep], splits.train_y[keep], n, shuffle=False).epoch(0))[0]
-    return train, evals, recal
-
-
-def augmented_recal_images(cfg: RunConfig, splits: datasets.Splits, device: torch.device, channels_last: bool):
-    """The BatchNorm recalibration images through one fixed draw of the training augmentation (crop, flip): the
-    reference that tells the running statistics' lag from the clean/augmented mismatch (core.bn_staleness).
-    None when recalibration is off."""
-    d, n = cfg.data, min(cfg.trainer.bn_recalibrate, len(splits.train_y))
-    if not n:
-        return None
-    keep = datasets.stratified_subset(splits.train_y, n)
-    mean, std = normalization(d, splits)
-    loader = datasets.DeviceLoader(splits.train_x[keep], splits.train_y[keep], n, device=device, shuffle=False,
-                                   crop_padding=d.crop_padding, flip=d.flip, pad_mode=d.pad_mode, mean=mean, std=std,
-                                   seed=cfg.seed + 1, channels_last=channels_last)  # fmt: skip
-    return next(loader.epoch(0))[0]
+    for sentence in f["regularization"]:
+        warn = sentence.startswith("float32 rounding")
+        (run.out.log.warning if warn else run.out.log.info)(sentence)

@@ -10,7 +10,7 @@ metrics.jsonl holds one JSON object per record, always with `step` (optimizer st
     grad_norm    ‖∇ data loss‖ at that step (on logging steps)
     weight_norm/<stage>   ‖θ‖ of the regularized weights of stem, stages.0-2, head
     weight_norm_eq/<stage>, rotation/<stage>, rotation_steps, angular_update/<stage>, angular_update_eq
-                 rotational equilibrium on logging steps (core.equilibrium)
+                 rotational equilibrium on logging steps (runner.probes.equilibrium)
     l2_grad_ratio/<stage>, l2_sign_fraction/<stage>   Adam + L2: ‖λ₂θ‖/‖g‖, share with (λ₂θ)² > v̂ (core.update_rule)
 Validation records (a record with `val_loss` is one), see runner.core.evaluation for the two evaluations and
 runner.core.headline for their names:
@@ -22,7 +22,7 @@ runner.core.headline for their names:
     train_eval_loss_running, ...        the same on a fixed un-augmented training subset (trainer.train_eval=true),
                                         `_recal` twins and headline copies alike
     bn_staleness_*, bn_lag_*, bn_mismatch_*, val_loss_recal_aug, val_acc_recal_aug
-                                        BatchNorm's running statistics against exact ones (core.bn_staleness)
+                                        BatchNorm's running statistics against exact ones (runner.probes.bn_staleness)
 Epoch records (one at each epoch end, a record with `epoch_train_s` is one):
     epoch_train_s, epoch_images         seconds spent training in that epoch in this process (the host waits for
                                         the device before reading the clock), and the images trained in them
@@ -46,19 +46,9 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import torch
-from torch import nn
 
 from runner.config import flatten
-from runner.core.equilibrium import Rotation, log_point_figures
-from runner.core.update_rule import l2_stage_figures
 from runner.engine.checkpoint import fsync_path
-
-if TYPE_CHECKING:
-    from runner.core.update_rule import Optimizer
-    from runner.engine.state import RunState, StepRecord
 
 TB_TAGS = {
     "train_loss": "train/loss",
@@ -144,7 +134,7 @@ class Recorder:
                 tag = TB_TAGS.get(key) or (
                     f"weights/{key.split('/', 1)[1]}" if key.startswith("weight_norm/") else None
                 )
-                tag = tag or (f"bn/{key[3:]}" if key.startswith("bn_") else None)  # core.bn_staleness
+                tag = tag or (f"bn/{key[3:]}" if key.startswith("bn_") else None)  # runner.probes.bn_staleness
                 if tag and value is not None:
                     self.tb.add_scalar(tag, value, record["step"])
             self._best(record)
@@ -177,9 +167,9 @@ class Recorder:
             self.tb.close()
         self.close()
 
-    def flush(self, durable: bool = False) -> None:
-        """Hand the records to the OS; `durable`: also onto the disk (fsync), as before a checkpoint is published,
-        so that a kill right after it loses none of the records up to its step."""
+    def sync(self, durable: bool = False) -> None:
+        """Hand the records to the OS; `durable`: also onto the disk (fsync), as before a checkpoint is
+        published, so that a kill right after it loses none of the records up to its step."""
         if not self.file.closed:
             self.file.flush()
             if durable:
@@ -223,100 +213,3 @@ def read_metrics(path: Path) -> list[dict]:
         if isinstance(record, dict):
             out.append(record)
     return out
-
-
-class Diverged(RuntimeError):
-    """The training loss left the finite range or rose `trainer.diverge_factor`× above its start."""
-
-
-class Records:
-    """The steps' records on their way to metrics.jsonl: kept on the device until a logging point, then read in one
-    transfer, checked for divergence, written, and summed into the epoch's mean loss."""
-
-    def __init__(
-        self,
-        recorder: Recorder,
-        opt: Optimizer,
-        stage_index: dict,
-        steps_per_epoch: int,
-        diverge_factor: float,
-        state: RunState,
-    ):
-        self.recorder, self.opt, self.stage_index, self.spe = recorder, opt, stage_index, steps_per_epoch
-        self.diverge_factor, self.state = diverge_factor, state
-        self.pending: list[StepRecord] = []
-        self.last_finite: dict | None = None
-        self.rotation, self.prev_norms, self.prev_step = Rotation(), None, None  # core.equilibrium's log points
-        self.sizes = {k: sum(opt.regularized[i].numel() for i in idx.tolist()) for k, idx in stage_index.items()}
-
-    def tracker_state(self) -> dict:
-        """What the equilibrium figures keep from the previous log point (θ, stage norms, step): saved with each
-        checkpoint, so a continued run's next log point measures what the straight run's measures."""
-        return {"prev": self.rotation.prev, "prev_norms": self.prev_norms, "prev_step": self.prev_step}
-
-    def load_tracker(self, saved: dict) -> None:
-        prev = saved.get("prev")
-        if prev is not None:
-            prev = [t.to(p.device, p.dtype) for t, p in zip(prev, self.opt.regularized)]
-        self.rotation.prev, self.prev_norms, self.prev_step = prev, saved.get("prev_norms"), saved.get("prev_step")
-
-    def add(self, record: StepRecord) -> None:
-        self.pending.append(record)
-
-    def flush(self, model: nn.Module, stats: bool = True) -> float | None:
-        """Write the pending records; raise Diverged on a bad loss. Returns the last loss (None if nothing pended).
-        `stats`: the last record gets the weight and gradient norms (a logging, validation or epoch-end step; not a
-        step where a signal stopped the run, which a straight run records without them)."""
-        if not self.pending:
-            return None
-        pending, self.pending = self.pending, []
-        last = pending[-1]
-        extra = {}
-        if stats:  # a log point: norms, ‖g‖, the L2 term's figures and the rotation since the previous log point
-            extra = {**self.opt.weight_stats(self.stage_index), "grad_norm": last.grad_norm}
-            if last.grad_norm is not None and self.opt.l2_terms is not None:  # a log step of Adam + L2
-                extra.update(l2_stage_figures(self.opt.l2_terms, self.stage_index, self.sizes))
-            diff = self.rotation.diff_sq(self.opt.regularized)
-            if diff is not None:
-                extra.update({f"diff_sq/{k}": diff[idx].sum() for k, idx in self.stage_index.items()})
-        extra = {k: v for k, v in extra.items() if v is not None}
-        n = len(pending)
-        corrects = [r.correct if r.correct is not None else torch.zeros((), device=r.loss.device) for r in pending]
-        tensors = [torch.stack([r.loss for r in pending]).double(), torch.stack(corrects).double()]
-        tensors += [torch.stack([v.double() for v in extra.values()])] if extra else []
-        values = torch.cat(tensors).tolist()  # the host waits for the device here
-        losses, corrects, extra = values[:n], values[n : 2 * n], dict(zip(extra, values[2 * n :]))
-        extra = self.equilibrium(extra, pending) if stats else extra
-        s = self.state
-        for r, loss, correct in zip(pending, losses, corrects):
-            rec = {"step": r.step, "epoch": r.step / self.spe, "train_loss": loss, "lr": r.lr, "decay": r.decay}
-            if r is last:
-                rec.update(extra)
-            if s.initial_loss is None and math.isfinite(loss):
-                s.initial_loss = loss
-            self.recorder.write(rec)
-            if not math.isfinite(loss) or (s.initial_loss is not None and loss > self.diverge_factor * s.initial_loss):
-                initial = "none finite" if s.initial_loss is None else f"{s.initial_loss:.4g}"
-                raise Diverged(
-                    f"train_loss={loss} at step {r.step} (initial {initial}, "
-                    f"trainer.diverge_factor={self.diverge_factor:g})"
-                )
-            self.last_finite = rec
-            s.epoch_loss_sum += loss
-            s.epoch_steps += 1
-            s.epoch_correct, s.epoch_seen = s.epoch_correct + int(correct), s.epoch_seen + r.images
-        self.recorder.histograms(model, last.step)
-        return losses[-1]
-
-    def equilibrium(self, extra: dict, pending: list) -> dict:
-        """The log point's values with core.equilibrium's figures in place of the per-stage ‖θ − θ_prev‖²."""
-        diff = {k.split("/", 1)[1]: extra.pop(k) for k in [k for k in extra if k.startswith("diff_sq/")]}
-        norms = {k.split("/", 1)[1]: v for k, v in extra.items() if k.startswith("weight_norm/")}
-        steps = pending[-1].step - (self.prev_step if self.prev_step is not None else pending[0].step - 1)
-        adam, defaults = isinstance(self.opt.inner, torch.optim.Adam), self.opt.inner.defaults
-        rule = {"algorithm": "adam" if adam else "sgd", "l2": self.opt.l2,
-                "momentum": defaults["betas"][0] if adam else defaults.get("momentum", 0.0)}  # fmt: skip
-        figures = log_point_figures(norms, diff, self.prev_norms, steps, [r.lr for r in pending],
-                                    [r.decay for r in pending], self.sizes, rule)  # fmt: skip
-        self.prev_norms, self.prev_step = norms, pending[-1].step
-        return {**extra, **figures}

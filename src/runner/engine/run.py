@@ -1,12 +1,14 @@
-"""A run as `engine.build.setup` builds it: what trains, on what, with what records; beside it where the loop is
-(`state`, engine.state.RunState) and what the loop measured in this process (`stats`, engine.state.LoopStats)."""
+"""A run as engine.build.setup builds it, in small frozen parts: how it runs (`ExecutionPath`),
+what trains (`Trainee`), what it sees (`RunData`), where its records go (`Output`). Beside them
+where the loop is (`state`, engine.state.RunState) and what the loop measured in this process
+(`stats`, engine.state.LoopStats): the two objects that change as the run goes."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -16,47 +18,117 @@ from runner.core.headline import Headline
 from runner.core.loader import DeviceLoader
 from runner.core.step_plan import StepPlan
 from runner.core.update_rule import Optimizer
-from runner.engine.records import Recorder, Records
+from runner.engine.records import Recorder
 from runner.engine.state import LoopStats, RunState
 from runner.engine.step import EagerStep, GraphedForward, GraphedStep
+from runner.probes import Probe
 
 
-@dataclass
-class Run:
-    """One training run, as `setup` builds it: what trains, on what, with what records."""
+@dataclass(frozen=True)
+class ExecutionPath:
+    """How the run executes on its device (trainer.*: null means on for CUDA)."""
 
-    cfg: RunConfig
-    run_dir: Path
     device: torch.device
-    path: dict  # how it runs: device, precision, compile, cuda_graphs, channels_last
+    precision: str  # bf16 | fp32
+    compile: bool
+    compile_mode: str | None
+    cuda_graphs: bool
+    channels_last: bool
+
+    def summary(self) -> dict:
+        return {**asdict(self), "device": str(self.device)}
+
+
+@dataclass(frozen=True)
+class Trainee:
+    """What trains: the model, its optimizer, the plan of every step, and the step itself."""
+
     model: nn.Module  # the eager module: checkpoints, BatchNorm recalibration
-    forward: Callable  # what trains: the model, or torch.compile's wrapper of it
+    forward: Callable  # the model, or torch.compile's wrapper of it
     opt: Optimizer
     autocast: Any
-    plan: StepPlan  # what every step applies
+    plan: StepPlan
     step: EagerStep | GraphedStep
-    train_loader: DeviceLoader
-    evals: dict  # "val" (and "train_eval") → DeviceLoader of padded, fixed-shape batches
     eval_forward: GraphedForward
-    recal_images: torch.Tensor | None  # the fixed training images BatchNorm statistics are recomputed on
-    headline: Headline  # which evaluation summary.json reports
-    total: int
-    val_every: int
-    state: RunState
-    records: Records
-    recorder: Recorder
-    info: dict  # what summary.json says about the run besides its results
-    log: logging.LoggerAdapter
-    test: DeviceLoader | None = None  # the test split when validation is a split held out of training (data.val_split)
-    inference: dict = field(default_factory=dict)  # what best.pt needs besides weights: classes, normalization
-    stats: LoopStats = field(default_factory=LoopStats)
-    bar: Any = None  # the progress bar while one is shown
-    recal_aug_images: torch.Tensor | None = None  # the same images through one fixed draw of the augmentation
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.plan.steps_per_epoch
 
     @property
     def graphed(self) -> GraphedStep | None:
         return self.step if isinstance(self.step, GraphedStep) else None
+
+
+class Evaluations(NamedTuple):
+    """The evaluated image sets, padded to fixed-shape batches."""
+
+    val: DeviceLoader
+    train_eval: DeviceLoader | None = None  # a fixed, un-augmented training subset
+
+    def items(self):
+        return [(name, loader) for name, loader in self._asdict().items() if loader is not None]
+
+
+@dataclass(frozen=True)
+class Inference:
+    """What best.pt needs besides the weights to run on new images: the class names in label order
+    and x = (RGB uint8 / 255 − mean) / std (mean per channel or a (C, H, W) image; std None = 1)."""
+
+    classes: list[str]
+    normalize: str
+    mean: Any
+    std: Any
+    image_size: list[int]
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What the run sees: its training batches, its evaluations, and the images BatchNorm's
+    statistics are recomputed on (None: trainer.bn_recalibrate=0)."""
+
+    train: DeviceLoader
+    evals: Evaluations
+    test: DeviceLoader | None  # the test split, when validation is held out of training
+    recal_images: torch.Tensor | None
+    inference: Inference
+    n_train: int
+    n_val: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where the run's records go: its folder, metrics.jsonl and TensorBoard, its log lines."""
+
+    run_dir: Path
+    recorder: Recorder
+    log: logging.LoggerAdapter
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run, as `setup` builds it."""
+
+    cfg: RunConfig
+    path: ExecutionPath
+    trainee: Trainee
+    data: RunData
+    out: Output
+    probes: tuple[Probe, ...]
+    headline: Headline  # which evaluation summary.json reports
+    total: int  # the steps this process trains up to
+    val_every: int
+    facts: dict  # what summary.json says about the run besides its results
+    state: RunState
+    stats: LoopStats
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.trainee.plan.steps_per_epoch
+
+    @property
+    def device(self) -> torch.device:
+        return self.path.device
+
+    def log_point_due(self, step: int) -> bool:
+        """Whether the loop records norms and the probes' figures after `step` steps: every
+        trainer.log_every steps, at each validation, at each epoch's end and at the last step."""
+        every = (self.cfg.trainer.log_every, self.val_every, self.steps_per_epoch)
+        return step == self.total or any(step % n == 0 for n in every)

@@ -1,6 +1,6 @@
 """Honest selection: which images chose the reported checkpoint, and the test accuracy of the weights chosen.
 
-best.pt is the checkpoint of the best headline validation accuracy (engine.loop.save_best), so its accuracy was
+best.pt is the checkpoint of the best headline validation accuracy (engine.validation), so its accuracy was
 used to choose it. With data.val_split the validation images are held out of the training images and the test
 split stays apart: at the end of a completed run the test split is evaluated once with the final weights and once
 with best.pt's (each in the headline evaluation: best.pt holds the BatchNorm statistics it was measured with).
@@ -13,34 +13,40 @@ Without a split the validation images are the test split, so best_val_acc was se
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 
-from runner.core.evaluation import evaluate, recalibrated_bn
+from runner.core.evaluation import evaluate
 from runner.engine import checkpoint
 from runner.engine.run import Run
+from runner.engine.validation import recalibration
 
 
 def selection(run: Run) -> dict:
-    """summary.json's selection keys (module docstring); evaluates the test split when the run held one out."""
-    out = {"selected_on": "test" if run.test is None else "val_split"}
-    best = run.run_dir / "checkpoints" / checkpoint.BEST
-    if run.test is None or run.stats.status != "completed" or not best.is_file():
+    """summary.json's selection keys (module docstring); evaluates the test split when the run
+    held one out."""
+    test, t = run.data.test, run.trainee
+    out = {"selected_on": "test" if test is None else "val_split"}
+    best = run.out.run_dir / "checkpoints" / checkpoint.BEST
+    if test is None or run.stats.status != "completed" or not best.is_file():
         return out
-    recal = nullcontext() if run.recal_images is None else recalibrated_bn(run.model, run.recal_images, run.autocast)
-    with recal:
-        final = evaluate(run.model, run.eval_forward, run.test)
+    with recalibration(run):
+        final = evaluate(t.model, t.eval_forward, test)
     saved = torch.load(best, map_location=run.device, weights_only=True)
-    now = {k: v.clone() for k, v in run.model.state_dict().items()}
-    run.model.load_state_dict(saved["model"])  # in place: a recorded eval graph reads the same parameters
+    now = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.model.load_state_dict(saved["model"])  # in place: a recorded eval graph reads these parameters
     try:
-        selected = evaluate(run.model, run.eval_forward, run.test)
+        selected = evaluate(t.model, t.eval_forward, test)
     finally:
-        run.model.load_state_dict(now)
-    (fl, fa), (sl, sa) = (torch.stack(final).tolist(), torch.stack(selected).tolist())  # one host read each
-    return {**out, "test_acc_final": fa, "test_loss_final": fl, "test_acc_selected": sa, "test_loss_selected": sl,
-            "selected_step": saved["step"]}  # fmt: skip
+        t.model.load_state_dict(now)
+    (fl, fa), (sl, sa) = torch.stack(final).tolist(), torch.stack(selected).tolist()  # host reads
+    return {
+        **out,
+        "test_acc_final": fa,
+        "test_loss_final": fl,
+        "test_acc_selected": sa,
+        "test_loss_selected": sl,
+        "selected_step": saved["step"],
+    }
 
 
 def selected_note(summary: dict) -> str:

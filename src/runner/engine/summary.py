@@ -1,8 +1,12 @@
-"""summary.json: a run's results, its time split honestly (engine.timing), and what ran (engine.provenance).
+"""summary.json: a run's results, its time split honestly (engine.timing), and what ran
+(engine.provenance).
 
-The headline numbers best_val_acc, final_val_acc and final_val_loss are the evaluation core.headline names
-(`val_metric`): final_val_acc is the last validation record's `val_acc`; both evaluations are also reported
-under their own names (`*_running`, `*_recal`), as in metrics.jsonl.
+The headline numbers best_val_acc, final_val_acc and final_val_loss are the evaluation
+core.headline names (`val_metric`): final_val_acc is the last validation record's `val_acc`; both
+evaluations are also reported under their own names (`*_running`, `*_recal`), as in
+metrics.jsonl. `timescale` is the decay's EMA timescale of the run's plan
+(core.step_plan.timescale). Figures computed from the records (the oscillation and equilibrium
+figures) are the report's: python -m runner.analysis.report RUN_DIR.
 """
 
 from __future__ import annotations
@@ -17,10 +21,8 @@ from pathlib import Path
 import torch
 
 from runner.config import RunConfig, refused_changes
-from runner.core.equilibrium import equilibrium_block, run_timescale
-from runner.core.oscillation import oscillation_block
+from runner.core.step_plan import timescale
 from runner.engine import lock
-from runner.engine.records import read_metrics
 from runner.engine.run import Run
 from runner.engine.selection import selected_note, selection
 from runner.engine.timing import split_time
@@ -29,39 +31,35 @@ from runner.engine.timing import split_time
 def finish(run: Run) -> dict:
     """Write summary.json and the HParams end, close the records; returns the summary."""
     summary = {**summarize(run), **selection(run)}
-    run.recorder.close()
-    n_val = run.info["data"]["n_val"]
-    records = read_metrics(run.recorder.path) if run.recorder.path.exists() else []
-    if not run.recorder.path.exists():  # removed by hand while the run wrote it: the summary still gets written
-        run.log.warning("%s was removed during the run: the summary's oscillation figures are empty",
-                        run.recorder.path)  # fmt: skip
-    summary["oscillation"] = oscillation_block(records, run.cfg.epochs, n_val=n_val)
-    summary["equilibrium"] = {**timescale(run), **equilibrium_block(records, run.cfg.epochs)}
-    run.recorder.finish(summary)
-    write_summary(run.run_dir, summary)
-    lock.release(run.run_dir)  # the folder's records are complete: another process may continue it
+    recorder = run.out.recorder
+    if not recorder.path.exists():  # removed by hand while the run wrote it: the summary goes on
+        run.out.log.warning("%s was removed during the run", recorder.path)
+    recorder.finish(summary)
+    write_summary(run.out.run_dir, summary)
+    lock.release(run.out.run_dir)  # the records are complete: another process may continue it
     best = summary["best_val_acc"]
-    run.log.info(
+    tests = "".join(f"; {k} {summary[k]:.4f}" for k in ("test_acc_selected", "test_acc_final") if k in summary)
+    run.out.log.info(
         "%s after %d steps: best_val_acc %s (= %s, %s)%s, %.1f s",
         summary["status"],
         run.state.step,
         "-" if best is None else f"{best:.4f}",
         "best_val_acc" + run.headline.suffix,
         selected_note(summary),
-        "".join(f"; {k} {summary[k]:.4f}" for k in ("test_acc_selected", "test_acc_final") if k in summary),
+        tests,
         summary["wall_time_s"],
     )
     return summary
 
 
 def summarize(run: Run) -> dict:
-    """summary.json: the run's results, its time split honestly (runner.engine.timing), and what ran."""
+    """summary.json: the run's results, its time split honestly (engine.timing), what ran."""
     s, cfg, st, head = run.state, run.cfg, run.stats, run.headline
     last = s.last_val or {}
     times = split_time(st.clock.windows)
     summary = {
         "status": st.status,
-        "n_params": run.info["n_params"],
+        "n_params": run.facts["n_params"],
         "steps": s.step,
         "epochs": s.step / run.steps_per_epoch,
         "val_metric": head.name,
@@ -83,34 +81,33 @@ def summarize(run: Run) -> dict:
         "val_time_s": sum(st.val_times),
         "val_first_s": st.val_times[0] if st.val_times else None,
         "val_s": statistics.median(st.val_times[1:]) if len(st.val_times) > 1 else None,
-        "device": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else run.device.type,
+        "device": device_name(run.device),
         "hparams": dataclasses.asdict(cfg),
-        **run.info,
+        "timescale": timescale(run.trainee.plan, run.total, cfg.optimizer.algorithm, run.trainee.opt.momentum),
+        **run.facts,
     }
     if st.status == "diverged":
-        summary.update(diverged_at_step=st.diverged_at, last_finite=run.records.last_finite)
+        summary.update(diverged_at_step=st.diverged_at, last_finite=st.last_finite)
     return summary
 
 
-def timescale(run: Run) -> dict:
-    """The decay's EMA timescale τ of the run's plan (core.equilibrium)."""
-    o = run.cfg.optimizer
-    rule = {"algorithm": o.algorithm, "l2": run.plan.l2, "momentum": o.momentum}
-    return run_timescale(run.plan.lr, run.plan.d, run.total, rule)
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def startup_parts(run: Run, times: dict) -> dict:
-    """startup_s in its parts: the first step, compilation, graph capture, warm-up, the eval graph's capture."""
-    st, rate = run.stats, times["images_per_s"]
-    capture_s = run.graphed.capture_s if run.graphed is not None else 0.0
-    compiled = run.path["compile"] and st.first_step_s and rate
+    """startup_s in its parts: the first step, compilation, graph capture, warm-up, the eval
+    graph's capture."""
+    st, rate, t = run.stats, times["images_per_s"], run.trainee
+    capture_s = t.graphed.capture_s if t.graphed is not None else 0.0
+    compiled = run.path.compile and st.first_step_s and rate
     compile_s = max(0.0, st.first_step_s - run.cfg.batch_size / rate) if compiled else 0.0
     return {
         "first_step_s": st.first_step_s,
         "compile_s": compile_s,
         "capture_s": capture_s,
         "warmup_s": max(0.0, (times["startup_s"] or 0.0) - compile_s - capture_s),
-        "eval_capture_s": run.eval_forward.capture_s,
+        "eval_capture_s": t.eval_forward.capture_s,
     }
 
 

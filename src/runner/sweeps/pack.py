@@ -154,7 +154,7 @@ def train_pack(
             for i in [i for i in runs if outcomes[i] is None]:
                 with inside(i):
                     runs[i].stats.status = "interrupted"
-                    runs[i].log.warning("interrupted at step %d: %s", runs[i].state.step, e)
+                    runs[i].out.log.warning("interrupted at step %d: %s", runs[i].state.step, e)
                     outcomes[i] = Outcome(finish(runs[i]))
     stop.pass_on()
     return outcomes  # type: ignore[return-value]  # every slot is filled above
@@ -169,7 +169,7 @@ def _turn(i: int, turns: dict, runs: dict, outcomes: list) -> None:
         error = None
     except Exception as e:  # a bug, or on_diverge=raise: this job fails, the others go on
         runs[i].stats.status, error = "failed", e
-        runs[i].log.error("failed at step %d: %s", runs[i].state.step, e, exc_info=e)
+        runs[i].out.log.error("failed at step %d: %s", runs[i].state.step, e, exc_info=e)
     del turns[i]
     outcomes[i] = Outcome(finish(runs[i]), error)
 

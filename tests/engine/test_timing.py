@@ -47,18 +47,19 @@ def test_the_clock_closes_a_window_only_when_it_trained_something():
 def test_a_run_with_an_injected_stall_reports_it_apart_from_the_steady_rate(tmp_path, monkeypatch):
     """A 1.5 s pause inside one step: images_per_s stays the steady rate, stall_s holds the pause, and the
     epoch records and the summary's parts add up to the training time."""
-    import runner.engine.loop as train_mod
+    import runner.engine.loop as loop_mod
+    from runner.engine.train import train
 
-    real = train_mod.take_step
+    real = loop_mod.note_step
 
-    def slow_once(run, x, y):
+    def slow_once(run, *a):
         if run.state.step == 10:
             time.sleep(1.5)
-        return real(run, x, y)
+        return real(run, *a)
 
-    monkeypatch.setattr(train_mod, "take_step", slow_once)
+    monkeypatch.setattr(loop_mod, "note_step", slow_once)
     cfg = validate(compose_cfg(*TINY, "batch_size=32", "epochs=2", "trainer.log_every=4"))
-    s = train_mod.train(cfg, tmp_path)
+    s = train(cfg, tmp_path)
     assert s["stall_s"] >= 1.4
     assert s["images_per_s"] > s["images_per_s_overall"]  # the pause is in the overall rate, not the steady one
     parts = s["startup_s"] + s["steps"] * 32 / s["images_per_s"] + s["stall_s"]

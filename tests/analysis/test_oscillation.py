@@ -4,9 +4,9 @@ import json
 import math
 
 import pytest
+from conftest import ROOT
 
-from runner.core.headline import Headline
-from runner.core.oscillation import (
+from runner.analysis.oscillation import (
     change_corr,
     count_rises,
     detrended,
@@ -19,6 +19,7 @@ from runner.core.oscillation import (
     total_variation_per_epoch,
     val_points,
 )
+from runner.core.headline import Headline
 
 FREQUENCY_ROBUST = {
     "val_every_steps",
@@ -398,9 +399,8 @@ def test_on_the_recorded_h200_runs_halving_the_validations_moves_dispersion_by_l
     """The committed H200 records (docs/results/2026-11-28-h200, its oscillation_thinning.py prints the figures):
     every 2nd validation, either offset, keeps the dispersion within a third of the full series', while TV falls."""
     import gzip
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "docs" / "results" / "2026-11-28-h200" / f"{run}.metrics.jsonl.gz"
+    path = ROOT / "docs" / "results" / "2026-11-28-h200" / f"{run}.metrics.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     vals = sorted({r["step"]: r for r in records if "val_loss" in r}.values(), key=lambda r: r["step"])

@@ -20,9 +20,9 @@ from conftest import compose_cfg, forbid_host_reads
 from runner.config import ConfigError, validate
 from runner.core.models import build_resnet
 from runner.core.schedules import warm_restarts
-from runner.core.step_plan import step_tables
-from runner.core.update_rule import Optimizer, decoupled_rate
-from runner.engine.step import GraphedForward, GraphedStep, train_step
+from runner.core.step_plan import StepPlan, decoupled_rate
+from runner.core.update_rule import Optimizer
+from runner.engine.step import EagerStep, GraphedForward, GraphedStep
 
 SPE, STEPS, LR = 4, 12, 3e-3
 BATCHES = [
@@ -37,43 +37,34 @@ REGULARIZATION = {"l2": (1e-3, 0.0), "decoupled": (0.0, 0.05), "both": (1e-3, 0.
 
 
 def make(algorithm, l2, wd, wd_scaling, fused=None, momentum=0.9, nesterov=False, betas=(0.9, 0.999), eps=1e-8):
+    """(model, optimizer, the plan of every step) for a ResNet8 in float64."""
     torch.manual_seed(0)
     model = build_resnet(8, 1, 10, bn_momentum=0.1).double()  # float64: no rounding for Adam to amplify
-    decay = decoupled_rate(wd, wd_scaling, LR)
     opt = Optimizer(
-        model,
-        algorithm=algorithm,
-        lr=LR,
-        l2=l2,
-        wd=wd,
-        decay=decay,
-        fused=fused,
-        momentum=momentum,
-        nesterov=nesterov,
-        betas=betas,
-        eps=eps,
+        model, algorithm=algorithm, l2=l2, fused=fused, momentum=momentum, nesterov=nesterov, betas=betas, eps=eps
     )
-    return model, opt, decay
+    rate = decoupled_rate(wd, wd_scaling, LR)
+    etas = [SCHEDULE(k / SPE) for k in range(STEPS)]
+    d = [rate(k / SPE, e) if wd else 0.0 for k, e in enumerate(etas)]
+    plan = StepPlan(None, wd, l2, None, [LR * e for e in etas], d, SPE)
+    return model, opt, plan
 
 
-def eager(model, opt, steps):
-    out = []
+def eager(model, opt, plan, steps):
+    step, out = EagerStep(model, opt, nullcontext(), plan), []
     for k in steps:
-        x, y = BATCHES[k]
-        loss, d, gn = train_step(model, opt, x, y, k / SPE, SCHEDULE(k / SPE), nullcontext(), want_grad_norm=True)
-        out.append((loss.item(), d, gn.item()))
+        loss, _, norms, _ = step(*BATCHES[k], k, log_point=True)
+        out.append((loss.item(), plan.d[k], norms.norm().item()))
     return out
 
 
-def graphed(model, opt, decay, wd, steps, start=0):
-    lrs, ds = step_tables(SCHEDULE, lambda t, e: decay(t, e) if wd else 0.0, LR, SPE, STEPS)
-    g = GraphedStep(model, opt, nullcontext(), lrs, ds, start_step=start, capture=False)
-    out = []
+def graphed(model, opt, plan, steps, start=0):
+    g, out = GraphedStep(model, opt, nullcontext(), plan, start, capture=False), []
     for k in steps:
-        loss, correct, gn, startup = g(*BATCHES[k], k)
+        loss, correct, norms, startup = g(*BATCHES[k], k, log_point=True)
         assert 0 <= correct.item() <= len(BATCHES[k][1])  # the batch's correctly classified images
         assert not startup  # uncaptured: no warm-up, no recording
-        out.append((loss.item(), ds[k], gn.item()))
+        out.append((loss.item(), plan.d[k], norms.norm().item()))
     assert g.counter.item() == steps[-1] + 1  # the device's step counter kept pace with the loop's
     return out
 
@@ -104,11 +95,11 @@ def test_the_fused_device_side_step_equals_the_eager_step_bit_for_bit(name, reg)
     """What CUDA runs: fused kernels, lr_t as a float32 tensor in the graph, a Python float in the eager step."""
     l2, wd = REGULARIZATION[reg]
     kw = preset(name)
-    m1, o1, _ = make(l2=l2, wd=wd, fused=True, **kw)
-    m2, o2, decay = make(l2=l2, wd=wd, fused=True, **kw)
+    m1, o1, plan = make(l2=l2, wd=wd, fused=True, **kw)
+    m2, o2, _ = make(l2=l2, wd=wd, fused=True, **kw)
     assert o2.lr_dtype == torch.float32 and o2.inner.defaults["fused"]
-    a = eager(m1, o1, range(STEPS))
-    b = graphed(m2, o2, decay, wd, list(range(STEPS)))
+    a = eager(m1, o1, plan, range(STEPS))
+    b = graphed(m2, o2, plan, list(range(STEPS)))
     assert a == b  # every loss, d_t and ‖g‖, exactly
     for (key, p), q in zip(m1.state_dict().items(), m2.state_dict().values()):
         assert torch.equal(p, q), key
@@ -138,10 +129,10 @@ def test_fused_steps_apply_lr_rounded_to_float32_in_both_paths():
 )
 def test_the_unfused_device_side_step_trains_like_the_eager_step(algorithm, l2, wd, wd_scaling):
     """Without fused kernels (foreach, a float64 lr tensor) the arithmetic takes another route: equal to 1e-12."""
-    m1, o1, _ = make(algorithm, l2, wd, wd_scaling, fused=False)
-    m2, o2, decay = make(algorithm, l2, wd, wd_scaling, fused=False)
-    a = eager(m1, o1, range(STEPS))
-    b = graphed(m2, o2, decay, wd, list(range(STEPS)))
+    m1, o1, plan = make(algorithm, l2, wd, wd_scaling, fused=False)
+    m2, o2, _ = make(algorithm, l2, wd, wd_scaling, fused=False)
+    a = eager(m1, o1, plan, range(STEPS))
+    b = graphed(m2, o2, plan, list(range(STEPS)))
     for (la, da, ga), (lb, db, gb) in zip(a, b):
         assert lb == pytest.approx(la, rel=1e-12)
         assert db == pytest.approx(da, rel=1e-12, abs=1e-15)
@@ -149,29 +140,19 @@ def test_the_unfused_device_side_step_trains_like_the_eager_step(algorithm, l2, 
     assert_same_model(m1, m2)
 
 
-def test_step_tables_hold_the_schedule_and_the_decay_of_every_step():
-    decay = decoupled_rate(0.1, "lr", LR)
-    lrs, ds = step_tables(SCHEDULE, decay, LR, SPE, STEPS)
-    assert len(lrs) == len(ds) == STEPS
-    for k in range(STEPS):
-        assert lrs[k] == pytest.approx(LR * SCHEDULE(k / SPE))
-        assert ds[k] == pytest.approx(LR * SCHEDULE(k / SPE) * 0.1)
-    assert lrs[SPE] == pytest.approx(LR)  # the warm restart at epoch 1 is in the table
-
-
 def test_a_checkpoint_taken_between_graphed_steps_continues_the_same_run():
-    m1, o1, decay = make("adam", 1e-3, 0.05, "schedule")
-    straight = graphed(m1, o1, decay, 0.05, list(range(STEPS)))
+    m1, o1, plan = make("adam", 1e-3, 0.05, "schedule")
+    straight = graphed(m1, o1, plan, list(range(STEPS)))
 
-    m2, o2, decay = make("adam", 1e-3, 0.05, "schedule")
-    graphed(m2, o2, decay, 0.05, list(range(6)))
+    m2, o2, _ = make("adam", 1e-3, 0.05, "schedule")
+    graphed(m2, o2, plan, list(range(6)))
     saved = {"model": m2.state_dict(), "optimizer": o2.state_dict()}
     assert all(isinstance(g["lr"], float) for g in saved["optimizer"]["param_groups"])  # not the graph's tensor
 
-    m3, o3, decay = make("adam", 1e-3, 0.05, "schedule")
+    m3, o3, _ = make("adam", 1e-3, 0.05, "schedule")
     m3.load_state_dict(saved["model"])
     o3.load_state_dict(saved["optimizer"])
-    resumed = graphed(m3, o3, decay, 0.05, list(range(6, STEPS)), start=6)
+    resumed = graphed(m3, o3, plan, list(range(6, STEPS)), start=6)
     assert [r[0] for r in resumed] == [r[0] for r in straight[6:]]  # the same path both times: bit for bit
     for p, q in zip(m1.state_dict().values(), m3.state_dict().values()):
         assert torch.equal(p, q)
@@ -191,7 +172,7 @@ def test_a_compile_mode_with_its_own_cuda_graphs_is_refused_inside_cuda_graphs()
 
 
 def test_auto_device_without_a_gpu_refuses_cuda_graphs_before_training(tmp_path, monkeypatch):
-    from runner.engine.loop import train
+    from runner.engine.train import train
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = validate(compose_cfg("data=synthetic", "model=resnet20v1", "trainer.cuda_graphs=true"))
@@ -202,14 +183,23 @@ def test_auto_device_without_a_gpu_refuses_cuda_graphs_before_training(tmp_path,
 
 def test_the_graphed_step_never_reads_a_device_value_on_the_host(monkeypatch):
     """A host read inside a CUDA graph capture fails (or freezes one step's value into every replay)."""
-    model, opt, decay = make("adam", 1e-3, 0.05, "schedule")
-    lrs, ds = step_tables(SCHEDULE, decay, LR, SPE, STEPS)
-    g = GraphedStep(model, opt, nullcontext(), lrs, ds, capture=False)
+    model, opt, plan = make("adam", 1e-3, 0.05, "schedule")
+    g = GraphedStep(model, opt, nullcontext(), plan, capture=False)
     forbid_host_reads(monkeypatch, opt)
-    g(*BATCHES[0], 0)
-    loss, _, gn, _ = g(*BATCHES[1], 1)
+    g(*BATCHES[0], 0, log_point=False)
+    loss, _, norms, _ = g(*BATCHES[1], 1, log_point=True)
     monkeypatch.undo()
-    assert g.counter.item() == 2 and math.isfinite(loss.item()) and gn.item() > 0
+    assert g.counter.item() == 2 and math.isfinite(loss.item()) and norms.norm().item() > 0
+
+
+def test_the_eager_step_never_reads_a_device_value_on_the_host(monkeypatch):
+    """On a GPU any such read is a host sync inside the step; the loop reads only at log points."""
+    model, opt, plan = make("adam", 1e-4, 5e-4, "schedule")
+    step = EagerStep(model, opt, nullcontext(), plan)
+    forbid_host_reads(monkeypatch, opt)
+    loss, correct, norms, _ = step(*BATCHES[0], 0, log_point=True)
+    monkeypatch.undo()
+    assert isinstance(loss, torch.Tensor) and isinstance(correct, torch.Tensor) and norms.numel() == len(opt.params)
 
 
 class FakeCuda:
@@ -267,9 +257,8 @@ class FakeCuda:
 
 def captured_step(monkeypatch, empty=False):
     fake = FakeCuda(monkeypatch, empty)
-    model, opt, decay = make("adam", 0.0, 0.05, "schedule", fused=True)
-    lrs, ds = step_tables(SCHEDULE, decay, LR, SPE, STEPS)
-    return fake, GraphedStep(model, opt, nullcontext(), lrs, ds, capture=True)
+    model, opt, plan = make("adam", 0.0, 0.05, "schedule", fused=True)
+    return fake, GraphedStep(model, opt, nullcontext(), plan, capture=True)
 
 
 def test_the_graphed_step_warms_up_and_captures_on_its_weights_device_and_stream(monkeypatch):
@@ -277,7 +266,7 @@ def test_the_graphed_step_warms_up_and_captures_on_its_weights_device_and_stream
     name its own device and stream, or the graph records nothing of it."""
     fake, g = captured_step(monkeypatch)
     for k in range(5):  # 3 warm-ups, the capture, a replay
-        g(*BATCHES[k], k)
+        g(*BATCHES[k], k, log_point=False)
     assert len(g.graphs) == 1
     assert fake.current and all(d == g.device for d in fake.current)  # never the current device by default
     assert fake.streams == [g.side] and g.side.device == g.device  # one side stream, of its device
@@ -288,9 +277,9 @@ def test_the_graphed_step_warms_up_and_captures_on_its_weights_device_and_stream
 def test_a_capture_that_records_nothing_is_an_error_not_a_run_that_trains_nothing(monkeypatch):
     _, g = captured_step(monkeypatch, empty=True)
     for k in range(3):
-        g(*BATCHES[k], k)
+        g(*BATCHES[k], k, log_point=False)
     with pytest.raises(RuntimeError, match="recorded no work"):
-        g(*BATCHES[3], 3)
+        g(*BATCHES[3], 3, log_point=False)
 
 
 def test_the_eval_forward_keeps_one_warm_up_stream_and_marks_its_outputs_used_by_the_callers(monkeypatch):
@@ -321,9 +310,9 @@ def test_a_compiled_run_keeps_torch_compiles_caches_in_the_configured_folder(tmp
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     (tmp_path / "run").mkdir()
-    setup(tiny(compile_cache=str(tmp_path / "cache")), tmp_path / "run").recorder.close()  # compiles at step 1
+    setup(tiny(compile_cache=str(tmp_path / "cache")), tmp_path / "run").out.recorder.close()  # compiles at step 1
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     (tmp_path / "run2").mkdir()
-    setup(tiny(), tmp_path / "run2").recorder.close()
+    setup(tiny(), tmp_path / "run2").out.recorder.close()
     assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") != str(tmp_path / "cache")  # torch's own default, if any

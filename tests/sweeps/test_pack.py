@@ -16,8 +16,8 @@ from conftest import TINY, compose_cfg, run_cli
 
 from runner.config import validate
 from runner.engine.checkpoint import load_latest
-from runner.engine.loop import train
 from runner.engine.records import read_metrics
+from runner.engine.train import train
 from runner.sweeps.pack import Job, pack_key, plan_packs, start_rounds, train_pack
 
 # 2 epochs of 4 steps; validations at steps 3, 6 and 8; weight and gradient norms every 2 steps
@@ -41,7 +41,7 @@ RESULTS = (
     "n_params",
     "regularization",
     "hparams",
-    "oscillation",
+    "timescale",
 )
 
 
@@ -127,7 +127,7 @@ def test_the_folder_of_a_packed_job_holds_what_a_run_alone_writes(alone, packed)
 
 
 def test_a_diverging_or_failing_job_stops_alone_and_its_pack_goes_on(tmp_path, alone):
-    from runner.engine.records import Diverged
+    from runner.engine.loop import Diverged
 
     outcomes = train_pack(
         jobs(

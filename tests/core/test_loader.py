@@ -182,3 +182,7 @@ def test_batches_never_read_device_values_on_the_host(no_host_reads):
     )
     out = [xb for xb, _ in loader.epoch(3)]
     assert len(out) == len(loader) == 8
+
+
+def test_an_epoch_counts_the_remainder_as_a_batch_unless_dropped():
+    assert D.batches_per_epoch(500, 64, drop_last=True) == 7 and D.batches_per_epoch(500, 64, drop_last=False) == 8

@@ -44,7 +44,7 @@ compare them only between runs with the same `val_every_steps`. The figures belo
                           the resolution of the validation set (summary data.n_val; None without it)
     val_every_steps       the median number of steps between two validations
 
-BatchNorm staleness over the run, from the per-validation keys of core.bn_staleness (validations with both series):
+BatchNorm staleness over the run, from the per-validation keys of runner.probes.bn_staleness (validations with both series):
     bn_<pair>_<what>      mean over validations of bn_<pair>_<what>_mean, pair ∈ staleness | lag | mismatch,
                           what ∈ mu | logvar
     gap_loss_mean         mean_i (v_i − w_i): the running − recalibrated loss gap
@@ -352,7 +352,7 @@ def mean_or_none(values: list[float]) -> float | None:
 
 
 def bn_gap_figures(running: list[dict], recal: list[dict], records: list[dict]) -> dict:
-    """BatchNorm staleness over the run (core.bn_staleness's per-validation keys) and the loss gap it explains:
+    """BatchNorm staleness over the run (runner.probes.bn_staleness's per-validation keys) and the loss gap it explains:
     means over the validations having both series, and corr(log v − log w, bn_staleness_mu_mean)."""
     by_step = {r["step"]: r for r in records if isinstance(r, dict) and "val_loss" in r and "step" in r}
     w_of = {p["step"]: p["loss"] for p in recal}

@@ -1,4 +1,4 @@
-"""BatchNorm staleness: running statistics against the exact ones recalibration computes (core.bn_staleness)."""
+"""BatchNorm staleness: running statistics against the exact ones recalibration computes (runner.probes.bn_staleness)."""
 
 import json
 import math
@@ -9,15 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runner.core.bn_staleness import (
-    bn_stages,
-    bn_statistics,
-    layer_offsets,
-    measure_inside_recalibration,
-    staleness_figures,
-)
-from runner.core.evaluation import batch_norms, recalibrated_bn
+from runner.core.evaluation import batch_norms, bn_statistics, recalibrated_bn
 from runner.core.models import build_resnet
+from runner.probes import Subject, ValidationPoint
+from runner.probes.bn_staleness import BNStaleness, bn_stages, layer_offsets, staleness_figures
+
+
+def measured(model, running, clean, aug, loss):
+    """The probe at a validation whose recalibration used `clean` (its statistics as the probe gets them)."""
+    with recalibrated_bn(model, clean, nullcontext()):
+        point = ValidationPoint(0, running, bn_statistics(model), lambda: (torch.tensor(loss),) * 2)
+        return BNStaleness(Subject(model, None, None, nullcontext(), {}, lambda: aug)).at_validation(point)
 
 
 def test_layer_offsets_on_hand_made_statistics():
@@ -69,8 +71,7 @@ def test_staleness_is_exactly_zero_right_after_recalibrations_statistics_are_cop
             m.running_mean.copy_(mean)
             m.running_var.copy_(var)
     running = bn_statistics(model)
-    with recalibrated_bn(model, clean, nullcontext()):
-        f = measure_inside_recalibration(model, running, aug, nullcontext(), lambda: (torch.tensor(1.0),) * 2)
+    f = measured(model, running, clean, aug, 1.0)
     assert f["bn_staleness_mu_mean"].item() == 0.0 and f["bn_staleness_mu_max"].item() == 0.0
     assert f["bn_staleness_logvar_mean"].item() == 0.0 and f["bn_staleness_logvar_max"].item() == 0.0
     assert f["bn_lag_mu_mean"].item() > 0  # the augmented reference differs from the clean one ...
@@ -86,9 +87,7 @@ def test_running_statistics_with_a_smaller_momentum_are_staler():
     figures = {}
     for momentum in (0.01, 0.1):
         model, clean, aug = trained(momentum)
-        running = bn_statistics(model)
-        with recalibrated_bn(model, clean, nullcontext()):
-            f = measure_inside_recalibration(model, running, aug, nullcontext(), lambda: (torch.tensor(0.0),) * 2)
+        f = measured(model, bn_statistics(model), clean, aug, 0.0)
         figures[momentum] = {k: v.item() for k, v in f.items()}
     for key in ("bn_staleness_mu_mean", "bn_staleness_logvar_mean", "bn_lag_mu_mean", "bn_lag_logvar_mean"):
         assert figures[0.01][key] > 1.5 * figures[0.1][key], key
@@ -100,18 +99,19 @@ def test_a_training_run_records_staleness_at_every_validation(tmp_path):
     from conftest import TINY, compose_cfg
 
     from runner.config import validate
-    from runner.engine.loop import train
+    from runner.engine.train import train
 
     cfg = validate(compose_cfg(*TINY, "data.n_train=128", "data.n_val=64", "trainer.max_steps=4",
-                               "trainer.val_every=2", "batch_size=32", "trainer.bn_recalibrate=64"))  # fmt: skip
+                               "trainer.val_every=2", "batch_size=32", "trainer.bn_recalibrate=64",
+                               "probes.bn_staleness=true"))  # fmt: skip
     train(cfg, tmp_path)
     vals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
     assert len(vals) == 2
     for r in vals:
         for key in ("bn_staleness_mu_mean", "bn_lag_logvar_max", "bn_mismatch_mu/stem", "val_loss_recal_aug"):
             assert isinstance(r[key], float) and r[key] >= 0, key
-    # the same run's log points carry the equilibrium figures (core.equilibrium), its summary the timescale
+    # the same run's log points carry the equilibrium figures (probes.equilibrium), its summary the timescale
     logs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "rotation" in line]
     assert logs and all(r["rotation/stages.1"] > 0 and r["weight_norm_eq/stages.1"] > 0 for r in logs)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["equilibrium"]["tau_steps"] > 0 and "norm_ratio/stem" in summary["equilibrium"]
+    assert summary["timescale"]["tau_steps"] > 0

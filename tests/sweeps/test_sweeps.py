@@ -54,9 +54,9 @@ def test_experiment_presets_compose():
     assert all(eta(e + f) == keras(e) for e in range(200) for f in (0.0, 0.5, 0.999))
     assert k.data.drop_last is False  # Keras trains on the last, smaller batch of each epoch too
     a = validate(compose_cfg("experiment=adamw_20ep"))
-    assert (a.optimizer.name, a.l2, a.batch_size, a.epochs, a.schedule.name) == ("adamw", 0.0, 64, 20, "warm_restarts")
+    assert (a.optimizer.name, a.l2, a.batch_size, a.epochs, a.schedule.shape) == ("adamw", 0.0, 64, 20, "warm_restarts")
     assert a.optimizer.wd_normalized and a.trainer.train_eval and a.trainer.bn_recalibrate > 0
-    from runner.core.update_rule import normalized_lambda
+    from runner.core.step_plan import normalized_lambda
 
     assert normalized_lambda(a.wd, a.batch_size, 50_000, a.epochs) == pytest.approx(3.0e-4)  # what was measured
     o = validate(compose_cfg("experiment=adamw_oscillate"))

@@ -17,6 +17,7 @@ from runner.core.models import build_resnet
 from runner.core.update_rule import Optimizer
 from runner.engine import checkpoint
 from runner.engine.checkpoint import CheckpointError, load_latest, save, save_best
+from runner.engine.state import RunState
 
 
 def step_files(folder):
@@ -28,24 +29,22 @@ def draws():
 
 
 def real_state(step=1):
-    """What train.py saves: a ResNet-20 and its Adam state after one step, every RNG, the config."""
+    """What the loop saves (engine.loop.save_checkpoint): a ResNet-20 and its Adam state after one step, the
+    loop's state, every RNG, the config and a probe's state."""
     torch.manual_seed(0)
     model = build_resnet(20, 1)
-    opt = Optimizer(model, algorithm="adam", lr=1e-3, l2=0.0, wd=0.0, decay=lambda t, eta: 0.0)
+    opt = Optimizer(model, algorithm="adam")
     model(torch.randn(2, 3, 32, 32)).sum().backward()
-    opt.inner.step()
+    opt.apply(1e-3, None)
     np.random.randn()  # leaves a cached gaussian in numpy's state
     return {
+        "step": step,
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
-        "step": step,
-        "best_acc": 0.5,
-        "last_val": (1.2, 0.5),
-        "initial_loss": 2.3,
-        "epoch_loss": 1.7,
-        "n_epoch": 3,
+        "state": dataclasses.asdict(RunState(step=step, best_acc_running=0.5, initial_loss=2.3)),
         "rng": checkpoint.rng_state(),
         "config": dataclasses.asdict(RunConfig()),
+        "probes": {"equilibrium": {"prev": [p.detach().clone() for p in opt.regularized], "prev_step": step}},
     }
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from runner.core.update_rule import Optimizer, decoupled_rate, describe, rounding_note, split_params
+from runner.core.step_plan import decoupled_rate
+from runner.core.update_rule import Optimizer, rounding_note, split_params
 
 ALPHA, STEPS = 3e-3, 30
 
@@ -57,23 +58,19 @@ def run_runner(
     seed=0,
 ):
     model = tiny_model(seed)
-    opt = Optimizer(
-        model,
-        algorithm=algorithm,
-        lr=ALPHA,
-        l2=l2,
-        wd=wd,
-        decay=decoupled_rate(wd, wd_scaling, ALPHA),
-        decay_on=decay_on,
-        momentum=momentum,
-        nesterov=nesterov,
-    )
+    opt = Optimizer(model, algorithm=algorithm, l2=l2, decay_on=decay_on, momentum=momentum, nesterov=nesterov)
     traj = []
     for k in range(STEPS):
         grads(model, k)
-        opt.step(k, schedule(k))
+        apply_step(opt, wd, wd_scaling, schedule(k))
         traj.append([p.detach().clone() for p in model.parameters()])
     return model, traj
+
+
+def apply_step(opt, wd, wd_scaling, e):
+    """Step k as the plan makes it (core.step_plan): lr_t = α·η_t, d_t by the convention, no shrink without wd."""
+    d = decoupled_rate(wd, wd_scaling, ALPHA)(0.0, e)
+    opt.apply(opt.lr_value(ALPHA * e), opt.keep_value(d) if wd else None)
 
 
 def shrink(wd, scaling, e):
@@ -209,16 +206,9 @@ def test_adam_divides_the_l2_term_by_sqrt_v_but_not_decoupled_decay(lam):
     for name, kw in {"adam_l2": {"l2": lam}, "adamw": {"wd": lam}}.items():
         m = Lonely()
         theta0 = m.w.detach().clone()
-        opt = Optimizer(
-            m,
-            algorithm="adam",
-            lr=ALPHA,
-            decay=decoupled_rate(kw.get("wd", 0.0), "schedule", ALPHA),
-            l2=kw.get("l2", 0.0),
-            wd=kw.get("wd", 0.0),
-        )
+        opt = Optimizer(m, algorithm="adam", l2=kw.get("l2", 0.0))
         m.w.grad = torch.zeros_like(m.w)
-        opt.step(0.0, 1.0)
+        apply_step(opt, kw.get("wd", 0.0), "schedule", 1.0)
         results[name] = theta0 - m.w.detach()
     l2_step = results["adam_l2"]
     torch.testing.assert_close(l2_step, ALPHA * torch.sign(theta0) * (lam * theta0.abs()) / (lam * theta0.abs() + 1e-8))
@@ -239,42 +229,6 @@ def test_decay_on_all_shrinks_biases_too():
     base = list(tiny_model().parameters())
     for p0, p in zip(base, traj[0]):  # lr 0: only the decay acts
         torch.testing.assert_close(p, p0.detach() * 0.5)
-
-
-def test_normalized_lambda_matches_the_hand_computation():
-    # λ = λ_norm·√(b/(B·T)): b=128, B=50000, T=100 → 0.05·√(128/5e6)
-    d = decoupled_rate(0.05, "schedule", 1e-3, normalized=True, batch_size=128, n_train=50000, period=lambda t: 100.0)
-    assert d(0.0, 1.0) == pytest.approx(0.05 * math.sqrt(128 / 5_000_000))
-    assert d(0.0, 1.0) == pytest.approx(2.5298e-4, rel=1e-4)
-    d = decoupled_rate(
-        0.05, "lr", 1e-3, normalized=True, batch_size=128, n_train=50000, period=lambda t: 10.0 if t < 10 else 20.0
-    )
-    assert d(15.0, 0.5) == pytest.approx(1e-3 * 0.5 * 0.05 * math.sqrt(128 / 1e6))
-
-
-def test_the_step_returns_the_shrink_it_applied():
-    model = tiny_model()
-    opt = Optimizer(model, algorithm="adam", lr=ALPHA, l2=0.0, wd=1e-2, decay=decoupled_rate(1e-2, "schedule", ALPHA))
-    grads(model, 0)
-    assert opt.step(0.0, 0.5) == pytest.approx(0.5 * 1e-2)
-    assert (
-        Optimizer(
-            model, algorithm="adam", lr=ALPHA, l2=1e-2, wd=0.0, decay=decoupled_rate(0.0, "schedule", ALPHA)
-        ).step(0, 1)
-        == 0
-    )
-
-
-def test_the_printed_sentences_say_which_rule_ran():
-    s = describe(
-        algorithm="adam", wd=5e-4, l2=0.0, wd_scaling="schedule", wd_normalized=False, n_tensors=58, n_values=1_640_000
-    )
-    assert s == [
-        "decoupled decay: θ ← θ·(1 − η_t·0.0005) on 58 tensors (1.64 M values) (wd_scaling=schedule)",
-        "L2: off",
-    ]
-    s = describe(algorithm="adam", wd=0.0, l2=2e-4, wd_scaling="lr", wd_normalized=False, n_tensors=3, n_values=10)
-    assert s[0] == "decoupled decay: off" and "g ← g + 0.0002·θ" in s[1] and "√v̂" in s[1]
 
 
 def test_float32_weights_round_small_shrinks_as_the_rounding_note_says():
@@ -310,13 +264,13 @@ def test_loading_a_checkpoint_keeps_this_optimizers_execution_flags(algorithm):
     """torch.optim's load_state_dict takes fused/foreach/capturable from the checkpoint; the runner keeps its own, so
     an eager or CPU run's checkpoint continues on the fused (and, for CUDA graphs, capturable) path. Fused kernels
     run on CPU too: a checkpoint of the unfused optimizer is loaded into a fused one here."""
-    kw = dict(algorithm=algorithm, lr=ALPHA, l2=0.0, wd=0.0, decay=decoupled_rate(0.0, "schedule", ALPHA))
+    kw = dict(algorithm=algorithm)
     model = tiny_model()
     saved_from = Optimizer(model, fused=False, **kw)
     for k in range(3):
         saved_from.zero_grad()
         grads(model, k)
-        saved_from.step(k / STEPS, 1.0)
+        apply_step(saved_from, 0.0, "schedule", 1.0)
     loaded = Optimizer(model, fused=True, **kw)
     flags = {k: v for k, v in loaded.inner.param_groups[0].items() if k in ("fused", "foreach", "capturable")}
     loaded.load_state_dict(saved_from.state_dict())
@@ -328,38 +282,5 @@ def test_loading_a_checkpoint_keeps_this_optimizers_execution_flags(algorithm):
         assert steps and all(s.dtype == torch.float32 and s.item() == 3 for s in steps)
     loaded.zero_grad()
     grads(model, 3)
-    loaded.step(3 / STEPS, 1.0)  # the fused step runs on the loaded state
+    apply_step(loaded, 0.0, "schedule", 1.0)  # the fused step runs on the loaded state
     assert all(s.get("step", torch.tensor(4.0)).item() == 4 for s in loaded.inner.state.values())
-
-
-# ---------------------------------------------------------------- the L2 term under Adam, measured
-
-
-def test_l2_terms_on_a_hand_made_adam_state():
-    from runner.core.update_rule import l2_stage_figures
-
-    model = torch.nn.Linear(2, 2, bias=False)
-    opt = Optimizer(model, algorithm="adam", lr=1e-3, l2=0.5, wd=0.0, decay=lambda t, eta: 0.0, fused=False)
-    model.weight.grad = torch.ones(2, 2)
-    opt.inner.step()  # Adam's state exists from here on
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))  # (λ₂θ)² = 0.25, 1, 2.25, 4
-    state = opt.inner.state[model.weight]
-    state["step"] = torch.tensor(10.0)
-    bias = 1 - 0.999**10
-    state["exp_avg_sq"].copy_(torch.tensor([[0.5, 2.0], [2.0, 2.0]]) * bias)  # v̂ = 0.5, 2, 2, 2
-    model.weight.grad = torch.tensor([[3.0, 0.0], [0.0, 4.0]])  # ‖g‖ = 5
-    opt.note_l2_terms()
-    f = l2_stage_figures(opt.l2_terms, {"all": torch.tensor([0])}, {"all": 4})
-    assert f["l2_grad_ratio/all"].item() == pytest.approx(0.5 * math.sqrt(30) / 5)
-    assert f["l2_sign_fraction/all"].item() == pytest.approx(2 / 4)  # 2.25 > 2 and 4 > 2 only
-
-
-def test_l2_terms_are_left_alone_without_l2_or_under_sgd():
-    model = torch.nn.Linear(2, 2, bias=False)
-    for algorithm, l2 in (("adam", 0.0), ("sgd", 0.5)):
-        opt = Optimizer(model, algorithm=algorithm, lr=1e-3, l2=l2, wd=0.0, decay=lambda t, eta: 0.0, fused=False)
-        model.weight.grad = torch.ones(2, 2)
-        opt.inner.step()
-        opt.note_l2_terms()
-        assert opt.l2_terms is None

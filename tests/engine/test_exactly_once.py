@@ -82,7 +82,7 @@ def test_random_sigkills_then_resume_leave_each_step_once_and_end_bit_exact(tmp_
 def test_a_checkpoint_is_published_only_once_the_records_up_to_its_step_are_on_disk(tmp_path, monkeypatch):
     from runner.config import validate
     from runner.engine import checkpoint
-    from runner.engine.loop import train
+    from runner.engine.train import train
 
     seen = []
     real = checkpoint.save
@@ -135,16 +135,17 @@ def test_a_stop_mid_epoch_records_its_step_as_a_straight_run_does(tmp_path, monk
     """With log_every > 1 the step a signal stops at is no logging step: no norms that a straight run lacks there."""
     from runner.config import validate
     from runner.engine import loop
+    from runner.engine.train import train
 
     cfg = validate(compose_cfg(*RUN, "trainer.log_every=4", "trainer.val_every=100"))
-    real = loop.take_step
+    real = loop.note_step
 
-    def take_step(run, x, y):  # a SIGTERM that arrives during step 2
+    def note_step(run, *a):  # a SIGTERM that arrives during step 2
         if run.state.step == 1:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(run, x, y)
+        return real(run, *a)
 
-    monkeypatch.setattr(loop, "take_step", take_step)
-    s = loop.train(cfg, tmp_path)
+    monkeypatch.setattr(loop, "note_step", note_step)
+    s = train(cfg, tmp_path)
     (rec,) = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["step"] == 2]
     assert s["status"] == "interrupted" and s["steps"] == 2 and "weight_norm" not in rec and "grad_norm" not in rec

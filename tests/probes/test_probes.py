@@ -1,0 +1,46 @@
+"""Probes observe and change nothing (runner.probes): a run trains bit for bit the same with all of them
+on as with all of them off, and each adds only its own figures."""
+
+import torch
+from conftest import TINY, compose_cfg
+
+from runner.config import validate
+from runner.engine.checkpoint import load_latest
+from runner.engine.records import read_metrics
+from runner.engine.train import train
+
+ALL = ["probes.equilibrium", "probes.l2_terms", "probes.bn_staleness"]
+
+
+def trained(folder, on: bool):
+    over = [f"{p}={str(on).lower()}" for p in ALL]
+    cfg = validate(
+        compose_cfg(
+            *TINY,
+            "optimizer=adam_l2",
+            "data.n_train=128",
+            "data.n_val=64",
+            "batch_size=32",
+            "trainer.log_every=2",
+            "trainer.val_every=3",
+            "trainer.bn_recalibrate=64",
+            *over,
+        )
+    )
+    train(cfg, folder)
+    return load_latest(folder / "checkpoints")[0], read_metrics(folder / "metrics.jsonl")
+
+
+def test_a_run_trains_bit_for_bit_the_same_with_every_probe_on_or_off(tmp_path):
+    on, on_records = trained(tmp_path / "on", True)
+    off, off_records = trained(tmp_path / "off", False)
+    for key, value in off["model"].items():
+        assert torch.equal(value, on["model"][key]), key
+    losses = [[r["train_loss"] for r in recs if "train_loss" in r] for recs in (on_records, off_records)]
+    assert losses[0] == losses[1] and len(losses[0]) == 8
+    keys = [set().union(*(r.keys() for r in recs)) for recs in (on_records, off_records)]
+    added = keys[0] - keys[1]
+    assert {"rotation/stages.1", "l2_grad_ratio/stem", "bn_lag_mu_mean", "val_loss_recal_aug"} <= added
+    assert all(k.split("/")[0].startswith(("weight_norm", "rotation", "angular", "l2_", "bn_", "val_", "diff"))
+               for k in added)  # fmt: skip
+    assert set(on["probes"]) == {"equilibrium", "l2_terms", "bn_staleness"} and off["probes"] == {}
