@@ -163,7 +163,7 @@ def _enroll(cfg: DictConfig) -> tuple:
         callbacks.job_choices(hc),
         int(hc.job.num),
         name=f"#{hc.job.num}",
-        on_start=lambda: callbacks.run_starts(run_dir),
+        on_start=lambda: callbacks.run_starts(run_dir, Path(hc.sweep.dir)),
     )  # named once set up: a refused job leaves none to name
     return job, list(logging.getLogger().handlers)
 

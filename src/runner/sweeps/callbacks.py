@@ -148,9 +148,18 @@ def job_choices(hc) -> dict:
     return {**out, "swept": [k for k in swept.split(",") if k]} if swept is not None else out
 
 
-def run_starts(run_dir: Path) -> None:
-    """A run has been set up in `run_dir` and starts training: point `latest` at it and say where it is."""
-    point_latest(run_dir)
+def sweep_folder(hc) -> Path | None:
+    """The sweep folder of a multirun job (Hydra's config `hc`); None for a single run."""
+    from hydra.types import RunMode
+
+    return Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+
+
+def run_starts(run_dir: Path, sweep_dir: Path | None = None) -> None:
+    """A run has been set up in `run_dir` and starts training: point `latest` at it (at its sweep's
+    folder for a sweep job) and say where it is. Only here: a run or sweep that never trains leaves
+    `latest` where it was."""
+    point_latest(sweep_dir if sweep_dir is not None else run_dir)
     print(f"runner: run folder {shown(run_dir)}", file=sys.stderr)
 
 
@@ -281,12 +290,13 @@ class CheckOutputFolder(Callback):
 
 
 class SweepFolder(Callback):
-    """multirun/latest points at the newest sweep from its start; at its end the sweep folder is the last line,
-    after the report (python -m runner.analysis.report SWEEP) when the config says report=true."""
+    """The swept keys for the jobs' folder names; at the sweep's end the sweep folder is the last
+    line, after the report (python -m runner.analysis.report SWEEP) when report=true.
+    multirun/latest moves to the sweep when its first job starts training (run_starts), so a sweep
+    whose jobs all fail never becomes it."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         os.environ[SWEPT_ENV] = ",".join(swept_keys(config))  # job folder names and HParams columns read it
-        point_latest(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
