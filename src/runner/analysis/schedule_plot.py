@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_steps(cfg, n_train, spe, cfg.epochs)  # the trainer's own plan, so the plot shows what runs
     s, rate = plan.schedule, plan.decay
     o = cfg.optimizer
+    preset = cfg.schedule.preset or cfg.schedule.name  # cosine as typed, not its shape
     title = (
-        f"{cfg.schedule.name}, lr={cfg.lr:g}, {o.name} wd={cfg.wd:g} ({o.wd_scaling} scaling"
+        f"{preset}, lr={cfg.lr:g}, {o.name} wd={cfg.wd:g} ({o.wd_scaling} scaling"
         f"{', normalized' if o.wd_normalized else ''}), l2={cfg.l2:g}; {cfg.epochs} epochs × {spe} steps"
     )
     plot(args.out, cfg.epochs, spe, cfg.lr, s, lambda t: rate(t, s(t)), title)
