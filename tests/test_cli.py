@@ -167,6 +167,7 @@ def test_a_run_says_its_folder_at_start_and_end_and_becomes_latest(tmp_path):
     assert folder_lines(r.stderr) == [f"runner: run folder {rel}", f"runner: run folder {rel} (completed)"]
     assert r.stderr.rstrip().endswith(f"runner: run folder {rel} (completed)")
     assert (tmp_path / "outputs" / "latest").resolve() == run.resolve()
+    assert (run / "run.log").is_file() and not (run / "__main__.log").exists()
 
 
 @pytest.mark.slow

@@ -193,7 +193,7 @@ class FolderBefore:
         forget_latest(self.folder)
         lock.release(self.folder)
         if self.created:  # made by this run: what is in it is the run's own (.hydra, its log, its lock)
-            if self.folder.is_dir() and {p.name for p in self.folder.iterdir()} <= {*self.OURS, "__main__.log"}:
+            if self.folder.is_dir() and only_ours(self.folder):
                 shutil.rmtree(self.folder)
             for p in self.created[1:]:
                 _rmdir_if_empty(p)
@@ -212,6 +212,11 @@ class FolderBefore:
         for name, size in self.logs.items():
             with open(self.folder / name, "rb+") as f:
                 f.truncate(size)
+
+
+def only_ours(folder: Path) -> bool:
+    """Whether `folder` holds only what a run writes before it trains: .hydra/, lock, log."""
+    return all(p.name in FolderBefore.OURS or p.suffix == ".log" for p in folder.iterdir())
 
 
 def _rmdir_if_empty(path: Path) -> None:
@@ -245,7 +250,7 @@ def refused_sweep(sweep_dir: Path) -> None:
 def drop_empty_run_dir(run_dir: Path) -> None:
     """A sweep job stopped by a user error leaves no folder behind, unless something else is already in it."""
     lock.release(run_dir)
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {*FolderBefore.OURS, "__main__.log"}:
+    if run_dir.is_dir() and only_ours(run_dir):
         shutil.rmtree(run_dir)
         forget_latest(run_dir)
 
