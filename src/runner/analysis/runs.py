@@ -291,7 +291,7 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         if finite_number(r.get("epoch")) is not None and finite_number(r.get("weight_norm")) is not None
     )
     return {
-        "path": root.name if rel == "." else rel,
+        "path": root.resolve().name if rel == "." else rel,  # outputs/latest: the run it points at
         "status": status,
         "seed": hp.get("seed"),
         "hparams": hp,
