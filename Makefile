@@ -1,18 +1,24 @@
-# Two set-up commands for a fresh clone: `make test` and `make run`. Each creates .venv on its own.
+# Set-up commands for a fresh clone: make test, make run, make install. Each creates .venv itself.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: test format run bench gpu gpu-wheels clean
+.PHONY: install test format run bench gpu gpu-wheels clean
 
 # PYTHONWARNINGS=ignore: configs/ sits outside src/, so setuptools installs through a meta path finder and prints an
 # information-only notice about it, nothing to act on; the first screen stays clean
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.runtime: pyproject.toml   # the package and what it needs to train and report
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime   # and the test tools: pytest, ruff, Hydra's launcher plugins
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[test]'
 	touch $@
+
+install: $(VENV)/.runtime ## install the package into .venv, without the test tools
 
 test: $(VENV)/.installed  ## install the package with its test extras, lint, check the format, run the suite
 	$(VENV)/bin/ruff check .
@@ -23,7 +29,7 @@ format: $(VENV)/.installed ## format the code and fix what the linter can (what 
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-run: $(VENV)/.installed   ## train the default configuration (ResNet56v2, AdamW, CIFAR-10); ARGS="lr=3e-3 ..." adds overrides
+run: $(VENV)/.runtime     ## train the default configuration (ResNet56v2, AdamW, CIFAR-10); ARGS="lr=3e-3 ..." adds overrides
 	$(PY) -m runner $(ARGS)
 
 bench: $(VENV)/.installed ## time the runner's loop against a plain PyTorch DataLoader loop

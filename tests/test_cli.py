@@ -41,6 +41,7 @@ def test_a_run_says_its_folder_at_start_and_end_and_becomes_latest(tmp_path):
     assert folder_lines(r.stderr) == [f"runner: run folder {rel}", f"runner: run folder {rel} (completed)"]
     assert r.stderr.rstrip().endswith(f"runner: run folder {rel} (completed)")
     assert (tmp_path / "outputs" / "latest").resolve() == run.resolve()
+    assert (run / "run.log").is_file() and not (run / "__main__.log").exists()
 
 
 @pytest.mark.slow
@@ -73,6 +74,54 @@ def test_a_sweep_names_jobs_by_their_overrides_links_latest_reports_and_says_its
     lines = folder_lines(r.stderr)
     assert len(lines) == 5 and lines[-1] == f"runner: sweep folder {sweep.relative_to(tmp_path).as_posix()}"
     assert r.stderr.rstrip().endswith(lines[-1])
+
+
+def image_tree(root, classes=("ant", "bee"), per_class=16):
+    """A tiny train/<class>/*.png + test/<class>/*.png folder for data=image_folder."""
+    import numpy as np
+    from PIL import Image
+
+    for split, n in (("train", per_class), ("test", 2)):
+        for ci, c in enumerate(classes):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = np.full((8, 8, 3), 40 * ci + i, np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+    return root
+
+
+IMAGES = [o for o in SMALL if not o.startswith(("data.n_train", "data.n_val"))]
+IMAGES += ["data=image_folder", "data.n_train=null", "data.n_val=null"]
+
+
+def earlier_sweep(tmp_path):
+    """multirun/latest pointing at an earlier sweep that trained."""
+    old = make_run(tmp_path / "multirun", "2026-01-01", "10-00-00_before")
+    (tmp_path / "multirun" / "latest").symlink_to("2026-01-01/10-00-00_before")
+    return old
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_jobs_all_fail_at_setup_leaves_latest_where_it_was(tmp_path):
+    """No job found its images: the sweep folder holds no run that trained, so `latest` (what the
+    report and TensorBoard are pointed at) keeps showing the earlier sweep."""
+    old = earlier_sweep(tmp_path)
+    r = run_cli(["-m", *IMAGES, f"data.root={tmp_path / 'none'}", "seed=1,2"], cwd=tmp_path)
+    assert r.returncode == 2 and "check data.root" in r.stderr, r.stderr[-3000:]
+    assert len(list((tmp_path / "multirun").glob("20*/*"))) == 2  # the failed sweep's folder exists
+    assert (tmp_path / "multirun" / "latest").resolve() == old.resolve()
+
+
+@pytest.mark.slow
+def test_a_sweep_that_partly_fails_is_latest_once_a_job_trains(tmp_path):
+    earlier_sweep(tmp_path)
+    good = image_tree(tmp_path / "images")
+    r = run_cli(["-m", *IMAGES, f"data.root={good},{tmp_path / 'none'}"], cwd=tmp_path)
+    assert r.returncode == 2 and "check data.root" in r.stderr, r.stderr[-3000:]
+    (sweep,) = [p for p in (tmp_path / "multirun").glob("20*/*") if "before" not in p.name]
+    trained = [p.parent.name.split("_")[0] for p in sweep.glob("*/summary.json")]
+    assert trained == ["0"]  # job 1 did not train
+    assert (tmp_path / "multirun" / "latest").resolve() == sweep.resolve()
 
 
 @pytest.mark.slow

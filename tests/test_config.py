@@ -476,3 +476,17 @@ def test_a_removed_config_group_is_refused_instead_of_training_the_schema_defaul
     for group in ("model", "optimizer", "schedule", "data"):
         with pytest.raises(ConfigError, match=rf"^{group} is not set \(removed with ~{group}\?\)"):
             validate(compose_cfg(f"~{group}"))
+
+
+def test_config_comments_send_readers_to_docs_that_hold_what_they_promise():
+    """A comment names the file that explains its setting: an existing docs/ path, never "the
+    README" (which points to docs/ for details); another project's README (Keras') may be quoted."""
+    import re
+
+    root = Path(CONFIG_DIR).parent
+    for f in Path(CONFIG_DIR).rglob("*.yaml"):
+        text = f.read_text()
+        for path in re.findall(r"docs/[\w/.-]*\w", text):
+            assert (root / path).exists(), (f.name, path)
+        ours = [m for m in re.finditer("README", text) if text[m.start() - 4 : m.start()] != "its "]
+        assert not ours, f"{f.name} points to the README"

@@ -85,7 +85,7 @@ def main(cfg: DictConfig) -> float | None:
 
         def on_start():
             nonlocal started
-            callbacks.run_starts(run_dir)
+            callbacks.run_starts(run_dir, callbacks.sweep_folder(hc))
             started = True
 
         summary = train(run, run_dir, meta=meta, job_num=job_num, on_start=on_start)

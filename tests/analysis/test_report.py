@@ -10,7 +10,7 @@ import matplotlib.image
 import pytest
 import yaml
 
-from runner.analysis.figures import heatmap_grid, oscillation_series
+from runner.analysis.figures import NOISE_SPAN, heatmap_grid, oscillation_series
 from runner.analysis.report import main
 from runner.analysis.runs import collect_runs, group_configs, varying_keys
 
@@ -233,14 +233,16 @@ def test_oscillation_series_one_line_per_optimizer():
     assert s["optimizer.name=adamw"][1][1]["tv_per_epoch"] == pytest.approx(1e-4)
 
 
-def test_main_table_lists_every_run(report):
-    rc, stdout, _ = report
+def test_the_runs_table_lists_every_run(report):
+    rc, _, out = report
     assert rc == 0
-    lines = [line for line in stdout.splitlines() if "/10-00-00_abc123/" in line]
+    md = (out / "report.md").read_text()
+    table = md.split("## Runs", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in table.splitlines() if "/10-00-00_abc123/" in line]
     assert len(lines) == 7
     for job, status in STATUS.items():
         assert any(f"abc123/{job} | {status} |" in line for line in lines)
-    assert "| 0.91 ± 0.014 |" in stdout  # the seed-averaged configuration row
+    assert "| 0.91 ± 0.014 |" in md  # the seed-averaged configuration row
 
 
 def test_runs_csv_has_every_run(report):
@@ -267,7 +269,7 @@ def test_single_run_skips_figures_it_cannot_draw(tmp_path, capsys):
     md = (tmp_path / "run" / "report" / "report.md").read_text()
     assert "heatmap.png skipped: needs at least two configurations" in md
     assert "oscillation.png skipped" in md and "](val_curves.png)" in md
-    assert "| run | completed |" in capsys.readouterr().out
+    assert "| run | completed |" in md
     # the summary's oscillation block is used as is; another threshold recomputes it from metrics.jsonl
     assert collect_runs(tmp_path)[0]["osc"] == {"tv_per_epoch": 123.0, "rise_threshold": 0.1}
     assert collect_runs(tmp_path, threshold=0.2)[0]["osc"]["tv_per_epoch"] == pytest.approx(1.2 / 2)
@@ -332,7 +334,8 @@ def test_loss_figures_are_capped(tmp_path, monkeypatch):
 
 
 def test_tables_show_the_recalibrated_columns_only_when_a_run_has_them(tmp_path, report):
-    assert "TV/epoch recal" not in report[1] and "removed by recal" not in report[1]
+    md = (report[2] / "report.md").read_text()
+    assert "swing per epoch (recal) |" not in md and "| swing removed by recal |" not in md
     for i, (wd, shift) in enumerate([(1e-4, 0.0), (1e-4, 0.0), (5e-4, 0.1)]):
         make_run(tmp_path / "sweep" / str(i), hparams(1e-3, wd, i))
         path = tmp_path / "sweep" / str(i) / "metrics.jsonl"
@@ -346,7 +349,8 @@ def test_tables_show_the_recalibrated_columns_only_when_a_run_has_them(tmp_path,
         path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "| TV/epoch running | TV/epoch recal | removed by recal |" in md
+    swing = "| loss swing per epoch (running) | loss swing per epoch (recal) |"
+    assert swing + " swing removed by recal |" in md
     assert "| best val acc (recal, selected on test) | final val acc (recal) | final val loss (recal) |" in md
     # wd=1e-4: TV 1.2/2 = 0.6 running, 1.0/2 = 0.5 recalibrated, so recalibration removes 1/6 of it
     assert "| 0.6 ± 0 | 0.5 ± 0 | 0.1667 ± 0 |" in md  # the configuration row (two identical seeds)
@@ -378,3 +382,124 @@ def test_the_staleness_table_and_figure_put_each_optimizer_on_its_own_axis(tmp_p
 def test_no_staleness_table_without_staleness_records(report):
     assert "## BatchNorm staleness" not in report[1]
     assert "staleness.png skipped" in (report[2] / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- read without the code
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every figure the report saves, by file name: its words are checked, not its pixels."""
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+
+    figures, save = {}, Figure.savefig
+
+    def keep(self, path, *args, **kwargs):
+        figures[Path(path).name] = self
+        return save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def words(fig) -> list[str]:
+    """Every text a figure shows: title, panel titles, axis labels, tick labels, legends, notes."""
+    out = [fig._suptitle.get_text()] if fig._suptitle else []
+    for a in fig.axes:
+        out += [a.get_title(), a.get_xlabel(), a.get_ylabel(), *(t.get_text() for t in a.texts)]
+        out += [t.get_text() for t in a.get_xticklabels() + a.get_yticklabels()]
+        legend = a.get_legend()
+        out += [t.get_text() for t in legend.get_texts()] if legend else []
+    for legend in fig.legends:
+        out += [t.get_text() for t in legend.get_texts()]
+    return [w for w in out if w]
+
+
+def test_the_console_shows_a_short_ranking_then_where_the_full_tables_are(sweep, report):
+    rc, stdout, out = report
+    lines = stdout.splitlines()
+    assert lines[0].startswith(f"{sweep.name}: 7 runs (") and "in 4 configurations" in lines[0]
+    assert "best val acc (running BN statistics, selected on test)" in stdout
+    assert "| 1 | lr=0.001, wd=0.0001 | 0.910 ± 0.014 | 2 |" in stdout  # ranked by its mean
+    assert "| 2 | lr=0.001, wd=0.0005 | 0.880 | 1 (1 interrupted) |" in stdout
+    assert "| - | lr=0.003, wd=0.0001 | - | 0 (1 diverged) |" in stdout
+    assert "abc123/0 | completed" not in stdout  # the table of every run is in the files
+    assert lines[-1] == f"Every run, every figure and what the names mean: {out / 'report.md'}"
+
+
+def test_report_md_opens_on_the_leaderboard_and_says_what_its_words_mean(report):
+    md = (report[2] / "report.md").read_text()
+    head, rest = md.split("## Leaderboard", 1)
+    assert "resnet20v1" in head and "synthetic" in head  # what trained on what
+    first = rest.index("| 1 | lr=0.001, wd=0.0001 | 0.910 ± 0.014 |")
+    assert first < rest.index("## Configurations")
+    assert "selected on the test split" in rest.split("##", 1)[0]
+    terms = md.split("## What the names mean", 1)[1].split("\n## ", 1)[0]
+    for term in ("loss swing per epoch", "largest rise", "running", "recal", "n", "selected on"):
+        assert f"**{term}**" in terms, term
+    lines = md.splitlines()
+    headers = " ".join(a for a, b in zip(lines, lines[1:]) if b.startswith("|---"))
+    for jargon in ("TV/epoch", "total variation", "dispersion", "gap:", "√(2d)", "μ"):
+        assert jargon not in headers, jargon  # in words (the terms name runs.csv's keys)
+    assert "1 runs" not in md
+
+
+def test_one_run_is_one_run(tmp_path, capsys):
+    make_run(tmp_path / "run", hparams(1e-3, 1e-4, 0))
+    assert main([str(tmp_path / "run")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("run: 1 run (1 completed) in 1 configuration;"), first
+
+
+def test_every_figure_is_titled_with_sweep_model_and_data_and_axes_in_words(sweep, tmp_path, drawn):
+    assert main([str(sweep), "--out", str(tmp_path / "rep")]) == 0
+    assert {"val_curves.png", "heatmap.png", "weight_norm.png", "oscillation.png"} <= set(drawn)
+    for name, fig in drawn.items():
+        title = fig._suptitle.get_text()
+        assert "multirun" in title and "resnet20v1" in title and "synthetic" in title, (name, title)
+        for a in fig.axes:
+            if a.get_label() != "<colorbar>" and a.get_visible() and a.has_data():
+                assert len(a.get_xlabel()) > 6 and len(a.get_ylabel()) > 6, (name, a.get_xlabel())
+    labels = " ".join(words(drawn["oscillation.png"]))
+    assert "swing per epoch" in labels and "total variation" not in labels
+
+
+def test_a_line_of_few_points_has_markers(tmp_path, drawn):
+    """One validation per run: each line is one point, drawn as a marker, never a blank panel."""
+    for i, wd in enumerate((1e-4, 5e-4)):
+        make_run(tmp_path / "sweep" / str(i), hparams(1e-3, wd, 0), val=(2.0,), accs=(0.4,))
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
+    for a in drawn["val_curves.png"].axes:
+        assert a.lines and all(line.get_marker() not in (None, "None", "") for line in a.lines)
+    md = (tmp_path / "rep" / "report.md").read_text()  # one validation has no swing or rise
+    assert "oscillation.png" not in drawn and "oscillation.png skipped: not enough points" in md
+
+
+def test_the_heat_map_shows_n_and_spread_and_never_colours_noise_as_signal(sweep, tmp_path, drawn):
+    assert main([str(sweep), "--out", str(tmp_path / "rep")]) == 0
+    runs = collect_runs(sweep)
+    grid = heatmap_grid(group_configs(runs), varying_keys(runs))
+    (panel,) = grid["panels"]
+    assert panel["labels"][0][0] == "0.910 ± 0.014\nn=2" and panel["labels"][1][0] == "0.880\nn=1"
+    assert grid["noise"] == pytest.approx(0.02 / 2**0.5)  # the seeds' spread (no accuracy noise)
+    image = drawn["heatmap.png"].axes[0].images[0]
+    low, high = image.norm.vmin, image.norm.vmax
+    assert high - low == pytest.approx(2 * NOISE_SPAN * grid["noise"])  # 0.91 vs 0.88: muted
+    assert "noise" in " ".join(words(drawn["heatmap.png"]))
+
+
+def test_a_panel_without_points_says_so(tmp_path, drawn):
+    """The staleness figure's right panel needs BatchNorm staleness: these runs have none."""
+    for i, (wd, speed) in enumerate([(1e-4, 0.02), (5e-4, 0.05)]):
+        d = tmp_path / "sweep" / str(i)
+        make_run(d, hparams(1e-3, wd, 0))
+        summary = json.loads((d / "summary.json").read_text())
+        summary["oscillation"] = {"dispersion": 0.3, "dispersion_recal": 0.1, "rise_threshold": 0.1}
+        summary["equilibrium"] = {"angular_update_mid": speed, "angular_update_eq_mid": 0.04}
+        (d / "summary.json").write_text(json.dumps(summary))
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
+    left, right = drawn["staleness.png"].axes[:2]
+    assert left.lines and not right.lines
+    assert [t.get_text() for t in right.texts] == ["not enough points"]

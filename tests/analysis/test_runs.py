@@ -190,6 +190,14 @@ def test_summary_values_win_over_the_records(tmp_path):
     assert run["status"] == "completed" and run["best_val_acc"] == 0.83 and run["notes"] == []
 
 
+def test_a_run_reached_through_latest_is_named_by_its_own_folder(tmp_path):
+    run = tmp_path / "outputs" / "2026-12-01" / "10-00-00_abc123"
+    write_run(run, saved_config(1e-3, None), summary=finished(resolved(1e-3, None), 0.8))
+    (tmp_path / "outputs" / "latest").symlink_to("2026-12-01/10-00-00_abc123")
+    (found,) = collect_runs(tmp_path / "outputs" / "latest")
+    assert found["path"] == "10-00-00_abc123"
+
+
 # ---------------------------------------------------------------- a sweep caught mid-way, and one after a crash
 
 

@@ -15,3 +15,10 @@ def test_the_schedule_cli_refuses_bad_settings(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "s.png"), "schedule=warm_restarts", "schedule.T_mult=0.5"]) == 2
     assert "schedule.T_mult" in capsys.readouterr().err
     assert not (tmp_path / "s.png").exists()
+
+
+def test_the_plot_is_titled_with_the_preset_the_user_named(tmp_path, capsys):
+    """schedule=cosine is a warm_restarts shape with one period: the title says cosine, as typed."""
+    assert main(["--out", str(tmp_path / "s.png"), "schedule=cosine", "epochs=3"]) == 0
+    title = capsys.readouterr().out.split(": ", 1)[1]
+    assert title.startswith("cosine, lr=") and "warm_restarts" not in title

@@ -149,6 +149,7 @@ def test_with_the_progress_bar_validations_are_still_logged_and_the_last_line_is
 
 @pytest.mark.slow
 def test_the_smoke_demo_learns_clearly_above_chance(tmp_path):
+    import torch
     from conftest import compose_cfg
 
     from runner.config import validate
@@ -156,5 +157,38 @@ def test_the_smoke_demo_learns_clearly_above_chance(tmp_path):
 
     cfg = validate(compose_cfg("debug=smoke"))
     assert cfg.trainer.progress is None  # the bar wherever there is a terminal
+    assert torch.get_num_threads() == 1  # conftest; CPU kernels split their sums by thread
     s = train(cfg, tmp_path)
     assert s["status"] == "completed" and s["final_val_acc"] >= 0.3, s["final_val_acc"]  # chance: 0.1
+    stated, where = smoke_claims()
+    measured = f"{s['final_val_acc']:.3f}"
+    here = (torch.__version__.split("+")[0], torch.backends.cpu.get_cpu_capability())
+    if here == (where["torch"], where["cpu"]):  # what smoke.yaml says it prints on one thread
+        assert measured == where["one_thread"], (measured, where)
+    else:  # another torch or CPU rounds differently: a few of the 200 validation images may flip
+        assert abs(float(measured) - float(stated)) <= 0.05, (measured, stated, here)
+
+
+def smoke_claims() -> tuple[str, dict]:
+    """The val_acc that the README, --help, configs/debug/smoke.yaml and docs/configuration.md state
+    for `python -m runner debug=smoke`, the same in each with the same torch version, and where it
+    was measured: {torch, threads, cpu, one_thread} (smoke.yaml gives the threads, the CPU's
+    capability and the val_acc on one thread)."""
+    texts = {
+        "README.md": (ROOT / "README.md").read_text(),
+        "--help": (ROOT / "configs" / "config.yaml").read_text(),
+        "smoke.yaml": (ROOT / "configs" / "debug" / "smoke.yaml").read_text(),
+        "configuration.md": (ROOT / "docs" / "configuration.md").read_text(),
+    }
+    claims = {}
+    for name, text in texts.items():
+        found = re.findall(r"val_acc (0\.\d{3}) \(torch (\d[\d.]*\d)", text)
+        assert len(found) == 1, (name, found)
+        claims[name] = found[0]
+    assert len(set(claims.values())) == 1, claims
+    acc, version = claims["README.md"]
+    smoke = texts["smoke.yaml"]
+    threads, cpu = re.search(r"on (\d+) CPU threads \((\w+)\)", smoke).groups()
+    one = re.search(r"val_acc (0\.\d{3}) on\s+#? ?1 thread", smoke).group(1)
+    return acc, {"torch": version, "threads": int(threads), "cpu": cpu, "one_thread": one}
+

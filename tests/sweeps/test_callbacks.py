@@ -7,6 +7,7 @@ from conftest import CONFIG_DIR
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
+from runner.sweeps import callbacks
 from runner.sweeps.callbacks import forget_latest, job_dirname, point_latest
 
 
@@ -104,6 +105,14 @@ def test_a_link_that_cannot_be_made_is_a_note_not_a_failure(tmp_path, capsys):
     assert (tmp_path / "latest").is_dir() and not (tmp_path / "latest").is_symlink()
     assert "runner: note: could not point" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_sweep_job_that_starts_training_makes_its_sweep_latest(tmp_path, capsys):
+    sweep = make_run(tmp_path, "2026-11-28", "10-00-00_s")
+    (sweep / "0_lr=0.1").mkdir()
+    callbacks.run_starts(sweep / "0_lr=0.1", sweep)
+    assert os.readlink(tmp_path / "latest") == "2026-11-28/10-00-00_s"
+    assert "runner: run folder" in capsys.readouterr().err
 
 
 def test_forgetting_a_removed_run_drops_only_its_own_link(tmp_path):

@@ -239,7 +239,7 @@ def test_a_packed_sweep_writes_what_a_sweep_one_job_at_a_time_writes(tmp_path):
         assert {k: s[k] for k in RESULTS} == {k: b[k] for k in RESULTS}, name
         assert list(d.glob("events.out.tfevents.*")) and (d / "checkpoints" / "last.pt").exists()
         # the job's own log file has its lines, and the objective went back to Hydra (python -m runner's value)
-        log = (d / "__main__.log").read_text()
+        log = (d / "run.log").read_text()
         assert "completed after 3 steps" in log and f"return value: {s['best_val_acc']}" in log, name
         assert (f"[#{name[0]}] completed" in log) == (name[0] not in "25"), name  # a packed job's lines say its name
 

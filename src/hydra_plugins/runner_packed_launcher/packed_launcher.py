@@ -3,7 +3,7 @@ of up to K in this process (runner.sweeps.pack), the rest one after another as H
 
 Jobs pack when sweeps.pack.pack_key says they may (same model, batch size, epochs, data and device) and Hydra runs
 them alike (same hydra.job.env_set, no hydra.job.chdir). A packed job goes through Hydra's own `run_job` for what
-Hydra does to any job: its folder, `.hydra/` files, job logging (its `__main__.log`), `hydra.job.env_set` and the
+Hydra does to any job: its folder, `.hydra/` files, job logging (its `run.log`), `hydra.job.env_set` and the
 callbacks' on_job_start. Then, instead of the task function, it is enrolled in the pack: the pack trains it (its log
 lines still go to its own log file), and only then does it get its JobReturn, holding summary[trainer.objective] as
 `python -m runner` returns it, and the callbacks' on_job_end. Jobs that cannot pack (or find no partner) run the
@@ -163,7 +163,7 @@ def _enroll(cfg: DictConfig) -> tuple:
         callbacks.job_choices(hc),
         int(hc.job.num),
         name=f"#{hc.job.num}",
-        on_start=lambda: callbacks.run_starts(run_dir),
+        on_start=lambda: callbacks.run_starts(run_dir, Path(hc.sweep.dir)),
     )  # named once set up: a refused job leaves none to name
     return job, list(logging.getLogger().handlers)
 

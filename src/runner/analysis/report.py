@@ -1,21 +1,24 @@
-"""`python -m runner.analysis.report DIR`: tables and figures over every run found under DIR.
+"""`python -m runner.analysis.report DIR`: a leaderboard, tables and figures of every run under DIR.
 
-DIR is a run folder, a sweep folder (multirun/DATE/TIME_x/) or any folder above them; analysis.runs finds the runs
-and groups them into configurations (seeds averaged). This module writes the tables: OUT/report.md, OUT/runs.csv
-(one row per run), OUT/configs.csv, and asks runner.analysis.figures for the PNG figures (OUT/*.png, and one loss figure
-per run in OUT/runs/).
+DIR is a run folder, a sweep folder (multirun/DATE/TIME_x/) or any folder above them;
+analysis.runs finds the runs and groups them into configurations (seeds averaged). This module
+writes OUT/report.md (the leaderboard first, then what its names mean, the full tables and the
+figures), with analysis.tables the tables, runs.csv and configs.csv, and with analysis.figures the
+PNG figures (OUT/*.png, one loss figure per run in OUT/runs/). The console gets the short ranking
+and where the rest is.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 from runner.analysis.figures import (
+    LAMBDA,
+    decay_axis,
     heatmap_grid,
     oscillation_series,
     plot_heatmap,
@@ -26,265 +29,140 @@ from runner.analysis.figures import (
     plot_weight_norm,
     staleness_points,
 )
-from runner.analysis.runs import (
-    ID_KEYS,
-    METRICS,
-    STATS,
-    collect_runs,
-    finite_number,
-    fmt,
-    group_configs,
-    value,
-    varying_keys,
+from runner.analysis.runs import collect_runs, group_configs, varying_keys
+from runner.analysis.tables import (
+    config_table,
+    headline_name,
+    id_keys,
+    leaderboard,
+    leaderboard_intro,
+    notes_list,
+    runs_table,
+    selected_words,
+    staleness_table,
+    status_text,
+    terms_section,
+    write_csvs,
+)
+from runner.analysis.words import (
+    CONFIGURATIONS_NOTE,
+    EVALUATION_WORDS,
+    FIGURE_WORDS,
+    FREQUENCY_NOTE,
+    plural,
 )
 
-# the oscillation figures without a suffix are of the running-statistics series (runner.analysis.oscillation)
-TABLE_STATS = {
-    "best_val_acc": "best val acc",
-    "final_val_acc": "final val acc",
-    "final_val_loss": "final val loss",
-    "dispersion": "dispersion running",
-    "dispersion_recal": "dispersion recal",
-    "dispersion_share_gap": "BN gap share",
-    "acc_noise_floor": "acc noise floor",
-    "val_every_steps": "val every",
-    "tv_per_epoch": "TV/epoch running",
-    "tv_per_epoch_recal": "TV/epoch recal",
-    "recal_removed_share": "removed by recal",
-    "max_rise_rel": "max rise (rel) running",
-    "n_rises": "rises running",
-    "epochs_to_92": "epochs→92%",
-    "gen_gap": "gen gap running",
-}
-HEADLINE_STATS = ("best_val_acc", "final_val_acc", "final_val_loss", "epochs_to_92")  # in the runs' headline
-RUNS_TABLE_STATS = [
-    "best_val_acc",
-    "final_val_acc",
-    "final_val_loss",
-    "steps",
-    "val_every_steps",
-    "dispersion",
-    "dispersion_recal",
-    "dispersion_share_gap",
-    "tv_per_epoch",
-    "tv_per_epoch_recal",
-    "recal_removed_share",
-    "max_rise_rel",
-    "n_rises",
-]
-# columns left out when no run has val_loss_recal
-RECAL_STATS = ("tv_per_epoch_recal", "recal_removed_share", "dispersion_recal", "dispersion_share_gap")
-FREQUENCY_NOTE = (
-    "Total variation, largest rise, rises and the share recalibration removes grow with how often a run validates "
-    "(val every, in steps): compare them only at equal val every; dispersion does not (docs/reports.md)."
-)
+RUN_FILES = "summary.json, metrics.jsonl or .hydra/config.yaml"  # what makes a folder a run's
 MAX_RUN_FIGURES = 64  # one loss figure per run up to this many: more is a folder nobody opens
-CSV_NAMES = {"epochs": "epochs_done"}
+MAX_CONSOLE_ROWS = 20  # the console's ranking; report.md has every configuration
 
 
-# ---------------------------------------------------------------- tables
+def shown_root(root: Path) -> str:
+    """The report's folder as people see it: a link (outputs/latest) resolved, relative to the
+    current folder when below it, else its last three parts (multirun/DATE/TIME_x)."""
+    path = Path(root).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return "/".join(path.parts[-3:])
 
 
-def _status_text(counts: Counter) -> str:
-    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+def _distinct(runs: list[dict], get) -> list[str]:
+    return sorted({str(v) for r in runs if (v := get(r)) not in (None, "")})
 
 
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
-    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(esc, row)) + " |" for row in rows])
+def context(runs: list[dict], root: Path) -> str:
+    """What the report is of, for every title: the sweep (the folder holding all its runs), the
+    model(s) and the data (its images)."""
+    models = _distinct(runs, lambda r: r["hparams"].get("model.name"))
+    data = _distinct(runs, lambda r: r["hparams"].get("data.name"))
+    sizes = _distinct(runs, _images)
+    below = os.path.commonpath([r["path"] for r in runs]) if len(runs) > 1 else ""
+    parts = [shown_root(Path(root) / below), ", ".join(models) or "model not recorded"]
+    images = f" ({'; '.join(sizes)})" if sizes else ""
+    parts.append(", ".join(data) + images if data else "data not recorded")
+    return " · ".join(parts)
 
 
-def id_keys(runs: list[dict], keys: list[str]) -> list[str]:
-    present = [k for k in ID_KEYS if any(k in r["hparams"] for r in runs)]
-    return present + [k for k in keys if k not in present]
+def _images(run: dict) -> str | None:
+    n_train, n_val = run["data"].get("n_train"), run["data"].get("n_val")
+    return f"{n_train:,} train / {n_val:,} val images" if n_train and n_val else None
 
 
-def table_stats(runs: list[dict], stats) -> list[str]:
-    """stats without the recalibrated columns when no run has a recalibrated validation series."""
-    recal = any(value(r, "tv_per_epoch_recal") is not None for r in runs)
-    return [k for k in stats if recal or k not in RECAL_STATS]
-
-
-def headline_name(runs: list[dict]) -> str:
-    """Which evaluation the headline columns are: recal or running when every run agrees (summary.json's
-    val_metric), else headline (each run its own: runs.csv's val_metric column says which)."""
-    names = {r.get("val_metric") for r in runs}
-    only = names.pop() if len(names) == 1 else None
-    return {"recalibrated": "recal", "running": "running"}.get(only, "headline")
-
-
-def label(key: str, runs: list[dict]) -> str:
-    """A table column's header: headline columns say which evaluation they are, and the best accuracy says which
-    images chose it when the test split did (a run without data.val_split: engine.selection)."""
-    text = TABLE_STATS.get(key, key)
-    on_test = key == "best_val_acc" and any(r.get("selected_on") == "test" for r in runs)
-    return f"{text} ({headline_name(runs)}{', selected on test' if on_test else ''})" if key in HEADLINE_STATS else text
-
-
-def config_table(groups: list[dict], cols: list[str]) -> str:
-    def cell(g, k):
-        m, s = g["stats"][k]
-        return "-" if m is None else fmt(m) + ("" if s is None else f" ± {fmt(s, 2)}")
-
-    runs = [r for g in groups for r in g["runs"]]
-    stats = table_stats(runs, TABLE_STATS)
-    header = cols + ["n", "runs"] + [label(k, runs) for k in stats]
-    rows = [
-        [fmt(g["hparams"].get(k)) for k in cols]
-        + [str(g["n"]), _status_text(g["statuses"])]
-        + [cell(g, k) for k in stats]
-        for g in groups
+def figures(runs: list[dict], groups: list[dict], keys: list[str], axes: tuple, title: str) -> list:
+    """(file, draw(path) → None or why it was skipped) of every figure of the report."""
+    evaluation = EVALUATION_WORDS[headline_name(runs)]
+    grid = lambda: heatmap_grid(groups, keys, *axes)
+    series, lam = oscillation_series(groups, keys), decay_axis(groups, keys) or LAMBDA
+    words = f"best val acc ({evaluation}, {selected_words(runs)})"
+    return [
+        ("val_curves.png", lambda p: plot_val_curves(groups, p, evaluation, title)),
+        ("weight_norm.png", lambda p: plot_weight_norm(groups, p, title)),
+        ("heatmap.png", lambda p: plot_heatmap(grid(), p, title, words)),
+        ("oscillation.png", lambda p: plot_oscillation(series, p, title=title, lam_key=lam)),
+        ("staleness.png", lambda p: plot_staleness(staleness_points(groups), p, title)),
     ]
-    return md_table(header, rows)
-
-
-def runs_table(runs: list[dict], cols: list[str]) -> str:
-    stats = table_stats(runs, RUNS_TABLE_STATS)
-    header = ["run", "status", "seed"] + cols + [label(k, runs) for k in stats]
-    rows = [
-        [r["path"], r["status"], fmt(r["seed"])]
-        + [fmt(r["hparams"].get(k)) for k in cols]
-        + [fmt(value(r, k)) for k in stats]
-        for r in runs
-    ]
-    return md_table(header, rows)
-
-
-STALENESS_STATS = {
-    "dispersion": "dispersion",
-    "dispersion_recal": "dispersion recal",
-    "dispersion_share_gap": "BN gap share",
-    "gap_lag_mean": "gap: lag",
-    "gap_mismatch_mean": "gap: clean/aug",
-    "bn_staleness_mu": "staleness μ",
-    "bn_lag_mu": "lag μ",
-    "angular_update_mid": "angular update",
-    "angular_update_eq_mid": "√(2d)",
-    "gap_staleness_corr": "corr(gap, staleness)",
-}
-
-
-STALENESS_NOTE = (
-    "Per configuration (seed means): the val-loss dispersion with running and recalibrated statistics, the share "
-    "of the running one carried by the running − recalibrated gap, the gap's lag and clean/augmented parts (mean "
-    "loss), the running statistics' staleness and lag (μ offset in reference stds), and the measured angular "
-    "update per step of the BatchNorm-followed stages against √(2d) (docs/reports.md)."
-)
-
-
-def natural_axis(g: dict) -> str:
-    """Where a configuration sits on its optimizer's own axis: τ/T for decoupled decay, λ₂ for L2 alone."""
-    tau, l2 = g["stats"]["tau_fraction"][0], finite_number(g["hparams"].get("l2"))
-    return f"τ/T={fmt(tau, 3)}" if tau is not None else f"λ₂={fmt(l2)}" if l2 else "-"
-
-
-def staleness_table(groups: list[dict], cols: list[str]) -> str:
-    """How much of each configuration's oscillation is BatchNorm staleness, next to its angular update; empty when
-    no run recorded staleness (docs/reports.md#batchnorm-staleness-and-rotational-equilibrium)."""
-    if not any(g["stats"]["bn_staleness_mu"][0] is not None for g in groups):
-        return ""
-    header = cols + ["n", "axis"] + list(STALENESS_STATS.values())
-    rows = [
-        [fmt(g["hparams"].get(k)) for k in cols] + [str(g["n"]), natural_axis(g)]
-        + [fmt(g["stats"][k][0], 3) for k in STALENESS_STATS]
-        for g in groups
-    ]  # fmt: skip
-    return "## BatchNorm staleness\n\n" + STALENESS_NOTE + "\n\n" + md_table(header, rows) + "\n"
-
-
-def notes_list(runs: list[dict]) -> str:
-    """One line per remark of a run (a config that could not be resolved, ...); empty when there are none."""
-    lines = [f"- {r['path']}: {note}" for r in runs for note in r.get("notes", [])]
-    return "## Notes\n\n" + "\n".join(lines) + "\n" if lines else ""
-
-
-def write_csvs(runs: list[dict], groups: list[dict], keys: list[str], out: Path) -> None:
-    """runs.csv: every run (swept keys, metrics, oscillation figures, then the other hparams);
-    configs.csv: seed statistics per configuration."""
-    osc_keys = list(dict.fromkeys(k for r in runs for k in r["osc"]))
-    hp_keys = keys + sorted({k for r in runs for k in r["hparams"]} - set(keys) - {"seed"})
-    # summary's "epochs" (done) would clash with the hparam "epochs" (scheduled)
-    header = (
-        ["path", "status", "seed"]
-        + hp_keys[: len(keys)]
-        + [CSV_NAMES.get(k, k) for k in METRICS]
-        + ["val_metric", "selected_on"]
-        + osc_keys
-        + hp_keys[len(keys) :]
-        + ["notes"]
-    )
-    with open(out / "runs.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for r in runs:
-            hp = [r["hparams"].get(k) for k in hp_keys]
-            w.writerow(
-                [r["path"], r["status"], r["seed"]]
-                + hp[: len(keys)]
-                + [r.get(k) for k in METRICS]
-                + [r.get("val_metric"), r.get("selected_on")]
-                + [r["osc"].get(k) for k in osc_keys]
-                + hp[len(keys) :]
-                + ["; ".join(r.get("notes", []))]
-            )
-    with open(out / "configs.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(keys + ["n", "runs"] + [f"{k}_{s}" for k in STATS for s in ("mean", "std")])
-        for g in groups:
-            w.writerow(
-                [g["hparams"].get(k) for k in keys]
-                + [g["n"], _status_text(g["statuses"])]
-                + [x for k in STATS for x in g["stats"][k]]
-            )
-
-
-# ---------------------------------------------------------------- the command
 
 
 def build_report(runs: list[dict], out: Path, root: Path, x: str = "lr", y: str = "wd") -> str:
-    """Write report.md, runs.csv, configs.csv and the figures into out; return the markdown tables."""
+    """Write report.md, runs.csv, configs.csv and the figures into out; return what the console
+    shows."""
     keys = varying_keys(runs)
     groups = group_configs(runs, keys)
     cols = id_keys(runs, keys)
-    counts = _status_text(Counter(r["status"] for r in runs))
-    tables = (
-        f"{len(runs)} runs ({counts}) in {len(groups)} configurations; swept: {', '.join(keys) or 'nothing'}.\n"
-        f"Configuration statistics: mean ± sample std over completed runs (n). {FREQUENCY_NOTE}\n\n"
-        f"## Configurations\n\n{config_table(groups, cols)}\n\n## Runs\n\n{runs_table(runs, cols)}\n"
-    )
+    title = context(runs, root)
+    counts = f"{plural(len(runs), 'run')} ({status_text(Counter(r['status'] for r in runs))})"
+    swept = ", ".join(keys) or "nothing"
+    what = f"{counts} in {plural(len(groups), 'configuration')}; swept: {swept}"
+    full, every = config_table(groups, cols), runs_table(runs, cols)
     stale = staleness_table(groups, cols)
-    tables += f"\n{stale}" if stale else ""
-    notes = notes_list(runs)
-    tables += f"\n{notes}" if notes else ""
+    headers = _headers("\n".join([full, every, stale]))
     out.mkdir(parents=True, exist_ok=True)
     write_csvs(runs, groups, keys, out)
-    figures = [
-        ("val_curves.png", "validation loss and accuracy", lambda p: plot_val_curves(groups, p, headline_name(runs))),
-        ("weight_norm.png", "weight norm", lambda p: plot_weight_norm(groups, p)),
-        ("heatmap.png", "best validation accuracy", lambda p: plot_heatmap(heatmap_grid(groups, keys, x, y), p)),
-        (
-            "oscillation.png",
-            "oscillation vs decay strength (dashed: BatchNorm recalibrated)",
-            lambda p: plot_oscillation(oscillation_series(groups, keys), p),
-        ),
-        (
-            "staleness.png",
-            "oscillation and BatchNorm staleness vs the angular update",
-            lambda p: plot_staleness(staleness_points(groups), p),
-        ),
-    ]
-    lines = []
-    for name, title, draw in figures:
+    drawn = []
+    for name, draw in figures(runs, groups, keys, (x, y), title):
         why = _draw(draw, out / name)
-        lines.append(f"- {name} skipped: {why}" if why else f"### {title}\n\n![{title}]({name})\n")
-    md = f"# Report: {root}\n\n{tables}\n## Figures\n\n" + "\n".join(lines) + "\n\n" + run_figures(runs, out)
+        heading, how = FIGURE_WORDS[name]
+        shown = f"### {heading}\n\n{how}\n\n![{heading}]({name})\n"
+        drawn.append(f"- {name} skipped: {why}" if why else shown)
+    md = "\n".join(
+        [
+            f"# Report: {shown_root(root)}\n\n{title}. {what}.\n",
+            f"## Leaderboard\n\n{leaderboard_intro(runs, groups)}\n\n{leaderboard(groups)}\n",
+            terms_section(headers),
+            f"## Configurations\n\n{CONFIGURATIONS_NOTE} {FREQUENCY_NOTE}\n",
+            f"{full}\n\n## Runs\n\n{every}\n",
+            *(part for part in (stale, notes_list(runs)) if part),
+            "## Figures\n\n" + "\n".join(drawn),
+            run_figures(runs, out, title),
+        ]
+    )
     (out / "report.md").write_text(md, encoding="utf-8")
-    return tables
+    return console(runs, groups, what, root, out)
+
+
+def _headers(md: str) -> list[str]:
+    """The column names of every markdown table in `md` (each line above a |---| line)."""
+    lines = md.splitlines()
+    above = [a for a, b in zip(lines, lines[1:]) if b.startswith("|---")]
+    return [h.strip() for a in above for h in a.strip("| ").split(" | ")]
+
+
+def console(runs: list[dict], groups: list[dict], what: str, root: Path, out: Path) -> str:
+    """The console's few lines: what was found, the ranking, any notes, and where everything else
+    is."""
+    first = f"{Path(root).resolve().name}: {what}"
+    evaluation = EVALUATION_WORDS[headline_name(runs)]
+    how = f"best val acc ({evaluation}, {selected_words(runs)}), mean ± std over n:"
+    ranking = leaderboard(groups, full=False, limit=MAX_CONSOLE_ROWS)
+    notes = notes_list(runs)
+    tail = f"Every run, every figure and what the names mean: {out / 'report.md'}"
+    return "\n\n".join([f"{first}\n{how}", ranking, *([notes.strip()] if notes else []), tail])
 
 
 def _draw(draw, path: Path) -> str | None:
-    """draw(path), or the one-line reason it drew nothing; a skipped figure leaves no stale file behind."""
+    """draw(path), or the one-line reason it drew nothing; a skipped figure leaves no stale file
+    behind."""
     try:
         why = draw(path)
     except Exception as e:  # a figure is a bonus: never lose the tables over one
@@ -295,41 +173,45 @@ def _draw(draw, path: Path) -> str | None:
 
 
 def run_figure_name(path: str) -> str:
-    """Where a run's loss figure goes, relative to OUT: runs/<run path with / as __>.png (one flat folder)."""
+    """Where a run's loss figure goes, relative to OUT: runs/<run path with / as __>.png (one flat
+    folder)."""
     return "runs/" + path.replace("/", "__") + ".png"
 
 
-def run_figures(runs: list[dict], out: Path) -> str:
-    """Draw each run's loss figure (the first MAX_RUN_FIGURES runs in path order); return report.md's section."""
+def run_figures(runs: list[dict], out: Path, title: str = "") -> str:
+    """Draw each run's loss figure (the first MAX_RUN_FIGURES runs in path order); return
+    report.md's section."""
     (out / "runs").mkdir(exist_ok=True)
     lines = []
     for r in runs[:MAX_RUN_FIGURES]:
         name = run_figure_name(r["path"])
-        why = _draw(lambda p: plot_run_losses(r, p), out / name)
+        why = _draw(lambda p: plot_run_losses(r, p, title), out / name)
         lines.append(f"- {r['path']} skipped: {why}" if why else f"- [{r['path']}]({name})")
     if len(runs) > MAX_RUN_FIGURES:
-        lines.append(f"- capped at {MAX_RUN_FIGURES} runs: the other {len(runs) - MAX_RUN_FIGURES} have no loss figure")
+        rest = len(runs) - MAX_RUN_FIGURES
+        lines.append(f"- capped at {MAX_RUN_FIGURES} runs: the other {rest} have no loss figure")
     return (
-        "## Losses per run\n\nTrain loss in train mode (mean since the previous validation), eval-mode loss on "
-        "training images, validation loss with BatchNorm running statistics and recalibrated (dashed).\n\n"
-        + "\n".join(lines)
-        + "\n"
+        "## Losses per run\n\nTraining loss in train mode (mean since the previous validation), "
+        "eval-mode loss on training images, validation loss with BatchNorm running statistics and "
+        "recalibrated (dashed).\n\n" + "\n".join(lines) + "\n"
     )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m runner.analysis.report", description=__doc__.splitlines()[0].split(": ", 1)[1]
+        prog="python -m runner.analysis.report",
+        description=__doc__.splitlines()[0].split(": ", 1)[1],
     )
     p.add_argument("dir", help="a run folder, a sweep folder, or any folder above them")
-    p.add_argument("--out", help="where report.md, runs.csv and the figures go (default DIR/report)")
+    out_help = "where report.md, runs.csv and the figures go (default: DIR/report)"
+    p.add_argument("--out", help=out_help)
     p.add_argument("--x", default="lr", help="heat map x key (default lr)")
     p.add_argument("--y", default="wd", help="heat map y key (default wd)")
     p.add_argument(
         "--threshold",
         type=float,
         default=None,
-        help="relative rise that counts as an oscillation episode (default 0.1, or what the summary used)",
+        help="relative rise that counts as an oscillation episode (default 0.1, or the summary's)",
     )
     args = p.parse_args(argv)
     if args.threshold is not None and not args.threshold > 0:
@@ -341,19 +223,19 @@ def main(argv=None) -> int:
     runs = collect_runs(root, args.threshold)
     if not runs:
         print(
-            f"runner.analysis.report: error: no runs (summary.json, metrics.jsonl or .hydra/config.yaml) under {root}",
+            f"runner.analysis.report: error: no runs ({RUN_FILES}) under {root}",
             file=sys.stderr,
         )
         return 2
     out = Path(args.out) if args.out else root / "report"
     try:
-        tables = build_report(runs, out, root, args.x, args.y)
+        text = build_report(runs, out, root, args.x, args.y)
     except OSError as e:
-        print(f"runner.analysis.report: error: cannot write the report to {out}: {e}", file=sys.stderr)
+        where = f"cannot write the report to {out}: {e}"
+        print(f"runner.analysis.report: error: {where}", file=sys.stderr)
         return 1
-    print(f"wrote {out / 'report.md'}, runs.csv, configs.csv and figures", file=sys.stderr)
     try:
-        print(tables, flush=True)
+        print(text, flush=True)
     except BrokenPipeError:  # `| head` stopped reading; the files are written
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

@@ -76,6 +76,8 @@ STATS = [
     "angular_update_mid",
     "angular_update_eq_mid",
     "tau_fraction",
+    "test_acc_selected",
+    "test_acc_final",
 ]
 
 
@@ -282,11 +284,12 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         if finite_number(r.get("epoch")) is not None and finite_number(r.get("weight_norm")) is not None
     )
     return {
-        "path": root.name if rel == "." else rel,
+        "path": root.resolve().name if rel == "." else rel,  # outputs/latest: the run it points at
         "status": status,
         "seed": hp.get("seed"),
         "hparams": hp,
         **metrics,
+        "data": (summary or {}).get("data") or {},  # name, root, n_train, n_val, fingerprint
         "val_metric": (summary or {}).get("val_metric") or Headline.of_records(records).name,
         "selected_on": (summary or {}).get("selected_on") or ("val_split" if hp.get("data.val_split") else "test"),
         "osc": osc,
@@ -343,6 +346,25 @@ def mean_std(xs: list) -> tuple:
     if not xs:
         return None, None
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def accuracy_noise(groups: list[dict]) -> float | None:
+    """How far apart two configurations' mean best_val_acc can be by chance alone: the larger of the
+    seeds' typical spread (median sample std of a configuration) and the binomial standard error
+    √(a(1 − a)/N) of an accuracy a measured on N validation images (median over configurations,
+    N from summary.json's data.n_val); None when neither is known."""
+    spreads = [s for g in groups if (s := g["stats"]["best_val_acc"][1]) is not None]
+    floors = [f for g in groups if (f := binomial_error(g)) is not None]
+    return max((statistics.median(xs) for xs in (spreads, floors) if xs), default=None)
+
+
+def binomial_error(g: dict) -> float | None:
+    """√(a(1 − a)/N) of a configuration's mean best_val_acc a on its runs' N validation images."""
+    a = g["stats"]["best_val_acc"][0]
+    n_val = {finite_number(r["data"].get("n_val")) for r in g["runs"] if r.get("data")} - {None}
+    if a is None or not n_val or min(n_val) <= 0:
+        return None
+    return math.sqrt(a * (1 - a) / min(n_val))
 
 
 def group_configs(runs: list[dict], keys: list[str] | None = None) -> list[dict]:

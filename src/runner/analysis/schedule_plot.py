@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     spe = batches_per_epoch(n_train, cfg.batch_size, d.drop_last)
     plan = plan_steps(cfg, n_train, spe, cfg.epochs)  # the trainer's own plan, so the plot shows what runs
     o = cfg.optimizer
+    preset = cfg.schedule.preset or cfg.schedule.name  # cosine as typed, not its shape
     title = (
-        f"{cfg.schedule.name}, lr={cfg.lr:g}, {o.name} wd={cfg.wd:g} ({o.wd_scaling} scaling"
+        f"{preset}, lr={cfg.lr:g}, {o.name} wd={cfg.wd:g} ({o.wd_scaling} scaling"
         f"{', normalized' if o.wd_normalized else ''}), l2={cfg.l2:g}; {cfg.epochs} epochs × {spe} steps"
     )
     plot(args.out, plan, title)

@@ -31,13 +31,14 @@ Epoch records (one at each epoch end, a record with `epoch_train_s` is one):
 A continued run first drops the records past its checkpoint's step (an earlier attempt wrote them after it) and
 writes them again, so each record is in the file once; records are on disk before a checkpoint is published.
 
-TensorBoard: scalars grouped train/, val/, optim/, weights/, time/, each named as in metrics.jsonl (val/acc is
-the headline val_acc, val/acc_running and val/acc_recal the two evaluations, val/best_acc the best val/acc so
-far). The run's hyperparameters go into its own event files (HParams plugin) when it starts, so a running or
-killed run shows them too: the swept keys first, then the study's (hparams_columns); its metric columns are the
-last values of HPARAMS_METRICS, and its status is written when it ends. The keys are the same for every run of a
-sweep, so `tensorboard --logdir multirun/...` compares it (not SummaryWriter.add_hparams, which makes a separate
-run per call: pytorch issue 32651).
+TensorBoard: scalars grouped acc/, loss/, optim/ first, then the diagnostics (TB_TAGS: acc/val is
+the headline val_acc, acc/val_running and acc/val_recal the two evaluations, acc/val_best the best
+acc/val so far), and a Custom Scalars layout (LAYOUT). The run's hyperparameters go into its own
+event files (HParams plugin) when it starts, so a running or killed run shows them too: the swept
+keys first, then the study's (hparams_columns), the trial named by its run folder (trial_name); its
+metric columns are the last values of HPARAMS_METRICS, and its status is written when it ends. The
+keys are the same for every run of a sweep, so `tensorboard --logdir multirun/...` compares it (not
+SummaryWriter.add_hparams, which makes a separate run per call: pytorch issue 32651).
 """
 
 from __future__ import annotations
@@ -50,42 +51,77 @@ from pathlib import Path
 from runner.config import flatten
 from runner.engine.checkpoint import fsync_path
 
+# TensorBoard's Time Series sorts the tags, groups them by what comes before the first "/" and opens
+# the first two groups: accuracy and loss (training and validation side by side), then lr and decay;
+# the diagnostics sort after them (running_stats: runner.probes.bn_staleness, time, weights)
 TB_TAGS = {
-    "train_loss": "train/loss",
-    "l2_penalty": "train/l2_penalty",
-    "val_loss": "val/loss",
-    "val_acc": "val/acc",
-    "val_loss_running": "val/loss_running",
-    "val_acc_running": "val/acc_running",
-    "train_eval_loss": "train/eval_loss",
-    "train_eval_acc": "train/eval_acc",
-    "train_eval_loss_running": "train/eval_loss_running",
-    "train_eval_acc_running": "train/eval_acc_running",
+    "train_acc": "acc/train",
+    "val_acc": "acc/val",
+    "val_acc_running": "acc/val_running",
+    "val_acc_recal": "acc/val_recal",
+    "train_eval_acc": "acc/train_eval",
+    "train_eval_acc_running": "acc/train_eval_running",
+    "train_eval_acc_recal": "acc/train_eval_recal",
+    "train_loss": "loss/train",
+    "val_loss": "loss/val",
+    "val_loss_running": "loss/val_running",
+    "val_loss_recal": "loss/val_recal",
+    "train_eval_loss": "loss/train_eval",
+    "train_eval_loss_running": "loss/train_eval_running",
+    "train_eval_loss_recal": "loss/train_eval_recal",
     "lr": "optim/lr",
     "decay": "optim/decay",
     "grad_norm": "optim/grad_norm",
-    "weight_norm": "weights/norm",
-    "val_loss_recal": "val/loss_recal",
-    "val_acc_recal": "val/acc_recal",
-    "train_eval_loss_recal": "train/eval_loss_recal",
-    "train_eval_acc_recal": "train/eval_acc_recal",
     "epoch_train_s": "time/epoch_train_s",
-    "train_acc": "train/acc",
+    "weight_norm": "weights/norm",
+    "l2_penalty": "weights/l2_penalty",
 }
+BEST_ACC_TAG = "acc/val_best"  # the best headline val_acc so far
 # the HParams tab's metric columns: the last value of scalars the run writes anyway (no single-point charts)
-HPARAMS_METRICS = ("val/acc", "val/best_acc", "val/loss", "train/loss")
-STUDY_KEYS = ("optimizer", "lr", "wd", "l2", "reg", "schedule", "epochs")  # HParams columns after the swept keys
+HPARAMS_METRICS = ("acc/val", BEST_ACC_TAG, "loss/val", "loss/train")
+# HParams columns after the swept keys: what trained on what, then the study's keys
+STUDY_KEYS = (
+    *("model", "data", "batch_size", "seed"),
+    *("optimizer", "lr", "wd", "l2", "reg", "schedule", "epochs"),
+)
+STUDY_KEYS += ("epochs",)
+# the Custom Scalars tab: training and validation in one chart, and the two validations of BatchNorm
+LAYOUT = {
+    "headline": {
+        "loss: training and validation": ["Multiline", ["^loss/train$", "^loss/val$"]],
+        "accuracy: training and validation": ["Multiline", ["^acc/train$", "^acc/val$"]],
+        "learning rate and decay per step": ["Multiline", ["^optim/lr$", "^optim/decay$"]],
+    },
+    "validation: BatchNorm running vs recalibrated statistics": {
+        "loss": ["Multiline", ["^loss/val_running$", "^loss/val_recal$"]],
+        "accuracy": ["Multiline", ["^acc/val_running$", "^acc/val_recal$"]],
+    },
+}
 
 
-def hparams_columns(config: dict, choices: dict, swept: list[str]) -> dict:
-    """The HParams tab's columns: the keys the sweep varies, then the study's keys; a config group
-    (optimizer, schedule, ...) shows the preset it picked. Everything else stays in summary.json."""
+def hparams_columns(
+    config: dict,
+    choices: dict,
+    swept: list[str],
+    applied: dict | None = None,
+) -> dict:
+    """The HParams tab's columns: the keys the sweep varies, then the study's keys, then `applied`;
+    a config group (model, data, optimizer, schedule, ...) shows the preset it picked. Everything
+    else stays in summary.json."""
     flat, out = flatten(config), {}
     for key in [*swept, *STUDY_KEYS]:
         value = choices.get(key, flat.get(key, flat.get(f"{key}.name")))
         if key not in out and value is not None:
             out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return out
+    return {**out, **(applied or {})}
+
+
+def trial_name(run_dir: Path) -> str:
+    """The HParams tab's trial: the run folder as the run prints it (relative to the current folder
+    when below it); TensorBoard would name it relative to --logdir, "." for a run opened alone."""
+    path = Path(run_dir).absolute()
+    below = Path.cwd() in path.parents
+    return str(path.relative_to(Path.cwd())) if below else str(path)
 
 
 def _clean(v):
@@ -98,7 +134,7 @@ class Recorder:
     def __init__(self, run_dir: Path, resume_step: int = 0, histograms_every: int = 0, tensorboard: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.best_acc = None  # val/best_acc: the best headline val_acc so far
+        self.best_acc = None  # BEST_ACC_TAG: the best headline val_acc so far
         if self.path.exists():  # records past the checkpoint belong to a timeline the run is about to redo
             self._truncate(resume_step)
             for r in read_metrics(self.path):
@@ -134,30 +170,39 @@ class Recorder:
                 tag = TB_TAGS.get(key) or (
                     f"weights/{key.split('/', 1)[1]}" if key.startswith("weight_norm/") else None
                 )
-                tag = tag or (f"bn/{key[3:]}" if key.startswith("bn_") else None)  # runner.probes.bn_staleness
+                tag = tag or (f"running_stats/{key[3:]}" if key.startswith("bn_") else None)
                 if tag and value is not None:
                     self.tb.add_scalar(tag, value, record["step"])
             self._best(record)
             if "val_acc" in record and self.best_acc is not None:
-                self.tb.add_scalar("val/best_acc", self.best_acc, record["step"])
+                self.tb.add_scalar(BEST_ACC_TAG, self.best_acc, record["step"])
 
     def histograms(self, model, step: int) -> None:
         if self.tb is not None and self.histograms_every and step % self.histograms_every == 0:
             for name, p in model.named_parameters():
                 self.tb.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
 
-    def start(self, config: dict, choices: dict | None = None, swept: list[str] | None = None) -> None:
-        """The run's hyperparameters (hparams_columns) into its own event file now, so TensorBoard's HParams tab
-        lists the run while it trains (and after it is killed); `finish` adds the status."""
+    def start(
+        self,
+        config: dict,
+        choices: dict | None = None,
+        swept: list[str] | None = None,
+        applied: dict | None = None,
+    ) -> None:
+        """The run's hyperparameters (hparams_columns) into its own event file now, so TensorBoard's
+        HParams tab lists the run while it trains (and after it is killed), and the Custom Scalars
+        layout; `finish` adds the status. `applied`: the regularization as the step plan applies it,
+        e.g. {"wd_applied": λ} (optimizer.wd_tau and wd_normalized set λ from other settings),
+        columns after the others."""
         if self.tb is None:
             return
-        from torch.utils.tensorboard.summary import hparams
+        from torch.utils.tensorboard.summary import custom_scalars
 
-        hp = hparams_columns(config, choices or {}, swept or [])
-        experiment, session_start, _ = hparams(hp, {k: 0.0 for k in HPARAMS_METRICS})
+        hp = hparams_columns(config, choices or {}, swept or [], applied)
         writer = self.tb._get_file_writer()
-        writer.add_summary(experiment)
-        writer.add_summary(session_start)
+        for summary in _hparams_start(hp, set(swept or []), trial_name(self.path.parent)):
+            writer.add_summary(summary)
+        writer.add_summary(custom_scalars(LAYOUT))
         self.tb.flush()
 
     def finish(self, summary: dict) -> None:
@@ -186,20 +231,51 @@ class Recorder:
             self.file.close()
 
 
+def _hparams_start(hp: dict, swept: set, trial: str) -> list:
+    """The HParams plugin's experiment (its columns: a swept key `differs`, so TensorBoard lists and
+    ticks it first) and the run's session start, in the group `trial` (the trial's name there)."""
+    from google.protobuf.struct_pb2 import Value
+    from tensorboard.plugins.hparams import api_pb2, metadata
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionStartInfo
+
+    infos, values = [], {}
+    for k, v in hp.items():
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        kind = "BOOL" if isinstance(v, bool) else "FLOAT64" if number else "STRING"
+        data_type = api_pb2.DataType.Value(f"DATA_TYPE_{kind}")
+        infos.append(api_pb2.HParamInfo(name=k, type=data_type, differs=k in swept))
+        field = {"BOOL": "bool_value", "FLOAT64": "number_value", "STRING": "string_value"}[kind]
+        values[k] = Value(**{field: v})
+    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in HPARAMS_METRICS]
+    columns = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
+    experiment = HParamsPluginData(experiment=columns)
+    start = HParamsPluginData(session_start_info=SessionStartInfo(hparams=values, group_name=trial))
+    return [
+        _hparams_summary(metadata.EXPERIMENT_TAG, experiment),
+        _hparams_summary(metadata.SESSION_START_INFO_TAG, start),
+    ]
+
+
 def _session_end(status: str):
     """The HParams plugin's end-of-session record: success for a completed run, failure for a diverged or failed
     one, unknown for an interrupted one (it may continue)."""
-    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
     from tensorboard.plugins.hparams.api_pb2 import Status
-    from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG
+    from tensorboard.plugins.hparams.metadata import SESSION_END_INFO_TAG
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
 
     code = {"completed": "STATUS_SUCCESS", "interrupted": "STATUS_UNKNOWN"}.get(status, "STATUS_FAILURE")
-    content = HParamsPluginData(session_end_info=SessionEndInfo(status=Status.Value(code)), version=PLUGIN_DATA_VERSION)
-    meta = SummaryMetadata(
-        plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=content.SerializeToString())
-    )
-    return Summary(value=[Summary.Value(tag=SESSION_END_INFO_TAG, metadata=meta)])
+    end = SessionEndInfo(status=Status.Value(code))
+    return _hparams_summary(SESSION_END_INFO_TAG, HParamsPluginData(session_end_info=end))
+
+
+def _hparams_summary(tag: str, content):
+    """A Summary carrying the HParams plugin's `content` (HParamsPluginData) under `tag`."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME
+
+    content.version = PLUGIN_DATA_VERSION
+    data = SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=content.SerializeToString())
+    return Summary(value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=data))])
 
 
 def read_metrics(path: Path) -> list[dict]:

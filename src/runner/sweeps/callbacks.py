@@ -150,9 +150,18 @@ def job_choices(hc) -> dict:
     return {**out, "swept": [k for k in swept.split(",") if k]} if swept is not None else out
 
 
-def run_starts(run_dir: Path) -> None:
-    """A run has been set up in `run_dir` and starts training: point `latest` at it and say where it is."""
-    point_latest(run_dir)
+def sweep_folder(hc) -> Path | None:
+    """The sweep folder of a multirun job (Hydra's config `hc`); None for a single run."""
+    from hydra.types import RunMode
+
+    return Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+
+
+def run_starts(run_dir: Path, sweep_dir: Path | None = None) -> None:
+    """A run has been set up in `run_dir` and starts training: point `latest` at it (at its sweep's
+    folder for a sweep job) and say where it is. Only here: a run or sweep that never trains leaves
+    `latest` where it was."""
+    point_latest(sweep_dir if sweep_dir is not None else run_dir)
     print(f"runner: run folder {shown(run_dir)}", file=sys.stderr)
 
 
@@ -186,7 +195,7 @@ class FolderBefore:
         forget_latest(self.folder)
         lock.release(self.folder)
         if self.created:  # made by this run: what is in it is the run's own (.hydra, its log, its lock)
-            if self.folder.is_dir() and {p.name for p in self.folder.iterdir()} <= {*self.OURS, "__main__.log"}:
+            if self.folder.is_dir() and only_ours(self.folder):
                 shutil.rmtree(self.folder)
             for p in self.created[1:]:
                 _rmdir_if_empty(p)
@@ -205,6 +214,11 @@ class FolderBefore:
         for name, size in self.logs.items():
             with open(self.folder / name, "rb+") as f:
                 f.truncate(size)
+
+
+def only_ours(folder: Path) -> bool:
+    """Whether `folder` holds only what a run writes before it trains: .hydra/, lock, log."""
+    return all(p.name in FolderBefore.OURS or p.suffix == ".log" for p in folder.iterdir())
 
 
 def _rmdir_if_empty(path: Path) -> None:
@@ -238,7 +252,7 @@ def refused_sweep(sweep_dir: Path) -> None:
 def drop_empty_run_dir(run_dir: Path) -> None:
     """A sweep job stopped by a user error leaves no folder behind, unless something else is already in it."""
     lock.release(run_dir)
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {*FolderBefore.OURS, "__main__.log"}:
+    if run_dir.is_dir() and only_ours(run_dir):
         shutil.rmtree(run_dir)
         forget_latest(run_dir)
 
@@ -283,12 +297,13 @@ class CheckOutputFolder(Callback):
 
 
 class SweepFolder(Callback):
-    """multirun/latest points at the newest sweep from its start; at its end the sweep folder is the last line,
-    after the report (python -m runner.analysis.report SWEEP) when the config says report=true."""
+    """The swept keys for the jobs' folder names; at the sweep's end the sweep folder is the last
+    line, after the report (python -m runner.analysis.report SWEEP) when report=true.
+    multirun/latest moves to the sweep when its first job starts training (run_starts), so a sweep
+    whose jobs all fail never becomes it."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         os.environ[SWEPT_ENV] = ",".join(swept_keys(config))  # job folder names and HParams columns read it
-        point_latest(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
