@@ -55,6 +55,13 @@ def finished_run(tmp_path_factory, name: str, args) -> Path:
     return d
 
 
+def make_run(root, date, name):
+    """An empty run folder at ROOT/DATE/NAME, the layout `latest` links follow."""
+    d = root / date / name
+    d.mkdir(parents=True)
+    return d
+
+
 @pytest.fixture
 def compose_config():
     return compose_cfg

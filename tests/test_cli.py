@@ -5,7 +5,7 @@ import json
 import re
 
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, make_run, run_cli
 from omegaconf import OmegaConf
 
 from runner.sweeps import callbacks

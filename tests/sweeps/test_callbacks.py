@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from conftest import CONFIG_DIR
+from conftest import CONFIG_DIR, make_run
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
@@ -19,11 +19,6 @@ def job_folder_name(num: int, *overrides: str) -> str:
         cfg.hydra.job.num = num
     return OmegaConf.select(cfg, "hydra.sweep.subdir")
 
-
-def make_run(root, date, name):
-    d = root / date / name
-    d.mkdir(parents=True)
-    return d
 
 
 def test_a_job_folder_is_its_number_then_what_it_overrides():

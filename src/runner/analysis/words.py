@@ -8,7 +8,7 @@ metrics.jsonl, and each definition names its key, so a reader can go from one to
 from __future__ import annotations
 
 # column headers in words; "What the names mean" in report.md defines each (TERMS); the oscillation
-# columns# without a suffix are of the running-statistics series (core.oscillation)
+# columns# without a suffix are of the running-statistics series (runner.analysis.oscillation)
 TABLE_STATS = {
     "best_val_acc": "best val acc",
     "final_val_acc": "final val acc",

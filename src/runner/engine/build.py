@@ -99,7 +99,10 @@ def setup(
         stats=LoopStats(t_start=t_start),
     )
     announce(run)
-    recorder.start(dataclasses.asdict(cfg), facts.get("choices"), facts.get("swept"))
+    plan = trainee.plan
+    applied = {"wd_applied": plan.lam_now if plan.lam_now is not None else plan.wd,
+               "l2_applied": plan.l2}
+    recorder.start(dataclasses.asdict(cfg), facts.get("choices"), facts.get("swept"), applied)
     return run
 
 
