@@ -121,6 +121,7 @@ class GraphedStep:
         self.keep = torch.zeros((), dtype=dtype, device=dev)  # the optimizer reads these two tensors
         self.losses = torch.full((len(lr),), float("nan"), device=dev)  # train loss of step k at index k
         self.corrects = torch.zeros((len(lr),), dtype=torch.int64, device=dev)  # its correctly classified images
+        self.positions = torch.arange(len(lr), device=dev)  # k at index k: where step k's values go
         self.grad_norm = torch.zeros((), dtype=dtype, device=dev)  # ‖g‖ of the data loss at the latest step
         self.graphs: dict[tuple, tuple] = {}  # batch shape → (graph, static images, static labels)
         self.seen: dict[tuple, int] = {}
@@ -134,8 +135,13 @@ class GraphedStep:
         keep = self.keep if self.opt.wd else None
         loss, correct, grad_norm = step_body(self.model, self.opt, self.autocast, x, y, self.lr_t, keep, True)
         self.grad_norm.copy_(grad_norm)
-        self.losses.index_copy_(0, self.counter, loss.view(1))
-        self.corrects.index_copy_(0, self.counter, correct.view(1))
+        # elementwise, not index_copy_: with deterministic algorithms on, CUDA runs index_copy_ as
+        # index_put_ with a sort, whose range check reads the index on the host (ATen's
+        # index_copy_out, wrapIndexOnce): a sync that a capture refuses. torch.where never syncs,
+        # and each slot is written by one thread: deterministic too.
+        at = self.positions == self.counter
+        self.losses.copy_(torch.where(at, loss, self.losses))
+        self.corrects.copy_(torch.where(at, correct, self.corrects))
         self.counter += 1
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, k: int, want_grad_norm: bool = True):
