@@ -171,12 +171,8 @@ def test_the_step_equivalence_check_sees_a_different_update():
 def recalibration_identity(device, folder: Path) -> tuple[list, list, dict]:
     """(step records of the run that recalibrates every 3 steps, of the run that does not, weight differences)."""
     det = dict(deterministic=True, bn_recalibrate=256, compile=False)  # the check is about the captured step
-    was = torch.are_deterministic_algorithms_enabled()
-    try:
-        a = drain(tiny_config(device, val_every=3, **det), folder / "recal_every_3")
-        b = drain(tiny_config(device, **{**det, "bn_recalibrate": 0}), folder / "no_recal")
-    finally:  # setup() turned them on for the whole process
-        torch.use_deterministic_algorithms(was)
+    a = drain(tiny_config(device, val_every=3, **det), folder / "recal_every_3")
+    b = drain(tiny_config(device, **{**det, "bn_recalibrate": 0}), folder / "no_recal")
     keep = ("step", "train_loss", "lr", "decay")  # the two runs flush (and add weight norms) at different steps
     steps = [[{k: r[k] for k in keep} for r in read_metrics(run.recorder.path) if "train_loss" in r] for run in (a, b)]
     weights = differences(a.model.state_dict(), b.model.state_dict()) | differences(moments(a.opt), moments(b.opt))

@@ -305,3 +305,21 @@ def test_a_job_is_announced_only_once_it_is_set_up_so_a_refused_job_names_no_fol
     (done, _), (refused, error) = train_pack([good, bad])
     assert done["status"] == "completed" and refused is None and error is not None
     assert started == ["good"]
+
+
+def test_a_deterministic_pack_trains_every_job_so_and_leaves_the_process_as_it_found_it(tmp_path):
+    """The first job to finish must not switch deterministic algorithms off under the others."""
+    seen = []
+
+    @contextmanager
+    def watching(i):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        yield
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    deterministic = {name: ["trainer.deterministic=true"] for name in ("adamw", "sgdw")}
+    deterministic["adamw"].append("trainer.max_steps=2")  # ends first; sgdw trains on after it
+    outcomes = train_pack(jobs(tmp_path, ["adamw", "sgdw"], **deterministic), around=watching)
+    assert [o.summary["steps"] for o in outcomes] == [2, 8]
+    assert len(seen) > 8 and all(seen[1:])  # on from the first job's setup, at every turn of either
+    assert not torch.are_deterministic_algorithms_enabled()

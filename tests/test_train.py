@@ -390,3 +390,20 @@ def test_a_run_whose_metrics_file_was_removed_still_ends_with_its_summary(tmp_pa
     assert (
         s["status"] == "completed" and (tmp_path / "summary.json").is_file() and s["oscillation"]["n_val_points"] == 0
     )
+
+
+def test_a_deterministic_run_leaves_torchs_process_wide_settings_as_it_found_them(tmp_path):
+    """trainer.deterministic switches on torch's deterministic algorithms for the whole process: the
+    next job of a sweep in the same process must not inherit them."""
+    import torch
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.engine.loop import train
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    seen = []
+    cfg = validate(compose_cfg(*TINY, "trainer.max_steps=2", "trainer.deterministic=true"))
+    s = train(cfg, tmp_path, on_start=lambda: seen.append(torch.are_deterministic_algorithms_enabled()))
+    assert s["status"] == "completed" and seen == [True]  # on while it trained
+    assert not torch.are_deterministic_algorithms_enabled()  # off again, as before the run

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -277,6 +277,22 @@ def device_settings(tr: TrainerConfig, device: torch.device, path: dict):
         return nullcontext()
     # a CUDA graph cannot hold autocast's cache of cast weights (the PyTorch CUDA graph notes)
     return torch.autocast(device.type, torch.bfloat16, cache_enabled=not path["cuda_graphs"])
+
+
+@contextmanager
+def torch_settings_kept():
+    """torch's process-wide settings that device_settings changes (deterministic algorithms, cuDNN
+    autotuning) put back as they were once the block ends, so that the next job of a sweep in this
+    process starts from them, not from this run's. Around a whole run or pack (engine.loop.train,
+    sweeps.pack.train_pack, as a decorator): a pack's jobs keep the settings until the last ends."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def restore(saved: dict, model: nn.Module, opt: Optimizer) -> None:

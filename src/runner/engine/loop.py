@@ -29,7 +29,7 @@ from runner.config import RunConfig
 from runner.core.bn_staleness import bn_statistics, measure_inside_recalibration
 from runner.core.evaluation import evaluate, recalibrated_bn
 from runner.engine import checkpoint
-from runner.engine.build import setup
+from runner.engine.build import setup, torch_settings_kept
 from runner.engine.interrupts import StopRequests
 from runner.engine.records import Diverged
 from runner.engine.run import Run
@@ -224,6 +224,7 @@ def save_checkpoint(run: Run) -> None:
 # ---------------------------------------------------------------- the run as a whole
 
 
+@torch_settings_kept()  # trainer.deterministic stays this run's
 def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int = 0, on_start=None) -> dict:
     """Train one configuration into `run_dir` (continuing from its checkpoint if it has one) and return the
     summary, also written to summary.json. `job_num` is the job's index in a sweep; `on_start()` is called once the

@@ -29,7 +29,7 @@ from typing import Callable, ContextManager, NamedTuple, Sequence
 import torch
 
 from runner.config import ConfigError, RunConfig, UserError
-from runner.engine.build import pick_device, setup, use_device
+from runner.engine.build import pick_device, setup, torch_settings_kept, use_device
 from runner.engine.interrupts import StopRequests
 from runner.engine.loop import loop
 from runner.engine.summary import finish
@@ -98,6 +98,7 @@ def start_rounds(periods: Sequence[int]) -> list[int]:
     return [i * period // k for i in range(k)]
 
 
+@torch_settings_kept()  # trainer.deterministic (one value per pack: pack_key) stays the pack's
 def train_pack(
     jobs: Sequence[Job], around: Callable[[int], ContextManager] | None = None, stagger: bool | None = None
 ) -> list[Outcome]:
