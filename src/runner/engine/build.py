@@ -67,8 +67,8 @@ def use_device(device: torch.device) -> torch.device:
 
 
 def execution_path(tr: TrainerConfig, device: torch.device) -> dict:
-    """The speed settings as they apply on `device`: null (auto) means on for CUDA. Graphs step aside for a
-    compile mode that records its own."""
+    """The speed settings as they apply on `device`: null (auto) means on for CUDA (bf16: on a CUDA
+    card that computes it natively). Graphs step aside for a compile mode that records its own."""
     cuda = device.type == "cuda"
     compiled = cuda if tr.compile is None else tr.compile
     own_graphs = compiled and tr.compile_mode in ("reduce-overhead", "max-autotune")
@@ -78,7 +78,14 @@ def execution_path(tr: TrainerConfig, device: torch.device) -> dict:
             f"trainer.cuda_graphs=true needs a CUDA device and this run got {device.type}: "
             "drop trainer.cuda_graphs=true"
         )
-    bf16 = tr.precision == "bf16" or (tr.precision == "auto" and cuda)
+    bf16 = tr.precision == "bf16" or (tr.precision == "auto" and cuda and native_bf16(device))
+    if bf16 and cuda and not native_bf16(device):
+        p = torch.cuda.get_device_properties(device)
+        raise ConfigError(
+            f"trainer.precision=bf16: {p.name} ({device}, compute capability {p.major}.{p.minor}) "
+            "has no native bfloat16 (it needs 8.0 or later) and torch would emulate it, more "
+            "slowly than fp32: use trainer.precision=auto (fp32 on this card) or fp32"
+        )
     return {
         "device": str(device),
         "precision": "bf16" if bf16 else "fp32",
@@ -87,6 +94,13 @@ def execution_path(tr: TrainerConfig, device: torch.device) -> dict:
         "cuda_graphs": graphs,
         "channels_last": cuda if tr.channels_last is None else tr.channels_last,
     }
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA `device` computes bfloat16 natively: torch.cuda.is_bf16_supported(
+    including_emulation=False)'s rule (compute capability 8.0 or later; ROCm always), for this
+    device rather than the current one. Older cards emulate it, more slowly than float32."""
+    return bool(torch.version.hip) or torch.cuda.get_device_properties(device).major >= 8
 
 
 def load_splits(d: DataConfig, seed: int, cache: dict | None = None) -> datasets.Splits:
