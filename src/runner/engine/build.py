@@ -204,7 +204,8 @@ def setup(
     plan = checked_plan(cfg, n_train, spe, state, run_dir)  # before anything is written: a refusal changes nothing
     opt, sentences = make_optimizer(cfg, model, plan, state, path)
     if saved is not None:
-        restore(saved, model, opt)
+        if missed := restore(saved, model, opt):  # a checkpoint of a machine with more GPUs
+            info["resumed"]["cuda_rng_not_restored"] = missed
         log.info("continuing from step %d (epoch %.2f) of %s", state.step, state.step / spe, run_dir / "checkpoints")
     forward, step = make_step(tr, model, opt, autocast, plan, state.step, path)
     recorder = Recorder(run_dir, resume_step=state.step, histograms_every=cfg.log.histograms_every)
@@ -309,11 +310,12 @@ def torch_settings_kept():
         torch.backends.cudnn.benchmark = benchmark
 
 
-def restore(saved: dict, model: nn.Module, opt: Optimizer) -> None:
-    """Weights, optimizer state and RNGs of a checkpoint."""
+def restore(saved: dict, model: nn.Module, opt: Optimizer) -> list[int]:
+    """Weights, optimizer state and RNGs of a checkpoint; returns the GPUs whose saved CUDA RNG
+    state this machine could not take (checkpoint.cuda_rng_states)."""
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimizer"])
-    checkpoint.set_rng_state(saved["rng"])
+    return checkpoint.set_rng_state(saved["rng"])
 
 
 def announce(run: Run, n_val: int) -> None:
