@@ -5,8 +5,8 @@ The GPU command (scripts/gpu.py) runs this first: a missing Triton, C compiler o
 or an Inductor error, fails here in seconds, and the stages after it then train without
 torch.compile (trainer.compile=false) instead of failing at their first step. On CUDA it compiles
 the preflight's model, ResNet8v1 at batch 64, forward and backward as the default path trains it
-(channels_last, bf16 autocast on a card of compute capability 8.0 on), so that the preflight
-finds it in the compile cache; --quick compiles two small linear layers instead.
+(channels_last, bf16 autocast on a card of compute capability 8.0 on), into the compile cache the
+preflight then uses, which may find it there; --quick compiles two small linear layers instead.
 
     python scripts/compile_probe.py --device cuda --out probe.json
     python scripts/compile_probe.py --device cpu --quick --out probe.json

@@ -130,7 +130,7 @@ def test_on_a_gpu_the_probe_comes_first_then_the_preflight_then_the_exactness_ch
     assert "compile_probe.py --device cuda" in st.command("compile_probe")
     assert "-m gpu -x tests/test_gpu_preflight.py" in st.command("preflight")
     assert "-m gpu and not compile tests/test_gpu.py" in st.command("checks")  # exactness only
-    probe_cache = st.ran[0][2]["TORCHINDUCTOR_CACHE_DIR"]  # the preflight finds the probe's model
+    probe_cache = st.ran[0][2]["TORCHINDUCTOR_CACHE_DIR"]  # the preflight trains the probe's model
     assert st.ran[1][2]["TORCHINDUCTOR_CACHE_DIR"] == probe_cache != str(tmp_path / "compile_cache")
     cold = st.command("default_cold")
     assert "trainer.compile" not in cold.replace("trainer.compile_cache", "")  # as shipped
