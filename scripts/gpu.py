@@ -1,24 +1,48 @@
 #!/usr/bin/env python
-"""The GPU command: a preflight that stops everything if it fails, then the measurements most valuable first, all
-under one deadline, with the results file rewritten after every stage (a run cut short keeps what it measured).
+"""The GPU command: what it needs checked in one line, a compile probe, a preflight, the exactness
+checks, then the measurements most valuable first, all under one deadline, with the results
+rewritten after every stage (a run cut short keeps what it measured).
 
-    make gpu DATA=cifar10-jpg.tar.gz [DEADLINE=480]        # installs the package and .gpu/wheels, then this
-    python scripts/gpu.py --data cifar10-jpg.tar.gz --deadline 480
-    python scripts/gpu.py --device cpu --quick --out /tmp/gpu      # the plumbing, tiny, on a CPU (the tests)
+    make gpu [DATA=.gpu/cifar10-jpg.tar.gz] [DEADLINE=420]   # installs .gpu/wheels, then this
+    python scripts/gpu.py --data cifar10-jpg.tar.gz --deadline 420
+    python scripts/gpu.py --device cpu --quick --out /tmp/gpu   # the plumbing, tiny, on a CPU
 
-Stages (each a subprocess under what is left of the deadline; a stage that no longer fits is recorded as skipped):
-  preflight     pytest -m gpu tests/test_gpu_preflight.py (≤ 60 s): a tiny ResNet on the default path for 2 epochs
-                with one training graph, the eval forward captured, finite losses and no recompilation after epoch
-                1; a 2-run pack; a run continued with CUDA graphs from an eager checkpoint; an explicit device index
-  default_cold  `python -m runner` as shipped (ResNet56v2, AdamW, batch 128, the data given) for --epochs epochs,
-                with trainer.compile_cache in a fresh folder: start-up with nothing compiled
-  default_warm  the same command again, the same cache: start-up from torch.compile's caches
-  bench         scripts/bench.py at batch 128: CUDA graphs vs compile + CUDA graphs, validation and BatchNorm
-                recalibration times, and an 8-job packed sweep vs the same jobs one after another
-  checks        pytest -m gpu tests/test_gpu.py: the captured step against the eager step bit for bit, and the rest
-  bench_more    scripts/bench.py: eager and the tutorial DataLoader loop at batch 128 and 64, kernel counts
-Writes OUT/gpu.json (every stage's command, exit status, seconds and figures) and OUT/README.md (the figures as a
-table); OUT defaults to docs/results/<date>-<card>/. The data is the image-folder CIFAR-10 as a tarball (--data);
+First, before anything is written: every module the stages import (torch, torchvision, Hydra,
+PyYAML, tensorboard's event writer, tqdm, pytest on CUDA, this package installed), the data
+tarball and the CUDA device; whatever is missing is named in one line, with the fix (exit 2).
+
+Then the stages, in this order, each a subprocess under its own limit cut to what is left of the
+deadline; one that no longer fits is recorded as skipped. Expected seconds on an H100/H200 are
+estimates from the H200 figures of docs/results/2026-11-28-h200, not measurements:
+  stage          limit  expected
+  compile_probe   90 s  20-60   scripts/compile_probe.py in a fresh process: ResNet8v1 compiled,
+                                forward and backward. If it fails or runs out of time, every later
+                                stage trains without torch.compile (trainer.compile=false; pytest
+                                -m 'not compile') and the results say why.
+  preflight      150 s  40-100  pytest -m gpu tests/test_gpu_preflight.py: the default path trains
+                                a tiny ResNet for 2 epochs (one training graph, the eval forward
+                                captured, no recompilation after epoch 1); a 2-run pack; a run
+                                continued with CUDA graphs from an eager checkpoint; cuda:N.
+                                A failure skips every later stage; running out of time does not.
+  checks         120 s  40-80   pytest -m 'gpu and not compile' tests/test_gpu.py: the captured
+                                step against the eager step bit for bit, recalibration, eval
+                                forward (the compile path's own check is the preflight's)
+  default_cold   150 s  60-120  `python -m runner` as shipped (ResNet56v2, AdamW, batch 128, the
+                                data given), --epochs epochs, a fresh trainer.compile_cache
+  default_warm    90 s  30-60   the same again with the same cache: start-up from the caches
+  bench          150 s  60-140  scripts/bench.py at batch 128: CUDA graphs vs compile + graphs,
+                                validation and recalibration times, 8 jobs packed vs sequential
+  bench_more    the rest        scripts/bench.py: eager and the tutorial loop at batch 128 and
+                                64, kernel counts
+At the middle of these estimates the stages through bench take about 410 s with the unpacking,
+within the default deadline of 420 s; bench_more runs on what is left (a larger --deadline gives
+it time). A stage cut short by the deadline is recorded, not counted as a failure; exit 1 only
+when a stage that ran failed or ran past its own limit (the probe excepted: it decides the path,
+it checks nothing).
+
+Writes OUT/gpu.json (every stage's command, status, seconds, figures and output tail) and
+OUT/README.md (gpu_results.py: the figures as a table); OUT defaults to
+docs/results/<date>-<card>/. The data is the image-folder CIFAR-10 as a tarball (--data);
 without one, synthetic images (then every figure says so).
 """
 
@@ -27,7 +51,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
-import json
+import importlib
 import os
 import platform
 import re
@@ -41,25 +65,80 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(1, str(ROOT / "src"))  # provenance only; the runs themselves use the installed package
 
-from timing_harness import save_json  # noqa: E402
+from gpu_results import bench_figures, json_figures, markdown, run_figures  # noqa: E402
 
-PREFLIGHT_S = 60
+# name: (its own limit in seconds, None = what is left; the least time worth starting it with)
+BUDGET = {
+    "compile_probe": (90, 10),
+    "preflight": (150, 30),
+    "checks": (120, 30),
+    "default_cold": (150, 40),
+    "default_warm": (90, 20),
+    "bench": (150, 40),
+    "bench_more": (None, 20),
+}
+WRITE_S = 5  # kept back from each stage's limit to write the results
+# (module, what provides it): every stage's imports, on a bare torch + torchvision image
+NEEDS = [
+    ("torch", "torch"),
+    ("torchvision", "torchvision"),
+    ("hydra", "hydra-core"),
+    ("omegaconf", "omegaconf"),
+    ("yaml", "PyYAML"),
+    ("torch.utils.tensorboard", "tensorboard (with absl-py, protobuf)"),
+    ("tqdm", "tqdm"),
+    ("runner.configs", "this package (pip install --no-deps -e .)"),
+]
+NEEDS_CUDA = [("pytest", "pytest (with iniconfig, pluggy, pygments)")]  # the preflight, the checks
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="tarball of the image-folder CIFAR-10 (train/<class>/*, test/<class>/*)")
-    p.add_argument("--deadline", type=float, default=480.0, help="seconds for the whole command (default 480)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs of each default run (default 3)")
+    p.add_argument("--data", help="tarball of the image-folder CIFAR-10 (train/<class>/*, test/…)")
+    p.add_argument("--deadline", type=float, default=420.0, help="seconds for it all (default 420)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs of each default run (default 2)")
     p.add_argument("--out", help="results folder (default docs/results/<date>-<card>)")
-    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: the plumbing, with --quick")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: the plumbing")
     p.add_argument("--quick", action="store_true", help="tiny runs: the plumbing in seconds")
     args = p.parse_args(argv)
     if args.deadline <= 0 or args.epochs < 1:
         p.error("--deadline must be > 0 and --epochs >= 1")
     return args
+
+
+def missing(args) -> list[tuple[str, str]]:
+    """[(what would stop a stage before it measured anything, its fix)]."""
+    out, gone = [], []
+    for module, what in NEEDS + (NEEDS_CUDA if args.device == "cuda" else []):
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # absent, or present but broken (a dependency of its own missing)
+            gone.append(what if isinstance(e, ModuleNotFoundError) else f"{what} ({e})")
+    python = ".".join(platform.python_version_tuple()[:2])
+    if gone:
+        fix = f"`make gpu-wheels GPU_PYTHON={python}` on a machine with a package index carries "
+        fix += "them in .gpu/wheels, which `make gpu` installs"
+        if {"torch", "torchvision"} & {g.split(" ")[0] for g in gone}:
+            fix += " (all but torch and torchvision: use the Python that has them)"
+        out.append((f"not importable here (Python {python}): {', '.join(gone)}", fix))
+    if args.data and not (Path(args.data).is_file() and tarfile.is_tarfile(args.data)):
+        fix = "copy the image-folder tarball there (make gpu DATA=...)"
+        out.append((f"--data {args.data} is not a tarball here", fix))
+    if args.device == "cuda" and not any(g.split(" ")[0] == "torch" for g in gone):
+        import torch
+
+        if not torch.cuda.is_available():
+            fix = "run it on a GPU machine, or `python scripts/gpu.py --device cpu --quick` "
+            fix += "for its plumbing"
+            out.append(("no CUDA device here (torch.cuda.is_available() is False)", fix))
+    return out
+
+
+def refusal(problems: list[tuple[str, str]]) -> str:
+    """One line: what is missing, and how to get it."""
+    what, fixes = "; ".join(p for p, _ in problems), "; ".join(f for _, f in problems)
+    return f"gpu: nothing measured: {what}. Fix: {fixes}"
 
 
 def environment(device: str) -> dict:
@@ -71,9 +150,14 @@ def environment(device: str) -> dict:
     cuda = device == "cuda"
     driver = None
     if cuda and shutil.which("nvidia-smi"):
-        q = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], text=True,
-                           capture_output=True, timeout=20)  # fmt: skip
-        driver = q.stdout.strip().splitlines()[0] if q.returncode == 0 and q.stdout.strip() else None
+        q = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            text=True,
+            capture_output=True,
+            timeout=20,
+        )
+        lines = q.stdout.strip().splitlines() if q.returncode == 0 else []
+        driver = lines[0] if lines else None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "card": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
@@ -94,18 +178,24 @@ def card_slug(card: str) -> str:
 
 
 def unpack(tarball: str | None, into: Path) -> dict:
-    """The data block of the results: the image folder unpacked from `tarball`, or synthetic images."""
+    """The data block of the results: the image folder unpacked from `tarball`, or synthetic."""
     if not tarball:
         return {"name": "synthetic", "root": None, "tarball": None}
     digest = hashlib.sha256(Path(tarball).read_bytes()).hexdigest()
     with tarfile.open(tarball) as tar:
-        tar.extractall(into, filter="data") if sys.version_info >= (3, 12) else tar.extractall(into)
-    root = next((p.parent for p in sorted(into.rglob("train")) if p.is_dir() and (p.parent / "test").is_dir()), into)
-    return {"name": "image_folder", "root": str(root), "tarball": Path(tarball).name, "sha256": digest}
+        if sys.version_info >= (3, 12):
+            tar.extractall(into, filter="data")
+        else:
+            tar.extractall(into)
+    folders = sorted(into.rglob("train"))
+    root = next((p.parent for p in folders if p.is_dir() and (p.parent / "test").is_dir()), into)
+    name = Path(tarball).name
+    return {"name": "image_folder", "root": str(root), "tarball": name, "sha256": digest}
 
 
 class Stages:
-    """Runs each stage as a subprocess under what is left of the deadline and rewrites the results after each."""
+    """Runs each stage as a subprocess within its budget (BUDGET) and what is left of the deadline,
+    and rewrites the results after each."""
 
     def __init__(self, results: dict, out: Path, deadline: float):
         self.results, self.out, self.end = results, out, time.monotonic() + deadline
@@ -113,186 +203,154 @@ class Stages:
     def left(self) -> float:
         return self.end - time.monotonic()
 
-    def run(self, name: str, cmd: list[str], cap: float, need: float, env: dict | None = None, figures=None) -> dict:
-        """`cmd` with at most `cap` seconds (less if the deadline is nearer); skipped below `need` seconds left.
-        `figures()` reads what the stage measured, saved with it."""
-        limit = min(cap, self.left() - 5)  # 5 s to write the results
+    def run(self, name: str, cmd: list[str], env: dict | None = None, figures=None) -> dict:
+        """`cmd` under its limit, or skipped when less than its need is left; `figures()` reads
+        what it measured, saved with it."""
+        own, need = BUDGET[name]
+        limit = self.left() - WRITE_S if own is None else min(own, self.left() - WRITE_S)
         stage = {"command": " ".join(cmd), "limit_s": round(max(limit, 0), 1)}
         self.results["stages"][name] = stage
         if limit < need:
-            stage["status"] = f"skipped: {max(self.left(), 0):.0f} s left of the deadline, it needs {need:.0f} s"
-            return self._save(name, stage)
+            left = max(self.left(), 0)
+            return self.skip(name, f"{left:.0f} s left of the deadline, it needs {need:.0f} s")
         print(f"gpu: stage {name} (at most {limit:.0f} s): {stage['command']}", flush=True)
         tick = time.monotonic()
         try:
-            r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=limit, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+            env = {**os.environ, **(env or {})}
+            pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            r = subprocess.run(cmd, cwd=ROOT, env=env, timeout=limit, **pipes)
             stage["exit"], tail = r.returncode, r.stdout
             stage["status"] = "passed" if r.returncode == 0 else "failed"
         except subprocess.TimeoutExpired as e:
-            stage["exit"], stage["status"] = None, "out of time"
-            tail = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            cut = own is None or limit < own  # the deadline's end, not the stage's own limit
+            stage["exit"] = None
+            stage["status"] = "cut short by the deadline" if cut else "out of time"
+            out = e.stdout
+            tail = out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
         stage["seconds"] = round(time.monotonic() - tick, 1)
         stage["output_tail"] = tail[-3000:]
         if figures is not None:
             stage["figures"] = figures()
         print(tail[-3000:], flush=True)
-        return self._save(name, stage)
+        return self.save(name, stage)
 
-    def _save(self, name: str, stage: dict) -> dict:
-        print(f"gpu: stage {name}: {stage['status']}", flush=True)
+    def skip(self, name: str, why: str) -> dict:
+        stage = self.results["stages"].setdefault(name, {})
+        stage["status"] = f"skipped: {why}"
+        return self.save(name, stage)
+
+    def failed(self) -> list[str]:
+        """The stages that failed or ran past their own limit; the probe's outcome is a decision."""
+        bad = ("failed", "out of time")
+        st = self.results["stages"]
+        return [k for k, v in st.items() if k != "compile_probe" and v.get("status") in bad]
+
+    def save(self, name: str, stage: dict) -> dict:
+        from timing_harness import save_json  # it imports torch: only once `missing` found it
+
+        print(f"gpu: {name}: {stage['status']}", flush=True)
         save_json(self.results, self.out / "gpu.json")
         (self.out / "README.md").write_text(markdown(self.results), encoding="utf-8")
         return stage
 
 
-def cli_run(data: dict, epochs: int, run_dir: Path, cache: Path, quick: bool, device: str) -> list[str]:
-    """`python -m runner` as a user types it: the shipped defaults, the data, a compile cache folder."""
-    args = [sys.executable, "-m", "runner", f"hydra.run.dir={run_dir}", f"trainer.compile_cache={cache}",
-            "trainer.progress=false", f"trainer.device={device}"]  # fmt: skip
-    args += ["data=image_folder", f"data.root={data['root']}"] if data["root"] else []
-    if quick:  # ResNet20v1, one short epoch (on synthetic images: a few of them)
-        args += [] if data["root"] else ["data=synthetic", "data.n_train=256", "data.n_val=100"]
-        return args + ["model=resnet20v1", "model.bn_momentum=0.1", "epochs=1", "batch_size=32",
-                       "trainer.bn_recalibrate=64"]  # fmt: skip
-    return args + [f"epochs={epochs}", "batch_size=128"]
+def compile_verdict(stage: dict) -> tuple[bool, str]:
+    """(whether the later stages may compile, the sentence the results give)."""
+    f, status = stage.get("figures") or {}, stage["status"]
+    if status == "passed":
+        return True, f"works here: the probe compiled {f.get('model')} in {f.get('seconds')} s"
+    off = "not used: every later stage ran with trainer.compile=false"
+    if status == "failed":
+        return False, f"{off}; the probe failed: {f.get('error') or 'exit ' + str(stage['exit'])}"
+    if status.startswith("skipped"):
+        return False, f"{off}; the probe did not run ({status})"
+    return False, f"{off}; the probe did not finish in {stage['limit_s']:.0f} s ({status})"
 
 
-def run_figures(run_dir: Path) -> dict:
-    """What summary.json and metrics.jsonl say about a run's speed."""
-    path = run_dir / "summary.json"
-    if not path.exists():
-        return {}
-    s = json.loads(path.read_text())
-    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    keep = ("status", "images_per_s", "images_per_s_overall", "startup_s", "startup", "stall_s", "val_first_s", "val_s",
-            "final_val_acc", "wall_time_s", "device", "path")  # fmt: skip
-    out = {k: s.get(k) for k in keep}
-    out["epoch_train_s"] = [r["epoch_train_s"] for r in epochs if "epoch_train_s" in r]
-    out["epoch_s_est"] = 50_000 / s["images_per_s"] if s.get("images_per_s") else None
-    return out
+def cli_run(data: dict, epochs: int, run_dir: Path, cache: Path, args, compiled: bool) -> list:
+    """`python -m runner` as a user types it: the shipped defaults, the data, a compile cache."""
+    cmd = [sys.executable, "-m", "runner", f"hydra.run.dir={run_dir}"]
+    cmd += [f"trainer.compile_cache={cache}", "trainer.progress=false"]
+    cmd += [f"trainer.device={args.device}"]
+    cmd += [] if compiled else ["trainer.compile=false"]
+    cmd += ["data=image_folder", f"data.root={data['root']}"] if data["root"] else []
+    if args.quick:  # ResNet20v1, one short epoch (on synthetic images: a few of them)
+        cmd += [] if data["root"] else ["data=synthetic", "data.n_train=256", "data.n_val=100"]
+        cmd += ["model=resnet20v1", "model.bn_momentum=0.1", "epochs=1", "batch_size=32"]
+        return cmd + ["trainer.bn_recalibrate=64"]
+    return cmd + [f"epochs={epochs}", "batch_size=128"]
 
 
-def bench_command(device: str, quick: bool, data: dict, out: Path, more: bool) -> list[str]:
-    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", device, "--out", str(out)]
-    if quick:
+def bench_command(args, data: dict, out: Path, more: bool, compiled: bool) -> list[str]:
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", args.device]
+    cmd += ["--out", str(out), "--e2e-epochs", "0"]
+    if args.quick:
         cmd += ["--quick", "--threads", "1"]
-    if data["root"] and not quick:  # quick: the bench's few synthetic images (windows need more than a tiny folder)
+    if data["root"] and not args.quick:  # quick: the bench's few synthetic images
         cmd += ["--data-root", data["root"]]
+    batches = "16" if args.quick else ("128,64" if more else "128")
     if more:  # the eager path and the tutorial loop, both batch sizes, kernel counts
-        return (
-            cmd
-            + ["--paths", "eager", "--batch-sizes", "16" if quick else "128,64", "--e2e-epochs", "0"]
-            + (["--no-count-ops"] if quick else [])
-        )
-    paths = "eager" if device == "cpu" else "graphs,compile+graphs"
-    return cmd + ["--paths", paths, "--batch-sizes", "16" if quick else "128", "--e2e-epochs", "0", "--no-count-ops",
-                  "--pack", "2" if quick else "8"]  # fmt: skip
+        cmd += ["--paths", "eager", "--batch-sizes", batches]
+        return cmd + ["--no-count-ops"] * args.quick
+    paths = "eager" if args.device == "cpu" else "graphs,compile+graphs" if compiled else "graphs"
+    cmd += ["--paths", paths, "--batch-sizes", batches, "--no-count-ops"]
+    return cmd + ["--pack", "2" if args.quick else "8"]
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("gpu: no CUDA device here (torch.cuda.is_available() is False): run `make gpu` on a GPU machine, "
-              "or `python scripts/gpu.py --device cpu --quick` for its plumbing", file=sys.stderr)  # fmt: skip
+    problems = missing(args)
+    if problems:
+        print(refusal(problems), file=sys.stderr)
         return 2
     env = environment(args.device)
-    out = Path(args.out) if args.out else ROOT / "docs" / "results" / f"{env['date'][:10]}-{card_slug(env['card'])}"
+    default = ROOT / "docs" / "results" / f"{env['date'][:10]}-{card_slug(env['card'])}"
+    out = Path(args.out) if args.out else default
     out.mkdir(parents=True, exist_ok=True)
     results = {"env": env, "deadline_s": args.deadline, "data": None, "stages": {}}
-    st = Stages(results, out, args.deadline)  # the deadline counts from here: unpacking is part of it
+    st = Stages(results, out, args.deadline)  # the deadline counts from here: unpacking is in it
     with tempfile.TemporaryDirectory(prefix="runner_gpu_") as tmp:
-        tmp = Path(tmp)
-        results["data"] = unpack(args.data, tmp / "data")
-        failed = stages(args, st, results["data"], tmp)
-    print(f"gpu: wrote {out / 'gpu.json'} and {out / 'README.md'}", flush=True)
-    return 1 if failed else 0
+        results["data"] = unpack(args.data, Path(tmp) / "data")
+        stages(args, st, results["data"], Path(tmp))
+    bad = st.failed()
+    verdict = f"failed: {', '.join(bad)}" if bad else "every stage that ran passed"
+    print(f"gpu: wrote {out / 'gpu.json'} and {out / 'README.md'}; {verdict}", flush=True)
+    print(f"gpu: torch.compile {results['compile']['note']}", flush=True)
+    return 1 if bad else 0
 
 
-def stages(args, st: Stages, data: dict, tmp: Path) -> bool:
-    """Every stage, most valuable first; returns whether the preflight or any stage failed."""
-    py, cuda, q = sys.executable, args.device == "cuda", args.quick
-    pytest = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rA"]
-    if cuda:
-        pre = st.run("preflight", [*pytest, "-x", "tests/test_gpu_preflight.py"], PREFLIGHT_S, 10)
-        if pre["status"] != "passed":
-            return True
+def stages(args, st: Stages, data: dict, tmp: Path) -> None:
+    """Every stage in BUDGET's order; the preflight's failure skips the rest."""
+    py, cuda = sys.executable, args.device == "cuda"
+    probed = tmp / "probe_cache"  # the probe's compiled ResNet8v1, which the preflight trains
+    probe = [py, str(ROOT / "scripts" / "compile_probe.py"), "--device", args.device]
+    probe += ["--out", str(tmp / "probe.json")] + ["--quick"] * args.quick
+    warm = {"TORCHINDUCTOR_CACHE_DIR": str(probed)}
+    stage = st.run("compile_probe", probe, warm, figures=lambda: json_figures(tmp / "probe.json"))
+    compiled, note = compile_verdict(stage)
+    st.results["compile"] = {"probe": stage["status"], "used": compiled, "note": note}
+    st.save("torch.compile", {"status": note})
+    pytest = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA"]
+    if not cuda:
+        for name in ("preflight", "checks"):
+            st.results["stages"][name] = {"status": "skipped: no CUDA (it needs a GPU)"}
     else:
-        st.results["stages"]["preflight"] = {"status": "skipped: no CUDA (it needs a GPU)"}
-    cache, bench_json = tmp / "compile_cache", tmp / "bench.json"
+        marks = "gpu" if compiled else "gpu and not compile"
+        pre = st.run("preflight", [*pytest, "-m", marks, "-x", "tests/test_gpu_preflight.py"], warm)
+        if pre["status"] == "failed":  # a wrong result, not a slow one: nothing after is worth it
+            for name in list(BUDGET)[list(BUDGET).index("preflight") + 1 :]:
+                st.skip(name, "the preflight failed")
+            return
+        st.run("checks", [*pytest, "-m", "gpu and not compile", "tests/test_gpu.py"], warm)
+    cache = tmp / "compile_cache"
     for name in ("default_cold", "default_warm"):
-        cmd = cli_run(data, args.epochs, tmp / name, cache, q, args.device)
-        st.run(name, cmd, 240, 20, figures=lambda d=tmp / name: run_figures(d))
-    bench_env = {"TORCHINDUCTOR_CACHE_DIR": str(cache)}  # the caches the default runs filled
-    cmd = bench_command(args.device, q, data, bench_json, more=False)
-    st.run("bench", cmd, 200, 30, bench_env, figures=lambda: _summary(bench_json))
-    if cuda:
-        st.run("checks", [*pytest, "tests/test_gpu.py"], 120, 30)
-    more_json = tmp / "bench_more.json"
-    cmd = bench_command(args.device, q, data, more_json, more=True)
-    st.run("bench_more", cmd, 200, 30, figures=lambda: _summary(more_json))
-    return any(s.get("status") in ("failed", "out of time") for s in st.results["stages"].values())
-
-
-def _summary(path: Path) -> dict:
-    """bench.py's flat figures and its pack row, if it got that far."""
-    if not path.exists():
-        return {}
-    r = json.loads(path.read_text())
-    return {"summary": r.get("summary"), "pack": r.get("pack"), "evaluation": r.get("evaluation")}
-
-
-def _n(v, fmt: str = ",.0f", unit: str = "") -> str:
-    return "not measured" if v is None else f"{format(v, fmt)}{unit}"
-
-
-def markdown(results: dict) -> str:
-    """The figures as a table: what the README's speed rows point to."""
-    env, d, st = results["env"], results["data"], results["stages"]
-    commit = (env["code"].get("commit") or "?")[:10] + (" (dirty)" if env["code"].get("dirty") else "")
-    lines = [f"# `make gpu` on {env['card']}", "",
-             f"{env['date']}; driver {env['driver']}, torch {env['torch']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}, "
-             f"Python {env['python']}, {env['cpus']} CPUs; commit {commit}; data {d['name']}"
-             + (f" ({d['tarball']}, sha256 {d['sha256'][:12]})" if d.get("tarball") else "")
-             + f"; deadline {results['deadline_s']:.0f} s. Rerun: `make gpu DATA=...`; every figure below is in "
-             "gpu.json with the command that measured it.", "",
-             "| stage | status | seconds |", "|---|---|---|"]  # fmt: skip
-    lines += [f"| {k} | {v.get('status')} | {v.get('seconds', '–')} |" for k, v in st.items()]
-    lines += ["", "| figure | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in figures(st).items()]
-    return "\n".join(lines) + "\n"
-
-
-def figures(st: dict) -> dict:
-    """{what: value as text}: each figure named for exactly what it is."""
-    out = {}
-    for name, what in (("default_cold", "cold compile cache"), ("default_warm", "warm compile cache")):
-        f = st.get(name, {}).get("figures") or {}
-        out[f"default run ({what}): steady images/s"] = _n(f.get("images_per_s"))
-        out[f"default run ({what}): s per 50k-image epoch, steady"] = _n(f.get("epoch_s_est"), ".2f", " s")
-        out[f"default run ({what}): start-up"] = _n(f.get("startup_s"), ".1f", " s")
-        out[f"default run ({what}): validation pass, after the first"] = _n(f.get("val_s"), ".3f", " s")
-    b = (st.get("bench", {}).get("figures") or {}).get("summary") or {}
-    for path, rates in (b.get("loop_images_per_s") or {}).items():
-        for batch, rate in rates.items():
-            out[f"loop, {path}, batch {batch}: images/s"] = _n(rate)
-    for path, s in (b.get("validation_10000_images_s") or {}).items():
-        out[f"validation of 10,000 images ({path})"] = _n(s, ".3f", " s")
-    for path, s in (b.get("recalibration_s") or {}).items():
-        out[f"BatchNorm recalibration ({path})"] = _n(s, ".4f", " s")
-    pack = (st.get("bench", {}).get("figures") or {}).get("pack") or {}
-    if pack:
-        out[f"pack of {pack['k']}: aggregate images/s vs sequential"] = (
-            f"{pack['pack_images_per_s']:,.0f} vs {pack['sequential_images_per_s']:,.0f} ({pack['ratio']:.2f}×)"
-        )
-    m = (st.get("bench_more", {}).get("figures") or {}).get("summary") or {}
-    for batch, rate in (m.get("tutorial_images_per_s") or {}).items():
-        out[f"tutorial DataLoader loop, batch {batch}: images/s"] = _n(rate)
-    for batch, rate in ((m.get("loop_images_per_s") or {}).get("eager") or {}).items():
-        out[f"loop, eager, batch {batch}: images/s"] = _n(rate)
-    return out
+        cmd = cli_run(data, args.epochs, tmp / name, cache, args, compiled)
+        st.run(name, cmd, figures=lambda d=tmp / name: run_figures(d))
+    cached = {"TORCHINDUCTOR_CACHE_DIR": str(cache)}  # the caches the default runs filled
+    cmd = bench_command(args, data, tmp / "bench.json", more=False, compiled=compiled)
+    st.run("bench", cmd, cached, figures=lambda: bench_figures(tmp / "bench.json"))
+    cmd = bench_command(args, data, tmp / "bench_more.json", more=True, compiled=compiled)
+    st.run("bench_more", cmd, figures=lambda: bench_figures(tmp / "bench_more.json"))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def tiny_config(device: torch.device, epochs: int = 2, depth: int = 20, batch_si
     )
 
 
+@build.torch_settings_kept()  # as engine.train.train: trainer.deterministic ends with the run
 def drain(cfg: RunConfig, folder: Path, after_step=None, job_num: int = 0) -> Run:
     """runner.engine.train.train's own parts (setup, loop, summary), keeping the Run; `after_step(run)` is called
     after every step (its validation, if one was due, included)."""

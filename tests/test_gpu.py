@@ -1,5 +1,6 @@
-"""The CUDA paths train exactly like the eager loop. Tests marked `gpu` need a CUDA device and are skipped
-elsewhere; on a GPU machine (the GPU command, `make gpu`, runs them after its measurements):
+"""The CUDA paths train exactly like the eager loop. Tests marked `gpu` need a CUDA device and are
+skipped elsewhere; on a GPU machine (the GPU command, `make gpu`, runs them right after its
+preflight, all but the one marked `compile`, whose check is the preflight's own):
 
     python -m pytest -m gpu tests/test_gpu.py tests/test_gpu_preflight.py
 
@@ -14,15 +15,10 @@ Checks:
   eval forward      the captured validation forward (GraphedForward) gives exactly the eager forward's logits.
   default path      compile + CUDA graphs over 3 epochs: after epoch 1 and its validation nothing is compiled or
                     recorded again (one training graph, one eval graph, no new compiled frame).
-The unmarked tests run the same checks uncaptured on CPU (their plumbing, and that they can fail), and the GPU
-command's refusal without CUDA and its CPU mode.
+The unmarked tests run the same checks uncaptured on CPU (their plumbing, and that they can fail).
 """
 
 import json
-import os
-import subprocess
-import sys
-import tarfile
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -42,7 +38,6 @@ from runner.data.synthetic import make_synthetic
 from runner.engine import step as rstep
 from runner.engine.records import read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 PRESETS = ("adamw", "adam_l2", "sgdw", "sgd_l2")
@@ -190,12 +185,8 @@ def test_the_step_equivalence_check_sees_a_different_update():
 def recalibration_identity(device, folder: Path) -> tuple[list, list, dict]:
     """(step records of the run that recalibrates every 3 steps, of the run that does not, weight differences)."""
     det = dict(deterministic=True, bn_recalibrate=256, compile=False)  # the check is about the captured step
-    was = torch.are_deterministic_algorithms_enabled()
-    try:
-        a = drain(tiny_config(device, val_every=3, **det), folder / "recal_every_3")
-        b = drain(tiny_config(device, **{**det, "bn_recalibrate": 0}), folder / "no_recal")
-    finally:  # setup() turned them on for the whole process
-        torch.use_deterministic_algorithms(was)
+    a = drain(tiny_config(device, val_every=3, **det), folder / "recal_every_3")
+    b = drain(tiny_config(device, **{**det, "bn_recalibrate": 0}), folder / "no_recal")
     keep = ("step", "train_loss", "lr", "decay")  # the two runs flush (and add weight norms) at different steps
     steps = [
         [{k: r[k] for k in keep} for r in read_metrics(run.out.recorder.path) if "train_loss" in r] for run in (a, b)
@@ -268,6 +259,7 @@ def test_the_captured_validation_forward_gives_the_eager_logits_exactly():
 
 
 @pytest.mark.gpu
+@pytest.mark.compile
 @needs_cuda
 def test_the_default_path_compiles_and_captures_once_and_never_stalls_after_the_first_epoch(tmp_path):
     r = default_path(CUDA, tmp_path)
@@ -281,54 +273,3 @@ def test_recalibration_and_eval_forward_checks_run_on_cpu(tmp_path):
     assert a == b and len(a) == 16 and not weights
     unequal, ev_eager, ev_captured, captured = eval_forward_equality(CPU)
     assert unequal == 0 and ev_eager == ev_captured and not captured
-
-
-# ---------------------------------------------------------------- the GPU command
-
-
-def gpu_command(*args, timeout=120):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
-def test_the_gpu_command_refuses_in_one_line_without_cuda(tmp_path):
-    r = gpu_command("--out", str(tmp_path / "out"))
-    assert r.returncode == 2 and not (tmp_path / "out").exists()
-    assert r.stderr.strip().count("\n") == 0 and "no CUDA device here" in r.stderr and "--device cpu" in r.stderr
-
-
-@pytest.mark.slow
-def test_the_gpu_command_runs_its_stages_on_cpu_and_rewrites_its_results_after_each(tmp_path):
-    """--device cpu --quick on a tarball of a few JPEGs: every stage but the GPU-only ones, tiny; then one with too
-    short a deadline."""
-    from PIL import Image
-
-    gen = torch.Generator().manual_seed(0)
-    for split, n in (("train", 48), ("test", 16)):
-        for c in ("cat", "dog"):
-            (tmp_path / "jpg" / split / c).mkdir(parents=True)
-            for k in range(n):
-                pixels = torch.randint(0, 256, (32, 32, 3), generator=gen, dtype=torch.uint8).numpy()
-                Image.fromarray(pixels).save(tmp_path / "jpg" / split / c / f"{k}.jpg")
-    with tarfile.open(tmp_path / "data.tar.gz", "w:gz") as tar:
-        tar.add(tmp_path / "jpg", arcname="cifar10-jpg")
-    r = gpu_command("--device", "cpu", "--quick", "--data", str(tmp_path / "data.tar.gz"), "--out",
-                    str(tmp_path / "out"), timeout=400)  # fmt: skip
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    res = json.loads((tmp_path / "out" / "gpu.json").read_text())
-    st = res["stages"]
-    assert list(st) == ["preflight", "default_cold", "default_warm", "bench", "bench_more"]
-    assert st["preflight"]["status"].startswith("skipped: no CUDA")
-    assert all(st[k]["status"] == "passed" for k in ("default_cold", "default_warm", "bench", "bench_more")), st
-    assert st["default_cold"]["figures"]["status"] == "completed" and st["default_warm"]["figures"]["images_per_s"] > 0
-    assert st["bench"]["figures"]["pack"]["k"] == 2 and st["bench_more"]["figures"]["summary"]["tutorial_images_per_s"]
-    assert set(res["env"]) >= {"card", "driver", "torch", "date", "code"}
-    assert res["data"]["name"] == "image_folder" and res["data"]["tarball"] == "data.tar.gz"
-    assert st["default_cold"]["figures"]["path"]["device"] == "cpu" and "data.root=" in st["default_cold"]["command"]
-    table = (tmp_path / "out" / "README.md").read_text()
-    assert "pack of 2: aggregate images/s vs sequential" in table and "default run (warm compile cache)" in table
-    r = gpu_command("--device", "cpu", "--quick", "--deadline", "12", "--out", str(tmp_path / "short"), timeout=200)
-    st = json.loads((tmp_path / "short" / "gpu.json").read_text())["stages"]
-    assert any(s["status"].startswith("skipped: ") and "deadline" in s["status"] for s in st.values()), st

@@ -55,3 +55,43 @@ def test_a_per_step_shrink_of_one_or_more_is_refused_under_any_scaling(tmp_path)
     ):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def a_card(monkeypatch, major: int, name: str = "Tesla V100-SXM2-16GB"):
+    """torch.cuda.get_device_properties answering for a card of compute capability `major`.0."""
+    from types import SimpleNamespace
+
+    import torch
+
+    props = SimpleNamespace(major=major, minor=0, name=name)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+
+
+@pytest.mark.parametrize("major,precision", [(8, "bf16"), (9, "bf16"), (7, "fp32"), (6, "fp32")])
+def test_precision_auto_is_bf16_only_on_a_card_that_computes_it(monkeypatch, major, precision):
+    """Before compute capability 8.0 (Ampere) torch emulates bfloat16, slower than float32."""
+    import torch
+
+    from runner.config import TrainerConfig
+    from runner.engine.build import execution_path
+
+    a_card(monkeypatch, major)
+    path = execution_path(TrainerConfig(device="cuda"), torch.device("cuda", 1))
+    assert path.precision == precision
+    fp32 = execution_path(TrainerConfig(device="cuda", precision="fp32"), torch.device("cuda", 0))
+    assert fp32.precision == "fp32"
+
+
+def test_precision_bf16_on_a_card_without_it_is_refused_with_the_fix(monkeypatch):
+    import torch
+
+    from runner.config import ConfigError, TrainerConfig
+    from runner.engine.build import execution_path
+
+    a_card(monkeypatch, 7)
+    refused = r"^trainer.precision=bf16: Tesla V100.*7\.0.*precision=auto"
+    with pytest.raises(ConfigError, match=refused):
+        execution_path(TrainerConfig(device="cuda", precision="bf16"), torch.device("cuda", 0))
+    a_card(monkeypatch, 8, "NVIDIA A100")
+    path = execution_path(TrainerConfig(device="cuda", precision="bf16"), torch.device("cuda", 0))
+    assert path.precision == "bf16"

@@ -87,6 +87,27 @@ def test_rng_state_round_trips_through_a_weights_only_load():
     assert draws() == expected
 
 
+def test_cuda_rng_states_are_restored_for_the_gpus_present_and_the_rest_named(monkeypatch, caplog):
+    """A checkpoint of a 4-GPU machine continued on a 2-GPU one: torch.cuda.set_rng_state_all
+    would index GPU 2 and fail; the states of GPUs 0 and 1 are restored, 2 and 3 named as not."""
+    cuda = [torch.full((16,), k, dtype=torch.uint8) for k in range(4)]
+    saved = {**checkpoint.rng_state(), "cuda": cuda}
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.update({device: s}))
+    refuse = lambda states: pytest.fail("indexes every saved GPU")  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", refuse)
+    with caplog.at_level("WARNING"):
+        missed = checkpoint.set_rng_state(saved)
+    assert sorted(restored) == [0, 1] and all(int(restored[k][0]) == k for k in (0, 1))
+    assert missed == [2, 3]
+    assert "GPUs 2, 3" in caplog.text and "2 GPUs" in caplog.text
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    restored.clear()
+    assert checkpoint.set_rng_state(saved) == [] and sorted(restored) == [0, 1, 2, 3]
+
+
 def test_a_value_a_weights_only_load_refuses_is_a_bug_and_nothing_is_written(tmp_path):
     with pytest.raises(TypeError, match="weights_only"):
         save({"step": 1, "numpy": np.zeros(3)}, tmp_path)

@@ -203,3 +203,32 @@ def test_more_epochs_on_a_finished_run_need_a_stated_schedule_and_get_it(tmp_pat
     assert [rescaled[k] for k in range(1, 9)] == [held[k] for k in range(1, 9)]  # what ran stays as it ran
     for d, how in ((first, "hold"), (second, "rescale")):
         assert json.loads((d / "summary.json").read_text())["resumed"]["schedule"] == how
+
+
+def test_a_run_continued_with_fewer_gpus_records_the_cuda_states_left_out(tmp_path, monkeypatch):
+    """Its checkpoint holds three GPUs' CUDA RNG states, this machine has one: the run continues
+    and its summary's `resumed` names GPUs 1 and 2 (engine.checkpoint.cuda_rng_states)."""
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.engine import build, checkpoint
+    from runner.engine.train import train
+
+    first = train(validate(compose_cfg(*TINY, "trainer.max_steps=2")), tmp_path)
+    assert first["status"] == "completed" and "resumed" not in first
+    saved, _ = checkpoint.load_latest(tmp_path / "checkpoints")
+    saved["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 3  # as three GPUs saved it
+    checkpoint.save({k: v for k, v in saved.items() if k != "format"}, tmp_path / "checkpoints")
+    real_restore = build.restore
+
+    def restore_on_one_gpu(*args):  # the restore sees one GPU; the training itself stays on the CPU
+        with monkeypatch.context() as m:
+            m.setattr(torch.cuda, "is_available", lambda: True)
+            m.setattr(torch.cuda, "device_count", lambda: 1)
+            m.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": None)
+            return real_restore(*args)
+
+    monkeypatch.setattr(build, "restore", restore_on_one_gpu)
+    s = train(validate(compose_cfg(*TINY, "trainer.max_steps=4")), tmp_path)
+    assert s["status"] == "completed" and s["resumed"]["from_step"] == 2
+    assert s["resumed"]["cuda_rng_not_restored"] == [1, 2]

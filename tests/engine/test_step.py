@@ -16,6 +16,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 from conftest import compose_cfg, forbid_host_reads
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from runner.config import ConfigError, validate
 from runner.core.models import build_resnet
@@ -316,3 +317,42 @@ def test_a_compiled_run_keeps_torch_compiles_caches_in_the_configured_folder(tmp
     (tmp_path / "run2").mkdir()
     setup(tiny(), tmp_path / "run2").out.recorder.close()
     assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") != str(tmp_path / "cache")  # torch's own default, if any
+
+
+@pytest.fixture
+def deterministic():
+    """torch's deterministic algorithms on for the test, then back as they were."""
+    was = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
+class AtenOps(TorchDispatchMode):
+    """The names of the aten ops run inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_deterministic_algorithms_leave_the_device_side_step_no_op_that_syncs(deterministic):
+    """Deterministic algorithms turn CUDA's index_copy_ into index_put_ with a sort, whose range
+    check reads the index on the host (ATen's index_copy_out and wrapIndexOnce): inside a capture,
+    an error. The step writes its loss and count without any index op that CUDA reroutes, and
+    still trains as the eager step does."""
+    m1, o1, _ = make("adam", 1e-3, 0.05, "schedule", fused=True)
+    m2, o2, decay = make("adam", 1e-3, 0.05, "schedule", fused=True)
+    a = eager(m1, o1, range(STEPS))
+    with AtenOps() as ops:
+        b = graphed(m2, o2, decay, 0.05, list(range(STEPS)))
+    assert a == b  # every loss, d_t and ‖g‖, exactly
+    rerouted = {"index_copy", "index_copy_", "index_put", "index_put_", "_index_put_impl_"}
+    assert ops.names and not ops.names & rerouted
+    for p, q in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(p, q)

@@ -192,3 +192,19 @@ def smoke_claims() -> tuple[str, dict]:
     one = re.search(r"val_acc (0\.\d{3}) on\s+#? ?1 thread", smoke).group(1)
     return acc, {"torch": version, "threads": int(threads), "cpu": cpu, "one_thread": one}
 
+
+def test_a_deterministic_run_leaves_torchs_process_wide_settings_as_it_found_them(tmp_path):
+    """trainer.deterministic switches on torch's deterministic algorithms for the whole process: the
+    next job of a sweep in the same process must not inherit them."""
+    import torch
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.engine.train import train
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    seen = []
+    cfg = validate(compose_cfg(*TINY, "trainer.max_steps=2", "trainer.deterministic=true"))
+    s = train(cfg, tmp_path, on_start=lambda: seen.append(torch.are_deterministic_algorithms_enabled()))
+    assert s["status"] == "completed" and seen == [True]  # on while it trained
+    assert not torch.are_deterministic_algorithms_enabled()  # off again, as before the run

@@ -90,7 +90,7 @@ def assert_bit_equal(a, b):
 
 @pytest.fixture(scope="module")
 def alone(tmp_path_factory):
-    """Each of MIXED trained on its own, by runner.engine.loop.train."""
+    """Each of MIXED trained on its own, by runner.engine.train.train."""
     root = tmp_path_factory.mktemp("alone")
     for job in jobs(root, MIXED):
         train(job.cfg, job.run_dir)
@@ -305,3 +305,56 @@ def test_a_job_is_announced_only_once_it_is_set_up_so_a_refused_job_names_no_fol
     (done, _), (refused, error) = train_pack([good, bad])
     assert done["status"] == "completed" and refused is None and error is not None
     assert started == ["good"]
+
+
+def test_a_deterministic_pack_trains_every_job_so_and_leaves_the_process_as_it_found_it(tmp_path):
+    """The first job to finish must not switch deterministic algorithms off under the others."""
+    seen = []
+
+    @contextmanager
+    def watching(i):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        yield
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    deterministic = {name: ["trainer.deterministic=true"] for name in ("adamw", "sgdw")}
+    deterministic["adamw"].append("trainer.max_steps=2")  # ends first; sgdw trains on after it
+    outcomes = train_pack(jobs(tmp_path, ["adamw", "sgdw"], **deterministic), around=watching)
+    assert [o.summary["steps"] for o in outcomes] == [2, 8]
+    assert len(seen) > 8 and all(seen[1:])  # on from the first job's setup, at every turn of either
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def on_a_fake_gpu(monkeypatch):
+    """train_pack believing it runs on cuda:0 of an H100, failing if it asks torch for a stream or
+    sets up a job."""
+    from types import SimpleNamespace
+
+    from runner.sweeps import pack
+
+    card = SimpleNamespace(major=9, minor=0, name="NVIDIA H100")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: card)
+    monkeypatch.setattr(pack, "pick_device", lambda name, job_num=0: torch.device("cuda", 0))
+    monkeypatch.setattr(pack, "use_device", lambda device: device)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: pytest.fail("asked for a stream"))
+    monkeypatch.setattr(pack, "setup", lambda *a, **k: pytest.fail("set up a job"))
+    return pack
+
+
+def test_a_cuda_pack_taking_more_streams_than_torchs_pool_holds_is_refused(tmp_path, monkeypatch):
+    """torch hands out 32 CUDA streams per device, round robin; a job on CUDA graphs holds three
+    (its own, its step's and its eval forward's side streams), so 11 such jobs would share some.
+    Refused before any stream is taken or anything written."""
+    from runner.config import ConfigError
+
+    pack = on_a_fake_gpu(monkeypatch)
+    cuda, graphed, eager = torch.device("cuda", 0), config(), config("trainer.cuda_graphs=false")
+    eleven = [Job(graphed, tmp_path / str(n), name=str(n)) for n in range(11)]
+    outcomes = train_pack(eleven)
+    assert all(o.summary is None and isinstance(o.error, ConfigError) for o in outcomes)
+    refusal = r"11 jobs on CUDA needs 34 CUDA streams.*use hydra\.launcher\.pack=10 or fewer"
+    assert re.search(refusal, str(outcomes[0].error))
+    assert not any(tmp_path.iterdir())
+    assert pack.cuda_streams(eleven[:10], cuda) == 31 <= pack.POOL_STREAMS  # ten fit
+    many = [Job(eager, tmp_path, name=str(n)) for n in range(32)]
+    assert pack.cuda_streams(many[:31], cuda) == 32 < pack.cuda_streams(many, cuda)  # one each

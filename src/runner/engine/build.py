@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -64,7 +64,8 @@ def setup(
     data = run_data(cfg, splits, path)
     trainee, sentences = make_trainee(cfg, path, autocast, len(splits.classes), data, state)
     if saved is not None:
-        restore(saved, trainee)
+        if missed := restore(saved, trainee):  # a checkpoint of a machine with more GPUs
+            facts["resumed"]["cuda_rng_not_restored"] = missed
         where = run_dir / "checkpoints"
         log.info(
             "continuing from step %d (epoch %.2f) of %s", state.step, state.step / trainee.plan.steps_per_epoch, where
@@ -132,8 +133,8 @@ def use_device(device: torch.device) -> torch.device:
 
 
 def execution_path(tr: TrainerConfig, device: torch.device) -> ExecutionPath:
-    """The speed settings as they apply on `device`: null (auto) means on for CUDA. Graphs step
-    aside for a compile mode that records its own."""
+    """The speed settings as they apply on `device`: null (auto) means on for CUDA (bf16: on a CUDA
+    card that computes it natively). Graphs step aside for a compile mode that records its own."""
     cuda = device.type == "cuda"
     compiled = cuda if tr.compile is None else tr.compile
     own_graphs = compiled and tr.compile_mode in ("reduce-overhead", "max-autotune")
@@ -143,7 +144,14 @@ def execution_path(tr: TrainerConfig, device: torch.device) -> ExecutionPath:
             f"trainer.cuda_graphs=true needs a CUDA device and this run got "
             f"{device.type}: drop trainer.cuda_graphs=true"
         )
-    bf16 = tr.precision == "bf16" or (tr.precision == "auto" and cuda)
+    bf16 = tr.precision == "bf16" or (tr.precision == "auto" and cuda and native_bf16(device))
+    if bf16 and cuda and not native_bf16(device):
+        p = torch.cuda.get_device_properties(device)
+        raise ConfigError(
+            f"trainer.precision=bf16: {p.name} ({device}, compute capability {p.major}.{p.minor}) "
+            "has no native bfloat16 (it needs 8.0 or later) and torch would emulate it, more "
+            "slowly than fp32: use trainer.precision=auto (fp32 on this card) or fp32"
+        )
     return ExecutionPath(
         device=device,
         precision="bf16" if bf16 else "fp32",
@@ -152,6 +160,13 @@ def execution_path(tr: TrainerConfig, device: torch.device) -> ExecutionPath:
         cuda_graphs=graphs,
         channels_last=cuda if tr.channels_last is None else tr.channels_last,
     )
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA `device` computes bfloat16 natively: torch.cuda.is_bf16_supported(
+    including_emulation=False)'s rule (compute capability 8.0 or later; ROCm always), for this
+    device rather than the current one. Older cards emulate it, more slowly than float32."""
+    return bool(torch.version.hip) or torch.cuda.get_device_properties(device).major >= 8
 
 
 def device_settings(tr: TrainerConfig, path: ExecutionPath):
@@ -165,6 +180,22 @@ def device_settings(tr: TrainerConfig, path: ExecutionPath):
         return nullcontext()
     # a CUDA graph cannot hold autocast's cache of cast weights (the PyTorch CUDA graph notes)
     return torch.autocast(path.device.type, torch.bfloat16, cache_enabled=not path.cuda_graphs)
+
+
+@contextmanager
+def torch_settings_kept():
+    """torch's process-wide settings that device_settings changes (deterministic algorithms, cuDNN
+    autotuning) put back as they were once the block ends, so that the next job of a sweep in this
+    process starts from them, not from this run's. Around a whole run or pack (engine.train.train,
+    sweeps.pack.train_pack, as a decorator): a pack's jobs keep the settings until the last ends."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def use_compile_cache(folder: str | None) -> None:
@@ -232,11 +263,12 @@ def check_length(cfg: RunConfig, spe: int, state: RunState) -> None:
         )
 
 
-def restore(saved: dict, trainee: Trainee) -> None:
-    """Weights, optimizer state and RNGs of a checkpoint."""
+def restore(saved: dict, trainee: Trainee) -> list[int]:
+    """Weights, optimizer state and RNGs of a checkpoint; returns the GPUs whose saved CUDA RNG
+    state this machine could not take (checkpoint.cuda_rng_states)."""
     trainee.model.load_state_dict(saved["model"])
     trainee.opt.load_state_dict(saved["optimizer"])
-    checkpoint.set_rng_state(saved["rng"])
+    return checkpoint.set_rng_state(saved["rng"])
 
 
 def stage_index(model: nn.Module, opt: Optimizer, device: torch.device) -> dict[str, torch.Tensor]:

@@ -80,16 +80,37 @@ def rng_state() -> dict:
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore what rng_state() returned."""
+def set_rng_state(state: dict) -> list[int]:
+    """Restore what rng_state() returned; returns the GPUs whose saved CUDA state was left out (cuda_rng_states)."""
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))  # a list after some loaders: setstate wants a tuple
     n = state["numpy"]
     keys = np.asarray(n["keys"], dtype=np.int64).astype(np.uint32)
     np.random.set_state((n["bit_generator"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    return cuda_rng_states(state.get("cuda", []))
+
+
+def cuda_rng_states(saved: list) -> list[int]:
+    """Restore the saved CUDA RNG state of each GPU this machine has (torch.cuda.set_rng_state_all
+    would index every saved one, and fail on a machine with fewer GPUs); returns the indices of the
+    saved states left out, which the log names. Training draws nothing from these generators (the
+    data order and augmentation come from their own (seed, epoch) generators), so the run goes on
+    the same; a later draw from them would not."""
+    present = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for i, s in enumerate(saved[:present]):
+        torch.cuda.set_rng_state(s, i)
+    missed = list(range(present, len(saved)))
+    if missed:
+        gpus = ", ".join(map(str, missed))
+        log.warning(
+            "the checkpoint holds the CUDA random number generator states of %d GPUs and this "
+            "machine has %d GPUs: those of GPUs %s are not restored",
+            len(saved),
+            present,
+            gpus,
+        )
+    return missed
 
 
 # ---------------------------------------------------------------- writing

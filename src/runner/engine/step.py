@@ -124,6 +124,7 @@ class GraphedStep:
         n = len(plan.lr)
         self.losses = torch.full((n,), float("nan"), device=dev)  # train loss of step k at k
         self.corrects = torch.zeros((n,), dtype=torch.int64, device=dev)  # its correct images
+        self.positions = torch.arange(n, device=dev)  # k at index k: where step k's values go
         self.grad_norms = torch.zeros(len(opt.params), device=dev)  # the latest step's ‖g‖s
         self.graphs: dict[tuple, tuple] = {}  # batch shape → (graph, static images, labels)
         self.seen: dict[tuple, int] = {}
@@ -137,8 +138,13 @@ class GraphedStep:
         keep = self.keep if self.plan.wd else None
         loss, correct, norms = step_body(self.forward, self.opt, self.autocast, x, y, self.lr_t, keep, True)
         self.grad_norms.copy_(norms)
-        self.losses.index_copy_(0, self.counter, loss.view(1))
-        self.corrects.index_copy_(0, self.counter, correct.view(1))
+        # elementwise, not index_copy_: with deterministic algorithms on, CUDA runs index_copy_ as
+        # index_put_ with a sort, whose range check reads the index on the host (ATen's
+        # index_copy_out, wrapIndexOnce): a sync that a capture refuses. torch.where never syncs,
+        # and each slot is written by one thread: deterministic too.
+        at = self.positions == self.counter
+        self.losses.copy_(torch.where(at, loss, self.losses))
+        self.corrects.copy_(torch.where(at, correct, self.corrects))
         self.counter += 1
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, k: int, log_point: bool) -> StepOut:

@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 from runner.config import RunConfig
-from runner.engine.build import setup
+from runner.engine.build import setup, torch_settings_kept
 from runner.engine.interrupts import StopRequests
 from runner.engine.loop import loop
 from runner.engine.progress import Progress
 from runner.engine.summary import completed_summary, finish
 
 
+@torch_settings_kept()  # trainer.deterministic stays this run's
 def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int = 0, on_start=None) -> dict:
     """Train one configuration into `run_dir` (continuing from its checkpoint if it has one) and
     return the summary, also written to summary.json. `job_num` is the job's index in a sweep;

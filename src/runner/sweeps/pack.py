@@ -29,17 +29,28 @@ from typing import Callable, ContextManager, NamedTuple, Sequence
 import torch
 
 from runner.config import ConfigError, RunConfig, UserError
-from runner.engine.build import pick_device, setup, use_device
+from runner.engine.build import execution_path, pick_device, setup, torch_settings_kept, use_device
 from runner.engine.interrupts import StopRequests
 from runner.engine.loop import loop
 from runner.engine.summary import finish
 
 log = logging.getLogger("runner")
 
+# torch.cuda.Stream(device) takes a stream from a pool of 32 per device and priority, handed out
+# round robin: the 33rd asked for is the first again (c10/cuda/CUDAStream.h, "Stream pool note").
+# Its one other kind, torch.cuda.ExternalStream, wraps a handle made outside torch, and torch's
+# Python API makes none (the private torch._C._cudart.cudaStreamCreate makes a stream that
+# synchronizes with the legacy default stream, unlike the pool's non-blocking ones, and torch would
+# never destroy it). Two jobs handed one stream would not run side by side, and two CUDA graphs
+# captured on one stream share its cuBLAS workspace (torch keys it by stream), which their replays
+# on the jobs' own streams would then write at once. So a pack takes no more streams than the pool
+# holds (cuda_streams).
+POOL_STREAMS = 32
+
 
 @dataclass
 class Job:
-    """One run of a pack: what `engine.loop.train` takes, and the name its log lines carry."""
+    """One run of a pack: what `engine.train.train` takes, and the name its log lines carry."""
 
     cfg: RunConfig
     run_dir: Path
@@ -90,6 +101,32 @@ def plan_packs(keys: Sequence[str | None], size: int) -> list[list[int]]:
     return packs
 
 
+def cuda_streams(jobs: Sequence[Job], device: torch.device) -> int:
+    """The streams a pack of `jobs` takes from torch's pool on CUDA `device` (POOL_STREAMS): one
+    per job, two more per job on CUDA graphs (its step's and its eval forward's side streams,
+    engine.step), and one that torch.cuda.graph may make for itself."""
+    return len(jobs) + 1 + sum(2 * _graphed(job.cfg, device) for job in jobs)
+
+
+def _graphed(cfg: RunConfig, device: torch.device) -> bool:
+    try:
+        return execution_path(cfg.trainer, device).cuda_graphs
+    except ConfigError:  # refused at its setup: counted at the most it could take
+        return True
+
+
+def too_many_streams(jobs: Sequence[Job], device: torch.device) -> ConfigError | None:
+    """Why `jobs` cannot share one pack on `device` without torch handing a stream out twice."""
+    if device.type != "cuda" or (n := cuda_streams(jobs, device)) <= POOL_STREAMS:
+        return None
+    most = (POOL_STREAMS - 1) // (3 if any(_graphed(j.cfg, device) for j in jobs) else 1)
+    return ConfigError(
+        f"a pack of {len(jobs)} jobs on CUDA needs {n} CUDA streams and torch has {POOL_STREAMS} "
+        "per device, which it hands out again when asked for more (two jobs' CUDA graphs could "
+        f"then race on one stream's cuBLAS workspace): use hydra.launcher.pack={most} or fewer"
+    )
+
+
 def start_rounds(periods: Sequence[int]) -> list[int]:
     """The round in which each of K jobs takes its first step: job i waits i·P/K rounds, P the shortest validation
     period (trainer.val_every, in steps) among them, so that no two jobs validate or checkpoint in the same round
@@ -98,6 +135,7 @@ def start_rounds(periods: Sequence[int]) -> list[int]:
     return [i * period // k for i in range(k)]
 
 
+@torch_settings_kept()  # trainer.deterministic (one value per pack: pack_key) stays the pack's
 def train_pack(
     jobs: Sequence[Job], around: Callable[[int], ContextManager] | None = None, stagger: bool | None = None
 ) -> list[Outcome]:
@@ -112,6 +150,8 @@ def train_pack(
         device = use_device(pick_device(jobs[0].cfg.trainer.device, jobs[0].job_num))
     except ConfigError as e:  # trainer.device=cuda on a machine without one: no job can start
         return [Outcome(None, e) for _ in jobs]
+    if (refused := too_many_streams(jobs, device)) is not None:  # before any stream is taken
+        return [Outcome(None, refused) for _ in jobs]
     streams = [torch.cuda.Stream(device) if device.type == "cuda" else None for _ in jobs]
 
     def inside(i: int) -> ExitStack:
