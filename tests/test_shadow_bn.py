@@ -10,6 +10,7 @@ from runner.probes.shadow_bn import (
     batch_from_running,
     batch_moments,
     shadow_stack,
+    update_noise,
     update_shadows,
 )
 from runner.probes.theory import ema_lag_path, ema_noise_var
@@ -52,3 +53,15 @@ def test_shadows_on_a_noisy_linear_drift_lag_as_the_theory_says():
         assert lag[row].var().item() == pytest.approx(noise, rel=0.1)
     slow = ema_lag_path([0, s], [0.0, r * s], 0.001, 0.0)[1]
     assert slow == pytest.approx(0.95 * r / 0.001, rel=0.01)  # m = 0.001 still 5 % short of r/m
+
+
+def test_the_batch_noise_comes_from_successive_batches():
+    torch.manual_seed(1)
+    channels, r, sigma = 2000, 1e-3, 0.05
+    noise, prev = torch.zeros(channels), torch.zeros(channels)
+    for j in range(2000):
+        batch = r * j + sigma * torch.randn(channels)
+        if j:
+            noise = update_noise(noise, batch, prev)
+        prev = batch
+    assert noise.mean().item() == pytest.approx(sigma**2 + r**2 / 2, rel=0.05)

@@ -9,9 +9,9 @@ evaluates the same weights once per row, its statistics swapped into the layer's
 The batch's statistics need not be recomputed: BatchNorm has just folded them into its running
 buffers with its own momentum m₀, so b = (r_new − (1 − m₀)·r_old)/m₀ from a copy of r_old taken
 before the forward (C values per layer; `batch_from_running`). Its float32 rounding error, ≈
-1e-7·|r|/m₀, is far below the batch noise. Cost per step: copying the running buffers and one lerp
-of the stacks, O(M·C) for C channels in all (≈ 700 in ResNet20, 5 momenta: a few thousand values),
-no pass over activations.
+1e-7·|r|/m₀, is far below the batch noise. The batch noise itself, σ_b² per channel, is one more EMA
+(`update_noise`). Cost per step: copying the running buffers and one lerp of the stacks, O(M·C) for
+C channels in all (≈ 700 in ResNet20, 5 momenta: a few thousand values), no pass over activations.
 """
 
 from __future__ import annotations
@@ -48,3 +48,15 @@ def update_shadows(
     tensor)."""
     m = torch.as_tensor(momenta, dtype=stack.dtype, device=stack.device).unsqueeze(1)
     return torch.lerp(stack, batch.unsqueeze(0).expand_as(stack), m)
+
+
+def update_noise(
+    noise_var: torch.Tensor,
+    batch: torch.Tensor,
+    prev_batch: torch.Tensor,
+    momentum: float = 0.01,
+) -> torch.Tensor:
+    """An EMA of (b_k − b_{k−1})²/2 per channel: the variance σ_b² of one batch's statistic about
+    its mean, which sets an EMA's noise floor σ_b²·m/(2 − m) (probes.theory.ema_noise_var).
+    Consecutive batches are independent draws; a drift of r per step adds only r²/2."""
+    return torch.lerp(noise_var, (batch - prev_batch).pow(2) / 2, momentum)
