@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from runner.core.models.resnet import build_resnet
-from runner.probes.scale_invariance import scale_invariant_kernels, stage_invariance
+from runner.probes.scale_invariance import eps_share, scale_invariant_kernels, stage_invariance
 
 
 def invariant_by_scaling(model, name: str, x: torch.Tensor) -> bool:
@@ -58,3 +58,13 @@ def test_the_invariant_share_of_each_stage(depth, version, shares):
     n = (depth - 2) // (6 if version == 1 else 9)
     per_block = 2  # v1: conv1, conv2; v2: conv1, conv2
     assert len(stages["stages.1"]["invariant"]) == n * per_block
+
+
+def test_eps_share_says_how_far_batchnorm_is_from_scale_invariant():
+    bn = torch.nn.BatchNorm1d(2, eps=1e-3).train()
+    z = torch.randn(4096, 2) * torch.tensor([1.0, 0.03])  # input variances 1 and 9e-4 ≈ ε
+    share = eps_share(z.var(0), 1e-3)
+    assert share[0] == pytest.approx(1e-3, rel=0.1) and share[1] == pytest.approx(0.53, abs=0.05)
+    with torch.no_grad():  # halve the kernel: the wide channel keeps its output, the narrow one not
+        moved = (bn(z * 0.5) - bn(z)).abs().mean(0)
+    assert moved[0] < 5e-3 < 0.1 < moved[1]

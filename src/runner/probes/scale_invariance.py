@@ -24,6 +24,7 @@ together, since the stream ends in the head's BatchNorm; the per-tensor argument
 
 from __future__ import annotations
 
+import torch
 import torch.fx as fx
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -81,3 +82,11 @@ def stage_invariance(model: nn.Module) -> dict[str, dict]:
     for row in out.values():
         row["share"] = row["invariant_values"] / row["values"]
     return out
+
+
+def eps_share(var: torch.Tensor, eps: float) -> torch.Tensor:
+    """ε/(σ² + ε) per channel, σ² the variance of a BatchNorm's input (its recalibrated
+    running_var): how far the layer is from scale-invariant. Scaling the kernel by c turns the
+    normalised output z/√(σ² + ε) into c·z/√(c²σ² + ε); the two agree while this share is small, and
+    strong decay, which shrinks the kernels, raises it (ResNet BatchNorms use ε = 1e-3)."""
+    return eps / (var + eps)
