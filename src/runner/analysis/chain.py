@@ -21,13 +21,13 @@ the EMA's weight, (1 − m)^s, still sits on its initial value; such points are 
 Intervals come from analysis.stats and treat runs (seeds) as the independent draws: points within a
 run are correlated, so a pooled fit's n (points) is reported beside, never instead of, the runs' n.
 
-Also here, the figures that replace or qualify core.oscillation's:
+Also here, the figures that replace or qualify analysis.oscillation's:
     dispersion_bias          by simulation: dispersion/σ − 1 of white noise at f validations per
                              epoch (+12 % at 1, +7 % at 2, +4 % at 3; undefined beyond 2 epochs
                              apart)
     gap_share                Σ r_g²/(Σ r_g² + Σ r_w²), r_g = r_v − r_w: the running − recalibrated
                              gap's share of the detrended variance, bounded in [0, 1]
-                             (core.oscillation's dispersion_share_gap, Σ r_v(r_v − r_w)/Σ r_v², is
+                             (analysis.oscillation's dispersion_share_gap, Σ r_v(r_v − r_w)/Σ r_v², is
                              not), with corr(r_g, r_w) beside it to say how far the split is from
                              additive
     paired_accuracy_noise    Δacc between two evaluations of one fixed set and its noise floor
@@ -181,7 +181,7 @@ def simulated_dispersion_bias(
     seed: int = 0,
 ) -> float | None:
     """dispersion/σ − 1 for a log-loss series of white noise σ validated `per_epoch` times an epoch,
-    through core.oscillation's own detrending (its median leaves out the point, so the noise of the
+    through analysis.oscillation's own detrending (its median leaves out the point, so the noise of the
     neighbours' median adds to the residual); None where no point has a full window."""
     rng, ratios = random.Random(seed), []
     for _ in range(reps):
@@ -194,7 +194,7 @@ def simulated_dispersion_bias(
 
 
 def gap_share(r_running: dict, r_recal: dict) -> dict:
-    """Σ r_g²/(Σ r_g² + Σ r_w²) with r_g = r_v − r_w over the points both have (core.oscillation's
+    """Σ r_g²/(Σ r_g² + Σ r_w²) with r_g = r_v − r_w over the points both have (analysis.oscillation's
     detrended log residuals, keyed by step), in [0, 1]; and corr(r_g, r_w) (0 when the split is
     additive). None where both are zero or below 3 points."""
     keys = [k for k in r_running if k in r_recal]
