@@ -1,39 +1,50 @@
 #!/usr/bin/env python
-"""Time the training loop that ships (runner.engine.loop) against a tutorial-style PyTorch loop, in one process.
+"""Time the training loop that ships (runner.engine.loop) against a tutorial-style PyTorch loop, in
+one process.
 
 Sections, in the order main() runs them, one function each:
-  input pipeline  the Run's runner.core.loader.DeviceLoader against a torchvision-style DataLoader: batches alone.
-  loop rates      windows of next() on engine.loop.loop(run, stop), for Runs that engine.build.setup built on
-                  synthetic data in a temporary folder: the shipped loop with all its bookkeeping (step records,
-                  the one-transfer flush every trainer.log_every steps with its divergence check, Recorder.write,
-                  per-stage weight norms). One Run per execution path (PATHS). Validation is pushed past the
-                  run's end and windows skip epoch ends, so no validation or checkpoint falls inside a window
-                  (the end-to-end section counts them). Interleaved with these windows (A B C A B C ...): the
-                  tutorial loop, and each Run's bare step (forward + backward + update on one fixed batch, no
-                  loader, no records); loop overhead = 1 − loop rate / bare-step rate, per interleaved pair.
-  evaluation      runner.core.evaluation.evaluate over the validation split with the trainer's own loader (padded,
-                  one batch shape) and eval forward (GraphedForward), and recalibrated_bn over the Run's
-                  trainer.bn_recalibrate training images; the first pass (compile, capture) apart.
-  end to end      runner.engine.loop.train on the same data: summary.json's images_per_s, startup_s and its parts,
-                  stall_s, validation times, and the epoch records of metrics.jsonl.
-  op counts       torch.profiler over single steps: what one step of the runner's eager loop and one of the
-                  tutorial loop ask the device to do (CPU: aten ops that would be kernels; CUDA: kernel launches).
-  pack (--pack K) K jobs of a sweep trained as one pack (runner.sweeps.pack) against the same jobs one after
-                  another: aggregate images/s over the same steps of every job, and wall time.
+  input pipeline  the Run's runner.core.loader.DeviceLoader against a torchvision-style DataLoader:
+                  batches alone.
+  loop rates      windows of next() on engine.loop.loop(run, stop), for Runs that engine.build.setup
+                  built on synthetic data in a temporary folder: the shipped loop with all its
+                  bookkeeping (step records, the one-transfer flush every trainer.log_every steps
+                  with its divergence check, Recorder.write, per-stage weight norms). One Run per
+                  execution path (PATHS). Validation is pushed past the run's end and windows skip
+                  epoch ends, so no validation or checkpoint falls inside a window (the end-to-end
+                  section counts them). Interleaved with these windows (A B C A B C ...): the
+                  tutorial loop, and each Run's bare step (forward + backward + update on one fixed
+                  batch, no loader, no records); loop overhead = 1 − loop rate / bare-step rate, per
+                  interleaved pair.
+  evaluation      runner.core.evaluation.evaluate over the validation split with the trainer's own
+                  loader (padded, one batch shape) and eval forward (GraphedForward), and
+                  recalibrated_bn over the Run's trainer.bn_recalibrate training images; the first
+                  pass (compile, capture) apart.
+  end to end      runner.engine.loop.train on the same data: summary.json's images_per_s, startup_s
+                  and its parts, stall_s, validation times, and the epoch records of metrics.jsonl.
+  op counts       torch.profiler over single steps: what one step of the runner's eager loop and one
+                  of the tutorial loop ask the device to do (CPU: aten ops that would be kernels;
+                  CUDA: kernel launches).
+  pack (--pack K) K jobs of a sweep trained as one pack (runner.sweeps.pack) against the same jobs
+                  one after another: aggregate images/s over the same steps of every job, and wall
+                  time.
 
-The tutorial reference is a torchvision.datasets.CIFAR10-style Dataset (uint8 HWC arrays, one PIL image per item),
-RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, DataLoader(shuffle=True, num_workers=N,
-pin_memory on cuda), `.to(device)` per batch and `loss.item()` per step. It trains the model and optimizer of an
-eager Run (same initial weights, core.update_rule.Optimizer, autocast and memory layout), so only the input pipeline
-and the loop differ. Every rate is the median of timed windows after warm-up; CUDA is synchronised at window ends
-(scripts/timing_harness.py, the benchmarks' one timing helper). Runs are built by engine.build.setup with one
-data_cache, so the data set is loaded once and never timed.
+The tutorial reference is a torchvision.datasets.CIFAR10-style Dataset (uint8 HWC arrays, one PIL
+image per item), RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize,
+DataLoader(shuffle=True, num_workers=N, pin_memory on cuda), `.to(device)` per batch and
+`loss.item()` per step. It trains the model and optimizer of an eager Run (same initial weights,
+core.update_rule.Optimizer, autocast and memory layout), so only the input pipeline and the loop
+differ. Every rate is the median of timed windows after warm-up; CUDA is synchronised at window ends
+(scripts/timing_harness.py, the benchmarks' one timing helper). Runs are built by engine.build.setup
+with one data_cache, so the data set is loaded once and never timed.
 
 Runs without hydra/omegaconf and without the package installed: it imports runner from ../src.
 
-    python scripts/bench.py                      # CPU: ResNet20v1, batch 32, eager; about 2 min on 2 cores
-    python scripts/bench.py --device cuda        # ResNet56v2, batch 128 and 64, eager, graphs, compile + graphs
-    python scripts/bench.py --device cpu --model resnet56v2 --batch-sizes 128 --window-steps 10 --e2e-epochs 0
+    # CPU: ResNet20v1, batch 32, eager; about 2 min on 2 cores
+    python scripts/bench.py
+    # ResNet56v2, batch 128 and 64, eager, graphs, compile + graphs
+    python scripts/bench.py --device cuda
+    python scripts/bench.py --device cpu --model resnet56v2 --batch-sizes 128 --window-steps 10 \
+        --e2e-epochs 0
     python scripts/bench.py --device cuda --pack 8 --paths graphs --e2e-epochs 0 --no-count-ops
     python scripts/bench.py --quick --out /tmp/b.json
 """
@@ -53,7 +64,8 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(1, str(Path(__file__).resolve().parent))  # timing_harness, also when imported by file path
+# timing_harness, also when imported by file path
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -80,9 +92,18 @@ from runner.engine.step import GraphedStep  # noqa: E402
 from runner.engine.summary import finish  # noqa: E402
 from runner.sweeps.pack import Job, train_pack  # noqa: E402
 
-EPOCH_IMAGES, VAL_IMAGES = 50_000, 10_000  # CIFAR-10's training and test set sizes, for the estimates
-LR, WD = 1e-3, 5e-4  # configs/config.yaml and configs/optimizer/adamw.yaml: what `python -m runner` trains with
-PATHS = {  # execution path → (trainer.compile, trainer.cuda_graphs); on CUDA null (auto) means compile+graphs
+# CIFAR-10's training and test set sizes, for the estimates
+EPOCH_IMAGES, VAL_IMAGES = (
+    50_000,
+    10_000,
+)
+# configs/config.yaml and configs/optimizer/adamw.yaml: what `python -m runner` trains with
+LR, WD = (
+    1e-3,
+    5e-4,
+)
+# execution path → (trainer.compile, trainer.cuda_graphs); on CUDA null (auto) means compile+graphs
+PATHS = {
     "eager": (False, False),  # trainer.compile=false trainer.cuda_graphs=false
     "graphs": (False, True),
     "compile": (True, False),
@@ -155,23 +176,30 @@ DEFAULTS = {  # per device; every one of these can be overridden by its flag
 
 @dataclasses.dataclass
 class Bench:
-    """What every section needs: the resolved settings, the device, the data, a folder for the Runs, the clock."""
+    """What every section needs: the resolved settings, the device, the data, a folder for the Runs,
+    the clock."""
 
     s: dict
     device: torch.device
     data: DataConfig
     folder: Path
     clock: Clock
-    cache: dict = dataclasses.field(default_factory=dict)  # engine.build.setup's data_cache: loaded once, untimed
+    # engine.build.setup's data_cache: loaded once, untimed
+    cache: dict = dataclasses.field(default_factory=dict)
 
-    def config(self, batch_size: int, path: str, *, epochs: int, model: str | None = None, **trainer) -> RunConfig:
-        """The RunConfig `python -m runner` trains with (adamw, piecewise-constant schedule, trainer defaults) on the
-        bench's data, with one execution path and `trainer` overrides."""
+    def config(
+        self, batch_size: int, path: str, *, epochs: int, model: str | None = None, **trainer
+    ) -> RunConfig:
+        """The RunConfig `python -m runner` trains with (adamw, piecewise-constant schedule, trainer
+        defaults) on the bench's data, with one execution path and `trainer` overrides."""
         compile_, graphs = PATHS[path]
         name = model or self.s["model"]
         depth, version = MODELS[name]
         tr = dict(
-            device=self.device.type, compile=compile_, cuda_graphs=graphs and self.device.type == "cuda", progress=False
+            device=self.device.type,
+            compile=compile_,
+            cuda_graphs=graphs and self.device.type == "cuda",
+            progress=False,
         )
         return RunConfig(
             lr=LR,
@@ -185,30 +213,40 @@ class Bench:
         )
 
     def run(self, batch_size: int, path: str, name: str, *, epochs: int, **trainer) -> rrun.Run:
-        """A Run as runner.engine.build.setup builds it, in its own folder; off CUDA the graphs path runs uncaptured."""
+        """A Run as runner.engine.build.setup builds it, in its own folder; off CUDA the graphs path
+        runs uncaptured."""
         run = rrun.setup(
-            self.config(batch_size, path, epochs=epochs, **trainer), self.subfolder(name), data_cache=self.cache
+            self.config(batch_size, path, epochs=epochs, **trainer),
+            self.subfolder(name),
+            data_cache=self.cache,
         )
         if PATHS[path][1] and self.device.type != "cuda":
             uncaptured_graphs(run)
         return run
 
     def subfolder(self, name: str) -> Path:
-        """A fresh run folder (setup() and train() expect the folder to exist, as the CLI makes it)."""
+        """A fresh run folder (setup() and train() expect the folder to exist, as the CLI makes
+        it)."""
         (self.folder / name).mkdir(parents=True)
         return self.folder / name
 
     def steps_per_epoch(self, batch_size: int) -> int:
-        return (
-            len(rsplits.load_splits(self.data, 0, self.cache).train_y) // batch_size
-        )  # data.drop_last: full batches only
+        # data.drop_last: full batches only
+        return len(rsplits.load_splits(self.data, 0, self.cache).train_y) // batch_size
 
 
 def uncaptured_graphs(run: rrun.Run) -> None:
-    """Off CUDA: the graphs path's device-side step, uncaptured (GraphedStep(capture=False)). It shows that the path
-    works there (the quick test runs it); its speed says nothing about a captured graph."""
+    """Off CUDA: the graphs path's device-side step, uncaptured (GraphedStep(capture=False)). It
+    shows that the path works there (the quick test runs it); its speed says nothing about a
+    captured graph."""
     run.step = GraphedStep(
-        run.forward, run.opt, run.autocast, run.plan.lr, run.plan.d, start_step=run.state.step, capture=False
+        run.forward,
+        run.opt,
+        run.autocast,
+        run.plan.lr,
+        run.plan.d,
+        start_step=run.state.step,
+        capture=False,
     )
     run.path = {**run.path, "cuda_graphs": "uncaptured"}
 
@@ -229,21 +267,28 @@ def data_config(s: dict, data_root: str | None) -> DataConfig:
 
 
 class LoopSteps(Timed):
-    """next() on runner.engine.loop.loop(run, stop): one optimizer step of the loop that ships, bookkeeping included."""
+    """next() on runner.engine.loop.loop(run, stop): one optimizer step of the loop that ships,
+    bookkeeping included."""
 
     def __init__(self, run: rrun.Run):
-        self.run, self.steps = run, rtrain.loop(run, StopRequests())  # never entered: no signal handlers
+        # never entered: no signal handlers
+        self.run, self.steps = (
+            run,
+            rtrain.loop(run, StopRequests()),
+        )
 
     def step(self) -> int:
         try:
             next(self.steps)
         except StopIteration:
-            raise RuntimeError(f"the loop stopped at step {self.run.state.step} ({self.run.stats.status})") from None
+            raise RuntimeError(
+                f"the loop stopped at step {self.run.state.step} ({self.run.stats.status})"
+            ) from None
         return self.run.cfg.batch_size  # data.drop_last: every batch is full
 
     def before_window(self, n: int) -> None:
-        """Untimed steps until the next n hold no epoch end (its checkpoint is not the loop's rate) and, when n is
-        a multiple of trainer.log_every, until the window ends exactly at a flush."""
+        """Untimed steps until the next n hold no epoch end (its checkpoint is not the loop's rate)
+        and, when n is a multiple of trainer.log_every, until the window ends exactly at a flush."""
         run = self.run
         spe, every = run.steps_per_epoch, run.cfg.trainer.log_every
         if n > spe:
@@ -253,17 +298,21 @@ class LoopSteps(Timed):
             )
         for _ in range(2 * (spe + every) + n):
             s = run.state.step
-            next_epoch_end = max(spe, -(-s // spe) * spe)  # the call that makes step j runs end_epoch if j-1 is one
+            # the call that makes step j runs end_epoch if j-1 is one
+            next_epoch_end = max(spe, -(-s // spe) * spe)
             aligned = n % every != 0 or s % every == 0
             if next_epoch_end > s + n - 1 and aligned:
                 return
             self.step()
-        raise SystemExit(f"bench: found no window of {n} steps between epoch ends and flushes (log_every {every})")
+        raise SystemExit(
+            f"bench: found no window of {n} steps between epoch ends and flushes (log_every "
+            f"{every})"
+        )
 
 
 class BareStep(Timed):
-    """Forward + backward + update on one fixed batch and nothing else: no loader, no records, no flushes. It trains
-    the Run's model but leaves the loop's state alone."""
+    """Forward + backward + update on one fixed batch and nothing else: no loader, no records, no
+    flushes. It trains the Run's model but leaves the loop's state alone."""
 
     def __init__(self, run: rrun.Run):
         self.run = run
@@ -273,18 +322,22 @@ class BareStep(Timed):
         run = self.run
         if run.graphed is None:
             t = run.state.step / run.steps_per_epoch
-            rstep.train_step(run.forward, run.opt, self.x, self.y, t, run.plan.schedule(t), run.autocast)
-        else:  # the replay of the graph the loop's warm-up recorded (same shape and layout as its batches)
+            rstep.train_step(
+                run.forward, run.opt, self.x, self.y, t, run.plan.schedule(t), run.autocast
+            )
+        else:  # the replay of the graph the loop's warm-up recorded (same shape and layout)
             run.graphed(self.x, self.y, run.state.step)
         return len(self.y)
 
     def after_window(self) -> None:
-        if self.run.graphed is not None:  # the graph advanced its own step counter: give it back the loop's
+        # the graph advanced its own step counter: give it back the loop's
+        if self.run.graphed is not None:
             self.run.graphed.counter.fill_(self.run.state.step)
 
 
 class TutorialSteps(Timed):
-    """The tutorial training loop body, one batch per call, on an eager Run's model and optimizer."""
+    """The tutorial training loop body, one batch per call, on an eager Run's model and
+    optimizer."""
 
     def __init__(self, run: rrun.Run, loader):
         self.run, self.loader, self.batches = run, loader, forever(loader)
@@ -328,7 +381,8 @@ class Batches(Timed):
 
 
 class TutorialCIFAR(torch.utils.data.Dataset):
-    """What torchvision.datasets.CIFAR10 does: uint8 HWC arrays in memory, a PIL image per item, then the transform."""
+    """What torchvision.datasets.CIFAR10 does: uint8 HWC arrays in memory, a PIL image per item,
+    then the transform."""
 
     def __init__(self, data: np.ndarray, targets: list[int], transform):
         self.data, self.targets, self.transform = data, targets, transform
@@ -341,7 +395,9 @@ class TutorialCIFAR(torch.utils.data.Dataset):
         return self.transform(img), target
 
 
-def tutorial_loader(x_u8: torch.Tensor, y: torch.Tensor, batch_size: int, mean, std, workers: int, cuda: bool):
+def tutorial_loader(
+    x_u8: torch.Tensor, y: torch.Tensor, batch_size: int, mean, std, workers: int, cuda: bool
+):
     transform = transforms.Compose(
         [
             transforms.RandomCrop(32, padding=4),
@@ -357,7 +413,8 @@ def tutorial_loader(x_u8: torch.Tensor, y: torch.Tensor, batch_size: int, mean, 
 
 
 def forever(loader):
-    """`for epoch in range(E): for x, y in loader:`: a fresh iterator (and fresh workers) every epoch."""
+    """`for epoch in range(E): for x, y in loader:`: a fresh iterator (and fresh workers) every
+    epoch."""
     while True:
         yield from loader
 
@@ -387,7 +444,8 @@ def reference_loader(b: Bench, batch_size: int, workers: int | None = None):
 
 
 def input_pipeline(b: Bench, run: rrun.Run, ref_loader) -> dict:
-    """Images/s of batches alone: the Run's DeviceLoader vs DataLoader batches moved to the device."""
+    """Images/s of batches alone: the Run's DeviceLoader vs DataLoader batches moved to the
+    device."""
     s = b.s
     n = max(1, min(s["pipeline_batches"], 4 * len(run.train_loader)))
     ref = Batches(forever(ref_loader), run.device)
@@ -399,31 +457,40 @@ def input_pipeline(b: Bench, run: rrun.Run, ref_loader) -> dict:
         n,
         s["budget_s"],
     )
-    r.update(measure({"reference": ref}, b.clock, s["warmup_steps"], s["windows"], n, s["budget_s"]))
+    r.update(
+        measure({"reference": ref}, b.clock, s["warmup_steps"], s["windows"], n, s["budget_s"])
+    )
     ref.batches.close()
-    row = {"batch_size": run.cfg.batch_size, **r, "ratio": r["runner"]["images_per_s"] / r["reference"]["images_per_s"]}
+    row = {
+        "batch_size": run.cfg.batch_size,
+        **r,
+        "ratio": r["runner"]["images_per_s"] / r["reference"]["images_per_s"],
+    }
     print(
-        f"input pipeline  batch {row['batch_size']:4d}: runner {r['runner']['images_per_s']:10.0f} img/s   "
-        f"reference {r['reference']['images_per_s']:8.0f} img/s   ratio {row['ratio']:6.1f}x",
+        f"input pipeline  batch {row['batch_size']:4d}: runner {r['runner']['images_per_s']:10.0f} "
+        f"img/s   reference {r['reference']['images_per_s']:8.0f} img/s   ratio "
+        f"{row['ratio']:6.1f}x",
         flush=True,
     )
     return row
 
 
 def loop_epochs(b: Bench, spe: int) -> int:
-    """Epochs for a timed Run: enough that its loop never reaches the end (where it would validate), counting the
-    untimed steps `LoopSteps.before_window` may take before each window."""
+    """Epochs for a timed Run: enough that its loop never reaches the end (where it would validate),
+    counting the untimed steps `LoopSteps.before_window` may take before each window."""
     s = b.s
     steps = s["warmup_steps"] + s["windows"] * (s["window_steps"] + spe + s["log_every"]) + 10
     return 2 + math.ceil(steps / spe)
 
 
 def loop_rates(b: Bench, batch_size: int) -> tuple[dict, list[dict], dict]:
-    """The input pipeline, then interleaved windows of the tutorial loop and, per execution path, the Run's loop and
-    its bare step. Returns (input pipeline row, one row per path, {path: Run}); the Runs stay open for `evaluation`."""
+    """The input pipeline, then interleaved windows of the tutorial loop and, per execution path,
+    the Run's loop and its bare step. Returns (input pipeline row, one row per path, {path: Run});
+    the Runs stay open for `evaluation`."""
     s = b.s
     epochs = loop_epochs(b, b.steps_per_epoch(batch_size))
-    # no validation in a window; bare steps may overfit their batch; the flush every log_every steps as configured
+    # no validation in a window; bare steps may overfit their batch; the flush every log_every steps
+    # as configured
     far = dict(val_every=10**9, diverge_factor=1e9, log_every=s["log_every"])
     ref_run = b.run(batch_size, "eager", f"tutorial_b{batch_size}", epochs=epochs, **far)
     ref_loader = reference_loader(b, batch_size)
@@ -464,28 +531,36 @@ def loop_rates(b: Bench, batch_size: int) -> tuple[dict, list[dict], dict]:
         }
         rows.append(row)
         print(
-            f"loop  {s['model']} batch {batch_size:4d} {p:15s}: {loop_r['images_per_s']:8.1f} img/s   tutorial "
-            f"{ref['images_per_s']:8.1f} img/s   ratio {row['ratio']:5.2f}   bare step {bare['images_per_s']:8.1f} "
-            f"img/s   loop overhead {100 * share:5.1f} %   epoch (50k) {row['epoch_s_est']:.2f} s   first step "
-            f"{loop_r['first_step_s']:.2f} s",
+            f"loop  {s['model']} batch {batch_size:4d} {p:15s}: {loop_r['images_per_s']:8.1f} "
+            f"img/s   tutorial {ref['images_per_s']:8.1f} img/s   ratio {row['ratio']:5.2f}   bare "
+            f"step {bare['images_per_s']:8.1f} img/s   loop overhead {100 * share:5.1f} %   epoch "
+            f"(50k) {row['epoch_s_est']:.2f} s   first step {loop_r['first_step_s']:.2f} s",
             flush=True,
         )
     return pipeline, rows, runs
 
 
 def evaluation(b: Bench, run: rrun.Run, path: str) -> dict:
-    """Seconds per pass of runner.core.evaluation.evaluate over the validation split with the trainer's loader and eval
-    forward, and per recalibration of every BatchNorm over the Run's training images; first passes apart."""
+    """Seconds per pass of runner.core.evaluation.evaluate over the validation split with the
+    trainer's loader and eval forward, and per recalibration of every BatchNorm over the Run's
+    training images; first passes apart."""
     loader, passes = run.evals["val"], b.s["val_passes"]
 
     def val_pass():
-        torch.stack(evaluate(run.model, run.eval_forward, loader)).tolist()  # validate()'s one host read
+        torch.stack(
+            evaluate(run.model, run.eval_forward, loader)
+        ).tolist()  # validate()'s one host read
 
     def recal():
         with recalibrated_bn(run.model, run.recal_images, run.autocast):
             pass
 
-    out = {"path": path, "execution": run.path, "images": len(loader.y), "batch_size": loader.batch_size}
+    out = {
+        "path": path,
+        "execution": run.path,
+        "images": len(loader.y),
+        "batch_size": loader.batch_size,
+    }
     for name, fn in (("validation", val_pass), ("recalibration", recal)):
         if name == "recalibration" and run.recal_images is None:
             continue
@@ -494,7 +569,11 @@ def evaluation(b: Bench, run: rrun.Run, path: str) -> dict:
             t0 = b.clock()
             fn()
             times.append(b.clock() - t0)
-        out[name] = {"first_s": times[0], "runs_s": times[1:], "seconds": statistics.median(times[1:])}
+        out[name] = {
+            "first_s": times[0],
+            "runs_s": times[1:],
+            "seconds": statistics.median(times[1:]),
+        }
     v = out["validation"]
     v["images_per_s"] = out["images"] / v["seconds"]
     v[f"est_{VAL_IMAGES}_images_s"] = VAL_IMAGES * v["seconds"] / out["images"]
@@ -502,16 +581,18 @@ def evaluation(b: Bench, run: rrun.Run, path: str) -> dict:
         out["recalibration"]["images"] = len(run.recal_images)
     rc = out.get("recalibration", {}).get("seconds")
     print(
-        f"evaluation {path:15s}: {out['images']} images at batch {out['batch_size']} in {v['seconds']:.3f} s "
-        f"(est. {v[f'est_{VAL_IMAGES}_images_s']:.3f} s for {VAL_IMAGES}; first pass {v['first_s']:.2f} s)   "
-        f"BN recalibration {'-' if rc is None else f'{rc:.3f} s'}",
+        f"evaluation {path:15s}: {out['images']} images at batch {out['batch_size']} in "
+        f"{v['seconds']:.3f} s (est. {v[f'est_{VAL_IMAGES}_images_s']:.3f} s for {VAL_IMAGES}; "
+        f"first pass {v['first_s']:.2f} s)   BN recalibration "
+        f"{'-' if rc is None else f'{rc:.3f} s'}",
         flush=True,
     )
     return out
 
 
 def end_to_end(b: Bench, batch_size: int, path: str) -> dict | None:
-    """runner.engine.loop.train for b.s['e2e_epochs'] epochs, validating each epoch as the defaults do."""
+    """runner.engine.loop.train for b.s['e2e_epochs'] epochs, validating each epoch as the defaults
+    do."""
     if PATHS[path][1] and b.device.type != "cuda":
         return None  # trainer.cuda_graphs=true is refused off CUDA
     folder = b.subfolder(f"e2e_{path}_b{batch_size}")
@@ -538,7 +619,11 @@ def end_to_end(b: Bench, batch_size: int, path: str) -> dict | None:
         "execution": summary.get("path"),
         **{k: summary.get(k) for k in keys},
         "epochs": [
-            {"epoch": r["epoch"], "epoch_train_s": r["epoch_train_s"], "epoch_images": r["epoch_images"]}
+            {
+                "epoch": r["epoch"],
+                "epoch_train_s": r["epoch_train_s"],
+                "epoch_images": r["epoch_images"],
+            }
             for r in epochs
         ],
     }
@@ -547,8 +632,8 @@ def end_to_end(b: Bench, batch_size: int, path: str) -> dict | None:
     print(
         f"end to end batch {batch_size:4d} {path:15s}: {_f(rate, '.1f')} img/s steady, "
         f"{_f(row['images_per_s_overall'], '.1f')} overall; epochs "
-        f"{[round(e['epoch_train_s'], 2) for e in epochs]} s;"
-        f" startup {_f(row['startup_s'], '.2f')} s, stall {_f(row['stall_s'], '.2f')} s, validation "
+        f"{[round(e['epoch_train_s'], 2) for e in epochs]} s; startup "
+        f"{_f(row['startup_s'], '.2f')} s, stall {_f(row['stall_s'], '.2f')} s, validation "
         f"{_f(row['val_s'], '.3f')} s (first {_f(row['val_first_s'], '.2f')} s)",
         flush=True,
     )
@@ -556,7 +641,8 @@ def end_to_end(b: Bench, batch_size: int, path: str) -> dict | None:
 
 
 def train(b: Bench, cfg: RunConfig, folder: Path) -> dict:
-    """runner.engine.loop.train's own parts (setup, loop, summary) on the bench's loaded data; the summary."""
+    """runner.engine.loop.train's own parts (setup, loop, summary) on the bench's loaded data; the
+    summary."""
     run = rrun.setup(cfg, folder, data_cache=b.cache)
     try:
         for _ in rtrain.loop(run, StopRequests()):
@@ -567,7 +653,8 @@ def train(b: Bench, cfg: RunConfig, folder: Path) -> dict:
 
 
 def records(run: rrun.Run) -> dict:
-    """What the Run's loop wrote to metrics.jsonl: one train record per step, stage norms at every flush."""
+    """What the Run's loop wrote to metrics.jsonl: one train record per step, stage norms at every
+    flush."""
     run.recorder.flush()
     train = [r for r in read_metrics(run.recorder.path) if "train_loss" in r]
     return {
@@ -587,13 +674,18 @@ def _f(v, fmt: str) -> str:
 NO_KERNEL = frozenset(
     "aten::" + n
     for n in (
-        "empty empty_strided empty_like view as_strided _reshape_alias reshape t transpose expand expand_as permute "
-        "detach alias unsqueeze squeeze select slice narrow unbind split chunk flatten view_as _unsafe_view lift "
-        "lift_fresh as_strided_ resize_ set_ resolve_conj resolve_neg contiguous to _to_copy item result_type "
-        "is_nonzero"
+        "empty empty_strided empty_like view as_strided _reshape_alias reshape t transpose expand "
+        "expand_as permute detach alias unsqueeze squeeze select slice narrow unbind split chunk "
+        "flatten view_as _unsafe_view lift lift_fresh as_strided_ resize_ set_ resolve_conj "
+        "resolve_neg contiguous to _to_copy item result_type is_nonzero"
     ).split()
 )
-ONE_LAUNCH = ("aten::_foreach_", "aten::_fused_")  # multi-tensor ops: on a GPU one kernel per chunk of tensors
+# multi-tensor ops: on a GPU one kernel per chunk of tensors
+ONE_LAUNCH = (
+    "aten::_foreach_",
+    "aten::_fused_",
+)
+# host → device submissions
 LAUNCHES = frozenset(
     {
         "cudaLaunchKernel",
@@ -604,13 +696,13 @@ LAUNCHES = frozenset(
         "cudaMemsetAsync",
         "cudaGraphLaunch",
     }
-)  # host → device submissions
+)
 ROOT_PREFIX = "autograd::engine::evaluate_function: "
 
 
 def _where(op, outer) -> str:
-    """'op < outermost op': the op and the top-level call it belongs to (a module's op, a backward node, the
-    optimizer's step)."""
+    """'op < outermost op': the op and the top-level call it belongs to (a module's op, a backward
+    node, the optimizer's step)."""
     return f"{op.name} < {outer.name.replace(ROOT_PREFIX, 'backward ')}"
 
 
@@ -621,7 +713,8 @@ def _outermost(e):
 
 
 def _compute_ops(e) -> list:
-    """The ops of e's subtree that would be kernels: the innermost ones that compute, a multi-tensor op as one."""
+    """The ops of e's subtree that would be kernels: the innermost ones that compute, a multi-tensor
+    op as one."""
     if e.name.startswith(ONE_LAUNCH):
         return [e]
     inner = [op for c in e.cpu_children for op in _compute_ops(c)]
@@ -631,9 +724,9 @@ def _compute_ops(e) -> list:
 
 
 def device_work(events, cuda: bool) -> Counter:
-    """{'op < outermost op': count} for the events of one profiled step. CUDA: every launch the host makes (kernels,
-    copies, fills), under the innermost aten op that made it. CPU: the aten ops that would be kernels on a GPU
-    (`_compute_ops`); allocation and view ops are not counted."""
+    """{'op < outermost op': count} for the events of one profiled step. CUDA: every launch the host
+    makes (kernels, copies, fills), under the innermost aten op that made it. CPU: the aten ops that
+    would be kernels on a GPU (`_compute_ops`); allocation and view ops are not counted."""
     out = Counter()
     for e in events:
         if cuda and e.name in LAUNCHES:
@@ -648,8 +741,9 @@ def device_work(events, cuda: bool) -> Counter:
 
 
 def profile_step(fn, cuda: bool, device_side: list | None = None) -> Counter:
-    """device_work of one call of fn; on CUDA also appends to `device_side` how many kernels, copies and fills the
-    GPU ran (a check on the launch count that does not depend on how the profiler nests the host's events)."""
+    """device_work of one call of fn; on CUDA also appends to `device_side` how many kernels, copies
+    and fills the GPU ran (a check on the launch count that does not depend on how the profiler
+    nests the host's events)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -659,7 +753,9 @@ def profile_step(fn, cuda: bool, device_side: list | None = None) -> Counter:
             torch.cuda.synchronize()
     events = prof.events()
     if cuda and device_side is not None:
-        device_side.append(sum(getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA for e in events))
+        device_side.append(
+            sum(getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA for e in events)
+        )
     return device_work(events, cuda)
 
 
@@ -669,18 +765,30 @@ def _mean(counts: list[Counter]) -> dict:
 
 
 def op_counts(b: Bench) -> dict:
-    """Per training step: the device work of the runner's eager loop (runner.engine.loop.loop, as it ships) and of the
-    tutorial loop on the same model and optimizer, and what each issues that the other does not. Off CUDA the Run
-    takes CUDA's settings as far as CPU allows: bf16 autocast, channels_last, fused Adam. The tutorial's batch is
-    fetched before its step is profiled: its per-image transforms run in DataLoader workers, not on the device."""
+    """Per training step: the device work of the runner's eager loop (runner.engine.loop.loop, as it
+    ships) and of the tutorial loop on the same model and optimizer, and what each issues that the
+    other does not. Off CUDA the Run takes CUDA's settings as far as CPU allows: bf16 autocast,
+    channels_last, fused Adam. The tutorial's batch is fetched before its step is profiled: its
+    per-image transforms run in DataLoader workers, not on the device."""
     s, cuda = b.s, b.device.type == "cuda"
-    bs, every = s["count_batch"] or s["batch_sizes"][0], 5  # a flush every 5 steps: its extra work is shown apart
+    # a flush every 5 steps: its extra work is shown apart
+    bs, every = (
+        s["count_batch"] or s["batch_sizes"][0],
+        5,
+    )
     like_cuda = {} if cuda else dict(precision="bf16", channels_last=True)
-    cfg = b.config(bs, "eager", epochs=2, model=s["count_model"], log_every=every, val_every=10**9, **like_cuda)
+    cfg = b.config(
+        bs, "eager", epochs=2, model=s["count_model"], log_every=every, val_every=10**9, **like_cuda
+    )
     run = rrun.setup(cfg, b.subfolder("op_counts"), data_cache=b.cache)
-    if not cuda:  # torch's CPU Adam defaults to a loop over tensors; on CUDA the runner's Optimizer is fused
-        opt = Optimizer(run.model, algorithm="adam", lr=LR, l2=0.0, wd=WD, decay=run.opt.decay, fused=True)
-        run.opt = run.records.opt = opt  # the step holds its optimizer too: both loops then run the fused one
+    # torch's CPU Adam defaults to a loop over tensors; on CUDA the runner's Optimizer is fused
+    if not cuda:
+        opt = Optimizer(
+            run.model, algorithm="adam", lr=LR, l2=0.0, wd=WD, decay=run.opt.decay, fused=True
+        )
+        run.opt = run.records.opt = (
+            opt  # the step holds its optimizer too: both loops then run the fused one
+        )
         run.step = rstep.EagerStep(run.forward, opt, run.autocast, run.plan)
     steps = LoopSteps(run)
     for _ in range(3):  # warm-up: allocations, autotuning, the optimizer's state
@@ -693,7 +801,9 @@ def op_counts(b: Bench) -> dict:
     tutorial = TutorialSteps(run, reference_loader(b, bs, workers=0))
     batches = [next(tutorial.batches) for _ in range(4)]
     tutorial.train(*batches[0])
-    tut = [profile_step(lambda xy=xy: tutorial.train(*xy), cuda, gpu_tutorial) for xy in batches[1:]]
+    tut = [
+        profile_step(lambda xy=xy: tutorial.train(*xy), cuda, gpu_tutorial) for xy in batches[1:]
+    ]
     tutorial.close()
     close(run)
     runner_step, tutorial_step = _mean(plain), _mean(tut)
@@ -711,7 +821,10 @@ def op_counts(b: Bench) -> dict:
         "tutorial_per_step": round(sum(tutorial_step.values()), 2),
         "log_step_extra": round(sum(extra.values()), 2),
         "log_step_extra_ops": extra,
-        "gpu_events_per_step": {"runner": statistics.mean(gpu_runner), "tutorial": statistics.mean(gpu_tutorial)}
+        "gpu_events_per_step": {
+            "runner": statistics.mean(gpu_runner),
+            "tutorial": statistics.mean(gpu_tutorial),
+        }
         if cuda
         else None,
         "runner_only": {k: v for k, v in diff.items() if v > 0},
@@ -725,9 +838,9 @@ def op_counts(b: Bench) -> dict:
 
 def _print_counts(out: dict) -> None:
     print(
-        f"op counts ({out['unit']}, {out['model']} batch {out['batch_size']}, {out['execution']['precision']}, "
-        f"channels_last "
-        f"{out['execution']['channels_last']}, {out['optimizer']}): runner {out['runner_per_step']:g} per step "
+        f"op counts ({out['unit']}, {out['model']} batch {out['batch_size']}, "
+        f"{out['execution']['precision']}, channels_last {out['execution']['channels_last']}, "
+        f"{out['optimizer']}): runner {out['runner_per_step']:g} per step "
         f"(+{out['log_step_extra']:g} at each flush), tutorial {out['tutorial_per_step']:g}",
         flush=True,
     )
@@ -738,7 +851,8 @@ def _print_counts(out: dict) -> None:
 
 # ---------------------------------------------------------------- packs
 
-RULES = [  # (preset name, algorithm, lr, wd, l2): the update rules of the studies, each at two strengths
+# (preset name, algorithm, lr, wd, l2): the update rules of the studies, each at two strengths
+RULES = [
     ("adamw", "adam", 1e-3, 5e-4, 0.0),
     ("adam_l2", "adam", 1e-3, 0.0, 5e-4),
     ("sgdw", "sgd", 0.05, 5e-4, 0.0),
@@ -750,26 +864,47 @@ RULES = [  # (preset name, algorithm, lr, wd, l2): the update rules of the studi
 ]
 
 
-def pack_configs(k: int, device: str, model: str, batch_size: int, steps: int, graphs: bool | None) -> list:
-    """K jobs of a small lr × λ grid over the four update rules, one epoch of `steps` + 1 steps each (the step after
-    the window closes it), synthetic images, no compile: what a sweep varies, on what it shares."""
+def pack_configs(
+    k: int, device: str, model: str, batch_size: int, steps: int, graphs: bool | None
+) -> list:
+    """K jobs of a small lr × λ grid over the four update rules, one epoch of `steps` + 1 steps each
+    (the step after the window closes it), synthetic images, no compile: what a sweep varies, on
+    what it shares."""
     depth, version = MODELS[model]
     data = DataConfig(n_train=(steps + 2) * batch_size, n_val=1000 if device == "cuda" else 100)
     out = []
     for n in range(k):
         name, algorithm, lr, wd, l2 = RULES[n % len(RULES)]
-        trainer = TrainerConfig(device=device, max_steps=steps + 1, compile=False, cuda_graphs=graphs,
-                                progress=False, bn_recalibrate=0)  # fmt: skip
-        out.append(RunConfig(lr=lr * (1 + n // len(RULES)), wd=wd, l2=l2, epochs=1, batch_size=batch_size, seed=0,
-                             data=data, model=ModelConfig(name=model, depth=depth, version=version),
-                             optimizer=OptimizerConfig(name=name, algorithm=algorithm), trainer=trainer))  # fmt: skip
+        trainer = TrainerConfig(
+            device=device,
+            max_steps=steps + 1,
+            compile=False,
+            cuda_graphs=graphs,
+            progress=False,
+            bn_recalibrate=0,
+        )
+        out.append(
+            RunConfig(
+                lr=lr * (1 + n // len(RULES)),
+                wd=wd,
+                l2=l2,
+                epochs=1,
+                batch_size=batch_size,
+                seed=0,
+                data=data,
+                model=ModelConfig(name=model, depth=depth, version=version),
+                optimizer=OptimizerConfig(name=name, algorithm=algorithm),
+                trainer=trainer,
+            )
+        )
     return out
 
 
 def timed_pack(cfgs: list, root: Path, warmup: int, steps: int, clock: Clock) -> dict:
-    """Train `cfgs` as one pack into fresh folders under `root`: the seconds of steps warmup+1 .. steps of every
-    job (turns: K setups, then one step of each job per round), and of the whole call. Unstaggered: these jobs
-    validate only at their end, after the window, and a stagger would put its ramp inside the window."""
+    """Train `cfgs` as one pack into fresh folders under `root`: the seconds of steps warmup+1 ..
+    steps of every job (turns: K setups, then one step of each job per round), and of the whole
+    call. Unstaggered: these jobs validate only at their end, after the window, and a stagger would
+    put its ramp inside the window."""
     k, jobs = len(cfgs), []
     for n, cfg in enumerate(cfgs):
         run_dir = root / f"{time.monotonic_ns()}_{n}"
@@ -779,7 +914,11 @@ def timed_pack(cfgs: list, root: Path, warmup: int, steps: int, clock: Clock) ->
     tick = clock()
     outcomes = train_pack(jobs, around=window, stagger=False)
     wall = clock() - tick
-    bad = [o.error or o.summary["status"] for o in outcomes if o.error or o.summary["status"] != "completed"]
+    bad = [
+        o.error or o.summary["status"]
+        for o in outcomes
+        if o.error or o.summary["status"] != "completed"
+    ]
     if bad:
         raise RuntimeError(f"benchmark runs did not complete: {bad}")
     return {
@@ -789,11 +928,14 @@ def timed_pack(cfgs: list, root: Path, warmup: int, steps: int, clock: Clock) ->
     }
 
 
-def pack_rates(device: torch.device, k: int, model: str, batch_size: int, steps: int, graphs: bool | None) -> dict:
-    """K jobs one after another (each a pack of one: setup, loop, summary, as `python -m runner` runs it), then the
-    same K jobs as one pack (runner.sweeps.pack). Aggregate images/s = all jobs' images in the window / its seconds
-    (sequential: the K windows' seconds added up), so the ratio is what packing buys; `wall` includes set-up,
-    capture, validation and checkpoints. The first tenth of the steps (at least 2) is warm-up, untimed."""
+def pack_rates(
+    device: torch.device, k: int, model: str, batch_size: int, steps: int, graphs: bool | None
+) -> dict:
+    """K jobs one after another (each a pack of one: setup, loop, summary, as `python -m runner`
+    runs it), then the same K jobs as one pack (runner.sweeps.pack). Aggregate images/s = all jobs'
+    images in the window / its seconds (sequential: the K windows' seconds added up), so the ratio
+    is what packing buys; `wall` includes set-up, capture, validation and checkpoints. The first
+    tenth of the steps (at least 2) is warm-up, untimed."""
     clock, warmup = Clock(device), max(2, steps // 10)
     cfgs = pack_configs(k, device.type, model, batch_size, steps, graphs)
     images = (steps - warmup) * batch_size  # per job, in the window
@@ -802,20 +944,33 @@ def pack_rates(device: torch.device, k: int, model: str, batch_size: int, steps:
         packed = timed_pack(cfgs, Path(tmp), warmup, steps, clock)
     sequential = k * images / sum(a["window_s"] for a in alone)
     row = {
-        "k": k, "model": model, "batch_size": batch_size, "device": str(device), "cuda_graphs": graphs,
-        "warmup_steps": warmup, "timed_steps": steps - warmup,
-        "sequential_images_per_s": sequential, "pack_images_per_s": k * images / packed["window_s"],
-        "sequential_wall_s": sum(a["wall_s"] for a in alone), "pack_wall_s": packed["wall_s"],
+        "k": k,
+        "model": model,
+        "batch_size": batch_size,
+        "device": str(device),
+        "cuda_graphs": graphs,
+        "warmup_steps": warmup,
+        "timed_steps": steps - warmup,
+        "sequential_images_per_s": sequential,
+        "pack_images_per_s": k * images / packed["window_s"],
+        "sequential_wall_s": sum(a["wall_s"] for a in alone),
+        "pack_wall_s": packed["wall_s"],
         "alone_images_per_s": [images / a["window_s"] for a in alone],
         "pack_run_images_per_s": packed["run_images_per_s"],
-        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30
+        if device.type == "cuda"
+        else None,
         "jobs": [{"optimizer": c.optimizer.name, "lr": c.lr, "wd": c.wd, "l2": c.l2} for c in cfgs],
-    }  # fmt: skip
+    }
     row["ratio"] = row["pack_images_per_s"] / sequential
     row["wall_ratio"] = row["sequential_wall_s"] / row["pack_wall_s"]
-    print(f"pack  {model} batch {batch_size} K={k}: sequential {sequential:,.0f} img/s, pack "
-          f"{row['pack_images_per_s']:,.0f} img/s: {row['ratio']:.2f}x; wall {row['sequential_wall_s']:.1f} s vs "
-          f"{row['pack_wall_s']:.1f} s ({row['wall_ratio']:.2f}x)", flush=True)  # fmt: skip
+    print(
+        f"pack  {model} batch {batch_size} K={k}: sequential {sequential:,.0f} img/s, pack "
+        f"{row['pack_images_per_s']:,.0f} img/s: {row['ratio']:.2f}x; wall "
+        f"{row['sequential_wall_s']:.1f} s vs {row['pack_wall_s']:.1f} s "
+        f"({row['wall_ratio']:.2f}x)",
+        flush=True,
+    )
     return row
 
 
@@ -825,8 +980,12 @@ def pack_rates(device: torch.device, k: int, model: str, batch_size: int, steps:
 def summarize(results: dict) -> dict:
     """The flat figures the README's tables read, keyed by path and batch size."""
     env, out = results["env"], {}
-    out.update(device=env["device"], device_name=env["device_name"], model=results["settings"]["model"])
-    out["tutorial_images_per_s"] = {str(r["batch_size"]): r["tutorial"]["images_per_s"] for r in results["loop"]}
+    out.update(
+        device=env["device"], device_name=env["device_name"], model=results["settings"]["model"]
+    )
+    out["tutorial_images_per_s"] = {
+        str(r["batch_size"]): r["tutorial"]["images_per_s"] for r in results["loop"]
+    }
     for key, get in (
         ("loop_images_per_s", lambda r: r["loop"]["images_per_s"]),
         ("ratio", lambda r: r["ratio"]),
@@ -836,16 +995,22 @@ def summarize(results: dict) -> dict:
         out[key] = {}
         for r in results["loop"]:
             out[key].setdefault(r["path"], {})[str(r["batch_size"])] = get(r)
-    out["input_pipeline_ratio"] = {str(r["batch_size"]): r["ratio"] for r in results["input_pipeline"]}
+    out["input_pipeline_ratio"] = {
+        str(r["batch_size"]): r["ratio"] for r in results["input_pipeline"]
+    }
     out[f"validation_{VAL_IMAGES}_images_s"] = {
         e["path"]: e["validation"][f"est_{VAL_IMAGES}_images_s"] for e in results["evaluation"]
     }
     out["recalibration_s"] = {
-        e["path"]: e["recalibration"]["seconds"] for e in results["evaluation"] if "recalibration" in e
+        e["path"]: e["recalibration"]["seconds"]
+        for e in results["evaluation"]
+        if "recalibration" in e
     }
     out["end_to_end_images_per_s"] = {}
     for r in results["end_to_end"]:
-        out["end_to_end_images_per_s"].setdefault(r["path"], {})[str(r["batch_size"])] = r["images_per_s"]
+        out["end_to_end_images_per_s"].setdefault(r["path"], {})[str(r["batch_size"])] = r[
+            "images_per_s"
+        ]
     out["fastest"] = {}
     for r in results["loop"]:
         best = out["fastest"].get(str(r["batch_size"]))
@@ -867,7 +1032,9 @@ def summarize(results: dict) -> dict:
 
 
 def bench_environment(device: torch.device) -> dict:
-    """runner.engine.provenance's environment and commit, plus what a benchmark on a shared machine needs besides."""
+    """runner.engine.provenance's environment and commit, plus what a benchmark on a shared machine
+    needs besides."""
+    # others' work on the machine
     return {
         **environment(device),
         "code": code_version(),
@@ -876,7 +1043,7 @@ def bench_environment(device: torch.device) -> dict:
         "hydra_loaded": any(m.split(".")[0] in ("hydra", "omegaconf") for m in sys.modules),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }  # others' work on the machine
+    }
 
 
 # ---------------------------------------------------------------- main
@@ -887,50 +1054,106 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--model", choices=sorted(MODELS), help="default: resnet20v1 on cpu, resnet56v2 on cuda")
+    p.add_argument(
+        "--model", choices=sorted(MODELS), help="default: resnet20v1 on cpu, resnet56v2 on cuda"
+    )
     p.add_argument("--batch-sizes", help="comma-separated; default: 32 on cpu, 128,64 on cuda")
-    p.add_argument("--paths", help=f"comma-separated execution paths of the runner's loop, of {', '.join(PATHS)}; "
-                   "default eager on cpu, eager,graphs,compile+graphs on cuda")  # fmt: skip
+    p.add_argument(
+        "--paths",
+        help=f"comma-separated execution paths of the runner's loop, of {', '.join(PATHS)}; "
+        "default eager on cpu, eager,graphs,compile+graphs on cuda",
+    )
     _timing_args(p)
-    p.add_argument("--workers", type=int, help="reference DataLoader num_workers (2 cpu, min(8, cpus) cuda)")
+    p.add_argument(
+        "--workers", type=int, help="reference DataLoader num_workers (2 cpu, min(8, cpus) cuda)"
+    )
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: the usable CPUs)")
-    p.add_argument("--n-train", type=int, help="synthetic training images (default 4096 cpu, 50000 cuda)")
-    p.add_argument("--n-val", type=int, help="synthetic validation images (default 1000 cpu, 10000 cuda)")
-    p.add_argument("--e2e-epochs", type=int, help="epochs of each end-to-end run (0: none); default 2 (1 with --quick)")
-    p.add_argument("--count-ops", action=argparse.BooleanOptionalAction, default=True,
-                   help="count the device work of one runner step and one tutorial step (default on)")  # fmt: skip
-    p.add_argument("--count-model", choices=sorted(MODELS), help="model of the op counts (default resnet56v2)")
-    p.add_argument("--count-batch", type=int, help="batch of the op counts (default 8 on cpu, the first batch size "
-                   "on cuda; counts do not depend on it)")  # fmt: skip
-    p.add_argument("--data-root", help="real images instead of synthetic ones: a folder holding cifar-10-batches-py, "
-                   "or an image folder root/train/<class>/*.png (runner.data.image_folder)")  # fmt: skip
-    p.add_argument("--pack", type=int, help="also time K jobs trained as one pack (runner.sweeps.pack) against the "
-                   "same K jobs one after another")  # fmt: skip
-    p.add_argument("--pack-steps", type=int, help="steps of each packed job (default 20 cpu, 200 cuda)")
-    p.add_argument("--pack-graphs", choices=("auto", "on", "off"), default="auto", help="trainer.cuda_graphs of "
-                   "the packed jobs (auto: on for cuda)")  # fmt: skip
+    p.add_argument(
+        "--n-train", type=int, help="synthetic training images (default 4096 cpu, 50000 cuda)"
+    )
+    p.add_argument(
+        "--n-val", type=int, help="synthetic validation images (default 1000 cpu, 10000 cuda)"
+    )
+    p.add_argument(
+        "--e2e-epochs",
+        type=int,
+        help="epochs of each end-to-end run (0: none); default 2 (1 with --quick)",
+    )
+    p.add_argument(
+        "--count-ops",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="count the device work of one runner step and one tutorial step (default on)",
+    )
+    p.add_argument(
+        "--count-model", choices=sorted(MODELS), help="model of the op counts (default resnet56v2)"
+    )
+    p.add_argument(
+        "--count-batch",
+        type=int,
+        help="batch of the op counts (default 8 on cpu, the first batch size "
+        "on cuda; counts do not depend on it)",
+    )
+    p.add_argument(
+        "--data-root",
+        help="real images instead of synthetic ones: a folder holding cifar-10-batches-py, "
+        "or an image folder root/train/<class>/*.png (runner.data.image_folder)",
+    )
+    p.add_argument(
+        "--pack",
+        type=int,
+        help="also time K jobs trained as one pack (runner.sweeps.pack) against the "
+        "same K jobs one after another",
+    )
+    p.add_argument(
+        "--pack-steps", type=int, help="steps of each packed job (default 20 cpu, 200 cuda)"
+    )
+    p.add_argument(
+        "--pack-graphs",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="trainer.cuda_graphs of the packed jobs (auto: on for cuda)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds): for the tests")
-    p.add_argument("--out", default="bench.json", help="JSON results (default: bench.json in the working directory)")
+    p.add_argument(
+        "--out",
+        default="bench.json",
+        help="JSON results (default: bench.json in the working directory)",
+    )
     args = p.parse_args(argv)
     args.pack_graphs = {"auto": None, "on": True, "off": False}[args.pack_graphs]
     return args
 
 
 def _timing_args(p: argparse.ArgumentParser) -> None:
-    """How each rate is measured: windows, their steps, warm-up, flushes, a time budget, validation passes."""
+    """How each rate is measured: windows, their steps, warm-up, flushes, a time budget, validation
+    passes."""
     p.add_argument("--windows", type=int, help="timed windows per measurement (median reported)")
-    p.add_argument("--window-steps", type=int, help="training steps per window (a multiple of trainer.log_every, 50, "
-                   "puts one flush in each window)")  # fmt: skip
+    p.add_argument(
+        "--window-steps",
+        type=int,
+        help="training steps per window (a multiple of trainer.log_every, 50, "
+        "puts one flush in each window)",
+    )
     p.add_argument("--warmup-steps", type=int, help="untimed steps before the windows")
-    p.add_argument("--log-every", type=int, help="trainer.log_every of the timed Runs (default 50, as the trainer's; "
-                   "2 with --quick, so the tests see flushes)")  # fmt: skip
+    p.add_argument(
+        "--log-every",
+        type=int,
+        help="trainer.log_every of the timed Runs (default 50, as the trainer's; "
+        "2 with --quick, so the tests see flushes)",
+    )
     p.add_argument("--val-passes", type=int, help="timed validation and recalibration passes")
-    p.add_argument("--budget-s", type=float, help="stop a measurement after the round that passes this many seconds "
-                   "(at least 3 rounds); default 30 on cpu, none on cuda")  # fmt: skip
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        help="stop a measurement after the round that passes this many seconds "
+        "(at least 3 rounds); default 30 on cpu, none on cuda",
+    )
 
 
 def settings(args, device: torch.device) -> dict:
-    """The defaults for the device (or --quick) with the flags given on top; a bad value exits with the fix."""
+    """The defaults for the device (or --quick) with the flags given on top; a bad value exits with
+    the fix."""
     s = dict(DEFAULTS["quick" if args.quick else device.type])
     for k in (
         "model",
@@ -958,12 +1181,13 @@ def settings(args, device: torch.device) -> dict:
     if unknown or not s["paths"]:
         sys.exit(f"bench: --paths {args.paths!r}: each must be one of {', '.join(PATHS)}")
     if (
-        min(s["windows"], s["window_steps"], s["warmup_steps"], s["log_every"], *s["batch_sizes"]) < 1
+        min(s["windows"], s["window_steps"], s["warmup_steps"], s["log_every"], *s["batch_sizes"])
+        < 1
         or s["e2e_epochs"] < 0
     ):
         sys.exit(
-            "bench: --windows, --window-steps, --warmup-steps, --log-every and --batch-sizes must be >= 1, "
-            "--e2e-epochs >= 0"
+            "bench: --windows, --window-steps, --warmup-steps, --log-every and --batch-sizes must "
+            "be >= 1, --e2e-epochs >= 0"
         )
     s["count_ops"] = args.count_ops
     return s
@@ -973,7 +1197,9 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        sys.exit("bench: --device cuda: no CUDA device is available here (use --device cpu or auto)")
+        sys.exit(
+            "bench: --device cuda: no CUDA device is available here (use --device cpu or auto)"
+        )
     return torch.device(name)
 
 
@@ -1002,23 +1228,27 @@ def main(argv=None) -> dict:
         "op_counts": None,
     }
     print(
-        f"bench: {env['device_name']} | torch {env['torch']} torchvision {env['torchvision']} cuda {env['cuda']} "
-        f"cudnn {env['cudnn']} python {env['python']} | {env['cpu_count']} CPUs, {env['torch_threads']} torch "
-        f"threads | commit {(env['code']['commit'] or '?')[:10]}{' (dirty)' if env['code']['dirty'] else ''}",
+        f"bench: {env['device_name']} | torch {env['torch']} torchvision {env['torchvision']} cuda "
+        f"{env['cuda']} cudnn {env['cudnn']} python {env['python']} | {env['cpu_count']} CPUs, "
+        f"{env['torch_threads']} torch threads | commit "
+        f"{(env['code']['commit'] or '?')[:10]}{' (dirty)' if env['code']['dirty'] else ''}",
         flush=True,
     )
     print(
-        f"bench: {s['model']}, batch {s['batch_sizes']}, paths {s['paths']}, {results['settings']['data']} data, "
-        f"{s['windows']} windows x {s['window_steps']} steps after {s['warmup_steps']} warm-up, reference "
-        f"num_workers={s['workers']}",
+        f"bench: {s['model']}, batch {s['batch_sizes']}, paths {s['paths']}, "
+        f"{results['settings']['data']} data, {s['windows']} windows x {s['window_steps']} steps "
+        f"after {s['warmup_steps']} warm-up, reference num_workers={s['workers']}",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         b = Bench(s, device, data_config(s, args.data_root), Path(tmp), Clock(device))
         run_sections(b, results, out)
-    if args.pack:  # K jobs as one pack vs one after another, the batch and model of the first loop row
+    # K jobs as one pack vs one after another, the batch and model of the first loop row
+    if args.pack:
         bs = s["batch_sizes"][0]
-        results["pack"] = pack_rates(device, args.pack, s["model"], bs, s["pack_steps"], args.pack_graphs)
+        results["pack"] = pack_rates(
+            device, args.pack, s["model"], bs, s["pack_steps"], args.pack_graphs
+        )
         save_json(results, out)
     results["summary"] = summarize(results)
     env["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -1058,7 +1288,8 @@ def run_sections(b: Bench, results: dict, out: Path) -> None:
     if s["count_ops"]:
         try:
             results["op_counts"] = op_counts(b)
-        except Exception:  # the profiler differs across torch versions and devices: keep the timings regardless
+        # the profiler differs across torch versions and devices: keep the timings regardless
+        except Exception:
             results["op_counts"] = {"error": traceback.format_exc(limit=8)}
             print(f"bench: op counts failed:\n{results['op_counts']['error']}", flush=True)
 

@@ -1,9 +1,10 @@
-"""The one timing helper of the benchmarks: a clock that waits for the device, things timed in interleaved windows,
-a turn-counting window for packs, and results files rewritten atomically after every section.
+"""The one timing helper of the benchmarks: a clock that waits for the device, things timed in
+interleaved windows, a turn-counting window for packs, and results files rewritten atomically after
+every section.
 
-Every rate is images / seconds over a window whose ends wait for the device (CUDA synchronised on the device
-timed), the median over windows after warm-up; interleaving (A B A B ...) makes a load change on a shared machine
-hit every entry alike.
+Every rate is images / seconds over a window whose ends wait for the device (CUDA synchronised on
+the device timed), the median over windows after warm-up; interleaving (A B A B ...) makes a load
+change on a shared machine hit every entry alike.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class Clock:
 
 
 class Timed:
-    """One thing measured in windows: `step()` does one batch and returns its images; `before_window(n)` may run
-    untimed steps first, `after_window()` tidies up after a window."""
+    """One thing measured in windows: `step()` does one batch and returns its images;
+    `before_window(n)` may run untimed steps first, `after_window()` tidies up after a window."""
 
     def step(self) -> int:
         raise NotImplementedError
@@ -54,11 +55,17 @@ class Timed:
 
 
 def measure(
-    timed: dict[str, Timed], clock: Clock, warmup: int, windows: int, window_steps: int, budget_s: float | None = None
+    timed: dict[str, Timed],
+    clock: Clock,
+    warmup: int,
+    windows: int,
+    window_steps: int,
+    budget_s: float | None = None,
 ) -> dict:
-    """Warm each entry up (its first step timed apart), then time `windows` rounds of one window of `window_steps`
-    steps per entry, interleaved. Returns per name: images/s per window, their median, the first step's and the
-    warm-up's seconds. With `budget_s`, stops after the round that passes it (at least MIN_WINDOWS rounds)."""
+    """Warm each entry up (its first step timed apart), then time `windows` rounds of one window of
+    `window_steps` steps per entry, interleaved. Returns per name: images/s per window, their
+    median, the first step's and the warm-up's seconds. With `budget_s`, stops after the round that
+    passes it (at least MIN_WINDOWS rounds)."""
     out = {}
     for name, t in timed.items():
         t0 = clock()
@@ -84,8 +91,8 @@ def measure(
 
 
 class TurnWindow:
-    """A sweeps.pack.train_pack `around`: reads the clock (device synchronised) as turn `start` and turn `end`
-    begin, so that a pack is timed over the same steps of every job."""
+    """A sweeps.pack.train_pack `around`: reads the clock (device synchronised) as turn `start` and
+    turn `end` begin, so that a pack is timed over the same steps of every job."""
 
     def __init__(self, start: int, end: int, clock: Clock):
         self.turn, self.start, self.end, self.clock = 0, start, end, clock

@@ -19,7 +19,8 @@ register_resolvers()
 torch.set_num_threads(1)  # 2 cores: one pytest process plus one CLI subprocess, no oversubscription
 
 
-# A tiny, fast run: ResNet20v1 on 512 synthetic images on the CPU, 2 epochs (configs/debug/tiny.yaml).
+# A tiny, fast run: ResNet20v1 on 512 synthetic images on the CPU, 2 epochs
+# (configs/debug/tiny.yaml).
 TINY = ["debug=tiny"]
 
 
@@ -29,8 +30,9 @@ def compose_cfg(*overrides: str):
 
 
 def cli_env() -> dict:
-    """The environment a CLI subprocess runs in: this checkout's src/ first (a relative PYTHONPATH=src would no
-    longer point there from the subprocess's folder, and an installed copy elsewhere would be tested instead)."""
+    """The environment a CLI subprocess runs in: this checkout's src/ first (a relative
+    PYTHONPATH=src would no longer point there from the subprocess's folder, and an installed copy
+    elsewhere would be tested instead)."""
     src = str(ROOT / "src")
     return {
         **os.environ,
@@ -43,12 +45,18 @@ def run_cli(args, cwd, timeout=300, env_extra=None):
     """`python -m runner ARGS` in a subprocess; returns CompletedProcess (text)."""
     env = {**cli_env(), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run(
-        [sys.executable, "-m", "runner", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
 def finished_run(tmp_path_factory, name: str, args) -> Path:
-    """A run of `python -m runner ARGS` trained to its end in a folder of its own (for module-scoped fixtures)."""
+    """A run of `python -m runner ARGS` trained to its end in a folder of its own (for module-scoped
+    fixtures)."""
     d = tmp_path_factory.mktemp(name) / "run"
     r = run_cli([*args, f"hydra.run.dir={d}"], cwd=d.parent)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -68,13 +76,16 @@ def compose_config():
 
 
 def forbid_host_reads(monkeypatch, opt) -> None:
-    """Make every device→host read of a tensor fail (on a GPU each is a sync, and inside a CUDA graph capture an
-    error), except within torch.optim's own step: its CPU Adam reads its CPU step counter, while on CUDA the
-    runner's fused (and, for graphs, capturable) Adam keeps the counter on the device."""
+    """Make every device→host read of a tensor fail (on a GPU each is a sync, and inside a CUDA
+    graph capture an error), except within torch.optim's own step: its CPU Adam reads its CPU step
+    counter, while on CUDA the runner's fused (and, for graphs, capturable) Adam keeps the counter
+    on the device."""
     inside_torch_optim = []
     real_step = opt.inner.step
     monkeypatch.setattr(
-        opt.inner, "step", lambda: (inside_torch_optim.append(1), real_step(), inside_torch_optim.pop())
+        opt.inner,
+        "step",
+        lambda: (inside_torch_optim.append(1), real_step(), inside_torch_optim.pop()),
     )
 
     def guard(name):

@@ -1,5 +1,5 @@
-"""Tiny runs for the GPU tests (tests/test_gpu.py, tests/test_gpu_preflight.py): RunConfig built directly, the
-Run kept to look into afterwards, counts read from torch."""
+"""Tiny runs for the GPU tests (tests/test_gpu.py, tests/test_gpu_preflight.py): RunConfig built
+directly, the Run kept to look into afterwards, counts read from torch."""
 
 import math
 from pathlib import Path
@@ -14,9 +14,11 @@ from runner.engine.run import Run
 from runner.engine.summary import finish
 
 
-def tiny_config(device: torch.device, epochs: int = 2, depth: int = 20, batch_size: int = 64, **trainer) -> RunConfig:
-    """ResNet-`depth` v1 on 512 synthetic images (8 steps an epoch at batch 64), the trainer's defaults on `device`
-    (off CUDA: eager)."""
+def tiny_config(
+    device: torch.device, epochs: int = 2, depth: int = 20, batch_size: int = 64, **trainer
+) -> RunConfig:
+    """ResNet-`depth` v1 on 512 synthetic images (8 steps an epoch at batch 64), the trainer's
+    defaults on `device` (off CUDA: eager)."""
     tr = dict(device=device.type, progress=False, **trainer)
     if device.type != "cuda":
         tr.setdefault("compile", False)
@@ -35,8 +37,8 @@ def tiny_config(device: torch.device, epochs: int = 2, depth: int = 20, batch_si
 
 @build.torch_settings_kept()  # as engine.train.train: trainer.deterministic ends with the run
 def drain(cfg: RunConfig, folder: Path, after_step=None, job_num: int = 0) -> Run:
-    """runner.engine.train.train's own parts (setup, loop, summary), keeping the Run; `after_step(run)` is called
-    after every step (its validation, if one was due, included)."""
+    """runner.engine.train.train's own parts (setup, loop, summary), keeping the Run;
+    `after_step(run)` is called after every step (its validation, if one was due, included)."""
     folder.mkdir(parents=True, exist_ok=True)
     run = build.setup(cfg, folder, job_num=job_num)
     try:
@@ -57,7 +59,8 @@ def all_finite(values) -> bool:
 
 
 def compiled_frames() -> int | None:
-    """How many frames torch.compile has compiled in this process (None if torch no longer counts them)."""
+    """How many frames torch.compile has compiled in this process (None if torch no longer counts
+    them)."""
     try:
         from torch._dynamo.utils import counters
 

@@ -1,6 +1,6 @@
-"""scripts/bench.py runs end to end (--quick, CPU) where hydra/omegaconf are missing and the package is not
-installed, times the loop that ships, and writes the figures it promises. No timing thresholds: timings belong to
-the benchmark."""
+"""scripts/bench.py runs end to end (--quick, CPU) where hydra/omegaconf are missing and the package
+is not installed, times the loop that ships, and writes the figures it promises. No timing
+thresholds: timings belong to the benchmark."""
 
 import importlib.util
 import json
@@ -16,9 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "scripts" / "bench.py"
 
-# Imported by `site` at start-up in the subprocess and in any process it starts (DataLoader workers):
-# hydra and omegaconf cannot be imported, and the editable install's finder is gone, so `runner` is found
-# only through the script's own sys.path entry (ROOT/src), as on a bare machine.
+# Imported by `site` at start-up in the subprocess and in any process it starts (DataLoader
+# workers): hydra and omegaconf cannot be imported, and the editable install's finder is gone, so
+# `runner` is found only through the script's own sys.path entry (ROOT/src), as on a bare machine.
 SITECUSTOMIZE = textwrap.dedent("""
     import sys
     from importlib.abc import MetaPathFinder
@@ -29,7 +29,8 @@ SITECUSTOMIZE = textwrap.dedent("""
                 raise ImportError(f"{name} is blocked for this test (a bare machine without hydra)")
             return None
 
-    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in (getattr(f, "__module__", "") or "")
+    sys.meta_path[:] = [f for f in sys.meta_path
+                        if "editable" not in (getattr(f, "__module__", "") or "")
                         and "editable" not in type(f).__module__]
     sys.meta_path.insert(0, _Blocked())
 """)
@@ -53,7 +54,9 @@ def bare_env(tmp_path):
 
 
 def _python(code, env, cwd):
-    return subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_bare_environment_really_lacks_hydra_and_the_package(bare_env, tmp_path):
@@ -64,7 +67,8 @@ def test_bare_environment_really_lacks_hydra_and_the_package(bare_env, tmp_path)
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    """One quick CPU bench in a bare environment, eager and (uncaptured) graphs paths; its JSON and stdout."""
+    """One quick CPU bench in a bare environment, eager and (uncaptured) graphs paths; its JSON and
+    stdout."""
     tmp = tmp_path_factory.mktemp("bench")
     site = tmp / "site"
     site.mkdir()
@@ -123,25 +127,36 @@ def test_the_timed_loop_is_the_trainers_loop_with_its_bookkeeping(quick):
         assert row["ratio"] == pytest.approx(loop / ref)
         assert row["epoch_s_est"] == pytest.approx(50_000 / loop)
         assert 0.0 <= row["overhead"]["share"] <= 1.0
-        # runner.engine.loop.loop wrote a metrics.jsonl record for every step it took, and flushed with the weight norms
+        # runner.engine.loop.loop wrote a metrics.jsonl record for every step it took, and flushed
+        # with the weight norms
         assert row["records"]["train"] == row["records"]["steps"] > 0
         assert row["records"]["with_stage_norms"] >= 1
     assert rows["eager"]["execution"]["cuda_graphs"] is False
-    # off CUDA the graphs path runs its device-side step uncaptured: the path works, no graph is recorded
-    assert rows["graphs"]["execution"]["cuda_graphs"] == "uncaptured" and rows["graphs"]["startup"]["graphs"] == 0
+    # off CUDA the graphs path runs its device-side step uncaptured: the path works, no graph is
+    # recorded
+    assert (
+        rows["graphs"]["execution"]["cuda_graphs"] == "uncaptured"
+        and rows["graphs"]["startup"]["graphs"] == 0
+    )
 
     pipe = res["input_pipeline"][0]
     assert pipe["runner"]["images_per_s"] > 0 and pipe["reference"]["images_per_s"] > 0
-    assert pipe["ratio"] == pytest.approx(pipe["runner"]["images_per_s"] / pipe["reference"]["images_per_s"])
+    assert pipe["ratio"] == pytest.approx(
+        pipe["runner"]["images_per_s"] / pipe["reference"]["images_per_s"]
+    )
 
 
 def test_evaluation_times_the_trainers_validation_and_recalibration(quick):
     res, _ = quick
     ev = {e["path"]: e for e in res["evaluation"]}["eager"]
-    assert ev["images"] == res["settings"]["n_val"] and ev["batch_size"] == 100  # runner.engine.loop.VAL_BATCH["cpu"]
+    # runner.engine.loop.VAL_BATCH["cpu"]
+    assert ev["images"] == res["settings"]["n_val"] and ev["batch_size"] == 100
     assert ev["validation"]["seconds"] > 0 and ev["validation"]["first_s"] > 0
-    assert ev["validation"]["est_10000_images_s"] == pytest.approx(10_000 * ev["validation"]["seconds"] / ev["images"])
-    assert ev["recalibration"]["images"] == res["settings"]["n_train"]  # bn_recalibrate 2048 > the 256 images
+    assert ev["validation"]["est_10000_images_s"] == pytest.approx(
+        10_000 * ev["validation"]["seconds"] / ev["images"]
+    )
+    # bn_recalibrate 2048 > the 256 images
+    assert ev["recalibration"]["images"] == res["settings"]["n_train"]
     assert ev["recalibration"]["seconds"] > 0
 
 
@@ -153,14 +168,20 @@ def test_end_to_end_reads_the_trainers_summary_and_epoch_records(quick):
     assert r["status"] == "completed" and r["images_per_s"] > 0
     assert len(r["epochs"]) == res["settings"]["e2e_epochs"]
     assert r["epochs"][0]["epoch_images"] == 256 and r["epochs"][0]["epoch_train_s"] > 0
-    assert r["stall_s"] >= 0 and r["startup_s"] >= 0 and set(r["startup"]) >= {"compile_s", "capture_s", "warmup_s"}
+    assert (
+        r["stall_s"] >= 0
+        and r["startup_s"] >= 0
+        and set(r["startup"]) >= {"compile_s", "capture_s", "warmup_s"}
+    )
 
 
 def test_op_counts_compare_the_runner_step_with_the_tutorial_step(quick):
     res, _ = quick
     c = res["op_counts"]
-    assert c["runner_per_step"] > 100 and c["tutorial_per_step"] > 100  # a ResNet step is hundreds of kernels
-    assert c["execution"]["precision"] == "bf16" and c["execution"]["channels_last"] is True  # CUDA's settings
+    # a ResNet step is hundreds of kernels
+    assert c["runner_per_step"] > 100 and c["tutorial_per_step"] > 100
+    # CUDA's settings
+    assert c["execution"]["precision"] == "bf16" and c["execution"]["channels_last"] is True
     assert c["optimizer"] == "fused Adam"
     assert any(k.startswith("aten::index") for k in c["runner_only"])  # DeviceLoader's gathers
     assert any(k.startswith("aten::_local_scalar_dense") for k in c["tutorial_only"])  # loss.item()
@@ -175,7 +196,9 @@ def test_summary_holds_the_flat_figures(quick):
     for path in ("eager", "graphs"):
         rate = s["loop_images_per_s"][path]["16"]
         assert s["ratio"][path]["16"] == pytest.approx(rate / s["tutorial_images_per_s"]["16"])
-    assert s["fastest"]["16"]["images_per_s"] == max(v["16"] for v in s["loop_images_per_s"].values())
+    assert s["fastest"]["16"]["images_per_s"] == max(
+        v["16"] for v in s["loop_images_per_s"].values()
+    )
     assert s["validation_10000_images_s"]["eager"] > 0 and s["recalibration_s"]["eager"] > 0
     assert s["end_to_end_images_per_s"]["eager"]["16"] > 0
     assert s["ops_per_step"]["runner"] == res["op_counts"]["runner_per_step"]
@@ -190,8 +213,8 @@ def test_pack_times_k_jobs_together_against_the_same_jobs_in_sequence(quick):
 
 
 def test_cuda_launches_are_counted_under_the_op_that_made_them():
-    """On CUDA the profiler shows the host's launches (cudaLaunchKernel, cudaMemcpyAsync) as children of the aten op
-    that issued them; allocation and view ops issue none."""
+    """On CUDA the profiler shows the host's launches (cudaLaunchKernel, cudaMemcpyAsync) as
+    children of the aten op that issued them; allocation and view ops issue none."""
     bench = load_script("bench")
 
     def ev(name, parent=None):
@@ -229,5 +252,7 @@ def test_cuda_launches_are_counted_under_the_op_that_made_them():
 def test_unknown_paths_are_refused_with_the_choices(capsys):
     bench = load_script("bench")
     args = bench.parse_args(["--paths", "eager,fast"])
-    with pytest.raises(SystemExit, match="each must be one of eager, graphs, compile, compile\\+graphs"):
+    with pytest.raises(
+        SystemExit, match="each must be one of eager, graphs, compile, compile\\+graphs"
+    ):
         bench.settings(args, bench.torch.device("cpu"))

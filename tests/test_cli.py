@@ -1,5 +1,5 @@
-"""`python -m runner` around the training: where runs go, what they are called, how to find them, and what a
-sweeper gets back."""
+"""`python -m runner` around the training: where runs go, what they are called, how to find them,
+and what a sweeper gets back."""
 
 import json
 import re
@@ -10,8 +10,15 @@ from omegaconf import OmegaConf
 
 from runner.sweeps import callbacks
 
-SHRINK = {"epochs": "1", "data.n_train": "64", "data.n_val": "20", "batch_size": "32", "trainer.max_steps": "2"}
-# TINY with each key given once (a sweep's job names list a key given twice once, a plain compose twice)
+SHRINK = {
+    "epochs": "1",
+    "data.n_train": "64",
+    "data.n_val": "20",
+    "batch_size": "32",
+    "trainer.max_steps": "2",
+}
+# TINY with each key given once (a sweep's job names list a key given twice once, a plain compose
+# twice)
 SMALL = [o for o in TINY if o.split("=")[0] not in SHRINK] + [f"{k}={v}" for k, v in SHRINK.items()]
 callbacks.register_resolvers()
 
@@ -20,16 +27,20 @@ def folder_lines(stderr: str) -> list[str]:
     return re.findall(r"^runner: (?:run|sweep) folder .*$", stderr, flags=re.M)
 
 
-# --- sweep job folder names -----------------------------------------------------------------------------------
+# --- sweep job folder names
+# -----------------------------------------------------------------------------------
 
 
-# --- latest links ---------------------------------------------------------------------------------------------
+# --- latest links
+# ---------------------------------------------------------------------------------------------
 
 
-# --- the Optuna preset ----------------------------------------------------------------------------------------
+# --- the Optuna preset
+# ----------------------------------------------------------------------------------------
 
 
-# --- end to end -----------------------------------------------------------------------------------------------
+# --- end to end
+# -----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -38,7 +49,10 @@ def test_a_run_says_its_folder_at_start_and_end_and_becomes_latest(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = (tmp_path / "outputs").glob("20*/*")
     rel = run.relative_to(tmp_path).as_posix()
-    assert folder_lines(r.stderr) == [f"runner: run folder {rel}", f"runner: run folder {rel} (completed)"]
+    assert folder_lines(r.stderr) == [
+        f"runner: run folder {rel}",
+        f"runner: run folder {rel} (completed)",
+    ]
     assert r.stderr.rstrip().endswith(f"runner: run folder {rel} (completed)")
     assert (tmp_path / "outputs" / "latest").resolve() == run.resolve()
     assert (run / "run.log").is_file() and not (run / "__main__.log").exists()
@@ -54,25 +68,38 @@ def test_a_resume_to_a_folder_without_a_run_fails_before_creating_anything(tmp_p
 
 @pytest.mark.slow
 def test_a_run_stopped_by_a_user_error_leaves_no_folder_and_no_link(tmp_path):
-    r = run_cli(["model=resnet20v1", f"data.root={tmp_path / 'none'}", "data.download=false"], cwd=tmp_path)
+    r = run_cli(
+        ["model=resnet20v1", f"data.root={tmp_path / 'none'}", "data.download=false"], cwd=tmp_path
+    )
     assert r.returncode == 2 and "data.download=true" in r.stderr
-    assert not list((tmp_path / "outputs").glob("*/*")) and not (tmp_path / "outputs" / "latest").is_symlink()
+    assert (
+        not list((tmp_path / "outputs").glob("*/*"))
+        and not (tmp_path / "outputs" / "latest").is_symlink()
+    )
 
 
 @pytest.mark.slow
-def test_a_sweep_names_jobs_by_their_overrides_links_latest_reports_and_says_its_folder_last(tmp_path):
+def test_a_sweep_names_jobs_by_their_overrides_links_latest_reports_and_says_its_folder_last(
+    tmp_path,
+):
     r = run_cli(["-m", *SMALL, "optimizer=adamw,adam_l2", "report=true"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun").glob("20*/*")
     jobs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").is_file())
     assert jobs == ["0_optimizer=adamw", "1_optimizer=adam_l2"]  # the swept key only
     assert not any(k in jobs[0] for k in ("trainer.progress", "trainer.device", "report"))
-    names = {json.loads((sweep / j / "summary.json").read_text())["hparams"]["optimizer"]["name"] for j in jobs}
+    names = {
+        json.loads((sweep / j / "summary.json").read_text())["hparams"]["optimizer"]["name"]
+        for j in jobs
+    }
     assert names == {"adamw", "adam_l2"}
     assert (tmp_path / "multirun" / "latest").resolve() == sweep.resolve()
     assert (sweep / "report" / "report.md").is_file() and (sweep / "report" / "runs.csv").is_file()
     lines = folder_lines(r.stderr)
-    assert len(lines) == 5 and lines[-1] == f"runner: sweep folder {sweep.relative_to(tmp_path).as_posix()}"
+    assert (
+        len(lines) == 5
+        and lines[-1] == f"runner: sweep folder {sweep.relative_to(tmp_path).as_posix()}"
+    )
     assert r.stderr.rstrip().endswith(lines[-1])
 
 
@@ -125,9 +152,11 @@ def test_a_sweep_that_partly_fails_is_latest_once_a_job_trains(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:Deprecated API features detected")  # optuna 2's own use of SQLAlchemy 1.4
+# optuna 2's own use of SQLAlchemy 1.4
+@pytest.mark.filterwarnings("ignore:Deprecated API features detected")
 def test_a_two_trial_optuna_sweep_maximizes_what_each_run_returns(tmp_path):
-    """main() returns summary[trainer.objective]; Optuna's sweeper records it per trial and writes the best one."""
+    """main() returns summary[trainer.objective]; Optuna's sweeper records it per trial and writes
+    the best one."""
     study = tmp_path / "study.db"
     r = run_cli(
         [
@@ -147,13 +176,17 @@ def test_a_two_trial_optuna_sweep_maximizes_what_each_run_returns(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun").glob("20*/*")
     trials = sorted(p for p in sweep.iterdir() if p.is_dir())
-    assert [t.name.split("_", 1)[0] for t in trials] == ["0", "1"] and all("lr=" in t.name for t in trials)
+    assert [t.name.split("_", 1)[0] for t in trials] == ["0", "1"] and all(
+        "lr=" in t.name for t in trials
+    )
     accs = [json.loads((t / "summary.json").read_text())["best_val_acc"] for t in trials]
     result = OmegaConf.load(sweep / "optimization_results.yaml")
     assert result.best_value == max(accs)
     import optuna  # the database storage is what needs SQLAlchemy 1.x (pyproject's sqlalchemy<2)
 
-    values = sorted(t.value for t in optuna.load_study(study_name="t", storage=f"sqlite:///{study}").trials)
+    values = sorted(
+        t.value for t in optuna.load_study(study_name="t", storage=f"sqlite:///{study}").trials
+    )
     assert values == sorted(accs)
 
 
@@ -161,7 +194,8 @@ def test_help_shows_the_projects_own_examples_and_groups(tmp_path):
     r = run_cli(["--help"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "python -m runner debug=smoke" in r.stdout and "resume=outputs/latest" in r.stdout
-    assert "optimizer: adam_l2, adamw, sgd_l2, sgdw" in r.stdout  # the groups, from the configs themselves
+    # the groups, from the configs themselves
+    assert "optimizer: adam_l2, adamw, sgd_l2, sgdw" in r.stdout
 
 
 def test_a_run_that_stops_early_says_how_to_continue_it(tmp_path, capsys):

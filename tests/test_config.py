@@ -48,7 +48,14 @@ def test_any_optimizer_takes_both_wd_and_l2():
 def test_every_optimizer_and_schedule_preset_composes():
     for opt, algo in (("adamw", "adam"), ("adam_l2", "adam"), ("sgdw", "sgd"), ("sgd_l2", "sgd")):
         assert validate(compose_cfg(f"optimizer={opt}")).optimizer.algorithm == algo
-    for sched in ("piecewise_constant", "keras", "piecewise_linear", "triangular", "warm_restarts", "cosine"):
+    for sched in (
+        "piecewise_constant",
+        "keras",
+        "piecewise_linear",
+        "triangular",
+        "warm_restarts",
+        "cosine",
+    ):
         validate(compose_cfg(f"schedule={sched}"))
 
 
@@ -139,8 +146,12 @@ def test_choice_errors_list_the_allowed_values():
 def test_a_refused_value_is_one_clean_line_naming_the_full_key_and_the_fix():
     with pytest.raises(ConfigError) as e:
         validate(compose_cfg("optimizer.wd_scaling=foo"))
-    assert str(e.value) == "optimizer.wd_scaling='foo' is invalid: allowed values are schedule | lr | none"
-    assert e.value.__cause__ is None and e.value.__context__ is None  # nothing of OmegaConf's chained onto it
+    assert (
+        str(e.value)
+        == "optimizer.wd_scaling='foo' is invalid: allowed values are schedule | lr | none"
+    )
+    # nothing of OmegaConf's chained onto it
+    assert e.value.__cause__ is None and e.value.__context__ is None
 
 
 def test_a_section_built_by_hand_is_checked_too():
@@ -148,7 +159,8 @@ def test_a_section_built_by_hand_is_checked_too():
         OptimizerConfig(wd_scaling="paper")
     with pytest.raises(ConfigError, match=r"^model.depth=57 is invalid"):
         ModelConfig(depth=57)
-    RunConfig()  # every schema default is valid (OmegaConf builds the sections' defaults to read the schema)
+    # every schema default is valid (OmegaConf builds the sections' defaults to read the schema)
+    RunConfig()
 
 
 def test_a_crash_inside_a_rule_is_a_bug_and_stays_a_traceback(monkeypatch):
@@ -167,9 +179,15 @@ def test_a_crash_inside_a_rule_is_a_bug_and_stays_a_traceback(monkeypatch):
 
 def test_each_section_knows_its_key_in_the_run_config():
     hints = typing.get_type_hints(RunConfig)
-    sections = {f.name: hints[f.name] for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(hints[f.name])}
+    sections = {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(RunConfig)
+        if dataclasses.is_dataclass(hints[f.name])
+    }
     assert set(sections) == {"model", "optimizer", "schedule", "data", "trainer", "log", "probes"}
-    assert {name: cls.section for name, cls in sections.items()} == {name: name for name in sections}
+    assert {name: cls.section for name, cls in sections.items()} == {
+        name: name for name in sections
+    }
 
 
 def test_allowed_values_are_read_from_the_fields():
@@ -179,7 +197,9 @@ def test_allowed_values_are_read_from_the_fields():
     assert choices("lr") == ()
 
 
-@pytest.mark.parametrize("key", [k for k, f in config._leaves(RunConfig) if f.metadata.get("choices")])
+@pytest.mark.parametrize(
+    "key", [k for k, f in config._leaves(RunConfig) if f.metadata.get("choices")]
+)
 def test_every_declared_choice_is_enforced_with_the_list(key):
     with pytest.raises(ConfigError) as e:
         validate(compose_cfg(f"{key}=bogus" if key != "model.version" else "model.version=3"))
@@ -187,6 +207,7 @@ def test_every_declared_choice_is_enforced_with_the_list(key):
 
 
 def test_resumable_keys_are_exactly_the_settings_that_do_not_change_the_training():
+    # evaluations, observation, where the data lies: training goes on bit for bit
     assert set(resumable_keys()) == {
         "epochs",
         "trainer.max_steps",
@@ -208,14 +229,21 @@ def test_resumable_keys_are_exactly_the_settings_that_do_not_change_the_training
         "probes.equilibrium",
         "probes.l2_terms",
         "probes.bn_staleness",
-    }  # evaluations, observation, where the data lies: training goes on bit for bit
+    }
     cfg, absent = compose_cfg(), object()
     assert [k for k in resumable_keys() if OmegaConf.select(cfg, k, default=absent) is absent] == []
 
 
 def test_the_settings_that_do_not_train_are_read_from_the_schema_and_all_may_change_on_resume():
-    assert set(non_training_keys()) - set(resumable_keys()) == {"reg", "data.root", "data.download", "data.verify"}
-    assert {"trainer.device", "data.root", "probes.bn_staleness", "reg", "resume"} <= set(non_training_keys())
+    assert set(non_training_keys()) - set(resumable_keys()) == {
+        "reg",
+        "data.root",
+        "data.download",
+        "data.verify",
+    }
+    assert {"trainer.device", "data.root", "probes.bn_staleness", "reg", "resume"} <= set(
+        non_training_keys()
+    )
     assert not {"lr", "wd", "l2", "seed", "epochs", "trainer.max_steps"} & set(non_training_keys())
 
 
@@ -243,12 +271,15 @@ def test_every_default_is_declared_once_in_the_schema_and_the_yaml_sets_only_wha
         for key, value in config.flatten(values, prefix).items():
             if key.endswith(".name") or key in IDENTITY or key not in schema:
                 continue
-            assert value != schema[key], f"{path.name}: {key}={value!r} repeats the schema's default"
+            assert value != schema[key], (
+                f"{path.name}: {key}={value!r} repeats the schema's default"
+            )
 
 
 def test_config_py_imports_neither_torch_nor_omegaconf():
     """`--help` stays quick, and scripts/bench.py builds RunConfig on a machine without Hydra."""
-    code = "import sys, runner.config as c; c.RunConfig(); print('torch' in sys.modules, 'omegaconf' in sys.modules)"
+    code = "import sys, runner.config as c; c.RunConfig(); "
+    code += "print('torch' in sys.modules, 'omegaconf' in sys.modules)"
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert probe.stdout.split() == ["False", "False"], probe.stderr
 
@@ -262,29 +293,39 @@ def test_new_keys_default_as_documented():
     assert (t.compile, t.cuda_graphs) == (None, None)  # null = auto: on for CUDA, off elsewhere
     assert (t.bn_recalibrate, t.extend_schedule, t.objective) == (2048, None, "best_val_acc")
     assert run.data.drop_last is True and run.report is False
-    assert dataclasses.asdict(RunConfig().trainer) == dataclasses.asdict(t)  # the schema's defaults are the YAML's
+    # the schema's defaults are the YAML's
+    assert dataclasses.asdict(RunConfig().trainer) == dataclasses.asdict(t)
 
 
-@pytest.mark.parametrize("n, ok", [(0, True), (2, True), (10000, True), (1, False), (10001, False), (-1, False)])
+@pytest.mark.parametrize(
+    "n, ok", [(0, True), (2, True), (10000, True), (1, False), (10001, False), (-1, False)]
+)
 def test_bn_recalibrate_is_off_or_between_2_and_10000_images(n, ok):
     if ok:
         assert validate(compose_cfg(f"trainer.bn_recalibrate={n}")).trainer.bn_recalibrate == n
     else:
-        with pytest.raises(ConfigError, match=rf"^trainer.bn_recalibrate={n} is invalid: must be 0 \(off\) or from 2"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"^trainer.bn_recalibrate={n} is invalid: must be 0 \(off\) or from 2",
+        ):
             validate(compose_cfg(f"trainer.bn_recalibrate={n}"))
 
 
 def test_objective_is_one_of_the_numeric_summary_keys():
     for key in OBJECTIVES:
         assert validate(compose_cfg(f"trainer.objective={key}")).trainer.objective == key
-    with pytest.raises(ConfigError, match=r"trainer.objective='status' is invalid: allowed values are best_val_acc"):
+    with pytest.raises(
+        ConfigError, match=r"trainer.objective='status' is invalid: allowed values are best_val_acc"
+    ):
         validate(compose_cfg("trainer.objective=status"))
 
 
 def test_extend_schedule_is_rescale_hold_or_null():
     for value in ("rescale", "hold", "null"):
         validate(compose_cfg(f"trainer.extend_schedule={value}"))
-    with pytest.raises(ConfigError, match=r"trainer.extend_schedule='stretch' is invalid: .*rescale \| hold"):
+    with pytest.raises(
+        ConfigError, match=r"trainer.extend_schedule='stretch' is invalid: .*rescale \| hold"
+    ):
         validate(compose_cfg("trainer.extend_schedule=stretch"))
 
 
@@ -298,7 +339,10 @@ def test_drop_last_and_report_are_booleans():
 @pytest.mark.parametrize("device", ["cpu", "mps"])
 def test_cuda_graphs_auto_is_fine_off_cuda_but_true_is_refused(device):
     assert validate(compose_cfg(f"trainer.device={device}")).trainer.cuda_graphs is None
-    with pytest.raises(ConfigError, match=rf"trainer.cuda_graphs=True is invalid: .*not {device}: drop trainer.cuda_"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"trainer.cuda_graphs=True is invalid: .*not {device}: drop trainer.cuda_",
+    ):
         validate(compose_cfg(f"trainer.device={device}", "trainer.cuda_graphs=true"))
 
 
@@ -306,19 +350,33 @@ def test_cuda_graphs_auto_is_fine_off_cuda_but_true_is_refused(device):
 def test_a_compile_mode_with_its_own_graphs_is_refused_in_cuda_graphs_unless_compile_is_off(mode):
     graphs = ["trainer.cuda_graphs=true", f"trainer.compile_mode={mode}"]
     validate(compose_cfg(*graphs, "trainer.compile=false"))  # the mode is never used
-    with pytest.raises(ConfigError, match=rf"trainer.compile_mode='{mode}' is invalid: .*cannot nest"):
+    with pytest.raises(
+        ConfigError, match=rf"trainer.compile_mode='{mode}' is invalid: .*cannot nest"
+    ):
         validate(compose_cfg(*graphs, "trainer.compile=true"))
-    with pytest.raises(ConfigError, match=r"trainer.compile=null compiles on CUDA.*or trainer.compile=false"):
+    with pytest.raises(
+        ConfigError, match=r"trainer.compile=null compiles on CUDA.*or trainer.compile=false"
+    ):
         validate(compose_cfg(*graphs))  # compile left to auto may well be on
-    validate(compose_cfg("trainer.compile=true", f"trainer.compile_mode={mode}"))  # graphs left to the trainer
+    # graphs left to the trainer
+    validate(compose_cfg("trainer.compile=true", f"trainer.compile_mode={mode}"))
     for safe in ("default", "max-autotune-no-cudagraphs"):
-        validate(compose_cfg("trainer.cuda_graphs=true", "trainer.compile=true", f"trainer.compile_mode={safe}"))
+        validate(
+            compose_cfg(
+                "trainer.cuda_graphs=true", "trainer.compile=true", f"trainer.compile_mode={safe}"
+            )
+        )
 
 
 def test_image_folder_needs_its_own_root_not_cifar10s():
-    with pytest.raises(ConfigError, match=r"^data.root=None is invalid: data=image_folder needs a folder"):
+    with pytest.raises(
+        ConfigError, match=r"^data.root=None is invalid: data=image_folder needs a folder"
+    ):
         validate(compose_cfg("data=image_folder"))
-    assert validate(compose_cfg("data=image_folder", "data.root=/data/cinic10")).data.root == "/data/cinic10"
+    assert (
+        validate(compose_cfg("data=image_folder", "data.root=/data/cinic10")).data.root
+        == "/data/cinic10"
+    )
 
 
 # ---- debug=tiny and debug=smoke, and every preset of every group
@@ -339,30 +397,46 @@ OLD_TINY = [
 def test_debug_tiny_is_the_tiny_run_the_tests_spelled_out_before():
     smoke = dataclasses.asdict(validate(compose_cfg(*TINY)))
     spelled = dataclasses.asdict(validate(compose_cfg(*OLD_TINY)))
-    assert smoke["trainer"].pop("bn_recalibrate") == 256 and spelled["trainer"].pop("bn_recalibrate") == 2048
+    assert (
+        smoke["trainer"].pop("bn_recalibrate") == 256
+        and spelled["trainer"].pop("bn_recalibrate") == 2048
+    )
     assert smoke == spelled
 
 
 def test_debug_smoke_is_the_demo_with_the_bar_on_a_terminal():
     run = validate(compose_cfg("debug=smoke"))
-    assert (run.trainer.progress, run.trainer.device, run.epochs, run.data.name) == (None, "cpu", 3, "synthetic")
+    assert (run.trainer.progress, run.trainer.device, run.epochs, run.data.name) == (
+        None,
+        "cpu",
+        3,
+        "synthetic",
+    )
 
 
 def test_debug_tiny_can_still_be_overridden_and_shrinks_an_experiment():
-    run = validate(compose_cfg("debug=tiny", "trainer.progress=true", "epochs=3", "model=resnet32v1"))
+    run = validate(
+        compose_cfg("debug=tiny", "trainer.progress=true", "epochs=3", "model=resnet32v1")
+    )
     assert (run.trainer.progress, run.epochs, run.model.name) == (True, 3, "resnet32v1")
     run = validate(compose_cfg("experiment=adamw_oscillate", "debug=tiny"))
     assert (run.epochs, run.model.name, run.data.name) == (2, "resnet20v1", "synthetic")
-    assert run.schedule.shape == "warm_restarts" and run.trainer.train_eval  # the rest of the experiment stays
+    # the rest of the experiment stays
+    assert run.schedule.shape == "warm_restarts" and run.trainer.train_eval
 
 
 GROUPS = ("model", "optimizer", "schedule", "data", "experiment", "arm", "debug")
 PRESETS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
-NEEDS = {("data", "image_folder"): ["data.root=/data/cinic10"]}  # what a preset needs from the command line
+# what a preset needs from the command line
+NEEDS = {("data", "image_folder"): ["data.root=/data/cinic10"]}
 
 
 def test_the_preset_list_covers_every_group():
-    on_disk = {d.name for d in Path(CONFIG_DIR).iterdir() if d.is_dir() and d.name not in ("hydra", "__pycache__")}
+    on_disk = {
+        d.name
+        for d in Path(CONFIG_DIR).iterdir()
+        if d.is_dir() and d.name not in ("hydra", "__pycache__")
+    }
     assert on_disk == set(GROUPS) and {g for g, _ in PRESETS} == set(GROUPS)
 
 
@@ -377,7 +451,9 @@ def test_cli_refuses_before_any_work_and_leaves_no_folder(tmp_path):
     assert r.returncode == 2
     assert "lr=-1.0 is invalid" in r.stderr and "Traceback" not in r.stderr
     assert not any((tmp_path / "outputs").rglob("*.jsonl"))
-    assert not list((tmp_path / "outputs").glob("*/*")), "an invalid run leaves no run folder behind"
+    assert not list((tmp_path / "outputs").glob("*/*")), (
+        "an invalid run leaves no run folder behind"
+    )
 
 
 @pytest.mark.slow
@@ -416,7 +492,9 @@ def test_cli_help_does_not_import_torch(tmp_path):
         ("schedule=piecewise_linear", None),
     ],
 )
-def test_values_that_would_exhaust_the_machine_or_break_the_maths_are_refused_naming_the_key(override, key):
+def test_values_that_would_exhaust_the_machine_or_break_the_maths_are_refused_naming_the_key(
+    override, key
+):
     extra = ["schedule.knots=[[0.0,1.0],[nan,0.5],[1.0,0.0]]"] if key is None else []
     extra += ["optimizer.wd_scaling=none"] if override == "wd=1" else []
     with pytest.raises(ConfigError) as e:
@@ -425,7 +503,11 @@ def test_values_that_would_exhaust_the_machine_or_break_the_maths_are_refused_na
 
 
 def test_bounds_leave_the_largest_sensible_values_alone():
-    validate(compose_cfg(*TINY, "epochs=10000", "model.depth=1202", "data.crop_padding=32", f"seed={2**63 - 1}"))
+    validate(
+        compose_cfg(
+            *TINY, "epochs=10000", "model.depth=1202", "data.crop_padding=32", f"seed={2**63 - 1}"
+        )
+    )
     validate(compose_cfg(*TINY, "wd=0.5", "optimizer.wd_scaling=none"))
 
 
@@ -439,11 +521,15 @@ def test_integer_knots_are_refused_with_the_fix():
 
 def test_reg_together_with_wd_or_l2_is_refused_naming_both():
     for opt, key in (("adamw", "wd"), ("adam_l2", "l2"), ("adamw", "l2"), ("sgd_l2", "wd")):
-        with pytest.raises(ConfigError, match=rf"^reg=0.001 and {key}=0.0001 are both set: .*give reg or {key}"):
+        with pytest.raises(
+            ConfigError, match=rf"^reg=0.001 and {key}=0.0001 are both set: .*give reg or {key}"
+        ):
             validate(compose_cfg(f"optimizer={opt}", "reg=1e-3", f"{key}=1e-4"))
-    assert validate(compose_cfg("optimizer=adamw", "reg=1e-3")).wd == 1e-3  # reg alone goes where the preset says
+    # reg alone goes where the preset says
+    assert validate(compose_cfg("optimizer=adamw", "reg=1e-3")).wd == 1e-3
     assert validate(compose_cfg("optimizer=adamw", "wd=1e-4")).wd == 1e-4
-    assert validate(compose_cfg("optimizer=adam_l2", "reg=1e-3", "wd=0")).l2 == 1e-3  # a zero changes nothing
+    # a zero changes nothing
+    assert validate(compose_cfg("optimizer=adam_l2", "reg=1e-3", "wd=0")).l2 == 1e-3
 
 
 def test_the_sgd_presets_start_at_sgds_usual_lr_and_a_given_lr_still_wins():
@@ -465,8 +551,11 @@ def test_a_schedule_records_its_preset_as_its_name_beside_the_shape_it_uses():
 
 def test_only_synthetic_data_has_an_image_count_to_record():
     assert validate(compose_cfg("data=image_folder", "data.root=/data/x")).data.n_train is None
-    with pytest.raises(ConfigError, match=r"^data.n_train=500 is invalid: only data=synthetic makes its images"):
-        validate(compose_cfg("data=image_folder", "data.root=/data/x", "+data.n_train=500"))  # Hydra refuses it bare
+    with pytest.raises(
+        ConfigError, match=r"^data.n_train=500 is invalid: only data=synthetic makes its images"
+    ):
+        # Hydra refuses it bare
+        validate(compose_cfg("data=image_folder", "data.root=/data/x", "+data.n_train=500"))
     assert validate(compose_cfg("data=synthetic")).data.n_train is None  # the generator's own
     with pytest.raises(ConfigError, match=r"^data.val_subset=0 is invalid"):
         validate(compose_cfg("data.val_subset=0"))

@@ -5,16 +5,20 @@ preflight, all but the one marked `compile`, whose check is the preflight's own)
     python -m pytest -m gpu tests/test_gpu.py tests/test_gpu_preflight.py
 
 Checks:
-  step equivalence  each optimizer preset (adamw, adam_l2, sgdw, sgd_l2) with L2, decoupled decay and both, in
-                    float64: the eager `train_step` (fused optimizer, as the eager trainer builds it) against
-                    `GraphedStep(capture=True)` (capturable, as the graphed trainer builds it), on batches of two
-                    shapes (two graphs, each replayed): every loss, d_t and ‖g‖, weight, BatchNorm buffer and
-                    optimizer moment equal (torch.equal), cuDNN deterministic.
-  recalibration     a short captured run whose validations recalibrate BatchNorm every 3 steps trains bit for bit
-                    like the same run validating once per epoch without recalibration.
-  eval forward      the captured validation forward (GraphedForward) gives exactly the eager forward's logits.
-  default path      compile + CUDA graphs over 3 epochs: after epoch 1 and its validation nothing is compiled or
-                    recorded again (one training graph, one eval graph, no new compiled frame).
+  step equivalence  each optimizer preset (adamw, adam_l2, sgdw, sgd_l2) with L2, decoupled decay
+                    and both, in float64: the `EagerStep` (fused optimizer, as the eager trainer
+                    builds it) against `GraphedStep(capture=True)` (capturable, as the graphed
+                    trainer builds it), on batches of two shapes (two graphs, each replayed): every
+                    loss, d_t and ‖g‖, weight, BatchNorm buffer and optimizer moment equal
+                    (torch.equal), cuDNN deterministic.
+  recalibration     a short captured run whose validations recalibrate BatchNorm every 3 steps
+                    trains bit for bit like the same run validating once per epoch without
+                    recalibration.
+  eval forward      the captured validation forward (GraphedForward) gives exactly the eager
+                    forward's logits.
+  default path      compile + CUDA graphs over 3 epochs: after epoch 1 and its validation nothing is
+                    compiled or recorded again (one training graph, one eval graph, no new compiled
+                    frame).
 The unmarked tests run the same checks uncaptured on CPU (their plumbing, and that they can fail).
 """
 
@@ -43,7 +47,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 PRESETS = ("adamw", "adam_l2", "sgdw", "sgd_l2")
 REGULARIZATION = {"l2": (1e-3, 0.0), "decoupled": (0.0, 0.05), "both": (1e-3, 0.05)}  # (λ₂, λ)
 LR, SPE = 3e-3, 5
-SHAPES = ([16] * 4 + [8]) * 5  # 8 = an epoch's last, smaller batch: 3 warm-ups, its capture, then a replay
+SHAPES = (
+    [16] * 4 + [8]
+) * 5  # 8 = an epoch's last, smaller batch: 3 warm-ups, its capture, then a replay
 QUICK_SHAPES = [16, 16, 8, 16, 8]
 
 
@@ -67,8 +73,8 @@ class cudnn_flags:
 
 
 def optimizer_kwargs(preset: str, reg: str) -> tuple[dict, float, str]:
-    """configs/optimizer/PRESET.yaml's settings with the regularization's λ₂, for core.update_rule.Optimizer; and
-    the decoupled λ with its convention, for the plan."""
+    """configs/optimizer/PRESET.yaml's settings with the regularization's λ₂, for
+    core.update_rule.Optimizer; and the decoupled λ with its convention, for the plan."""
     o = validate(compose_cfg(f"optimizer={preset}")).optimizer
     l2, wd = REGULARIZATION[reg]
     kw = dict(algorithm=o.algorithm, l2=l2)
@@ -89,26 +95,35 @@ def step_tables(schedule, wd: float, wd_scaling: str, n: int) -> tuple[list[floa
 
 def float64_batches(device, shapes):
     gen = torch.Generator().manual_seed(0)
-    return [(torch.randn(b, 3, 32, 32, generator=gen, dtype=torch.float64).to(device),
-             torch.randint(0, 10, (b,), generator=gen).to(device)) for b in shapes]  # fmt: skip
+    return [
+        (
+            torch.randn(b, 3, 32, 32, generator=gen, dtype=torch.float64).to(device),
+            torch.randint(0, 10, (b,), generator=gen).to(device),
+        )
+        for b in shapes
+    ]
 
 
 def twin_runs(device, rule, batches, depth, tables=step_tables):
     """The eager step's and the graphed step's (loss, d_t, ‖g‖) per batch, models and optimizers."""
-    schedule, _ = warm_restarts(T_0=1.0, T_mult=2.0, eta_min=0.05)  # moves every step, restarts at step 5
+    # moves every step, restarts at step 5
+    schedule, _ = warm_restarts(T_0=1.0, T_mult=2.0, eta_min=0.05)
 
     kw, wd, wd_scaling = rule
 
     def make(capturable):
         torch.manual_seed(0)
-        model = build_resnet(depth, 1, 10, bn_momentum=0.1).double().to(device)  # float64: nothing to round away
+        # float64: nothing to round away
+        model = build_resnet(depth, 1, 10, bn_momentum=0.1).double().to(device)
         return model, Optimizer(model, fused=True, capturable=capturable, **kw)
 
     def plan(lrs, ds):
         return StepPlan(None, wd, kw["l2"], None, lrs, ds, SPE)
 
     m1, o1 = make(capturable=False)  # what the eager trainer builds
-    step = rstep.EagerStep(m1, o1, nullcontext(), plan(*step_tables(schedule, wd, wd_scaling, len(batches))))
+    step = rstep.EagerStep(
+        m1, o1, nullcontext(), plan(*step_tables(schedule, wd, wd_scaling, len(batches)))
+    )
     eager = []
     for k, (x, y) in enumerate(batches):
         loss, _, norms, _ = step(x, y, k, log_point=True)
@@ -137,12 +152,14 @@ def moments(opt: Optimizer) -> dict:
 
 
 def step_equivalence(device, preset, reg, quick=False, tables=step_tables) -> dict:
-    """Exact, not close: both paths take lr_t from Optimizer.lr_value and 1 − d_t from keep_value, and run the same
-    kernels on the same inputs (cuDNN deterministic), so any difference is a bug."""
+    """Exact, not close: both paths take lr_t from Optimizer.lr_value and 1 − d_t from keep_value,
+    and run the same kernels on the same inputs (cuDNN deterministic), so any difference is a bug.
+    """
     batches = float64_batches(device, QUICK_SHAPES if quick else SHAPES)
     with cudnn_flags(deterministic=True, benchmark=False):
-        (eager, m1, o1), (graphed, m2, o2, g) = twin_runs(device, optimizer_kwargs(preset, reg), batches,
-                                                          8 if quick else 20, tables)  # fmt: skip
+        (eager, m1, o1), (graphed, m2, o2, g) = twin_runs(
+            device, optimizer_kwargs(preset, reg), batches, 8 if quick else 20, tables
+        )
     return {
         "steps": len(batches),
         "graphs": len(g.graphs),
@@ -156,7 +173,9 @@ def step_equivalence(device, preset, reg, quick=False, tables=step_tables) -> di
 
 def assert_equivalent(r: dict, graphs: int) -> None:
     assert r["graphs"] == graphs and r["counter"] == r["steps"] and r["trained"], r
-    assert not r["steps_that_differ"] and not r["weights_that_differ"] and not r["moments_that_differ"], r
+    assert (
+        not r["steps_that_differ"] and not r["weights_that_differ"] and not r["moments_that_differ"]
+    ), r
 
 
 @pytest.mark.parametrize("reg", sorted(REGULARIZATION))
@@ -164,7 +183,8 @@ def assert_equivalent(r: dict, graphs: int) -> None:
 @pytest.mark.gpu
 @needs_cuda
 def test_the_captured_step_equals_the_eager_step_bit_for_bit(preset, reg):
-    assert_equivalent(step_equivalence(CUDA, preset, reg), graphs=2)  # both batch shapes recorded and replayed
+    # both batch shapes recorded and replayed
+    assert_equivalent(step_equivalence(CUDA, preset, reg), graphs=2)
 
 
 @pytest.mark.parametrize("preset,reg", [("adamw", "both"), ("sgd_l2", "l2")])
@@ -173,48 +193,76 @@ def test_the_step_equivalence_check_runs_uncaptured_on_cpu(preset, reg):
 
 
 def test_the_step_equivalence_check_sees_a_different_update():
-    """The check can fail: the graphed side built with another lr table is caught at its first step."""
+    """The check can fail: the graphed side built with another lr table is caught at its first
+    step."""
     scaled = lambda *a: tuple([v * 1.5 for v in t] for t in step_tables(*a))  # noqa: E731
     r = step_equivalence(CPU, "adamw", "decoupled", quick=True, tables=scaled)
     assert r["steps_that_differ"][0] == 0 and r["weights_that_differ"]
 
 
-# ---------------------------------------------------------------- recalibration, eval forward, default path
+# ---------------------------------------------------------------- recalibration, eval forward,
+# default path
 
 
 def recalibration_identity(device, folder: Path) -> tuple[list, list, dict]:
-    """(step records of the run that recalibrates every 3 steps, of the run that does not, weight differences)."""
-    det = dict(deterministic=True, bn_recalibrate=256, compile=False)  # the check is about the captured step
+    """(step records of the run that recalibrates every 3 steps, of the run that does not, weight
+    differences)."""
+    # the check is about the captured step
+    det = dict(deterministic=True, bn_recalibrate=256, compile=False)
     a = drain(tiny_config(device, val_every=3, **det), folder / "recal_every_3")
     b = drain(tiny_config(device, **{**det, "bn_recalibrate": 0}), folder / "no_recal")
-    keep = ("step", "train_loss", "lr", "decay")  # the two runs flush (and add weight norms) at different steps
+    # the two runs flush (and add weight norms) at different steps
+    keep = (
+        "step",
+        "train_loss",
+        "lr",
+        "decay",
+    )
     steps = [
-        [{k: r[k] for k in keep} for r in read_metrics(run.out.recorder.path) if "train_loss" in r] for run in (a, b)
+        [{k: r[k] for k in keep} for r in read_metrics(run.out.recorder.path) if "train_loss" in r]
+        for run in (a, b)
     ]
     ta, tb = a.trainee, b.trainee
-    weights = differences(ta.model.state_dict(), tb.model.state_dict()) | differences(moments(ta.opt), moments(tb.opt))
+    weights = differences(ta.model.state_dict(), tb.model.state_dict()) | differences(
+        moments(ta.opt), moments(tb.opt)
+    )
     assert a.path.cuda_graphs is (device.type == "cuda")
     return steps[0], steps[1], weights
 
 
 def eval_forward_equality(device) -> tuple[int, list, list, bool]:
-    """(batches whose captured logits differ from the eager ones, evaluate() with each, whether it captured)."""
+    """(batches whose captured logits differ from the eager ones, evaluate() with each, whether it
+    captured)."""
     cuda = device.type == "cuda"
     torch.manual_seed(0)
-    model = build_resnet(20, 1, 10).to(device, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    model = build_resnet(20, 1, 10).to(
+        device, memory_format=torch.channels_last if cuda else torch.contiguous_format
+    )
     model.eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if cuda else nullcontext()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if cuda else nullcontext()
+    )
     splits = make_synthetic(n_train=20, n_val=450, seed=1)
     mean, std = rdata.channel_stats(splits.train_x)
-    loader = rdata.DeviceLoader(splits.val_x, splits.val_y, 100, device=device, shuffle=False, pad_last=True,
-                                mean=mean, std=std, channels_last=cuda)  # fmt: skip
+    loader = rdata.DeviceLoader(
+        splits.val_x,
+        splits.val_y,
+        100,
+        device=device,
+        shuffle=False,
+        pad_last=True,
+        mean=mean,
+        std=std,
+        channels_last=cuda,
+    )
     captured = rstep.GraphedForward(model, autocast, capture=cuda)
     eager = rstep.GraphedForward(model, autocast, capture=False)
     unequal = 0
     with cudnn_flags(benchmark=True):  # as the trainer runs
         for _ in range(2):
             for x, _y in loader.epoch(0):
-                unequal += not torch.equal(eager(x).clone(), captured(x).clone())  # a replay rewrites its output
+                # a replay rewrites its output
+                unequal += not torch.equal(eager(x).clone(), captured(x).clone())
         ev_eager = torch.stack(evaluate(model, eager, loader)).tolist()
         model.eval()
         ev_captured = torch.stack(evaluate(model, captured, loader)).tolist()
@@ -222,15 +270,21 @@ def eval_forward_equality(device) -> tuple[int, list, list, bool]:
 
 
 def default_path(device, folder: Path) -> dict:
-    """A 3-epoch run on the default settings, validating and recalibrating each epoch: its counts after epoch 1
-    and at the end (exact counts, no timing: a recompile or recapture of a new batch shape shows in them)."""
+    """A 3-epoch run on the default settings, validating and recalibrating each epoch: its counts
+    after epoch 1 and at the end (exact counts, no timing: a recompile or recapture of a new batch
+    shape shows in them)."""
     seen = {}
 
     def after_step(run):
         if run.state.step == run.steps_per_epoch:
-            seen.update(frames=compiled_frames(), graphs=len(run.trainee.graphed.graphs) if run.trainee.graphed else 0)
+            seen.update(
+                frames=compiled_frames(),
+                graphs=len(run.trainee.graphed.graphs) if run.trainee.graphed else 0,
+            )
 
-    run = drain(tiny_config(device, epochs=3, bn_recalibrate=256), folder / "default_path", after_step)
+    run = drain(
+        tiny_config(device, epochs=3, bn_recalibrate=256), folder / "default_path", after_step
+    )
     s = json.loads((run.out.run_dir / "summary.json").read_text())
     return {
         "execution": run.path,
@@ -261,11 +315,15 @@ def test_the_captured_validation_forward_gives_the_eager_logits_exactly():
 @pytest.mark.gpu
 @pytest.mark.compile
 @needs_cuda
-def test_the_default_path_compiles_and_captures_once_and_never_stalls_after_the_first_epoch(tmp_path):
+def test_the_default_path_compiles_and_captures_once_and_never_stalls_after_the_first_epoch(
+    tmp_path,
+):
     r = default_path(CUDA, tmp_path)
     assert r["execution"]["compile"] is True and r["execution"]["cuda_graphs"] is True
     assert r["status"] == "completed" and r["epochs"] == 3 and r["eval_captured"], r
-    assert r["graphs"] == r["graphs_after_epoch_1"] == 1 and r["frames"] == r["frames_after_epoch_1"], r
+    assert (
+        r["graphs"] == r["graphs_after_epoch_1"] == 1 and r["frames"] == r["frames_after_epoch_1"]
+    ), r
 
 
 def test_recalibration_and_eval_forward_checks_run_on_cpu(tmp_path):

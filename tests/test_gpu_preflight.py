@@ -18,23 +18,34 @@ from gpu_runs import all_finite, compiled_frames, drain, tiny_config, train_loss
 
 from runner.sweeps.pack import Job, train_pack
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 CUDA = torch.device("cuda")
 
 
 @pytest.mark.compile
-def test_the_default_path_captures_once_trains_finite_losses_and_compiles_nothing_after_epoch_1(tmp_path):
+def test_the_default_path_captures_once_trains_finite_losses_and_compiles_nothing_after_epoch_1(
+    tmp_path,
+):
     seen = {}
 
     def after_step(run):
-        if run.state.step == run.steps_per_epoch:  # epoch 1 trained and validated: eval forward compiled, captured
+        # epoch 1 trained and validated: eval forward compiled, captured
+        if run.state.step == run.steps_per_epoch:
             seen.update(frames=compiled_frames(), graphs=len(run.trainee.graphed.graphs))
 
-    run = drain(tiny_config(CUDA, epochs=2, depth=8, bn_recalibrate=256), tmp_path / "default", after_step)
+    run = drain(
+        tiny_config(CUDA, epochs=2, depth=8, bn_recalibrate=256), tmp_path / "default", after_step
+    )
     s = json.loads((tmp_path / "default" / "summary.json").read_text())
     assert run.path.compile is True and run.path.cuda_graphs is True
     assert s["status"] == "completed" and all_finite(train_losses(tmp_path / "default"))
-    assert len(run.trainee.graphed.graphs) == seen["graphs"] == 1 and len(run.trainee.graphed.seen) == 1
+    assert (
+        len(run.trainee.graphed.graphs) == seen["graphs"] == 1
+        and len(run.trainee.graphed.seen) == 1
+    )
     assert run.trainee.eval_forward.graph is not None
     assert compiled_frames() == seen["frames"]
 
@@ -42,7 +53,9 @@ def test_the_default_path_captures_once_trains_finite_losses_and_compiles_nothin
 def test_a_pack_of_two_runs_trains_both_on_their_streams(tmp_path):
     jobs = []
     for n, lr in enumerate((1e-3, 3e-3)):
-        cfg = dataclasses.replace(tiny_config(CUDA, epochs=1, depth=8, compile=False, bn_recalibrate=0), lr=lr)
+        cfg = dataclasses.replace(
+            tiny_config(CUDA, epochs=1, depth=8, compile=False, bn_recalibrate=0), lr=lr
+        )
         (tmp_path / str(n)).mkdir()
         jobs.append(Job(cfg, tmp_path / str(n), name=str(n)))
     outcomes = train_pack(jobs)
@@ -56,17 +69,29 @@ def test_an_eager_checkpoint_continues_with_cuda_graphs(tmp_path):
     """The optimizer's fused/capturable flags are its own after loading, not the checkpoint's."""
     folder = tmp_path / "run"
     eager = dict(epochs=2, depth=8, compile=False, cuda_graphs=False, bn_recalibrate=0)
-    drain(tiny_config(CUDA, max_steps=8, **eager), folder)  # epoch 1, eager; its checkpoint is not capturable
-    run = drain(tiny_config(CUDA, epochs=2, depth=8, compile=False, cuda_graphs=True, bn_recalibrate=0), folder)
+    # epoch 1, eager; its checkpoint is not capturable
+    drain(tiny_config(CUDA, max_steps=8, **eager), folder)
+    run = drain(
+        tiny_config(CUDA, epochs=2, depth=8, compile=False, cuda_graphs=True, bn_recalibrate=0),
+        folder,
+    )
     s = json.loads((folder / "summary.json").read_text())
-    assert s["status"] == "completed" and s["resumed"]["from_step"] == 8 and len(run.trainee.graphed.graphs) == 1
+    assert (
+        s["status"] == "completed"
+        and s["resumed"]["from_step"] == 8
+        and len(run.trainee.graphed.graphs) == 1
+    )
     assert run.trainee.opt.inner.param_groups[0]["capturable"] is True
     assert all_finite(train_losses(folder))
 
 
 def test_a_run_on_an_explicit_device_index_trains_there(tmp_path):
     last = torch.cuda.device_count() - 1
-    run = drain(tiny_config(CUDA, epochs=1, depth=8, compile=False, bn_recalibrate=0), tmp_path / "n", job_num=last)
+    run = drain(
+        tiny_config(CUDA, epochs=1, depth=8, compile=False, bn_recalibrate=0),
+        tmp_path / "n",
+        job_num=last,
+    )
     assert run.device == torch.device("cuda", last) and torch.cuda.current_device() == last
     assert all(p.device == run.device for p in run.trainee.model.parameters())
     assert len(run.trainee.graphed.graphs) == 1 and all_finite(train_losses(tmp_path / "n"))

@@ -7,9 +7,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def dry_run(target: str, venv: Path) -> str:
-    """What `make TARGET` would run in a clone without .venv (VENV points at a folder that does not exist)."""
+    """What `make TARGET` would run in a clone without .venv (VENV points at a folder that does not
+    exist)."""
     r = subprocess.run(
-        ["make", "-n", "-C", str(ROOT), target, f"VENV={venv}"], capture_output=True, text=True, timeout=60
+        ["make", "-n", "-C", str(ROOT), target, f"VENV={venv}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 0, r.stderr
     return r.stdout

@@ -1,8 +1,8 @@
 """`python -m runner [overrides]`: compose the Hydra config, validate it once, train.
 
 `python -m runner resume=RUN_DIR [epochs=N ...]` continues a run from its own saved config; the
-trainer refuses overrides that would change the training (runner.config.resumable_keys).
-Every run says its folder on stderr when it starts and when it ends, and outputs/latest points at the newest.
+trainer refuses overrides that would change the training (runner.config.resumable_keys). Every run
+says its folder on stderr when it starts and when it ends, and outputs/latest points at the newest.
 """
 
 import sys
@@ -56,7 +56,8 @@ _ABSENT = object()
 
 
 def sweep_position(hc) -> tuple[int, bool]:
-    """(job index in the sweep, whether jobs run in parallel: any launcher but Hydra's basic one)."""
+    """(job index in the sweep, whether jobs run in parallel: any launcher but Hydra's basic
+    one)."""
     from hydra.types import RunMode
 
     if hc.mode != RunMode.MULTIRUN:
@@ -66,8 +67,9 @@ def sweep_position(hc) -> tuple[int, bool]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Train one run and return its objective, summary[trainer.objective], for sweepers such as Optuna's; None
-    when the run has no value for it (e.g. it stopped before its first validation: Optuna counts a failed trial)."""
+    """Train one run and return its objective, summary[trainer.objective], for sweepers such as
+    Optuna's; None when the run has no value for it (e.g. it stopped before its first validation:
+    Optuna counts a failed trial)."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     meta = callbacks.job_choices(hc)
@@ -91,7 +93,8 @@ def main(cfg: DictConfig) -> float | None:
         summary = train(run, run_dir, meta=meta, job_num=job_num, on_start=on_start)
         return summary.get(run.trainer.objective)
     except UserError as e:
-        if not started:  # refused before it trained: the folder stays as it was found (a new one goes)
+        # refused before it trained: the folder stays as it was found (a new one goes)
+        if not started:
             callbacks.refused(run_dir)
         print(f"runner: error: {e}", file=sys.stderr)
         sys.exit(2)

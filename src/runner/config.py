@@ -39,7 +39,9 @@ class ConfigError(UserError, ValueError):
     """A setting the user can fix; the message names the key and the allowed values."""
 
 
-def setting(default: Any, *, choices: tuple = (), resumable: bool = False, trains: bool = True) -> Any:
+def setting(
+    default: Any, *, choices: tuple = (), resumable: bool = False, trains: bool = True
+) -> Any:
     """A schema field: its default and what kind of setting it is (module docstring)."""
     meta = {"choices": tuple(choices), "resumable": resumable, "trains": trains}
     if isinstance(default, list):
@@ -298,7 +300,8 @@ class TrainerConfig(_Section):
         self._check_choices()
         if self.cuda_graphs is True and self.device in ("cpu", "mps"):
             fix = "drop trainer.cuda_graphs=true (the default, null, is off there)"
-            rule = f"CUDA graphs need trainer.device=cuda (or auto on a GPU machine), not {self.device}"
+            rule = "CUDA graphs need trainer.device=cuda (or auto on a GPU machine), not "
+            rule += self.device
             self._fail("cuda_graphs", f"{rule}: {fix}")
         self._check_compile_mode()
         if not (math.isfinite(self.diverge_factor) and self.diverge_factor > 1):
@@ -369,7 +372,8 @@ class RunConfig(_Section):
     log: LogConfig = field(default_factory=LogConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
     resume: Optional[str] = run_setting(None)  # a run folder to continue
-    report: bool = run_setting(False)  # a sweep's report at its end (python -m runner.analysis.report)
+    # a sweep's report at its end (python -m runner.analysis.report)
+    report: bool = run_setting(False)
 
     def __post_init__(self) -> None:
         self._finite("lr", positive=True)
@@ -490,11 +494,15 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_id", lambda: _RUN_ID)
     if not OmegaConf.has_resolver("reg_or"):
         # optimizer presets: wd (or l2) = the sweep's shared strength `reg`, else the preset's own
-        OmegaConf.register_new_resolver("reg_or", lambda reg, default: default if reg is None else reg)
+        OmegaConf.register_new_resolver(
+            "reg_or", lambda reg, default: default if reg is None else reg
+        )
     if not OmegaConf.has_resolver("resume_or"):
         # resume=RUN_DIR runs in that folder, and leaves its saved .hydra/ untouched
         OmegaConf.register_new_resolver("resume_or", lambda resume, fresh: resume or fresh)
-        OmegaConf.register_new_resolver("saved_config_dir", lambda resume: None if resume else ".hydra")
+        OmegaConf.register_new_resolver(
+            "saved_config_dir", lambda resume: None if resume else ".hydra"
+        )
 
 
 PRESET_EXAMPLES = {
@@ -523,7 +531,8 @@ def validate(cfg: DictConfig) -> RunConfig:
         if group not in cfg or not OmegaConf.select(cfg, f"{group}.name"):
             example = PRESET_EXAMPLES[group]
             raise ConfigError(
-                f"{group} is not set (removed with ~{group}?): a run needs a {group} preset, e.g. {group}={example}"
+                f"{group} is not set (removed with ~{group}?): a run needs a {group} preset, e.g. "
+                f"{group}={example}"
             )
     _check_reg(cfg)
     schema = OmegaConf.structured(RunConfig)  # builds each section's defaults: a failure is a bug
@@ -535,7 +544,9 @@ def validate(cfg: DictConfig) -> RunConfig:
         return OmegaConf.to_object(merged)  # type: ignore[return-value]  # merged is structured
     except ConfigTypeError:
         raise  # "Could not create instance of ...": a __post_init__ crashed, a bug
-    except OmegaConfBaseException as e:  # a value left ??? or an interpolation that does not resolve
+    except (
+        OmegaConfBaseException
+    ) as e:  # a value left ??? or an interpolation that does not resolve
         raise _user_error(e) from None
 
 

@@ -110,7 +110,7 @@ def test_gap_share_is_bounded_where_the_old_share_is_not():
     # the running series nearly flat: the gap cancels the recalibrated series' moves
     flat = {k: 1e-4 * (-1) ** k for k in w}
     old = sum(flat[k] * (flat[k] - w[k]) for k in w) / sum(flat[k] ** 2 for k in w)
-    assert abs(old) > 100  # core.oscillation's dispersion_share_gap
+    assert abs(old) > 100  # analysis.oscillation's dispersion_share_gap
     bounded = gap_share(flat, w)
     assert 0.49 < bounded["gap_share"] < 0.51
     assert bounded["gap_recal_corr"] == pytest.approx(-1, abs=1e-2)

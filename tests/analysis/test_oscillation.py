@@ -1,4 +1,5 @@
-"""Oscillation figures pinned on small hand-made series (expected values worked out by hand in the comments)."""
+"""Oscillation figures pinned on small hand-made series (expected values worked out by hand in the
+comments)."""
 
 import json
 import math
@@ -33,7 +34,11 @@ FREQUENCY_ROBUST = {
     "change_corr_train",
     "acc_dispersion",
     "acc_noise_floor",
-    *(f"bn_{pair}_{what}" for pair in ("staleness", "lag", "mismatch") for what in ("mu", "logvar")),
+    *(
+        f"bn_{pair}_{what}"
+        for pair in ("staleness", "lag", "mismatch")
+        for what in ("mu", "logvar")
+    ),
     "gap_loss_mean",
     "gap_lag_mean",
     "gap_mismatch_mean",
@@ -43,9 +48,12 @@ V = [3, 2, 2.5, 1, 1.2, 0.9]  # running min 3,2,2,1,1,0.9 → rises 0,0,0.5,0,0.
 E = [1, 2, 3, 4, 5, 6]
 
 
-def val_records(losses, epochs, accs=None, train_eval=None, recal=None, accs_recal=None, train_eval_recal=None):
-    """Validation records as the trainer writes them: each evaluation under its own name, the headline
-    (the recalibrated one when given) under the bare name; the `*_recal` keys only for a recal series."""
+def val_records(
+    losses, epochs, accs=None, train_eval=None, recal=None, accs_recal=None, train_eval_recal=None
+):
+    """Validation records as the trainer writes them: each evaluation under its own name, the
+    headline (the recalibrated one when given) under the bare name; the `*_recal` keys only for a
+    recal series."""
     out = []
     for i, (v, e) in enumerate(zip(losses, epochs)):
         values = {"val_loss_running": v, "val_acc_running": None if accs is None else accs[i]}
@@ -55,7 +63,10 @@ def val_records(losses, epochs, accs=None, train_eval=None, recal=None, accs_rec
             values["val_loss_recal"] = recal[i]
             values["val_acc_recal"] = None if accs_recal is None else accs_recal[i]
         if train_eval_recal is not None:
-            values["train_eval_loss_recal"], values["train_eval_acc_recal"] = train_eval_recal[i], 0.5
+            values["train_eval_loss_recal"], values["train_eval_acc_recal"] = (
+                train_eval_recal[i],
+                0.5,
+            )
         out.append({"step": 10 * (i + 1), "epoch": e, **Headline(recal is not None).record(values)})
     return out
 
@@ -85,9 +96,11 @@ def test_count_rises_episodes():
     assert count_rises(V, 0.21) == 1
     assert count_rises(V, 0.3) == 0
     assert count_rises([1, 1.5, 1.4, 1.3, 0.5], 0.1) == 1  # three points above: one episode
-    # dips back to 15 % (≤ 16 %) end the first episode, the rise to 26 % above the new min 0.95 is a second
+    # dips back to 15 % (≤ 16 %) end the first episode, the rise to 26 % above the new min 0.95 is a
+    # second
     assert count_rises([1, 1.2, 1.3, 1.15, 0.95, 1.2], 0.16) == 2
-    assert count_rises([1, 1.2, 1.3, 1.15, 1.25], 0.1) == 1  # never back under 10 %: still one episode
+    # never back under 10 %: still one episode
+    assert count_rises([1, 1.2, 1.3, 1.15, 1.25], 0.1) == 1
     assert count_rises([], 0.1) is None
 
 
@@ -104,7 +117,8 @@ def test_phase_windows():
 
 
 def test_roughness_ratios_on_phase_windows():
-    # T = 9, points at epochs 0..9: mid = epochs 3, 4, 5 (6 belongs to last), last = 6, 7, 8, 9 (T included)
+    # T = 9, points at epochs 0..9: mid = epochs 3, 4, 5 (6 belongs to last), last = 6, 7, 8, 9 (T
+    # included)
     val = [9, 9, 9, 1, 2, 4, 4, 2, 2, 2]
     te = [0, 0, 0, 2, 2, 4, 2, 1, 2, 1]
     b = oscillation_block(val_records(val, list(range(10)), train_eval=te), epochs_total=9)
@@ -125,7 +139,9 @@ def test_roughness_none_cases():
 
 
 def test_epochs_to_accuracy():
-    b = oscillation_block(val_records(V, E, accs=[0.5, 0.89, 0.9, 0.91, 0.93, 0.95]), epochs_total=6)
+    b = oscillation_block(
+        val_records(V, E, accs=[0.5, 0.89, 0.9, 0.91, 0.93, 0.95]), epochs_total=6
+    )
     assert b["epochs_to_90"] == 3 and b["epochs_to_92"] == 5
     b = oscillation_block(val_records(V, E, accs=[0.5, 0.6, 0.7, 0.8, None, 0.91]), epochs_total=6)
     assert b["epochs_to_90"] == 6 and b["epochs_to_92"] is None
@@ -137,9 +153,13 @@ def test_generalization_gap_prefers_train_eval():
 
 
 def test_generalization_gap_falls_back_to_last_epoch_train_loss():
-    train = [{"step": s, "epoch": s / 2, "train_loss": x} for s, x in [(1, 9.0), (2, 5.0), (3, 0.6), (4, 0.4)]]
+    train = [
+        {"step": s, "epoch": s / 2, "train_loss": x}
+        for s, x in [(1, 9.0), (2, 5.0), (3, 0.6), (4, 0.4)]
+    ]
     b = oscillation_block(train + val_records([2.0, 1.5], [1, 2]), epochs_total=2)
-    assert b["gen_gap"] == pytest.approx(1.5 - 0.5)  # mean train_loss over epochs (1, 2] = (0.6 + 0.4)/2
+    # mean train_loss over epochs (1, 2] = (0.6 + 0.4)/2
+    assert b["gen_gap"] == pytest.approx(1.5 - 0.5)
     assert b["gen_gap_source"] == "train_loss_last_epoch"
 
 
@@ -147,7 +167,10 @@ def test_diverged_series_stops_at_last_finite_value():
     recs = val_records([2.0, 1.0, 1.5, None, 0.1], [1, 2, 3, 4, 5], accs=[0.1, 0.5, 0.6, 0.1, 0.99])
     recs += val_records([float("nan")], [6], accs=[0.1])
     recs[-1]["step"] = 60
-    recs += [{"step": 5, "epoch": 0.5, "weight_norm": 3.0}, {"step": 45, "epoch": 4.5, "weight_norm": None}]
+    recs += [
+        {"step": 5, "epoch": 0.5, "weight_norm": 3.0},
+        {"step": 45, "epoch": 4.5, "weight_norm": None},
+    ]
     b = oscillation_block(recs, epochs_total=10)
     assert b["n_val_points"] == 3
     assert b["tv_per_epoch"] == pytest.approx(1.5 / 2)
@@ -164,17 +187,34 @@ def test_val_points_sorted_and_deduplicated():
         {"step": 20, "epoch": 2, "val_loss_running": 2.0},
         {"step": 5, "epoch": 0.5, "train_loss": 4.0, "grad_norm": 1},
     ]
-    recs = [{**r, "val_loss": r["val_loss_running"]} if "val_loss_running" in r else r for r in recs]
-    assert [p["loss"] for p in val_points(recs)] == [3.0, 2.0]  # step order; a re-logged step keeps the later record
+    recs = [
+        {**r, "val_loss": r["val_loss_running"]} if "val_loss_running" in r else r for r in recs
+    ]
+    # step order; a re-logged step keeps the later record
+    assert [p["loss"] for p in val_points(recs)] == [
+        3.0,
+        2.0,
+    ]
 
 
 def test_block_on_empty_records():
     b = oscillation_block([], epochs_total=30)
-    assert b["n_val_points"] == 0 and b["n_val_points_recal"] == 0 and b["epochs_to_metric"] == "running"
+    assert (
+        b["n_val_points"] == 0
+        and b["n_val_points_recal"] == 0
+        and b["epochs_to_metric"] == "running"
+    )
     assert all(
         v is None
         for k, v in b.items()
-        if k not in ("n_val_points", "n_val_points_recal", "rise_threshold", "epochs_to_metric", "frequency_dependent")
+        if k
+        not in (
+            "n_val_points",
+            "n_val_points_recal",
+            "rise_threshold",
+            "epochs_to_metric",
+            "frequency_dependent",
+        )
     )
 
 
@@ -206,39 +246,63 @@ def test_block_keys_and_threshold():
         *FREQUENCY_ROBUST,
         "frequency_dependent",
     }
-    frequency_dependent = {"tv_per_epoch", "max_rise", "max_rise_rel", "n_rises", "recal_removed_share"}
+    frequency_dependent = {
+        "tv_per_epoch",
+        "max_rise",
+        "max_rise_rel",
+        "n_rises",
+        "recal_removed_share",
+    }
     assert set(b["frequency_dependent"]) == frequency_dependent
     assert all(
-        v is None or isinstance(v, (int, float, str)) and not (isinstance(v, float) and math.isnan(v))
+        v is None
+        or isinstance(v, (int, float, str))
+        and not (isinstance(v, float) and math.isnan(v))
         for k, v in b.items()
         if k != "frequency_dependent"
     )
 
 
-# ---------------------------------------------------------------- running statistics vs recalibrated BatchNorm
+# ---------------------------------------------------------------- running statistics vs
+# recalibrated BatchNorm
 
-W = [3, 2, 1.8, 1, 0.95, 0.9]  # the same run recalibrated: monotone, TV (1 + 0.2 + 0.8 + 0.05 + 0.05) / 5 = 0.42
+# the same run recalibrated: monotone, TV (1 + 0.2 + 0.8 + 0.05 + 0.05) / 5 = 0.42
+W = [
+    3,
+    2,
+    1.8,
+    1,
+    0.95,
+    0.9,
+]
 
 
 def test_the_recalibrated_series_has_its_own_figures():
     b = oscillation_block(val_records(V, E, recal=W), epochs_total=6)
-    assert b["tv_per_epoch"] == pytest.approx(0.7) and b["tv_per_epoch_recal"] == pytest.approx(0.42)
-    assert b["max_rise_rel"] == pytest.approx(0.25) and b["n_rises"] == 2  # the running series as before
+    assert b["tv_per_epoch"] == pytest.approx(0.7) and b["tv_per_epoch_recal"] == pytest.approx(
+        0.42
+    )
+    # the running series as before
+    assert b["max_rise_rel"] == pytest.approx(0.25) and b["n_rises"] == 2
     assert b["max_rise_recal"] == 0 and b["max_rise_rel_recal"] == 0 and b["n_rises_recal"] == 0
     assert b["max_rise_epoch_recal"] == 1 and b["n_val_points_recal"] == 6
 
 
 def test_recal_removed_share_is_the_part_of_the_total_variation_recalibration_takes_away():
     b = oscillation_block(val_records(V, E, recal=W), epochs_total=6)
-    assert b["recal_removed_share"] == pytest.approx(1 - 0.42 / 0.7)  # 40 % of the oscillation was BN bookkeeping
+    # 40 % of the oscillation was BN bookkeeping
+    assert b["recal_removed_share"] == pytest.approx(1 - 0.42 / 0.7)
     b = oscillation_block(val_records(W, E, recal=V), epochs_total=6)
-    assert b["recal_removed_share"] == pytest.approx(1 - 0.7 / 0.42)  # recalibrated moves more: negative
+    # recalibrated moves more: negative
+    assert b["recal_removed_share"] == pytest.approx(1 - 0.7 / 0.42)
     assert removed_share(0.0, 0.0) is None  # a flat running series: nothing to remove
     assert removed_share(0.5, None) is None and removed_share(None, 0.5) is None
 
 
 def test_a_run_without_recalibration_has_no_recal_figures():
-    b = oscillation_block(val_records(V, E, accs=[0.5, 0.89, 0.9, 0.91, 0.93, 0.95]), epochs_total=6)
+    b = oscillation_block(
+        val_records(V, E, accs=[0.5, 0.89, 0.9, 0.91, 0.93, 0.95]), epochs_total=6
+    )
     assert b["n_val_points_recal"] == 0 and b["epochs_to_metric"] == "running"
     assert all(b[k] is None for k in b if k.endswith("_recal") and k != "n_val_points_recal")
     assert b["recal_removed_share"] is None
@@ -256,12 +320,20 @@ def test_roughness_of_the_recalibrated_series_against_recalibrated_train_eval():
     assert b["roughness_ratio_mid_recal"] == pytest.approx((3 / 7) / 0.75)
     assert b["val_roughness_last_recal"] == pytest.approx(0.4)
     assert b["roughness_ratio_last_recal"] == pytest.approx(0.4 / (4 / 3))
-    assert b["val_roughness_mid"] == 0 and b["roughness_ratio_mid"] is None  # flat running series, flat train_eval
+    # flat running series, flat train_eval
+    assert b["val_roughness_mid"] == 0 and b["roughness_ratio_mid"] is None
 
 
 def test_epochs_to_accuracy_follows_the_headline_accuracy():
-    # summary.json's best_val_acc is the recalibrated one when recorded: epochs_to_90/92 must agree with it
-    recs = val_records(V, E, accs=[0.5, 0.6, 0.7, 0.8, 0.91, 0.93], recal=W, accs_recal=[0.5, 0.9, 0.92, 0.9, 0.9, 0.9])
+    # summary.json's best_val_acc is the recalibrated one when recorded: epochs_to_90/92 must agree
+    # with it
+    recs = val_records(
+        V,
+        E,
+        accs=[0.5, 0.6, 0.7, 0.8, 0.91, 0.93],
+        recal=W,
+        accs_recal=[0.5, 0.9, 0.92, 0.9, 0.9, 0.9],
+    )
     b = oscillation_block(recs, epochs_total=6)
     assert (b["epochs_to_90"], b["epochs_to_92"], b["epochs_to_metric"]) == (2, 3, "recalibrated")
 
@@ -276,26 +348,42 @@ def test_each_series_stops_at_its_own_first_non_finite_loss():
 
 def test_headline_points_are_the_recalibrated_series_when_the_records_have_it():
     plain = val_records([2.0, 1.0], [1, 2], accs=[0.5, 0.6])
-    assert not Headline.of_records(plain).recalibrated and [p["acc"] for p in headline_points(plain)] == [0.5, 0.6]
-    recal = val_records([2.0, 1.0], [1, 2], accs=[0.5, 0.6], recal=[1.9, 0.9], accs_recal=[0.55, 0.65])
-    assert Headline.of_records(recal).recalibrated and [p["acc"] for p in headline_points(recal)] == [0.55, 0.65]
+    assert not Headline.of_records(plain).recalibrated and [
+        p["acc"] for p in headline_points(plain)
+    ] == [0.5, 0.6]
+    recal = val_records(
+        [2.0, 1.0], [1, 2], accs=[0.5, 0.6], recal=[1.9, 0.9], accs_recal=[0.55, 0.65]
+    )
+    assert Headline.of_records(recal).recalibrated and [
+        p["acc"] for p in headline_points(recal)
+    ] == [0.55, 0.65]
     assert [p["step"] for p in headline_points(recal)] == [10, 20]
     # train records never make a run "recalibrated", whatever they hold
-    assert not Headline.of_records([{"step": 1, "epoch": 0.1, "train_loss": 1.0, "val_loss_recal": 1.0}]).recalibrated
+    assert not Headline.of_records(
+        [{"step": 1, "epoch": 0.1, "train_loss": 1.0, "val_loss_recal": 1.0}]
+    ).recalibrated
 
 
-# ---------------------------------------------------------------- figures that do not depend on val_every
+# ---------------------------------------------------------------- figures that do not depend on
+# val_every
 
 
 def test_detrended_residuals_leave_each_point_out_of_its_own_median():
-    # half window 1: point i sees i−1 and i+1 only (endpoints skipped: their window leaves the series)
+    # half window 1: point i sees i−1 and i+1 only (endpoints skipped: their window leaves the
+    # series)
     r = detrended([1.0, 5.0, 2.0, 2.0, 9.0], [0, 1, 2, 3, 4], 1.0)
     assert r == {1: 5.0 - 1.5, 2: 2.0 - 3.5, 3: 2.0 - 5.5}
-    assert detrended([1.0, 2.0, 3.0, 4.0, 5.0], [0, 1, 2, 3, 4], 1.0) == {1: 0.0, 2: 0.0, 3: 0.0}  # a line: none
+    # a line: none
+    assert detrended([1.0, 2.0, 3.0, 4.0, 5.0], [0, 1, 2, 3, 4], 1.0) == {
+        1: 0.0,
+        2: 0.0,
+        3: 0.0,
+    }
 
 
 def white_noise_run(per_epoch: int, epochs: int = 20, sigma: float = 0.2, seed: int = 0):
-    """Validation records of a loss decaying as 2·exp(−t/8) times log-normal white noise, `per_epoch` a epoch."""
+    """Validation records of a loss decaying as 2·exp(−t/8) times log-normal white noise,
+    `per_epoch` a epoch."""
     import random
 
     rng = random.Random(seed)
@@ -317,7 +405,8 @@ def test_dispersion_is_stable_under_thinning_where_total_variation_halves():
     quarters = [oscillation_block(recs[k::4], epochs_total=20) for k in range(4)]
     assert full["val_every_steps"] == 100 and halves[0]["val_every_steps"] == 200
     for b in halves:
-        assert b["tv_per_epoch"] < 0.6 * full["tv_per_epoch"]  # TV: about half as many steps of the same size
+        # TV: about half as many steps of the same size
+        assert b["tv_per_epoch"] < 0.6 * full["tv_per_epoch"]
         assert abs(b["dispersion"] / full["dispersion"] - 1) < 1 / 3
     for b in quarters:
         assert b["tv_per_epoch"] < 0.35 * full["tv_per_epoch"]
@@ -326,7 +415,8 @@ def test_dispersion_is_stable_under_thinning_where_total_variation_halves():
 
 
 def test_dispersion_share_gap_splits_the_running_variance_into_gap_and_recalibrated_parts():
-    # w is white noise around a smooth curve; v = w·exp(g) with a gap g of its own: the shares add to one
+    # w is white noise around a smooth curve; v = w·exp(g) with a gap g of its own: the shares add
+    # to one
     import random
 
     rng = random.Random(1)
@@ -341,8 +431,12 @@ def test_dispersion_share_gap_splits_the_running_variance_into_gap_and_recalibra
     # independent parts: the gap carries about 0.2²/(0.1² + 0.2²) = 0.8 of the variance
     assert b["dispersion_share_gap"] == pytest.approx(0.8, abs=0.1)
     assert b["dispersion"] > b["dispersion_recal"]
-    same = [{**r, "val_loss_recal": r["val_loss_running"], "val_loss": r["val_loss_running"]} for r in recs]
-    assert oscillation_block(same, epochs_total=20)["dispersion_share_gap"] == 0  # no gap: nothing is BatchNorm's
+    same = [
+        {**r, "val_loss_recal": r["val_loss_running"], "val_loss": r["val_loss_running"]}
+        for r in recs
+    ]
+    # no gap: nothing is BatchNorm's
+    assert oscillation_block(same, epochs_total=20)["dispersion_share_gap"] == 0
 
 
 def test_change_correlations_pair_val_with_train_eval_and_train_mode_loss():
@@ -352,8 +446,14 @@ def test_change_correlations_pair_val_with_train_eval_and_train_mode_loss():
     vals = [2.0, 1.0, 2.0, 1.0, 2.0]
     recs = val_records(vals, [1, 2, 3, 4, 5], train_eval=[v / 2 for v in vals])
     # train_loss between validations (steps 10, 20, ...): the mirror image of val
-    recs += [{"step": s, "epoch": s / 10, "train_loss": 3.0 - vals[s // 10 - 1]} for s in range(10, 51, 10)]
-    recs += [{"step": s - 5, "epoch": s / 10, "train_loss": 3.0 - vals[s // 10 - 1]} for s in range(10, 51, 10)]
+    recs += [
+        {"step": s, "epoch": s / 10, "train_loss": 3.0 - vals[s // 10 - 1]}
+        for s in range(10, 51, 10)
+    ]
+    recs += [
+        {"step": s - 5, "epoch": s / 10, "train_loss": 3.0 - vals[s // 10 - 1]}
+        for s in range(10, 51, 10)
+    ]
     b = oscillation_block(recs, epochs_total=5)
     assert b["change_corr_train_eval"] == pytest.approx(1.0)
     assert b["change_corr_train"] == pytest.approx(-1.0)
@@ -380,30 +480,46 @@ def test_the_loss_gap_splits_into_lag_and_mismatch_and_follows_staleness():
     v, w, aug = [2.0, 3.0, 2.5, 4.0], [1.0, 1.5, 1.25, 2.0], [1.5, 2.0, 2.0, 2.5]
     recs = val_records(v, [1, 2, 3, 4], recal=w)
     for r, a, z in zip(recs, aug, [0.1, 0.2, 0.15, 0.3]):
-        r.update(val_loss_recal_aug=a, bn_staleness_mu_mean=z, bn_lag_mu_mean=z / 2, bn_mismatch_logvar_mean=0.5)
+        r.update(
+            val_loss_recal_aug=a,
+            bn_staleness_mu_mean=z,
+            bn_lag_mu_mean=z / 2,
+            bn_mismatch_logvar_mean=0.5,
+        )
     b = oscillation_block(recs, epochs_total=4)
     assert b["gap_loss_mean"] == pytest.approx((1 + 1.5 + 1.25 + 2) / 4)
     assert b["gap_lag_mean"] == pytest.approx((0.5 + 1 + 0.5 + 1.5) / 4)
     assert b["gap_mismatch_mean"] == pytest.approx((0.5 + 0.5 + 0.75 + 0.5) / 4)
     assert b["gap_lag_mean"] + b["gap_mismatch_mean"] == pytest.approx(b["gap_loss_mean"])
-    assert b["bn_staleness_mu"] == pytest.approx(0.1875) and b["bn_lag_mu"] == pytest.approx(0.09375)
+    assert b["bn_staleness_mu"] == pytest.approx(0.1875) and b["bn_lag_mu"] == pytest.approx(
+        0.09375
+    )
     assert b["bn_mismatch_logvar"] == 0.5 and b["bn_lag_logvar"] is None
     recs[3]["val_loss_running"] = 8.0  # the gap grows where staleness peaks
     assert oscillation_block(recs, epochs_total=4)["gap_staleness_corr"] > 0.8
-    recs[3]["val_loss_running"], recs[0]["val_loss_running"] = 2.0, 8.0  # the largest gap where staleness is least
+    # the largest gap where staleness is least
+    recs[3]["val_loss_running"], recs[0]["val_loss_running"] = (
+        2.0,
+        8.0,
+    )
     assert oscillation_block(recs, epochs_total=4)["gap_staleness_corr"] < -0.5
 
 
 @pytest.mark.parametrize("run", ["adamw_30ep", "adamw20_wd3e-4"])
-def test_on_the_recorded_h200_runs_halving_the_validations_moves_dispersion_by_less_than_a_third(run):
-    """The committed H200 records (docs/results/2026-11-28-h200, its oscillation_thinning.py prints the figures):
-    every 2nd validation, either offset, keeps the dispersion within a third of the full series', while TV falls."""
+def test_on_the_recorded_h200_runs_halving_the_validations_moves_dispersion_by_less_than_a_third(
+    run,
+):
+    """The committed H200 records (docs/results/2026-11-28-h200, its oscillation_thinning.py prints
+    the figures): every 2nd validation, either offset, keeps the dispersion within a third of the
+    full series', while TV falls."""
     import gzip
 
     path = ROOT / "docs" / "results" / "2026-11-28-h200" / f"{run}.metrics.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
-    vals = sorted({r["step"]: r for r in records if "val_loss" in r}.values(), key=lambda r: r["step"])
+    vals = sorted(
+        {r["step"]: r for r in records if "val_loss" in r}.values(), key=lambda r: r["step"]
+    )
     others = [r for r in records if "val_loss" not in r]
     full = oscillation_block(others + vals, None, n_val=10000)
     for offset in (0, 1):

@@ -1,4 +1,5 @@
-"""analysis.report on fake run folders written by hand (the contract of summary.json / metrics.jsonl / .hydra)."""
+"""analysis.report on fake run folders written by hand (the contract of summary.json / metrics.jsonl
+/ .hydra)."""
 
 import csv
 import json
@@ -34,7 +35,8 @@ def hparams(lr, wd, seed, l2=0.0, opt="adamw"):
 
 
 def records(val_losses, accs, n_steps=2):
-    """n_steps train records per epoch, then one val record; weight_norm on each epoch's last step."""
+    """n_steps train records per epoch, then one val record; weight_norm on each epoch's last
+    step."""
     out = []
     for ep, (v, a) in enumerate(zip(val_losses, accs), start=1):
         for k in range(n_steps):
@@ -50,7 +52,9 @@ def records(val_losses, accs, n_steps=2):
                 r.update(weight_norm=10.0 + ep, l2_penalty=0.0)
             out.append(r)
         running = {"val_loss_running": v, "val_acc_running": a}
-        out.append({"step": ep * n_steps, "epoch": float(ep), **running, "val_loss": v, "val_acc": a})
+        out.append(
+            {"step": ep * n_steps, "epoch": float(ep), **running, "val_loss": v, "val_acc": a}
+        )
     return out
 
 
@@ -69,7 +73,9 @@ def make_run(
     cfg = json.loads(json.dumps(hp))
     cfg["trainer"].pop("channels_last")  # Hydra's YAML need not hold every schema key
     (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"lr={hp['lr']}", f"wd={hp['wd']}"]))
+    (d / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump([f"lr={hp['lr']}", f"wd={hp['wd']}"])
+    )
     recs = records(val, accs)
     if metrics:
         text = "".join(json.dumps(r) + "\n" for r in recs)
@@ -99,16 +105,23 @@ def make_run(
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """2×2 lr × wd sweep: two seeds in one cell, an interrupted seed, a diverged cell, a running cell, a job not
-    started."""
+    """2×2 lr × wd sweep: two seeds in one cell, an interrupted seed, a diverged cell, a running
+    cell, a job not started."""
     root = tmp_path_factory.mktemp("runs")
     sw = root / "multirun" / "2024-05-01" / "10-00-00_abc123"
     jobs = [
         (hparams(1e-3, 1e-4, 0), dict(accs=(0.5, 0.8, 0.90))),
         (hparams(1e-3, 1e-4, 1), dict(accs=(0.5, 0.8, 0.92))),
         (hparams(1e-3, 5e-4, 0), dict(accs=(0.5, 0.8, 0.88))),
-        (hparams(3e-3, 1e-4, 0), dict(status="diverged", val=(2.0, None, None), accs=(0.3, 0.1, 0.1))),
-        (hparams(3e-3, 5e-4, 0), dict(summary=False, half_line=True)),  # running: metrics.jsonl only
+        (
+            hparams(3e-3, 1e-4, 0),
+            dict(status="diverged", val=(2.0, None, None), accs=(0.3, 0.1, 0.1)),
+        ),
+        # running: metrics.jsonl only
+        (
+            hparams(3e-3, 5e-4, 0),
+            dict(summary=False, half_line=True),
+        ),
         (hparams(3e-3, 5e-4, 1), dict(summary=False, metrics=False)),  # not started: .hydra only
         (hparams(1e-3, 5e-4, 1), dict(status="interrupted", val=(2.0,), accs=(0.4,))),
     ]
@@ -150,7 +163,8 @@ def test_collect_runs_finds_every_job_with_its_status(sweep):
 
 
 def test_varying_keys_are_the_swept_ones(sweep):
-    # seed and data.root differ too, trainer.channels_last is missing from the YAML-only runs: none of them is swept
+    # seed and data.root differ too, trainer.channels_last is missing from the YAML-only runs: none
+    # of them is swept
     assert varying_keys(collect_runs(sweep)) == ["lr", "wd"]
 
 
@@ -159,9 +173,14 @@ def test_seed_average(sweep):
     g = next(g for g in groups if g["values"] == {"lr": 1e-3, "wd": 1e-4})
     assert g["n"] == 2
     mean, std = g["stats"]["best_val_acc"]
-    assert mean == pytest.approx(0.91) and std == pytest.approx(0.02 / 2**0.5)  # sample std of 0.90, 0.92
+    # sample std of 0.90, 0.92
+    assert mean == pytest.approx(0.91) and std == pytest.approx(0.02 / 2**0.5)
     g = next(g for g in groups if g["values"] == {"lr": 1e-3, "wd": 5e-4})
-    assert g["n"] == 1 and g["stats"]["best_val_acc"] == (0.88, None)  # the interrupted seed does not count
+    # the interrupted seed does not count
+    assert g["n"] == 1 and g["stats"]["best_val_acc"] == (
+        0.88,
+        None,
+    )
     assert dict(g["statuses"]) == {"completed": 1, "interrupted": 1}
 
 
@@ -171,7 +190,9 @@ def test_heatmap_grid_axes_and_cells(sweep):
     assert (grid["x_key"], grid["y_key"], grid["panel_keys"]) == ("lr", "wd", [])
     assert grid["x_values"] == [1e-3, 3e-3] and grid["y_values"] == [1e-4, 5e-4]
     (panel,) = grid["panels"]
-    assert panel["values"][0][0] == pytest.approx(0.91) and panel["values"][1][0] == pytest.approx(0.88)
+    assert panel["values"][0][0] == pytest.approx(0.91) and panel["values"][1][0] == pytest.approx(
+        0.88
+    )
     assert panel["values"][0][1] is None and panel["labels"][0][1] == "div"
     assert panel["values"][1][1] is None and panel["labels"][1][1] == "run"
 
@@ -199,7 +220,10 @@ def test_heatmap_falls_back_to_swept_keys_and_panels_per_optimizer():
     assert keys == ["optimizer.name", "lr", "l2"]
     grid = heatmap_grid(group_configs(runs, keys), keys)  # wd does not vary: y falls back to l2
     assert (grid["x_key"], grid["y_key"], grid["panel_keys"]) == ("lr", "l2", ["optimizer.name"])
-    assert [p["title"] for p in grid["panels"]] == ["optimizer.name=adam_l2", "optimizer.name=adamw"]
+    assert [p["title"] for p in grid["panels"]] == [
+        "optimizer.name=adam_l2",
+        "optimizer.name=adamw",
+    ]
     assert len(grid["panels"][0]["values"]) == 3 and len(grid["panels"][0]["values"][0]) == 2
     assert heatmap_grid(group_configs(runs[:1]), []) is None  # one configuration: no heat map
 
@@ -207,9 +231,15 @@ def test_heatmap_falls_back_to_swept_keys_and_panels_per_optimizer():
 def test_heatmap_merges_wd_and_l2_into_one_decay_axis():
     # the paper's Figure 2: Adam-L2 sweeps l2, AdamW sweeps wd, one panel each on a shared λ axis
     runs = [
-        fake_run(**{"optimizer.name": "adam_l2", "lr": lr, "wd": 0.0, "l2": lam}) for lr in (1, 2) for lam in (1, 2)
+        fake_run(**{"optimizer.name": "adam_l2", "lr": lr, "wd": 0.0, "l2": lam})
+        for lr in (1, 2)
+        for lam in (1, 2)
     ]
-    runs += [fake_run(**{"optimizer.name": "adamw", "lr": lr, "wd": lam, "l2": 0.0}) for lr in (1, 2) for lam in (1, 2)]
+    runs += [
+        fake_run(**{"optimizer.name": "adamw", "lr": lr, "wd": lam, "l2": 0.0})
+        for lr in (1, 2)
+        for lam in (1, 2)
+    ]
     keys = varying_keys(runs)
     grid = heatmap_grid(group_configs(runs, keys), keys)
     assert (grid["x_key"], grid["y_key"], grid["panel_keys"]) == ("lr", "wd|l2", ["optimizer.name"])
@@ -225,7 +255,11 @@ def test_heatmap_merges_wd_and_l2_into_one_decay_axis():
 
 
 def test_oscillation_series_one_line_per_optimizer():
-    runs = [fake_run(**{"optimizer.name": o, "wd": wd, "l2": 0.0}) for o in ("adam_l2", "adamw") for wd in (0.0, 1e-4)]
+    runs = [
+        fake_run(**{"optimizer.name": o, "wd": wd, "l2": 0.0})
+        for o in ("adam_l2", "adamw")
+        for wd in (0.0, 1e-4)
+    ]
     keys = varying_keys(runs)
     s = oscillation_series(group_configs(runs, keys), keys)
     assert list(s) == ["optimizer.name=adam_l2", "optimizer.name=adamw"]
@@ -254,7 +288,9 @@ def test_runs_csv_has_every_run(report):
     assert len(cfg) == 4
 
 
-@pytest.mark.parametrize("name", ["val_curves.png", "weight_norm.png", "heatmap.png", "oscillation.png"])
+@pytest.mark.parametrize(
+    "name", ["val_curves.png", "weight_norm.png", "heatmap.png", "oscillation.png"]
+)
 def test_figures_are_valid_pngs(report, name):
     path = report[2] / name
     assert path.read_bytes()[:8] == PNG and path.stat().st_size > 1000
@@ -264,13 +300,16 @@ def test_figures_are_valid_pngs(report, name):
 
 
 def test_single_run_skips_figures_it_cannot_draw(tmp_path, capsys):
-    make_run(tmp_path / "run", hparams(1e-3, 1e-4, 0), osc={"tv_per_epoch": 123.0, "rise_threshold": 0.1})
+    make_run(
+        tmp_path / "run", hparams(1e-3, 1e-4, 0), osc={"tv_per_epoch": 123.0, "rise_threshold": 0.1}
+    )
     assert main([str(tmp_path / "run")]) == 0
     md = (tmp_path / "run" / "report" / "report.md").read_text()
     assert "heatmap.png skipped: needs at least two configurations" in md
     assert "oscillation.png skipped" in md and "](val_curves.png)" in md
     assert "| run | completed |" in md
-    # the summary's oscillation block is used as is; another threshold recomputes it from metrics.jsonl
+    # the summary's oscillation block is used as is; another threshold recomputes it from
+    # metrics.jsonl
     assert collect_runs(tmp_path)[0]["osc"] == {"tv_per_epoch": 123.0, "rise_threshold": 0.1}
     assert collect_runs(tmp_path, threshold=0.2)[0]["osc"]["tv_per_epoch"] == pytest.approx(1.2 / 2)
 
@@ -299,7 +338,8 @@ def test_a_config_that_cannot_be_resolved_is_a_note_not_a_crash(tmp_path, capsys
     make_run(tmp_path / "sweep" / "0", hparams(1e-3, 1e-4, 0))
     make_run(tmp_path / "sweep" / "1", hparams(1e-3, 1e-4, 1), summary=False)
     with open(tmp_path / "sweep" / "1" / ".hydra" / "config.yaml", "a") as f:
-        f.write("out: ${hydra:runtime.output_dir}\n")  # Hydra's own resolver is not there outside Hydra
+        # Hydra's own resolver is not there outside Hydra
+        f.write("out: ${hydra:runtime.output_dir}\n")
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
     note = "could not resolve out in .hydra/config.yaml: shown unresolved"
     assert f"## Notes\n\n- 1: {note}\n" in (tmp_path / "rep" / "report.md").read_text()
@@ -314,7 +354,9 @@ def test_one_loss_figure_per_run_listed_in_the_report(report):
     for job, status in STATUS.items():
         name = f"runs/multirun__2024-05-01__10-00-00_abc123__{job}.png"
         if status == "not started":  # nothing recorded yet: a one-line reason instead
-            assert f"- multirun/2024-05-01/10-00-00_abc123/{job} skipped: no validation records" in md
+            assert (
+                f"- multirun/2024-05-01/10-00-00_abc123/{job} skipped: no validation records" in md
+            )
             assert not (out / name).exists()
         else:
             assert f"- [multirun/2024-05-01/10-00-00_abc123/{job}]({name})" in md
@@ -330,7 +372,10 @@ def test_loss_figures_are_capped(tmp_path, monkeypatch):
     monkeypatch.setattr(runner.analysis.report, "MAX_RUN_FIGURES", 2)
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
     assert sorted(p.name for p in (tmp_path / "rep" / "runs").iterdir()) == ["0.png", "1.png"]
-    assert "- capped at 2 runs: the other 1 have no loss figure" in (tmp_path / "rep" / "report.md").read_text()
+    assert (
+        "- capped at 2 runs: the other 1 have no loss figure"
+        in (tmp_path / "rep" / "report.md").read_text()
+    )
 
 
 def test_tables_show_the_recalibrated_columns_only_when_a_run_has_them(tmp_path, report):
@@ -351,7 +396,10 @@ def test_tables_show_the_recalibrated_columns_only_when_a_run_has_them(tmp_path,
     md = (tmp_path / "rep" / "report.md").read_text()
     swing = "| loss swing per epoch (running) | loss swing per epoch (recal) |"
     assert swing + " swing removed by recal |" in md
-    assert "| best val acc (recal, selected on test) | final val acc (recal) | final val loss (recal) |" in md
+    assert (
+        "| best val acc (recal, selected on test) | final val acc (recal) | final val loss (recal) "
+        "|" in md
+    )
     # wd=1e-4: TV 1.2/2 = 0.6 running, 1.0/2 = 0.5 recalibrated, so recalibration removes 1/6 of it
     assert "| 0.6 ± 0 | 0.5 ± 0 | 0.1667 ± 0 |" in md  # the configuration row (two identical seeds)
     cfg = list(csv.DictReader(open(tmp_path / "rep" / "configs.csv", encoding="utf-8")))
@@ -365,16 +413,29 @@ def test_the_staleness_table_and_figure_put_each_optimizer_on_its_own_axis(tmp_p
     for name, opt, wd, l2, tau, speed in runs:
         d = tmp_path / "sweep" / name
         make_run(d, hparams(1e-3, wd, 0, l2=l2, opt=opt))
-        osc = {"dispersion": 0.3, "dispersion_recal": 0.1, "dispersion_share_gap": 0.8, "bn_staleness_mu": 0.2,
-               "bn_lag_mu": 0.15, "gap_lag_mean": 0.4, "gap_mismatch_mean": 0.1, "rise_threshold": 0.1}  # fmt: skip
+        osc = {
+            "dispersion": 0.3,
+            "dispersion_recal": 0.1,
+            "dispersion_share_gap": 0.8,
+            "bn_staleness_mu": 0.2,
+            "bn_lag_mu": 0.15,
+            "gap_lag_mean": 0.4,
+            "gap_mismatch_mean": 0.1,
+            "rise_threshold": 0.1,
+        }
         summary = json.loads((d / "summary.json").read_text())
         summary["oscillation"] = osc
-        summary["equilibrium"] = {"tau_fraction": tau, "angular_update_mid": speed, "angular_update_eq_mid": 0.04}
+        summary["equilibrium"] = {
+            "tau_fraction": tau,
+            "angular_update_mid": speed,
+            "angular_update_eq_mid": 0.04,
+        }
         (d / "summary.json").write_text(json.dumps(summary))
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     table = md.split("## BatchNorm staleness", 1)[1]
-    assert "| τ/T=0.1 | 0.3 | 0.1 | 0.8 | 0.4 | 0.1 | 0.2 | 0.15 | 0.05 | 0.04 |" in table  # AdamW: τ/T
+    # AdamW: τ/T
+    assert "| τ/T=0.1 | 0.3 | 0.1 | 0.8 | 0.4 | 0.1 | 0.2 | 0.15 | 0.05 | 0.04 |" in table
     assert "| λ₂=0.001 | 0.3 |" in table  # Adam + L2: its own λ₂
     assert (tmp_path / "rep" / "staleness.png").read_bytes()[:8] == PNG
 

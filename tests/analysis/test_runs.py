@@ -1,8 +1,10 @@
-"""runner.analysis.runs: run folders as Hydra and the trainer leave them, finished or not, read into comparable runs.
+"""runner.analysis.runs: run folders as Hydra and the trainer leave them, finished or not, read into
+comparable runs.
 
-A run that never wrote summary.json (still running, killed, out of memory) has only Hydra's saved config, whose
-optimizer preset values are interpolations (`wd: ${reg_or:${reg},5.0e-4}`): they must be resolved so that such a
-run joins the configuration of its finished seeds instead of forming one of its own.
+A run that never wrote summary.json (still running, killed, out of memory) has only Hydra's saved
+config, whose optimizer preset values are interpolations (`wd: ${reg_or:${reg},5.0e-4}`): they must
+be resolved so that such a run joins the configuration of its finished seeds instead of forming one
+of its own.
 """
 
 import json
@@ -22,7 +24,8 @@ from runner.analysis.runs import (
 )
 from runner.core.headline import Headline
 
-# what Hydra writes into .hydra/config.yaml for `optimizer=adamw` or `optimizer=adam_l2` (interpolations unresolved)
+# what Hydra writes into .hydra/config.yaml for `optimizer=adamw` or `optimizer=adam_l2`
+# (interpolations unresolved)
 SAVED = """\
 lr: {lr}
 epochs: 3
@@ -44,7 +47,10 @@ PRESET = {"adamw": ("${reg_or:${reg},5.0e-4}", 0.0), "adam_l2": (0.0, "${reg_or:
 
 def saved_config(lr, reg, seed=0, opt="adamw", extra=""):
     wd, l2 = PRESET[opt]
-    return SAVED.format(lr=lr, reg="null" if reg is None else reg, seed=seed, wd=wd, l2=l2, opt=opt) + extra
+    return (
+        SAVED.format(lr=lr, reg="null" if reg is None else reg, seed=seed, wd=wd, l2=l2, opt=opt)
+        + extra
+    )
 
 
 def resolved(lr, reg, seed=0, opt="adamw"):
@@ -65,13 +71,22 @@ def resolved(lr, reg, seed=0, opt="adamw"):
 
 
 def val_records(losses, accs, recal=None, acc_recal=None, steps_per_epoch=2):
-    """Per epoch: train records with train_loss = 2 × the epoch's val loss, then one validation record;
-    recal/acc_recal add val_loss_recal/val_acc_recal as a trainer with trainer.bn_recalibrate > 0 does."""
+    """Per epoch: train records with train_loss = 2 × the epoch's val loss, then one validation
+    record; recal/acc_recal add val_loss_recal/val_acc_recal as a trainer with
+    trainer.bn_recalibrate > 0 does."""
     out = []
     for i, (v, a) in enumerate(zip(losses, accs)):
         for k in range(steps_per_epoch):
             step = i * steps_per_epoch + k + 1
-            out.append({"step": step, "epoch": step / steps_per_epoch, "train_loss": 2 * v, "lr": 1e-3, "decay": 0.0})
+            out.append(
+                {
+                    "step": step,
+                    "epoch": step / steps_per_epoch,
+                    "train_loss": 2 * v,
+                    "lr": 1e-3,
+                    "decay": 0.0,
+                }
+            )
         values = {"val_loss_running": v, "val_acc_running": a}
         if recal is not None:
             values.update(val_loss_recal=recal[i], val_acc_recal=acc_recal[i])
@@ -106,7 +121,8 @@ def finished(hp, best, status="completed"):
 
 
 def test_finite_number_keeps_the_type_and_drops_what_is_not_a_finite_number():
-    assert finite_number(3) == 3 and isinstance(finite_number(3), int)  # an int stays an int (tables print "3")
+    # an int stays an int (tables print "3")
+    assert finite_number(3) == 3 and isinstance(finite_number(3), int)
     assert finite_number(0.5) == 0.5
     assert [finite_number(x) for x in (True, None, "1", float("nan"), float("inf"))] == [None] * 5
 
@@ -119,7 +135,8 @@ def test_flatten_hparams_dotted_keys_and_lists_as_one_value():
     }
 
 
-# ---------------------------------------------------------------- the saved config of an unfinished run
+# ---------------------------------------------------------------- the saved config of an unfinished
+# run
 
 
 def test_saved_config_is_resolved_like_hydra_resolves_it(tmp_path):
@@ -138,9 +155,15 @@ def test_an_unresolvable_value_keeps_its_text_and_is_named_in_a_note(tmp_path):
     (tmp_path / "c.yaml").write_text(saved_config(1e-3, None, extra=extra))
     cfg, note = read_saved_config(tmp_path / "c.yaml")
     assert cfg["wd"] == 5e-4 and cfg["data"]["subset"] == 100  # the rest is still resolved
-    assert cfg["data"]["root"] == "${hydra:runtime.cwd}/data" and cfg["data"]["name"] == "${missing.key}"
-    assert note == "could not resolve data.root, data.name in tmp_path/c.yaml: shown unresolved".replace(
-        "tmp_path", tmp_path.name
+    assert (
+        cfg["data"]["root"] == "${hydra:runtime.cwd}/data"
+        and cfg["data"]["name"] == "${missing.key}"
+    )
+    assert (
+        note
+        == "could not resolve data.root, data.name in tmp_path/c.yaml: shown unresolved".replace(
+            "tmp_path", tmp_path.name
+        )
     )
 
 
@@ -149,7 +172,10 @@ def test_unreadable_or_missing_config(tmp_path):
     cfg, note = read_saved_config(tmp_path / "bad.yaml")
     assert cfg is None and note.startswith(f"{tmp_path.name}/bad.yaml unreadable")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    assert read_saved_config(tmp_path / "list.yaml") == (None, f"{tmp_path.name}/list.yaml is not a mapping")
+    assert read_saved_config(tmp_path / "list.yaml") == (
+        None,
+        f"{tmp_path.name}/list.yaml is not a mapping",
+    )
     assert read_saved_config(tmp_path / "none.yaml") == (None, None)
 
 
@@ -165,11 +191,14 @@ def test_a_run_with_an_unresolvable_config_still_loads_and_says_so(tmp_path):
     assert run["best_val_acc"] == 0.7
 
 
-# ---------------------------------------------------------------- headline metrics of a run without summary.json
+# ---------------------------------------------------------------- headline metrics of a run without
+# summary.json
 
 
 def test_killed_run_headline_uses_the_recalibrated_evaluation_when_recorded(tmp_path):
-    recs = val_records([2.0, 1.0, 1.5], [0.5, 0.8, 0.7], recal=[1.8, 0.9, 0.95], acc_recal=[0.55, 0.82, 0.84])
+    recs = val_records(
+        [2.0, 1.0, 1.5], [0.5, 0.8, 0.7], recal=[1.8, 0.9, 0.95], acc_recal=[0.55, 0.82, 0.84]
+    )
     write_run(tmp_path / "r", saved_config(1e-3, None), records=recs)
     run = load_run(tmp_path / "r", tmp_path)
     assert run["best_val_acc"] == 0.84  # max val_acc_recal, as summary.json would report (not 0.8)
@@ -178,14 +207,23 @@ def test_killed_run_headline_uses_the_recalibrated_evaluation_when_recorded(tmp_
 
 
 def test_killed_run_headline_without_recalibration_uses_running_statistics(tmp_path):
-    write_run(tmp_path / "r", saved_config(1e-3, None), records=val_records([2.0, 1.0, 1.5], [0.5, 0.8, 0.7]))
+    write_run(
+        tmp_path / "r",
+        saved_config(1e-3, None),
+        records=val_records([2.0, 1.0, 1.5], [0.5, 0.8, 0.7]),
+    )
     run = load_run(tmp_path / "r", tmp_path)
     assert (run["best_val_acc"], run["final_val_acc"], run["final_val_loss"]) == (0.8, 0.7, 1.5)
 
 
 def test_summary_values_win_over_the_records(tmp_path):
     recs = val_records([2.0, 1.0], [0.5, 0.8], recal=[1.8, 0.9], acc_recal=[0.55, 0.82])
-    write_run(tmp_path / "r", saved_config(1e-3, None), records=recs, summary=finished(resolved(1e-3, None), 0.83))
+    write_run(
+        tmp_path / "r",
+        saved_config(1e-3, None),
+        records=recs,
+        summary=finished(resolved(1e-3, None), 0.83),
+    )
     run = load_run(tmp_path / "r", tmp_path)
     assert run["status"] == "completed" and run["best_val_acc"] == 0.83 and run["notes"] == []
 
@@ -198,14 +236,17 @@ def test_a_run_reached_through_latest_is_named_by_its_own_folder(tmp_path):
     assert found["path"] == "10-00-00_abc123"
 
 
-# ---------------------------------------------------------------- a sweep caught mid-way, and one after a crash
+# ---------------------------------------------------------------- a sweep caught mid-way, and one
+# after a crash
 
 
 @pytest.fixture
 def mid_sweep(tmp_path):
     """lr × reg sweep of adamw. (1e-3, 1e-4): seed 0 finished, seed 1 killed, seed 2 not started;
     (1e-3, 5e-4) and (3e-3, 1e-4) finished; (3e-3, 5e-4) killed before writing summary.json."""
-    recs = val_records([2.0, 1.0, 1.2], [0.5, 0.8, 0.9], recal=[1.9, 1.0, 1.0], acc_recal=[0.5, 0.85, 0.91])
+    recs = val_records(
+        [2.0, 1.0, 1.2], [0.5, 0.8, 0.9], recal=[1.9, 1.0, 1.0], acc_recal=[0.5, 0.85, 0.91]
+    )
     jobs = [
         ((1e-3, 1e-4, 0), "completed"),
         ((1e-3, 1e-4, 1), "killed"),
@@ -237,7 +278,11 @@ def test_unfinished_runs_join_the_configuration_of_their_finished_seeds(mid_swee
         {"lr": 3e-3, "wd": 5e-4},
     ]
     assert dict(groups[0]["statuses"]) == {"completed": 1, "running": 1, "not started": 1}
-    assert groups[0]["n"] == 1 and groups[0]["stats"]["best_val_acc"] == (0.9, None)  # completed runs only
+    # completed runs only
+    assert groups[0]["n"] == 1 and groups[0]["stats"]["best_val_acc"] == (
+        0.9,
+        None,
+    )
     assert dict(groups[3]["statuses"]) == {"running": 1}
 
 
@@ -274,22 +319,37 @@ def test_mixed_presets_after_a_crash_share_one_decay_axis(tmp_path):
 
 
 def test_an_oscillation_block_from_before_recalibration_is_recomputed_from_the_records(tmp_path):
-    recs = val_records([2.0, 1.0, 1.5], [0.5, 0.8, 0.7], recal=[1.8, 0.9, 0.95], acc_recal=[0.55, 0.82, 0.84])
-    old = {**finished(resolved(1e-3, None), 0.84), "oscillation": {"tv_per_epoch": 9.0, "rise_threshold": 0.1}}
+    recs = val_records(
+        [2.0, 1.0, 1.5], [0.5, 0.8, 0.7], recal=[1.8, 0.9, 0.95], acc_recal=[0.55, 0.82, 0.84]
+    )
+    old = {
+        **finished(resolved(1e-3, None), 0.84),
+        "oscillation": {"tv_per_epoch": 9.0, "rise_threshold": 0.1},
+    }
     write_run(tmp_path / "old", saved_config(1e-3, None), records=recs, summary=old)
     osc = load_run(tmp_path / "old", tmp_path)["osc"]
-    assert osc["tv_per_epoch"] == pytest.approx(1.5 / 2) and osc["tv_per_epoch_recal"] == pytest.approx(0.95 / 2)
-    new = {**old, "oscillation": {"tv_per_epoch": 9.0, "tv_per_epoch_recal": 8.0, "rise_threshold": 0.1}}
+    assert osc["tv_per_epoch"] == pytest.approx(1.5 / 2) and osc[
+        "tv_per_epoch_recal"
+    ] == pytest.approx(0.95 / 2)
+    new = {
+        **old,
+        "oscillation": {"tv_per_epoch": 9.0, "tv_per_epoch_recal": 8.0, "rise_threshold": 0.1},
+    }
     write_run(tmp_path / "new", saved_config(1e-3, None), records=recs, summary=new)
-    assert load_run(tmp_path / "new", tmp_path)["osc"]["tv_per_epoch"] == 9.0  # the summary's block, as it is
+    # the summary's block, as it is
+    assert load_run(tmp_path / "new", tmp_path)["osc"]["tv_per_epoch"] == 9.0
 
 
 # ---------------------------------------------------------------- a run's loss figure, as data
 
 
 def test_loss_curves_of_a_run_with_every_evaluation():
-    recs = [{"step": s, "epoch": s / 2, "train_loss": x} for s, x in [(1, 4.0), (2, 2.0), (3, 1.5), (4, 0.5)]]
+    recs = [
+        {"step": s, "epoch": s / 2, "train_loss": x}
+        for s, x in [(1, 4.0), (2, 2.0), (3, 1.5), (4, 0.5)]
+    ]
     both = Headline(True).record
+    # an epoch record: no loss
     recs += [
         {
             "step": 2,
@@ -320,9 +380,13 @@ def test_loss_curves_of_a_run_with_every_evaluation():
             ),
         },
         {"step": 4, "epoch": 2.0, "epoch_train_s": 1.5, "epoch_images": 256},
-    ]  # an epoch record: no loss
+    ]
     assert loss_curves(recs) == {
-        "train_loss": [(1.0, 3.0), (2.0, 1.0)],  # mean of steps 1-2, then of steps 3-4 (since the last validation)
+        # mean of steps 1-2, then of steps 3-4 (since the last validation)
+        "train_loss": [
+            (1.0, 3.0),
+            (2.0, 1.0),
+        ],
         "train_eval_loss_running": [(1.0, 2.1), (2.0, 0.9)],
         "val_loss_running": [(1.0, 2.5), (2.0, 1.4)],
         "val_loss_recal": [(1.0, 2.2), (2.0, 1.1)],
@@ -331,10 +395,17 @@ def test_loss_curves_of_a_run_with_every_evaluation():
 
 def test_loss_curves_leave_out_what_the_run_did_not_record():
     c = loss_curves(val_records([2.0, 1.0], [0.5, 0.8]))  # no recalibration, no train_eval
-    assert c["train_loss"] == [(1.0, 4.0), (2.0, 2.0)] and c["val_loss_running"] == [(1.0, 2.0), (2.0, 1.0)]
+    assert c["train_loss"] == [(1.0, 4.0), (2.0, 2.0)] and c["val_loss_running"] == [
+        (1.0, 2.0),
+        (2.0, 1.0),
+    ]
     assert c["train_eval_loss_running"] == [] and c["val_loss_recal"] == []
     assert loss_curves([]) == {
-        "train_loss": [], "train_eval_loss_running": [], "val_loss_running": [], "val_loss_recal": []}  # fmt: skip
+        "train_loss": [],
+        "train_eval_loss_running": [],
+        "val_loss_running": [],
+        "val_loss_recal": [],
+    }
 
 
 def test_loss_curves_skip_non_finite_train_losses_and_stop_with_a_diverged_series():
@@ -349,7 +420,10 @@ def test_loss_curves_skip_non_finite_train_losses_and_stop_with_a_diverged_serie
 def test_load_run_carries_the_loss_curves(tmp_path):
     recs = val_records([2.0, 1.0], [0.5, 0.8], recal=[1.5, 0.9], acc_recal=[0.6, 0.85])
     write_run(tmp_path / "r", saved_config(1e-3, None), records=recs)
-    assert load_run(tmp_path / "r", tmp_path)["losses"]["val_loss_recal"] == [(1.0, 1.5), (2.0, 0.9)]
+    assert load_run(tmp_path / "r", tmp_path)["losses"]["val_loss_recal"] == [
+        (1.0, 1.5),
+        (2.0, 0.9),
+    ]
 
 
 def test_oscillation_series_carries_the_recalibrated_twins(mid_sweep):
@@ -357,15 +431,26 @@ def test_oscillation_series_carries_the_recalibrated_twins(mid_sweep):
     s = oscillation_series(group_configs(mid_sweep, keys), keys)
     (lam, d), _ = s["lr=0.001"]
     assert set(d) == {"tv_per_epoch", "tv_per_epoch_recal", "max_rise_rel", "max_rise_rel_recal"}
-    # val 2.0, 1.0, 1.2 and recal 1.9, 1.0, 1.0 over epochs 1-3 (the summaries have no block: from the records)
-    assert d["tv_per_epoch"] == pytest.approx(1.2 / 2) and d["tv_per_epoch_recal"] == pytest.approx(0.9 / 2)
+    # val 2.0, 1.0, 1.2 and recal 1.9, 1.0, 1.0 over epochs 1-3 (the summaries have no block: from
+    # the records)
+    assert d["tv_per_epoch"] == pytest.approx(1.2 / 2) and d["tv_per_epoch_recal"] == pytest.approx(
+        0.9 / 2
+    )
     assert d["max_rise_rel"] == pytest.approx(0.2) and d["max_rise_rel_recal"] == 0
-    assert group_configs(mid_sweep, keys)[0]["stats"]["recal_removed_share"] == (pytest.approx(0.25), None)
+    assert group_configs(mid_sweep, keys)[0]["stats"]["recal_removed_share"] == (
+        pytest.approx(0.25),
+        None,
+    )
 
 
 def test_a_block_recomputed_for_the_recal_keys_keeps_the_summarys_threshold(tmp_path):
-    recs = val_records([2.0, 1.0, 1.5], [0.5, 0.8, 0.7], recal=[1.8, 0.9, 0.95], acc_recal=[0.55, 0.82, 0.84])
-    old = {**finished(resolved(1e-3, None), 0.84), "oscillation": {"tv_per_epoch": 9.0, "rise_threshold": 0.6}}
+    recs = val_records(
+        [2.0, 1.0, 1.5], [0.5, 0.8, 0.7], recal=[1.8, 0.9, 0.95], acc_recal=[0.55, 0.82, 0.84]
+    )
+    old = {
+        **finished(resolved(1e-3, None), 0.84),
+        "oscillation": {"tv_per_epoch": 9.0, "rise_threshold": 0.6},
+    }
     write_run(tmp_path / "r", saved_config(1e-3, None), records=recs, summary=old)
     osc = load_run(tmp_path / "r", tmp_path)["osc"]
     assert osc["rise_threshold"] == 0.6 and osc["n_rises"] == 0  # the rise of 50 % stays under 60 %

@@ -33,8 +33,13 @@ def test_regression_slope_interval_and_r2():
     assert (r["slope_lo"], r["slope_hi"]) == (pytest.approx(1.1 - half), pytest.approx(1.1 + half))
     assert regression([1, 1, 1], [1, 2, 3])["slope"] is None  # x constant
     assert regression([1, 2], [1, 2]) == {
-        "slope": None, "slope_lo": None, "slope_hi": None, "intercept": None, "r2": None, "n": 2
-    }  # fmt: skip
+        "slope": None,
+        "slope_lo": None,
+        "slope_hi": None,
+        "intercept": None,
+        "r2": None,
+        "n": 2,
+    }
 
 
 def test_ratio_of_means_with_fieller_s_interval():

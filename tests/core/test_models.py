@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from runner.core.models import MODELS, build_resnet
 from runner.core.models.resnet import Bottleneck, Conv
 
-# Trainable / total (trainable + BN moving mean/var) parameter counts from Keras 3.15.1
-# (torch backend), as model.summary() reports them (sums over model.trainable_weights / model.weights),
-# for the resnet_v1 / resnet_v2 builders of the Keras example examples/cifar10_resnet.py,
-# input (32, 32, 3), num_classes=10.
+# Trainable / total (trainable + BN moving mean/var) parameter counts from Keras 3.15.1 (torch
+# backend), as model.summary() reports them (sums over model.trainable_weights / model.weights), for
+# the resnet_v1 / resnet_v2 builders of the Keras example examples/cifar10_resnet.py, input (32, 32,
+# 3), num_classes=10.
 KERAS_COUNTS = {
     "resnet20v1": (273_066, 274_442),
     "resnet32v1": (467_946, 470_218),
@@ -34,12 +34,15 @@ def test_presets_listed():
 
 @pytest.mark.parametrize("name", list(KERAS_COUNTS))
 def test_param_counts_match_keras(name):
-    with torch.device("meta"):  # shapes only: skips the weight init, so the deep presets cost nothing
+    # shapes only: skips the weight init, so the deep presets cost nothing
+    with torch.device("meta"):
         model = build_resnet(*MODELS[name])
     trainable, total = KERAS_COUNTS[name]
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == trainable
     bn_stats = sum(
-        m.running_mean.numel() + m.running_var.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+        m.running_mean.numel() + m.running_var.numel()
+        for m in model.modules()
+        if isinstance(m, nn.BatchNorm2d)
     )
     assert trainable + bn_stats == total
 
@@ -93,7 +96,8 @@ def test_v2_structure():
             assert _last_op(block) in (operator.add, torch.add)  # no ReLU after the add
             # pre-activation everywhere except the very first 1x1 conv, which sees the stem output
             assert (block.bn1 is None) == (s == 0 and b == 0)
-            assert isinstance(block.shortcut, Conv) == (b == 0)  # projection on each stage's first block
+            # projection on each stage's first block
+            assert isinstance(block.shortcut, Conv) == (b == 0)
             assert block.conv1.stride == ((2, 2) if s > 0 and b == 0 else (1, 1))
     assert [type(m) for m in model.head[:2]] == [nn.BatchNorm2d, nn.ReLU]
 
@@ -150,11 +154,16 @@ def test_same_padding_like_tensorflow():
 
 
 def test_batchnorm_keeps_no_batch_counter_and_still_loads_weights_that_have_one():
-    """torch's num_batches_tracked is read only with momentum=None; counting it cost a kernel per layer per step."""
+    """torch's num_batches_tracked is read only with momentum=None; counting it cost a kernel per
+    layer per step."""
     import torch
 
     model = build_resnet(20, 1)
     model(torch.randn(2, 3, 32, 32))
     assert not any(k.endswith("num_batches_tracked") for k in model.state_dict())
-    old = {**model.state_dict(), "stem.1.num_batches_tracked": torch.tensor(7)}  # a checkpoint from before
+    # a checkpoint from before
+    old = {
+        **model.state_dict(),
+        "stem.1.num_batches_tracked": torch.tensor(7),
+    }
     build_resnet(20, 1).load_state_dict(old)

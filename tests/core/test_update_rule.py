@@ -19,7 +19,8 @@ ALPHA, STEPS = 3e-3, 30
 
 def tiny_model(seed=0):
     torch.manual_seed(seed)
-    # BN before the conv: a conv bias right before BN has a zero gradient, which Adam would turn into pure noise
+    # BN before the conv: a conv bias right before BN has a zero gradient, which Adam would turn
+    # into pure noise
     return nn.Sequential(
         nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)
     ).double()
@@ -58,7 +59,9 @@ def run_runner(
     seed=0,
 ):
     model = tiny_model(seed)
-    opt = Optimizer(model, algorithm=algorithm, l2=l2, decay_on=decay_on, momentum=momentum, nesterov=nesterov)
+    opt = Optimizer(
+        model, algorithm=algorithm, l2=l2, decay_on=decay_on, momentum=momentum, nesterov=nesterov
+    )
     traj = []
     for k in range(STEPS):
         grads(model, k)
@@ -68,7 +71,8 @@ def run_runner(
 
 
 def apply_step(opt, wd, wd_scaling, e):
-    """Step k as the plan makes it (core.step_plan): lr_t = α·η_t, d_t by the convention, no shrink without wd."""
+    """Step k as the plan makes it (core.step_plan): lr_t = α·η_t, d_t by the convention, no shrink
+    without wd."""
     d = decoupled_rate(wd, wd_scaling, ALPHA)(0.0, e)
     opt.apply(opt.lr_value(ALPHA * e), opt.keep_value(d) if wd else None)
 
@@ -102,8 +106,8 @@ def run_paper_adamw(*, l2, wd, wd_scaling, b1=0.9, b2=0.999, eps=1e-8):
 
 
 def run_paper_sgdw(*, l2, wd, wd_scaling, momentum):
-    """Algorithm 1 with torch's momentum convention m ← μm + g, θ ← θ − lr_t·m − d_t·θ (equal to the paper's
-    m ← μm + η_tαg when η_t is constant; torch keeps lr outside the buffer)."""
+    """Algorithm 1 with torch's momentum convention m ← μm + g, θ ← θ − lr_t·m − d_t·θ (equal to the
+    paper's m ← μm + η_tαg when η_t is constant; torch keeps lr outside the buffer)."""
     model = tiny_model()
     reg = {id(p) for p in split_params(model, "weights")[0]}
     params = list(model.parameters())
@@ -147,7 +151,9 @@ def run_torch(optimizer_cls, lam):
     """torch.optim's own optimizer, weight_decay=λ on the kernels only, lr_t set every step."""
     model = tiny_model()
     reg, other = split_params(model, "weights")
-    ref = optimizer_cls([{"params": reg, "weight_decay": lam}, {"params": other, "weight_decay": 0.0}], lr=ALPHA)
+    ref = optimizer_cls(
+        [{"params": reg, "weight_decay": lam}, {"params": other, "weight_decay": 0.0}], lr=ALPHA
+    )
     traj = []
     for k in range(STEPS):
         grads(model, k)
@@ -175,12 +181,15 @@ def test_adam_l2_is_torch_adam_weight_decay_on_the_same_parameters():
 #   wd_scaling=schedule:  λ = α·λ₂          (d_t = η_t·λ)
 #   wd_scaling=none:      λ = α·λ₂, only while η_t is constant (d_t = λ ignores the schedule)
 @pytest.mark.parametrize(
-    "wd_scaling, factor, schedule", [("lr", 1.0, eta), ("schedule", ALPHA, eta), ("none", ALPHA, lambda k: 1.0)]
+    "wd_scaling, factor, schedule",
+    [("lr", 1.0, eta), ("schedule", ALPHA, eta), ("none", ALPHA, lambda k: 1.0)],
 )
 def test_plain_sgd_l2_equals_sgdw_with_the_matching_lambda(wd_scaling, factor, schedule):
     l2 = 0.5
     _, coupled = run_runner("sgd", l2=l2, momentum=0.0, schedule=schedule)
-    _, decoupled = run_runner("sgd", wd=l2 * factor, wd_scaling=wd_scaling, momentum=0.0, schedule=schedule)
+    _, decoupled = run_runner(
+        "sgd", wd=l2 * factor, wd_scaling=wd_scaling, momentum=0.0, schedule=schedule
+    )
     assert_same(coupled, decoupled, rtol=1e-10, atol=1e-13)
 
 
@@ -211,7 +220,9 @@ def test_adam_divides_the_l2_term_by_sqrt_v_but_not_decoupled_decay(lam):
         apply_step(opt, kw.get("wd", 0.0), "schedule", 1.0)
         results[name] = theta0 - m.w.detach()
     l2_step = results["adam_l2"]
-    torch.testing.assert_close(l2_step, ALPHA * torch.sign(theta0) * (lam * theta0.abs()) / (lam * theta0.abs() + 1e-8))
+    torch.testing.assert_close(
+        l2_step, ALPHA * torch.sign(theta0) * (lam * theta0.abs()) / (lam * theta0.abs() + 1e-8)
+    )
     assert torch.allclose(l2_step, ALPHA * torch.sign(theta0), rtol=1e-3)  # independent of λ
     torch.testing.assert_close(results["adamw"], lam * theta0)  # proportional to λ and θ
 
@@ -225,7 +236,9 @@ def test_decay_on_weights_leaves_bn_and_biases_alone():
 
 
 def test_decay_on_all_shrinks_biases_too():
-    _, traj = run_runner("sgd", wd=0.5, wd_scaling="none", momentum=0.0, decay_on="all", schedule=lambda k: 0.0)
+    _, traj = run_runner(
+        "sgd", wd=0.5, wd_scaling="none", momentum=0.0, decay_on="all", schedule=lambda k: 0.0
+    )
     base = list(tiny_model().parameters())
     for p0, p in zip(base, traj[0]):  # lr 0: only the decay acts
         torch.testing.assert_close(p, p0.detach() * 0.5)
@@ -244,16 +257,24 @@ def test_float32_weights_round_small_shrinks_as_the_rounding_note_says():
 
 
 def test_rounding_note_judges_the_integrated_error_of_the_whole_decay():
-    # a constant shrink of 1e-7: 1 − 1e-7 rounds to 1 − 2·2^-24, so every step applies 1.19e-7, 19 % too strong
+    # a constant shrink of 1e-7: 1 − 1e-7 rounds to 1 − 2·2^-24, so every step applies 1.19e-7, 19 %
+    # too strong
     note = rounding_note([1e-7] * 1000)
-    assert "apply 119.2 % of the decoupled decay" in note and "+19.2 %" in note and "no shrink" not in note
-    applied = 1 - torch.tensor(1 - 1e-7, dtype=torch.float32).double().item()  # what θ·(1 − d) multiplies by
+    assert (
+        "apply 119.2 % of the decoupled decay" in note
+        and "+19.2 %" in note
+        and "no shrink" not in note
+    )
+    # what θ·(1 − d) multiplies by
+    applied = 1 - torch.tensor(1 - 1e-7, dtype=torch.float32).double().item()
     assert applied / 1e-7 == pytest.approx(1.192, abs=1e-3)
-    # strong decay whose schedule ends in 81 shrinks too small for float32: they carry ~1e-7 of the total, no note
+    # strong decay whose schedule ends in 81 shrinks too small for float32: they carry ~1e-7 of the
+    # total, no note
     assert rounding_note([1e-3] * 20000 + [1e-9] * 81) is None
     assert rounding_note([5e-4, 5e-5, 5e-6]) is None  # the paper's η_t·λ with the default schedule
     assert rounding_note([0.0, 0.0]) is None  # no decoupled decay
-    note = rounding_note([5e-7, 5e-8, 5e-9, 0.0])  # torch's lr_t·λ at lr=1e-3, wd=5e-4, decayed to 1 %
+    # torch's lr_t·λ at lr=1e-3, wd=5e-4, decayed to 1 %
+    note = rounding_note([5e-7, 5e-8, 5e-9, 0.0])
     assert "-3.3 %" in note and "from 5e-07 down to 5e-09" in note
     assert note.endswith("no shrink at all on the 1 steps with d_t ≤ 3e-8")
     assert "apply 0.0 %" in rounding_note([1e-8])
@@ -261,9 +282,10 @@ def test_rounding_note_judges_the_integrated_error_of_the_whole_decay():
 
 @pytest.mark.parametrize("algorithm", ["adam", "sgd"])
 def test_loading_a_checkpoint_keeps_this_optimizers_execution_flags(algorithm):
-    """torch.optim's load_state_dict takes fused/foreach/capturable from the checkpoint; the runner keeps its own, so
-    an eager or CPU run's checkpoint continues on the fused (and, for CUDA graphs, capturable) path. Fused kernels
-    run on CPU too: a checkpoint of the unfused optimizer is loaded into a fused one here."""
+    """torch.optim's load_state_dict takes fused/foreach/capturable from the checkpoint; the runner
+    keeps its own, so an eager or CPU run's checkpoint continues on the fused (and, for CUDA graphs,
+    capturable) path. Fused kernels run on CPU too: a checkpoint of the unfused optimizer is loaded
+    into a fused one here."""
     kw = dict(algorithm=algorithm)
     model = tiny_model()
     saved_from = Optimizer(model, fused=False, **kw)
@@ -272,12 +294,17 @@ def test_loading_a_checkpoint_keeps_this_optimizers_execution_flags(algorithm):
         grads(model, k)
         apply_step(saved_from, 0.0, "schedule", 1.0)
     loaded = Optimizer(model, fused=True, **kw)
-    flags = {k: v for k, v in loaded.inner.param_groups[0].items() if k in ("fused", "foreach", "capturable")}
+    flags = {
+        k: v
+        for k, v in loaded.inner.param_groups[0].items()
+        if k in ("fused", "foreach", "capturable")
+    }
     loaded.load_state_dict(saved_from.state_dict())
     assert flags["fused"] is True
     for group in loaded.inner.param_groups:
         assert {k: group[k] for k in flags} == flags
-    if algorithm == "adam":  # the fused kernels read the step count as float32 on the weights' device
+    # the fused kernels read the step count as float32 on the weights' device
+    if algorithm == "adam":
         steps = [s["step"] for s in loaded.inner.state.values()]
         assert steps and all(s.dtype == torch.float32 and s.item() == 3 for s in steps)
     loaded.zero_grad()

@@ -33,9 +33,13 @@ def write_cifar_folder(root):
         data = rng.integers(0, 256, (ROWS, 3072), dtype=np.uint8)
         labels = [(i + b) % 10 for i in range(ROWS)]
         with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data}, f, protocol=2)
+            pickle.dump(
+                {b"batch_label": name.encode(), b"labels": labels, b"data": data}, f, protocol=2
+            )
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in D.CLASSES], b"num_vis": 3072}, f, protocol=2)
+        pickle.dump(
+            {b"label_names": [c.encode() for c in D.CLASSES], b"num_vis": 3072}, f, protocol=2
+        )
     return folder
 
 
@@ -70,7 +74,11 @@ def test_cifar_verify_names_file_and_md5(tmp_path):
     with pytest.raises(DataError) as e:
         D.load_cifar10(tmp_path, download=False, verify=True)
     msg = str(e.value)
-    assert "data_batch_1" in msg and D.CIFAR10_MD5["data_batch_1"] in msg and "data.verify=false" in msg
+    assert (
+        "data_batch_1" in msg
+        and D.CIFAR10_MD5["data_batch_1"] in msg
+        and "data.verify=false" in msg
+    )
 
 
 def test_cifar_truncated_file(tmp_path):
@@ -133,7 +141,9 @@ def test_cifar_download_checksum_extract(tmp_path, archive, monkeypatch):
 
 
 def test_cifar_bad_archive_checksum(tmp_path, archive, monkeypatch):
-    monkeypatch.setattr(D, "_download", lambda url, root, filename: shutil.copy(archive, root / filename))
+    monkeypatch.setattr(
+        D, "_download", lambda url, root, filename: shutil.copy(archive, root / filename)
+    )
     monkeypatch.setattr(D, "CIFAR10_ARCHIVE_MD5", "0" * 32)
     with pytest.raises(DataError, match="0{32}") as e:
         D.load_cifar10(tmp_path / "root", download=True, verify=True)
@@ -144,7 +154,8 @@ def test_cifar_bad_archive_checksum(tmp_path, archive, monkeypatch):
 
 
 class _Creates:
-    """A pickled object whose unpickling would create `path` (a stand-in for any code a crafted file runs)."""
+    """A pickled object whose unpickling would create `path` (a stand-in for any code a crafted file
+    runs)."""
 
     def __init__(self, path):
         self.path = path
@@ -156,12 +167,20 @@ class _Creates:
 
 
 @pytest.mark.parametrize("protocol", [2, 5])
-def test_a_cifar_batch_that_names_any_other_callable_is_refused_and_runs_nothing(tmp_path, protocol):
+def test_a_cifar_batch_that_names_any_other_callable_is_refused_and_runs_nothing(
+    tmp_path, protocol
+):
     folder = write_cifar_folder(tmp_path)
     marker = tmp_path / "pwned"
     with open(folder / "data_batch_3", "wb") as f:
-        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, _Creates(marker)]}, f, protocol=protocol)
-    with pytest.raises(DataError, match=r"data_batch_3 is refused: it names \S+, which is not part of the format"):
+        pickle.dump(
+            {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, _Creates(marker)]},
+            f,
+            protocol=protocol,
+        )
+    with pytest.raises(
+        DataError, match=r"data_batch_3 is refused: it names \S+, which is not part of the format"
+    ):
         D.load_cifar10(tmp_path, download=False, verify=False)
     assert not marker.exists()
 
@@ -171,6 +190,14 @@ def test_derived_cifar_batches_of_every_pickle_protocol_still_read(tmp_path, pro
     folder = write_cifar_folder(tmp_path)
     x = np.full((3, 3072), 7, np.uint8)
     with open(folder / "data_batch_1", "wb") as f:
-        pickle.dump({"data": x, "labels": np.array([1, 2, 3]), "batch_label": b"derived"}, f, protocol=protocol)
+        pickle.dump(
+            {"data": x, "labels": np.array([1, 2, 3]), "batch_label": b"derived"},
+            f,
+            protocol=protocol,
+        )
     s = D.load_cifar10(tmp_path, download=False, verify=False)
-    assert len(s.train_y) == 4 * ROWS + 3 and s.train_y[:3].tolist() == [1, 2, 3] and int(s.train_x[0].max()) == 7
+    assert (
+        len(s.train_y) == 4 * ROWS + 3
+        and s.train_y[:3].tolist() == [1, 2, 3]
+        and int(s.train_x[0].max()) == 7
+    )

@@ -21,8 +21,12 @@ def write_tree(root, classes=("cat", "ant", "bee"), per_class=2, size=(8, 6)):
                 a = np.full((size[1], size[0], 3), 10 * ci + i, dtype=np.uint8)
                 a[1, 2] = (200, 100, 50)
                 Image.fromarray(a).save(root / split / c / f"{i:04d}.png")
-            Image.fromarray(np.full((size[1], size[0]), 99, np.uint8), "L").save(root / split / c / "g.PNG")
-            Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(root / split / c / "z.jpg")
+            Image.fromarray(np.full((size[1], size[0]), 99, np.uint8), "L").save(
+                root / split / c / "g.PNG"
+            )
+            Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(
+                root / split / c / "z.jpg"
+            )
             (root / split / c / "notes.txt").write_text("ignored")
 
 
@@ -50,7 +54,11 @@ def test_image_folder_cache(tmp_path, monkeypatch):
     first = D.load_image_folder(tmp_path)
     assert len(calls) == 21 and (tmp_path / D.CACHE_NAME).is_file()
     second = D.load_image_folder(tmp_path)
-    assert len(calls) == 21 and torch.equal(first.train_x, second.train_x) and first.classes == second.classes
+    assert (
+        len(calls) == 21
+        and torch.equal(first.train_x, second.train_x)
+        and first.classes == second.classes
+    )
     Image.fromarray(np.ones((6, 8, 3), np.uint8)).save(tmp_path / "test" / "ant" / "new.png")
     assert D.load_image_folder(tmp_path).val_x.shape[0] == 10 and len(calls) == 21 + 22
 
@@ -68,7 +76,9 @@ def test_image_folder_cache_fallback_dir(tmp_path, monkeypatch):
 
 def test_image_folder_errors(tmp_path):
     write_tree(tmp_path / "a")
-    Image.fromarray(np.zeros((7, 8, 3), np.uint8)).save(tmp_path / "a" / "train" / "bee" / "odd.png")
+    Image.fromarray(np.zeros((7, 8, 3), np.uint8)).save(
+        tmp_path / "a" / "train" / "bee" / "odd.png"
+    )
     with pytest.raises(DataError, match=str(tmp_path / "a" / "train" / "bee")):
         D.load_image_folder(tmp_path / "a", cache=False)
     write_tree(tmp_path / "b")

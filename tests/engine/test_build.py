@@ -1,4 +1,5 @@
-"""Setting a run up (runner.engine.build): what it refuses before anything is written, what it compiles, what it says."""
+"""Setting a run up (runner.engine.build): what it refuses before anything is written, what it
+compiles, what it says."""
 
 import json
 
@@ -12,7 +13,8 @@ def test_a_decay_too_small_for_float32_is_reported_in_the_summary(tmp_path, capl
     from runner.config import validate
     from runner.engine.train import train
 
-    # torch's convention: d_t = lr_t·λ = 1e-3·5e-4 = 5e-7 on every step, which float32 weights apply as 4.77e-7
+    # torch's convention: d_t = lr_t·λ = 1e-3·5e-4 = 5e-7 on every step, which float32 weights apply
+    # as 4.77e-7
     cfg = validate(
         compose_cfg(
             *TINY,
@@ -27,14 +29,16 @@ def test_a_decay_too_small_for_float32_is_reported_in_the_summary(tmp_path, capl
     )
     s = train(cfg, tmp_path)
     (note,) = [r for r in s["regularization"] if r.startswith("float32 rounding")]
-    assert "apply 95.4 % of the decoupled decay" in note and "-4.6 %" in note  # 1 − 5e-7 rounds to 1 − 8·2^-24
+    # 1 − 5e-7 rounds to 1 − 8·2^-24
+    assert "apply 95.4 % of the decoupled decay" in note and "-4.6 %" in note
     assert any(r.levelname == "WARNING" and r.message == note for r in caplog.records)
 
 
 @pytest.mark.slow
 def test_compiled_model_trains_and_the_compile_time_is_reported_apart(tmp_path):
     r = run_cli(
-        [*TINY, "trainer.compile=true", "trainer.max_steps=3", "data.n_train=128", "batch_size=32"], cwd=tmp_path
+        [*TINY, "trainer.compile=true", "trainer.max_steps=3", "data.n_train=128", "batch_size=32"],
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(next(tmp_path.rglob("summary.json")).read_text())
@@ -49,9 +53,11 @@ def test_a_per_step_shrink_of_one_or_more_is_refused_under_any_scaling(tmp_path)
     from runner.config import ConfigError, validate
     from runner.engine.train import train
 
-    cfg = validate(compose_cfg(*TINY, "optimizer.wd_scaling=lr", "lr=2", "wd=0.6"))  # d_t = lr_t·λ = 1.2
+    # d_t = lr_t·λ = 1.2
+    cfg = validate(compose_cfg(*TINY, "optimizer.wd_scaling=lr", "lr=2", "wd=0.6"))
     with pytest.raises(
-        ConfigError, match=r"^wd=0.6 makes the per-step shrink d_t reach 1.2 \(optimizer.wd_scaling=lr\)"
+        ConfigError,
+        match=r"^wd=0.6 makes the per-step shrink d_t reach 1.2 \(optimizer.wd_scaling=lr\)",
     ):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

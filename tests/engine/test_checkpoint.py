@@ -1,5 +1,5 @@
-"""Checkpoints: plain torch files, atomic, self-verifying by name, the last two kept, damage reported and
-survived, nothing in them executed."""
+"""Checkpoints: plain torch files, atomic, self-verifying by name, the last two kept, damage
+reported and survived, nothing in them executed."""
 
 import dataclasses
 import errno
@@ -29,8 +29,8 @@ def draws():
 
 
 def real_state(step=1):
-    """What the loop saves (engine.loop.save_checkpoint): a ResNet-20 and its Adam state after one step, the
-    loop's state, every RNG, the config and a probe's state."""
+    """What the loop saves (engine.loop.save_checkpoint): a ResNet-20 and its Adam state after one
+    step, the loop's state, every RNG, the config and a probe's state."""
     torch.manual_seed(0)
     model = build_resnet(20, 1)
     opt = Optimizer(model, algorithm="adam")
@@ -44,7 +44,12 @@ def real_state(step=1):
         "state": dataclasses.asdict(RunState(step=step, best_acc_running=0.5, initial_loss=2.3)),
         "rng": checkpoint.rng_state(),
         "config": dataclasses.asdict(RunConfig()),
-        "probes": {"equilibrium": {"prev": [p.detach().clone() for p in opt.regularized], "prev_step": step}},
+        "probes": {
+            "equilibrium": {
+                "prev": [p.detach().clone() for p in opt.regularized],
+                "prev_step": step,
+            }
+        },
     }
 
 
@@ -55,8 +60,12 @@ def test_save_then_load_round_trips_and_keeps_the_last_two(tmp_path):
     for step in (1, 2, 3):
         path = save({"step": step, "w": torch.full((3,), float(step))}, tmp_path)
     assert path.name.startswith("step-00000003-") and path.name == f"step-00000003-{sha16(path)}.pt"
-    assert step_files(tmp_path) == sorted([path.name, next(tmp_path.glob("step-00000002-*.pt")).name])
-    assert (tmp_path / "last.pt").is_symlink() and (tmp_path / "last.pt").readlink() == pathlib.Path(path.name)
+    assert step_files(tmp_path) == sorted(
+        [path.name, next(tmp_path.glob("step-00000002-*.pt")).name]
+    )
+    assert (tmp_path / "last.pt").is_symlink() and (
+        tmp_path / "last.pt"
+    ).readlink() == pathlib.Path(path.name)
     state, notes = load_latest(tmp_path)
     assert state["step"] == 3 and torch.equal(state["w"], torch.full((3,), 3.0)) and notes == []
 
@@ -70,12 +79,18 @@ def test_a_real_checkpoint_opens_with_a_plain_weights_only_torch_load(tmp_path):
     expected = draws()  # the draws right after the state was taken
     save(state, tmp_path)
     plain = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert plain["format"] == checkpoint.FORMAT and plain["step"] == 390 and plain["config"]["lr"] == 1e-3
+    assert (
+        plain["format"] == checkpoint.FORMAT
+        and plain["step"] == 390
+        and plain["config"]["lr"] == 1e-3
+    )
     checkpoint.set_rng_state(plain["rng"])
     assert draws() == expected
     model = build_resnet(20, 1)
     model.load_state_dict(plain["model"])
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), state["model"].values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), state["model"].values())
+    )
 
 
 def test_rng_state_round_trips_through_a_weights_only_load():
@@ -126,7 +141,8 @@ def test_without_symlinks_there_is_no_last_pt_and_loading_still_works(tmp_path, 
 
     monkeypatch.setattr(checkpoint.os, "symlink", refuse)
     save({"step": 2}, tmp_path)
-    assert not (tmp_path / "last.pt").exists() and not (tmp_path / "last.pt").is_symlink()  # no link to a stale file
+    # no link to a stale file
+    assert not (tmp_path / "last.pt").exists() and not (tmp_path / "last.pt").is_symlink()
     assert load_latest(tmp_path) == ({"format": checkpoint.FORMAT, "step": 2}, [])
 
 
@@ -139,9 +155,11 @@ def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_used(tmp_path,
     newest = save({"step": 2}, tmp_path)
     raw = newest.read_bytes()
     newest.write_bytes(
-        {"truncate": raw[: len(raw) // 2], "flip_byte": raw[:-5] + bytes([raw[-5] ^ 1]) + raw[-4:], "empty": b""}[
-            damage
-        ]
+        {
+            "truncate": raw[: len(raw) // 2],
+            "flip_byte": raw[:-5] + bytes([raw[-5] ^ 1]) + raw[-4:],
+            "empty": b"",
+        }[damage]
     )
     state, notes = load_latest(tmp_path)
     assert state["step"] == 1
@@ -167,7 +185,8 @@ def test_continuing_from_the_previous_checkpoint_leaves_the_damaged_newer_one_be
 def test_saving_the_same_step_twice_keeps_the_second_and_the_previous_step(tmp_path):
     save({"step": 1}, tmp_path)
     save({"step": 2, "val": "first"}, tmp_path)
-    save({"step": 2, "val": "first"}, tmp_path)  # identical bytes: the same name, replaced by itself
+    # identical bytes: the same name, replaced by itself
+    save({"step": 2, "val": "first"}, tmp_path)
     assert len(step_files(tmp_path)) == 2
     save({"step": 2, "val": "second"}, tmp_path)
     assert [n[:13] for n in step_files(tmp_path)] == ["step-00000001", "step-00000002"]
@@ -178,10 +197,14 @@ class Crash(BaseException):
     """The process dies here (BaseException: no `except OSError` in the code under test sees it)."""
 
 
-@pytest.mark.parametrize("second", [{"step": 3}, {"step": 2, "val": "again"}], ids=["next step", "same step"])
-def test_a_crash_at_any_point_of_a_save_leaves_the_old_or_the_new_checkpoint(tmp_path, monkeypatch, second):
-    """Every file-system call of save() in turn is where the process dies; each time a valid checkpoint
-    remains and the next save tidies up."""
+@pytest.mark.parametrize(
+    "second", [{"step": 3}, {"step": 2, "val": "again"}], ids=["next step", "same step"]
+)
+def test_a_crash_at_any_point_of_a_save_leaves_the_old_or_the_new_checkpoint(
+    tmp_path, monkeypatch, second
+):
+    """Every file-system call of save() in turn is where the process dies; each time a valid
+    checkpoint remains and the next save tidies up."""
     real = {
         "replace": checkpoint.os.replace,
         "symlink": checkpoint.os.symlink,
@@ -245,7 +268,9 @@ def test_a_checkpoint_of_a_newer_format_is_refused_with_the_fix(tmp_path, monkey
     monkeypatch.setattr(checkpoint, "FORMAT", 99)
     save({"step": 1}, tmp_path)
     monkeypatch.undo()
-    with pytest.raises(CheckpointError, match="format 99, newer than this runner reads.*runner version that wrote"):
+    with pytest.raises(
+        CheckpointError, match="format 99, newer than this runner reads.*runner version that wrote"
+    ):
         load_latest(tmp_path)
 
 
@@ -305,7 +330,8 @@ def test_disk_full_while_saving_best_keeps_the_previous_best(tmp_path, monkeypat
 
 
 class _Creates:
-    """A pickled object whose unpickling would create `path` (a stand-in for any code a crafted file runs)."""
+    """A pickled object whose unpickling would create `path` (a stand-in for any code a crafted file
+    runs)."""
 
     def __init__(self, path):
         self.path = path

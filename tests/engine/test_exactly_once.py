@@ -1,5 +1,6 @@
-"""Exactly-once records: after any kill, fallback or restart, metrics.jsonl and TensorBoard hold each step once,
-the run ends bit for bit as an uninterrupted one, and summary.json agrees with metrics.jsonl."""
+"""Exactly-once records: after any kill, fallback or restart, metrics.jsonl and TensorBoard hold
+each step once, the run ends bit for bit as an uninterrupted one, and summary.json agrees with
+metrics.jsonl."""
 
 import json
 import os
@@ -16,8 +17,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from runner.engine.records import Recorder, read_metrics
 
-# 2 epochs of 4 steps, a validation every 3 steps and at each epoch end, every step flushed so kills land anywhere
-RUN = [*TINY, "epochs=2", "batch_size=32", "data.n_train=128", "data.n_val=32", "trainer.log_every=1"]
+# 2 epochs of 4 steps, a validation every 3 steps and at each epoch end, every step flushed so kills
+# land anywhere
+RUN = [
+    *TINY,
+    "epochs=2",
+    "batch_size=32",
+    "data.n_train=128",
+    "data.n_val=32",
+    "trainer.log_every=1",
+]
 RUN += ["trainer.val_every=3", "trainer.bn_recalibrate=32", "model.bn_momentum=0.1"]
 TOTAL = 8
 
@@ -25,7 +34,9 @@ TOTAL = 8
 def start(run_dir):
     env = {**cli_env(), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "runner", *RUN, f"hydra.run.dir={run_dir}"]
-    return subprocess.Popen(cmd, cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    return subprocess.Popen(
+        cmd, cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
 
 
 def train_steps(run_dir):
@@ -40,7 +51,10 @@ def tb_steps(run_dir, tag="loss/train"):
 
 
 def untimed(records):
-    return [{k: v for k, v in r.items() if k != "epoch_train_s" and k != "epoch_images"} for r in records]
+    return [
+        {k: v for k, v in r.items() if k != "epoch_train_s" and k != "epoch_images"}
+        for r in records
+    ]
 
 
 @pytest.mark.slow
@@ -64,22 +78,30 @@ def test_random_sigkills_then_resume_leave_each_step_once_and_end_bit_exact(tmp_
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=60)
         steps = train_steps(run)
-        assert steps == sorted(set(steps)), f"seed {seed}, kill {kill}: a step twice after a kill: {steps}"
+        assert steps == sorted(set(steps)), (
+            f"seed {seed}, kill {kill}: a step twice after a kill: {steps}"
+        )
     p = start(run)
     assert p.wait(timeout=300) == 0, p.stderr.read()[-2000:]
     ours, theirs = read_metrics(run / "metrics.jsonl"), read_metrics(ref / "metrics.jsonl")
-    assert untimed(ours) == untimed(theirs), f"seed {seed}"  # each record once, with the same values
+    # each record once, with the same values
+    assert untimed(ours) == untimed(theirs), f"seed {seed}"
     assert tb_steps(run) == list(range(1, TOTAL + 1)), f"seed {seed}"
     assert tb_steps(run, "acc/val") == tb_steps(ref, "acc/val"), f"seed {seed}"
     from runner.engine.checkpoint import load_latest
 
-    a, b = load_latest(ref / "checkpoints")[0]["model"], load_latest(run / "checkpoints")[0]["model"]
+    a, b = (
+        load_latest(ref / "checkpoints")[0]["model"],
+        load_latest(run / "checkpoints")[0]["model"],
+    )
     assert all(torch.equal(a[k], b[k]) for k in a), f"seed {seed}"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == max(r["step"] for r in ours) == TOTAL
 
 
-def test_a_checkpoint_is_published_only_once_the_records_up_to_its_step_are_on_disk(tmp_path, monkeypatch):
+def test_a_checkpoint_is_published_only_once_the_records_up_to_its_step_are_on_disk(
+    tmp_path, monkeypatch
+):
     from runner.config import validate
     from runner.engine import checkpoint
     from runner.engine.train import train
@@ -87,7 +109,8 @@ def test_a_checkpoint_is_published_only_once_the_records_up_to_its_step_are_on_d
     seen = []
     real = checkpoint.save
 
-    def save(state, folder):  # what a reader (or a resumed run) finds the moment the checkpoint exists
+    # what a reader (or a resumed run) finds the moment the checkpoint exists
+    def save(state, folder):
         seen.append((state["step"], train_steps(tmp_path)))
         return real(state, folder)
 
@@ -119,13 +142,20 @@ def test_a_continued_run_drops_the_records_past_its_checkpoint_and_writes_them_o
     rec.tb.close()
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 4, "epoch": 2.0, "train_lo')  # a line cut by a kill
-    again = Recorder(tmp_path, resume_step=2)  # continued from a checkpoint at step 2 (a fallback, say)
+    # continued from a checkpoint at step 2 (a fallback, say)
+    again = Recorder(tmp_path, resume_step=2)
     again.write({"step": 3, "epoch": 1.5, "train_loss": 1.7})
     again.write({"step": 4, "epoch": 2.0, "train_loss": 1.6})
     again.close()
     again.tb.close()
     records = read_metrics(tmp_path / "metrics.jsonl")
-    assert [(r["step"], r.get("train_loss")) for r in records] == [(1, 2.0), (2, 1.9), (2, None), (3, 1.7), (4, 1.6)]
+    assert [(r["step"], r.get("train_loss")) for r in records] == [
+        (1, 2.0),
+        (2, 1.9),
+        (2, None),
+        (3, 1.7),
+        (4, 1.6),
+    ]
     ea = EventAccumulator(str(tmp_path))
     ea.Reload()
     losses = [(e.step, round(e.value, 3)) for e in ea.Scalars("loss/train")]
@@ -143,7 +173,8 @@ def test_a_restart_from_step_0_shows_no_step_twice_in_tensorboard(tmp_path):
 
 
 def test_a_stop_mid_epoch_records_its_step_as_a_straight_run_does(tmp_path, monkeypatch):
-    """With log_every > 1 the step a signal stops at is no logging step: no norms that a straight run lacks there."""
+    """With log_every > 1 the step a signal stops at is no logging step: no norms that a straight
+    run lacks there."""
     from runner.config import validate
     from runner.engine import loop
     from runner.engine.train import train
@@ -159,4 +190,9 @@ def test_a_stop_mid_epoch_records_its_step_as_a_straight_run_does(tmp_path, monk
     monkeypatch.setattr(loop, "note_step", note_step)
     s = train(cfg, tmp_path)
     (rec,) = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["step"] == 2]
-    assert s["status"] == "interrupted" and s["steps"] == 2 and "weight_norm" not in rec and "grad_norm" not in rec
+    assert (
+        s["status"] == "interrupted"
+        and s["steps"] == 2
+        and "weight_norm" not in rec
+        and "grad_norm" not in rec
+    )

@@ -1,4 +1,5 @@
-"""Provenance: the git commit and dirtiness of the code that ran, and the machine and software it ran on."""
+"""Provenance: the git commit and dirtiness of the code that ran, and the machine and software it
+ran on."""
 
 import platform
 import shutil
@@ -14,7 +15,9 @@ needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not i
 
 
 def git(repo, *args):
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -22,7 +25,8 @@ def repo(tmp_path, monkeypatch):
     """A git repository with one commit of one file, isolated from the user's git configuration."""
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # never the repository around tmp_path, if any
+    # never the repository around tmp_path, if any
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
     r = tmp_path / "repo"
     (r / "pkg").mkdir(parents=True)
     (r / "pkg" / "mod.py").write_text("x = 1\n")
@@ -35,7 +39,8 @@ def repo(tmp_path, monkeypatch):
 @needs_git
 def test_a_clean_checkout_gives_its_commit_and_not_dirty(repo):
     assert code_version(repo / "pkg") == {"commit": git(repo, "rev-parse", "HEAD"), "dirty": False}
-    assert code_version(repo / "pkg" / "mod.py")["commit"] == git(repo, "rev-parse", "HEAD")  # a file: its folder
+    # a file: its folder
+    assert code_version(repo / "pkg" / "mod.py")["commit"] == git(repo, "rev-parse", "HEAD")
 
 
 @needs_git
@@ -57,7 +62,8 @@ def test_outside_a_checkout_everything_is_none(tmp_path, monkeypatch):
 
 @needs_git
 def test_an_untracked_folder_inside_someone_elses_repository_is_not_that_repositorys_code(repo):
-    venv = repo / ".venv" / "site-packages" / "runner"  # e.g. the package installed into a venv in a project
+    # e.g. the package installed into a venv in a project
+    venv = repo / ".venv" / "site-packages" / "runner"
     venv.mkdir(parents=True)
     (venv / "__init__.py").write_text("")
     assert code_version(venv) == {"commit": None, "dirty": None}
@@ -95,7 +101,12 @@ def test_this_package_reports_a_commit_or_none_and_never_raises():
 def test_environment_names_the_software_and_the_cpu():
     env = environment(torch.device("cpu"))
     assert env["python"] == platform.python_version() and env["torch"] == torch.__version__
-    assert env["torchvision"] and env["cuda"] == torch.version.cuda and "cudnn" in env and env["platform"]
+    assert (
+        env["torchvision"]
+        and env["cuda"] == torch.version.cuda
+        and "cudnn" in env
+        and env["platform"]
+    )
     assert env["device"] == "cpu" and env["device_name"] == env["cpu_name"] and env["cpu_name"]
     assert env["cpu_count"] >= 1
 

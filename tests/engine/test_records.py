@@ -1,4 +1,5 @@
-"""What a run records (runner.engine.records): metrics.jsonl's kinds of records and TensorBoard's HParams."""
+"""What a run records (runner.engine.records): metrics.jsonl's kinds of records and TensorBoard's
+HParams."""
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -16,22 +17,30 @@ def hparams_tags(run_dir) -> set:
 
 
 def test_a_running_or_killed_run_already_shows_its_hyperparameters(tmp_path):
-    """pytorch issue 32651: add_hparams writes a separate run; the runner writes into the run's own event file,
-    at the start, so TensorBoard's HParams tab lists a run that is still going (or was killed)."""
+    """pytorch issue 32651: add_hparams writes a separate run; the runner writes into the run's own
+    event file, at the start, so TensorBoard's HParams tab lists a run that is still going (or was
+    killed)."""
     rec = Recorder(tmp_path)
     rec.start(CONFIG, {"optimizer": "adamw"})
-    assert hparams_tags(tmp_path) == {"_hparams_/experiment", "_hparams_/session_start_info"}  # no end yet
+    # no end yet
+    assert hparams_tags(tmp_path) == {
+        "_hparams_/experiment",
+        "_hparams_/session_start_info",
+    }
     rec.write({"step": 1, "epoch": 0.1, "train_loss": 2.3})
     rec.write({"step": 1, "epoch": 0.1, "val_loss": 2.0, "val_acc": 0.5, "val_acc_running": 0.4})
     rec.write({"step": 2, "epoch": 0.2, "val_loss": 2.1, "val_acc": 0.3, "val_acc_running": 0.2})
-    rec.finish({"status": "completed", "steps": 1, "best_val_acc": 0.5, "val_metric": "recalibrated"})
+    rec.finish(
+        {"status": "completed", "steps": 1, "best_val_acc": 0.5, "val_metric": "recalibrated"}
+    )
     assert "_hparams_/session_end_info" in hparams_tags(tmp_path)
     ea = EventAccumulator(str(tmp_path))
     ea.Reload()
     best = [s.value for s in ea.Scalars("acc/val_best")]
     assert best == pytest.approx([0.5, 0.5])  # a curve, not a dot
     assert [s.value for s in ea.Scalars("acc/val_running")] == pytest.approx([0.4, 0.2])
-    assert not [t for t in ea.Tags()["scalars"] if t.startswith("hparams/")]  # no group of single-point charts
+    # no group of single-point charts
+    assert not [t for t in ea.Tags()["scalars"] if t.startswith("hparams/")]
 
 
 def hparams_of(run_dir):

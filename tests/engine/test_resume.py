@@ -36,7 +36,8 @@ def uninterrupted(tmp_path_factory):
 
 
 def interrupt_at(run_dir, n_steps, sig=signal.SIGTERM):
-    """Start the run, send `sig` once `n_steps` train records are on disk; return the process result."""
+    """Start the run, send `sig` once `n_steps` train records are on disk; return the process
+    result."""
     env = cli_env()
     p = subprocess.Popen(
         [sys.executable, "-m", "runner", *RUN, f"hydra.run.dir={run_dir}"],
@@ -49,7 +50,10 @@ def interrupt_at(run_dir, n_steps, sig=signal.SIGTERM):
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline:
-        if metrics.exists() and sum("train_loss" in line for line in metrics.read_text().splitlines()) >= n_steps:
+        if (
+            metrics.exists()
+            and sum("train_loss" in line for line in metrics.read_text().splitlines()) >= n_steps
+        ):
             break
         time.sleep(0.01)
     p.send_signal(sig)
@@ -65,16 +69,21 @@ def test_interrupted_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path, unin
     assert rc == 0, err[-2000:]
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["status"] == "interrupted" and 0 < s["steps"] < 24, s
-    r = run_cli([*RUN, f"hydra.run.dir={run_dir}"], cwd=tmp_path)  # the same job again: how a requeue looks
+    # the same job again: how a requeue looks
+    r = run_cli([*RUN, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["status"] == "completed" and s["steps"] == 24 and s["resumed"]["from_step"] > 0
     a, b = final_weights(uninterrupted), final_weights(run_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ours, ref = read_metrics(run_dir / "metrics.jsonl"), read_metrics(uninterrupted / "metrics.jsonl")
+    ours, ref = (
+        read_metrics(run_dir / "metrics.jsonl"),
+        read_metrics(uninterrupted / "metrics.jsonl"),
+    )
     timed = lambda records: [r for r in records if "epoch_train_s" in r]  # noqa: E731  (seconds differ, of course)
     assert [r["step"] for r in timed(ours)] == [r["step"] for r in timed(ref)] == [8, 16, 24]
-    assert [r for r in ours if r not in timed(ours)] == [r for r in ref if r not in timed(ref)]  # same values, once
+    # same values, once
+    assert [r for r in ours if r not in timed(ours)] == [r for r in ref if r not in timed(ref)]
 
 
 @pytest.mark.slow
@@ -82,19 +91,32 @@ def test_resume_refuses_a_training_change_and_allows_more_epochs(tmp_path, unint
     r = run_cli([f"resume={uninterrupted}", "lr=0.5"], cwd=tmp_path)
     assert r.returncode == 2 and "lr: 0.001 → 0.5" in r.stderr and "Traceback" not in r.stderr
     before = (uninterrupted / ".hydra" / "config.yaml").read_text()
-    r = run_cli([f"resume={uninterrupted}", "epochs=4", "trainer.extend_schedule=hold"], cwd=tmp_path)
+    r = run_cli(
+        [f"resume={uninterrupted}", "epochs=4", "trainer.extend_schedule=hold"], cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((uninterrupted / "summary.json").read_text())
-    assert s["steps"] == 32 and s["resumed"]["changed"] == {"epochs": [3, 4], "trainer.extend_schedule": [None, "hold"]}
+    assert s["steps"] == 32 and s["resumed"]["changed"] == {
+        "epochs": [3, 4],
+        "trainer.extend_schedule": [None, "hold"],
+    }
     assert s["resumed"]["schedule"] == "hold"
-    assert (uninterrupted / ".hydra" / "config.yaml").read_text() == before, "the saved config is the record"
+    assert (uninterrupted / ".hydra" / "config.yaml").read_text() == before, (
+        "the saved config is the record"
+    )
     assert not (tmp_path / "outputs").exists()
 
 
 def test_resume_refuses_epochs_that_end_before_the_steps_already_run(tmp_path, uninterrupted):
     before = (uninterrupted / "metrics.jsonl").read_bytes()
-    r = run_cli([f"resume={uninterrupted}", "epochs=2", "trainer.extend_schedule=hold"], cwd=tmp_path)
-    assert r.returncode == 2 and "epochs=2 ends at step 16, before step" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli(
+        [f"resume={uninterrupted}", "epochs=2", "trainer.extend_schedule=hold"], cwd=tmp_path
+    )
+    assert (
+        r.returncode == 2
+        and "epochs=2 ends at step 16, before step" in r.stderr
+        and "Traceback" not in r.stderr
+    )
     assert (uninterrupted / "metrics.jsonl").read_bytes() == before  # the refusal changed nothing
 
 
@@ -107,7 +129,14 @@ def test_resume_of_a_folder_with_no_run_says_so(tmp_path):
 @pytest.mark.slow
 def test_a_diverging_run_stops_with_status_diverged_and_exit_0(tmp_path):
     r = run_cli(
-        [*TINY, "lr=1e6", "optimizer=adam_l2", "trainer.log_every=1", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path
+        [
+            *TINY,
+            "lr=1e6",
+            "optimizer=adam_l2",
+            "trainer.log_every=1",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -153,30 +182,51 @@ def test_ctrl_c_twice_stops_at_once_and_damages_nothing(tmp_path):
 @pytest.mark.slow
 def test_a_checkpoint_of_another_model_is_refused_before_training(tmp_path, uninterrupted):
     r = run_cli([*RUN, "model=resnet20v2", f"hydra.run.dir={uninterrupted}"], cwd=tmp_path)
-    assert r.returncode == 2 and "model.name: 'resnet20v1' → 'resnet20v2'" in r.stderr and "Traceback" not in r.stderr
+    assert (
+        r.returncode == 2
+        and "model.name: 'resnet20v1' → 'resnet20v2'" in r.stderr
+        and "Traceback" not in r.stderr
+    )
 
 
 @pytest.mark.slow
 def test_an_unwritable_output_folder_is_one_clear_line(tmp_path):
     (tmp_path / "afile").write_text("not a folder")
     r = run_cli([*TINY, "hydra.run.dir=afile/run"], cwd=tmp_path)
-    assert r.returncode == 2 and "cannot write the run folder" in r.stderr and "hydra.run.dir=" in r.stderr
+    assert (
+        r.returncode == 2
+        and "cannot write the run folder" in r.stderr
+        and "hydra.run.dir=" in r.stderr
+    )
     assert "Traceback" not in r.stderr and (tmp_path / "afile").read_text() == "not a folder"
 
 
 @pytest.mark.slow
 def test_missing_data_without_network_names_the_path_and_the_fix(tmp_path):
-    r = run_cli(["model=resnet20v1", f"data.root={tmp_path / 'none'}", "data.download=false"], cwd=tmp_path)
-    assert r.returncode == 2 and "cifar-10-batches-py" in r.stderr and "data.download=true" in r.stderr
+    r = run_cli(
+        ["model=resnet20v1", f"data.root={tmp_path / 'none'}", "data.download=false"], cwd=tmp_path
+    )
+    assert (
+        r.returncode == 2 and "cifar-10-batches-py" in r.stderr and "data.download=true" in r.stderr
+    )
     assert "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
 def test_more_epochs_on_a_finished_run_need_a_stated_schedule_and_get_it(tmp_path):
-    """A schedule laid out in fractions of the run would silently move under a new `epochs`: the user says how."""
-    short = [*TINY, "epochs=2", "batch_size=32", "data.n_train=128", "data.n_val=32", "trainer.log_every=1"]
+    """A schedule laid out in fractions of the run would silently move under a new `epochs`: the
+    user says how."""
+    short = [
+        *TINY,
+        "epochs=2",
+        "batch_size=32",
+        "data.n_train=128",
+        "data.n_val=32",
+        "trainer.log_every=1",
+    ]
     first = tmp_path / "first"
-    assert run_cli([*short, f"hydra.run.dir={first}"], cwd=tmp_path).returncode == 0  # lr 1e-3, 1e-4, then 1e-5
+    # lr 1e-3, 1e-4, then 1e-5
+    assert run_cli([*short, f"hydra.run.dir={first}"], cwd=tmp_path).returncode == 0
     import shutil
 
     second = tmp_path / "second"
@@ -193,14 +243,28 @@ def test_more_epochs_on_a_finished_run_need_a_stated_schedule_and_get_it(tmp_pat
     def lrs(run_dir):
         return {r["step"]: r["lr"] for r in read_metrics(run_dir / "metrics.jsonl") if "lr" in r}
 
-    assert run_cli([f"resume={first}", "epochs=3", "trainer.extend_schedule=hold"], cwd=tmp_path).returncode == 0
+    assert (
+        run_cli(
+            [f"resume={first}", "epochs=3", "trainer.extend_schedule=hold"], cwd=tmp_path
+        ).returncode
+        == 0
+    )
     held = lrs(first)
-    assert [held[k] for k in range(9, 13)] == pytest.approx([held[8]] * 4) and held[8] == pytest.approx(1e-5)
-    assert run_cli([f"resume={second}", "epochs=3", "trainer.extend_schedule=rescale"], cwd=tmp_path).returncode == 0
+    assert [held[k] for k in range(9, 13)] == pytest.approx([held[8]] * 4) and held[
+        8
+    ] == pytest.approx(1e-5)
+    assert (
+        run_cli(
+            [f"resume={second}", "epochs=3", "trainer.extend_schedule=rescale"], cwd=tmp_path
+        ).returncode
+        == 0
+    )
     rescaled = lrs(second)
-    # laid out again for 12 steps: step 9 sits at 2/3 of the run (factor 0.1), steps 10-12 past 3/4 (factor 0.01)
+    # laid out again for 12 steps: step 9 sits at 2/3 of the run (factor 0.1), steps 10-12 past 3/4
+    # (factor 0.01)
     assert [rescaled[k] for k in range(9, 13)] == pytest.approx([1e-4, 1e-5, 1e-5, 1e-5])
-    assert [rescaled[k] for k in range(1, 9)] == [held[k] for k in range(1, 9)]  # what ran stays as it ran
+    # what ran stays as it ran
+    assert [rescaled[k] for k in range(1, 9)] == [held[k] for k in range(1, 9)]
     for d, how in ((first, "hold"), (second, "rescale")):
         assert json.loads((d / "summary.json").read_text())["resumed"]["schedule"] == how
 

@@ -1,4 +1,5 @@
-"""One writer per run folder, and a refused run leaves the folder it was given exactly as it found it."""
+"""One writer per run folder, and a refused run leaves the folder it was given exactly as it found
+it."""
 
 import json
 import os
@@ -8,11 +9,19 @@ from conftest import TINY, finished_run, run_cli
 
 from runner.engine import lock
 
-SHORT = [*TINY, "epochs=1", "data.n_train=64", "data.n_val=20", "batch_size=32", "trainer.bn_recalibrate=32"]
+SHORT = [
+    *TINY,
+    "epochs=1",
+    "data.n_train=64",
+    "data.n_val=20",
+    "batch_size=32",
+    "trainer.bn_recalibrate=32",
+]
 
 
 def snapshot(folder):
-    """Every file under `folder` with its bytes (the .lock's pid aside: which process held it last)."""
+    """Every file under `folder` with its bytes (the .lock's pid aside: which process held it
+    last)."""
     return {
         str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None
         for p in sorted(folder.rglob("*"))
@@ -35,7 +44,9 @@ def test_hydra_run_dir_dot_with_a_bad_value_leaves_the_folder_intact(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_refused_run_in_another_runs_folder_leaves_it_as_it_was_and_it_still_resumes(tmp_path, finished):
+def test_a_refused_run_in_another_runs_folder_leaves_it_as_it_was_and_it_still_resumes(
+    tmp_path, finished
+):
     before = snapshot(finished)
     r = run_cli([*SHORT, "lr=5e-3", f"hydra.run.dir={finished}"], cwd=tmp_path)
     assert r.returncode == 2 and "lr: 0.001 → 0.005" in r.stderr and "Traceback" not in r.stderr
@@ -53,7 +64,9 @@ def test_a_second_writer_is_refused_naming_the_first_and_changes_nothing(tmp_pat
     try:
         for args in ([*SHORT, f"hydra.run.dir={finished}"], [f"resume={finished}"]):
             r = run_cli(args, cwd=tmp_path)
-            assert r.returncode == 2 and f"another process (pid {os.getpid()})" in r.stderr, r.stderr[-2000:]
+            assert r.returncode == 2 and f"another process (pid {os.getpid()})" in r.stderr, (
+                r.stderr[-2000:]
+            )
             assert "Traceback" not in r.stderr and snapshot(finished) == before
     finally:
         lock.release(finished)
@@ -63,7 +76,9 @@ def test_a_second_writer_is_refused_naming_the_first_and_changes_nothing(tmp_pat
 def test_a_refusal_keeps_latest_at_the_previous_good_run_and_leaves_no_empty_folder(tmp_path):
     assert run_cli(SHORT, cwd=tmp_path).returncode == 0
     good = os.readlink(tmp_path / "outputs" / "latest")
-    r = run_cli(["model=resnet20v1", f"data.root={tmp_path / 'none'}", "data.download=false"], cwd=tmp_path)
+    r = run_cli(
+        ["model=resnet20v1", f"data.root={tmp_path / 'none'}", "data.download=false"], cwd=tmp_path
+    )
     assert r.returncode == 2 and "data.download=true" in r.stderr
     assert os.readlink(tmp_path / "outputs" / "latest") == good
     (date,) = [p for p in (tmp_path / "outputs").iterdir() if p.name != "latest"]
@@ -85,10 +100,15 @@ def test_resume_without_a_checkpoint_still_refuses_a_training_change(tmp_path):
 @pytest.mark.slow
 def test_resume_of_a_completed_run_keeps_its_summary_and_a_null_override_applies(tmp_path):
     run = tmp_path / "run"
-    assert run_cli([*SHORT, "trainer.max_steps=1", f"hydra.run.dir={run}"], cwd=tmp_path).returncode == 0
+    assert (
+        run_cli([*SHORT, "trainer.max_steps=1", f"hydra.run.dir={run}"], cwd=tmp_path).returncode
+        == 0
+    )
     first = (run / "summary.json").read_bytes()
     assert run_cli([f"resume={run}", "trainer.max_steps=1"], cwd=tmp_path).returncode == 0
-    assert (run / "summary.json").read_bytes() == first  # nothing trained: its timing is not rewritten
+    assert (
+        run / "summary.json"
+    ).read_bytes() == first  # nothing trained: its timing is not rewritten
     assert run_cli([f"resume={run}", "trainer.max_steps=null"], cwd=tmp_path).returncode == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == 2  # null: the whole epoch
 

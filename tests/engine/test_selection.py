@@ -1,4 +1,5 @@
-"""Honest selection (runner.engine.selection): which images chose best.pt, and the test split's scores."""
+"""Honest selection (runner.engine.selection): which images chose best.pt, and the test split's
+scores."""
 
 import pytest
 from conftest import TINY
@@ -13,9 +14,14 @@ def test_with_a_held_out_split_the_test_split_scores_the_selected_and_the_final_
     from runner.data.synthetic import make_synthetic
     from runner.engine.train import train
 
-    cfg = validate(compose_cfg(*TINY, "data.n_train=128", "data.n_val=40", "data.val_split=32", "batch_size=32"))
+    cfg = validate(
+        compose_cfg(
+            *TINY, "data.n_train=128", "data.n_val=40", "data.val_split=32", "batch_size=32"
+        )
+    )
     s = train(cfg, tmp_path)
-    assert s["selected_on"] == "val_split" and s["data"]["n_val"] == 32  # the held-out images select
+    # the held-out images select
+    assert s["selected_on"] == "val_split" and s["data"]["n_val"] == 32
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
     assert s["selected_step"] == best["step"] and best["val_acc"] == s["best_val_acc"]
     test = make_synthetic(128, 40, seed=0)  # its val split is the test split the run kept apart
@@ -23,7 +29,12 @@ def test_with_a_held_out_split_the_test_split_scores_the_selected_and_the_final_
     model = build_resnet(20, 1, len(best["classes"]), bn_momentum=0.1)
     model.load_state_dict(best["model"])
     with torch.no_grad():  # best.pt on its own, as a user runs it: its normalization, eval mode
-        acc = (model.eval()((test.val_x.float() / 255 - mean) / std).argmax(1) == test.val_y).float().mean().item()
+        acc = (
+            (model.eval()((test.val_x.float() / 255 - mean) / std).argmax(1) == test.val_y)
+            .float()
+            .mean()
+            .item()
+        )
     assert s["test_acc_selected"] == pytest.approx(acc, abs=1e-6) and 0 <= s["test_acc_final"] <= 1
 
 
@@ -33,5 +44,8 @@ def test_without_a_held_out_split_the_summary_says_the_test_split_selected(tmp_p
     from runner.config import validate
     from runner.engine.train import train
 
-    s = train(validate(compose_cfg(*TINY, "data.n_train=128", "data.n_val=40", "trainer.max_steps=2")), tmp_path)
+    s = train(
+        validate(compose_cfg(*TINY, "data.n_train=128", "data.n_val=40", "trainer.max_steps=2")),
+        tmp_path,
+    )
     assert s["selected_on"] == "test" and "test_acc_selected" not in s

@@ -1,10 +1,12 @@
-"""The graph-ready step (runner.engine.step) is the eager step: same schedule, same decay, same update, bit for bit.
+"""The graph-ready step (runner.engine.step) is the eager step: same schedule, same decay, same
+update, bit for bit.
 
-On CUDA the runner trains with torch's fused Adam/SGD, and the captured step hands them lr_t as a float32
-tensor, which the fused kernels read as float32 (fused_adam_impl.cu: lr.const_data_ptr<float>()), while the
-eager step passes a Python float. torch runs the same fused kernels on CPU, so these tests run the GPU's code
-path here: fused=True, the float32 lr tensor, float64 weights, and torch.equal. On CPU GraphedStep runs its
-device-side step eagerly (capture=False); the capture itself is checked on a GPU (tests/test_gpu.py).
+On CUDA the runner trains with torch's fused Adam/SGD, and the captured step hands them lr_t as a
+float32 tensor, which the fused kernels read as float32 (fused_adam_impl.cu:
+lr.const_data_ptr<float>()), while the eager step passes a Python float. torch runs the same fused
+kernels on CPU, so these tests run the GPU's code path here: fused=True, the float32 lr tensor,
+float64 weights, and torch.equal. On CPU GraphedStep runs its device-side step eagerly
+(capture=False); the capture itself is checked on a GPU (tests/test_gpu.py).
 """
 
 import math
@@ -33,16 +35,36 @@ BATCHES = [
     )
     for k in range(STEPS)
 ]
-SCHEDULE, _ = warm_restarts(T_0=1.0, T_mult=2.0, eta_min=0.05)  # moves every step and restarts at step 4
+# moves every step and restarts at step 4
+SCHEDULE, _ = warm_restarts(T_0=1.0, T_mult=2.0, eta_min=0.05)
 REGULARIZATION = {"l2": (1e-3, 0.0), "decoupled": (0.0, 0.05), "both": (1e-3, 0.05)}  # (λ₂, λ)
 
 
-def make(algorithm, l2, wd, wd_scaling, fused=None, momentum=0.9, nesterov=False, betas=(0.9, 0.999), eps=1e-8):
+def make(
+    algorithm,
+    l2,
+    wd,
+    wd_scaling,
+    fused=None,
+    momentum=0.9,
+    nesterov=False,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+):
     """(model, optimizer, the plan of every step) for a ResNet8 in float64."""
     torch.manual_seed(0)
-    model = build_resnet(8, 1, 10, bn_momentum=0.1).double()  # float64: no rounding for Adam to amplify
+    model = build_resnet(
+        8, 1, 10, bn_momentum=0.1
+    ).double()  # float64: no rounding for Adam to amplify
     opt = Optimizer(
-        model, algorithm=algorithm, l2=l2, fused=fused, momentum=momentum, nesterov=nesterov, betas=betas, eps=eps
+        model,
+        algorithm=algorithm,
+        l2=l2,
+        fused=fused,
+        momentum=momentum,
+        nesterov=nesterov,
+        betas=betas,
+        eps=eps,
     )
     rate = decoupled_rate(wd, wd_scaling, LR)
     etas = [SCHEDULE(k / SPE) for k in range(STEPS)]
@@ -71,8 +93,9 @@ def graphed(model, opt, plan, steps, start=0):
 
 
 def assert_same_model(a, b):
-    # float64 on purpose: in float32, Keras-style conv biases right before a BN get a zero true gradient whose
-    # rounding noise (~1e-9) rivals Adam's eps, so any reordering of float ops turns into whole steps there
+    # float64 on purpose: in float32, Keras-style conv biases right before a BN get a zero true
+    # gradient whose rounding noise (~1e-9) rivals Adam's eps, so any reordering of float ops turns
+    # into whole steps there
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12, msg=name)
 
@@ -93,7 +116,8 @@ def preset(name):
 @pytest.mark.parametrize("reg", sorted(REGULARIZATION))
 @pytest.mark.parametrize("name", ["adamw", "adam_l2", "sgdw", "sgd_l2"])
 def test_the_fused_device_side_step_equals_the_eager_step_bit_for_bit(name, reg):
-    """What CUDA runs: fused kernels, lr_t as a float32 tensor in the graph, a Python float in the eager step."""
+    """What CUDA runs: fused kernels, lr_t as a float32 tensor in the graph, a Python float in the
+    eager step."""
     l2, wd = REGULARIZATION[reg]
     kw = preset(name)
     m1, o1, plan = make(l2=l2, wd=wd, fused=True, **kw)
@@ -111,7 +135,8 @@ def test_the_fused_device_side_step_equals_the_eager_step_bit_for_bit(name, reg)
 
 
 def test_fused_steps_apply_lr_rounded_to_float32_in_both_paths():
-    """The one place the value is decided: without the rounding the eager step would use a different lr."""
+    """The one place the value is decided: without the rounding the eager step would use a different
+    lr."""
     _, fused, _ = make("adam", 0.0, 0.0, "schedule", fused=True)
     _, plain, _ = make("adam", 0.0, 0.0, "schedule", fused=False)
     lr = 1e-3 / 3
@@ -129,7 +154,8 @@ def test_fused_steps_apply_lr_rounded_to_float32_in_both_paths():
     ],
 )
 def test_the_unfused_device_side_step_trains_like_the_eager_step(algorithm, l2, wd, wd_scaling):
-    """Without fused kernels (foreach, a float64 lr tensor) the arithmetic takes another route: equal to 1e-12."""
+    """Without fused kernels (foreach, a float64 lr tensor) the arithmetic takes another route:
+    equal to 1e-12."""
     m1, o1, plan = make(algorithm, l2, wd, wd_scaling, fused=False)
     m2, o2, _ = make(algorithm, l2, wd, wd_scaling, fused=False)
     a = eager(m1, o1, plan, range(STEPS))
@@ -148,28 +174,39 @@ def test_a_checkpoint_taken_between_graphed_steps_continues_the_same_run():
     m2, o2, _ = make("adam", 1e-3, 0.05, "schedule")
     graphed(m2, o2, plan, list(range(6)))
     saved = {"model": m2.state_dict(), "optimizer": o2.state_dict()}
-    assert all(isinstance(g["lr"], float) for g in saved["optimizer"]["param_groups"])  # not the graph's tensor
+    # not the graph's tensor
+    assert all(isinstance(g["lr"], float) for g in saved["optimizer"]["param_groups"])
 
     m3, o3, _ = make("adam", 1e-3, 0.05, "schedule")
     m3.load_state_dict(saved["model"])
     o3.load_state_dict(saved["optimizer"])
     resumed = graphed(m3, o3, plan, list(range(6, STEPS)), start=6)
-    assert [r[0] for r in resumed] == [r[0] for r in straight[6:]]  # the same path both times: bit for bit
+    # the same path both times: bit for bit
+    assert [r[0] for r in resumed] == [r[0] for r in straight[6:]]
     for p, q in zip(m1.state_dict().values(), m3.state_dict().values()):
         assert torch.equal(p, q)
 
 
 def test_cuda_graphs_on_a_cpu_device_is_refused_with_the_fix():
-    with pytest.raises(ConfigError, match=r"trainer.cuda_graphs=True.*drop trainer.cuda_graphs=true"):
+    with pytest.raises(
+        ConfigError, match=r"trainer.cuda_graphs=True.*drop trainer.cuda_graphs=true"
+    ):
         validate(compose_cfg("trainer.device=cpu", "trainer.cuda_graphs=true"))
 
 
 def test_a_compile_mode_with_its_own_cuda_graphs_is_refused_inside_cuda_graphs():
-    with pytest.raises(ConfigError, match=r"trainer.compile_mode='reduce-overhead'.*compile_mode=default"):
+    with pytest.raises(
+        ConfigError, match=r"trainer.compile_mode='reduce-overhead'.*compile_mode=default"
+    ):
         validate(
-            compose_cfg("trainer.cuda_graphs=true", "trainer.compile=true", "trainer.compile_mode=reduce-overhead")
+            compose_cfg(
+                "trainer.cuda_graphs=true",
+                "trainer.compile=true",
+                "trainer.compile_mode=reduce-overhead",
+            )
         )
-    validate(compose_cfg("trainer.compile=true", "trainer.compile_mode=reduce-overhead"))  # fine on its own
+    # fine on its own
+    validate(compose_cfg("trainer.compile=true", "trainer.compile_mode=reduce-overhead"))
 
 
 def test_auto_device_without_a_gpu_refuses_cuda_graphs_before_training(tmp_path, monkeypatch):
@@ -183,7 +220,8 @@ def test_auto_device_without_a_gpu_refuses_cuda_graphs_before_training(tmp_path,
 
 
 def test_the_graphed_step_never_reads_a_device_value_on_the_host(monkeypatch):
-    """A host read inside a CUDA graph capture fails (or freezes one step's value into every replay)."""
+    """A host read inside a CUDA graph capture fails (or freezes one step's value into every
+    replay)."""
     model, opt, plan = make("adam", 1e-3, 0.05, "schedule")
     g = GraphedStep(model, opt, nullcontext(), plan, capture=False)
     forbid_host_reads(monkeypatch, opt)
@@ -200,12 +238,17 @@ def test_the_eager_step_never_reads_a_device_value_on_the_host(monkeypatch):
     forbid_host_reads(monkeypatch, opt)
     loss, correct, norms, _ = step(*BATCHES[0], 0, log_point=True)
     monkeypatch.undo()
-    assert isinstance(loss, torch.Tensor) and isinstance(correct, torch.Tensor) and norms.numel() == len(opt.params)
+    assert (
+        isinstance(loss, torch.Tensor)
+        and isinstance(correct, torch.Tensor)
+        and norms.numel() == len(opt.params)
+    )
 
 
 class FakeCuda:
-    """torch.cuda's stream, graph and device calls, recorded, on a machine without CUDA: what GraphedStep and
-    GraphedForward ask for (which device, which stream) is checked here; the bodies run eagerly on CPU tensors."""
+    """torch.cuda's stream, graph and device calls, recorded, on a machine without CUDA: what
+    GraphedStep and GraphedForward ask for (which device, which stream) is checked here; the bodies
+    run eagerly on CPU tensors."""
 
     def __init__(self, monkeypatch, empty=False):
         self.streams, self.current, self.captures, self.devices, self.recorded = [], [], [], [], []
@@ -232,8 +275,10 @@ class FakeCuda:
             fake.captures.append(stream)
             yield
             if empty:
-                warnings.warn("The CUDA Graph is empty. This usually means that the graph was attempted to be "
-                              "captured on wrong device or stream.")  # fmt: skip
+                warnings.warn(
+                    "The CUDA Graph is empty. This usually means that the graph was attempted "
+                    "to be captured on wrong device or stream."
+                )
 
         def current_stream(device=None):
             fake.current.append(device)
@@ -252,8 +297,10 @@ class FakeCuda:
             device=device,
             synchronize=lambda d=None: None,
         ).items():
-            monkeypatch.setattr(torch.cuda, name, value)  # fmt: skip
-        monkeypatch.setattr(torch.Tensor, "record_stream", lambda t, s: fake.recorded.append(s), raising=False)
+            monkeypatch.setattr(torch.cuda, name, value)
+        monkeypatch.setattr(
+            torch.Tensor, "record_stream", lambda t, s: fake.recorded.append(s), raising=False
+        )
 
 
 def captured_step(monkeypatch, empty=False):
@@ -263,13 +310,14 @@ def captured_step(monkeypatch, empty=False):
 
 
 def test_the_graphed_step_warms_up_and_captures_on_its_weights_device_and_stream(monkeypatch):
-    """torch's capture stream and current_stream() default to the current device (GPU 0): on cuda:N the step must
-    name its own device and stream, or the graph records nothing of it."""
+    """torch's capture stream and current_stream() default to the current device (GPU 0): on cuda:N
+    the step must name its own device and stream, or the graph records nothing of it."""
     fake, g = captured_step(monkeypatch)
     for k in range(5):  # 3 warm-ups, the capture, a replay
         g(*BATCHES[k], k, log_point=False)
     assert len(g.graphs) == 1
-    assert fake.current and all(d == g.device for d in fake.current)  # never the current device by default
+    # never the current device by default
+    assert fake.current and all(d == g.device for d in fake.current)
     assert fake.streams == [g.side] and g.side.device == g.device  # one side stream, of its device
     assert fake.captures == [g.side]  # captured there, not on torch's process-wide capture stream
     assert fake.devices == [g.device]  # with its device current while capturing
@@ -283,40 +331,54 @@ def test_a_capture_that_records_nothing_is_an_error_not_a_run_that_trains_nothin
         g(*BATCHES[3], 3, log_point=False)
 
 
-def test_the_eval_forward_keeps_one_warm_up_stream_and_marks_its_outputs_used_by_the_callers(monkeypatch):
-    """A new stream per call comes from torch's round-robin pool (shared with a pack's other runs); an output
-    made on the side stream and freed on the caller's could be handed out again while still in use."""
+def test_the_eval_forward_keeps_one_warm_up_stream_and_marks_its_outputs_used_by_the_callers(
+    monkeypatch,
+):
+    """A new stream per call comes from torch's round-robin pool (shared with a pack's other runs);
+    an output made on the side stream and freed on the caller's could be handed out again while
+    still in use."""
     fake = FakeCuda(monkeypatch)
     model = build_resnet(8, 1, 10).eval()
     forward = GraphedForward(model, nullcontext(), capture=True, warmup=2)
     x = torch.randn(4, 3, 32, 32)
     outs = [forward(x) for _ in range(4)]  # 2 warm-ups, the capture, a replay
-    assert forward.graph is not None and fake.streams == [forward.side]  # one side stream, made once
+    # one side stream, made once
+    assert forward.graph is not None and fake.streams == [forward.side]
     assert fake.captures == [forward.side]
-    assert len(fake.recorded) == 2  # each warm-up output, marked as used by the caller's stream of its device
+    # each warm-up output, marked as used by the caller's stream of its device
+    assert len(fake.recorded) == 2
     assert all(s is not forward.side and s.device == x.device for s in fake.recorded)
     assert outs[0].shape == (4, 10)
 
 
 def test_a_compiled_run_keeps_torch_compiles_caches_in_the_configured_folder(tmp_path, monkeypatch):
-    """trainer.compile_cache: a later process finds what this one compiled (a warm start); null leaves torch's."""
+    """trainer.compile_cache: a later process finds what this one compiled (a warm start); null
+    leaves torch's."""
     from runner.config import DataConfig, ModelConfig, RunConfig, TrainerConfig
     from runner.engine.build import setup
 
     def tiny(**trainer):
         tr = TrainerConfig(device="cpu", compile=True, progress=False, bn_recalibrate=0, **trainer)
         data = DataConfig(n_train=64, n_val=20)
-        return RunConfig(epochs=1, batch_size=32, model=ModelConfig(name="resnet20v1", depth=20, version=1),
-                         data=data, trainer=tr)  # fmt: skip
+        return RunConfig(
+            epochs=1,
+            batch_size=32,
+            model=ModelConfig(name="resnet20v1", depth=20, version=1),
+            data=data,
+            trainer=tr,
+        )
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     (tmp_path / "run").mkdir()
-    setup(tiny(compile_cache=str(tmp_path / "cache")), tmp_path / "run").out.recorder.close()  # compiles at step 1
+    setup(
+        tiny(compile_cache=str(tmp_path / "cache")), tmp_path / "run"
+    ).out.recorder.close()  # compiles at step 1
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     (tmp_path / "run2").mkdir()
     setup(tiny(), tmp_path / "run2").out.recorder.close()
-    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") != str(tmp_path / "cache")  # torch's own default, if any
+    # torch's own default, if any
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") != str(tmp_path / "cache")
 
 
 @pytest.fixture

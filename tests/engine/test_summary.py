@@ -1,4 +1,5 @@
-"""summary.json (runner.engine.summary): what it reports, and that it is written whatever happens."""
+"""summary.json (runner.engine.summary): what it reports, and that it is written whatever
+happens."""
 
 from conftest import TINY
 
@@ -9,7 +10,10 @@ def test_the_summary_says_which_accuracy_it_reports_and_what_ran(tmp_path):
     from runner.config import validate
     from runner.engine.train import train
 
-    s = train(validate(compose_cfg(*TINY, "trainer.max_steps=3", "data.n_train=128", "data.n_val=50")), tmp_path)
+    s = train(
+        validate(compose_cfg(*TINY, "trainer.max_steps=3", "data.n_train=128", "data.n_val=50")),
+        tmp_path,
+    )
     assert s["val_metric"] == "recalibrated" and s["best_val_acc"] == s["best_val_acc_recal"]
     assert {"best_val_acc_running", "final_val_acc_running", "final_val_loss_running"} <= s.keys()
     assert s["path"] == {
@@ -20,14 +24,21 @@ def test_the_summary_says_which_accuracy_it_reports_and_what_ran(tmp_path):
         "cuda_graphs": False,
         "channels_last": False,
     }
-    assert s["data"]["name"] == "synthetic" and s["data"]["n_train"] == 128 and len(s["data"]["fingerprint"]) == 16
+    assert (
+        s["data"]["name"] == "synthetic"
+        and s["data"]["n_train"] == 128
+        and len(s["data"]["fingerprint"]) == 16
+    )
     assert {"commit", "dirty"} <= s["code"].keys() and s["env"]["torch"]
     assert {"compile_s", "capture_s", "warmup_s", "first_step_s"} <= s["startup"].keys()
 
 
-def test_a_signal_while_the_summary_is_written_waits_for_it_and_is_passed_on_after(tmp_path, monkeypatch):
-    """SIGTERM after the loop (a SLURM time limit at the last step): the summary is still written whole, and the
-    handler that was there before the run (submitit's requeue) gets the signal once, after summary.json exists."""
+def test_a_signal_while_the_summary_is_written_waits_for_it_and_is_passed_on_after(
+    tmp_path, monkeypatch
+):
+    """SIGTERM after the loop (a SLURM time limit at the last step): the summary is still written
+    whole, and the handler that was there before the run (submitit's requeue) gets the signal once,
+    after summary.json exists."""
     import os
     import signal
 
@@ -38,7 +49,9 @@ def test_a_signal_while_the_summary_is_written_waits_for_it_and_is_passed_on_aft
     from runner.engine.train import train
 
     seen = []
-    previous = signal.signal(signal.SIGTERM, lambda s, f: seen.append((tmp_path / "summary.json").exists()))
+    previous = signal.signal(
+        signal.SIGTERM, lambda s, f: seen.append((tmp_path / "summary.json").exists())
+    )
     real = summary_mod.summarize
 
     def signalled(*a, **k):

@@ -55,7 +55,9 @@ def test_the_run_folder_holds_the_contract_files(learned_run):
     assert list(run_dir.glob("events.out.tfevents.*"))
     s = json.loads((run_dir / "summary.json").read_text())
     assert SUMMARY_KEYS <= s.keys()
-    assert s["n_params"] == 273066 and s["steps"] == 96 and s["epochs"] == 6.0 and s["device"] == "cpu"
+    assert (
+        s["n_params"] == 273066 and s["steps"] == 96 and s["epochs"] == 6.0 and s["device"] == "cpu"
+    )
     assert s["hparams"]["lr"] == 3e-3 and s["hparams"]["model"]["name"] == "resnet20v1"
     assert s["choices"]["optimizer"] == "adamw"
     assert s["regularization"][0].startswith("decoupled decay: θ ← θ·(1 − η_t·0.0005)")
@@ -68,9 +70,15 @@ def test_metrics_jsonl_has_a_train_record_per_step_and_validations(learned_run):
     assert all(isinstance(r["step"], int) and isinstance(r["epoch"], float) for r in recs)
     train = [r for r in recs if "train_loss" in r]
     assert [r["step"] for r in train] == list(range(1, 97))
-    assert all(r["decay"] == pytest.approx(r["lr"] / 3e-3 * 5e-4) for r in train)  # η_t·λ, the paper's scaling
-    assert sorted({r["lr"] for r in train}) == pytest.approx([3e-5, 3e-4, 3e-3])  # drops at 50 % and 75 %
-    assert all(math.isfinite(r["weight_norm"]) and r["l2_penalty"] == 0 for r in train if "weight_norm" in r)
+    # η_t·λ, the paper's scaling
+    assert all(r["decay"] == pytest.approx(r["lr"] / 3e-3 * 5e-4) for r in train)
+    # drops at 50 % and 75 %
+    assert sorted({r["lr"] for r in train}) == pytest.approx([3e-5, 3e-4, 3e-3])
+    assert all(
+        math.isfinite(r["weight_norm"]) and r["l2_penalty"] == 0
+        for r in train
+        if "weight_norm" in r
+    )
     val = [r for r in recs if "val_acc" in r]
     assert [r["step"] for r in val] == [32, 64, 96]
 
@@ -80,7 +88,11 @@ def test_a_two_job_sweep_writes_one_folder_per_job(tmp_path):
     r = run_cli(["-m", *TINY, "epochs=1", "trainer.max_steps=3", "lr=1e-3,2e-3"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     dirs = run_dirs(tmp_path / "multirun" / "latest")
-    assert [d.name.split("_", 1)[0] for d in dirs] == ["0", "1"]  # job number first, then the swept keys
+    # job number first, then the swept keys
+    assert [d.name.split("_", 1)[0] for d in dirs] == [
+        "0",
+        "1",
+    ]
     assert [d.name for d in dirs] == ["0_lr=0.001", "1_lr=0.002"]  # what varies, not every override
     lrs = sorted(json.loads((d / "summary.json").read_text())["hparams"]["lr"] for d in dirs)
     assert lrs == [1e-3, 2e-3]
@@ -92,22 +104,36 @@ def test_two_runs_started_together_never_share_a_folder(tmp_path):
     import subprocess
     import sys
 
-    args = [sys.executable, "-m", "runner", *TINY, "trainer.max_steps=1", "data.n_train=64", "data.n_val=20"]
-    procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    args = [
+        sys.executable,
+        "-m",
+        "runner",
+        *TINY,
+        "trainer.max_steps=1",
+        "data.n_train=64",
+        "data.n_val=20",
+    ]
+    procs = [
+        subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
     assert all(p.wait(timeout=300) == 0 for p in procs)
     assert len(run_dirs(tmp_path / "outputs")) == 2
 
 
 @pytest.mark.slow
 def test_a_plain_non_editable_install_runs_from_any_folder(tmp_path):
-    """`pip install .` (no -e) ships the configs inside the package; python -m runner works anywhere."""
+    """`pip install .` (no -e) ships the configs inside the package; python -m runner works
+    anywhere."""
     import subprocess
     import sys
 
     repo = ROOT
     pip = [sys.executable, "-m", "pip"]
     r = subprocess.run(
-        [*pip, "wheel", "-q", "--no-deps", "-w", str(tmp_path / "whl"), str(repo)], capture_output=True, text=True
+        [*pip, "wheel", "-q", "--no-deps", "-w", str(tmp_path / "whl"), str(repo)],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = (tmp_path / "whl").glob("*.whl")
@@ -119,7 +145,11 @@ def test_a_plain_non_editable_install_runs_from_any_folder(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    r = run_cli([*TINY, "trainer.max_steps=1"], cwd=elsewhere, env_extra={"PYTHONPATH": str(tmp_path / "site")})
+    r = run_cli(
+        [*TINY, "trainer.max_steps=1"],
+        cwd=elsewhere,
+        env_extra={"PYTHONPATH": str(tmp_path / "site")},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(next(elsewhere.rglob("summary.json")).read_text())
     assert s["status"] == "completed" and s["steps"] == 1
@@ -135,15 +165,22 @@ def test_a_plain_non_editable_install_runs_from_any_folder(tmp_path):
 
 @pytest.mark.slow
 def test_with_the_progress_bar_validations_are_still_logged_and_the_last_line_is_readable(tmp_path):
-    r = run_cli([*TINY, "trainer.progress=true", "trainer.max_steps=8", "trainer.val_every=4"], cwd=tmp_path)
+    r = run_cli(
+        [*TINY, "trainer.progress=true", "trainer.max_steps=8", "trainer.val_every=4"], cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr  # Hydra's log lines go to stdout, the bar to stderr
-    own = r"val_acc_recal [\d.]+ val_loss_recal [\d.]+ val_acc_running [\d.]+ val_loss_running [\d.]+"
+    own = (
+        r"val_acc_recal [\d.]+ val_loss_recal [\d.]+ val_acc_running [\d.]+ val_loss_running [\d.]+"
+    )
     assert len(re.findall(rf"step [48] epoch [\d.]+ {own} \(val_acc = val_acc_recal\)", out)) == 2
-    assert re.search(r"8/8 \[[^\r]*val_acc_recal=\d\.\d{3}[^\r]*\]\n", r.stderr)  # the bar keeps its last accuracy
-    assert re.search(r"validation \(200 images\): 100%\|[^\r]*\| 4/4 ", r.stderr)  # 2 batches x 2 evaluations
+    # the bar keeps its last accuracy
+    assert re.search(r"8/8 \[[^\r]*val_acc_recal=\d\.\d{3}[^\r]*\]\n", r.stderr)
+    # 2 batches x 2 evaluations
+    assert re.search(r"validation \(200 images\): 100%\|[^\r]*\| 4/4 ", r.stderr)
     last = [line for line in out.splitlines() if "best_val_acc" in line][-1]
-    head = r"best_val_acc \d\.\d{4} \(= best_val_acc_recal, selected on test\)"  # no held-out split: test chose it
+    # no held-out split: test chose it
+    head = r"best_val_acc \d\.\d{4} \(= best_val_acc_recal, selected on test\)"
     assert re.search(rf"completed after 8 steps: {head}, [\d.]+ s$", last), last
 
 
@@ -159,7 +196,8 @@ def test_the_smoke_demo_learns_clearly_above_chance(tmp_path):
     assert cfg.trainer.progress is None  # the bar wherever there is a terminal
     assert torch.get_num_threads() == 1  # conftest; CPU kernels split their sums by thread
     s = train(cfg, tmp_path)
-    assert s["status"] == "completed" and s["final_val_acc"] >= 0.3, s["final_val_acc"]  # chance: 0.1
+    # chance: 0.1
+    assert s["status"] == "completed" and s["final_val_acc"] >= 0.3, s["final_val_acc"]
     stated, where = smoke_claims()
     measured = f"{s['final_val_acc']:.3f}"
     here = (torch.__version__.split("+")[0], torch.backends.cpu.get_cpu_capability())
@@ -205,6 +243,8 @@ def test_a_deterministic_run_leaves_torchs_process_wide_settings_as_it_found_the
     assert not torch.are_deterministic_algorithms_enabled()
     seen = []
     cfg = validate(compose_cfg(*TINY, "trainer.max_steps=2", "trainer.deterministic=true"))
-    s = train(cfg, tmp_path, on_start=lambda: seen.append(torch.are_deterministic_algorithms_enabled()))
+    s = train(
+        cfg, tmp_path, on_start=lambda: seen.append(torch.are_deterministic_algorithms_enabled())
+    )
     assert s["status"] == "completed" and seen == [True]  # on while it trained
     assert not torch.are_deterministic_algorithms_enabled()  # off again, as before the run

@@ -1,4 +1,5 @@
-"""Rotational equilibrium (runner.probes.equilibrium) against closed forms and a scale-invariant toy."""
+"""Rotational equilibrium (runner.probes.equilibrium) against closed forms and a scale-invariant
+toy."""
 
 import math
 
@@ -24,14 +25,18 @@ def test_angle_between_from_norms_and_the_difference():
     assert angle_between(1.0, 3.0, float((b - a).pow(2).sum())) == pytest.approx(math.pi / 2)
     theta = 1e-4  # a small angle, where acos of a float32 dot product would return 0
     c = torch.tensor([math.cos(theta), math.sin(theta)], dtype=torch.float64) * 2
-    assert angle_between(1.0, 2.0, float((c - a.double()).pow(2).sum())) == pytest.approx(theta, rel=1e-6)
+    assert angle_between(1.0, 2.0, float((c - a.double()).pow(2).sum())) == pytest.approx(
+        theta, rel=1e-6
+    )
     assert angle_between(0.0, 1.0, 1.0) is None
 
 
 def probe_on(model, lrs, decays, stages):
     """The equilibrium probe of an Adam-trained `model` whose plan applies these lr_t and d_t."""
     opt = Optimizer(model, algorithm="adam", decay_on="all", betas=(0.0, 0.999))
-    plan = StepPlan(schedule=None, wd=max(decays), l2=0.0, lam_now=None, lr=lrs, d=decays, steps_per_epoch=1)
+    plan = StepPlan(
+        schedule=None, wd=max(decays), l2=0.0, lam_now=None, lr=lrs, d=decays, steps_per_epoch=1
+    )
     stages = {k: torch.tensor(v) for k, v in stages.items()}
     return Equilibrium(Subject(model, opt, plan, None, stages, lambda: None)), opt
 
@@ -48,11 +53,12 @@ def test_the_probe_measures_each_stage_since_its_previous_log_point():
         model.weight.copy_(torch.tensor([[2.0, 0.0]]))
     probe, opt = probe_on(model, [0.1] * 8, [0.02] * 8, {"a": [0]})
     first = log_point(probe, opt, 4)
+    # no previous point: no angle
     assert first == {
         "weight_norm/a": 2.0,
         "angular_update_eq": pytest.approx(0.2),
         "weight_norm_eq/a": pytest.approx(0.1 * math.sqrt(2 / 0.04)),
-    }  # no previous point: no angle
+    }
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[-2.0, 0.0]]))  # turned half a circle in 4 steps
     f = log_point(probe, opt, 8)
@@ -73,7 +79,8 @@ def test_the_probe_state_continues_a_run_where_it_stopped():
 
 
 class ScaleInvariant(nn.Module):
-    """A weight whose loss depends on its direction only, with a fresh random target direction each step."""
+    """A weight whose loss depends on its direction only, with a fresh random target direction each
+    step."""
 
     def __init__(self, c: int):
         super().__init__()
@@ -87,7 +94,8 @@ def test_a_scale_invariant_layer_under_adamw_settles_at_the_predicted_norm_and_a
     torch.manual_seed(0)
     c, lr, d, steps, every = 2000, 1e-2, 5e-3, 1500, 25  # τ = 200 steps: the run is 7.5 τ long
     model = ScaleInvariant(c)
-    # β2 = 0.99: v̂ follows the gradient's scale, which falls 10× as ‖θ‖ grows from 0.45 to its equilibrium 4.5
+    # β2 = 0.99: v̂ follows the gradient's scale, which falls 10× as ‖θ‖ grows from 0.45 to its
+    # equilibrium 4.5
     opt = Optimizer(model, algorithm="adam", decay_on="all", betas=(0.9, 0.99))
     prev, prev_w, speeds = None, None, []
     for k in range(steps):
@@ -106,7 +114,8 @@ def test_a_scale_invariant_layer_under_adamw_settles_at_the_predicted_norm_and_a
 
 def test_effective_steps_of_momentum_averaged_updates():
     assert effective_steps(25, 0.0) == 25
-    assert effective_steps(25, 0.9) == pytest.approx(16.2, abs=0.05)  # worked out in probes.equilibrium's docstring
+    # worked out in probes.equilibrium's docstring
+    assert effective_steps(25, 0.9) == pytest.approx(16.2, abs=0.05)
     # by simulation: the sum of 25 consecutive EMA-averaged unit-variance gradients
     torch.manual_seed(0)
     g = torch.randn(20000, 125)

@@ -27,7 +27,8 @@ def test_l2_terms_on_a_hand_made_adam_state():
     state["step"] = torch.tensor(10.0)
     bias = 1 - 0.999**10
     state["exp_avg_sq"].copy_(torch.tensor([[0.5, 2.0], [2.0, 2.0]]) * bias)  # v̂ = 0.5, 2, 2, 2
-    point = LogPoint(10, opt.weight_norms(), torch.tensor([5.0]))  # the step's data gradient: ‖g‖ = 5
+    # the step's data gradient: ‖g‖ = 5
+    point = LogPoint(10, opt.weight_norms(), torch.tensor([5.0]))
     f = L2Terms(subject(model, opt, 0.5)).at_log(point)
     assert f["l2_grad_ratio/all"].item() == pytest.approx(0.5 * math.sqrt(30) / 5)
     assert f["l2_sign_fraction/all"].item() == pytest.approx(2 / 4)  # 2.25 > 2 and 4 > 2 only

@@ -1,5 +1,5 @@
-"""Probes observe and change nothing (runner.probes): a run trains bit for bit the same with all of them
-on as with all of them off, and each adds only its own figures."""
+"""Probes observe and change nothing (runner.probes): a run trains bit for bit the same with all of
+them on as with all of them off, and each adds only its own figures."""
 
 import torch
 from conftest import TINY, compose_cfg
@@ -36,11 +36,22 @@ def test_a_run_trains_bit_for_bit_the_same_with_every_probe_on_or_off(tmp_path):
     off, off_records = trained(tmp_path / "off", False)
     for key, value in off["model"].items():
         assert torch.equal(value, on["model"][key]), key
-    losses = [[r["train_loss"] for r in recs if "train_loss" in r] for recs in (on_records, off_records)]
+    losses = [
+        [r["train_loss"] for r in recs if "train_loss" in r] for recs in (on_records, off_records)
+    ]
     assert losses[0] == losses[1] and len(losses[0]) == 8
     keys = [set().union(*(r.keys() for r in recs)) for recs in (on_records, off_records)]
     added = keys[0] - keys[1]
-    assert {"rotation/stages.1", "l2_grad_ratio/stem", "bn_lag_mu_mean", "val_loss_recal_aug"} <= added
-    assert all(k.split("/")[0].startswith(("weight_norm", "rotation", "angular", "l2_", "bn_", "val_", "diff"))
-               for k in added)  # fmt: skip
+    assert {
+        "rotation/stages.1",
+        "l2_grad_ratio/stem",
+        "bn_lag_mu_mean",
+        "val_loss_recal_aug",
+    } <= added
+    assert all(
+        k.split("/")[0].startswith(
+            ("weight_norm", "rotation", "angular", "l2_", "bn_", "val_", "diff")
+        )
+        for k in added
+    )
     assert set(on["probes"]) == {"equilibrium", "l2_terms", "bn_staleness"} and off["probes"] == {}

@@ -1,4 +1,5 @@
-"""Hydra's side of the run folders (runner.sweeps.callbacks): job folder names, the latest links, the tune sweeper's direction."""
+"""Hydra's side of the run folders (runner.sweeps.callbacks): job folder names, the latest links,
+the tune sweeper's direction."""
 
 import os
 
@@ -12,13 +13,13 @@ from runner.sweeps.callbacks import forget_latest, job_dirname, point_latest
 
 
 def job_folder_name(num: int, *overrides: str) -> str:
-    """The folder name Hydra gives sweep job `num` with these overrides (the real config, resolved)."""
+    """The folder name Hydra gives sweep job `num` with these overrides (the real config,
+    resolved)."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.job.num = num
     return OmegaConf.select(cfg, "hydra.sweep.subdir")
-
 
 
 def test_a_job_folder_is_its_number_then_what_it_overrides():
@@ -38,18 +39,38 @@ def test_keys_that_do_not_change_the_training_stay_out_of_the_name():
         "hydra/launcher=local_parallel",
         "hydra.launcher.n_jobs=2",
     ]
-    assert job_folder_name(1, "optimizer=adam_l2", "l2=0.0001", *noisy) == "1_l2=0.0001,optimizer=adam_l2"
+    assert (
+        job_folder_name(1, "optimizer=adam_l2", "l2=0.0001", *noisy)
+        == "1_l2=0.0001,optimizer=adam_l2"
+    )
 
 
 def test_in_a_sweep_a_job_folder_names_only_the_keys_the_sweep_varies(monkeypatch):
     from runner.sweeps.callbacks import SWEPT_ENV, swept_keys
 
-    cli = ["batch_size=32", "data.subset=400", "epochs=2", "optimizer=adamw,adam_l2", "reg=1e-4,1e-3",
-           "model=resnet20v1", "hydra/launcher=packed", "seed=range(2)"]  # fmt: skip
-    sweep = OmegaConf.create({"hydra": {"overrides": {"task": cli}, "sweeper": {"params": {"lr": "1e-3,2e-3"}}}})
+    cli = [
+        "batch_size=32",
+        "data.subset=400",
+        "epochs=2",
+        "optimizer=adamw,adam_l2",
+        "reg=1e-4,1e-3",
+        "model=resnet20v1",
+        "hydra/launcher=packed",
+        "seed=range(2)",
+    ]
+    sweep = OmegaConf.create(
+        {"hydra": {"overrides": {"task": cli}, "sweeper": {"params": {"lr": "1e-3,2e-3"}}}}
+    )
     assert swept_keys(sweep) == ["lr", "optimizer", "reg", "seed"]
     monkeypatch.setenv(SWEPT_ENV, "optimizer,reg")
-    job = ["batch_size=32", "data.subset=400", "epochs=2", "optimizer=adam_l2", "reg=0.001", "model=resnet20v1"]
+    job = [
+        "batch_size=32",
+        "data.subset=400",
+        "epochs=2",
+        "optimizer=adam_l2",
+        "reg=0.001",
+        "model=resnet20v1",
+    ]
     assert job_folder_name(1, *job) == "1_optimizer=adam_l2,reg=0.001"  # the README's promise
     monkeypatch.setenv(SWEPT_ENV, "")
     assert job_folder_name(4, *job) == "4"  # a sweep of one point varies nothing
@@ -62,7 +83,8 @@ def test_a_job_that_overrides_nothing_is_named_by_its_number():
 
 
 def test_two_jobs_never_share_a_folder():
-    # the same overrides (a value given twice, an Optuna point drawn again) still give distinct folders
+    # the same overrides (a value given twice, an Optuna point drawn again) still give distinct
+    # folders
     assert job_dirname(0, ["lr=0.001"]) != job_dirname(1, ["lr=0.001"])
     # jobs that differ only in a key left out of the name, too
     assert job_folder_name(0, "trainer.device=cpu") != job_folder_name(1, "trainer.device=cuda")
@@ -75,16 +97,25 @@ def test_a_long_or_slashed_override_set_is_one_valid_folder_name_that_keeps_the_
         assert name.startswith(f"{num}_experiment=a%2Fb,schedule.milestones=") and "/" not in name
         assert len(name.encode()) <= 255
     assert job_dirname(0, ["data.subset=a/b"]) == "0_data.subset=a%2Fb"
-    assert job_dirname(0, ["xy=" + "é" * 200]).endswith("é")  # cut between characters, never inside one
+    # cut between characters, never inside one
+    assert job_dirname(0, ["xy=" + "é" * 200]).endswith("é")
 
 
 def test_latest_points_at_the_newest_run_with_a_relative_link(tmp_path):
-    first, second = make_run(tmp_path, "2026-11-28", "10-00-00_aaaaaa"), make_run(tmp_path, "2026-11-29", "09-00-00_b")
+    first, second = (
+        make_run(tmp_path, "2026-11-28", "10-00-00_aaaaaa"),
+        make_run(tmp_path, "2026-11-29", "09-00-00_b"),
+    )
     point_latest(first)
     point_latest(second)
     latest = tmp_path / "latest"
     assert os.readlink(latest) == "2026-11-29/09-00-00_b" and latest.resolve() == second.resolve()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["2026-11-28", "2026-11-29", "latest"]  # no temporary left
+    # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "2026-11-28",
+        "2026-11-29",
+        "latest",
+    ]
 
 
 def test_a_folder_outside_the_date_layout_gets_no_link(tmp_path):
@@ -120,11 +151,14 @@ def test_forgetting_a_removed_run_drops_only_its_own_link(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "objective, direction", [(None, "maximize"), ("final_val_acc", "maximize"), ("final_val_loss", "minimize")]
+    "objective, direction",
+    [(None, "maximize"), ("final_val_acc", "maximize"), ("final_val_loss", "minimize")],
 )
 def test_the_tune_sweeper_pushes_the_objective_the_right_way(objective, direction):
     overrides = ["hydra/sweeper=tune"] + ([f"++trainer.objective={objective}"] if objective else [])
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
     assert cfg.hydra.sweeper.direction == direction
-    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.sampler.seed == 0
+    assert (
+        cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.sampler.seed == 0
+    )

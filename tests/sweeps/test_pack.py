@@ -1,7 +1,9 @@
-"""Packed sweeps (runner.sweeps.pack, hydra/launcher=packed): every job of a pack trains as it would alone.
+"""Packed sweeps (runner.sweeps.pack, hydra/launcher=packed): every job of a pack trains as it would
+alone.
 
-On a CPU the jobs of a pack take turns, one optimizer step each, with the same operations as alone: their weights,
-optimizer state and records must come out bit for bit the same (float32, the CPU default).
+On a CPU the jobs of a pack take turns, one optimizer step each, with the same operations as alone:
+their weights, optimizer state and records must come out bit for bit the same (float32, the CPU
+default).
 """
 
 import json
@@ -21,14 +23,25 @@ from runner.engine.train import train
 from runner.sweeps.pack import Job, pack_key, plan_packs, start_rounds, train_pack
 
 # 2 epochs of 4 steps; validations at steps 3, 6 and 8; weight and gradient norms every 2 steps
-SMALL = [*TINY, "data.n_train=128", "data.n_val=40", "batch_size=32", "trainer.val_every=3", "trainer.log_every=2"]
+SMALL = [
+    *TINY,
+    "data.n_train=128",
+    "data.n_val=40",
+    "batch_size=32",
+    "trainer.val_every=3",
+    "trainer.log_every=2",
+]
 MIXED = {  # the four update rules of the studies, each with its own lr, λ and seed
     "adamw": ["optimizer=adamw", "lr=3e-3", "wd=1e-3", "seed=1"],
     "adam_l2": ["optimizer=adam_l2", "lr=1e-3", "l2=5e-4", "seed=2"],
     "sgdw": ["optimizer=sgdw", "lr=0.05", "wd=2e-3", "seed=3"],
     "sgd_l2": ["optimizer=sgd_l2", "lr=0.1", "l2=1e-3", "seed=4"],
 }
-TIMING = {"epoch_train_s", "epoch_images"}  # how long this process took: the one thing a pack changes
+# how long this process took: the one thing a pack changes
+TIMING = {
+    "epoch_train_s",
+    "epoch_images",
+}
 RESULTS = (
     "status",
     "steps",
@@ -53,18 +66,29 @@ def jobs(root, names, **extra):
     out = []
     for n, name in enumerate(names):
         (root / name).mkdir(parents=True, exist_ok=True)
-        out.append(Job(config(*MIXED.get(name, []), *extra.get(name, [])), root / name, job_num=n, name=name))
+        out.append(
+            Job(
+                config(*MIXED.get(name, []), *extra.get(name, [])),
+                root / name,
+                job_num=n,
+                name=name,
+            )
+        )
     return out
 
 
 def records(run_dir):
     """metrics.jsonl without its timing: train, validation and epoch records."""
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(run_dir / "metrics.jsonl")]
+    return [
+        {k: v for k, v in r.items() if k not in TIMING}
+        for r in read_metrics(run_dir / "metrics.jsonl")
+    ]
 
 
 def essentials(run_dir):
-    """Each step's loss, lr and decay, and the validations: what an interruption leaves as it was (it adds weight
-    norms to the step it stops at, and a continued epoch's record counts only this process's images)."""
+    """Each step's loss, lr and decay, and the validations: what an interruption leaves as it was
+    (it adds weight norms to the step it stops at, and a continued epoch's record counts only this
+    process's images)."""
     keep = ("step", "epoch", "train_loss", "lr", "decay")
     return [
         r if "val_loss" in r else {k: r[k] for k in keep}
@@ -111,13 +135,17 @@ def test_every_job_of_a_pack_ends_bit_for_bit_as_it_would_alone(alone, packed):
         assert_bit_equal(saved_state(root / name)[0], saved_state(alone / name)[0])
         by_itself = json.loads((alone / name / "summary.json").read_text())
         assert {k: outcome.summary[k] for k in RESULTS} == {k: by_itself[k] for k in RESULTS}, name
-    assert len({o.summary["final_val_loss"] for o in outcomes}) == 4  # four trainings, not one copied four times
+    # four trainings, not one copied four times
+    assert len({o.summary["final_val_loss"] for o in outcomes}) == 4
 
 
 def listing(run_dir):
-    """The files of a run folder, less what names them apart: event files' time and host, checkpoints' checksums."""
+    """The files of a run folder, less what names them apart: event files' time and host,
+    checkpoints' checksums."""
     names = (p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*"))
-    return sorted(re.sub(r"tfevents\..*", "tfevents", re.sub(r"-[0-9a-f]{16}\.pt", ".pt", n)) for n in names)
+    return sorted(
+        re.sub(r"tfevents\..*", "tfevents", re.sub(r"-[0-9a-f]{16}\.pt", ".pt", n)) for n in names
+    )
 
 
 def test_the_folder_of_a_packed_job_holds_what_a_run_alone_writes(alone, packed):
@@ -139,9 +167,11 @@ def test_a_diverging_or_failing_job_stops_alone_and_its_pack_goes_on(tmp_path, a
     )
     (blown, _), (failed, error), (kept, _) = outcomes
     assert blown["status"] == "diverged" and blown["diverged_at_step"] == 2 and blown["steps"] == 2
-    assert failed["status"] == "failed" and isinstance(error, Diverged)  # its summary says where it stopped
+    # its summary says where it stopped
+    assert failed["status"] == "failed" and isinstance(error, Diverged)
     assert kept["status"] == "completed" and kept["steps"] == 8
-    assert records(tmp_path / "adamw") == records(alone / "adamw")  # untouched by its partners' fate
+    # untouched by its partners' fate
+    assert records(tmp_path / "adamw") == records(alone / "adamw")
 
 
 class SignalAt:
@@ -158,16 +188,26 @@ class SignalAt:
         yield
 
 
-def test_sigterm_checkpoints_every_job_and_a_rerun_resumes_each_from_its_own_folder(tmp_path, alone):
+def test_sigterm_checkpoints_every_job_and_a_rerun_resumes_each_from_its_own_folder(
+    tmp_path, alone
+):
     names = ["adam_l2", "sgdw", "sgd_l2"]
     # turns: 3 setups, then one step per job and round; turn 3 + 3·4 + 2 begins job 1's 5th step
     outcomes = train_pack(jobs(tmp_path, names), around=SignalAt(3 + 3 * 4 + 2))
     assert [o.summary["status"] for o in outcomes] == ["interrupted"] * 3
-    assert [saved_state(tmp_path / n)[1] for n in names] == [5, 4, 4]  # each checkpointed where it stopped
+    # each checkpointed where it stopped
+    assert [saved_state(tmp_path / n)[1] for n in names] == [
+        5,
+        4,
+        4,
+    ]
     assert [o.summary["steps"] for o in outcomes] == [5, 4, 4]
-    outcomes = train_pack(jobs(tmp_path, names))  # the same pack again: how a requeue or a restart looks
+    # the same pack again: how a requeue or a restart looks
+    outcomes = train_pack(jobs(tmp_path, names))
     for name, outcome in zip(names, outcomes):
-        assert outcome.summary["status"] == "completed" and outcome.summary["resumed"]["from_step"] in (4, 5)
+        assert outcome.summary["status"] == "completed" and outcome.summary["resumed"][
+            "from_step"
+        ] in (4, 5)
         assert_bit_equal(saved_state(tmp_path / name)[0], saved_state(alone / name)[0])
         assert essentials(tmp_path / name) == essentials(alone / name)
 
@@ -184,13 +224,17 @@ class Turns:
         yield
 
 
-def test_staggered_jobs_start_apart_so_they_never_validate_in_the_same_round_and_train_as_alone(tmp_path, alone):
+def test_staggered_jobs_start_apart_so_they_never_validate_in_the_same_round_and_train_as_alone(
+    tmp_path, alone
+):
     assert start_rounds([390, 390, 390, 390]) == [0, 97, 195, 292]  # a quarter of an epoch apart
     assert start_rounds([3, 6]) == [0, 1] and start_rounds([]) == []
     names = ["adamw", "sgdw"]
     turns = Turns()
-    outcomes = train_pack(jobs(tmp_path, names), around=turns, stagger=True)  # what a pack does on CUDA
-    # two setups; sgdw waits one round (val_every=3: 3·1/2 rounds), so its validations come a step after adamw's
+    # what a pack does on CUDA
+    outcomes = train_pack(jobs(tmp_path, names), around=turns, stagger=True)
+    # two setups; sgdw waits one round (val_every=3: 3·1/2 rounds), so its validations come a step
+    # after adamw's
     assert turns.order[:6] == [0, 1, 0, 0, 1, 0]
     for name, outcome in zip(names, outcomes):
         assert outcome.summary["status"] == "completed"
@@ -201,7 +245,13 @@ def test_staggered_jobs_start_apart_so_they_never_validate_in_the_same_round_and
 def test_jobs_pack_by_model_batch_size_epochs_data_and_device_in_sweep_order():
     base = pack_key(config())
     assert pack_key(config("lr=0.1", "optimizer=sgd_l2", "seed=5", "schedule=cosine")) == base
-    for other in ("batch_size=16", "epochs=3", "model=resnet20v2", "data.n_train=64", "trainer.device=auto"):
+    for other in (
+        "batch_size=16",
+        "epochs=3",
+        "model=resnet20v2",
+        "data.n_train=64",
+        "trainer.device=auto",
+    ):
         assert pack_key(config(other)) != base, other
     assert pack_key(config("resume=/somewhere")) is None
     assert plan_packs(["a", "b", "a", None, "a", "a", "b"], 2) == [[0, 2], [1, 6], [3], [4, 5]]
@@ -214,7 +264,8 @@ def job_folders(sweep):
 
 @pytest.mark.slow
 def test_a_packed_sweep_writes_what_a_sweep_one_job_at_a_time_writes(tmp_path):
-    """Two batch sizes never share a pack: of the 3 jobs of each, 2 pack and the third runs the usual way."""
+    """Two batch sizes never share a pack: of the 3 jobs of each, 2 pack and the third runs the
+    usual way."""
     sweep = [
         *TINY,
         "data.n_train=64",
@@ -225,10 +276,16 @@ def test_a_packed_sweep_writes_what_a_sweep_one_job_at_a_time_writes(tmp_path):
         "+hydra.callbacks.log_return._target_=hydra.experimental.callbacks.LogJobReturnCallback",
     ]
     runs = {}
-    for launcher, folder in ((["hydra/launcher=packed", "hydra.launcher.pack=2"], "packed"), ([], "basic")):
-        runs[folder] = run_cli(["-m", *launcher, *sweep, f"hydra.sweep.dir={tmp_path / folder}"], cwd=tmp_path)
+    for launcher, folder in (
+        (["hydra/launcher=packed", "hydra.launcher.pack=2"], "packed"),
+        ([], "basic"),
+    ):
+        runs[folder] = run_cli(
+            ["-m", *launcher, *sweep, f"hydra.sweep.dir={tmp_path / folder}"], cwd=tmp_path
+        )
         assert runs[folder].returncode == 0, runs[folder].stderr[-3000:]
-    assert runs["packed"].stdout.count("pack of 2:") == 2  # jobs 0+1 and 3+4; jobs 2 and 5 ran alone
+    # jobs 0+1 and 3+4; jobs 2 and 5 ran alone
+    assert runs["packed"].stdout.count("pack of 2:") == 2
     packed, basic = job_folders(tmp_path / "packed"), job_folders(tmp_path / "basic")
     assert sorted(packed) == sorted(basic) and len(packed) == 6
     for name, d in packed.items():
@@ -238,14 +295,20 @@ def test_a_packed_sweep_writes_what_a_sweep_one_job_at_a_time_writes(tmp_path):
         s, b = (json.loads((x / "summary.json").read_text()) for x in (d, basic[name]))
         assert {k: s[k] for k in RESULTS} == {k: b[k] for k in RESULTS}, name
         assert list(d.glob("events.out.tfevents.*")) and (d / "checkpoints" / "last.pt").exists()
-        # the job's own log file has its lines, and the objective went back to Hydra (python -m runner's value)
+        # the job's own log file has its lines, and the objective went back to Hydra (python -m
+        # runner's value)
         log = (d / "run.log").read_text()
-        assert "completed after 3 steps" in log and f"return value: {s['best_val_acc']}" in log, name
-        assert (f"[#{name[0]}] completed" in log) == (name[0] not in "25"), name  # a packed job's lines say its name
+        assert "completed after 3 steps" in log and f"return value: {s['best_val_acc']}" in log, (
+            name
+        )
+        # a packed job's lines say its name
+        assert (f"[#{name[0]}] completed" in log) == (name[0] not in "25"), name
 
 
 @pytest.mark.slow
-def test_sigterm_ends_a_packed_sweep_with_its_pack_checkpointed_and_the_same_command_continues_it(tmp_path):
+def test_sigterm_ends_a_packed_sweep_with_its_pack_checkpointed_and_the_same_command_continues_it(
+    tmp_path,
+):
     import subprocess
     import sys
     import time
@@ -275,7 +338,10 @@ def test_sigterm_ends_a_packed_sweep_with_its_pack_checkpointed_and_the_same_com
     while (
         time.time() < deadline
         and p.poll() is None
-        and not any(len(m.read_text().splitlines()) >= 3 for m in (tmp_path / "sweep").glob("0_*/metrics.jsonl"))
+        and not any(
+            len(m.read_text().splitlines()) >= 3
+            for m in (tmp_path / "sweep").glob("0_*/metrics.jsonl")
+        )
     ):
         time.sleep(0.01)
     p.send_signal(signal.SIGTERM)
@@ -284,22 +350,37 @@ def test_sigterm_ends_a_packed_sweep_with_its_pack_checkpointed_and_the_same_com
     first = sorted(job_folders(tmp_path / "sweep"))
     assert [n[0] for n in first] == ["0", "1"]  # the second pack never started
     assert all(
-        json.loads((tmp_path / "sweep" / n / "summary.json").read_text())["status"] == "interrupted" for n in first
+        json.loads((tmp_path / "sweep" / n / "summary.json").read_text())["status"] == "interrupted"
+        for n in first
     )
-    r = run_cli(sweep, cwd=tmp_path)  # the same command again: how a requeued or restarted sweep looks
+    # the same command again: how a requeued or restarted sweep looks
+    r = run_cli(sweep, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    done = {n: json.loads((d / "summary.json").read_text()) for n, d in job_folders(tmp_path / "sweep").items()}
-    assert len(done) == 4 and all(s["status"] == "completed" and s["steps"] == 12 for s in done.values())
+    done = {
+        n: json.loads((d / "summary.json").read_text())
+        for n, d in job_folders(tmp_path / "sweep").items()
+    }
+    assert len(done) == 4 and all(
+        s["status"] == "completed" and s["steps"] == 12 for s in done.values()
+    )
     assert all(done[n]["resumed"]["from_step"] > 0 for n in first)
 
 
 def test_a_job_is_announced_only_once_it_is_set_up_so_a_refused_job_names_no_folder(tmp_path):
     started = []
     good = Job(
-        validate(compose_cfg(*SMALL, "trainer.max_steps=1")), tmp_path / "good", on_start=lambda: started.append("good")
+        validate(compose_cfg(*SMALL, "trainer.max_steps=1")),
+        tmp_path / "good",
+        on_start=lambda: started.append("good"),
     )
     bad_cfg = validate(
-        compose_cfg(*SMALL, "data=image_folder", f"data.root={tmp_path / 'no_images'}", "~data.n_train", "~data.n_val")
+        compose_cfg(
+            *SMALL,
+            "data=image_folder",
+            f"data.root={tmp_path / 'no_images'}",
+            "~data.n_train",
+            "~data.n_val",
+        )
     )
     bad = Job(bad_cfg, tmp_path / "bad", on_start=lambda: started.append("bad"))
     (done, _), (refused, error) = train_pack([good, bad])

@@ -1,4 +1,5 @@
-"""Sweeps: Hydra's launchers, GPU pinning, the experiment presets, and the report on a real sweep."""
+"""Sweeps: Hydra's launchers, GPU pinning, the experiment presets, and the report on a real
+sweep."""
 
 import json
 
@@ -25,7 +26,8 @@ def test_sweep_job_i_runs_on_gpu_i_mod_n(monkeypatch):
 
 
 def test_a_run_on_gpu_n_makes_gpu_n_the_current_device(monkeypatch):
-    """What torch takes without a device (a graph capture's sync and pool, new streams) then means the run's GPU."""
+    """What torch takes without a device (a graph capture's sync and pool, new streams) then means
+    the run's GPU."""
     current = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -46,21 +48,36 @@ def test_experiment_presets_compose():
         "replicate",
     )
     assert k.schedule.milestones == [0.405, 0.605, 0.805, 0.905]
-    # Keras' lr_schedule(epoch) with its 0-based epoch index: `epoch > 80` → ×0.1, ... (cifar10_resnet.py)
+    # Keras' lr_schedule(epoch) with its 0-based epoch index: `epoch > 80` → ×0.1, ...
+    # (cifar10_resnet.py)
     from runner.core.schedules import make_schedule
 
-    keras = lambda e: 0.5e-3 if e > 180 else 1e-3 if e > 160 else 1e-2 if e > 120 else 1e-1 if e > 80 else 1.0  # noqa: E731
+    keras = lambda e: (
+        0.5e-3 if e > 180 else 1e-3 if e > 160 else 1e-2 if e > 120 else 1e-1 if e > 80 else 1.0
+    )  # noqa: E731
     eta = make_schedule(k.schedule, k.epochs)
     assert all(eta(e + f) == keras(e) for e in range(200) for f in (0.0, 0.5, 0.999))
     assert k.data.drop_last is False  # Keras trains on the last, smaller batch of each epoch too
     a = validate(compose_cfg("experiment=adamw_20ep"))
-    assert (a.optimizer.name, a.l2, a.batch_size, a.epochs, a.schedule.shape) == ("adamw", 0.0, 64, 20, "warm_restarts")
+    assert (a.optimizer.name, a.l2, a.batch_size, a.epochs, a.schedule.shape) == (
+        "adamw",
+        0.0,
+        64,
+        20,
+        "warm_restarts",
+    )
     assert a.optimizer.wd_normalized and a.trainer.train_eval and a.trainer.bn_recalibrate > 0
     from runner.core.step_plan import normalized_lambda
 
-    assert normalized_lambda(a.wd, a.batch_size, 50_000, a.epochs) == pytest.approx(3.0e-4)  # what was measured
+    # what was measured
+    assert normalized_lambda(a.wd, a.batch_size, 50_000, a.epochs) == pytest.approx(3.0e-4)
     o = validate(compose_cfg("experiment=adamw_oscillate"))
-    assert (o.wd, o.epochs, o.optimizer.wd_normalized, o.trainer.val_every) == (1e-3, 30, False, 200)
+    assert (o.wd, o.epochs, o.optimizer.wd_normalized, o.trainer.val_every) == (
+        1e-3,
+        30,
+        False,
+        200,
+    )
     for opt, key in (("adamw", "wd"), ("adam_l2", "l2")):
         b = validate(compose_cfg("experiment=blog_grid", f"optimizer={opt}", "reg=3e-4"))
         assert getattr(b, key) == 3e-4 and b.report and b.trainer.train_eval and b.epochs == 20
@@ -94,9 +111,11 @@ def test_joblib_launcher_runs_jobs_in_parallel_without_progress_bars(tmp_path):
 
 @pytest.mark.slow
 def test_paper_grid_then_report_gives_the_heat_maps(tmp_path):
+    # the command line narrows the preset's grid
     r = run_cli(
-        ["experiment=paper_grid", *SMALL, "trainer.max_steps=4", "lr=1e-3,2e-3", "reg=0.05"], cwd=tmp_path
-    )  # the command line narrows the preset's grid
+        ["experiment=paper_grid", *SMALL, "trainer.max_steps=4", "lr=1e-3,2e-3", "reg=0.05"],
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     s = summaries(tmp_path / "multirun")
     assert len(s) == 4
@@ -115,14 +134,25 @@ def run_cli_report(args):
     import sys
 
     return subprocess.run(
-        [sys.executable, "-m", "runner.analysis.report", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "runner.analysis.report", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 @pytest.mark.slow
 def test_report_on_a_real_2x2_sweep_and_hparams_in_each_run(tmp_path):
     r = run_cli(
-        ["-m", *SMALL, "trainer.max_steps=3", "lr=1e-3,2e-3", "wd=1e-4,5e-4", "trainer.val_every=1"], cwd=tmp_path
+        [
+            "-m",
+            *SMALL,
+            "trainer.max_steps=3",
+            "lr=1e-3,2e-3",
+            "wd=1e-4,5e-4",
+            "trainer.val_every=1",
+        ],
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun").glob("20*/*")  # the dated folder, not latest/
@@ -151,11 +181,16 @@ def test_report_on_a_real_2x2_sweep_and_hparams_in_each_run(tmp_path):
         info = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/session_start_info"])
         key_sets.append(frozenset(info.session_start_info.hparams.keys()))
         assert info.session_start_info.hparams["lr"].number_value in (1e-3, 2e-3)
-    assert len(key_sets) == 4 and len(set(key_sets)) == 1 and {"lr", "wd", "optimizer", "epochs"} <= key_sets[0]
+    assert (
+        len(key_sets) == 4
+        and len(set(key_sets)) == 1
+        and {"lr", "wd", "optimizer", "epochs"} <= key_sets[0]
+    )
 
 
 def _pids_writing(path) -> list[int]:
-    """Processes that hold `path` open (submitit's local job ids are process ids, not sweep indices)."""
+    """Processes that hold `path` open (submitit's local job ids are process ids, not sweep
+    indices)."""
     import os
     from pathlib import Path
 
@@ -172,8 +207,8 @@ def _pids_writing(path) -> list[int]:
 
 @pytest.mark.slow
 def test_submitit_local_requeues_an_interrupted_job_which_continues_in_its_folder(tmp_path):
-    """Two jobs through submitit's local executor; job 1 gets the preemption signal (SIGUSR2) mid-run,
-    checkpoints, is requeued by submitit, and continues where it stopped."""
+    """Two jobs through submitit's local executor; job 1 gets the preemption signal (SIGUSR2)
+    mid-run, checkpoints, is requeued by submitit, and continues where it stopped."""
     import os
     import signal
     import subprocess
@@ -195,22 +230,30 @@ def test_submitit_local_requeues_an_interrupted_job_which_continues_in_its_folde
         "seed=1,2",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     job1 = sweep / "1_seed=2"  # the swept key only
     metrics = job1 / "metrics.jsonl"
     deadline = time.time() + 240
-    while not (metrics.exists() and metrics.read_text().count("train_loss") >= 5) and time.time() < deadline:
+    while (
+        not (metrics.exists() and metrics.read_text().count("train_loss") >= 5)
+        and time.time() < deadline
+    ):
         time.sleep(0.05)
     pids = _pids_writing(metrics)
     assert len(pids) == 1, pids
-    os.kill(pids[0], signal.SIGUSR2)  # what SLURM sends signal_delay_s before a timeout or on preemption
+    # what SLURM sends signal_delay_s before a timeout or on preemption
+    os.kill(pids[0], signal.SIGUSR2)
     _, err = p.communicate(timeout=400)
     assert p.returncode == 0, err[-3000:]
     (job0,) = sweep.glob("0_*")
     s = {n: json.loads((job / "summary.json").read_text()) for n, job in (("0", job0), ("1", job1))}
     assert all(v["status"] == "completed" and v["steps"] == 16 for v in s.values()), s
     assert "resumed" not in s["0"] and s["1"]["resumed"]["from_step"] >= 5
-    steps = [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "train_loss" in r]
+    steps = [
+        r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "train_loss" in r
+    ]
     assert steps == list(range(1, 17))  # appended across the requeue, no duplicates
 
 
@@ -232,13 +275,29 @@ def test_the_oscillation_study_puts_each_optimizer_on_its_own_axis():
     arms = yaml.safe_load((Path(CONFIG_DIR) / "experiment" / "oscillation_study.yaml").read_text())
     arms = arms["hydra"]["sweeper"]["params"]
     assert arms == {
-        "arm": "adamw_tau0.03,adamw_tau0.1,adamw_tau0.3,adamw_tau1,adam_l2_1e-4,adam_l2_1e-3,adam_l2_1e-2",
+        "arm": "adamw_tau0.03,adamw_tau0.1,adamw_tau0.3,adamw_tau1,"
+        "adam_l2_1e-4,adam_l2_1e-3,adam_l2_1e-2",
         "model.bn_momentum": "0.01,0.1",
     }
     for arm in arms["arm"].split(","):
-        c = validate(compose_cfg("experiment=oscillation_study", f"arm={arm}", "model.bn_momentum=0.1"))
+        c = validate(
+            compose_cfg("experiment=oscillation_study", f"arm={arm}", "model.bn_momentum=0.1")
+        )
         if arm.startswith("adamw"):  # τ/T, the decay's timescale, sets λ; no L2
-            assert (c.optimizer.name, c.optimizer.wd_tau, c.l2) == ("adamw", float(arm.split("tau")[1]), 0.0)
+            assert (c.optimizer.name, c.optimizer.wd_tau, c.l2) == (
+                "adamw",
+                float(arm.split("tau")[1]),
+                0.0,
+            )
         else:  # λ₂ alone, no decoupled decay
-            assert (c.optimizer.name, c.l2, c.wd, c.optimizer.wd_tau) == ("adam_l2", float(arm[8:]), 0.0, None)
-        assert c.model.bn_momentum == 0.1 and c.trainer.val_every == 200 and c.trainer.bn_recalibrate > 0
+            assert (c.optimizer.name, c.l2, c.wd, c.optimizer.wd_tau) == (
+                "adam_l2",
+                float(arm[8:]),
+                0.0,
+                None,
+            )
+        assert (
+            c.model.bn_momentum == 0.1
+            and c.trainer.val_every == 200
+            and c.trainer.bn_recalibrate > 0
+        )

@@ -1,7 +1,9 @@
-"""The oscillation figures of the committed H200 AdamW runs with every 1st, 2nd or 4th validation kept.
+"""The oscillation figures of the committed H200 AdamW runs with every 1st, 2nd or 4th validation
+kept.
 
 PYTHONPATH=src python docs/results/2026-11-28-h200/oscillation_thinning.py [metrics.jsonl.gz ...]
-Frequency-dependent figures (tv_per_epoch, n_rises) fall as validations are thinned; dispersion stays put.
+Frequency-dependent figures (tv_per_epoch, n_rises) fall as validations are thinned; dispersion
+stays put.
 """
 
 from __future__ import annotations
@@ -15,19 +17,32 @@ from runner.core.oscillation import oscillation_block
 
 RESULTS = Path(__file__).resolve().parent  # the raw records beside this file
 DEFAULT = [RESULTS / "adamw_30ep.metrics.jsonl.gz", RESULTS / "adamw20_wd3e-4.metrics.jsonl.gz"]
-KEYS = ("val_every_steps", "dispersion", "dispersion_train_eval", "tv_per_epoch", "n_rises",
-        "change_corr_train_eval", "change_corr_train", "acc_dispersion", "acc_noise_floor")  # fmt: skip
+KEYS = (
+    "val_every_steps",
+    "dispersion",
+    "dispersion_train_eval",
+    "tv_per_epoch",
+    "n_rises",
+    "change_corr_train_eval",
+    "change_corr_train",
+    "acc_dispersion",
+    "acc_noise_floor",
+)
 
 
 def main(paths: list[Path]) -> None:
     for path in paths:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             records = [json.loads(line) for line in f]
-        vals = sorted({r["step"]: r for r in records if "val_loss" in r}.values(), key=lambda r: r["step"])
+        vals = sorted(
+            {r["step"]: r for r in records if "val_loss" in r}.values(), key=lambda r: r["step"]
+        )
         others = [r for r in records if "val_loss" not in r]
         for k in (1, 2, 4):
             for offset in range(k):
-                b = oscillation_block(others + vals[offset::k], None, n_val=10000)  # the H200 runs' 10,000 images
+                b = oscillation_block(
+                    others + vals[offset::k], None, n_val=10000
+                )  # the H200 runs' 10,000 images
                 figures = " ".join(f"{key} {b[key]:.3g}" for key in KEYS if b[key] is not None)
                 print(f"{path.name.split('.')[0]} every {k} (offset {offset}): {figures}")
 

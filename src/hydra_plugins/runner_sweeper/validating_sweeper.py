@@ -1,10 +1,11 @@
 """Hydra's basic sweeper, with every job's configuration validated before the first job trains.
 
-The basic sweeper composes each batch of jobs (the whole sweep is one batch unless hydra.sweeper.max_batch_size
-says otherwise) before launching it, which catches keys that do not exist; a value the runner refuses (lr=-1, a
-preset that does not fit) would still surface only when its job came up, after earlier jobs trained. Here each
-composed job also passes runner.config.validate, and a refusal is one line naming the job and the setting, before
-anything trains, whatever the launcher.
+The basic sweeper composes each batch of jobs (the whole sweep is one batch unless
+hydra.sweeper.max_batch_size says otherwise) before launching it, which catches keys that do not
+exist; a value the runner refuses (lr=-1, a preset that does not fit) would still surface only when
+its job came up, after earlier jobs trained. Here each composed job also passes
+runner.config.validate, and a refusal is one line naming the job and the setting, before anything
+trains, whatever the launcher.
 """
 
 from __future__ import annotations
@@ -34,5 +35,8 @@ class ValidatingSweeper(BasicSweeper):
             except UserError as e:
                 job = " ".join(overrides) or "(no overrides)"
                 callbacks.refused_sweep(Path(self.config.hydra.sweep.dir))
-                print(f"runner: error: sweep job [{job}]: {e} (no job of the sweep was started)", file=sys.stderr)
+                print(
+                    f"runner: error: sweep job [{job}]: {e} (no job of the sweep was started)",
+                    file=sys.stderr,
+                )
                 sys.exit(2)

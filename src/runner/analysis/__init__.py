@@ -1,1 +1,2 @@
-"""Reading finished (or unfinished) run folders: oscillation figures, the report's tables and figures."""
+"""Reading finished (or unfinished) run folders: oscillation figures, the report's tables and
+figures."""

@@ -27,9 +27,9 @@ Also here, the figures that replace or qualify analysis.oscillation's:
                              apart)
     gap_share                Σ r_g²/(Σ r_g² + Σ r_w²), r_g = r_v − r_w: the running − recalibrated
                              gap's share of the detrended variance, bounded in [0, 1]
-                             (analysis.oscillation's dispersion_share_gap, Σ r_v(r_v − r_w)/Σ r_v², is
-                             not), with corr(r_g, r_w) beside it to say how far the split is from
-                             additive
+                             (analysis.oscillation's dispersion_share_gap, Σ r_v(r_v − r_w)/Σ r_v²,
+                             is not), with corr(r_g, r_w) beside it to say how far the split is
+                             from additive
     paired_accuracy_noise    Δacc between two evaluations of one fixed set and its noise floor
                              √(n01 + n10)/n from the images whose correctness flipped
 """
@@ -40,8 +40,8 @@ import math
 import random
 import statistics
 
-from runner.analysis.stats import mean_ci, ratio_of_means, regression
 from runner.analysis.oscillation import detrended, rms
+from runner.analysis.stats import mean_ci, ratio_of_means, regression
 
 WARM_WEIGHT = 0.05  # an EMA is in its warm-up while more than this weight sits on its start value
 
@@ -181,8 +181,8 @@ def simulated_dispersion_bias(
     seed: int = 0,
 ) -> float | None:
     """dispersion/σ − 1 for a log-loss series of white noise σ validated `per_epoch` times an epoch,
-    through analysis.oscillation's own detrending (its median leaves out the point, so the noise of the
-    neighbours' median adds to the residual); None where no point has a full window."""
+    through analysis.oscillation's own detrending (its median leaves out the point, so the noise of
+    the neighbours' median adds to the residual); None where no point has a full window."""
     rng, ratios = random.Random(seed), []
     for _ in range(reps):
         e = [i / per_epoch for i in range(1, int(epochs * per_epoch) + 1)]
@@ -194,9 +194,9 @@ def simulated_dispersion_bias(
 
 
 def gap_share(r_running: dict, r_recal: dict) -> dict:
-    """Σ r_g²/(Σ r_g² + Σ r_w²) with r_g = r_v − r_w over the points both have (analysis.oscillation's
-    detrended log residuals, keyed by step), in [0, 1]; and corr(r_g, r_w) (0 when the split is
-    additive). None where both are zero or below 3 points."""
+    """Σ r_g²/(Σ r_g² + Σ r_w²) with r_g = r_v − r_w over the points both have
+    (analysis.oscillation's detrended log residuals, keyed by step), in [0, 1]; and corr(r_g, r_w)
+    (0 when the split is additive). None where both are zero or below 3 points."""
     keys = [k for k in r_running if k in r_recal]
     g = [r_running[k] - r_recal[k] for k in keys]
     w = [r_recal[k] for k in keys]

@@ -1,9 +1,11 @@
-"""The report's figures: validation curves, weight norms, the lr × λ heat map, oscillation vs λ, one run's losses.
+"""The report's figures: validation curves, weight norms, the lr × λ heat map, oscillation vs λ, one
+run's losses.
 
-Each `plot_*` draws one PNG from configuration groups (see runner.analysis.runs.group_configs), or from one run
-(runner.analysis.runs.load_run), with matplotlib Figure objects (no pyplot state) and returns None, or a one-line reason
-it was skipped. The data each figure shows comes from a function of its own (heatmap_grid, oscillation_series,
-runner.analysis.runs.loss_curves), which the tests check instead of pixels.
+Each `plot_*` draws one PNG from configuration groups (see runner.analysis.runs.group_configs), or
+from one run (runner.analysis.runs.load_run), with matplotlib Figure objects (no pyplot state) and
+returns None, or a one-line reason it was skipped. The data each figure shows comes from a function
+of its own (heatmap_grid, oscillation_series, runner.analysis.runs.loss_curves), which the tests
+check instead of pixels.
 
 Every figure reads without the code: titled with what it shows and `title` (the sweep, model and
 data: analysis.report.context), axes in words with units, markers on lines of few points (one
@@ -18,7 +20,13 @@ from pathlib import Path
 
 from runner.analysis.runs import accuracy_noise, finite_number, fmt, sort_key
 
-SHORT = {"diverged": "div", "running": "run", "interrupted": "int", "not started": ""}  # heat map cells without a mean
+# heat map cells without a mean
+SHORT = {
+    "diverged": "div",
+    "running": "run",
+    "interrupted": "int",
+    "not started": "",
+}
 FEW_POINTS = 30  # a line with fewer points gets markers
 CHARS_PER_INCH = 13  # of a 9-point title or a small legend: where titles wrap, how many columns fit
 EPOCHS = "epochs trained"
@@ -99,18 +107,25 @@ def _band(series: list[list[tuple]]) -> tuple[list, list, list, list]:
             if y is not None:
                 at.setdefault(round(e, 6), []).append(y)
     es = sorted(at)
-    return es, [statistics.fmean(at[e]) for e in es], [min(at[e]) for e in es], [max(at[e]) for e in es]
+    return (
+        es,
+        [statistics.fmean(at[e]) for e in es],
+        [min(at[e]) for e in es],
+        [max(at[e]) for e in es],
+    )
 
 
 def _colors(n: int) -> list:
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]  # one colour per configuration, shared by every panel
+    # one colour per configuration, shared by every panel
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
 
 
 def _curves(groups: list[dict], path: Path, panels: list, title: str, log_first=False) -> None:
-    """One line per configuration (seed mean) with a min–max band; panels = [(series getter, y label)]."""
+    """One line per configuration (seed mean) with a min–max band; panels = [(series getter, y
+    label)]."""
     fig, ax = _figure(len(panels), title=title)
     drawn = set()
     for g, color in zip(groups, _colors(len(groups))):
@@ -133,7 +148,8 @@ def _curves(groups: list[dict], path: Path, panels: list, title: str, log_first=
 
 
 def plot_val_curves(groups: list[dict], path: Path, evaluation="", title="") -> str | None:
-    """Each run's headline validation series (val_loss, val_acc), labelled with the evaluation it is."""
+    """Each run's headline validation series (val_loss, val_acc), labelled with the evaluation it
+    is."""
     if not any(r["val"] for g in groups for r in g["runs"]):
         return "no validation records"
     _curves(
@@ -159,8 +175,12 @@ LAMBDA = "wd|l2"  # one decay-strength axis when Adam-L2 runs sweep l2 and AdamW
 
 
 def decay_keys(groups: list[dict], keys: list[str]) -> list[str]:
-    """keys with wd and l2 merged into LAMBDA when both vary but no run uses both (λ = the nonzero one)."""
-    both = all(not (finite_number(g["hparams"].get("wd")) and finite_number(g["hparams"].get("l2"))) for g in groups)
+    """keys with wd and l2 merged into LAMBDA when both vary but no run uses both (λ = the nonzero
+    one)."""
+    both = all(
+        not (finite_number(g["hparams"].get("wd")) and finite_number(g["hparams"].get("l2")))
+        for g in groups
+    )
     if not ("wd" in keys and "l2" in keys and both):
         return keys
     return [LAMBDA if k == "wd" else k for k in keys if k != "l2"]
@@ -172,22 +192,26 @@ def hp_value(g: dict, key: str):
     return (hp.get("wd") or hp.get("l2")) if key == LAMBDA else hp.get(key)
 
 
-def heatmap_grid(groups: list[dict], keys: list[str], x: str = "lr", y: str = "wd", metric: str = "best_val_acc"):
+def heatmap_grid(
+    groups: list[dict], keys: list[str], x: str = "lr", y: str = "wd", metric: str = "best_val_acc"
+):
     """The heat map as data: {"x_key", "y_key", "panel_keys", "x_values", "y_values", "metric",
     "noise", "panels": [{"title", "values": [[mean or None]] (rows = y, cols = x), "labels": [[cell
     text]]}]}; None with fewer than 2 configurations.
 
-    x and y fall back to the swept keys with the most distinct values when they do not vary (wd and l2 become one
-    axis, LAMBDA, when each run uses only one of them); each combination of the other swept keys (e.g.
-    optimizer.name) gets its own panel. A cell reads its mean ± the seeds' sample std and n; one
-    without completed runs reads "div", "run" or "int" after its runs' statuses (blank when there
-    are none). `noise`: runs.accuracy_noise, the difference chance alone makes."""
+    x and y fall back to the swept keys with the most distinct values when they do not vary (wd and
+    l2 become one axis, LAMBDA, when each run uses only one of them); each combination of the other
+    swept keys (e.g. optimizer.name) gets its own panel. A cell reads its mean ± the seeds' sample
+    std and n; one without completed runs reads "div", "run" or "int" after its runs' statuses
+    (blank when there are none). `noise`: runs.accuracy_noise, the difference chance alone makes."""
     if len(groups) < 2:
         return None
     keys = decay_keys(groups, keys)
     x, y = (LAMBDA if k in ("wd", "l2") and LAMBDA in keys else k for k in (x, y))
     n_distinct = lambda k: len({repr(hp_value(g, k)) for g in groups})
-    ranked = sorted(keys, key=lambda k: (-n_distinct(k), finite_number(hp_value(groups[0], k)) is None, k))
+    ranked = sorted(
+        keys, key=lambda k: (-n_distinct(k), finite_number(hp_value(groups[0], k)) is None, k)
+    )
     axes = []
     for want in (x, y):
         spare = [k for k in ranked if k not in axes and k not in (x, y)]
@@ -306,12 +330,14 @@ def decay_axis(groups: list[dict], keys: list[str]) -> str | None:
     return next((k for k in (LAMBDA, "wd", "l2") if k in keys), None)
 
 
-def oscillation_series(groups: list[dict], keys: list[str], figures=("tv_per_epoch", "max_rise_rel")):
-    """{line label: [(λ, {figure: seed mean})] sorted by λ}, λ = wd or l2, whichever varies (LAMBDA when both do),
-    one line per combination of the other swept keys (optimizer.name, ...); None when neither wd nor l2 varies.
-    Each figure comes with its recalibrated twin, `<figure>_recal` (None for runs without
-    val_loss_recal). A configuration whose completed runs validated once has none: one validation
-    has no swing and no rise."""
+def oscillation_series(
+    groups: list[dict], keys: list[str], figures=("tv_per_epoch", "max_rise_rel")
+):
+    """{line label: [(λ, {figure: seed mean})] sorted by λ}, λ = wd or l2, whichever varies (LAMBDA
+    when both do), one line per combination of the other swept keys (optimizer.name, ...); None when
+    neither wd nor l2 varies. Each figure comes with its recalibrated twin, `<figure>_recal` (None
+    for runs without val_loss_recal). A configuration whose completed runs validated once has none:
+    one validation has no swing and no rise."""
     lam_key = decay_axis(groups, keys)
     if lam_key is None:
         return None
@@ -356,11 +382,17 @@ def plot_oscillation(
     title: str = "",
     lam_key: str = LAMBDA,
 ) -> str | None:
-    """One panel per figure; per line the running-statistics value solid, the recalibrated one dashed in the
-    same colour, so the gap between them is the part of the oscillation that is BatchNorm bookkeeping."""
+    """One panel per figure; per line the running-statistics value solid, the recalibrated one
+    dashed in the same colour, so the gap between them is the part of the oscillation that is
+    BatchNorm bookkeeping."""
     if not series:
         return "neither wd nor l2 varies"
-    if not any(finite_number(d.get(f)) is not None for pts in series.values() for _, d in pts for f in figures):
+    if not any(
+        finite_number(d.get(f)) is not None
+        for pts in series.values()
+        for _, d in pts
+        for f in figures
+    ):
         return f"{NOT_ENOUGH}: the figures need two or more validations of a completed run"
     from matplotlib.lines import Line2D
 
@@ -395,17 +427,24 @@ def plot_oscillation(
     fig.savefig(path, dpi=100)
 
 
-# (key, legend, colour, line style) of a run's loss figure; validation pairs share the dashed = recalibrated code
+# (key, legend, colour, line style) of a run's loss figure; validation pairs share the dashed =
+# recalibrated code
 RUN_CURVES = [
     ("train_loss", "train loss, train mode (mean since last validation)", "tab:blue", "-"),
-    ("train_eval_loss_running", "training images, eval mode, BN running statistics", "tab:orange", "-"),
+    (
+        "train_eval_loss_running",
+        "training images, eval mode, BN running statistics",
+        "tab:orange",
+        "-",
+    ),
     ("val_loss_running", "validation, BN running statistics", "tab:red", "-"),
     ("val_loss_recal", "validation, BN recalibrated", "tab:red", "--"),
 ]
 
 
 def plot_run_losses(run: dict, path: Path, title: str = "") -> str | None:
-    """One run's losses vs epoch (runner.analysis.runs.loss_curves): the curves it did not record are left out."""
+    """One run's losses vs epoch (runner.analysis.runs.loss_curves): the curves it did not record
+    are left out."""
     curves = {k: v for k, v in (run.get("losses") or {}).items() if v}
     if not curves:
         return "no validation records"
@@ -424,16 +463,27 @@ def plot_run_losses(run: dict, path: Path, title: str = "") -> str | None:
 
 
 def staleness_points(groups: list[dict]) -> list[dict]:
-    """One point per configuration with a measured angular update: {label, optimizer, bn_momentum, x =
-    angular_update_mid, dispersion, dispersion_recal, bn_staleness_mu} (seed means; None where not recorded)."""
+    """One point per configuration with a measured angular update: {label, optimizer, bn_momentum, x
+    = angular_update_mid, dispersion, dispersion_recal, bn_staleness_mu} (seed means; None where not
+    recorded)."""
     out = []
     for g in groups:
         x = g["stats"].get("angular_update_mid", (None, None))[0]
         if x is None:
             continue
-        point = {k: g["stats"].get(k, (None, None))[0] for k in ("dispersion", "dispersion_recal", "bn_staleness_mu")}
-        out.append({"label": g["label"], "optimizer": g["hparams"].get("optimizer.name"),
-                    "bn_momentum": g["hparams"].get("model.bn_momentum"), "x": x, **point})  # fmt: skip
+        point = {
+            k: g["stats"].get(k, (None, None))[0]
+            for k in ("dispersion", "dispersion_recal", "bn_staleness_mu")
+        }
+        out.append(
+            {
+                "label": g["label"],
+                "optimizer": g["hparams"].get("optimizer.name"),
+                "bn_momentum": g["hparams"].get("model.bn_momentum"),
+                "x": x,
+                **point,
+            }
+        )
     return out
 
 
@@ -452,8 +502,9 @@ def _name_points(ax, points: list[dict]) -> None:
 
 
 def plot_staleness(points: list[dict], path: Path, title: str = "") -> str | None:
-    """Left: dispersion of the val loss (filled: running statistics, hollow: recalibrated) against the measured
-    angular update per step; right: BatchNorm staleness against it. Colour: optimizer; marker: BN momentum."""
+    """Left: dispersion of the val loss (filled: running statistics, hollow: recalibrated) against
+    the measured angular update per step; right: BatchNorm staleness against it. Colour: optimizer;
+    marker: BN momentum."""
     if not any(p["dispersion"] is not None or p["bn_staleness_mu"] is not None for p in points):
         return "no configuration has both an angular update and oscillation or staleness figures"
     optimizers = sorted({str(p["optimizer"]) for p in points})
@@ -481,7 +532,10 @@ def plot_staleness(points: list[dict], path: Path, title: str = "") -> str | Non
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], ls="", marker="o", color=color[o], label=o) for o in optimizers]
-    handles += [Line2D([], [], ls="", marker=marker[b], color="grey", label=f"BN momentum {b}") for b in momenta]
+    handles += [
+        Line2D([], [], ls="", marker=marker[b], color="grey", label=f"BN momentum {b}")
+        for b in momenta
+    ]
     handles += [Line2D([], [], ls="", marker="o", color="grey", mfc="white", label="hollow: recal")]
     columns = min(len(handles), 4)
     fig.legend(handles=handles, fontsize="small", loc="outside lower center", ncols=columns)

@@ -1,56 +1,72 @@
-"""How much a run's validation loss oscillates: pure functions over metrics.jsonl records (no I/O, no torch).
+"""How much a run's validation loss oscillates: pure functions over metrics.jsonl records (no I/O,
+no torch).
 
-Each figure is computed on two series of the validation records (those with `val_loss`), in step order:
-the running-statistics series v_i = `val_loss_running` (BatchNorm's running mean/var, what model.eval() uses), and the
-recalibrated series w_i = `val_loss_recal` (BN statistics recomputed on training images just before; recorded
-when trainer.bn_recalibrate > 0). Running statistics lag behind fast-changing weights, so v oscillates more than
-the weights do; w shows what is left once that bookkeeping is taken out. e_i is the epoch, a_i the accuracy,
-u_i = `train_eval_loss_running` (the same evaluation on a fixed, un-augmented training subset; `_recal` twin for w).
-Each series stops before its first non-finite loss (a diverged run).
+Each figure is computed on two series of the validation records (those with `val_loss`), in step
+order: the running-statistics series v_i = `val_loss_running` (BatchNorm's running mean/var, what
+model.eval() uses), and the recalibrated series w_i = `val_loss_recal` (BN statistics recomputed on
+training images just before; recorded when trainer.bn_recalibrate > 0). Running statistics lag
+behind fast-changing weights, so v oscillates more than the weights do; w shows what is left once
+that bookkeeping is taken out. e_i is the epoch, a_i the accuracy, u_i = `train_eval_loss_running`
+(the same evaluation on a fixed, un-augmented training subset; `_recal` twin for w). Each series
+stops before its first non-finite loss (a diverged run).
 
     tv_per_epoch          Σ_i |v_{i+1} − v_i| / (e_last − e_first)
     max_rise              max_i (v_i − m_i),   m_i = min_{j≤i} v_j   (the running minimum)
     max_rise_rel          max_i (v_i − m_i) / m_i
-    n_rises               episodes with (v_i − m_i)/m_i > threshold; one ends when the ratio is back ≤ threshold
-    val_roughness_mid     R(v) over epochs [T/3, 2T/3);  R(x) = mean_i |x_{i+1} − 2x_i + x_{i−1}| / mean_i |x_i|
+    n_rises               episodes with (v_i − m_i)/m_i > threshold; one ends when the ratio is back
+                          ≤ threshold
+    val_roughness_mid     R(v) over epochs [T/3, 2T/3);  R(x) = mean_i |x_{i+1} − 2x_i + x_{i−1}| /
+                          mean_i |x_i|
     roughness_ratio_mid   R(v)/R(u) over the same window (records having both)
     ..._last              the same over epochs [2T/3, T]
     <any of the above>_recal   the same figure of the recalibrated series w (None without it)
-    recal_removed_share   1 − tv_per_epoch_recal / tv_per_epoch: the share of the oscillation that recalibration
-                          removes (< 0 when w moves more than v; None when either is undefined or v is flat)
-    epochs_to_90/92       first e_i with a_i ≥ 0.90 / 0.92, on summary.json's headline accuracy: recalibrated when
-                          the run has it (epochs_to_metric says which: "recalibrated" | "running")
-    gen_gap               v_last − u_last, or v_last − mean train_loss over the epoch before e_last (gen_gap_source)
+    recal_removed_share   1 − tv_per_epoch_recal / tv_per_epoch: the share of the oscillation that
+                          recalibration removes (< 0 when w moves more than v; None when either is
+                          undefined or v is flat)
+    epochs_to_90/92       first e_i with a_i ≥ 0.90 / 0.92, on summary.json's headline accuracy:
+                          recalibrated when the run has it (epochs_to_metric says which:
+                          "recalibrated" | "running")
+    gen_gap               v_last − u_last, or v_last − mean train_loss over the epoch before e_last
+                          (gen_gap_source)
     final_weight_norm     last finite `weight_norm`
 
-TV, max_rise, n_rises, roughness and recal_removed_share depend on how often the run validates (between two
-validations the fluctuations are nearly white, so TV grows with their number and max_rise is an extreme value):
-compare them only between runs with the same `val_every_steps`. The figures below do not depend on it:
+TV, max_rise, n_rises, roughness and recal_removed_share depend on how often the run validates
+(between two validations the fluctuations are nearly white, so TV grows with their number and
+max_rise is an extreme value): compare them only between runs with the same `val_every_steps`. The
+figures below do not depend on it:
 
-    dispersion            √(mean_i r_i²),  r_i = log v_i − median{log v_j : j ≠ i, |e_j − e_i| ≤ h}, over the points
-                          whose whole window [e_i − h, e_i + h] lies inside the series (h = dispersion_half_window,
-                          2 epochs, shrunk to a quarter of the span for shorter runs); the typical factor by which
-                          one validation's loss sits off its local level (0.25: ×/÷ 1.28). Leaving v_i out of its
-                          own median keeps a sparse series from being pulled towards itself.
+    dispersion            √(mean_i r_i²),  r_i = log v_i − median{log v_j : j ≠ i, |e_j − e_i| ≤ h},
+                          over the points whose whole window [e_i − h, e_i + h] lies inside the
+                          series (h = dispersion_half_window, 2 epochs, shrunk to a quarter of the
+                          span for shorter runs); the typical factor by which one validation's loss
+                          sits off its local level (0.25: ×/÷ 1.28). Leaving v_i out of its own
+                          median keeps a sparse series from being pulled towards itself.
     dispersion_recal      the same of w;  dispersion_train_eval (u) and dispersion_train_eval_recal
-    dispersion_share_gap  Σ r_v·(r_v − r_w) / Σ r_v² over points with both: the share of the running series'
-                          detrended variance carried by the running − recalibrated gap (BatchNorm's statistics);
-                          1 − it is carried by w. Additive by construction, not bounded to [0, 1]
-    change_corr_train_eval    corr(Δ log v, Δ log u) of consecutive validations: ≈ 1 when val and train-eval move
-                          together (an evaluation effect shared by both image sets), ≈ 0 for independent noise
-    change_corr_train     corr(Δ log v, Δ log t̄), t̄_i = mean train_loss of the steps (s_{i−1}, s_i]: train mode
+    dispersion_share_gap  Σ r_v·(r_v − r_w) / Σ r_v² over points with both: the share of the running
+                          series' detrended variance carried by the running − recalibrated gap
+                          (BatchNorm's statistics); 1 − it is carried by w. Additive by
+                          construction, not bounded to [0, 1]
+    change_corr_train_eval
+                          corr(Δ log v, Δ log u) of consecutive validations: ≈ 1 when val and
+                          train-eval move together (an evaluation effect shared by both image
+                          sets), ≈ 0 for independent noise
+    change_corr_train     corr(Δ log v, Δ log t̄), t̄_i = mean train_loss of the steps (s_{i−1},
+                          s_i]: train mode
     acc_dispersion        √(mean_i ρ_i²) with ρ_i the same residual of the accuracy a_i (no log)
-    acc_noise_floor       √(ā(1 − ā)/n_val), ā = mean a_i: the binomial std of an accuracy measured on n_val images,
-                          the resolution of the validation set (summary data.n_val; None without it)
+    acc_noise_floor       √(ā(1 − ā)/n_val), ā = mean a_i: the binomial std of an accuracy measured
+                          on n_val images, the resolution of the validation set (summary data.n_val;
+                          None without it)
     val_every_steps       the median number of steps between two validations
 
-BatchNorm staleness over the run, from the per-validation keys of runner.probes.bn_staleness (validations with both series):
-    bn_<pair>_<what>      mean over validations of bn_<pair>_<what>_mean, pair ∈ staleness | lag | mismatch,
-                          what ∈ mu | logvar
+BatchNorm staleness over the run, from the per-validation keys of runner.probes.bn_staleness
+(validations with both series):
+    bn_<pair>_<what>      mean over validations of bn_<pair>_<what>_mean, pair ∈ staleness | lag |
+                          mismatch, what ∈ mu | logvar
     gap_loss_mean         mean_i (v_i − w_i): the running − recalibrated loss gap
-    gap_lag_mean          mean_i (v_i − v^aug_i), v^aug = val_loss_recal_aug (statistics of the augmented draw):
-                          the part of the gap that is lag; gap_mismatch_mean = mean_i (v^aug_i − w_i) the part that
-                          is clean vs augmented images; the two add up to gap_loss_mean
+    gap_lag_mean          mean_i (v_i − v^aug_i), v^aug = val_loss_recal_aug (statistics of the
+                          augmented draw): the part of the gap that is lag; gap_mismatch_mean =
+                          mean_i (v^aug_i − w_i) the part that is clean vs augmented images; the two
+                          add up to gap_loss_mean
     gap_staleness_corr    corr over validations of log v_i − log w_i and bn_staleness_mu_mean
 """
 
@@ -76,12 +92,12 @@ def finite_float(x) -> float | None:
 
 
 def val_points(records: list[dict], recal: bool = False) -> list[dict]:
-    """One validation series in step order: [{"step", "epoch", "loss", "acc", "train_eval"}], one point per step
-    (the last record), cut before the first non-finite loss.
+    """One validation series in step order: [{"step", "epoch", "loss", "acc", "train_eval"}], one
+    point per step (the last record), cut before the first non-finite loss.
 
-    recal=False reads val_loss_running, val_acc_running, train_eval_loss_running (BatchNorm running statistics);
-    recal=True reads their `_recal` twins (statistics
-    recomputed on training images), and is empty for a run without them."""
+    recal=False reads val_loss_running, val_acc_running, train_eval_loss_running (BatchNorm running
+    statistics); recal=True reads their `_recal` twins (statistics recomputed on training images),
+    and is empty for a run without them."""
     sfx = "_recal" if recal else "_running"
     by_step = {}
     for r in records:
@@ -107,7 +123,8 @@ def val_points(records: list[dict], recal: bool = False) -> list[dict]:
 
 
 def headline_points(records: list[dict]) -> list[dict]:
-    """The series summary.json's best/final_val_acc and final_val_loss come from: recalibrated when the run has it."""
+    """The series summary.json's best/final_val_acc and final_val_loss come from: recalibrated when
+    the run has it."""
     return val_points(records, recal=Headline.of_records(records).recalibrated)
 
 
@@ -128,7 +145,8 @@ def running_min(v: list[float]) -> list[float]:
 
 
 def max_rise(v: list[float]) -> tuple[float | None, float | None, int | None]:
-    """(max_i (v_i − m_i), max_i (v_i − m_i)/m_i, argmax i of the absolute rise); relative rises need m_i > 0."""
+    """(max_i (v_i − m_i), max_i (v_i − m_i)/m_i, argmax i of the absolute rise); relative rises
+    need m_i > 0."""
     if not v:
         return None, None, None
     m = running_min(v)
@@ -139,7 +157,8 @@ def max_rise(v: list[float]) -> tuple[float | None, float | None, int | None]:
 
 
 def count_rises(v: list[float], threshold: float = 0.1) -> int | None:
-    """Number of episodes in which (v_i − m_i)/m_i > threshold; one ends once the ratio is ≤ threshold again."""
+    """Number of episodes in which (v_i − m_i)/m_i > threshold; one ends once the ratio is ≤
+    threshold again."""
     if not v:
         return None
     n, inside = 0, False
@@ -151,7 +170,8 @@ def count_rises(v: list[float], threshold: float = 0.1) -> int | None:
 
 
 def roughness(x: list[float]) -> float | None:
-    """R(x) = mean_i |x_{i+1} − 2x_i + x_{i−1}| / mean_i |x_i|, a scale-free zigzag; None below 3 points or mean 0."""
+    """R(x) = mean_i |x_{i+1} − 2x_i + x_{i−1}| / mean_i |x_i|, a scale-free zigzag; None below 3
+    points or mean 0."""
     if len(x) < 3:
         return None
     scale = sum(abs(a) for a in x) / len(x)
@@ -174,8 +194,11 @@ def in_window(e: float, window: tuple[float, float, bool]) -> bool:
     return lo - eps <= e and (e <= hi + eps if closed else e < hi - eps)
 
 
-def roughness_ratio(points: list[dict], window: tuple[float, float, bool]) -> tuple[float | None, float | None]:
-    """(R(val), R(val)/R(train_eval)) on the window's points; the ratio uses points having both losses."""
+def roughness_ratio(
+    points: list[dict], window: tuple[float, float, bool]
+) -> tuple[float | None, float | None]:
+    """(R(val), R(val)/R(train_eval)) on the window's points; the ratio uses points having both
+    losses."""
     val = [p["loss"] for p in points if in_window(p["epoch"], window)]
     paired = [p for p in points if in_window(p["epoch"], window) and p["train_eval"] is not None]
     r_val = roughness(val)
@@ -189,7 +212,8 @@ def epochs_to_acc(points: list[dict], target: float) -> float | None:
 
 
 def generalization_gap(points: list[dict], records: list[dict]) -> tuple[float | None, str | None]:
-    """(gap, source): v_last − u_last ("train_eval"), else v_last − mean train_loss over (e_last − 1, e_last]."""
+    """(gap, source): v_last − u_last ("train_eval"), else v_last − mean train_loss over (e_last −
+    1, e_last]."""
     if not points:
         return None, None
     last = points[-1]
@@ -218,7 +242,8 @@ def final_value(records: list[dict], key: str) -> float | None:
 
 
 def series_figures(points: list[dict], epochs_total: float | None, threshold: float) -> dict:
-    """The figures of one validation series (see the module docstring), keyed without a `_recal` suffix."""
+    """The figures of one validation series (see the module docstring), keyed without a `_recal`
+    suffix."""
     v, e = [p["loss"] for p in points], [p["epoch"] for p in points]
     rise, rise_rel, i_rise = max_rise(v)
     out = {
@@ -230,22 +255,28 @@ def series_figures(points: list[dict], epochs_total: float | None, threshold: fl
         "n_rises": count_rises(v, threshold),
     }
     for phase in ("mid", "last"):
-        r_val, ratio = roughness_ratio(points, phase_window(epochs_total, phase)) if epochs_total else (None, None)
+        r_val, ratio = (
+            roughness_ratio(points, phase_window(epochs_total, phase))
+            if epochs_total
+            else (None, None)
+        )
         out[f"val_roughness_{phase}"] = r_val
         out[f"roughness_ratio_{phase}"] = ratio
     return out
 
 
 def removed_share(tv_running: float | None, tv_recal: float | None) -> float | None:
-    """1 − tv_recal/tv_running: how much of the running-statistics oscillation recalibration takes away."""
+    """1 − tv_recal/tv_running: how much of the running-statistics oscillation recalibration takes
+    away."""
     if tv_running is None or tv_recal is None or tv_running == 0:
         return None
     return 1 - tv_recal / tv_running
 
 
 def detrended(x: list[float], e: list[float], half: float) -> dict[int, float]:
-    """{i: x_i − median{x_j : j ≠ i, |e_j − e_i| ≤ half}} for every i whose window lies inside [e_0, e_last] and holds
-    at least two other points (the running median dispersion is measured around)."""
+    """{i: x_i − median{x_j : j ≠ i, |e_j − e_i| ≤ half}} for every i whose window lies inside [e_0,
+    e_last] and holds at least two other points (the running median dispersion is measured around).
+    """
     eps = 1e-9 * max(1.0, abs(e[-1])) if e else 0.0
     out = {}
     for i, (xi, ei) in enumerate(zip(x, e)):
@@ -263,15 +294,16 @@ def rms(values) -> float | None:
 
 
 def half_window(points: list[dict]) -> float | None:
-    """h: HALF_WINDOW epochs, or a quarter of the series' span when that is shorter; None below 2 points."""
+    """h: HALF_WINDOW epochs, or a quarter of the series' span when that is shorter; None below 2
+    points."""
     if len(points) < 2 or points[-1]["epoch"] <= points[0]["epoch"]:
         return None
     return min(HALF_WINDOW, (points[-1]["epoch"] - points[0]["epoch"]) / 4)
 
 
 def log_residuals(points: list[dict], field: str, half: float | None) -> dict[int, float]:
-    """detrended log of `field` ("loss" or "train_eval") over the points that have a positive value of it, keyed by
-    step."""
+    """detrended log of `field` ("loss" or "train_eval") over the points that have a positive value
+    of it, keyed by step."""
     kept = [p for p in points if p[field] is not None and p[field] > 0]
     if half is None or len(kept) < 3:
         return {}
@@ -280,7 +312,8 @@ def log_residuals(points: list[dict], field: str, half: float | None) -> dict[in
 
 
 def change_corr(a: list[float], b: list[float]) -> float | None:
-    """Pearson correlation of consecutive differences of two paired series; None below 3 pairs or a flat one."""
+    """Pearson correlation of consecutive differences of two paired series; None below 3 pairs or a
+    flat one."""
     da, db = [y - x for x, y in zip(a, a[1:])], [y - x for x, y in zip(b, b[1:])]
     if len(da) < 2:
         return None
@@ -291,10 +324,15 @@ def change_corr(a: list[float], b: list[float]) -> float | None:
 
 
 def train_loss_between(points: list[dict], records: list[dict]) -> list[float | None]:
-    """t̄_i: the mean finite train_loss of the steps (s_{i−1}, s_i] before validation i (None when there is none)."""
+    """t̄_i: the mean finite train_loss of the steps (s_{i−1}, s_i] before validation i (None when
+    there is none)."""
     by_step = {}
     for r in records:
-        if isinstance(r, dict) and finite_float(r.get("train_loss")) is not None and finite_float(r.get("step")):
+        if (
+            isinstance(r, dict)
+            and finite_float(r.get("train_loss")) is not None
+            and finite_float(r.get("step"))
+        ):
             by_step[r["step"]] = r["train_loss"]
     steps, out, prev = sorted(by_step), [], -math.inf
     for p in points:
@@ -307,11 +345,15 @@ def train_loss_between(points: list[dict], records: list[dict]) -> list[float | 
 
 def paired_corr(points: list[dict], other: list[float | None]) -> float | None:
     """change_corr of log v and log `other` over the points where both are positive."""
-    pairs = [(p["loss"], o) for p, o in zip(points, other) if o is not None and o > 0 and p["loss"] > 0]
+    pairs = [
+        (p["loss"], o) for p, o in zip(points, other) if o is not None and o > 0 and p["loss"] > 0
+    ]
     return change_corr([math.log(a) for a, _ in pairs], [math.log(b) for _, b in pairs])
 
 
-def dispersion_figures(running: list[dict], recal: list[dict], records: list[dict], n_val: int | None) -> dict:
+def dispersion_figures(
+    running: list[dict], recal: list[dict], records: list[dict], n_val: int | None
+) -> dict:
     """The oscillation figures that do not depend on the validation frequency (module docstring)."""
     half = half_window(running)
     r_v, r_u = log_residuals(running, "loss", half), log_residuals(running, "train_eval", half)
@@ -320,21 +362,31 @@ def dispersion_figures(running: list[dict], recal: list[dict], records: list[dic
     both = [k for k in r_v if k in r_w]
     den = sum(r_v[k] ** 2 for k in both)
     accs = [p for p in running if p["acc"] is not None]
-    r_a = detrended([p["acc"] for p in accs], [p["epoch"] for p in accs], half) if half and len(accs) > 2 else {}
+    r_a = (
+        detrended([p["acc"] for p in accs], [p["epoch"] for p in accs], half)
+        if half and len(accs) > 2
+        else {}
+    )
     a_bar = sum(accs[i]["acc"] for i in r_a) / len(r_a) if r_a else None
     steps = [p["step"] for p in running]
     return {
-        "val_every_steps": statistics.median(b - a for a, b in zip(steps, steps[1:])) if len(steps) > 1 else None,
+        "val_every_steps": statistics.median(b - a for a, b in zip(steps, steps[1:]))
+        if len(steps) > 1
+        else None,
         "dispersion_half_window": half,
         "dispersion": rms(r_v.values()),
         "dispersion_recal": rms(r_w.values()),
         "dispersion_train_eval": rms(r_u.values()),
         "dispersion_train_eval_recal": rms(r_uw.values()),
-        "dispersion_share_gap": sum(r_v[k] * (r_v[k] - r_w[k]) for k in both) / den if den > 0 else None,
+        "dispersion_share_gap": sum(r_v[k] * (r_v[k] - r_w[k]) for k in both) / den
+        if den > 0
+        else None,
         "change_corr_train_eval": paired_corr(running, [p["train_eval"] for p in running]),
         "change_corr_train": paired_corr(running, train_loss_between(running, records)),
         "acc_dispersion": rms(r_a.values()),
-        "acc_noise_floor": math.sqrt(a_bar * (1 - a_bar) / n_val) if a_bar is not None and n_val else None,
+        "acc_noise_floor": math.sqrt(a_bar * (1 - a_bar) / n_val)
+        if a_bar is not None and n_val
+        else None,
     }
 
 
@@ -344,7 +396,11 @@ def pearson(a: list[float], b: list[float]) -> float | None:
         return None
     ma, mb = sum(a) / len(a), sum(b) / len(b)
     saa, sbb = sum((x - ma) ** 2 for x in a), sum((y - mb) ** 2 for y in b)
-    return sum((x - ma) * (y - mb) for x, y in zip(a, b)) / math.sqrt(saa * sbb) if saa > 0 and sbb > 0 else None
+    return (
+        sum((x - ma) * (y - mb) for x, y in zip(a, b)) / math.sqrt(saa * sbb)
+        if saa > 0 and sbb > 0
+        else None
+    )
 
 
 def mean_or_none(values: list[float]) -> float | None:
@@ -352,9 +408,12 @@ def mean_or_none(values: list[float]) -> float | None:
 
 
 def bn_gap_figures(running: list[dict], recal: list[dict], records: list[dict]) -> dict:
-    """BatchNorm staleness over the run (runner.probes.bn_staleness's per-validation keys) and the loss gap it explains:
-    means over the validations having both series, and corr(log v − log w, bn_staleness_mu_mean)."""
-    by_step = {r["step"]: r for r in records if isinstance(r, dict) and "val_loss" in r and "step" in r}
+    """BatchNorm staleness over the run (runner.probes.bn_staleness's per-validation keys) and the
+    loss gap it explains: means over the validations having both series, and corr(log v − log w,
+    bn_staleness_mu_mean)."""
+    by_step = {
+        r["step"]: r for r in records if isinstance(r, dict) and "val_loss" in r and "step" in r
+    }
     w_of = {p["step"]: p["loss"] for p in recal}
     pts = [(p, by_step[p["step"]]) for p in running if p["step"] in w_of and p["step"] in by_step]
     out = {}
@@ -376,24 +435,34 @@ def bn_gap_figures(running: list[dict], recal: list[dict], records: list[dict]) 
 
 
 def oscillation_block(
-    records: list[dict], epochs_total: float | None, threshold: float = 0.1, n_val: int | None = None
+    records: list[dict],
+    epochs_total: float | None,
+    threshold: float = 0.1,
+    n_val: int | None = None,
 ) -> dict:
     """All oscillation figures of one run as a flat dict of JSON-able values (None where undefined).
 
-    `epochs_total` is T, the run's scheduled epochs (hparams.epochs); None falls back to the last validation epoch.
-    `n_val` is the number of validation images (the accuracy's noise floor; None leaves it out).
-    The running series' figures keep their plain names, the recalibrated series' carry `_recal`.
+    `epochs_total` is T, the run's scheduled epochs (hparams.epochs); None falls back to the last
+    validation epoch. `n_val` is the number of validation images (the accuracy's noise floor; None
+    leaves it out). The running series' figures keep their plain names, the recalibrated series'
+    carry `_recal`.
     """
     running, recal = val_points(records), val_points(records, recal=True)
     last = max((p["epoch"] for p in running + recal), default=None)
-    T = epochs_total if finite_float(epochs_total) and epochs_total > 0 else (last if last and last > 0 else None)
+    T = (
+        epochs_total
+        if finite_float(epochs_total) and epochs_total > 0
+        else (last if last and last > 0 else None)
+    )
     out = series_figures(running, T, threshold)
     out["rise_threshold"] = threshold
     out.update({f"{k}_recal": x for k, x in series_figures(recal, T, threshold).items()})
     out["recal_removed_share"] = removed_share(out["tv_per_epoch"], out["tv_per_epoch_recal"])
     headline = Headline.of_records(records).recalibrated  # the accuracy summary.json reports
     for target in ACC_TARGETS:
-        out[f"epochs_to_{round(target * 100)}"] = epochs_to_acc(recal if headline else running, target)
+        out[f"epochs_to_{round(target * 100)}"] = epochs_to_acc(
+            recal if headline else running, target
+        )
     out["epochs_to_metric"] = "recalibrated" if headline else "running"
     out["gen_gap"], out["gen_gap_source"] = generalization_gap(running, records)
     out["final_weight_norm"] = final_value(records, "weight_norm")

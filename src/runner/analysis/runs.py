@@ -1,11 +1,13 @@
-"""Reading run folders and grouping them into configurations: the data behind analysis.report and .figures.
+"""Reading run folders and grouping them into configurations: the data behind analysis.report and
+.figures.
 
-A run folder is one that holds summary.json, metrics.jsonl or .hydra/config.yaml. Its status comes from
-summary.json, else "running" (metrics.jsonl only: still going, or killed) or "not started" (.hydra only).
+A run folder is one that holds summary.json, metrics.jsonl or .hydra/config.yaml. Its status comes
+from summary.json, else "running" (metrics.jsonl only: still going, or killed) or "not started"
+(.hydra only).
 
-A run's configuration is its flattened hparams (`optimizer.name`, `lr`, ...) without `seed` and the keys in
-NOT_CONFIG; runs that differ only in seed form one configuration, summarized as mean ± sample std over its
-completed runs (n).
+A run's configuration is its flattened hparams (`optimizer.name`, `lr`, ...) without `seed` and the
+keys in NOT_CONFIG; runs that differ only in seed form one configuration, summarized as mean ±
+sample std over its completed runs (n).
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from runner.engine.records import read_metrics
 # keys that do not split runs into configurations: the seed (runs that differ only in it are
 # replicates) and every setting the schema marks as not changing what is trained
 NOT_CONFIG = {"seed", *non_training_keys()}
-ID_KEYS = ["optimizer.name", "lr", "wd", "l2"]  # always shown, in this order, before other swept keys
+# always shown, in this order, before other swept keys
+ID_KEYS = [
+    "optimizer.name",
+    "lr",
+    "wd",
+    "l2",
+]
 METRICS = [
     "best_val_acc",
     "final_val_acc",
@@ -37,10 +45,12 @@ METRICS = [
     "epochs",
     "wall_time_s",
     "images_per_s",
-    "test_acc_selected",  # runs with data.val_split: the test split's accuracy of best.pt and of the final weights
+    # runs with data.val_split: the test split's accuracy of best.pt and of the final weights
+    "test_acc_selected",
     "test_acc_final",
 ]
-# what a configuration reports as mean ± std over its completed seeds (a mean of per-seed recal_removed_share)
+# what a configuration reports as mean ± std over its completed seeds (a mean of per-seed
+# recal_removed_share)
 STATS = [
     "best_val_acc",
     "final_val_acc",
@@ -82,7 +92,8 @@ STATS = [
 
 
 def finite_number(x):
-    """x itself (int stays int) when it is a finite int or float, else None (bools, strings, null, NaN, inf)."""
+    """x itself (int stays int) when it is a finite int or float, else None (bools, strings, null,
+    NaN, inf)."""
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
     return x if math.isfinite(x) else None
@@ -117,10 +128,11 @@ def _read_jsonl(path: Path) -> list[dict]:
 def read_saved_config(path: Path) -> tuple[dict | None, str | None]:
     """(config, note) from a run's .hydra/config.yaml with its interpolations resolved.
 
-    Hydra saves the config unresolved (`wd: ${reg_or:${reg},5.0e-4}`); a run that never wrote summary.json has
-    nothing else to say what it trains, so its `wd` must be resolved to compare with finished runs. A value that
-    cannot be resolved (an unknown resolver, a missing key) keeps its text and is named in the note.
-    (None, None) when there is no file; (None, note) when it cannot be read."""
+    Hydra saves the config unresolved (`wd: ${reg_or:${reg},5.0e-4}`); a run that never wrote
+    summary.json has nothing else to say what it trains, so its `wd` must be resolved to compare
+    with finished runs. A value that cannot be resolved (an unknown resolver, a missing key) keeps
+    its text and is named in the note. (None, None) when there is no file; (None, note) when it
+    cannot be read."""
     from omegaconf import DictConfig, OmegaConf
 
     from runner.config import register_resolvers
@@ -129,7 +141,9 @@ def read_saved_config(path: Path) -> tuple[dict | None, str | None]:
         return None, None
     try:
         cfg = OmegaConf.load(path)
-    except Exception as e:  # any YAML or OmegaConf error: the run has no hparams, the report goes on
+    except (
+        Exception
+    ) as e:  # any YAML or OmegaConf error: the run has no hparams, the report goes on
         return None, f"{path.parent.name}/{path.name} unreadable: {type(e).__name__}"
     if not isinstance(cfg, DictConfig):
         return None, f"{path.parent.name}/{path.name} is not a mapping"
@@ -137,11 +151,14 @@ def read_saved_config(path: Path) -> tuple[dict | None, str | None]:
     failed: list[str] = []
     out = _resolve_each(cfg, "", failed)
     where = f"{path.parent.name}/{path.name}"
-    return out, (f"could not resolve {', '.join(failed)} in {where}: shown unresolved" if failed else None)
+    return out, (
+        f"could not resolve {', '.join(failed)} in {where}: shown unresolved" if failed else None
+    )
 
 
 def _resolve_each(node, prefix: str, failed: list[str]) -> dict:
-    """node as plain containers, resolving key by key so that one bad interpolation spoils only its own key."""
+    """node as plain containers, resolving key by key so that one bad interpolation spoils only its
+    own key."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -161,10 +178,12 @@ def _resolve_each(node, prefix: str, failed: list[str]) -> dict:
 
 
 def flatten_hparams(d: dict) -> dict:
-    """runner.config.flatten (dotted keys), with lists as compact JSON strings so they compare and print as one
-    value: {"optimizer": {"betas": [0.9, 0.999]}} → {"optimizer.betas": "[0.9,0.999]"}."""
+    """runner.config.flatten (dotted keys), with lists as compact JSON strings so they compare and
+    print as one value: {"optimizer": {"betas": [0.9, 0.999]}} → {"optimizer.betas": "[0.9,0.999]"}.
+    """
     return {
-        k: json.dumps(v, separators=(",", ":")) if isinstance(v, (list, tuple)) else v for k, v in flatten(d).items()
+        k: json.dumps(v, separators=(",", ":")) if isinstance(v, (list, tuple)) else v
+        for k, v in flatten(d).items()
     }
 
 
@@ -192,13 +211,16 @@ def find_run_dirs(root: Path) -> list[Path]:
 def loss_curves(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
     """A run's four losses at its validation points, each a list of (epoch, loss):
 
-        train_loss       mean `train_loss` (train mode, augmented batches) over the steps since the previous
-                         validation point (after the previous validation step, up to and including this one)
-        train_eval_loss_running  eval-mode loss on the fixed training subset (running BatchNorm statistics)
+        train_loss       mean `train_loss` (train mode, augmented batches) over the steps since
+                         the previous validation point (after the previous validation step, up to
+                         and including this one)
+        train_eval_loss_running
+                         eval-mode loss on the fixed training subset (running BatchNorm statistics)
         val_loss_running validation loss with running BatchNorm statistics
         val_loss_recal   validation loss with BatchNorm statistics recomputed on training images
 
-    A curve the run did not record is empty; each stops where runner.analysis.oscillation.val_points stops its series.
+    A curve the run did not record is empty; each stops where runner.analysis.oscillation.val_points
+    stops its series.
     """
     running, recal = val_points(records), val_points(records, recal=True)
     train = {}  # step → train_loss (a re-logged step: the later record)
@@ -209,7 +231,8 @@ def loss_curves(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
     train_steps, i, means = sorted(train), 0, []
     for step, epoch in sorted({(p["step"], p["epoch"]) for p in running + recal}):
         window = []
-        while i < len(train_steps) and train_steps[i] <= step:  # the steps since the previous validation point
+        # the steps since the previous validation point
+        while i < len(train_steps) and train_steps[i] <= step:
             loss = train[train_steps[i]]
             if loss is not None:
                 window.append(loss)
@@ -218,15 +241,17 @@ def loss_curves(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
             means.append((epoch, statistics.fmean(window)))
     return {
         "train_loss": means,
-        "train_eval_loss_running": [(p["epoch"], p["train_eval"]) for p in running if p["train_eval"] is not None],
+        "train_eval_loss_running": [
+            (p["epoch"], p["train_eval"]) for p in running if p["train_eval"] is not None
+        ],
         "val_loss_running": [(p["epoch"], p["loss"]) for p in running],
         "val_loss_recal": [(p["epoch"], p["loss"]) for p in recal],
     }
 
 
 def headline_metrics(summary: dict | None, records: list[dict]) -> dict:
-    """METRICS from summary.json, or from the records where it lacks them; without summary.json the headline
-    follows its rule (core.headline): the recalibrated evaluation when the run has one."""
+    """METRICS from summary.json, or from the records where it lacks them; without summary.json the
+    headline follows its rule (core.headline): the recalibrated evaluation when the run has one."""
     head = headline_points(records)
     accs = [p["acc"] for p in head if p["acc"] is not None]
     steps = [r["step"] for r in records if finite_number(r.get("step")) is not None]
@@ -238,12 +263,16 @@ def headline_metrics(summary: dict | None, records: list[dict]) -> dict:
         "final_val_loss": head[-1]["loss"] if head else None,
         "epochs": max(epochs, default=None),
     }
-    return {k: finite_number(summary.get(k)) if summary and k in summary else from_records.get(k) for k in METRICS}
+    return {
+        k: finite_number(summary.get(k)) if summary and k in summary else from_records.get(k)
+        for k in METRICS
+    }
 
 
 def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
-    """One run: status, flattened hparams, headline metrics, oscillation block, curves for the figures (`val`,
-    `wnorm`, `losses`: see loss_curves), and notes (a list of one-line remarks on what could not be read)."""
+    """One run: status, flattened hparams, headline metrics, oscillation block, curves for the
+    figures (`val`, `wnorm`, `losses`: see loss_curves), and notes (a list of one-line remarks on
+    what could not be read)."""
     summary = _read_json(d / "summary.json")
     summary = summary if isinstance(summary, dict) else None
     records = _read_jsonl(d / "metrics.jsonl")
@@ -264,8 +293,8 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
 
     metrics = headline_metrics(summary, records)
     osc = (summary or {}).get("oscillation")
-    # recompute when absent, when asked for another rise threshold than the summary used, or when the block was
-    # written before the recalibrated figures existed but the records have them
+    # recompute when absent, when asked for another rise threshold than the summary used, or when
+    # the block was written before the recalibrated figures existed but the records have them
     if (
         not isinstance(osc, dict)
         or (threshold is not None and records and osc.get("rise_threshold") != threshold)
@@ -281,7 +310,8 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     wnorm = sorted(
         (r["epoch"], r["weight_norm"])
         for r in records
-        if finite_number(r.get("epoch")) is not None and finite_number(r.get("weight_norm")) is not None
+        if finite_number(r.get("epoch")) is not None
+        and finite_number(r.get("weight_norm")) is not None
     )
     return {
         "path": root.resolve().name if rel == "." else rel,  # outputs/latest: the run it points at
@@ -291,7 +321,8 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         **metrics,
         "data": (summary or {}).get("data") or {},  # name, root, n_train, n_val, fingerprint
         "val_metric": (summary or {}).get("val_metric") or Headline.of_records(records).name,
-        "selected_on": (summary or {}).get("selected_on") or ("val_split" if hp.get("data.val_split") else "test"),
+        "selected_on": (summary or {}).get("selected_on")
+        or ("val_split" if hp.get("data.val_split") else "test"),
         "osc": osc,
         "eq": equilibrium_of(summary, records, finite_number(hp.get("epochs"))),
         "val": [(p["epoch"], p["loss"], p["acc"]) for p in pts],
@@ -302,8 +333,8 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
 
 
 def equilibrium_of(summary: dict | None, records: list[dict], epochs: float | None) -> dict:
-    """summary.json's `equilibrium` block (tau_steps, tau_fraction, norm and angular ratios), or what the records
-    give of it (no τ: that needs the run's plan)."""
+    """summary.json's `equilibrium` block (tau_steps, tau_fraction, norm and angular ratios), or
+    what the records give of it (no τ: that needs the run's plan)."""
     eq = (summary or {}).get("equilibrium")
     return eq if isinstance(eq, dict) else equilibrium_block(records, epochs)
 
@@ -315,28 +346,33 @@ def collect_runs(root, threshold: float | None = None) -> list[dict]:
     return sorted(runs, key=lambda r: _natural(r["path"]))
 
 
-# ---------------------------------------------------------------- configurations and seed statistics
+# ---------------------------------------------------------------- configurations and seed
+# statistics
 
 
 def value(run: dict, key: str):
-    """A headline metric (summary.json), oscillation figure or equilibrium figure (summary's `equilibrium`) of a run."""
+    """A headline metric (summary.json), oscillation figure or equilibrium figure (summary's
+    `equilibrium`) of a run."""
     if key in METRICS:
         return run.get(key)
     return run["osc"][key] if key in run["osc"] else run.get("eq", {}).get(key)
 
 
 def varying_keys(runs: list[dict]) -> list[str]:
-    """Config keys with more than one value among the runs that have them (ID_KEYS first, then by name)."""
+    """Config keys with more than one value among the runs that have them (ID_KEYS first, then by
+    name)."""
     seen: dict[str, set] = {}
     for r in runs:
         for k, v in r["hparams"].items():
-            seen.setdefault(k, set()).add(float(v) if finite_number(v) is not None else repr(v))  # 30 and 30.0 agree
+            # 30 and 30.0 agree
+            seen.setdefault(k, set()).add(float(v) if finite_number(v) is not None else repr(v))
     keys = [k for k, vals in seen.items() if len(vals) > 1 and k not in NOT_CONFIG]
     return [k for k in ID_KEYS if k in keys] + sorted(k for k in keys if k not in ID_KEYS)
 
 
 def sort_key(v):
-    """Orders hparam values: numbers first by value, then everything else (None first) by its text."""
+    """Orders hparam values: numbers first by value, then everything else (None first) by its
+    text."""
     return (0, v, "") if finite_number(v) is not None else (1, 0, "" if v is None else str(v))
 
 
@@ -368,12 +404,15 @@ def binomial_error(g: dict) -> float | None:
 
 
 def group_configs(runs: list[dict], keys: list[str] | None = None) -> list[dict]:
-    """Runs sharing every varying key except seed, with mean ± std of STATS over their completed runs."""
+    """Runs sharing every varying key except seed, with mean ± std of STATS over their completed
+    runs."""
     keys = varying_keys(runs) if keys is None else keys
     groups: dict[tuple, dict] = {}
     for r in runs:
         key = tuple(r["hparams"].get(k) for k in keys)
-        g = groups.setdefault(key, {"key": key, "values": dict(zip(keys, key)), "hparams": r["hparams"], "runs": []})
+        g = groups.setdefault(
+            key, {"key": key, "values": dict(zip(keys, key)), "hparams": r["hparams"], "runs": []}
+        )
         g["runs"].append(r)
     out = []
     for key in sorted(groups, key=lambda t: [sort_key(v) for v in t]):
@@ -382,7 +421,11 @@ def group_configs(runs: list[dict], keys: list[str] | None = None) -> list[dict]
         g["n"] = len(done)
         g["statuses"] = Counter(r["status"] for r in g["runs"])
         g["stats"] = {k: mean_std([value(r, k) for r in done]) for k in STATS}
-        for k in ("epochs_to_90", "epochs_to_92"):  # a mean over only the seeds that got there would flatter
+        # a mean over only the seeds that got there would flatter
+        for k in (
+            "epochs_to_90",
+            "epochs_to_92",
+        ):
             if any(value(r, k) is None for r in done):
                 g["stats"][k] = (None, None)
         g["label"] = ", ".join(f"{k}={fmt(v)}" for k, v in g["values"].items()) or "all runs"

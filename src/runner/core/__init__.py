@@ -1,2 +1,2 @@
-"""The maths, with no files, clocks or terminals: the update rule, the schedule, what step k applies, the models,
-the data and its on-device loader, and evaluation."""
+"""The maths, with no files, clocks or terminals: the update rule, the schedule, what step k
+applies, the models, the data and its on-device loader, and evaluation."""

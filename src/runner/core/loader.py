@@ -32,13 +32,16 @@ class Splits:
     val_x: torch.Tensor
     val_y: torch.Tensor
     classes: tuple[str, ...]
-    test_x: torch.Tensor | None = None  # the test split when `hold_out` made val_* from training images
+    test_x: torch.Tensor | None = (
+        None  # the test split when `hold_out` made val_* from training images
+    )
     test_y: torch.Tensor | None = None
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """SHA-256 (first 16 hex digits) of the images and labels of both splits, in order: which data a run saw.
-        Computed once per Splits, like `train_channel_stats`: the runs of a pack share one Splits."""
+        """SHA-256 (first 16 hex digits) of the images and labels of both splits, in order: which
+        data a run saw. Computed once per Splits, like `train_channel_stats`: the runs of a pack
+        share one Splits."""
         h = hashlib.sha256()
         for t in (self.train_x, self.train_y, self.val_x, self.val_y):
             h.update(str((t.dtype, tuple(t.shape))).encode())
@@ -47,13 +50,15 @@ class Splits:
 
     @functools.cached_property
     def train_channel_stats(self) -> tuple[list[float], list[float]]:
-        """channel_stats(train_x): about a second for CIFAR-10's 50,000 images, so once per Splits."""
+        """channel_stats(train_x): about a second for CIFAR-10's 50,000 images, so once per
+        Splits."""
         return channel_stats(self.train_x)
 
     @functools.cached_property
     def train_pixel_mean(self) -> torch.Tensor:
-        """The mean training image on [0, 1] (Keras' per-pixel mean), (C, H, W): a float copy of the whole set, so
-        once per Splits (the loaders, the test split and best.pt's inference settings all ask for it)."""
+        """The mean training image on [0, 1] (Keras' per-pixel mean), (C, H, W): a float copy of the
+        whole set, so once per Splits (the loaders, the test split and best.pt's inference settings
+        all ask for it)."""
         return self.train_x.float().div(255).mean(0)
 
 
@@ -63,7 +68,8 @@ def stratified_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
     labels = labels.cpu()
     if not 0 < n <= len(labels):
         raise DataError(
-            f"data.subset / data.val_split must be between 1 and the {len(labels)} training images; got {n}."
+            f"data.subset / data.val_split must be between 1 and the {len(labels)} training "
+            f"images; got {n}."
         )
     order = torch.argsort(labels, stable=True)  # grouped by class, original order within
     rank = torch.empty_like(order)
@@ -75,11 +81,12 @@ def stratified_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def hold_out(splits: Splits, n: int) -> Splits:
-    """Replace the val split by the last n training images, stratified (round-robin from the end); the old val split
-    (the test split) becomes test_*."""
+    """Replace the val split by the last n training images, stratified (round-robin from the end);
+    the old val split (the test split) becomes test_*."""
     if n >= len(splits.train_y):
         raise DataError(
-            f"data.val_split={n} leaves no training images (there are {len(splits.train_y)}); choose a smaller value."
+            f"data.val_split={n} leaves no training images (there are {len(splits.train_y)}); "
+            "choose a smaller value."
         )
     last = len(splits.train_y) - 1 - stratified_subset(splits.train_y.flip(0), n)
     val = torch.sort(last).values
@@ -91,7 +98,8 @@ def hold_out(splits: Splits, n: int) -> Splits:
         splits.train_x[val].contiguous(),
         splits.train_y[val],
         splits.classes,
-        splits.val_x,  # the test split stays, for the test accuracy of the final and the selected weights
+        # the test split stays, for the test accuracy of the final and the selected weights
+        splits.val_x,
         splits.val_y,
     )
 
@@ -123,14 +131,15 @@ class DeviceLoader:
     in a few batched tensor ops, never image by image.
 
     Every random draw of epoch e (permutation, crop offsets in [0, 2p], flips) comes up front from a
-    generator seeded by (seed, e), so `epoch(e, start_step=k)` yields exactly the batches k, k+1, ...
-    of an uninterrupted `epoch(e)`. Batches are float32 on [0, 1], then `(x - mean) / std`; mean/std
-    are per-channel lists on the [0, 1] scale, or mean a (C, H, W) tensor with std None for per-pixel
-    mean subtraction. The iteration never synchronises with the host.
+    generator seeded by (seed, e), so `epoch(e, start_step=k)` yields exactly the batches k, k+1,
+    ... of an uninterrupted `epoch(e)`. Batches are float32 on [0, 1], then `(x - mean) / std`;
+    mean/std are per-channel lists on the [0, 1] scale, or mean a (C, H, W) tensor with std None for
+    per-pixel mean subtraction. The iteration never synchronises with the host.
 
-    `drop_last`: every batch is full (the permutation's last len % batch_size images wait for another epoch).
-    `pad_last`: the last batch is filled up to batch_size by repeating its last image, labelled IGNORE (which
-    F.cross_entropy and an argmax comparison both skip), so a validation pass has one shape throughout.
+    `drop_last`: every batch is full (the permutation's last len % batch_size images wait for
+    another epoch). `pad_last`: the last batch is filled up to batch_size by repeating its last
+    image, labelled IGNORE (which F.cross_entropy and an argmax comparison both skip), so a
+    validation pass has one shape throughout.
     """
 
     def __init__(
@@ -159,12 +168,25 @@ class DeviceLoader:
         if pad_mode not in ("zeros", "replicate"):
             raise DataError(f"data.pad_mode must be 'zeros' or 'replicate'; got {pad_mode!r}.")
         if batch_size < 1 or crop_padding < 0:
-            raise DataError(f"batch size must be ≥ 1 and data.crop_padding ≥ 0; got {batch_size}, {crop_padding}.")
+            raise DataError(
+                f"batch size must be ≥ 1 and data.crop_padding ≥ 0; got {batch_size}, "
+                f"{crop_padding}."
+            )
         self.device = torch.device(device)
         self.x = images_u8.to(self.device).contiguous()
         self.y = labels.to(self.device, torch.int64)
-        self.batch_size, self.shuffle, self.flip, self.pad_mode = batch_size, shuffle, flip, pad_mode
-        self.crop_padding, self.seed, self.drop_last, self.pad_last = crop_padding, seed, drop_last, pad_last
+        self.batch_size, self.shuffle, self.flip, self.pad_mode = (
+            batch_size,
+            shuffle,
+            flip,
+            pad_mode,
+        )
+        self.crop_padding, self.seed, self.drop_last, self.pad_last = (
+            crop_padding,
+            seed,
+            drop_last,
+            pad_last,
+        )
         if drop_last and len(labels) < batch_size:
             raise DataError(
                 f"{len(labels)} images make no full batch of {batch_size}: lower batch_size or use "
@@ -174,19 +196,29 @@ class DeviceLoader:
         self._layout = torch.channels_last if channels_last else torch.contiguous_format
         c, h, w = self.x.shape[1:]
         self.xp = self.x
-        if crop_padding:  # pad the split once; every crop is then a window of it (1.56x memory at p=4)
+        # pad the split once; every crop is then a window of it (1.56x memory at p=4)
+        if crop_padding:
             p = crop_padding
             if pad_mode == "zeros":
                 self.xp = F.pad(self.x, (p, p, p, p))
-            else:  # replicate: clamp the source rows and columns (uint8 has no replication pad kernel)
+            # replicate: clamp the source rows and columns (uint8 has no replication pad kernel)
+            else:
                 rows = torch.arange(-p, h + p, device=self.device).clamp(0, h - 1)
                 cols = torch.arange(-p, w + p, device=self.device).clamp(0, w - 1)
                 self.xp = self.x[:, :, rows][:, :, :, cols].contiguous()
         if flip:  # a mirrored copy next to the originals: crop and flip become one gather
             self.xp = torch.cat([self.xp, self.xp.flip(3)])
         # Fold /255, -mean and /std into one multiply and one subtract.
-        m = torch.zeros(c) if mean is None else torch.as_tensor(mean, dtype=torch.float32, device="cpu")
-        s = torch.ones(c) if std is None else torch.as_tensor(std, dtype=torch.float32, device="cpu")
+        m = (
+            torch.zeros(c)
+            if mean is None
+            else torch.as_tensor(mean, dtype=torch.float32, device="cpu")
+        )
+        s = (
+            torch.ones(c)
+            if std is None
+            else torch.as_tensor(std, dtype=torch.float32, device="cpu")
+        )
         m = m.view(1, *m.shape) if m.ndim == 3 else m.view(1, -1, 1, 1)
         s = s.view(1, -1, 1, 1)
         self.scale = (1 / (255 * s)).to(self.device)
@@ -197,19 +229,27 @@ class DeviceLoader:
 
     def _generator(self, epoch: int) -> torch.Generator:
         key = hashlib.sha256(f"DeviceLoader:{self.seed}:{epoch}".encode()).digest()
-        return torch.Generator(device=self.device).manual_seed(int.from_bytes(key[:8], "little") >> 1)
+        return torch.Generator(device=self.device).manual_seed(
+            int.from_bytes(key[:8], "little") >> 1
+        )
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (images float32 (B, C, H, W), labels int64 (B,)) for steps start_step..len-1."""
         n, (h, w), p, dev = len(self.y), self.x.shape[2:], self.crop_padding, self.device
         g = self._generator(epoch)
-        order = torch.randperm(n, generator=g, device=dev) if self.shuffle else torch.arange(n, device=dev)
-        dy = torch.randint(0, 2 * p + 1, (n,), generator=g, device=dev)  # crop offset in the padded image
+        order = (
+            torch.randperm(n, generator=g, device=dev)
+            if self.shuffle
+            else torch.arange(n, device=dev)
+        )
+        # crop offset in the padded image
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=g, device=dev)
         dx = torch.randint(0, 2 * p + 1, (n,), generator=g, device=dev)
         mirror = torch.rand(n, generator=g, device=dev) < 0.5
         if not 0 <= start_step <= len(self):
             raise ValueError(f"start_step must lie in [0, {len(self)}]; got {start_step}.")
-        if self.flip:  # the mirror of the crop at dx is the crop at 2p - dx of the mirrored copy (index + n)
+        # the mirror of the crop at dx is the crop at 2p - dx of the mirrored copy (index + n)
+        if self.flip:
             order_src = torch.where(mirror, order + n, order)
             dx = torch.where(mirror, 2 * p - dx, dx)
         else:
@@ -220,12 +260,14 @@ class DeviceLoader:
             lo, hi = step * self.batch_size, min((step + 1) * self.batch_size, n)
             idx, src, oy, ox = order[lo:hi], order_src[lo:hi], dy[lo:hi], dx[lo:hi]
             labels = self.y[idx]
-            if self.pad_last and hi - lo < self.batch_size:  # one batch shape for a compiled or captured forward
+            # one batch shape for a compiled or captured forward
+            if self.pad_last and hi - lo < self.batch_size:
                 fill = self.batch_size - (hi - lo)
                 idx, src, oy, ox = (torch.cat([t, t[-1:].expand(fill)]) for t in (idx, src, oy, ox))
                 labels = torch.cat([labels, labels.new_full((fill,), IGNORE)])
             # crop, flip and batch in one gather of whole windows (validation: a plain gather)
             xb = windows[src, :, oy, ox] if p or self.flip else self.x[idx]
-            # cast, normalise and (channels_last) change layout in one kernel, writing straight into the layout
+            # cast, normalise and (channels_last) change layout in one kernel, writing straight into
+            # the layout
             out = torch.empty(xb.shape, device=dev, memory_format=self._layout)
             yield torch.addcmul(self.neg_shift, xb, self.scale, out=out), labels

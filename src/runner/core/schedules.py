@@ -6,8 +6,8 @@ schedule moves smoothly within an epoch. `period(t)` is the length in epochs of 
 period containing t (the restart period for SGDR, the whole run otherwise), which the paper's
 normalized weight decay needs.
 
-`python -m runner.analysis.schedule_plot [overrides]` draws the lr multiplier and the per-step decay of a
-configuration into a PNG before spending GPU hours on it.
+`python -m runner.analysis.schedule_plot [overrides]` draws the lr multiplier and the per-step decay
+of a configuration into a PNG before spending GPU hours on it.
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ class Schedule:
         return self.multiplier(epoch)
 
 
-def piecewise_constant(milestones: Sequence[float], factors: Sequence[float]) -> Callable[[float], float]:
-    """η = 1 before milestones[0], then factors[i] from milestones[i] on (absolute, not cumulative)."""
+def piecewise_constant(
+    milestones: Sequence[float], factors: Sequence[float]
+) -> Callable[[float], float]:
+    """η = 1 before milestones[0], then factors[i] from milestones[i] on (absolute, not
+    cumulative)."""
     values = [1.0, *factors]
     return lambda t: values[bisect.bisect_right(milestones, t)]
 
@@ -51,7 +54,8 @@ def piecewise_linear(knots: Sequence[Sequence[float]]) -> Callable[[float], floa
 
 
 def restart_start(t: float, T_0: float, T_mult: float) -> tuple[float, float]:
-    """(start, length) of the SGDR period holding t: restarts at T_0, T_0(1+T_mult), T_0(1+T_mult+T_mult²), …"""
+    """(start, length) of the SGDR period holding t: restarts at T_0, T_0(1+T_mult),
+    T_0(1+T_mult+T_mult²), …"""
     if T_mult == 1:
         i = math.floor(t / T_0)
         return i * T_0, T_0
@@ -66,7 +70,8 @@ def restart_start(t: float, T_0: float, T_mult: float) -> tuple[float, float]:
 def warm_restarts(
     T_0: float, T_mult: float, eta_min: float
 ) -> tuple[Callable[[float], float], Callable[[float], float]]:
-    """SGDR (the paper's appendix, eq. 14): η = η_min + (1 − η_min)·½(1 + cos(π·T_cur/T_i)), per batch."""
+    """SGDR (the paper's appendix, eq. 14): η = η_min + (1 − η_min)·½(1 + cos(π·T_cur/T_i)), per
+    batch."""
 
     def f(t: float) -> float:
         start, length = restart_start(t, T_0, T_mult)
@@ -76,7 +81,8 @@ def warm_restarts(
 
 
 def make_schedule(s: ScheduleConfig, epochs: int) -> Schedule:
-    """Build the schedule of a validated config. Fractions (unit=fraction) are scaled to `epochs`."""
+    """Build the schedule of a validated config. Fractions (unit=fraction) are scaled to
+    `epochs`."""
     scale = float(epochs) if s.unit == "fraction" else 1.0
     period = lambda t: float(epochs)  # noqa: E731
     if s.shape == "piecewise_constant":
@@ -95,6 +101,6 @@ def make_schedule(s: ScheduleConfig, epochs: int) -> Schedule:
 
 
 def held_after(s: Schedule, last_t: float) -> Schedule:
-    """The schedule up to epoch `last_t`, then that point's η and period for ever: how a continued run that
-    grows `epochs` with trainer.extend_schedule=hold keeps the schedule it already ran."""
+    """The schedule up to epoch `last_t`, then that point's η and period for ever: how a continued
+    run that grows `epochs` with trainer.extend_schedule=hold keeps the schedule it already ran."""
     return Schedule(lambda t: s.multiplier(min(t, last_t)), lambda t: s.period(min(t, last_t)))

@@ -73,7 +73,9 @@ def decoupled_rate(
     raise ValueError(f"unknown wd_scaling {wd_scaling!r}")
 
 
-def plan_steps(cfg: RunConfig, n_train: int, steps_per_epoch: int, schedule_epochs: int) -> StepPlan:
+def plan_steps(
+    cfg: RunConfig, n_train: int, steps_per_epoch: int, schedule_epochs: int
+) -> StepPlan:
     """The plan of a validated config on `n_train` training images, its schedule laid out for
     `schedule_epochs` (the run's own epochs, or a continued run's earlier ones under hold)."""
     o, spe = cfg.optimizer, steps_per_epoch
@@ -142,7 +144,8 @@ def timescale(plan: StepPlan, total: int, algorithm: str, momentum: float) -> di
     an EMA of the updates with memory 1/d_t steps): tau_steps = 1/mean_t of the effective
     shrink, tau_fraction = tau_steps/total; both None without a shrink."""
     eff = [
-        effective_decay(algorithm, d, lr, plan.l2, momentum) or 0.0 for lr, d in zip(plan.lr[:total], plan.d[:total])
+        effective_decay(algorithm, d, lr, plan.l2, momentum) or 0.0
+        for lr, d in zip(plan.lr[:total], plan.d[:total])
     ]
     mean = sum(eff) / len(eff) if eff else 0.0
     if mean <= 0:
@@ -165,5 +168,7 @@ def describe(plan: StepPlan, cfg: RunConfig, n_tensors: int, n_values: int) -> l
     if o.algorithm == "sgd":
         how = "scaled by lr_t"
     l2 = plan.l2
-    out.append(f"L2: g ← g + {l2:g}·θ, penalty {l2 / 2:g}·‖θ‖², {where}, {how}" if l2 else "L2: off")
+    out.append(
+        f"L2: g ← g + {l2:g}·θ, penalty {l2 / 2:g}·‖θ‖², {where}, {how}" if l2 else "L2: off"
+    )
     return out

@@ -76,10 +76,14 @@ class Optimizer:
         if algorithm == "adam":
             # capturable: Adam's step counter stays on the device, so a CUDA graph can replay it
             cap = {"capturable": True} if capturable and params[0].is_cuda else {}
-            self.inner = torch.optim.Adam(params, lr=0.0, betas=tuple(betas), eps=eps, fused=self.fused, **cap)
+            self.inner = torch.optim.Adam(
+                params, lr=0.0, betas=tuple(betas), eps=eps, fused=self.fused, **cap
+            )
             self.momentum = betas[0]  # Adam's β1: the momentum of its update
         elif algorithm == "sgd":
-            self.inner = torch.optim.SGD(params, lr=0.0, momentum=momentum, nesterov=nesterov, fused=self.fused)
+            self.inner = torch.optim.SGD(
+                params, lr=0.0, momentum=momentum, nesterov=nesterov, fused=self.fused
+            )
             self.momentum = momentum
         else:
             raise ValueError(f"unknown algorithm {algorithm!r}")
@@ -145,7 +149,9 @@ class Optimizer:
                 st = self.inner.state.get(p, {})
                 if torch.is_tensor(st.get("step")):
                     step = st["step"]
-                    st["step"] = step.to(device=p.device, dtype=torch.float32) if on_device else step.cpu()
+                    st["step"] = (
+                        step.to(device=p.device, dtype=torch.float32) if on_device else step.cpu()
+                    )
 
 
 def rounding_note(decays: list[float], threshold: float = 0.01) -> str | None:

@@ -19,7 +19,13 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_FOLDER = "cifar-10-batches-py"
-CIFAR10_TRAIN_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
+CIFAR10_TRAIN_FILES = (
+    "data_batch_1",
+    "data_batch_2",
+    "data_batch_3",
+    "data_batch_4",
+    "data_batch_5",
+)
 CIFAR10_MD5 = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
     "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
@@ -47,59 +53,69 @@ def load_cifar10(root: str | Path, download: bool = True, verify: bool = True) -
             if not check_integrity(folder / name, md5):
                 raise DataError(
                     f"CIFAR-10 file {folder / name} is missing or does not match its expected md5 "
-                    f"{md5}. If it is the official data set, the copy is damaged: delete {folder} so "
-                    f"that it is extracted or downloaded again (data.download=true). If it is a derived "
-                    f"data set in the same format, set data.verify=false to skip the checksums."
+                    f"{md5}. If it is the official data set, the copy is damaged: delete {folder} "
+                    "so that it is extracted or downloaded again (data.download=true). If it is a "
+                    "derived data set in the same format, set data.verify=false to skip the "
+                    "checksums."
                 )
     train = [_read_batch(folder / name) for name in CIFAR10_TRAIN_FILES]
     val_x, val_y = _read_batch(folder / "test_batch")
     classes = CLASSES
     if (folder / "batches.meta").is_file():
         classes = tuple(_str(c) for c in _unpickle(folder / "batches.meta")["label_names"])
-    for y, name in [(v[1], n) for v, n in zip(train, CIFAR10_TRAIN_FILES)] + [(val_y, "test_batch")]:
+    for y, name in [(v[1], n) for v, n in zip(train, CIFAR10_TRAIN_FILES)] + [
+        (val_y, "test_batch")
+    ]:
         if len(y) and (y.min() < 0 or y.max() >= len(classes)):
             raise DataError(
                 f"Labels in {folder / name} must lie in [0, {len(classes)}) for the classes "
                 f"{classes}; fix the file or its batches.meta label_names."
             )
-    return Splits(torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]), val_x, val_y, classes)
+    return Splits(
+        torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]), val_x, val_y, classes
+    )
 
 
 def _fetch_cifar10(root: Path, download: bool, verify: bool) -> None:
-    """Make `root/cifar-10-batches-py` from the archive in root, downloading the archive if allowed."""
+    """Make `root/cifar-10-batches-py` from the archive in root, downloading the archive if
+    allowed."""
     archive = root / CIFAR10_ARCHIVE
     if not archive.is_file():
         if not download:
             raise DataError(
                 f"CIFAR-10 was expected at {root / CIFAR10_FOLDER} but that folder does not exist. "
-                f"Set data.download=true to download it, place {CIFAR10_ARCHIVE} ({CIFAR10_URL}) in "
-                f"{root}, or point data.root at the folder that contains {CIFAR10_FOLDER}."
+                f"Set data.download=true to download it, place {CIFAR10_ARCHIVE} ({CIFAR10_URL}) "
+                f"in {root}, or point data.root at the folder that contains {CIFAR10_FOLDER}."
             )
         created = [p for p in (root, *root.parents) if not p.exists()]
         try:
             root.mkdir(parents=True, exist_ok=True)
             _download(CIFAR10_URL, root, CIFAR10_ARCHIVE)
         except (OSError, RuntimeError) as e:  # URLError and HTTPError are OSErrors
-            archive.unlink(missing_ok=True)  # a partial file would otherwise look like a placed archive
-            for folder in created:  # the folders made for the download go with it, when nothing else is in them
+            # a partial file would otherwise look like a placed archive
+            archive.unlink(missing_ok=True)
+            # the folders made for the download go with it, when nothing else is in them
+            for folder in created:
                 if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
             raise DataError(
-                f"Downloading CIFAR-10 from {CIFAR10_URL} into {root} failed ({e}). Without network "
-                f"access, download {CIFAR10_ARCHIVE} elsewhere and place it in {root} (data.root), "
-                f"or set data.root to a folder that already contains {CIFAR10_FOLDER}."
+                f"Downloading CIFAR-10 from {CIFAR10_URL} into {root} failed ({e}). Without "
+                f"network access, download {CIFAR10_ARCHIVE} elsewhere and place it in {root} "
+                f"(data.root), or set data.root to a folder that already contains {CIFAR10_FOLDER}."
             ) from e
     if verify and not check_integrity(archive, CIFAR10_ARCHIVE_MD5):
         raise DataError(
             f"The archive {archive} does not match its expected md5 {CIFAR10_ARCHIVE_MD5}: it is "
-            f"damaged, incomplete or a different file. Delete it and run again with data.download=true "
-            f"to download it, or set data.verify=false for a derived data set in the same format."
+            "damaged, incomplete or a different file. Delete it and run again with "
+            "data.download=true to download it, or set data.verify=false for a derived data set in "
+            "the same format."
         )
     try:
         extract_archive(str(archive), str(root))
     except Exception as e:  # tarfile, gzip and OS errors all mean the same thing here
         raise DataError(
-            f"Could not extract {archive} ({e}); delete it and download it again (data.download=true)."
+            f"Could not extract {archive} ({e}); delete it and download it again "
+            "(data.download=true)."
         ) from e
     if not (root / CIFAR10_FOLDER).is_dir():
         raise DataError(
@@ -126,8 +142,9 @@ def _unpickle(path: Path) -> dict:
             d = _CifarUnpickler(f, encoding="bytes").load()
     except pickle.UnpicklingError as e:
         raise DataError(
-            f"{path} is refused: {e}. CIFAR-10's files hold only arrays, lists, bytes and numbers; a file that "
-            "names anything else could run code when read. Use the official files or regenerate the data set."
+            f"{path} is refused: {e}. CIFAR-10's files hold only arrays, lists, bytes and numbers; "
+            "a file that names anything else could run code when read. Use the official files or "
+            "regenerate the data set."
         ) from None
     except Exception as e:
         raise DataError(
@@ -136,20 +153,24 @@ def _unpickle(path: Path) -> dict:
             f"again (data.download=true), or regenerate the derived data set."
         ) from e
     if not isinstance(d, dict):
-        raise DataError(f"{path} holds a {type(d).__name__}, expected a dict as in CIFAR-10's format.")
+        raise DataError(
+            f"{path} holds a {type(d).__name__}, expected a dict as in CIFAR-10's format."
+        )
     return {_str(k): v for k, v in d.items()}
 
 
 def _latin1(obj, encoding="latin1"):
-    """What protocol-2 pickles of bytes call (_codecs.encode(text, "latin1")), with no other codec allowed."""
+    """What protocol-2 pickles of bytes call (_codecs.encode(text, "latin1")), with no other codec
+    allowed."""
     if encoding != "latin1" or not isinstance(obj, str):
         raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not part of the format")
     return obj.encode("latin1")
 
 
 class _CifarUnpickler(pickle.Unpickler):
-    """Admits only what CIFAR-10's batches are made of (dicts, lists, bytes, numbers and numpy arrays): any other
-    global a pickle names is refused before it is looked up, so no file can make the reader call anything else."""
+    """Admits only what CIFAR-10's batches are made of (dicts, lists, bytes, numbers and numpy
+    arrays): any other global a pickle names is refused before it is looked up, so no file can make
+    the reader call anything else."""
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
@@ -166,10 +187,16 @@ class _CifarUnpickler(pickle.Unpickler):
         if (module, name) == ("_codecs", "encode"):
             return _latin1
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"it names {module}.{name}, which is not part of the format")
+            raise pickle.UnpicklingError(
+                f"it names {module}.{name}, which is not part of the format"
+            )
         from numpy._core import multiarray, numeric
 
-        own = {"_reconstruct": multiarray._reconstruct, "scalar": multiarray.scalar, "_frombuffer": numeric._frombuffer}
+        own = {
+            "_reconstruct": multiarray._reconstruct,
+            "scalar": multiarray.scalar,
+            "_frombuffer": numeric._frombuffer,
+        }
         return own.get(name) or getattr(np, name)
 
 

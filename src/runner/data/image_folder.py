@@ -36,16 +36,24 @@ def load_image_folder(root: str | Path, cache: bool = True) -> Splits:
             f"{root / 'test'} has class folders {extra} that {root / 'train'} lacks; "
             f"both must hold the same class folders."
         )
-    stats = [(s, c, os.path.basename(p), size, mtime) for s in files for c, p, size, mtime in files[s]]
+    stats = [
+        (s, c, os.path.basename(p), size, mtime) for s in files for c, p, size, mtime in files[s]
+    ]
     fingerprint = hashlib.sha256(repr((classes, stats)).encode()).hexdigest()
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-    caches = [root / CACHE_NAME, _user_cache_dir() / f"image_folder_{key}.pt"]  # 2nd: root read-only
+    # 2nd: root read-only
+    caches = [
+        root / CACHE_NAME,
+        _user_cache_dir() / f"image_folder_{key}.pt",
+    ]
     if cache:
         for path in caches:
             try:
                 d = torch.load(path, weights_only=True)
                 if d["fingerprint"] == fingerprint:
-                    return Splits(d["train_x"], d["train_y"], d["val_x"], d["val_y"], tuple(d["classes"]))
+                    return Splits(
+                        d["train_x"], d["train_y"], d["val_x"], d["val_y"], tuple(d["classes"])
+                    )
             except Exception:  # absent, stale format or damaged cache: decode again
                 pass
     index = {c: i for i, c in enumerate(classes)}
@@ -58,13 +66,22 @@ def load_image_folder(root: str | Path, cache: bool = True) -> Splits:
     splits = Splits(tx, ty, vx, vy, classes)
     if cache:
         _save_cache(
-            caches, dict(fingerprint=fingerprint, train_x=tx, train_y=ty, val_x=vx, val_y=vy, classes=list(classes))
+            caches,
+            dict(
+                fingerprint=fingerprint,
+                train_x=tx,
+                train_y=ty,
+                val_x=vx,
+                val_y=vy,
+                classes=list(classes),
+            ),
         )
     return splits
 
 
 def _list_split(root: Path, split: str) -> list[tuple[str, str, int, int]]:
-    """(class, path, size, mtime_ns) of each image in root/split/<class>/, sorted by class and name."""
+    """(class, path, size, mtime_ns) of each image in root/split/<class>/, sorted by class and
+    name."""
     folder = root / split
     if not folder.is_dir():
         raise DataError(
@@ -72,14 +89,18 @@ def _list_split(root: Path, split: str) -> list[tuple[str, str, int, int]]:
             f"(e.g. {folder}/airplane/0001.png); check data.root (now {root})."
         )
     out = []  # os.scandir and plain strings: pathlib made listing 60k files take seconds
-    for c in sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")):
+    for c in sorted(
+        e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")
+    ):
         entries = sorted(
-            (e for e in os.scandir(folder / c) if e.name.lower().endswith(IMAGE_SUFFIXES)), key=lambda e: e.name
+            (e for e in os.scandir(folder / c) if e.name.lower().endswith(IMAGE_SUFFIXES)),
+            key=lambda e: e.name,
         )
         out += [(c, e.path, e.stat().st_size, e.stat().st_mtime_ns) for e in entries]
     if not out:
         raise DataError(
-            f"{folder} holds no .png/.jpg/.jpeg images in class subfolders ({folder}/<class>/<image>); check data.root."
+            f"{folder} holds no .png/.jpg/.jpeg images in class subfolders "
+            f"({folder}/<class>/<image>); check data.root."
         )
     return out
 
@@ -98,7 +119,8 @@ def _decode_image(path: str) -> torch.Tensor:
 
 
 def _decode_all(files: list[tuple[str, str, int, int]], index: dict[str, int]):
-    # Sequential on purpose: 32x32 files decode in ~0.1 ms each and threads only added GIL contention.
+    # Sequential on purpose: 32x32 files decode in ~0.1 ms each and threads only added GIL
+    # contention.
     images = [_decode_image(f[1]) for f in files]
     for img, (_, path, *_) in zip(images, files):
         if img.shape != images[0].shape:
@@ -107,7 +129,9 @@ def _decode_all(files: list[tuple[str, str, int, int]], index: dict[str, int]):
                 f"{tuple(img.shape[1:])} but {files[0][1]} is {tuple(images[0].shape[1:])}; "
                 f"all images must share one size. Resize the folder."
             )
-    return torch.stack(images).contiguous(), torch.tensor([index[f[0]] for f in files], dtype=torch.int64)
+    return torch.stack(images).contiguous(), torch.tensor(
+        [index[f[0]] for f in files], dtype=torch.int64
+    )
 
 
 def _save_cache(paths: Sequence[Path], d: dict) -> None:

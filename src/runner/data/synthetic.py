@@ -31,7 +31,8 @@ def make_synthetic(
     pos = torch.arange(s)
     k = torch.arange(-2, 3.0)
     ky, kx = (t.flatten() for t in torch.meshgrid(k, k, indexing="ij"))
-    half = (ky > 0) | ((ky == 0) & (kx > 0))  # one of each ±k pair: frequencies 1..2 cycles per image
+    # one of each ±k pair: frequencies 1..2 cycles per image
+    half = (ky > 0) | ((ky == 0) & (kx > 0))
     angle = 2 * math.pi / s * (ky[half, None, None] * pos[:, None] + kx[half, None, None] * pos)
     basis = torch.cat([angle.cos(), angle.sin()])  # (K, S, S), periodic so shifts have no seams
 

@@ -1,1 +1,2 @@
-"""A run: built from a validated config, stepped by the loop, recorded, checkpointed, timed and summarized."""
+"""A run: built from a validated config, stepped by the loop, recorded, checkpointed, timed and
+summarized."""

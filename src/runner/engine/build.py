@@ -55,7 +55,8 @@ def setup(
     prefixes the run's log lines; `data_cache` shares loaded data sets among the runs of one
     process (sweeps.pack, and a benchmark that times runs on data it loaded itself)."""
     run_dir, t_start = Path(run_dir), time.time()
-    lock.hold(run_dir)  # one writer per folder (the CLI took it already, before Hydra wrote .hydra/)
+    # one writer per folder (the CLI took it already, before Hydra wrote .hydra/)
+    lock.hold(run_dir)
     saved, state, facts = saved_state(cfg, run_dir, meta)
     path = execution_path(cfg.trainer, use_device(pick_device(cfg.trainer.device, job_num)))
     torch.manual_seed(cfg.seed)
@@ -68,7 +69,10 @@ def setup(
             facts["resumed"]["cuda_rng_not_restored"] = missed
         where = run_dir / "checkpoints"
         log.info(
-            "continuing from step %d (epoch %.2f) of %s", state.step, state.step / trainee.plan.steps_per_epoch, where
+            "continuing from step %d (epoch %.2f) of %s",
+            state.step,
+            state.step / trainee.plan.steps_per_epoch,
+            where,
         )
     subject = Subject(
         trainee.model,
@@ -101,8 +105,10 @@ def setup(
     )
     announce(run)
     plan = trainee.plan
-    applied = {"wd_applied": plan.lam_now if plan.lam_now is not None else plan.wd,
-               "l2_applied": plan.l2}
+    applied = {
+        "wd_applied": plan.lam_now if plan.lam_now is not None else plan.wd,
+        "l2_applied": plan.l2,
+    }
     recorder.start(dataclasses.asdict(cfg), facts.get("choices"), facts.get("swept"), applied)
     return run
 
@@ -114,11 +120,18 @@ def pick_device(name: str, job_num: int = 0) -> torch.device:
     """auto prefers cuda, then mps, then cpu; an explicit device that is not there is a user
     error. With several GPUs, sweep job i runs on GPU i mod n (a joblib sweep's parallel jobs
     spread out)."""
-    have = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    have = {
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+        "cpu": True,
+    }
     if name == "auto":
         name = next(k for k in ("cuda", "mps", "cpu") if have[k])
     if not have[name]:
-        raise ConfigError(f"trainer.device={name!r} is not available on this machine: use trainer.device=auto or cpu")
+        raise ConfigError(
+            f"trainer.device={name!r} is not available on this machine: use trainer.device=auto or "
+            "cpu"
+        )
     if name == "cuda":
         return torch.device("cuda", job_num % torch.cuda.device_count())
     return torch.device(name)
@@ -239,7 +252,11 @@ def make_trainee(
     if path.compile:
         use_compile_cache(cfg.trainer.compile_cache)
     # dynamic=False: one batch shape per phase (data.drop_last, padded validation), compiled once
-    forward = torch.compile(model, mode=cfg.trainer.compile_mode, dynamic=False) if path.compile else model
+    forward = (
+        torch.compile(model, mode=cfg.trainer.compile_mode, dynamic=False)
+        if path.compile
+        else model
+    )
     kind = GraphedStep if path.cuda_graphs else EagerStep
     trainee = Trainee(
         model,
@@ -285,7 +302,9 @@ def stage_index(model: nn.Module, opt: Optimizer, device: torch.device) -> dict[
 # ---------------------------------------------------------------- what it says
 
 
-def run_facts(cfg: RunConfig, trainee: Trainee, data: RunData, path: ExecutionPath, sentences: list[str]) -> dict:
+def run_facts(
+    cfg: RunConfig, trainee: Trainee, data: RunData, path: ExecutionPath, sentences: list[str]
+) -> dict:
     """What summary.json says about the run besides its results."""
     return {
         "n_params": sum(p.numel() for p in trainee.model.parameters() if p.requires_grad),

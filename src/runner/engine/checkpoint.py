@@ -1,29 +1,36 @@
-"""Checkpoints that survive preemption, full disks and half-written files, and open with a plain torch.load.
+"""Checkpoints that survive preemption, full disks and half-written files, and open with a plain
+torch.load.
 
 A run's `checkpoints/` folder:
 
-    step-00000390-3f1c9a0b2d4e5f67.pt   one checkpoint per file, named by its step and the first 16 hex digits
-    step-00000780-9e8d7c6b5a493827.pt   of the SHA-256 of its bytes; the bytes are torch.save's and nothing else
-    last.pt -> step-00000780-….pt       relative symlink to the newest (left out where symlinks fail)
+    step-00000390-3f1c9a0b2d4e5f67.pt   one checkpoint per file, named by its step and the first 16
+                                        hex digits
+    step-00000780-9e8d7c6b5a493827.pt   of the SHA-256 of its bytes; the bytes are torch.save's and
+                                        nothing else
+    last.pt -> step-00000780-….pt       relative symlink to the newest (left out where symlinks
+                                        fail)
     best.pt                             the weights of the best validation so far (save_best)
 
-Every file opens with `torch.load(path, weights_only=True)`: the payload holds only tensors, numbers,
-strings, lists, tuples and dicts (numpy's RNG state is stored as a tensor and ints), and save() checks so.
+Every file opens with `torch.load(path, weights_only=True)`: the payload holds only tensors,
+numbers, strings, lists, tuples and dicts (numpy's RNG state is stored as a tensor and ints), and
+save() checks so.
 
-Writing: bytes to `<name>.tmp`, fsync, rename, fsync the folder. The name verifies the bytes, so one atomic
-rename publishes a checkpoint and there is no sidecar to keep in step. Then last.pt is pointed at it (a new
-symlink renamed over the old one), and only then are older files deleted: the new one and the newest older
-one whose bytes match its name are kept. Files of the same or a later step go too, because the run that
-saves is the one that continues: a second save of a step replaces the first, and steps past a damaged newest
-one belong to a timeline the run has left. At every instant a complete, verified checkpoint exists.
+Writing: bytes to `<name>.tmp`, fsync, rename, fsync the folder. The name verifies the bytes, so one
+atomic rename publishes a checkpoint and there is no sidecar to keep in step. Then last.pt is
+pointed at it (a new symlink renamed over the old one), and only then are older files deleted: the
+new one and the newest older one whose bytes match its name are kept. Files of the same or a later
+step go too, because the run that saves is the one that continues: a second save of a step replaces
+the first, and steps past a damaged newest one belong to a timeline the run has left. At every
+instant a complete, verified checkpoint exists.
 
-Loading (load_latest) tries the step files newest first (by step), checks each against the hash in its name
-and falls back to the previous one with a note when the newest is truncated or corrupt. A file whose hash
-matches but which this runner cannot read is a CheckpointError, not a fallback: it is intact, only newer.
+Loading (load_latest) tries the step files newest first (by step), checks each against the hash in
+its name and falls back to the previous one with a note when the newest is truncated or corrupt. A
+file whose hash matches but which this runner cannot read is a CheckpointError, not a fallback: it
+is intact, only newer.
 
-best.pt (save_best): {"format", "model": state_dict, "step": int, "val_acc": float,
-"val_metric": "recalibrated" | "running", "config": dict}, replaced atomically whenever the headline
-validation accuracy improves. It has no hash in its name (it is the one file a user opens by hand): torch.load
+best.pt (save_best): {"format", "model": state_dict, "step": int, "val_acc": float, "val_metric":
+"recalibrated" | "running", "config": dict}, replaced atomically whenever the headline validation
+accuracy improves. It has no hash in its name (it is the one file a user opens by hand): torch.load
 notices a truncated best.pt, not a flipped bit in it.
 """
 
@@ -64,8 +71,9 @@ class _Damaged(ValueError):
 
 
 def rng_state() -> dict:
-    """Every random number generator the next step could read (the data order is a function of seed and epoch),
-    as values torch.load(weights_only=True) accepts: numpy's MT19937 keys become an int64 tensor."""
+    """Every random number generator the next step could read (the data order is a function of seed
+    and epoch), as values torch.load(weights_only=True) accepts: numpy's MT19937 keys become an
+    int64 tensor."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     numpy = {
         "bit_generator": kind,
@@ -81,9 +89,11 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> list[int]:
-    """Restore what rng_state() returned; returns the GPUs whose saved CUDA state was left out (cuda_rng_states)."""
+    """Restore what rng_state() returned; returns the GPUs whose saved CUDA state was left out
+    (cuda_rng_states)."""
     version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))  # a list after some loaders: setstate wants a tuple
+    # a list after some loaders: setstate wants a tuple
+    random.setstate((version, tuple(internal), gauss_next))
     n = state["numpy"]
     keys = np.asarray(n["keys"], dtype=np.int64).astype(np.uint32)
     np.random.set_state((n["bit_generator"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
@@ -117,7 +127,8 @@ def cuda_rng_states(saved: list) -> list[int]:
 
 
 def _serialize(state: dict) -> bytes:
-    """torch.save bytes, checked to open with weights_only=True (a value that does not is a bug in the caller)."""
+    """torch.save bytes, checked to open with weights_only=True (a value that does not is a bug in
+    the caller)."""
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getvalue()
@@ -161,8 +172,9 @@ def _write_atomic(path: Path, payload: bytes, what: str) -> None:
 
 
 def save(state: dict, folder: Path) -> Path:
-    """Write `state` (a dict with an int "step") as folder/step-<step>-<sha256[:16]>.pt, point last.pt at it,
-    keep the newest older verified one and delete the rest; return the new file's path."""
+    """Write `state` (a dict with an int "step") as folder/step-<step>-<sha256[:16]>.pt, point
+    last.pt at it, keep the newest older verified one and delete the rest; return the new file's
+    path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     payload = _serialize({"format": FORMAT, **state})
@@ -175,8 +187,9 @@ def save(state: dict, folder: Path) -> Path:
 
 
 def save_best(folder: Path, state: dict) -> Path:
-    """Replace folder/best.pt atomically with `state` ({"model", "step", "val_acc", "val_metric", "config"}: see
-    the module docstring); return its path. Plain torch.save bytes, opened with torch.load(weights_only=True)."""
+    """Replace folder/best.pt atomically with `state` ({"model", "step", "val_acc", "val_metric",
+    "config"}: see the module docstring); return its path. Plain torch.save bytes, opened with
+    torch.load(weights_only=True)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / BEST
@@ -185,7 +198,8 @@ def save_best(folder: Path, state: dict) -> Path:
 
 
 def _point_last(folder: Path, target: Path) -> None:
-    """last.pt → target, swapped in by one rename; silently left out where the file system has no symlinks."""
+    """last.pt → target, swapped in by one rename; silently left out where the file system has no
+    symlinks."""
     link, tmp = folder / LAST, folder / (LAST + ".tmp")
     try:
         tmp.unlink(missing_ok=True)
@@ -225,17 +239,24 @@ def _verified(path: Path) -> bytes | None:
         raw = path.read_bytes()
     except OSError:
         return None
-    return raw if hashlib.sha256(raw).hexdigest()[:HASH_CHARS] == STEP_FILE.fullmatch(path.name)[2] else None
+    return (
+        raw
+        if hashlib.sha256(raw).hexdigest()[:HASH_CHARS] == STEP_FILE.fullmatch(path.name)[2]
+        else None
+    )
 
 
 def _step_files(folder: Path) -> list[Path]:
-    """Step files, newest first: by step, then (two of one step only after a crash mid-save) last.pt's target."""
+    """Step files, newest first: by step, then (two of one step only after a crash mid-save)
+    last.pt's target."""
     try:
         current = os.readlink(folder / LAST)
     except OSError:
         current = None
     files = [p for p in folder.glob("step-*.pt") if STEP_FILE.fullmatch(p.name)]
-    return sorted(files, key=lambda p: (_step(p), p.name == current, p.stat().st_mtime_ns), reverse=True)
+    return sorted(
+        files, key=lambda p: (_step(p), p.name == current, p.stat().st_mtime_ns), reverse=True
+    )
 
 
 def _read(path: Path) -> dict:

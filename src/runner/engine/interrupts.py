@@ -1,4 +1,5 @@
-"""Signals that end a run cleanly: finish the step, write a checkpoint, then stop (a SLURM time limit, ^C)."""
+"""Signals that end a run cleanly: finish the step, write a checkpoint, then stop (a SLURM time
+limit, ^C)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,23 @@ SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
 
 
 class StopRequests:
-    """Turns SIGTERM/SIGINT/SIGUSR1/SIGUSR2 into a flag the loop reads after each step; a second signal
-    aborts at once. On exit the previous handlers come back (submitit's requeue handler among them)."""
+    """Turns SIGTERM/SIGINT/SIGUSR1/SIGUSR2 into a flag the loop reads after each step; a second
+    signal aborts at once. On exit the previous handlers come back (submitit's requeue handler among
+    them)."""
 
     def __init__(self):
         self.signum, self.previous = None, {}
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a final checkpoint")
+            raise KeyboardInterrupt(
+                f"second {signal.Signals(signum).name}: stopping without a final checkpoint"
+            )
         self.signum = signum
-        log.warning("%s received: finishing this step, saving a checkpoint, then stopping", signal.Signals(signum).name)
+        log.warning(
+            "%s received: finishing this step, saving a checkpoint, then stopping",
+            signal.Signals(signum).name,
+        )
 
     def __enter__(self):
         for name in SIGNALS:
@@ -34,7 +41,8 @@ class StopRequests:
         return False
 
     def pass_on(self) -> None:
-        """Hand the signal to whoever handled it before us (submitit requeues the job), once our files are safe."""
+        """Hand the signal to whoever handled it before us (submitit requeues the job), once our
+        files are safe."""
         if self.signum is not None and self.signum != signal.SIGINT:
             prev = self.previous.get(signal.Signals(self.signum).name)
             if callable(prev):

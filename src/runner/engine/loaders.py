@@ -14,7 +14,11 @@ from runner.data import normalization
 from runner.engine.run import Evaluations, ExecutionPath, Inference, RunData
 
 log = logging.getLogger("runner")
-VAL_BATCH = {"cuda": 1000, "cpu": 100}  # big batches feed a GPU; on CPU cores batch 100 is ~2x faster
+# big batches feed a GPU; on CPU cores batch 100 is ~2x faster
+VAL_BATCH = {
+    "cuda": 1000,
+    "cpu": 100,
+}
 
 
 def run_data(cfg: RunConfig, splits: Splits, path: ExecutionPath) -> RunData:
@@ -24,7 +28,14 @@ def run_data(cfg: RunConfig, splits: Splits, path: ExecutionPath) -> RunData:
 
     def loader(x, y, batch_size, **kw) -> DeviceLoader:
         return DeviceLoader(
-            x, y, batch_size, device=path.device, mean=mean, std=std, channels_last=path.channels_last, **kw
+            x,
+            y,
+            batch_size,
+            device=path.device,
+            mean=mean,
+            std=std,
+            channels_last=path.channels_last,
+            **kw,
         )
 
     def evaluated(x, y) -> DeviceLoader:  # one batch shape: a compiled or captured forward
@@ -49,13 +60,17 @@ def run_data(cfg: RunConfig, splits: Splits, path: ExecutionPath) -> RunData:
     recal = None
     if tr.bn_recalibrate:
         keep = recalibration_subset(splits, tr.bn_recalibrate)
-        recal = next(loader(splits.train_x[keep], splits.train_y[keep], len(keep), shuffle=False).epoch(0))[0]
+        recal = next(
+            loader(splits.train_x[keep], splits.train_y[keep], len(keep), shuffle=False).epoch(0)
+        )[0]
     return RunData(
         train=train,
         evals=Evaluations(evaluated(splits.val_x, splits.val_y), train_eval),
         test=test,
         recal_images=recal,
-        inference=Inference(list(splits.classes), d.normalize, mean, std, list(splits.train_x.shape[1:])),
+        inference=Inference(
+            list(splits.classes), d.normalize, mean, std, list(splits.train_x.shape[1:])
+        ),
         n_train=n_train,
         n_val=len(splits.val_y),
         fingerprint=splits.fingerprint,
@@ -66,7 +81,8 @@ def recalibration_subset(splits: Splits, n: int) -> torch.Tensor:
     """The fixed, stratified training images BatchNorm is recalibrated on (all, when fewer)."""
     if n > len(splits.train_y):
         log.info(
-            "trainer.bn_recalibrate=%d: the training set has %d images, recalibrating on all of them",
+            "trainer.bn_recalibrate=%d: the training set has %d images, recalibrating on all of "
+            "them",
             n,
             len(splits.train_y),
         )

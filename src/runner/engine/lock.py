@@ -1,7 +1,7 @@
-"""One writer per run folder: an exclusive lock (flock) on RUN/.lock, held from before Hydra writes the folder until
-the run's summary is written. The OS drops it when the process ends, however it ends, so a killed run leaves no
-stale lock; the file stays behind holding the pid of the last process that held it (the one a refusal names).
-Nothing here imports torch."""
+"""One writer per run folder: an exclusive lock (flock) on RUN/.lock, held from before Hydra writes
+the folder until the run's summary is written. The OS drops it when the process ends, however it
+ends, so a killed run leaves no stale lock; the file stays behind holding the pid of the last
+process that held it (the one a refusal names). Nothing here imports torch."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ class FolderBusy(UserError):
 
 
 def hold(folder: Path | str, key: str = "hydra.run.dir") -> None:
-    """Take `folder`'s lock for this process (again: a no-op); FolderBusy naming the holder's pid if it is taken."""
+    """Take `folder`'s lock for this process (again: a no-op); FolderBusy naming the holder's pid if
+    it is taken."""
     folder = Path(folder).absolute()
     if folder in _held:
         return
@@ -32,9 +33,9 @@ def hold(folder: Path | str, key: str = "hydra.run.dir") -> None:
         other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise FolderBusy(
-            f"the run folder {folder} is being written by another process (pid {other}): wait for it to finish "
-            f"(or stop it: kill -TERM {other} checkpoints it), then continue it with resume={folder}; or choose "
-            f"another folder with {key}=..."
+            f"the run folder {folder} is being written by another process (pid {other}): wait for "
+            f"it to finish (or stop it: kill -TERM {other} checkpoints it), then continue it with "
+            f"resume={folder}; or choose another folder with {key}=..."
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

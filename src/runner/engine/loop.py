@@ -101,7 +101,10 @@ def log_point(run: Run, progress: Progress, stats: bool = True) -> None:
         return
     opt = run.trainee.opt
     point = LogPoint(pending[-1].step, opt.weight_norms(), pending[-1].grad_norms)
-    steps = {"loss": torch.stack([r.loss for r in pending]), "correct": torch.stack([r.correct for r in pending])}
+    steps = {
+        "loss": torch.stack([r.loss for r in pending]),
+        "correct": torch.stack([r.correct for r in pending]),
+    }
     base = weight_stats(opt, point) if stats else {}
     probed = [(p, p.at_log(point)) for p in run.probes] if stats else []
     steps, extra, *figures = read(steps, base, *[t for _, t in probed])  # the host waits here
@@ -139,9 +142,14 @@ def write_steps(run: Run, pending: list, losses: list, corrects: list, extra: di
         if s.initial_loss is None and math.isfinite(loss):
             s.initial_loss = loss
         run.out.recorder.write(rec)
-        if not math.isfinite(loss) or (s.initial_loss is not None and loss > factor * s.initial_loss):
+        if not math.isfinite(loss) or (
+            s.initial_loss is not None and loss > factor * s.initial_loss
+        ):
             initial = "none finite" if s.initial_loss is None else f"{s.initial_loss:.4g}"
-            raise Diverged(f"train_loss={loss} at step {r.step} (initial {initial}, trainer.diverge_factor={factor:g})")
+            raise Diverged(
+                f"train_loss={loss} at step {r.step} (initial {initial}, "
+                f"trainer.diverge_factor={factor:g})"
+            )
         st.last_finite = rec
         s.epoch_loss_sum += loss
         s.epoch_steps += 1

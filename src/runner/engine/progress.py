@@ -66,7 +66,9 @@ class Progress:
         keys = ("val_acc_recal", "val_loss_recal", "val_acc_running", "val_loss_running")
         own = " ".join(f"{k} {rec[k]:.4f}" for k in keys if k in rec)
         headline = self.run.headline.key("val_acc")
-        self.run.out.log.info("step %d epoch %.2f %s (val_acc = %s)", rec["step"], rec["epoch"], own, headline)
+        self.run.out.log.info(
+            "step %d epoch %.2f %s (val_acc = %s)", rec["step"], rec["epoch"], own, headline
+        )
 
     def epoch_end(self, rec: dict) -> None:
         pass

@@ -8,28 +8,35 @@ metrics.jsonl holds one JSON object per record, always with `step` (optimizer st
     l2_penalty   λ₂/2·‖θ‖² of the L2-regularized weights
     weight_norm  ‖θ‖ of the regularized weights (the ones `decay_on` selects)
     grad_norm    ‖∇ data loss‖ at that step (on logging steps)
-    weight_norm/<stage>   ‖θ‖ of the regularized weights of stem, stages.0-2, head
-    weight_norm_eq/<stage>, rotation/<stage>, rotation_steps, angular_update/<stage>, angular_update_eq
-                 rotational equilibrium on logging steps (runner.probes.equilibrium)
-    l2_grad_ratio/<stage>, l2_sign_fraction/<stage>   Adam + L2: ‖λ₂θ‖/‖g‖, share with (λ₂θ)² > v̂ (core.update_rule)
-Validation records (a record with `val_loss` is one), see runner.core.evaluation for the two evaluations and
-runner.core.headline for their names:
-    val_loss_running, val_acc_running   eval mode with BatchNorm's running statistics (Keras' and torch's number)
-    val_loss_recal, val_acc_recal       eval mode after BatchNorm statistics are recomputed on training images
-                                        (trainer.bn_recalibrate > 0)
-    val_loss, val_acc                   the headline: a copy of the recalibrated pair when there is one, else of
-                                        the running pair (summary.json's `val_metric` says which)
-    train_eval_loss_running, ...        the same on a fixed un-augmented training subset (trainer.train_eval=true),
-                                        `_recal` twins and headline copies alike
+The probes (runner.probes) add their figures to the log point's record: per stage
+weight_norm/<stage>, weight_norm_eq/<stage>, rotation/<stage>, angular_update/<stage>,
+angular_update_eq, rotation_steps (probes.equilibrium); l2_grad_ratio/<stage>,
+l2_sign_fraction/<stage> (probes.l2_terms, Adam + L2).
+Validation records (a record with `val_loss` is one), see runner.core.evaluation for the two
+evaluations and runner.core.headline for their names:
+    val_loss_running, val_acc_running   eval mode with BatchNorm's running statistics (Keras' and
+                                        torch's number)
+    val_loss_recal, val_acc_recal       eval mode after BatchNorm statistics are recomputed on
+                                        training images (trainer.bn_recalibrate > 0)
+    val_loss, val_acc                   the headline: a copy of the recalibrated pair when there is
+                                        one, else of the running pair (summary.json's `val_metric`
+                                        says which)
+    train_eval_loss_running, ...        the same on a fixed un-augmented training subset
+                                        (trainer.train_eval=true), `_recal` twins and headline
+                                        copies alike
     bn_staleness_*, bn_lag_*, bn_mismatch_*, val_loss_recal_aug, val_acc_recal_aug
-                                        BatchNorm's running statistics against exact ones (runner.probes.bn_staleness)
+                                        the running statistics against exact ones (a probe:
+                                        runner.probes.bn_staleness)
 Epoch records (one at each epoch end, a record with `epoch_train_s` is one):
-    epoch_train_s, epoch_images         seconds spent training in that epoch in this process (the host waits for
-                                        the device before reading the clock), and the images trained in them
-    train_acc                           Σ correct / Σ images over the epoch's training batches, in train mode on
-                                        the augmented batches as the steps saw them (what Keras prints per epoch)
-A continued run first drops the records past its checkpoint's step (an earlier attempt wrote them after it) and
-writes them again, so each record is in the file once; records are on disk before a checkpoint is published.
+    epoch_train_s, epoch_images         seconds spent training in that epoch in this process (the
+                                        host waits for the device before reading the clock), and the
+                                        images trained in them
+    train_acc                           Σ correct / Σ images over the epoch's training batches, in
+                                        train mode on the augmented batches as the steps saw them
+                                        (what Keras prints per epoch)
+A continued run first drops the records past its checkpoint's step (an earlier attempt wrote them
+after it) and writes them again, so each record is in the file once; records are on disk before a
+checkpoint is published.
 
 TensorBoard: scalars grouped acc/, loss/, optim/ first, then the diagnostics (TB_TAGS: acc/val is
 the headline val_acc, acc/val_running and acc/val_recal the two evaluations, acc/val_best the best
@@ -77,7 +84,8 @@ TB_TAGS = {
     "l2_penalty": "weights/l2_penalty",
 }
 BEST_ACC_TAG = "acc/val_best"  # the best headline val_acc so far
-# the HParams tab's metric columns: the last value of scalars the run writes anyway (no single-point charts)
+# the HParams tab's metric columns: the last value of scalars the run writes anyway (no single-point
+# charts)
 HPARAMS_METRICS = ("acc/val", BEST_ACC_TAG, "loss/val", "loss/train")
 # HParams columns after the swept keys: what trained on what, then the study's keys
 STUDY_KEYS = (
@@ -129,13 +137,21 @@ def _clean(v):
 
 
 class Recorder:
-    """Appends records to metrics.jsonl and mirrors them as TensorBoard scalars in the run folder."""
+    """Appends records to metrics.jsonl and mirrors them as TensorBoard scalars in the run
+    folder."""
 
-    def __init__(self, run_dir: Path, resume_step: int = 0, histograms_every: int = 0, tensorboard: bool = True):
+    def __init__(
+        self,
+        run_dir: Path,
+        resume_step: int = 0,
+        histograms_every: int = 0,
+        tensorboard: bool = True,
+    ):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.best_acc = None  # BEST_ACC_TAG: the best headline val_acc so far
-        if self.path.exists():  # records past the checkpoint belong to a timeline the run is about to redo
+        # records past the checkpoint belong to a timeline the run is about to redo
+        if self.path.exists():
             self._truncate(resume_step)
             for r in read_metrics(self.path):
                 self._best(r)
@@ -145,12 +161,18 @@ class Recorder:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step: TensorBoard drops the earlier attempts' events past the checkpoint; this run writes them anew
+            # purge_step: TensorBoard drops the earlier attempts' events past the checkpoint; this
+            # run writes them anew
             self.tb = SummaryWriter(log_dir=str(run_dir), purge_step=resume_step + 1)
 
     def _truncate(self, step: int) -> None:
-        """Keep the complete records up to `step` (the checkpoint's), drop the rest, in one atomic replace."""
-        kept = [r for r in read_metrics(self.path) if isinstance(r.get("step"), int) and r["step"] <= step]
+        """Keep the complete records up to `step` (the checkpoint's), drop the rest, in one atomic
+        replace."""
+        kept = [
+            r
+            for r in read_metrics(self.path)
+            if isinstance(r.get("step"), int) and r["step"] <= step
+        ]
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
@@ -160,7 +182,9 @@ class Recorder:
 
     def _best(self, record: dict) -> None:
         if isinstance(record.get("val_acc"), (int, float)) and math.isfinite(record["val_acc"]):
-            self.best_acc = max(record["val_acc"], self.best_acc if self.best_acc is not None else -1.0)
+            self.best_acc = max(
+                record["val_acc"], self.best_acc if self.best_acc is not None else -1.0
+            )
 
     def write(self, record: dict) -> None:
         # NaN is not JSON: a non-finite value is stored as null (the summary says the run diverged)
@@ -213,8 +237,8 @@ class Recorder:
         self.close()
 
     def sync(self, durable: bool = False) -> None:
-        """Hand the records to the OS; `durable`: also onto the disk (fsync), as before a checkpoint is
-        published, so that a kill right after it loses none of the records up to its step."""
+        """Hand the records to the OS; `durable`: also onto the disk (fsync), as before a checkpoint
+        is published, so that a kill right after it loses none of the records up to its step."""
         if not self.file.closed:
             self.file.flush()
             if durable:
@@ -257,13 +281,15 @@ def _hparams_start(hp: dict, swept: set, trial: str) -> list:
 
 
 def _session_end(status: str):
-    """The HParams plugin's end-of-session record: success for a completed run, failure for a diverged or failed
-    one, unknown for an interrupted one (it may continue)."""
+    """The HParams plugin's end-of-session record: success for a completed run, failure for a
+    diverged or failed one, unknown for an interrupted one (it may continue)."""
     from tensorboard.plugins.hparams.api_pb2 import Status
     from tensorboard.plugins.hparams.metadata import SESSION_END_INFO_TAG
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
 
-    code = {"completed": "STATUS_SUCCESS", "interrupted": "STATUS_UNKNOWN"}.get(status, "STATUS_FAILURE")
+    code = {"completed": "STATUS_SUCCESS", "interrupted": "STATUS_UNKNOWN"}.get(
+        status, "STATUS_FAILURE"
+    )
     end = SessionEndInfo(status=Status.Value(code))
     return _hparams_summary(SESSION_END_INFO_TAG, HParamsPluginData(session_end_info=end))
 

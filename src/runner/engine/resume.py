@@ -1,9 +1,10 @@
 """Resume policy: whether a run folder's checkpoint may continue under this config, and from where.
 
-A continued run keeps its training settings: only those declared resumable (runner.config.resumable_keys) may
-change. Growing `epochs` needs trainer.extend_schedule=hold|rescale, so the schedule it already ran stays
-explained. A folder whose checkpoints are all unreadable is refused rather than started again, which would write a
-second history into the same records.
+A continued run keeps its training settings: only those declared resumable
+(runner.config.resumable_keys) may change. Growing `epochs` needs
+trainer.extend_schedule=hold|rescale, so the schedule it already ran stays explained. A folder whose
+checkpoints are all unreadable is refused rather than started again, which would write a second
+history into the same records.
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ from runner.engine.state import RunState
 log = logging.getLogger("runner")
 
 
-def saved_state(cfg: RunConfig, run_dir: Path, meta: dict | None) -> tuple[dict | None, RunState, dict]:
-    """(the folder's newest checkpoint or None, the RunState to start from, summary facts with `resumed`)."""
+def saved_state(
+    cfg: RunConfig, run_dir: Path, meta: dict | None
+) -> tuple[dict | None, RunState, dict]:
+    """(the folder's newest checkpoint or None, the RunState to start from, summary facts with
+    `resumed`)."""
     ckpt_dir = run_dir / "checkpoints"
     saved, notes = checkpoint.load_latest(ckpt_dir)  # a requeued job simply starts again here
     for note in notes:
         log.warning(note)
     if saved is None and notes:  # starting over would write a second history into the same records
         raise checkpoint.CheckpointError(
-            f"no checkpoint in {ckpt_dir} can be read ({'; '.join(notes)}): to start this run again from step 0, "
-            f"move {run_dir} away (or delete it) and run the same command"
+            f"no checkpoint in {ckpt_dir} can be read ({'; '.join(notes)}): to start this run "
+            f"again from step 0, move {run_dir} away (or delete it) and run the same command"
         )
     info = {**(meta or {})}
     if saved is None:
@@ -57,14 +61,19 @@ def resume_state(saved: dict, cfg: RunConfig, ckpt_dir: Path) -> tuple[RunState,
         how = cfg.trainer.extend_schedule
         if how is None:
             raise ConfigError(
-                f"epochs changes {old['epochs']} → {cfg.epochs} on a continued run whose schedule (milestones, "
-                f"cosine, normalized λ) is laid out for {state.schedule_epochs} epochs: say how to go on, "
-                f"trainer.extend_schedule=hold (the steps already run keep their schedule; later steps keep the last "
-                f"step's lr and decay) or trainer.extend_schedule=rescale (the schedule is laid out again for "
-                f"{cfg.epochs} epochs: lr and decay jump to where the new schedule is at step {state.step})"
+                f"epochs changes {old['epochs']} → {cfg.epochs} on a continued run whose schedule "
+                f"(milestones, cosine, normalized λ) is laid out for {state.schedule_epochs} "
+                "epochs: say how to go on, trainer.extend_schedule=hold (the steps already run "
+                "keep their schedule; later steps keep the last step's lr and decay) or "
+                f"trainer.extend_schedule=rescale (the schedule is laid out again for {cfg.epochs} "
+                f"epochs: lr and decay jump to where the new schedule is at step {state.step})"
             )
         if how == "rescale":
             state.schedule_epochs = cfg.epochs
     for k, (a, b) in changed.items():
         log.info("continuing with %s changed: %r → %r", k, a, b)
-    return state, {"from_step": state.step, "changed": {k: list(v) for k, v in changed.items()}, "schedule": how}
+    return state, {
+        "from_step": state.step,
+        "changed": {k: list(v) for k, v in changed.items()},
+        "schedule": how,
+    }

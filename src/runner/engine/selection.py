@@ -1,14 +1,19 @@
-"""Honest selection: which images chose the reported checkpoint, and the test accuracy of the weights chosen.
+"""Honest selection: which images chose the reported checkpoint, and the test accuracy of the
+weights chosen.
 
-best.pt is the checkpoint of the best headline validation accuracy (engine.validation), so its accuracy was
-used to choose it. With data.val_split the validation images are held out of the training images and the test
-split stays apart: at the end of a completed run the test split is evaluated once with the final weights and once
-with best.pt's (each in the headline evaluation: best.pt holds the BatchNorm statistics it was measured with).
-Without a split the validation images are the test split, so best_val_acc was selected on test.
+best.pt is the checkpoint of the best headline validation accuracy (engine.validation), so its
+accuracy was used to choose it. With data.val_split the validation images are held out of the
+training images and the test split stays apart: at the end of a completed run the test split is
+evaluated once with the final weights and once with best.pt's (each in the headline evaluation:
+best.pt holds the BatchNorm statistics it was measured with). Without a split the validation images
+are the test split, so best_val_acc was selected on test.
 
-    selected_on           "val_split" (data.val_split images chose best.pt) | "test" (the test split did)
-    test_acc_final, test_loss_final          the test split, final weights (val_split runs that completed)
-    test_acc_selected, test_loss_selected    the test split, best.pt's weights; selected_step is best.pt's step
+    selected_on           "val_split" (data.val_split images chose best.pt) | "test" (the test split
+                          did)
+    test_acc_final, test_loss_final          the test split, final weights (val_split runs that
+                                             completed)
+    test_acc_selected, test_loss_selected    the test split, best.pt's weights; selected_step is
+                                             best.pt's step
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ def selection(run: Run) -> dict:
         final = evaluate(t.model, t.eval_forward, test)
     saved = torch.load(best, map_location=run.device, weights_only=True)
     now = {k: v.clone() for k, v in t.model.state_dict().items()}
-    t.model.load_state_dict(saved["model"])  # in place: a recorded eval graph reads these parameters
+    # in place: a recorded eval graph reads these parameters
+    t.model.load_state_dict(saved["model"])
     try:
         selected = evaluate(t.model, t.eval_forward, test)
     finally:

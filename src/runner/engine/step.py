@@ -67,7 +67,9 @@ class EagerStep:
         lr, d = self.plan.at(k)
         keep = self.opt.keep_value(d) if self.plan.wd else None
         lr_t = self.opt.lr_value(lr)
-        loss, correct, norms = step_body(self.forward, self.opt, self.autocast, x, y, lr_t, keep, log_point)
+        loss, correct, norms = step_body(
+            self.forward, self.opt, self.autocast, x, y, lr_t, keep, log_point
+        )
         self.opt.zero_grad()
         startup, self.first = self.first, False  # the first step compiles and autotunes
         return StepOut(loss, correct, norms, startup)
@@ -136,7 +138,9 @@ class GraphedStep:
         self.lr_t.copy_(self.lr_table.index_select(0, self.counter)[0])
         self.keep.copy_(self.keep_table.index_select(0, self.counter)[0])
         keep = self.keep if self.plan.wd else None
-        loss, correct, norms = step_body(self.forward, self.opt, self.autocast, x, y, self.lr_t, keep, True)
+        loss, correct, norms = step_body(
+            self.forward, self.opt, self.autocast, x, y, self.lr_t, keep, True
+        )
         self.grad_norms.copy_(norms)
         # elementwise, not index_copy_: with deterministic algorithms on, CUDA runs index_copy_ as
         # index_put_ with a sort, whose range check reads the index on the host (ATen's
@@ -188,7 +192,8 @@ class GraphedStep:
         _sync(x.device)
         tick = time.perf_counter()
         static_x, static_y = x.clone(), y.clone()
-        self.opt.zero_grad()  # the graph allocates the gradients in its own pool, rewritten each time
+        # the graph allocates the gradients in its own pool, rewritten each time
+        self.opt.zero_grad()
         graph = torch.cuda.CUDAGraph()
         record_graph(graph, self.side, self.device, lambda: self._body(static_x, static_y))
         _sync(x.device)

@@ -38,7 +38,9 @@ def finish(run: Run) -> dict:
     write_summary(run.out.run_dir, summary)
     lock.release(run.out.run_dir)  # the records are complete: another process may continue it
     best = summary["best_val_acc"]
-    tests = "".join(f"; {k} {summary[k]:.4f}" for k in ("test_acc_selected", "test_acc_final") if k in summary)
+    tests = "".join(
+        f"; {k} {summary[k]:.4f}" for k in ("test_acc_selected", "test_acc_final") if k in summary
+    )
     run.out.log.info(
         "%s after %d steps: best_val_acc %s (= %s, %s)%s, %.1f s",
         summary["status"],
@@ -83,7 +85,9 @@ def summarize(run: Run) -> dict:
         "val_s": statistics.median(st.val_times[1:]) if len(st.val_times) > 1 else None,
         "device": device_name(run.device),
         "hparams": dataclasses.asdict(cfg),
-        "timescale": timescale(run.trainee.plan, run.total, cfg.optimizer.algorithm, run.trainee.opt.momentum),
+        "timescale": timescale(
+            run.trainee.plan, run.total, cfg.optimizer.algorithm, run.trainee.opt.momentum
+        ),
         **run.facts,
     }
     if st.status == "diverged":
@@ -112,16 +116,23 @@ def startup_parts(run: Run, times: dict) -> dict:
 
 
 def completed_summary(cfg: RunConfig, run_dir: Path) -> dict | None:
-    """The summary of a run in `run_dir` that already completed what `cfg` asks (same epochs and max_steps), else
-    None: continuing it has nothing to train, and writing its summary again would replace its timing."""
+    """The summary of a run in `run_dir` that already completed what `cfg` asks (same epochs and
+    max_steps), else None: continuing it has nothing to train, and writing its summary again would
+    replace its timing."""
     try:
         old = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     hp = old.get("hparams") if isinstance(old, dict) else None
-    if old.get("status") != "completed" or not isinstance(hp, dict) or not isinstance(hp.get("trainer"), dict):
+    if (
+        old.get("status") != "completed"
+        or not isinstance(hp, dict)
+        or not isinstance(hp.get("trainer"), dict)
+    ):
         return None
-    same = hp.get("epochs") == cfg.epochs and hp["trainer"].get("max_steps") == cfg.trainer.max_steps
+    same = (
+        hp.get("epochs") == cfg.epochs and hp["trainer"].get("max_steps") == cfg.trainer.max_steps
+    )
     training = refused_changes(hp, dataclasses.asdict(cfg))
     return old if same and not training else None  # a training change is setup's to refuse
 

@@ -1,17 +1,21 @@
 """Training time, split honestly into start-up, steady training and stalls.
 
-The loop reads the clock only where it already waits for the device (logging points, validations, epoch ends,
-and right after a start-up step), so timing adds no host sync to the step. Each interval between two such
-reads is a window: (images trained, seconds, whether a start-up step ran in it). Start-up steps are those that
-compile, autotune, warm up or record a CUDA graph: the first step, and a graph's warm-up and capture steps.
+The loop reads the clock only where it already waits for the device (logging points, validations,
+epoch ends, and right after a start-up step), so timing adds no host sync to the step. Each interval
+between two such reads is a window: (images trained, seconds, whether a start-up step ran in it).
+Start-up steps are those that compile, autotune, warm up or record a CUDA graph: the first step, and
+a graph's warm-up and capture steps.
 
-    images_per_s          the steady rate: the median of the other windows' rates, weighted by their images
+    images_per_s          the steady rate: the median of the other windows' rates, weighted by their
+                          images
     startup_s             Σ over start-up windows of max(0, seconds − images / images_per_s)
-    stall_s               max(0, train_time_s − startup_s − images / images_per_s): whatever else the steady rate
-                          does not explain (a data-set reload, a slow disk, another process)
-    steady_s              train_time_s − startup_s − stall_s = min(images / images_per_s, train_time_s − startup_s):
-                          the time at the steady rate; less than images / images_per_s only when the windows ran
-                          faster on the whole than their median (a loaded machine whose speed varies)
+    stall_s               max(0, train_time_s − startup_s − images / images_per_s): whatever else
+                          the steady rate does not explain (a data-set reload, a slow disk, another
+                          process)
+    steady_s              train_time_s − startup_s − stall_s = min(images / images_per_s,
+                          train_time_s − startup_s): the time at the steady rate; less than images /
+                          images_per_s only when the windows ran faster on the whole than their
+                          median (a loaded machine whose speed varies)
     images_per_s_overall  all images / train_time_s, start-up and stalls included
 so startup_s + steady_s + stall_s = train_time_s by construction, each part ≥ 0, on any machine.
 """
@@ -31,8 +35,15 @@ class Window:
 
 
 def steady_rate(windows: list[Window]) -> float | None:
-    """The image-weighted median rate of the windows without start-up steps (None when there are none)."""
-    steady = sorted(((w.images / w.seconds, w.images) for w in windows if not w.startup and w.seconds > 0 and w.images))
+    """The image-weighted median rate of the windows without start-up steps (None when there are
+    none)."""
+    steady = sorted(
+        (
+            (w.images / w.seconds, w.images)
+            for w in windows
+            if not w.startup and w.seconds > 0 and w.images
+        )
+    )
     if not steady:
         return None
     half, seen = sum(n for _, n in steady) / 2, 0
@@ -65,12 +76,14 @@ def split_time(windows: list[Window]) -> dict:
 
 @dataclass
 class LoopClock:
-    """Collects the loop's windows; `lap` closes one at a point where the host has just waited for the device."""
+    """Collects the loop's windows; `lap` closes one at a point where the host has just waited for
+    the device."""
 
     windows: list[Window] = field(default_factory=list)
     images: int = 0
     startup: bool = False
-    now: Callable[[], float] = time.perf_counter  # the clock (a test's fake one: a slow or stalling host)
+    # the clock (a test's fake one: a slow or stalling host)
+    now: Callable[[], float] = time.perf_counter
     since: float | None = None
 
     def __post_init__(self) -> None:

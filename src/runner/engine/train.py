@@ -16,7 +16,9 @@ from runner.engine.summary import completed_summary, finish
 
 
 @torch_settings_kept()  # trainer.deterministic stays this run's
-def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int = 0, on_start=None) -> dict:
+def train(
+    cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int = 0, on_start=None
+) -> dict:
     """Train one configuration into `run_dir` (continuing from its checkpoint if it has one) and
     return the summary, also written to summary.json. `job_num` is the job's index in a sweep;
     `on_start()` is called once the run is set up (the CLI then names the folder: a run refused
@@ -39,7 +41,9 @@ def train(cfg: RunConfig, run_dir: Path, meta: dict | None = None, job_num: int 
         run.stats.status = "interrupted"
         run.out.log.warning("interrupted at step %d: %s", run.state.step, e)
     except BaseException:
-        run.stats.status = "failed"  # a bug or a fatal error: the summary still says where it stopped
+        run.stats.status = (
+            "failed"  # a bug or a fatal error: the summary still says where it stopped
+        )
         raise
     finally:
         with StopRequests() as late:  # a signal while the summary is written waits for it

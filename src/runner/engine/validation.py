@@ -34,7 +34,11 @@ def validation(run: Run, progress: Progress) -> None:
             for probe in run.probes:
                 values.update(probe.at_validation(point))
             (values,) = read(values)  # the host waits for the device here
-            rec = {"step": s.step, "epoch": s.step / run.steps_per_epoch, **run.headline.record(values)}
+            rec = {
+                "step": s.step,
+                "epoch": s.step / run.steps_per_epoch,
+                **run.headline.record(values),
+            }
             best = s.best_acc_recal if run.headline.recalibrated else s.best_acc_running
             acc = run.headline.loss_acc(rec)[1]
             if best is None or acc > best:  # inside the recalibration: best.pt holds its statistics

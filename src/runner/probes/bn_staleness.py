@@ -28,7 +28,11 @@ from torch import nn
 from runner.core.evaluation import batch_norms, bn_statistics, recalibrated_bn
 from runner.probes import Probe, Subject, ValidationPoint
 
-PAIRS = {"staleness": ("running", "clean"), "lag": ("running", "augmented"), "mismatch": ("augmented", "clean")}
+PAIRS = {
+    "staleness": ("running", "clean"),
+    "lag": ("running", "augmented"),
+    "mismatch": ("augmented", "clean"),
+}
 
 
 def layer_offsets(model: nn.Module, stats, reference) -> tuple[torch.Tensor, torch.Tensor]:

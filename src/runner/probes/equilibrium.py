@@ -77,7 +77,9 @@ class Equilibrium(Probe):
     def __init__(self, subject: Subject):
         self.opt, self.plan, self.stages = subject.opt, subject.plan, subject.stages
         params = self.opt.regularized
-        self.sizes = {s: sum(params[i].numel() for i in idx.tolist()) for s, idx in self.stages.items()}
+        self.sizes = {
+            s: sum(params[i].numel() for i in idx.tolist()) for s, idx in self.stages.items()
+        }
         self.prev: list[torch.Tensor] | None = None  # θ at the previous log point
         self.prev_norms: dict[str, float] | None = None
         self.prev_step: int | None = None
@@ -119,7 +121,9 @@ class Equilibrium(Probe):
                     out[f"rotation/{stage}"] = angle
                     out[f"angular_update/{stage}"] = angular_speed(angle, last - first, rule[2])
             if rule[0] == "adam" and decays and decays[-1] > 0:
-                out[f"weight_norm_eq/{stage}"] = equilibrium_norm(lrs[-1], decays[-1], self.sizes[stage])
+                out[f"weight_norm_eq/{stage}"] = equilibrium_norm(
+                    lrs[-1], decays[-1], self.sizes[stage]
+                )
         if any(k.startswith("rotation/") for k in out):
             out["rotation_steps"] = last - first
         return out
@@ -131,4 +135,8 @@ class Equilibrium(Probe):
         prev = state.get("prev")
         if prev is not None:
             prev = [t.to(p.device, p.dtype).clone() for t, p in zip(prev, self.opt.regularized)]
-        self.prev, self.prev_norms, self.prev_step = prev, state.get("prev_norms"), state.get("prev_step")
+        self.prev, self.prev_norms, self.prev_step = (
+            prev,
+            state.get("prev_norms"),
+            state.get("prev_step"),
+        )

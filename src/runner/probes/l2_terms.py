@@ -21,7 +21,9 @@ class L2Terms(Probe):
         self.opt, self.stages, self.l2 = subject.opt, subject.stages, subject.plan.l2
         self.active = self.l2 > 0 and isinstance(self.opt.inner, torch.optim.Adam)
         params = self.opt.regularized
-        self.sizes = {s: sum(params[i].numel() for i in idx.tolist()) for s, idx in self.stages.items()}
+        self.sizes = {
+            s: sum(params[i].numel() for i in idx.tolist()) for s, idx in self.stages.items()
+        }
 
     @torch.no_grad()
     def at_log(self, point: LogPoint) -> dict[str, torch.Tensor]:

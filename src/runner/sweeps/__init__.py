@@ -1,1 +1,2 @@
-"""Many runs: Hydra's callbacks around each job, and packs of jobs trained together in one process."""
+"""Many runs: Hydra's callbacks around each job, and packs of jobs trained together in one
+process."""

@@ -1,8 +1,9 @@
-"""Hydra's side of the run folders: checked before Hydra creates them, named for people, linked as `latest`,
-and reported at the end of a sweep.
+"""Hydra's side of the run folders: checked before Hydra creates them, named for people, linked as
+`latest`, and reported at the end of a sweep.
 
-configs/config.yaml lists the callbacks under hydra.callbacks and names sweep jobs with `${job_dirname:...}`.
-Folders are shown relative to the current directory when they lie below it. Nothing here imports torch.
+configs/config.yaml lists the callbacks under hydra.callbacks and names sweep jobs with
+`${job_dirname:...}`. Folders are shown relative to the current directory when they lie below it.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -19,21 +20,34 @@ from omegaconf import DictConfig, OmegaConf
 from runner.config import ConfigError, non_training_keys
 from runner.engine import lock
 
-DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")  # outputs/DATE/TIME_id and multirun/DATE/TIME_id (configs/config.yaml)
-MAX_NAME_BYTES = 200  # file systems allow 255 bytes per name; leave room for editors' and tools' suffixes
+# outputs/DATE/TIME_id and multirun/DATE/TIME_id (configs/config.yaml)
+DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
+MAX_NAME_BYTES = (
+    200  # file systems allow 255 bytes per name; leave room for editors' and tools' suffixes
+)
 
 
-SWEPT_ENV = "RUNNER_SWEPT_KEYS"  # the keys a sweep varies, set at its start: job processes inherit it
+SWEPT_ENV = (
+    "RUNNER_SWEPT_KEYS"  # the keys a sweep varies, set at its start: job processes inherit it
+)
 
 
 def swept_keys(config: DictConfig) -> list[str]:
-    """The keys a sweep varies: those its command line gives as a sweep (a,b / range / interval / choice) and those
-    of hydra.sweeper.params (an experiment preset's grid, Optuna's search space), hydra's own left out."""
+    """The keys a sweep varies: those its command line gives as a sweep (a,b / range / interval /
+    choice) and those of hydra.sweeper.params (an experiment preset's grid, Optuna's search space),
+    hydra's own left out."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    lines = [*OmegaConf.select(config, "hydra.overrides.task", default=[]), *(f"{k}={v}" for k, v in params.items())]
-    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(lines) if o.is_sweep_override()]
+    lines = [
+        *OmegaConf.select(config, "hydra.overrides.task", default=[]),
+        *(f"{k}={v}" for k, v in params.items()),
+    ]
+    keys = [
+        o.key_or_group
+        for o in OverridesParser.create().parse_overrides(lines)
+        if o.is_sweep_override()
+    ]
     return sorted({k for k in keys if not k.startswith("hydra")})
 
 
@@ -66,23 +80,27 @@ def register_resolvers() -> None:
 
 
 def load_saved_config(resume: str) -> DictConfig:
-    """The saved config of the run folder `resume`; ConfigError when there is none or it does not parse."""
+    """The saved config of the run folder `resume`; ConfigError when there is none or it does not
+    parse."""
     saved = saved_config(resume)
     try:
         cfg = OmegaConf.load(saved)
     except Exception as e:  # YAML's own errors, a binary file: the user's file, not a bug
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
-            f"resume={resume!r}: its saved config {saved} cannot be read ({first}); restore it from a copy "
-            f"(the checkpoints also hold the config), or start a new run"
+            f"resume={resume!r}: its saved config {saved} cannot be read ({first}); restore it "
+            "from a copy (the checkpoints also hold the config), or start a new run"
         ) from None
     if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"resume={resume!r}: its saved config {saved} is not a mapping; restore it from a copy")
+        raise ConfigError(
+            f"resume={resume!r}: its saved config {saved} is not a mapping; restore it from a copy"
+        )
     return cfg
 
 
 def saved_config(resume: str) -> Path:
-    """The saved config of the run folder `resume` (its .hydra/config.yaml); ConfigError when there is none."""
+    """The saved config of the run folder `resume` (its .hydra/config.yaml); ConfigError when there
+    is none."""
     saved = Path(resume).expanduser().resolve() / ".hydra" / "config.yaml"
     if not saved.is_file():
         raise ConfigError(
@@ -93,7 +111,8 @@ def saved_config(resume: str) -> Path:
 
 
 def shown(folder: Path | str) -> str:
-    """`folder` as people type it: relative to the current directory when below it, else absolute."""
+    """`folder` as people type it: relative to the current directory when below it, else
+    absolute."""
     path = Path(folder).absolute()
     try:
         return str(path.relative_to(Path.cwd()))
@@ -102,17 +121,21 @@ def shown(folder: Path | str) -> str:
 
 
 def _latest_link(folder: Path) -> Path | None:
-    """Where the `latest` link for `folder` goes: next to its date folder, or nowhere for a folder placed elsewhere."""
+    """Where the `latest` link for `folder` goes: next to its date folder, or nowhere for a folder
+    placed elsewhere."""
     folder = Path(folder).absolute()
     return folder.parent.parent / "latest" if DATE_FOLDER.fullmatch(folder.parent.name) else None
 
 
-_previous_latest: dict[Path, str | None] = {}  # link → where it pointed before this process moved it
+_previous_latest: dict[
+    Path, str | None
+] = {}  # link → where it pointed before this process moved it
 
 
 def point_latest(folder: Path) -> None:
-    """Make ROOT/latest point at `folder` (ROOT/DATE/NAME), replacing the old link in one rename so that readers see
-    either the old or the new one. Never fails the run: a file system without links only costs the link."""
+    """Make ROOT/latest point at `folder` (ROOT/DATE/NAME), replacing the old link in one rename so
+    that readers see either the old or the new one. Never fails the run: a file system without links
+    only costs the link."""
     link = _latest_link(folder)
     if link is None:
         return
@@ -126,14 +149,22 @@ def point_latest(folder: Path) -> None:
     except OSError as e:
         if tmp.is_symlink():
             tmp.unlink()
-        print(f"runner: note: could not point {shown(link)} at this folder ({e.strerror or e})", file=sys.stderr)
+        print(
+            f"runner: note: could not point {shown(link)} at this folder ({e.strerror or e})",
+            file=sys.stderr,
+        )
 
 
 def forget_latest(folder: Path) -> None:
-    """If ROOT/latest points at `folder` (a refused run), point it back where it pointed before, or remove it."""
+    """If ROOT/latest points at `folder` (a refused run), point it back where it pointed before, or
+    remove it."""
     link = _latest_link(folder)
     try:
-        if link is not None and link.is_symlink() and os.readlink(link) == str(Path(*Path(folder).parts[-2:])):
+        if (
+            link is not None
+            and link.is_symlink()
+            and os.readlink(link) == str(Path(*Path(folder).parts[-2:]))
+        ):
             before = _previous_latest.pop(link, None)
             link.unlink()
             if before is not None:
@@ -143,8 +174,8 @@ def forget_latest(folder: Path) -> None:
 
 
 def job_choices(hc) -> dict:
-    """The summary's `choices` (the config groups the job picked, Hydra's own left out) and, in a sweep, `swept`
-    (the keys it varies: HParams' first columns)."""
+    """The summary's `choices` (the config groups the job picked, Hydra's own left out) and, in a
+    sweep, `swept` (the keys it varies: HParams' first columns)."""
     out = {"choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}}
     swept = os.environ.get(SWEPT_ENV)
     return {**out, "swept": [k for k in swept.split(",") if k]} if swept is not None else out
@@ -166,19 +197,25 @@ def run_starts(run_dir: Path, sweep_dir: Path | None = None) -> None:
 
 
 def run_ends(run_dir: Path, status: str) -> None:
-    """The run's last lines: its folder again, with how it ended (nothing if a user error removed the folder), and
-    for a run that stopped before its end with a checkpoint to go on from, the command that continues it."""
+    """The run's last lines: its folder again, with how it ended (nothing if a user error removed
+    the folder), and for a run that stopped before its end with a checkpoint to go on from, the
+    command that continues it."""
     if not Path(run_dir).is_dir():
         return
     print(f"runner: run folder {shown(run_dir)} ({status})", file=sys.stderr)
-    if status not in ("completed", "diverged") and any((Path(run_dir) / "checkpoints").glob("step-*.pt")):
-        print(f"runner: continue it with: python -m runner resume={shown(run_dir)}", file=sys.stderr)
+    if status not in ("completed", "diverged") and any(
+        (Path(run_dir) / "checkpoints").glob("step-*.pt")
+    ):
+        print(
+            f"runner: continue it with: python -m runner resume={shown(run_dir)}", file=sys.stderr
+        )
 
 
 class FolderBefore:
-    """The run folder as it was before Hydra and the run touched it, so that a refused run can leave it exactly so:
-    the folders it created are removed (an `outputs/DATE/` too, when empty), a folder that existed keeps its entries,
-    its .hydra/ files' bytes and its logs' lengths, and nothing the run did not write is deleted."""
+    """The run folder as it was before Hydra and the run touched it, so that a refused run can leave
+    it exactly so: the folders it created are removed (an `outputs/DATE/` too, when empty), a folder
+    that existed keeps its entries, its .hydra/ files' bytes and its logs' lengths, and nothing the
+    run did not write is deleted."""
 
     OURS = (".hydra", lock.NAME)  # what a refused run may have added to a folder, besides its *.log
 
@@ -188,13 +225,18 @@ class FolderBefore:
         existed = not self.created
         self.entries = set(os.listdir(self.folder)) if existed else set()
         hydra = self.folder / ".hydra"
-        self.hydra = {p.name: p.read_bytes() for p in hydra.iterdir() if p.is_file()} if hydra.is_dir() else None
+        self.hydra = (
+            {p.name: p.read_bytes() for p in hydra.iterdir() if p.is_file()}
+            if hydra.is_dir()
+            else None
+        )
         self.logs = {p.name: p.stat().st_size for p in self.folder.glob("*.log")} if existed else {}
 
     def restore(self) -> None:
         forget_latest(self.folder)
         lock.release(self.folder)
-        if self.created:  # made by this run: what is in it is the run's own (.hydra, its log, its lock)
+        # made by this run: what is in it is the run's own (.hydra, its log, its lock)
+        if self.created:
             if self.folder.is_dir() and only_ours(self.folder):
                 shutil.rmtree(self.folder)
             for p in self.created[1:]:
@@ -202,7 +244,9 @@ class FolderBefore:
             return
         for name in set(os.listdir(self.folder)) - self.entries:
             if name in self.OURS or name.endswith(".log"):
-                shutil.rmtree(self.folder / name) if (self.folder / name).is_dir() else (self.folder / name).unlink()
+                shutil.rmtree(self.folder / name) if (self.folder / name).is_dir() else (
+                    self.folder / name
+                ).unlink()
         if self.hydra is not None:
             hydra = self.folder / ".hydra"
             hydra.mkdir(exist_ok=True)
@@ -228,7 +272,9 @@ def _rmdir_if_empty(path: Path) -> None:
         pass
 
 
-_before: FolderBefore | None = None  # the single run's folder before Hydra wrote .hydra/ (CheckOutputFolder)
+_before: FolderBefore | None = (
+    None  # the single run's folder before Hydra wrote .hydra/ (CheckOutputFolder)
+)
 
 
 def refused(run_dir: Path) -> None:
@@ -240,8 +286,9 @@ def refused(run_dir: Path) -> None:
 
 
 def refused_sweep(sweep_dir: Path) -> None:
-    """A sweep refused before its first job (hydra_plugins.runner_sweeper): its new folder goes, multirun.yaml (the
-    sweeper's first file) with it, and multirun/latest points where it pointed before."""
+    """A sweep refused before its first job (hydra_plugins.runner_sweeper): its new folder goes,
+    multirun.yaml (the sweeper's first file) with it, and multirun/latest points where it pointed
+    before."""
     if _before is None or _before.folder != Path(sweep_dir).absolute():
         return
     if _before.created:
@@ -250,7 +297,8 @@ def refused_sweep(sweep_dir: Path) -> None:
 
 
 def drop_empty_run_dir(run_dir: Path) -> None:
-    """A sweep job stopped by a user error leaves no folder behind, unless something else is already in it."""
+    """A sweep job stopped by a user error leaves no folder behind, unless something else is already
+    in it."""
     lock.release(run_dir)
     if run_dir.is_dir() and only_ours(run_dir):
         shutil.rmtree(run_dir)
@@ -258,8 +306,9 @@ def drop_empty_run_dir(run_dir: Path) -> None:
 
 
 class CheckOutputFolder(Callback):
-    """Before Hydra creates the run (or sweep) folder: refuse a resume= that names no run (so a typo creates
-    nothing), and make sure the folder can be written, so either mistake is one clear line instead of a traceback."""
+    """Before Hydra creates the run (or sweep) folder: refuse a resume= that names no run (so a typo
+    creates nothing), and make sure the folder can be written, so either mistake is one clear line
+    instead of a traceback."""
 
     def _check(self, folder: str, key: str) -> None:
         path = Path(folder)
@@ -270,8 +319,8 @@ class CheckOutputFolder(Callback):
             probe.unlink()
         except OSError as e:
             _exit(
-                f"cannot write the run folder {path} ({e.strerror or e}): choose another place with "
-                f"{key}=/a/writable/folder, or fix the permissions"
+                f"cannot write the run folder {path} ({e.strerror or e}): choose another place "
+                f"with {key}=/a/writable/folder, or fix the permissions"
             )
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
@@ -279,20 +328,25 @@ class CheckOutputFolder(Callback):
         resume = OmegaConf.select(config, "resume")
         if resume:
             try:
-                load_saved_config(resume)  # before the check below: it would create the folder resume= names
+                # before the check below: it would create the folder resume= names
+                load_saved_config(resume)
             except ConfigError as e:
                 _exit(str(e))
         _before = FolderBefore(Path(config.hydra.run.dir))
         self._check(config.hydra.run.dir, "hydra.run.dir")
         try:  # before Hydra writes .hydra/: a second writer must not replace the first one's config
-            lock.hold(config.hydra.run.dir, "resume=... of another run or hydra.run.dir" if resume else "hydra.run.dir")
+            lock.hold(
+                config.hydra.run.dir,
+                "resume=... of another run or hydra.run.dir" if resume else "hydra.run.dir",
+            )
         except lock.FolderBusy as e:
             _before.restore()
             _exit(str(e))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         global _before
-        _before = FolderBefore(Path(config.hydra.sweep.dir))  # a sweep refused before its first job leaves no trace
+        # a sweep refused before its first job leaves no trace
+        _before = FolderBefore(Path(config.hydra.sweep.dir))
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
 
 
@@ -303,7 +357,8 @@ class SweepFolder(Callback):
     whose jobs all fail never becomes it."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        os.environ[SWEPT_ENV] = ",".join(swept_keys(config))  # job folder names and HParams columns read it
+        # job folder names and HParams columns read it
+        os.environ[SWEPT_ENV] = ",".join(swept_keys(config))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
@@ -313,7 +368,8 @@ class SweepFolder(Callback):
 
 
 def _report(sweep: Path) -> None:
-    """Run the report on the finished sweep; its failure is reported, never the sweep's (its runs are all saved)."""
+    """Run the report on the finished sweep; its failure is reported, never the sweep's (its runs
+    are all saved)."""
     import traceback
 
     from runner.analysis import report
@@ -325,7 +381,8 @@ def _report(sweep: Path) -> None:
         failed = True
     if failed:
         print(
-            f"runner: the report failed; the sweep's runs are saved: python -m runner.analysis.report {shown(sweep)}",
+            "runner: the report failed; the sweep's runs are saved: python -m "
+            f"runner.analysis.report {shown(sweep)}",
             file=sys.stderr,
         )
 

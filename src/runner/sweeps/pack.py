@@ -1,19 +1,23 @@
-"""Packed training: several runs in one process and on one device, their steps interleaved (hydra/launcher=packed).
+"""Packed training: several runs in one process and on one device, their steps interleaved
+(hydra/launcher=packed).
 
-A graphed ResNet56v2 step at batch 128 keeps an H100/H200 mostly idle, and the studies are sweeps. A pack sets up
-each of its runs with `engine.build.setup` and turns the same `engine.loop.loop` generator of each, one optimizer
-step at a time, round robin. Every run keeps everything that makes it itself: its folder, weights, optimizer state,
-schedule, data order and augmentation (drawn from its own seed and epoch), divergence check, checkpoints, records and
-summary. The pack shares the process, one StopRequests (a SIGTERM checkpoints every run), and the loaded data set.
+A graphed ResNet56v2 step at batch 128 keeps an H100/H200 mostly idle, and the studies are sweeps. A
+pack sets up each of its runs with `engine.build.setup` and turns the same `engine.loop.loop`
+generator of each, one optimizer step at a time, round robin. Every run keeps everything that makes
+it itself: its folder, weights, optimizer state, schedule, data order and augmentation (drawn from
+its own seed and epoch), divergence check, checkpoints, records and summary. The pack shares the
+process, one StopRequests (a SIGTERM checkpoints every run), and the loaded data set.
 
-On CUDA each run gets its own stream and everything it does (setup, steps, validation, its summary) is queued there,
-so the K runs' CUDA graphs replay concurrently, and a host read at a run's logging point waits for that run's stream
-only. On a CPU the runs take turns: the same operations in the same order as a run alone, so a run of a pack ends
-with the same weights and records as the run alone, bit for bit (tests/test_pack.py).
+On CUDA each run gets its own stream and everything it does (setup, steps, validation, its summary)
+is queued there, so the K runs' CUDA graphs replay concurrently, and a host read at a run's logging
+point waits for that run's stream only. On a CPU the runs take turns: the same operations in the
+same order as a run alone, so a run of a pack ends with the same weights and records as the run
+alone, bit for bit (tests/test_pack.py).
 
-The global random number generators are the process's, shared by the pack: training never reads them (the data order
-comes from (seed, epoch) generators, the initial weights from the seed set in setup), so a checkpoint's `rng` entry
-holds whatever state the process had when that run saved, and restoring it in a continued pack changes nothing.
+The global random number generators are the process's, shared by the pack: training never reads them
+(the data order comes from (seed, epoch) generators, the initial weights from the seed set in
+setup), so a checkpoint's `rng` entry holds whatever state the process had when that run saved, and
+restoring it in a continued pack changes nothing.
 """
 
 from __future__ import annotations
@@ -57,21 +61,24 @@ class Job:
     meta: dict | None = None
     job_num: int = 0
     name: str = ""
-    on_start: Callable[[], None] = lambda: None  # called once the job is set up (the launcher then names its folder)
+    # called once the job is set up (the launcher then names its folder)
+    on_start: Callable[[], None] = lambda: None
 
 
 class Outcome(NamedTuple):
-    """How a job of the pack ended: its summary (None if it could not be set up) and the exception that stopped it."""
+    """How a job of the pack ended: its summary (None if it could not be set up) and the exception
+    that stopped it."""
 
     summary: dict | None
     error: BaseException | None = None
 
 
 def pack_key(cfg: RunConfig) -> str | None:
-    """Runs with equal keys may share a pack: the same model, batch size, epochs, data and device, so their steps
-    take about the same time and their loaders can share one copy of the data set; and the same process-wide setting
-    (trainer.deterministic). Everything else (lr, wd, l2, optimizer, schedule, seed, ...) may differ. None: never
-    packed (a `resume=` run continues a folder of its own choosing, through the usual path)."""
+    """Runs with equal keys may share a pack: the same model, batch size, epochs, data and device,
+    so their steps take about the same time and their loaders can share one copy of the data set;
+    and the same process-wide setting (trainer.deterministic). Everything else (lr, wd, l2,
+    optimizer, schedule, seed, ...) may differ. None: never packed (a `resume=` run continues a
+    folder of its own choosing, through the usual path)."""
     if cfg.resume:
         return None
     shared = {
@@ -86,8 +93,9 @@ def pack_key(cfg: RunConfig) -> str | None:
 
 
 def plan_packs(keys: Sequence[str | None], size: int) -> list[list[int]]:
-    """Job indices grouped into packs of up to `size` jobs with equal keys (pack_key), each pack in the order of its
-    first job; a job whose key is None, or that finds no partner, is a pack of one."""
+    """Job indices grouped into packs of up to `size` jobs with equal keys (pack_key), each pack in
+    the order of its first job; a job whose key is None, or that finds no partner, is a pack of one.
+    """
     packs: list[list[int]] = []
     filling: dict[str, list[int]] = {}
     for i, key in enumerate(keys):
@@ -128,23 +136,27 @@ def too_many_streams(jobs: Sequence[Job], device: torch.device) -> ConfigError |
 
 
 def start_rounds(periods: Sequence[int]) -> list[int]:
-    """The round in which each of K jobs takes its first step: job i waits i·P/K rounds, P the shortest validation
-    period (trainer.val_every, in steps) among them, so that no two jobs validate or checkpoint in the same round
-    (all at once, the device would run one job's evaluation while the others' streams sit empty)."""
+    """The round in which each of K jobs takes its first step: job i waits i·P/K rounds, P the
+    shortest validation period (trainer.val_every, in steps) among them, so that no two jobs
+    validate or checkpoint in the same round (all at once, the device would run one job's evaluation
+    while the others' streams sit empty)."""
     k, period = len(periods), min(periods, default=0)
     return [i * period // k for i in range(k)]
 
 
 @torch_settings_kept()  # trainer.deterministic (one value per pack: pack_key) stays the pack's
 def train_pack(
-    jobs: Sequence[Job], around: Callable[[int], ContextManager] | None = None, stagger: bool | None = None
+    jobs: Sequence[Job],
+    around: Callable[[int], ContextManager] | None = None,
+    stagger: bool | None = None,
 ) -> list[Outcome]:
-    """Train `jobs` together, each into its own folder (continuing from its checkpoint if it has one), and return
-    their outcomes in order. A job that diverges, fails or cannot start stops alone; the others go on (a job's user
-    error, e.g. a missing data set, is only returned: the caller reports it).
-    `around(i)` is entered around everything job i does (the launcher routes log lines to the job's own log file
-    with it; the benchmark times with it). All jobs run on the device of the first job's number (pick_device).
-    `stagger` (default: on CUDA) starts the jobs a few rounds apart (start_rounds); it changes no job's training."""
+    """Train `jobs` together, each into its own folder (continuing from its checkpoint if it has
+    one), and return their outcomes in order. A job that diverges, fails or cannot start stops
+    alone; the others go on (a job's user error, e.g. a missing data set, is only returned: the
+    caller reports it). `around(i)` is entered around everything job i does (the launcher routes log
+    lines to the job's own log file with it; the benchmark times with it). All jobs run on the
+    device of the first job's number (pick_device). `stagger` (default: on CUDA) starts the jobs a
+    few rounds apart (start_rounds); it changes no job's training."""
     around = around or (lambda i: nullcontext())
     try:
         device = use_device(pick_device(jobs[0].cfg.trainer.device, jobs[0].job_num))
@@ -157,7 +169,8 @@ def train_pack(
     def inside(i: int) -> ExitStack:
         stack = ExitStack()
         stack.enter_context(around(i))
-        if streams[i] is not None:  # job i's kernels queue on its own stream: the K graphs replay side by side
+        # job i's kernels queue on its own stream: the K graphs replay side by side
+        if streams[i] is not None:
             stack.enter_context(torch.cuda.stream(streams[i]))
         return stack
 
@@ -168,9 +181,17 @@ def train_pack(
         for i, job in enumerate(jobs):
             with inside(i):
                 try:
-                    runs[i] = setup(job.cfg, job.run_dir, job.meta, jobs[0].job_num, job.name, data_cache=data_cache)
+                    runs[i] = setup(
+                        job.cfg,
+                        job.run_dir,
+                        job.meta,
+                        jobs[0].job_num,
+                        job.name,
+                        data_cache=data_cache,
+                    )
                 except Exception as e:  # a missing data set, a folder of another run: this job only
-                    if not isinstance(e, UserError):  # a user error is the caller's to say, as python -m runner does
+                    # a user error is the caller's to say, as python -m runner does
+                    if not isinstance(e, UserError):
                         log.error("[%s] not started: %s", job.name, e, exc_info=e)
                     outcomes[i] = Outcome(None, e)
                     continue
@@ -180,7 +201,9 @@ def train_pack(
         if turns:
             log.info("pack of %d: %s", len(turns), ", ".join(jobs[i].name or str(i) for i in turns))
         stagger = device.type == "cuda" if stagger is None else stagger
-        first = dict(zip(turns, start_rounds([runs[i].val_every for i in turns]))) if stagger else {}
+        first = (
+            dict(zip(turns, start_rounds([runs[i].val_every for i in turns]))) if stagger else {}
+        )
         rounds = 0
         try:
             while turns:
@@ -190,7 +213,9 @@ def train_pack(
                     with inside(i):
                         _turn(i, turns, runs, outcomes)
                 rounds += 1
-        except KeyboardInterrupt as e:  # a second signal: every job stops now, without a final checkpoint
+        except (
+            KeyboardInterrupt
+        ) as e:  # a second signal: every job stops now, without a final checkpoint
             for i in [i for i in runs if outcomes[i] is None]:
                 with inside(i):
                     runs[i].stats.status = "interrupted"
@@ -201,7 +226,8 @@ def train_pack(
 
 
 def _turn(i: int, turns: dict, runs: dict, outcomes: list) -> None:
-    """One optimizer step of job i (and its logging or validation, if due); when its loop ends, its outcome."""
+    """One optimizer step of job i (and its logging or validation, if due); when its loop ends, its
+    outcome."""
     try:
         next(turns[i])
         return
@@ -215,11 +241,22 @@ def _turn(i: int, turns: dict, runs: dict, outcomes: list) -> None:
 
 
 def _recompile_room(jobs: Sequence[Job], device: torch.device) -> ContextManager:
-    """torch.compile keeps the versions it compiles for one code object (each run's model, in train and eval mode)
-    up to a limit of 8 by default, past which it runs the rest eagerly: a pack of compiled runs raises it."""
-    if not any(device.type == "cuda" if j.cfg.trainer.compile is None else j.cfg.trainer.compile for j in jobs):
+    """torch.compile keeps the versions it compiles for one code object (each run's model, in train
+    and eval mode) up to a limit of 8 by default, past which it runs the rest eagerly: a pack of
+    compiled runs raises it."""
+    if not any(
+        device.type == "cuda" if j.cfg.trainer.compile is None else j.cfg.trainer.compile
+        for j in jobs
+    ):
         return nullcontext()
     import torch._dynamo
 
-    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
-    return torch._dynamo.config.patch(**{name: max(getattr(torch._dynamo.config, name), 4 * len(jobs))})
+    # torch < 2.7
+    name = (
+        "recompile_limit"
+        if hasattr(torch._dynamo.config, "recompile_limit")
+        else "cache_size_limit"
+    )
+    return torch._dynamo.config.patch(
+        **{name: max(getattr(torch._dynamo.config, name), 4 * len(jobs))}
+    )

@@ -11,7 +11,8 @@ Keras conventions kept on purpose:
 - the model returns logits (the example's softmax belongs in the loss).
 The example's l2(1e-4) kernel regularizer (conv kernels only) is a training choice, not built here.
 
-Parameter names start with stem., stages.0., stages.1., stages.2., head. (see ResNet.stage_parameters).
+Parameter names start with stem., stages.0., stages.1., stages.2., head. (see
+ResNet.stage_parameters).
 """
 
 import math
@@ -44,8 +45,9 @@ def _drop_batch_count(module, state_dict, prefix, *args) -> None:
 
 
 def bn(c: int) -> nn.BatchNorm2d:
-    """Keras' BatchNormalization (momentum 0.99 = torch's 0.01, eps 1e-3) without torch's batch counter: only
-    momentum=None reads it, and counting costs one kernel per layer per training step (55 in ResNet56v2)."""
+    """Keras' BatchNormalization (momentum 0.99 = torch's 0.01, eps 1e-3) without torch's batch
+    counter: only momentum=None reads it, and counting costs one kernel per layer per training step
+    (55 in ResNet56v2)."""
     norm = nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
     norm.register_buffer("num_batches_tracked", None)
     norm.register_load_state_dict_pre_hook(_drop_batch_count)
@@ -127,7 +129,12 @@ class ResNet(nn.Module):
             for s, c in enumerate((16, 32, 64)):
                 stride = 1 if s == 0 else 2
                 stages.append(
-                    nn.Sequential(*[BasicBlock(cin if b == 0 else c, c, stride if b == 0 else 1) for b in range(n)])
+                    nn.Sequential(
+                        *[
+                            BasicBlock(cin if b == 0 else c, c, stride if b == 0 else 1)
+                            for b in range(n)
+                        ]
+                    )
                 )
                 cin = c
             head = [nn.AvgPool2d(8), nn.Flatten(), nn.Linear(64, num_classes)]
@@ -138,7 +145,11 @@ class ResNet(nn.Module):
                 for b in range(n):
                     stride = 2 if s > 0 and b == 0 else 1
                     preact = not (s == 0 and b == 0)
-                    blocks.append(Bottleneck(cin if b == 0 else cout, cmid, cout, stride, preact, project=b == 0))
+                    blocks.append(
+                        Bottleneck(
+                            cin if b == 0 else cout, cmid, cout, stride, preact, project=b == 0
+                        )
+                    )
                 stages.append(nn.Sequential(*blocks))
                 cin = cout
             head = [bn(256), nn.ReLU(), nn.AvgPool2d(8), nn.Flatten(), nn.Linear(256, num_classes)]
@@ -158,7 +169,9 @@ class ResNet(nn.Module):
         return groups
 
 
-def build_resnet(depth: int, version: int, num_classes: int = 10, bn_momentum: float = 0.01) -> ResNet:
+def build_resnet(
+    depth: int, version: int, num_classes: int = 10, bn_momentum: float = 0.01
+) -> ResNet:
     """Keras cifar10_resnet.py ResNet: v1 needs depth 6n+2, v2 needs depth 9n+2.
     bn_momentum is torch's (weight of the new batch); Keras' default 0.99 is 0.01 here."""
     model = ResNet(depth, version, num_classes)
