@@ -66,7 +66,6 @@ def make_run(
     accs=(0.5, 0.8, 0.9),
     summary=True,
     metrics=True,
-    osc=None,
     half_line=False,
 ):
     (d / ".hydra").mkdir(parents=True)
@@ -98,8 +97,6 @@ def make_run(
             "hparams": hp,
             "choices": {"optimizer": hp["optimizer"]["name"]},
         }
-        if osc is not None:
-            s["oscillation"] = osc
         (d / "summary.json").write_text(json.dumps(s))
 
 
@@ -300,18 +297,15 @@ def test_figures_are_valid_pngs(report, name):
 
 
 def test_single_run_skips_figures_it_cannot_draw(tmp_path, capsys):
-    make_run(
-        tmp_path / "run", hparams(1e-3, 1e-4, 0), osc={"tv_per_epoch": 123.0, "rise_threshold": 0.1}
-    )
+    make_run(tmp_path / "run", hparams(1e-3, 1e-4, 0))
     assert main([str(tmp_path / "run")]) == 0
     md = (tmp_path / "run" / "report" / "report.md").read_text()
     assert "heatmap.png skipped: needs at least two configurations" in md
     assert "oscillation.png skipped" in md and "](val_curves.png)" in md
     assert "| run | completed |" in md
-    # the summary's oscillation block is used as is; another threshold recomputes it from
-    # metrics.jsonl
-    assert collect_runs(tmp_path)[0]["osc"] == {"tv_per_epoch": 123.0, "rise_threshold": 0.1}
-    assert collect_runs(tmp_path, threshold=0.2)[0]["osc"]["tv_per_epoch"] == pytest.approx(1.2 / 2)
+    # the oscillation figures come from metrics.jsonl, at the threshold asked for
+    assert collect_runs(tmp_path)[0]["osc"]["tv_per_epoch"] == pytest.approx(1.2 / 2)
+    assert collect_runs(tmp_path, threshold=0.2)[0]["osc"]["rise_threshold"] == 0.2
 
 
 def test_missing_or_empty_dir_exits_2(tmp_path, capsys):
@@ -408,12 +402,29 @@ def test_tables_show_the_recalibrated_columns_only_when_a_run_has_them(tmp_path,
     assert (tmp_path / "rep" / "oscillation.png").read_bytes()[:8] == PNG
 
 
-def test_the_staleness_table_and_figure_put_each_optimizer_on_its_own_axis(tmp_path):
+def with_figures(monkeypatch, osc: dict, eq: dict) -> None:
+    """Runs whose records' figures (analysis.oscillation, analysis.equilibrium) are these, by run
+    folder name: what a run with the probes on would give, without training one."""
+    import runner.analysis.runs as runs_mod
+
+    real = runs_mod.load_run
+
+    def load_run(d, root, threshold=None):
+        run = real(d, root, threshold)
+        run["osc"].update(osc.get(d.name, {}))
+        run["eq"].update(eq.get(d.name, {}))
+        return run
+
+    monkeypatch.setattr(runs_mod, "load_run", load_run)
+
+
+def test_the_staleness_table_and_figure_put_each_optimizer_on_its_own_axis(tmp_path, monkeypatch):
     runs = [("0", "adamw", 1e-3, 0.0, 0.1, 0.05), ("1", "adam_l2", 0.0, 1e-3, None, 0.01)]
+    oscs, eqs = {}, {}
     for name, opt, wd, l2, tau, speed in runs:
         d = tmp_path / "sweep" / name
         make_run(d, hparams(1e-3, wd, 0, l2=l2, opt=opt))
-        osc = {
+        oscs[name] = {
             "dispersion": 0.3,
             "dispersion_recal": 0.1,
             "dispersion_share_gap": 0.8,
@@ -423,14 +434,9 @@ def test_the_staleness_table_and_figure_put_each_optimizer_on_its_own_axis(tmp_p
             "gap_mismatch_mean": 0.1,
             "rise_threshold": 0.1,
         }
-        summary = json.loads((d / "summary.json").read_text())
-        summary["oscillation"] = osc
-        summary["equilibrium"] = {
-            "tau_fraction": tau,
-            "angular_update_mid": speed,
-            "angular_update_eq_mid": 0.04,
-        }
-        (d / "summary.json").write_text(json.dumps(summary))
+        eqs[name] = {"tau_fraction": tau, "angular_update_mid": speed}
+        eqs[name]["angular_update_eq_mid"] = 0.04
+    with_figures(monkeypatch, oscs, eqs)
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     table = md.split("## BatchNorm staleness", 1)[1]
@@ -551,15 +557,14 @@ def test_the_heat_map_shows_n_and_spread_and_never_colours_noise_as_signal(sweep
     assert "noise" in " ".join(words(drawn["heatmap.png"]))
 
 
-def test_a_panel_without_points_says_so(tmp_path, drawn):
+def test_a_panel_without_points_says_so(tmp_path, drawn, monkeypatch):
     """The staleness figure's right panel needs BatchNorm staleness: these runs have none."""
+    oscs, eqs = {}, {}
     for i, (wd, speed) in enumerate([(1e-4, 0.02), (5e-4, 0.05)]):
-        d = tmp_path / "sweep" / str(i)
-        make_run(d, hparams(1e-3, wd, 0))
-        summary = json.loads((d / "summary.json").read_text())
-        summary["oscillation"] = {"dispersion": 0.3, "dispersion_recal": 0.1, "rise_threshold": 0.1}
-        summary["equilibrium"] = {"angular_update_mid": speed, "angular_update_eq_mid": 0.04}
-        (d / "summary.json").write_text(json.dumps(summary))
+        make_run(tmp_path / "sweep" / str(i), hparams(1e-3, wd, 0))
+        oscs[str(i)] = {"dispersion": 0.3, "dispersion_recal": 0.1, "rise_threshold": 0.1}
+        eqs[str(i)] = {"angular_update_mid": speed, "angular_update_eq_mid": 0.04}
+    with_figures(monkeypatch, oscs, eqs)
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
     left, right = drawn["staleness.png"].axes[:2]
     assert left.lines and not right.lines

@@ -318,26 +318,16 @@ def test_mixed_presets_after_a_crash_share_one_decay_axis(tmp_path):
     }
 
 
-def test_an_oscillation_block_from_before_recalibration_is_recomputed_from_the_records(tmp_path):
+def test_the_oscillation_figures_come_from_the_records_not_from_the_summary(tmp_path):
     recs = val_records(
         [2.0, 1.0, 1.5], [0.5, 0.8, 0.7], recal=[1.8, 0.9, 0.95], acc_recal=[0.55, 0.82, 0.84]
     )
-    old = {
-        **finished(resolved(1e-3, None), 0.84),
-        "oscillation": {"tv_per_epoch": 9.0, "rise_threshold": 0.1},
-    }
-    write_run(tmp_path / "old", saved_config(1e-3, None), records=recs, summary=old)
-    osc = load_run(tmp_path / "old", tmp_path)["osc"]
-    assert osc["tv_per_epoch"] == pytest.approx(1.5 / 2) and osc[
-        "tv_per_epoch_recal"
-    ] == pytest.approx(0.95 / 2)
-    new = {
-        **old,
-        "oscillation": {"tv_per_epoch": 9.0, "tv_per_epoch_recal": 8.0, "rise_threshold": 0.1},
-    }
-    write_run(tmp_path / "new", saved_config(1e-3, None), records=recs, summary=new)
-    # the summary's block, as it is
-    assert load_run(tmp_path / "new", tmp_path)["osc"]["tv_per_epoch"] == 9.0
+    summary = {**finished(resolved(1e-3, None), 0.84), "oscillation": {"tv_per_epoch": 9.0}}
+    write_run(tmp_path / "r", saved_config(1e-3, None), records=recs, summary=summary)
+    osc = load_run(tmp_path / "r", tmp_path)["osc"]
+    assert osc["tv_per_epoch"] == pytest.approx(1.5 / 2)
+    assert osc["tv_per_epoch_recal"] == pytest.approx(0.95 / 2)
+    assert load_run(tmp_path / "r", tmp_path, threshold=0.6)["osc"]["n_rises"] == 0  # rise 50 %
 
 
 # ---------------------------------------------------------------- a run's loss figure, as data
@@ -441,19 +431,6 @@ def test_oscillation_series_carries_the_recalibrated_twins(mid_sweep):
         pytest.approx(0.25),
         None,
     )
-
-
-def test_a_block_recomputed_for_the_recal_keys_keeps_the_summarys_threshold(tmp_path):
-    recs = val_records(
-        [2.0, 1.0, 1.5], [0.5, 0.8, 0.7], recal=[1.8, 0.9, 0.95], acc_recal=[0.55, 0.82, 0.84]
-    )
-    old = {
-        **finished(resolved(1e-3, None), 0.84),
-        "oscillation": {"tv_per_epoch": 9.0, "rise_threshold": 0.6},
-    }
-    write_run(tmp_path / "r", saved_config(1e-3, None), records=recs, summary=old)
-    osc = load_run(tmp_path / "r", tmp_path)["osc"]
-    assert osc["rise_threshold"] == 0.6 and osc["n_rises"] == 0  # the rise of 50 % stays under 60 %
 
 
 def test_an_unreadable_summary_is_a_note(tmp_path):

@@ -2,7 +2,6 @@
 reported beside it."""
 
 import json
-import time
 
 import pytest
 from conftest import TINY, compose_cfg
@@ -52,30 +51,37 @@ def test_the_clock_closes_a_window_only_when_it_trained_something():
 
 def test_a_run_with_an_injected_stall_reports_it_apart_from_the_steady_rate(tmp_path, monkeypatch):
     """A 1.5 s pause inside one step: images_per_s stays the steady rate, stall_s holds the pause,
-    and the epoch records and the summary's parts add up to the training time."""
+    and the epoch records and the summary's parts add up to the training time. The loop's clock is
+    a fake one that each step moves by 10 ms (and the pause by 1.5 s), so no load on the machine
+    changes what is measured."""
+    import runner.engine.build as build_mod
     import runner.engine.loop as loop_mod
+    from runner.engine.state import LoopStats
+    from runner.engine.timing import LoopClock
     from runner.engine.train import train
 
-    real = loop_mod.note_step
+    fake, real = [0.0], loop_mod.note_step
 
-    def slow_once(run, *a):
-        if run.state.step == 10:
-            time.sleep(1.5)
+    def timed_step(run, *a):
+        fake[0] += 0.01 + (1.5 if run.state.step == 10 else 0.0)
         return real(run, *a)
 
-    monkeypatch.setattr(loop_mod, "note_step", slow_once)
+    def stats(t_start):
+        return LoopStats(clock=LoopClock(now=lambda: fake[0]), t_start=t_start)
+
+    monkeypatch.setattr(loop_mod, "note_step", timed_step)
+    monkeypatch.setattr(build_mod, "LoopStats", stats)
     cfg = validate(compose_cfg(*TINY, "batch_size=32", "epochs=2", "trainer.log_every=4"))
     s = train(cfg, tmp_path)
-    assert s["stall_s"] >= 1.4
-    # the pause is in the overall rate, not the steady one
-    assert s["images_per_s"] > s["images_per_s_overall"]
+    assert s["stall_s"] == pytest.approx(1.5)
+    assert s["images_per_s"] == pytest.approx(32 / 0.01)  # the pause is not in the steady rate
+    assert s["images_per_s"] > s["images_per_s_overall"]  # but in the overall one
     parts = s["startup_s"] + s["steps"] * 32 / s["images_per_s"] + s["stall_s"]
     assert parts == pytest.approx(s["train_time_s"], rel=1e-6)
     assert s["startup"]["first_step_s"] > 0 and s["startup"]["capture_s"] == 0  # no graphs on CPU
     epochs = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "epoch_train_s" in r]
     assert [(r["step"], r["epoch_images"]) for r in epochs] == [(16, 512), (32, 512)]
-    # the pause fell in epoch 1, whatever the machine's speed
-    assert epochs[0]["epoch_train_s"] >= 1.5
+    assert epochs[0]["epoch_train_s"] == pytest.approx(16 * 0.01 + 1.5)  # the pause: epoch 1
     assert sum(r["epoch_train_s"] for r in epochs) == pytest.approx(s["train_time_s"], rel=1e-6)
     assert json.loads((tmp_path / "summary.json").read_text())["stall_s"] == s["stall_s"]
 

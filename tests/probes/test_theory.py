@@ -59,7 +59,7 @@ def test_timescales_in_both_conventions():
     # (experiment=oscillation_study): the mean η_t is ≈ 0.47, so the runner's tau_steps is ≈ 2.1 ×
     # Wang & Aitchison's 1/(η_peak·λ)
     spe, epochs, lam = 100, 20, 0.05
-    plain = ScheduleConfig(name="warm_restarts", unit="epoch", warmup_epochs=1.0)
+    plain = ScheduleConfig(shape="warm_restarts", unit="epoch", warmup_epochs=1.0)
     cosine = make_schedule(plain, epochs)
     etas = [cosine(k / spe) for k in range(epochs * spe)]
     t = timescales([2e-3 * e for e in etas], [lam * e for e in etas], spe)

@@ -292,18 +292,9 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         status = "running" if (d / "metrics.jsonl").is_file() else "not started"
 
     metrics = headline_metrics(summary, records)
-    osc = (summary or {}).get("oscillation")
-    # recompute when absent, when asked for another rise threshold than the summary used, or when
-    # the block was written before the recalibrated figures existed but the records have them
-    if (
-        not isinstance(osc, dict)
-        or (threshold is not None and records and osc.get("rise_threshold") != threshold)
-        or ("tv_per_epoch_recal" not in osc and Headline.of_records(records).recalibrated)
-    ):
-        if threshold is None:  # the threshold the summary's block used, else the default
-            threshold = (osc.get("rise_threshold") if isinstance(osc, dict) else None) or 0.1
-        n_val = finite_number(((summary or {}).get("data") or {}).get("n_val"))
-        osc = oscillation_block(records, finite_number(hp.get("epochs")), threshold, n_val=n_val)
+    n_val = finite_number(((summary or {}).get("data") or {}).get("n_val"))
+    epochs = finite_number(hp.get("epochs"))
+    osc = oscillation_block(records, epochs, 0.1 if threshold is None else threshold, n_val=n_val)
 
     rel = d.relative_to(root).as_posix()
     pts = headline_points(records)  # `val`: the headline series, as best/final_val_acc
@@ -324,7 +315,7 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         "selected_on": (summary or {}).get("selected_on")
         or ("val_split" if hp.get("data.val_split") else "test"),
         "osc": osc,
-        "eq": equilibrium_of(summary, records, finite_number(hp.get("epochs"))),
+        "eq": equilibrium_of(summary, records, epochs),
         "val": [(p["epoch"], p["loss"], p["acc"]) for p in pts],
         "wnorm": wnorm,
         "losses": loss_curves(records),
@@ -333,10 +324,10 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
 
 
 def equilibrium_of(summary: dict | None, records: list[dict], epochs: float | None) -> dict:
-    """summary.json's `equilibrium` block (tau_steps, tau_fraction, norm and angular ratios), or
-    what the records give of it (no τ: that needs the run's plan)."""
-    eq = (summary or {}).get("equilibrium")
-    return eq if isinstance(eq, dict) else equilibrium_block(records, epochs)
+    """The middle-third equilibrium figures of the records (analysis.equilibrium) and the plan's
+    decay timescale from summary.json (tau_steps, tau_fraction: none without a summary)."""
+    tau = (summary or {}).get("timescale")
+    return {**(tau if isinstance(tau, dict) else {}), **equilibrium_block(records, epochs)}
 
 
 def collect_runs(root, threshold: float | None = None) -> list[dict]:
