@@ -63,6 +63,17 @@ def finished_run(tmp_path_factory, name: str, args) -> Path:
     return d
 
 
+class Creates:
+    """A pickled object whose unpickling would create `path`: a stand-in for any code a crafted file
+    could run (a test then checks that the file was refused and `path` does not exist)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
 def make_run(root, date, name):
     """An empty run folder at ROOT/DATE/NAME, the layout `latest` links follow."""
     d = root / date / name

@@ -10,6 +10,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from conftest import Creates
 
 import runner.data.cifar10 as D
 from runner.core.loader import DataError
@@ -150,22 +151,6 @@ def test_cifar_bad_archive_checksum(tmp_path, archive, monkeypatch):
     assert D.CIFAR10_ARCHIVE in str(e.value)
 
 
-# ---------------------------------------------------------------- image folder
-
-
-class _Creates:
-    """A pickled object whose unpickling would create `path` (a stand-in for any code a crafted file
-    runs)."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        import pathlib
-
-        return (pathlib.Path.touch, (pathlib.Path(self.path),))
-
-
 @pytest.mark.parametrize("protocol", [2, 5])
 def test_a_cifar_batch_that_names_any_other_callable_is_refused_and_runs_nothing(
     tmp_path, protocol
@@ -174,7 +159,7 @@ def test_a_cifar_batch_that_names_any_other_callable_is_refused_and_runs_nothing
     marker = tmp_path / "pwned"
     with open(folder / "data_batch_3", "wb") as f:
         pickle.dump(
-            {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, _Creates(marker)]},
+            {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, Creates(marker)]},
             f,
             protocol=protocol,
         )

@@ -11,6 +11,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import Creates
 
 from runner.config import RunConfig
 from runner.core.models import build_resnet
@@ -329,21 +330,10 @@ def test_disk_full_while_saving_best_keeps_the_previous_best(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
 
 
-class _Creates:
-    """A pickled object whose unpickling would create `path` (a stand-in for any code a crafted file
-    runs)."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (pathlib.Path.touch, (pathlib.Path(self.path),))
-
-
 def test_a_crafted_step_file_whose_name_matches_its_bytes_runs_no_code(tmp_path):
     marker = tmp_path / "pwned"
     buf = io.BytesIO()
-    torch.save({"format": 2, "step": 5, "x": _Creates(marker)}, buf)
+    torch.save({"format": 2, "step": 5, "x": Creates(marker)}, buf)
     raw = buf.getvalue()
     (tmp_path / f"step-00000005-{hashlib.sha256(raw).hexdigest()[:16]}.pt").write_bytes(raw)
     with pytest.raises(CheckpointError):

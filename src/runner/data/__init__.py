@@ -48,25 +48,23 @@ def _source(d: DataConfig, seed: int) -> Splits:
 
 def _train_subset(splits: Splits, n: int) -> Splits:
     """The first n training images, stratified by class (data.subset)."""
-    if n > len(splits.train_y):
-        raise ConfigError(
-            f"data.subset={n} is larger than the {len(splits.train_y)} training images: "
-            "lower it or use data.subset=null"
-        )
-    keep = stratified_subset(splits.train_y, n)
+    keep = _stratified(splits.train_y, n, "data.subset", "training")
     return dataclasses.replace(splits, train_x=splits.train_x[keep], train_y=splits.train_y[keep])
 
 
 def _val_subset(splits: Splits, n: int) -> Splits:
     """The first n validation images, stratified by class (data.val_subset): the same ones at
     every validation."""
-    if n > len(splits.val_y):
-        raise ConfigError(
-            f"data.val_subset={n} is larger than the {len(splits.val_y)} validation images: "
-            "lower it or use data.val_subset=null"
-        )
-    keep = stratified_subset(splits.val_y, n)
+    keep = _stratified(splits.val_y, n, "data.val_subset", "validation")
     return dataclasses.replace(splits, val_x=splits.val_x[keep], val_y=splits.val_y[keep])
+
+
+def _stratified(labels, n: int, key: str, which: str):
+    if n > len(labels):
+        raise ConfigError(
+            f"{key}={n} is larger than the {len(labels)} {which} images: lower it or use {key}=null"
+        )
+    return stratified_subset(labels, n)
 
 
 def check_classes(d: DataConfig, splits: Splits) -> None:
