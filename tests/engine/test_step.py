@@ -408,11 +408,11 @@ def test_deterministic_algorithms_leave_the_device_side_step_no_op_that_syncs(de
     check reads the index on the host (ATen's index_copy_out and wrapIndexOnce): inside a capture,
     an error. The step writes its loss and count without any index op that CUDA reroutes, and
     still trains as the eager step does."""
-    m1, o1, _ = make("adam", 1e-3, 0.05, "schedule", fused=True)
-    m2, o2, decay = make("adam", 1e-3, 0.05, "schedule", fused=True)
-    a = eager(m1, o1, range(STEPS))
+    m1, o1, plan = make("adam", 1e-3, 0.05, "schedule", fused=True)
+    m2, o2, _ = make("adam", 1e-3, 0.05, "schedule", fused=True)
+    a = eager(m1, o1, plan, range(STEPS))
     with AtenOps() as ops:
-        b = graphed(m2, o2, decay, 0.05, list(range(STEPS)))
+        b = graphed(m2, o2, plan, list(range(STEPS)))
     assert a == b  # every loss, d_t and ‖g‖, exactly
     rerouted = {"index_copy", "index_copy_", "index_put", "index_put_", "_index_put_impl_"}
     assert ops.names and not ops.names & rerouted
