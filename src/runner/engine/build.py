@@ -64,9 +64,7 @@ def setup(
     splits = load_splits(cfg.data, cfg.seed, data_cache)
     data = run_data(cfg, splits, path)
     run_log = _Prefixed(log, {"name": name})
-    trainee, sentences = make_trainee(
-        cfg, path, autocast, len(splits.classes), data, state, run_log
-    )
+    trainee, sentences = make_trainee(cfg, path, autocast, data, state, run_log)
     if saved is not None:
         if missed := restore(saved, trainee):  # a checkpoint of a machine with more GPUs
             facts["resumed"]["cuda_rng_not_restored"] = missed
@@ -229,7 +227,6 @@ def make_trainee(
     cfg: RunConfig,
     path: ExecutionPath,
     autocast,
-    n_classes: int,
     data: RunData,
     state: RunState,
     run_log: logging.LoggerAdapter,
@@ -238,6 +235,7 @@ def make_trainee(
     step runs on `path` and falls back to a safer one where compile or capture fails and the
     setting was left automatic (engine.execution)."""
     m = cfg.model
+    n_classes = len(data.inference.classes)
     model = build_resnet(m.depth, m.version, n_classes, m.bn_momentum).to(path.device)
     if path.channels_last:
         model = model.to(memory_format=torch.channels_last)
