@@ -3,10 +3,11 @@
 
 The GPU command (scripts/gpu.py) runs this first: a missing Triton, C compiler or Python headers,
 or an Inductor error, fails here in seconds, and the stages after it then train without
-torch.compile (trainer.compile=false) instead of failing at their first step. On CUDA it compiles
-the preflight's model, ResNet8v1 at batch 64, forward and backward as the default path trains it
-(channels_last, bf16 autocast on a card of compute capability 8.0 on), into the compile cache the
-preflight then uses, which may find it there; --quick compiles two small linear layers instead.
+torch.compile (trainer.compile=false) instead of paying for a failed compile at their first step
+before they fall back (engine.execution). On CUDA it compiles the preflight's model, ResNet8v1 at
+batch 64, forward and backward as the default path trains it (channels_last, bf16 autocast on a
+card of compute capability 8.0 on), into the compile cache the preflight then uses, which may
+find it there; --quick compiles two small linear layers instead.
 
     python scripts/compile_probe.py --device cuda --out probe.json
     python scripts/compile_probe.py --device cpu --quick --out probe.json
@@ -59,7 +60,7 @@ def compile_once(device: str, quick: bool) -> str:
     autocast = nullcontext()
     if bf16:  # as engine.build.device_settings makes it for CUDA graphs
         autocast = torch.autocast("cuda", torch.bfloat16, cache_enabled=False)
-    compiled = torch.compile(model, dynamic=False)  # as engine.build.make_step compiles
+    compiled = torch.compile(model, dynamic=False)  # as engine.execution compiles
     with autocast:
         loss = F.cross_entropy(compiled(x), y)
     loss.backward()

@@ -18,15 +18,19 @@ estimates from the H200 figures of docs/results/2026-11-28-h200, not measurement
   compile_probe   90 s  20-60   scripts/compile_probe.py in a fresh process: ResNet8v1 compiled,
                                 forward and backward. If it fails or runs out of time, every later
                                 stage trains without torch.compile (trainer.compile=false; pytest
-                                -m 'not compile') and the results say why.
+                                -m 'not compile') and the results say why. (A run would fall back
+                                by itself, engine.execution, but each stage would pay the failed
+                                compile first, and the preflight's default-path test would fail.)
   preflight      150 s  40-100  pytest -m gpu tests/test_gpu_preflight.py: the default path trains
-                                a tiny ResNet for 2 epochs (one training graph, the eval forward
-                                captured, no recompilation after epoch 1); a 2-run pack; a run
-                                continued with CUDA graphs from an eager checkpoint; cuda:N.
-                                A failure skips every later stage; running out of time does not.
+                                a tiny ResNet for 2 epochs without falling back (one batch shape's
+                                two training graphs, the eval forward captured, no recompilation
+                                after epoch 1); a 2-run pack; a run continued with CUDA graphs from
+                                an eager checkpoint; cuda:N. A failure skips every later stage;
+                                running out of time does not.
   checks         120 s  40-80   pytest -m 'gpu and not compile' tests/test_gpu.py: the captured
                                 step against the eager step bit for bit, recalibration, eval
-                                forward (the compile path's own check is the preflight's)
+                                forward, a capture that CUDA refuses falling back to the eager step
+                                (the compile path's own check is the preflight's)
   default_cold   150 s  60-120  `python -m runner` as shipped (ResNet56v2, AdamW, batch 128, the
                                 data given), --epochs epochs, a fresh trainer.compile_cache
   default_warm    90 s  30-60   the same again with the same cache: start-up from the caches

@@ -17,6 +17,7 @@ def run_figures(run_dir: Path) -> dict:
     epochs = [json.loads(line) for line in lines if line.strip()]
     keep = ("status", "images_per_s", "images_per_s_overall", "startup_s", "startup", "stall_s")
     keep += ("val_first_s", "val_s", "final_val_acc", "wall_time_s", "device", "path")
+    keep += ("path_fallback",)
     out = {k: s.get(k) for k in keep}
     out["epoch_train_s"] = [r["epoch_train_s"] for r in epochs if "epoch_train_s" in r]
     out["epoch_s_est"] = 50_000 / s["images_per_s"] if s.get("images_per_s") else None
@@ -29,6 +30,21 @@ def bench_figures(path: Path) -> dict:
         return {}
     r = json.loads(path.read_text())
     return {"summary": r.get("summary"), "pack": r.get("pack"), "evaluation": r.get("evaluation")}
+
+
+def what_ran(f: dict) -> str:
+    """The execution path a run ended on, and each fallback that led there (summary.json)."""
+    p = f.get("path")
+    if not p:
+        return "not measured"
+    ran = ", ".join(
+        [p["precision"]] + ["compiled"] * p["compile"] + ["CUDA graphs"] * p["cuda_graphs"]
+    )
+    moves = [
+        f"fell back from {m['from']} after {m['after_steps']} steps: {m['reason']}"
+        for m in f.get("path_fallback") or []
+    ]
+    return "; ".join([ran, *moves])
 
 
 def json_figures(path: Path) -> dict:
@@ -72,6 +88,7 @@ def figures(st: dict) -> dict:
     for name in ("default_cold", "default_warm"):
         f = st.get(name, {}).get("figures") or {}
         run = f"default run ({name[8:]} compile cache)"
+        out[f"{run}: what ran"] = what_ran(f)
         out[f"{run}: steady images/s"] = _n(f.get("images_per_s"))
         out[f"{run}: s per 50k-image epoch, steady"] = _n(f.get("epoch_s_est"), ".2f", " s")
         out[f"{run}: start-up"] = _n(f.get("startup_s"), ".1f", " s")

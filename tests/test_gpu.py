@@ -8,21 +8,27 @@ Checks:
   step equivalence  each optimizer preset (adamw, adam_l2, sgdw, sgd_l2) with L2, decoupled decay
                     and both, in float64: the `EagerStep` (fused optimizer, as the eager trainer
                     builds it) against `GraphedStep(capture=True)` (capturable, as the graphed
-                    trainer builds it), on batches of two shapes (two graphs, each replayed): every
-                    loss, d_t and ‖g‖, weight, BatchNorm buffer and optimizer moment equal
-                    (torch.equal), cuDNN deterministic.
+                    trainer builds it), on batches of two shapes with a log point every third step
+                    (per shape the plain step's graph and the log point's, each replayed): every
+                    loss, d_t and ‖g‖ (at log points), weight, BatchNorm buffer and optimizer moment
+                    equal (torch.equal), cuDNN deterministic.
   recalibration     a short captured run whose validations recalibrate BatchNorm every 3 steps
                     trains bit for bit like the same run validating once per epoch without
                     recalibration.
   eval forward      the captured validation forward (GraphedForward) gives exactly the eager
                     forward's logits.
   default path      compile + CUDA graphs over 3 epochs: after epoch 1 and its validation nothing is
-                    compiled or recorded again (one training graph, one eval graph, no new compiled
-                    frame).
-The unmarked tests run the same checks uncaptured on CPU (their plumbing, and that they can fail).
+                    compiled or recorded again (one batch shape's two training graphs, one eval
+                    graph, no new compiled frame), and nothing fell back to a safer path.
+  fallback          a capture that CUDA refuses (a host read inside the step) under the automatic
+                    settings: the run goes on eagerly with the caller's stream current, no memory
+                    left in the failed graph's pool, and every loss equal to the eager run's.
+The unmarked tests run the same checks uncaptured on CPU (their plumbing, and that they can fail);
+the fallback's plumbing is tests/engine/test_execution.py's, on faked CUDA calls.
 """
 
 import json
+import logging
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -40,6 +46,7 @@ from runner.core.step_plan import StepPlan, decoupled_rate
 from runner.core.update_rule import Optimizer
 from runner.data.synthetic import make_synthetic
 from runner.engine import step as rstep
+from runner.engine.execution import Execution, ExecutionPath
 from runner.engine.records import read_metrics
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -104,8 +111,13 @@ def float64_batches(device, shapes):
     ]
 
 
+def log_point(k: int) -> bool:
+    return k % 3 == 0
+
+
 def twin_runs(device, rule, batches, depth, tables=step_tables):
-    """The eager step's and the graphed step's (loss, d_t, ‖g‖) per batch, models and optimizers."""
+    """The eager step's and the graphed step's (loss, d_t, ‖g‖ at log points) per batch, models
+    and optimizers."""
     # moves every step, restarts at step 5
     schedule, _ = warm_restarts(T_0=1.0, T_mult=2.0, eta_min=0.05)
 
@@ -126,15 +138,15 @@ def twin_runs(device, rule, batches, depth, tables=step_tables):
     )
     eager = []
     for k, (x, y) in enumerate(batches):
-        loss, _, norms, _ = step(x, y, k, log_point=True)
-        eager.append((loss.item(), step.plan.d[k], norms.norm().item()))
+        loss, _, norms, _ = step(x, y, k, log_point=log_point(k))
+        eager.append((loss.item(), step.plan.d[k], norms is not None and norms.norm().item()))
     m2, o2 = make(capturable=device.type == "cuda")  # what the graphed trainer builds
     graphed_plan = plan(*tables(schedule, wd, wd_scaling, len(batches)))
     g = rstep.GraphedStep(m2, o2, nullcontext(), graphed_plan, capture=device.type == "cuda")
     graphed = []
     for k, (x, y) in enumerate(batches):
-        loss, _, norms, _ = g(x, y, k, log_point=True)
-        graphed.append((loss.item(), graphed_plan.d[k], norms.norm().item()))
+        loss, _, norms, _ = g(x, y, k, log_point=log_point(k))
+        graphed.append((loss.item(), graphed_plan.d[k], norms is not None and norms.norm().item()))
     return (eager, m1, o1), (graphed, m2, o2, g)
 
 
@@ -163,6 +175,7 @@ def step_equivalence(device, preset, reg, quick=False, tables=step_tables) -> di
     return {
         "steps": len(batches),
         "graphs": len(g.graphs),
+        "captures": g.captures,
         "counter": g.counter.item(),
         "steps_that_differ": [k for k, (a, b) in enumerate(zip(eager, graphed)) if a != b][:5],
         "weights_that_differ": differences(m1.state_dict(), m2.state_dict()),
@@ -172,7 +185,9 @@ def step_equivalence(device, preset, reg, quick=False, tables=step_tables) -> di
 
 
 def assert_equivalent(r: dict, graphs: int) -> None:
-    assert r["graphs"] == graphs and r["counter"] == r["steps"] and r["trained"], r
+    """`graphs` batch shapes recorded, each as the plain step and the log point's."""
+    assert r["graphs"] == graphs and r["captures"] == 2 * graphs, r
+    assert r["counter"] == r["steps"] and r["trained"], r
     assert (
         not r["steps_that_differ"] and not r["weights_that_differ"] and not r["moments_that_differ"]
     ), r
@@ -226,7 +241,7 @@ def recalibration_identity(device, folder: Path) -> tuple[list, list, dict]:
     weights = differences(ta.model.state_dict(), tb.model.state_dict()) | differences(
         moments(ta.opt), moments(tb.opt)
     )
-    assert a.path.cuda_graphs is (device.type == "cuda")
+    assert a.trainee.path.cuda_graphs is (device.type == "cuda")
     return steps[0], steps[1], weights
 
 
@@ -277,9 +292,11 @@ def default_path(device, folder: Path) -> dict:
 
     def after_step(run):
         if run.state.step == run.steps_per_epoch:
+            graphed = run.trainee.graphed
             seen.update(
                 frames=compiled_frames(),
-                graphs=len(run.trainee.graphed.graphs) if run.trainee.graphed else 0,
+                graphs=len(graphed.graphs) if graphed else 0,
+                captures=graphed.captures if graphed else 0,
             )
 
     run = drain(
@@ -287,12 +304,15 @@ def default_path(device, folder: Path) -> dict:
     )
     s = json.loads((run.out.run_dir / "summary.json").read_text())
     return {
-        "execution": run.path,
+        "execution": s["path"],
+        "fallback": s["path_fallback"],
         "status": s["status"],
         "epochs": len([r for r in read_metrics(run.out.recorder.path) if "epoch_train_s" in r]),
         "graphs": len(run.trainee.graphed.graphs) if run.trainee.graphed else 0,
         "graphs_after_epoch_1": seen["graphs"],
-        "eval_captured": run.trainee.eval_forward.graph is not None,
+        "captures": run.trainee.graphed.captures if run.trainee.graphed else 0,
+        "captures_after_epoch_1": seen["captures"],
+        "eval_captured": run.trainee.execution.forward.graph is not None,
         "frames": compiled_frames(),
         "frames_after_epoch_1": seen["frames"],
     }
@@ -320,10 +340,12 @@ def test_the_default_path_compiles_and_captures_once_and_never_stalls_after_the_
 ):
     r = default_path(CUDA, tmp_path)
     assert r["execution"]["compile"] is True and r["execution"]["cuda_graphs"] is True
+    assert r["fallback"] is None, r
     assert r["status"] == "completed" and r["epochs"] == 3 and r["eval_captured"], r
     assert (
         r["graphs"] == r["graphs_after_epoch_1"] == 1 and r["frames"] == r["frames_after_epoch_1"]
     ), r
+    assert r["captures"] == r["captures_after_epoch_1"] == 2, r
 
 
 def test_recalibration_and_eval_forward_checks_run_on_cpu(tmp_path):
@@ -331,3 +353,65 @@ def test_recalibration_and_eval_forward_checks_run_on_cpu(tmp_path):
     assert a == b and len(a) == 16 and not weights
     unequal, ev_eager, ev_captured, captured = eval_forward_equality(CPU)
     assert unequal == 0 and ev_eager == ev_captured and not captured
+
+
+# ---------------------------------------------------------------- a capture that fails
+
+
+def capture_fallback(device) -> dict:
+    """8 steps of a float64 ResNet8 whose forward reads a value on the host (which CUDA refuses
+    inside a capture) on CUDA graphs left automatic, against the same steps eagerly: what ran,
+    the stream after each step, what is left in the failed graph's pool."""
+    schedule, _ = warm_restarts(T_0=1.0, T_mult=2.0, eta_min=0.05)
+    batches = float64_batches(device, [16] * 8)
+    kw, wd, wd_scaling = optimizer_kwargs("adamw", "both")
+    plan = StepPlan(None, wd, kw["l2"], None, *step_tables(schedule, wd, wd_scaling, 8), SPE)
+
+    def make(capturable):
+        torch.manual_seed(0)
+        model = build_resnet(8, 1, 10, bn_momentum=0.1).double().to(device)
+        return model, Optimizer(model, fused=True, capturable=capturable, **kw)
+
+    cuda = device.type == "cuda"
+    with cudnn_flags(deterministic=True, benchmark=False):
+        m1, o1 = make(False)
+        eager = rstep.EagerStep(m1, o1, nullcontext(), plan)
+        expected = [eager(x, y, k, k % 3 == 0).loss.item() for k, (x, y) in enumerate(batches)]
+        m2, o2 = make(cuda)
+        forward = m2.forward
+        m2.forward = lambda x: forward(x) * (x.sum().item() != 0)  # × 1: the same logits
+        path = ExecutionPath(device, "fp32", False, None, cuda, False)
+        auto = frozenset({"compile", "cuda_graphs"})
+        ex = Execution(m2, o2, nullcontext(), plan, path, 0, auto, logging.getLogger("runner"))
+        pool, streams, losses = getattr(ex.step, "pool", None), [], []
+        for k, (x, y) in enumerate(batches):
+            losses.append(ex.run_step(x, y, k, k % 3 == 0).loss.item())
+            streams.append(
+                not cuda or torch.cuda.current_stream(device) == torch.cuda.default_stream(device)
+            )
+    segments = torch.cuda.memory_snapshot() if cuda else []
+    return {
+        "moves": [(f.after_steps, f.failed, f.to.cuda_graphs) for f in ex.fallbacks],
+        "reasons": [f.reason for f in ex.fallbacks],
+        "caller_stream_current": all(streams),
+        "pool_known": all("segment_pool_id" in seg for seg in segments),
+        "pool_segments": [s for s in segments if tuple(s.get("segment_pool_id", ())) == pool],
+        "same_losses": losses == expected,
+        "steps_that_differ": [k for k, (a, b) in enumerate(zip(losses, expected)) if a != b],
+    }
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_capture_that_cuda_refuses_falls_back_with_the_stream_and_memory_back():
+    r = capture_fallback(CUDA)
+    assert r["moves"] == [(3, "capture", False)], r
+    assert r["reasons"][0].startswith("CaptureFailed: capturing a CUDA graph on cuda"), r
+    assert r["caller_stream_current"] and r["pool_known"] and not r["pool_segments"], r
+    assert r["same_losses"], r
+
+
+def test_the_capture_fallback_check_runs_eagerly_on_cpu():
+    """No capture on a CPU: the host read is allowed, nothing falls back, the losses agree."""
+    r = capture_fallback(CPU)
+    assert r["moves"] == [] and r["same_losses"] and r["caller_stream_current"], r

@@ -172,6 +172,25 @@ def test_without_cuda_the_gpu_stages_are_recorded_as_skipped_in_their_place(tmp_
     assert st.results["stages"]["checks"]["status"] == "skipped: no CUDA (it needs a GPU)"
 
 
+def test_the_results_say_what_each_default_run_ran_and_why_it_fell_back():
+    from gpu_results import figures  # scripts/ is on the path: gpu.py put it there
+
+    fell = {
+        "path": {"precision": "bf16", "compile": False, "cuda_graphs": True},
+        "path_fallback": [
+            {"from": "bf16, compiled, CUDA graphs", "after_steps": 0, "reason": "InductorError: x"}
+        ],
+    }
+    ran = {"path": {"precision": "bf16", "compile": True, "cuda_graphs": True}}
+    f = figures({"default_cold": {"figures": fell}, "default_warm": {"figures": ran}})
+    assert f["default run (cold compile cache): what ran"] == (
+        "bf16, CUDA graphs; fell back from bf16, compiled, CUDA graphs after 0 steps: "
+        "InductorError: x"
+    )
+    assert f["default run (warm compile cache): what ran"] == "bf16, compiled, CUDA graphs"
+    assert figures({})["default run (cold compile cache): what ran"] == "not measured"
+
+
 # ---------------------------------------------------------------- the time rules, real subprocesses
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -258,6 +277,7 @@ def test_the_gpu_command_runs_its_stages_on_cpu_and_rewrites_its_results_after_e
     table = (tmp_path / "out" / "README.md").read_text()
     assert "pack of 2: aggregate images/s vs sequential" in table
     assert "default run (warm compile cache)" in table and "torch.compile: not used" in table
+    assert "| default run (cold compile cache): what ran | fp32 |" in table  # nothing fell back
     assert "every stage that ran passed" in r.stdout
     r = gpu_command(*quick, "--deadline", "12", "--out", str(tmp_path / "short"))
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]

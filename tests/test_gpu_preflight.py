@@ -3,10 +3,10 @@ path trains on this machine's GPU, or nothing else is worth measuring. On a GPU 
 `python -m pytest -m gpu tests/test_gpu_preflight.py`; skipped elsewhere.
 
 Tiny runs (ResNet8v1, 512 synthetic images, 8 steps an epoch): the default path (compile + CUDA
-graphs) for two epochs, a pack of two runs on their streams, a run continued with CUDA graphs from
-an eager checkpoint, and a run on an explicitly numbered device (the last GPU: on a one-GPU
-machine, cuda:0 named as such). The first is marked `compile`: where scripts/compile_probe.py found
-torch.compile unusable, the GPU command runs the others.
+graphs, without falling back) for two epochs, a pack of two runs on their streams, a run continued
+with CUDA graphs from an eager checkpoint, and a run on an explicitly numbered device (the last
+GPU: on a one-GPU machine, cuda:0 named as such). The first is marked `compile`: where
+scripts/compile_probe.py found torch.compile unusable, the GPU command runs the others.
 """
 
 import dataclasses
@@ -34,19 +34,23 @@ def test_the_default_path_captures_once_trains_finite_losses_and_compiles_nothin
     def after_step(run):
         # epoch 1 trained and validated: eval forward compiled, captured
         if run.state.step == run.steps_per_epoch:
-            seen.update(frames=compiled_frames(), graphs=len(run.trainee.graphed.graphs))
+            graphed = run.trainee.graphed
+            seen.update(
+                frames=compiled_frames(), graphs=len(graphed.graphs), captures=graphed.captures
+            )
 
     run = drain(
         tiny_config(CUDA, epochs=2, depth=8, bn_recalibrate=256), tmp_path / "default", after_step
     )
     s = json.loads((tmp_path / "default" / "summary.json").read_text())
-    assert run.path.compile is True and run.path.cuda_graphs is True
+    # the default path ran: nothing fell back to a safer one
+    assert run.trainee.path.compile is True and run.trainee.path.cuda_graphs is True
+    assert s["path_fallback"] is None and s["path"]["compile"] and s["path"]["cuda_graphs"]
     assert s["status"] == "completed" and all_finite(train_losses(tmp_path / "default"))
-    assert (
-        len(run.trainee.graphed.graphs) == seen["graphs"] == 1
-        and len(run.trainee.graphed.seen) == 1
-    )
-    assert run.trainee.eval_forward.graph is not None
+    graphed = run.trainee.graphed
+    assert len(graphed.graphs) == seen["graphs"] == 1 and len(graphed.seen) == 1
+    assert graphed.captures == seen["captures"] == 2  # the plain step's graph and the log point's
+    assert run.trainee.execution.forward.graph is not None
     assert compiled_frames() == seen["frames"]
 
 

@@ -271,7 +271,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 @dataclass
 class TrainerConfig(_Section):
     """How and where the run goes. `compile` and `cuda_graphs` are null for auto (on for CUDA,
-    off elsewhere); engine.build resolves them."""
+    off elsewhere, and given up for the next safer path if they fail at start-up); engine.build
+    resolves them, engine.execution falls back. `true` that cannot be honoured is an error."""
 
     section: ClassVar[str] = "trainer"
     device: str = run_setting("auto", choices=("auto", "cpu", "cuda", "mps"))  # auto: cuda first

@@ -11,13 +11,12 @@ float64 weights, and torch.equal. On CPU GraphedStep runs its device-side step e
 
 import math
 import os
-import warnings
-from contextlib import contextmanager as contextmanager_fn
 from contextlib import nullcontext
 
 import pytest
 import torch
 from conftest import compose_cfg, forbid_host_reads
+from fake_cuda import CAPTURE_SYNC, FakeCuda
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from runner.config import ConfigError, validate
@@ -25,7 +24,7 @@ from runner.core.models import build_resnet
 from runner.core.schedules import warm_restarts
 from runner.core.step_plan import StepPlan, decoupled_rate
 from runner.core.update_rule import Optimizer
-from runner.engine.step import EagerStep, GraphedForward, GraphedStep
+from runner.engine.step import CaptureFailed, EagerStep, GraphedForward, GraphedStep
 
 SPE, STEPS, LR = 4, 12, 3e-3
 BATCHES = [
@@ -245,66 +244,8 @@ def test_the_eager_step_never_reads_a_device_value_on_the_host(monkeypatch):
     )
 
 
-class FakeCuda:
-    """torch.cuda's stream, graph and device calls, recorded, on a machine without CUDA: what
-    GraphedStep and GraphedForward ask for (which device, which stream) is checked here; the bodies
-    run eagerly on CPU tensors."""
-
-    def __init__(self, monkeypatch, empty=False):
-        self.streams, self.current, self.captures, self.devices, self.recorded = [], [], [], [], []
-        fake = self
-
-        class Current:  # what current_stream(device) hands out
-            def __init__(self, device=None):
-                self.device = device
-
-            def wait_stream(self, other):
-                pass
-
-        class Stream(Current):  # a stream the code under test makes
-            def __init__(self, device=None):
-                super().__init__(device)
-                fake.streams.append(self)
-
-        class Graph:
-            def replay(self):
-                pass
-
-        @contextmanager_fn
-        def graph(g, stream=None, **kw):
-            fake.captures.append(stream)
-            yield
-            if empty:
-                warnings.warn(
-                    "The CUDA Graph is empty. This usually means that the graph was attempted "
-                    "to be captured on wrong device or stream."
-                )
-
-        def current_stream(device=None):
-            fake.current.append(device)
-            return Current(device)
-
-        def device(d):
-            fake.devices.append(d)
-            return nullcontext()
-
-        for name, value in dict(
-            Stream=Stream,
-            CUDAGraph=Graph,
-            graph=graph,
-            current_stream=current_stream,
-            stream=lambda s: nullcontext(),
-            device=device,
-            synchronize=lambda d=None: None,
-        ).items():
-            monkeypatch.setattr(torch.cuda, name, value)
-        monkeypatch.setattr(
-            torch.Tensor, "record_stream", lambda t, s: fake.recorded.append(s), raising=False
-        )
-
-
-def captured_step(monkeypatch, empty=False):
-    fake = FakeCuda(monkeypatch, empty)
+def captured_step(monkeypatch, **fake):
+    fake = FakeCuda(monkeypatch, **fake)
     model, opt, plan = make("adam", 0.0, 0.05, "schedule", fused=True)
     return fake, GraphedStep(model, opt, nullcontext(), plan, capture=True)
 
@@ -315,20 +256,78 @@ def test_the_graphed_step_warms_up_and_captures_on_its_weights_device_and_stream
     fake, g = captured_step(monkeypatch)
     for k in range(5):  # 3 warm-ups, the capture, a replay
         g(*BATCHES[k], k, log_point=False)
-    assert len(g.graphs) == 1
+    assert len(g.graphs) == 1 and g.captures == 1
     # never the current device by default
     assert fake.current and all(d == g.device for d in fake.current)
     assert fake.streams == [g.side] and g.side.device == g.device  # one side stream, of its device
     assert fake.captures == [g.side]  # captured there, not on torch's process-wide capture stream
     assert fake.devices == [g.device]  # with its device current while capturing
+    assert fake.now is None  # the caller's stream is current again
+
+
+def test_a_log_point_gets_a_graph_of_its_own_sharing_the_batch_and_the_memory_pool(monkeypatch):
+    """The plain step computes no gradient norms; the first log point after the warm-up records
+    the step that does, once: per batch shape two graphs, one static batch, one pool."""
+    fake, g = captured_step(monkeypatch)
+    log_points = [False] * 5 + [True] + [False, True]  # 3 warm-ups, the plain capture, a replay
+    startups = [g(*BATCHES[k], k, log)[3] for k, log in enumerate(log_points)]
+    assert startups == [True] * 4 + [False, True, False, False]
+    assert len(g.graphs) == 1 and g.captures == 2 and set(g.graphs[next(iter(g.graphs))].graphs)
+    assert fake.captures == [g.side, g.side] and fake.pools == [g.pool, g.pool]
+    assert g.steady(*BATCHES[0], True) and g.steady(*BATCHES[0], False)
+    assert not g.steady(BATCHES[0][0][:8], BATCHES[0][1][:8], False)  # another shape
+
+
+def test_the_uncaptured_step_computes_gradient_norms_at_log_points_only(monkeypatch):
+    """What the two graphs of a shape do, run eagerly: the norms buffer moves at log points only,
+    and the losses, counts and counter train exactly as the eager step does."""
+    m1, o1, plan = make("adam", 1e-3, 0.05, "schedule", fused=True)
+    m2, o2, _ = make("adam", 1e-3, 0.05, "schedule", fused=True)
+    step = EagerStep(m1, o1, nullcontext(), plan)
+    g = GraphedStep(m2, o2, nullcontext(), plan, capture=False)
+    for k in range(STEPS):
+        log_point = k % 3 == 2
+        before = g.grad_norms.clone()
+        a, b = step(*BATCHES[k], k, log_point), g(*BATCHES[k], k, log_point)
+        assert torch.equal(a.loss, b.loss) and torch.equal(a.correct, b.correct)
+        if log_point:
+            assert torch.equal(a.grad_norms, b.grad_norms) and not torch.equal(before, b.grad_norms)
+        else:
+            assert a.grad_norms is None is b.grad_norms and torch.equal(before, g.grad_norms)
+    assert g.counter.item() == STEPS
+    for p, q in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(p, q)
 
 
 def test_a_capture_that_records_nothing_is_an_error_not_a_run_that_trains_nothing(monkeypatch):
-    _, g = captured_step(monkeypatch, empty=True)
+    fake, g = captured_step(monkeypatch, empty=True)
     for k in range(3):
         g(*BATCHES[k], k, log_point=False)
-    with pytest.raises(RuntimeError, match="recorded no work"):
+    with pytest.raises(CaptureFailed, match="recorded no work"):
         g(*BATCHES[3], 3, log_point=False)
+    assert fake.now is None and fake.released == []  # capture_end ran: the graph releases its pool
+
+
+@pytest.mark.parametrize("fail", ["end", "sync"])
+def test_a_failed_capture_puts_the_callers_stream_back_and_hands_its_memory_back(monkeypatch, fail):
+    """torch.cuda.graph's exit raises at capture_end before it restores the stream it made current
+    and before the allocator stops routing to the graph's pool: the step undoes both, drops the
+    failed capture's gradients and raises CaptureFailed with the cause chained."""
+    fake, g = captured_step(monkeypatch, fail=fail)
+    if fail == "sync":  # a host read inside the step, as a model with a hidden sync has
+        forward = g.forward
+        g.forward = lambda x: forward(x) * (x.abs().sum().item() > 0)
+    for k in range(3):
+        g(*BATCHES[k], k, log_point=False)
+    with pytest.raises(CaptureFailed) as caught:
+        g(*BATCHES[3], 3, log_point=False)
+    assert fake.now is None  # the caller's stream, not the side stream
+    assert fake.released == [g.pool] and not fake.routing  # the pool's reference handed back
+    assert all(p.grad is None for p in g.opt.params)
+    cause = str(caught.value.__cause__)
+    assert ("EndCapture" if fail == "end" else "previous error") in cause
+    if fail == "sync":
+        assert CAPTURE_SYNC in str(caught.value.__cause__.__cause__)
 
 
 def test_the_eval_forward_keeps_one_warm_up_stream_and_marks_its_outputs_used_by_the_callers(

@@ -114,6 +114,17 @@ class Optimizer:
     def zero_grad(self) -> None:
         self.inner.zero_grad(set_to_none=True)
 
+    def set_capturable(self, on: bool) -> None:
+        """Adam's capturable flag, for a run whose CUDA graphs gave way to the eager step
+        (engine.execution): the same update, without torch's warning that a capturable optimizer
+        runs uncaptured; the step counts move where the flag wants them."""
+        groups = [g for g in self.inner.param_groups if "capturable" in g]
+        if not groups or all(g["capturable"] == on for g in groups):
+            return
+        for g in groups:
+            g["capturable"] = on
+        self.load_state_dict(self.inner.state_dict())
+
     @torch.no_grad()
     def grad_norms(self) -> torch.Tensor:
         """‖g‖ of every parameter (self.params' order) as one device vector, no host sync."""

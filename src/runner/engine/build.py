@@ -25,12 +25,12 @@ from runner.core.step_plan import describe, plan_steps
 from runner.core.update_rule import Optimizer, rounding_note
 from runner.data import load_splits
 from runner.engine import checkpoint, lock, provenance
+from runner.engine.execution import Execution, ExecutionPath
 from runner.engine.loaders import augmented_recal_images, run_data
 from runner.engine.records import Recorder
 from runner.engine.resume import saved_state
-from runner.engine.run import ExecutionPath, Output, Run, RunData, Trainee
+from runner.engine.run import Output, Run, RunData, Trainee
 from runner.engine.state import LoopStats, RunState
-from runner.engine.step import EagerStep, GraphedForward, GraphedStep
 from runner.probes import Subject, make_probes
 
 log = logging.getLogger("runner")
@@ -63,7 +63,8 @@ def setup(
     autocast = device_settings(cfg.trainer, path)
     splits = load_splits(cfg.data, cfg.seed, data_cache)
     data = run_data(cfg, splits, path)
-    trainee, sentences = make_trainee(cfg, path, autocast, len(splits.classes), data, state)
+    run_log = _Prefixed(log, {"name": name})
+    trainee, sentences = make_trainee(cfg, path, autocast, data, state, run_log)
     if saved is not None:
         if missed := restore(saved, trainee):  # a checkpoint of a machine with more GPUs
             facts["resumed"]["cuda_rng_not_restored"] = missed
@@ -94,7 +95,7 @@ def setup(
         path=path,
         trainee=trainee,
         data=data,
-        out=Output(run_dir, recorder, _Prefixed(log, {"name": name})),
+        out=Output(run_dir, recorder, run_log),
         probes=probes,
         headline=Headline(data.recal_images is not None),
         total=total if cfg.trainer.max_steps is None else min(cfg.trainer.max_steps, total),
@@ -223,10 +224,18 @@ def use_compile_cache(folder: str | None) -> None:
 
 
 def make_trainee(
-    cfg: RunConfig, path: ExecutionPath, autocast, n_classes: int, data: RunData, state: RunState
+    cfg: RunConfig,
+    path: ExecutionPath,
+    autocast,
+    data: RunData,
+    state: RunState,
+    run_log: logging.LoggerAdapter,
 ) -> tuple[Trainee, list[str]]:
-    """(the model, optimizer, plan and step, the sentences that say what regularizes how)."""
+    """(the model, optimizer, plan and step, the sentences that say what regularizes how). The
+    step runs on `path` and falls back to a safer one where compile or capture fails and the
+    setting was left automatic (engine.execution)."""
     m = cfg.model
+    n_classes = len(data.inference.classes)
     model = build_resnet(m.depth, m.version, n_classes, m.bn_momentum).to(path.device)
     if path.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -251,23 +260,10 @@ def make_trainee(
     note = rounding_note(plan.d[:total])
     if path.compile:
         use_compile_cache(cfg.trainer.compile_cache)
-    # dynamic=False: one batch shape per phase (data.drop_last, padded validation), compiled once
-    forward = (
-        torch.compile(model, mode=cfg.trainer.compile_mode, dynamic=False)
-        if path.compile
-        else model
-    )
-    kind = GraphedStep if path.cuda_graphs else EagerStep
-    trainee = Trainee(
-        model,
-        forward,
-        opt,
-        autocast,
-        plan,
-        kind(forward, opt, autocast, plan, state.step),
-        GraphedForward(forward, autocast, capture=path.cuda_graphs),
-    )
-    return trainee, sentences + ([note] if note else [])
+    tr = cfg.trainer
+    automatic = frozenset(k for k in ("compile", "cuda_graphs") if getattr(tr, k) is None)
+    execution = Execution(model, opt, autocast, plan, path, state.step, automatic, run_log)
+    return Trainee(model, opt, autocast, plan, execution), sentences + ([note] if note else [])
 
 
 def check_length(cfg: RunConfig, spe: int, state: RunState) -> None:
@@ -319,21 +315,19 @@ def run_facts(
         },
         "code": provenance.code_version(),
         "env": provenance.environment(path.device),
-        "path": path.summary(),
     }
 
 
 def announce(run: Run) -> None:
     """The run's first lines: what trains on what, and one sentence per regularization
     mechanism."""
-    p, cfg, f = run.path, run.cfg, run.facts
-    what = ", ".join([p.precision] + ["compiled"] * p.compile + ["CUDA graphs"] * p.cuda_graphs)
+    cfg, f = run.cfg, run.facts
     model = f"resnet{cfg.model.depth}v{cfg.model.version}"
     run.out.log.info(
         "%s on %s (%s): %d params, %d train / %d val images, %d steps (%d per epoch)",
         model,
         run.device,
-        what,
+        run.trainee.path.describe(),
         f["n_params"],
         run.data.n_train,
         run.data.n_val,

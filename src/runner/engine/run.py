@@ -1,12 +1,14 @@
-"""A run as engine.build.setup builds it, in small frozen parts: how it runs (`ExecutionPath`),
-what trains (`Trainee`), what it sees (`RunData`), where its records go (`Output`). Beside them
-where the loop is (`state`, engine.state.RunState) and what the loop measured in this process
-(`stats`, engine.state.LoopStats): the two objects that change as the run goes."""
+"""A run as engine.build.setup builds it, in small frozen parts: how it set out to run
+(`ExecutionPath`), what trains (`Trainee`), what it sees (`RunData`), where its records go
+(`Output`). Beside them where the loop is (`state`, engine.state.RunState) and what the loop
+measured in this process (`stats`, engine.state.LoopStats): the two objects that change as the
+run goes, with the trainee's `execution` (engine.execution), which moves to a safer path when
+compile or capture fails at start-up."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -18,42 +20,42 @@ from runner.core.headline import Headline
 from runner.core.loader import DeviceLoader
 from runner.core.step_plan import StepPlan
 from runner.core.update_rule import Optimizer
+from runner.engine.execution import Execution, ExecutionPath
 from runner.engine.records import Recorder
 from runner.engine.state import LoopStats, RunState
-from runner.engine.step import EagerStep, GraphedForward, GraphedStep
+from runner.engine.step import GraphedStep, StepOut
 from runner.probes import Probe
 
 
 @dataclass(frozen=True)
-class ExecutionPath:
-    """How the run executes on its device (trainer.*: null means on for CUDA)."""
-
-    device: torch.device
-    precision: str  # bf16 | fp32
-    compile: bool
-    compile_mode: str | None
-    cuda_graphs: bool
-    channels_last: bool
-
-    def summary(self) -> dict:
-        return {**asdict(self), "device": str(self.device)}
-
-
-@dataclass(frozen=True)
 class Trainee:
-    """What trains: the model, its optimizer, the plan of every step, and the step itself."""
+    """What trains: the model, its optimizer, the plan of every step, and the step itself on the
+    path that runs now (`execution`)."""
 
     model: nn.Module  # the eager module: checkpoints, BatchNorm recalibration
-    forward: Callable  # the model, or torch.compile's wrapper of it
     opt: Optimizer
     autocast: Any
     plan: StepPlan
-    step: EagerStep | GraphedStep
-    eval_forward: GraphedForward
+    execution: Execution
+
+    @property
+    def step(self) -> Callable[..., StepOut]:
+        """step(x, y, k, log_point): step k (engine.step), falling back where it must."""
+        return self.execution.run_step
+
+    @property
+    def eval_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The validation forward (engine.step.GraphedForward), falling back where it must."""
+        return self.execution.run_forward
 
     @property
     def graphed(self) -> GraphedStep | None:
-        return self.step if isinstance(self.step, GraphedStep) else None
+        return self.execution.graphed
+
+    @property
+    def path(self) -> ExecutionPath:
+        """The path that runs now (Run.path: the one the run set out on)."""
+        return self.execution.path
 
 
 class Evaluations(NamedTuple):
@@ -107,7 +109,7 @@ class Run:
     """One training run, as `setup` builds it."""
 
     cfg: RunConfig
-    path: ExecutionPath
+    path: ExecutionPath  # the path it set out on (trainee.path: the one that runs now)
     trainee: Trainee
     data: RunData
     out: Output

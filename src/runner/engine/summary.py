@@ -5,8 +5,10 @@ The headline numbers best_val_acc, final_val_acc and final_val_loss are the eval
 core.headline names (`val_metric`): final_val_acc is the last validation record's `val_acc`; both
 evaluations are also reported under their own names (`*_running`, `*_recal`), as in
 metrics.jsonl. `timescale` is the decay's EMA timescale of the run's plan
-(core.step_plan.timescale). Figures computed from the records (the oscillation and equilibrium
-figures) are the report's: python -m runner.analysis.report RUN_DIR.
+(core.step_plan.timescale). `path` is the execution path that ran (at the end, in this process);
+`path_fallback` lists each move to a safer one when compile or capture failed (engine.execution),
+null when the run kept the path it set out on. Figures computed from the records (the oscillation
+and equilibrium figures) are the report's: python -m runner.analysis.report RUN_DIR.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ def summarize(run: Run) -> dict:
         "val_first_s": st.val_times[0] if st.val_times else None,
         "val_s": statistics.median(st.val_times[1:]) if len(st.val_times) > 1 else None,
         "device": device_name(run.device),
+        "path": run.trainee.path.summary(),
+        "path_fallback": [f.summary() for f in run.trainee.execution.fallbacks] or None,
         "hparams": dataclasses.asdict(cfg),
         "timescale": timescale(
             run.trainee.plan, run.total, cfg.optimizer.algorithm, run.trainee.opt.momentum
@@ -102,8 +106,9 @@ def device_name(device: torch.device) -> str:
 def startup_parts(run: Run, times: dict) -> dict:
     """startup_s in its parts: the first step, compilation, graph capture, warm-up, the eval
     graph's capture."""
-    st, rate, t = run.stats, times["images_per_s"], run.trainee
-    capture_s = t.graphed.capture_s if t.graphed is not None else 0.0
+    st, rate, t = run.stats, times["images_per_s"], run.trainee.execution
+    capture_s = t.capture_s
+    # the path it set out on: a compile that failed and gave way took its time too
     compiled = run.path.compile and st.first_step_s and rate
     compile_s = max(0.0, st.first_step_s - run.cfg.batch_size / rate) if compiled else 0.0
     return {
@@ -111,7 +116,7 @@ def startup_parts(run: Run, times: dict) -> dict:
         "compile_s": compile_s,
         "capture_s": capture_s,
         "warmup_s": max(0.0, (times["startup_s"] or 0.0) - compile_s - capture_s),
-        "eval_capture_s": t.eval_forward.capture_s,
+        "eval_capture_s": t.eval_capture_s,
     }
 
 
