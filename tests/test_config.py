@@ -127,6 +127,8 @@ def test_every_model_preset_composes(name):
         ("optimizer=sgd_l2 optimizer.nesterov=true optimizer.momentum=0", "optimizer.nesterov"),
         ("trainer.diverge_factor=0.5", "trainer.diverge_factor"),
         ("trainer.on_diverge=ignore", "trainer.on_diverge"),
+        ("probes.shadow_bn=[0.03,1.0]", "probes.shadow_bn"),
+        ("probes.shadow_bn=[0.03,0.03]", "probes.shadow_bn"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(override, key):
@@ -227,8 +229,10 @@ def test_resumable_keys_are_exactly_the_settings_that_do_not_change_the_training
         "trainer.train_eval",
         "trainer.bn_recalibrate",
         "probes.equilibrium",
+        "probes.step_angle",
         "probes.l2_terms",
         "probes.bn_staleness",
+        "probes.shadow_bn",
     }
     cfg, absent = compose_cfg(), object()
     assert [k for k in resumable_keys() if OmegaConf.select(cfg, k, default=absent) is absent] == []

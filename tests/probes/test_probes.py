@@ -9,11 +9,13 @@ from runner.engine.checkpoint import load_latest
 from runner.engine.records import read_metrics
 from runner.engine.train import train
 
-ALL = ["probes.equilibrium", "probes.l2_terms", "probes.bn_staleness"]
+ALL = ["probes.equilibrium", "probes.step_angle", "probes.l2_terms", "probes.bn_staleness"]
+SHADOWS = "[0.03,0.3]"
 
 
 def trained(folder, on: bool):
     over = [f"{p}={str(on).lower()}" for p in ALL]
+    over.append(f"probes.shadow_bn={SHADOWS if on else '[]'}")
     cfg = validate(
         compose_cfg(
             *TINY,
@@ -44,14 +46,24 @@ def test_a_run_trains_bit_for_bit_the_same_with_every_probe_on_or_off(tmp_path):
     added = keys[0] - keys[1]
     assert {
         "rotation/stages.1",
-        "l2_grad_ratio/stem",
+        "angular_update_step/stages.1",
+        "l2_update_ratio/stem",
         "bn_lag_mu_mean",
         "val_loss_recal_aug",
+        "val_loss_shadow@0.03",
+        "bn_lag_rms@0.3/stages.2",
+        "bn_lag_pred_rms/stem",
+        "bn_drift_mu/stages.0",
     } <= added
     assert all(
-        k.split("/")[0].startswith(
-            ("weight_norm", "rotation", "angular", "l2_", "bn_", "val_", "diff")
-        )
+        k.split("/")[0].startswith(("weight_norm", "rotation", "angular", "l2_", "bn_", "val_"))
         for k in added
     )
-    assert set(on["probes"]) == {"equilibrium", "l2_terms", "bn_staleness"} and off["probes"] == {}
+    assert set(on["probes"]) == {
+        "equilibrium",
+        "step_angle",
+        "l2_terms",
+        "bn_staleness",
+        "shadow_bn",
+    }
+    assert off["probes"] == {}

@@ -81,12 +81,15 @@ def setup(
         autocast,
         stage_index(trainee.model, trainee.opt, path.device),
         lambda: augmented_recal_images(cfg, splits, path),
+        cfg.batch_size,
     )
     probes = make_probes(cfg.probes, subject)
     for probe in probes if saved is not None else ():
         probe.load_state_dict(saved["probes"].get(probe.name, {}))
     recorder = Recorder(run_dir, resume_step=state.step, histograms_every=cfg.log.histograms_every)
     facts.update(run_facts(cfg, trainee, data, path, sentences), setup_s=time.time() - t_start)
+    if probed := {p.name: f for p in probes if (f := p.facts())}:
+        facts["probes"] = probed  # what the probes measure on, e.g. which kernels C counts
     spe = trainee.plan.steps_per_epoch
     total = cfg.epochs * spe
     run = Run(

@@ -25,8 +25,6 @@ averaged over the tensor's values.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
@@ -34,13 +32,18 @@ import torch
 def l2_update_sums(
     theta: list[torch.Tensor],
     exp_avg_sq: list[torch.Tensor],
-    step: float,
+    step: float | torch.Tensor,
     beta2: float,
     eps: float,
     l2: float,
 ) -> torch.Tensor:
-    """Per tensor Σ |λ₂θ|/(√v̂ + ε), v̂ = exp_avg_sq/(1 − β2^step) (float32, on the device)."""
-    correction = math.sqrt(1 - beta2**step)
+    """Per tensor Σ |λ₂θ|/(√v̂ + ε), v̂ = exp_avg_sq/(1 − β2^step) (float32, on the device). `step`
+    is Adam's step count, a number or a tensor (fused and capturable Adam keep it on the device:
+    it is read there, never on the host)."""
+    device = theta[0].device
+    step = torch.as_tensor(step).to(device, torch.float64)  # float64: β2^k of β2 as given
+    correction = 1 - torch.pow(torch.tensor(beta2, device=device, dtype=torch.float64), step)
+    correction = correction.sqrt().float()
     sums = []
     for t, v in zip(theta, exp_avg_sq):
         sums.append((t.abs() * l2 / (v.sqrt() / correction + eps)).sum().float())
