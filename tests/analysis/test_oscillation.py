@@ -32,6 +32,8 @@ FREQUENCY_ROBUST = {
     "dispersion_train_eval",
     "dispersion_train_eval_recal",
     "dispersion_points",
+    "dispersion_lo",
+    "dispersion_hi",
     "dispersion_bias",
     "gap_share",
     "gap_recal_corr",
@@ -467,6 +469,7 @@ def test_dispersion_reads_high_by_a_bias_that_falls_with_the_validations_per_epo
     assert simulated_dispersion_bias(0.4) is None
     b = oscillation_block(white_noise_run(per_epoch=1), epochs_total=20)
     assert b["dispersion_bias"] == pytest.approx(0.12, abs=0.02) and b["dispersion_points"] >= 15
+    assert b["dispersion_lo"] < b["dispersion"] < b["dispersion_hi"]
 
 
 def test_change_correlations_pair_val_with_train_eval_and_train_mode_loss():

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from runner.analysis.chain import chain_fits
+from runner.analysis.chain_figure import chain_points
 from runner.analysis.report import main
 from runner.analysis.verdict import chain_section, interval, verdict_section
 
@@ -99,3 +100,12 @@ def test_the_report_opens_on_its_verdict(tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert md.index("## Verdict") < md.index("## Leaderboard") < md.index("## The chain")
     assert "measured in 3 completed runs" in md
+    assert (tmp_path / "rep" / "chain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_chain_figure_has_every_link_and_marks_what_the_fits_leave_out():
+    points = chain_points(runs())
+    assert {k: len(v) for k, v in points.items()} == {"a": 270, "b": 24, "c": 54, "d": 54}
+    assert sum(kept for *_, kept in points["a"]) == 90  # the middle third
+    assert sum(not kept for *_, kept in points["c"]) == 6  # each set's first validation
+    assert {g for *_, g, _ in points["d"]} == {"m = 0.1 (running)", "m = 0.3"}

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from runner.analysis.chain import chain_fits
+from runner.analysis.chain_figure import chain_points, plot_chain
 from runner.analysis.figures import (
     LAMBDA,
     decay_axis,
@@ -104,6 +105,7 @@ def figures(runs: list[dict], groups: list[dict], keys: list[str], axes: tuple, 
         ("heatmap.png", lambda p: plot_heatmap(grid(), p, title, words)),
         ("oscillation.png", lambda p: plot_oscillation(series, p, title=title, lam_key=lam)),
         ("staleness.png", lambda p: plot_staleness(staleness_points(groups), p, title)),
+        ("chain.png", lambda p: plot_chain(chain_points(runs), p, title)),
     ]
 
 

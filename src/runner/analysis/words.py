@@ -204,6 +204,12 @@ FIGURE_WORDS = {
         "between them is the part of the oscillation that is BatchNorm's running statistics "
         "lagging the weights.",
     ),
+    "chain.png": (
+        "The chain from decay to the oscillation, link by link",
+        "One point per log point (a) or validation (b-d) of every run; colour: stage (a, b) or "
+        "statistics set (c, d); hollow: left out of the fits (outside the middle third, in an "
+        "EMA's warm-up); dashed: measured = predicted.",
+    ),
     "staleness.png": (
         "Loss scatter and BatchNorm staleness vs rotation per step",
         "One point per configuration (seed means), named beside it. Colour: optimizer; marker: "
