@@ -170,6 +170,7 @@ def test_on_a_linear_drift_the_probe_measures_the_lag_the_theory_predicts():
     last = records[steps]
     assert last["bn_drift_mu/s"] == pytest.approx(r / sigma, rel=0.02)
     assert last["bn_shadow_batches"] == steps
+    assert last["bn_eps_share/s"] == pytest.approx(1e-5, rel=0.1)  # BatchNorm1d's ε over var ≈ 1
     # the reference's mean over N_ref images: σ/√N_ref, in units of σ
     assert last["bn_ref_noise_rms/s"] == pytest.approx(1 / math.sqrt(len(reference)), rel=0.15)
     for sfx, m in (("", 0.01), ("@0.3", 0.3), ("@0.03", 0.03)):

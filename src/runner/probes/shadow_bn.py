@@ -16,6 +16,8 @@ the running statistics (no suffix) and every shadow set (@m):
     bn_lag_pred_rms<@m>(/<stage>)          the lag the drift predicts (link c)
     bn_noise_rms<@m>(/<stage>)             the batch-noise floor the EMA keeps
     bn_ref_noise_rms(/<stage>)             the reference images' own sampling error
+    bn_eps_share(/<stage>)                 mean over channels of ε/(σ²_ref + ε): how far the layer
+                                           is from scale-invariant (scale_invariance.eps_share)
     bn_shadow_batches                      the batches the shadow sets have seen (their warm-up)
     val_loss_recal_aug, val_acc_recal_aug  the reference itself evaluated (the zero-lag loss)
 
@@ -39,6 +41,7 @@ from runner.core.evaluation import batch_norms
 from runner.probes import Probe, StepPoint, Subject, ValidationPoint
 from runner.probes.bn_lag import ema_noise_var, predicted_lag, stage_rms
 from runner.probes.bn_staleness import AugmentedReference, bn_stages
+from runner.probes.scale_invariance import eps_share
 
 NOISE_MOMENTUM = 0.01  # the batch noise's own EMA: a memory of ≈ 100 steps
 
@@ -180,6 +183,8 @@ class ShadowBN(Probe):
         ref_var = batch_var * self.batch_size / max(1, self.reference.n_images)
         figures["bn_ref_noise_rms"] = (ref_var.sqrt() / scale).unsqueeze(0)
         out = self.by_set({k: stage_rms(x, self.channels) for k, x in figures.items()})
+        share = eps_share(scale.pow(2) - self.eps, self.eps)  # where BN stops being invariant
+        out.update({_key("bn_eps_share", "", s): share[i].mean() for s, i in self.channels.items()})
         out["bn_shadow_batches"] = torch.tensor(float(self.absorbed), device=mean.device)
         self.ref_prev, self.lag_pred = (point.step, mean.clone()), pred
         return out
