@@ -461,7 +461,7 @@ def test_gap_share_is_bounded_where_the_old_share_was_not():
 
 
 def test_dispersion_reads_high_by_a_bias_that_falls_with_the_validations_per_epoch():
-    """White noise: one validation an epoch reads 12 % high, three 4 %; beyond 2 epochs apart no
+    """White noise: one validation an epoch reads 13 % high, three 4 %; beyond 2 epochs apart no
     point has two neighbours in its ±2-epoch window."""
     assert simulated_dispersion_bias(1.0) == pytest.approx(0.12, abs=0.02)
     assert simulated_dispersion_bias(2.0) < 0.10

@@ -48,7 +48,7 @@ figures below do not depend on it:
                           neighbouring residuals share medians, so it is a little narrow
     dispersion_bias       dispersion/σ − 1 of white noise of std σ validated as often as this run
                           (`simulated_dispersion_bias`): the median of few neighbours is itself
-                          noisy, so dispersion reads high, +12 % at one validation an epoch, +7 % at
+                          noisy, so dispersion reads high, +13 % at one validation an epoch, +7 % at
                           two, +4 % at three; undefined (None) beyond two epochs between
                           validations. Dispersion is comparable across runs only within that bias
     gap_share             Σ g_i² / (Σ g_i² + Σ r_w,i²), g_i = r_v,i − r_w,i over the points with

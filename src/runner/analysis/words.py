@@ -119,7 +119,7 @@ TERMS = {
     ),
     "scatter's bias": (
         "how much higher the loss scatter reads than the noise's own std at this run's "
-        "validations per epoch, by simulation of white noise: +12 % at one a epoch, +7 % at two, "
+        "validations per epoch, by simulation of white noise: +13 % at one an epoch, +7 % at two, "
         "+4 % at three (`dispersion_bias`)"
     ),
     "scatter from BN statistics": (
