@@ -161,7 +161,7 @@ def console(runs: list[dict], groups: list[dict], what: str, root: Path, out: Pa
     is."""
     first = f"{Path(root).resolve().name}: {what}"
     evaluation = EVALUATION_WORDS[headline_name(runs)]
-    how = f"best val acc ({evaluation}, {selected_words(runs)}), mean ± std over n:"
+    how = f"best val acc ({evaluation}, {selected_words(runs)}), mean [95 % interval] over n:"
     ranking = leaderboard(groups, full=False, limit=MAX_CONSOLE_ROWS)
     notes = notes_list(runs)
     tail = f"Every run, every figure and what the names mean: {out / 'report.md'}"

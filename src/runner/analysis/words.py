@@ -60,8 +60,8 @@ CHOSEN = {
 TERMS = {
     "configuration": (
         "the settings a run trains with, seed aside: runs that differ only in `seed` are one "
-        "configuration, and its numbers are the mean ± sample standard deviation over its "
-        "completed runs"
+        "configuration, and its numbers are the mean over its completed runs with its 95 % "
+        "interval (mean ± sample standard deviation in configs.csv and the heat map)"
     ),
     "n": (
         "how many runs of a configuration completed (the means are over them); runs that stopped "
