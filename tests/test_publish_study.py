@@ -5,6 +5,7 @@ sweep with a run that did not complete."""
 import gzip
 import importlib.util
 import json
+import math
 
 import yaml
 from conftest import ROOT
@@ -17,12 +18,20 @@ spec.loader.exec_module(publish_study)
 
 
 def records(k: float) -> list[dict]:
-    """Log points whose angle per step is k × the prediction, over 900 steps of 100 an epoch."""
-    return [
+    """Log points whose angle per step is k × the prediction, over 900 steps of 100 an epoch, and
+    validations whose log-loss gap is 0.5 per unit of lag."""
+    logs = [
         {"step": s, "epoch": s / 100, "angular_update_step/stem": k * 0.02}
         | {"angular_update_step_pred": 0.02, "train_loss": 1.0}
         for s in range(10, 901, 10)
     ]
+    lag = lambda s: 0.1 + s / 3000
+    vals = [
+        {"step": s, "epoch": s / 100, "val_loss_recal_aug": 1.0, "bn_lag_rms": lag(s)}
+        | {"val_loss_running": math.exp(0.5 * lag(s)), "val_loss_shadow@0.3": 1.0}
+        for s in range(300, 901, 100)
+    ]
+    return logs + vals
 
 
 def sweep(tmp_path, statuses=("completed", "completed")):
@@ -74,7 +83,7 @@ def test_a_finished_sweep_becomes_a_results_folder_that_opens_on_its_verdict(tmp
     job = "0_arm=adamw_tau0.05,seed=0"
     assert json.loads((out / f"{job}.summary.json").read_text())["status"] == "completed"
     with gzip.open(out / f"{job}.metrics.jsonl.gz", "rt") as f:
-        assert len(f.readlines()) == 90
+        assert len(f.readlines()) == 90 + 7
     assert not (out / "runs").exists()  # no per-run loss figures: the records hold them
 
 

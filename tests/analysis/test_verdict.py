@@ -77,14 +77,29 @@ def test_the_verdict_gives_each_link_its_number_interval_and_runs():
 
 
 def test_a_link_without_records_is_named_not_measured():
+    no_drift = [
+        {
+            **r,
+            "chain_records": [
+                {k: v for k, v in x.items() if "drift" not in k} for x in r["chain_records"]
+            ],
+        }
+        for r in runs()
+    ]
+    text = verdict_section(chain_fits(no_drift))
+    assert "**decay → rotation** (a): the measured angle" in text
+    assert "**rotation → drift** (b): not measured: " in text and "probes.shadow_bn" in text
+    assert "**drift → lag** (c): the running and shadow statistics lag" in text
+
+
+def test_the_angle_alone_is_any_runs_so_it_makes_no_verdict_but_its_table():
     only_angles = [
         {**r, "chain_records": [x for x in r["chain_records"] if "val_loss_recal_aug" not in x]}
         for r in runs()
     ]
-    text = verdict_section(chain_fits(only_angles))
-    assert "**decay → rotation** (a): the measured angle" in text
-    assert "**drift → lag** (c): not measured: " in text and "probes.shadow_bn" in text
-    assert verdict_section(None) == ""
+    fits = chain_fits(only_angles)
+    assert verdict_section(fits) == "" and verdict_section(None) == ""
+    assert "| stages.0 | 1 [" in chain_section(fits, [])
 
 
 def test_the_report_opens_on_its_verdict(tmp_path):

@@ -1,6 +1,7 @@
 """Probes observe and change nothing (runner.probes): a run trains bit for bit the same with all of
 them on as with all of them off, and each adds only its own figures."""
 
+import pytest
 import torch
 from conftest import TINY, compose_cfg
 
@@ -67,3 +68,41 @@ def test_a_run_trains_bit_for_bit_the_same_with_every_probe_on_or_off(tmp_path):
         "shadow_bn",
     }
     assert off["probes"] == {}
+
+
+def shadowed(folder, *extra):
+    """A tiny run whose one shadow set has the model's own momentum (debug=tiny: 0.1)."""
+    cfg = validate(
+        compose_cfg(
+            *TINY,
+            "data.n_train=128",
+            "data.n_val=64",
+            "batch_size=32",
+            "trainer.val_every=4",
+            "trainer.bn_recalibrate=64",
+            "probes.shadow_bn=[0.1,0.5]",
+            *extra,
+        )
+    )
+    train(cfg, folder)
+    return [r for r in read_metrics(folder / "metrics.jsonl") if "val_loss_shadow@0.1" in r]
+
+
+def test_a_shadow_set_at_the_models_own_momentum_is_the_running_statistics(tmp_path):
+    """The known answer of the recovery b = (r_new − (1 − m₀)·r_old)/m₀: folded back in at m₀, the
+    batches rebuild the running averages, so that shadow set evaluates and lags as they do."""
+    vals = shadowed(tmp_path)
+    assert len(vals) == 2
+    for r in vals:
+        assert r["val_loss_shadow@0.1"] == pytest.approx(r["val_loss_running"], rel=1e-4)
+        assert r["bn_lag_rms@0.1"] == pytest.approx(r["bn_lag_rms"], rel=1e-3)
+        assert r["bn_lag_rms@0.5"] != pytest.approx(r["bn_lag_rms"], rel=1e-2)  # another set
+
+
+@pytest.mark.slow
+@pytest.mark.compile
+def test_shadow_statistics_work_the_same_under_torch_compile(tmp_path):
+    """The probe reads the running buffers outside the model, which torch.compile's graph updates in
+    place: the set at the model's momentum still rebuilds them."""
+    for r in shadowed(tmp_path, "trainer.compile=true"):
+        assert r["val_loss_shadow@0.1"] == pytest.approx(r["val_loss_running"], rel=1e-4)

@@ -86,14 +86,17 @@ def sentences(fits: dict) -> dict[str, str | None]:
 
 
 def verdict_section(fits: dict | None) -> str:
-    """## Verdict: a sentence per link; empty when no run recorded the chain."""
-    if fits is None:
+    """## Verdict: a sentence per link; empty unless some run measured a link past (a) (the angle
+    per step is on by default, so (a) alone is any run's, not a study's; the chain section has
+    it)."""
+    said = sentences(fits) if fits is not None else {}
+    if not any(said.get(k) for k in "bcd"):
         return ""
     lines = [
         f"- **{LINKS[k]}** ({k}): {text}"
         if text
         else f"- **{LINKS[k]}** ({k}): not measured: {NOT_MEASURED[k]}."
-        for k, text in sentences(fits).items()
+        for k, text in said.items()
     ]
     head = (
         f"Each link of the chain from strong decay to the oscillation, measured in "
