@@ -106,3 +106,37 @@ def test_shadow_statistics_work_the_same_under_torch_compile(tmp_path):
     place: the set at the model's momentum still rebuilds them."""
     for r in shadowed(tmp_path, "trainer.compile=true"):
         assert r["val_loss_shadow@0.1"] == pytest.approx(r["val_loss_running"], rel=1e-4)
+
+
+CHAIN = ("angular_update_step", "bn_lag", "bn_noise", "bn_drift", "bn_ref", "val_loss_shadow")
+
+
+def chain_records(folder) -> dict:
+    return {
+        (r["step"], k): v
+        for r in read_metrics(folder / "metrics.jsonl")
+        for k, v in r.items()
+        if k.startswith(CHAIN)
+    }
+
+
+def test_a_continued_run_records_the_chain_as_the_straight_run_does(tmp_path):
+    over = [
+        *TINY,
+        "data.n_train=128",
+        "batch_size=16",
+        "trainer.log_every=3",
+        "trainer.val_every=4",
+        "trainer.bn_recalibrate=64",
+        "probes.shadow_bn=[0.3]",
+    ]
+    train(validate(compose_cfg(*over)), tmp_path / "straight")
+    train(validate(compose_cfg(*over, "trainer.max_steps=8")), tmp_path / "continued")
+    train(validate(compose_cfg(*over)), tmp_path / "continued")  # from its epoch-end checkpoint
+    straight, continued = (
+        chain_records(tmp_path / "straight"),
+        chain_records(tmp_path / "continued"),
+    )
+    assert {k for _, k in straight} >= {"angular_update_step/stem", "bn_lag_pred_rms@0.3"}
+    assert any(step > 8 and k.startswith("bn_lag_pred") for step, k in straight)
+    assert continued == straight
