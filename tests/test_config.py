@@ -267,7 +267,7 @@ def test_every_default_is_declared_once_in_the_schema_and_the_yaml_sets_only_wha
 
     schema = config.flatten(dataclasses.asdict(RunConfig()))
     for path in sorted(Path(CONFIG_DIR).glob("*/*.yaml")):
-        if path.parent.name in ("experiment", "debug", "arm", "hydra"):
+        if path.parent.name in ("experiment", "debug", "arm", "shrink", "hydra"):
             continue
         values = yaml.safe_load(path.read_text()) or {}
         values.pop("defaults", None)
@@ -432,14 +432,18 @@ def test_debug_tiny_can_still_be_overridden_and_shrinks_an_experiment():
 GROUPS = ("model", "optimizer", "schedule", "data", "experiment", "arm", "debug")
 PRESETS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
 # what a preset needs from the command line
-NEEDS = {("data", "image_folder"): ["data.root=/data/cinic10"]}
+NEEDS = {
+    ("data", "image_folder"): ["data.root=/data/cinic10"],
+    ("experiment", "oscillation_study_cpu"): ["data.root=/data/cifar10-jpg"],
+}
 
 
 def test_the_preset_list_covers_every_group():
+    # shrink's files compose only with their debug and experiment (tests/test_study_presets.py)
     on_disk = {
         d.name
         for d in Path(CONFIG_DIR).iterdir()
-        if d.is_dir() and d.name not in ("hydra", "__pycache__")
+        if d.is_dir() and d.name not in ("hydra", "shrink", "__pycache__")
     }
     assert on_disk == set(GROUPS) and {g for g, _ in PRESETS} == set(GROUPS)
 
