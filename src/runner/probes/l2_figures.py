@@ -25,6 +25,8 @@ averaged over the tensor's values.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -40,10 +42,9 @@ def l2_update_sums(
     """Per tensor Σ |λ₂θ|/(√v̂ + ε), v̂ = exp_avg_sq/(1 − β2^step) (float32, on the device). `step`
     is Adam's step count, a number or a tensor (fused and capturable Adam keep it on the device:
     it is read there, never on the host)."""
-    device = theta[0].device
-    step = torch.as_tensor(step).to(device, torch.float64)  # float64: β2^k of β2 as given
-    correction = 1 - torch.pow(torch.tensor(beta2, device=device, dtype=torch.float64), step)
-    correction = correction.sqrt().float()
+    step = torch.as_tensor(step).to(theta[0].device, torch.float32)
+    # 1 − β2^k as −expm1(k·ln β2): accurate in float32 (any device), where 1 − β2^k is not
+    correction = (-torch.expm1(step * math.log(beta2))).sqrt()
     sums = []
     for t, v in zip(theta, exp_avg_sq):
         sums.append((t.abs() * l2 / (v.sqrt() / correction + eps)).sum().float())
