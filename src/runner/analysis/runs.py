@@ -290,10 +290,7 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     if not isinstance(hp, dict):
         hp, note = read_saved_config(d / ".hydra" / "config.yaml")
         notes += [note] if note else []
-    hp = flatten_hparams(hp if isinstance(hp, dict) else {})
-    applied = (summary or {}).get("applied")
-    if isinstance(applied, dict):  # the λ and λ₂ the step plan applied (optimizer.wd_tau sets λ)
-        hp.update({k: v for k, v in applied.items() if k in ("wd", "l2")})
+    hp = applied_hparams(flatten_hparams(hp if isinstance(hp, dict) else {}), summary)
     if summary:
         status = summary.get("status") or "unknown"
     else:
@@ -340,6 +337,15 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         "chain_records": chain_records(records),
         "notes": notes,
     }
+
+
+def applied_hparams(hp: dict, summary: dict | None) -> dict:
+    """The flattened hparams with `wd` and `l2` the λ and λ₂ the step plan applied (summary.json's
+    `applied`: optimizer.wd_tau and wd_normalized set λ from other settings), where known."""
+    applied = (summary or {}).get("applied")
+    if isinstance(applied, dict):
+        hp.update({k: v for k, v in applied.items() if k in ("wd", "l2")})
+    return hp
 
 
 CHAIN_KEYS = ("angular_update_step", "bn_lag_rms", "bn_drift_mu", "val_loss_shadow")
