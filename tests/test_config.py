@@ -127,6 +127,8 @@ def test_every_model_preset_composes(name):
         ("optimizer=sgd_l2 optimizer.nesterov=true optimizer.momentum=0", "optimizer.nesterov"),
         ("trainer.diverge_factor=0.5", "trainer.diverge_factor"),
         ("trainer.on_diverge=ignore", "trainer.on_diverge"),
+        ("probes.shadow_bn=[0.03,1.0]", "probes.shadow_bn"),
+        ("probes.shadow_bn=[0.03,0.03]", "probes.shadow_bn"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(override, key):
@@ -227,8 +229,10 @@ def test_resumable_keys_are_exactly_the_settings_that_do_not_change_the_training
         "trainer.train_eval",
         "trainer.bn_recalibrate",
         "probes.equilibrium",
+        "probes.step_angle",
         "probes.l2_terms",
         "probes.bn_staleness",
+        "probes.shadow_bn",
     }
     cfg, absent = compose_cfg(), object()
     assert [k for k in resumable_keys() if OmegaConf.select(cfg, k, default=absent) is absent] == []
@@ -263,7 +267,7 @@ def test_every_default_is_declared_once_in_the_schema_and_the_yaml_sets_only_wha
 
     schema = config.flatten(dataclasses.asdict(RunConfig()))
     for path in sorted(Path(CONFIG_DIR).glob("*/*.yaml")):
-        if path.parent.name in ("experiment", "debug", "arm", "hydra"):
+        if path.parent.name in ("experiment", "debug", "arm", "shrink", "hydra"):
             continue
         values = yaml.safe_load(path.read_text()) or {}
         values.pop("defaults", None)
@@ -428,14 +432,18 @@ def test_debug_tiny_can_still_be_overridden_and_shrinks_an_experiment():
 GROUPS = ("model", "optimizer", "schedule", "data", "experiment", "arm", "debug")
 PRESETS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
 # what a preset needs from the command line
-NEEDS = {("data", "image_folder"): ["data.root=/data/cinic10"]}
+NEEDS = {
+    ("data", "image_folder"): ["data.root=/data/cinic10"],
+    ("experiment", "oscillation_study_cpu"): ["data.root=/data/cifar10-jpg"],
+}
 
 
 def test_the_preset_list_covers_every_group():
+    # shrink's files compose only with their debug and experiment (tests/test_study_presets.py)
     on_disk = {
         d.name
         for d in Path(CONFIG_DIR).iterdir()
-        if d.is_dir() and d.name not in ("hydra", "__pycache__")
+        if d.is_dir() and d.name not in ("hydra", "shrink", "__pycache__")
     }
     assert on_disk == set(GROUPS) and {g for g, _ in PRESETS} == set(GROUPS)
 

@@ -344,12 +344,25 @@ class ProbesConfig(_Section):
     to metrics.jsonl at log points or validations, and a run trains the same with any of them."""
 
     section: ClassVar[str] = "probes"
-    # per stage: ‖θ‖ against the equilibrium norm, rotation and angular update (log points)
+    # per stage: ‖θ‖ against the equilibrium norm, rotation and diffusion rate (log points)
     equilibrium: bool = run_setting(True)
+    # per stage: the angle of one step against Kosson et al.'s (log points; a copy of the
+    # scale-invariant kernels after the step before each log point)
+    step_angle: bool = run_setting(True)
     l2_terms: bool = run_setting(True)  # Adam + L2: the L2 term against g and √v̂ (log points)
     # running BatchNorm statistics against exact ones (validations; one more forward pass and
     # one more evaluation of the validation set each time)
     bn_staleness: bool = run_setting(False)
+    # BatchNorm momenta of extra running statistics fed by the training batches and never used in
+    # training, e.g. [0.003,0.03,0.3] ([]: off): each validation evaluates the weights with each
+    # set (one more evaluation each) and records the chain's drift, lag and noise figures
+    shadow_bn: List[float] = run_setting([])
+
+    def __post_init__(self) -> None:
+        if not all(0 < m < 1 for m in self.shadow_bn) or len(set(self.shadow_bn)) < len(
+            self.shadow_bn
+        ):
+            self._fail("shadow_bn", "needs distinct momenta in (0, 1), e.g. [0.003,0.03,0.3]")
 
 
 @dataclass

@@ -6,14 +6,15 @@ import math
 import pytest
 
 from runner.analysis.chain import (
-    gap_share,
+    chain_fits,
     in_warmup,
+    lag_by_momentum,
     link_a,
     link_b,
     link_c,
     link_d,
-    paired_accuracy_noise,
-    simulated_dispersion_bias,
+    middle_third,
+    statistics_sets,
 )
 
 
@@ -30,11 +31,14 @@ def test_link_a_ratio_per_run_then_across_runs():
         ]
         for seed, k in (("a", 1.0), ("b", 1.2), ("c", 1.1))
     }
-    runs["a"][0]["angular_update_step/stages.0"] = 10.0  # a transient, before start_step
-    fit = link_a(runs, ["stages.0"], start_step=100)["stages.0"]
+    runs["a"][0]["angular_update_step/stages.0"] = 10.0  # a transient, before its window
+    windows = dict.fromkeys(runs, (100, 1000))
+    fits = link_a(runs, ["stages.0"], windows)
+    fit = fits["stages.0"]
     assert fit["per_run"]["a"]["ratio"] == pytest.approx(1.0)
     assert fit["across_runs"]["mean"] == pytest.approx(1.1) and fit["across_runs"]["n"] == 3
     assert fit["across_runs"]["lo"] < 1.1 < fit["across_runs"]["hi"] and fit["n_points"] == 27
+    assert fits["all"]["left_out"] == 3 and fits["all"]["n_points"] == 27
 
 
 def test_link_b_drift_proportional_to_rotation():
@@ -55,22 +59,31 @@ def test_link_b_drift_proportional_to_rotation():
     assert fit["per_radian"]["across_runs"]["mean"] == pytest.approx(2.0)
 
 
-def test_link_c_leaves_out_the_warm_up_and_adds_the_noise_floor():
-    def rec(step, pred, noise, factor):
+def test_link_c_leaves_out_the_warm_up_and_adds_the_noise_floors():
+    def rec(step, pred, noise, ref, factor):
         return {
             "step": step,
-            "bn_lag_rms@0.001/stages.2": factor * math.hypot(pred, noise),
+            "bn_lag_rms": 0.0,
+            "bn_lag_rms@0.001/stages.2": factor * math.sqrt(pred**2 + noise**2 + ref**2),
             "bn_lag_pred_rms@0.001/stages.2": pred,
             "bn_noise_rms@0.001/stages.2": noise,
+            "bn_ref_noise_rms/stages.2": ref,
         }
 
     runs = {
-        seed: [rec(100, 0.1, 0.01, 5.0)] + [rec(s, 0.3, 0.05, f) for s in (3000, 4000, 5000)]
+        seed: [
+            {"step": 100, "bn_lag_rms": 0.0}
+        ]  # the first validation: where the prediction starts
+        + [rec(1000, 0.1, 0.01, 0.02, 5.0)]
+        + [rec(s, 0.3, 0.05, 0.02, f) for s in (4000, 5000, 6000)]
         for seed, f in (("a", 0.9), ("b", 1.0), ("c", 1.1))
     }
-    fit = link_c(runs, ["stages.2"], {"@0.001": 0.001})["stages.2@0.001"]
-    assert fit["warmup_left_out"] == 3  # step 100: 0.999^100 = 90 % on the start value
+    momenta = dict.fromkeys(runs, {"@0.001": 0.001})
+    fits = link_c(runs, ["stages.2"], momenta)
+    fit = fits["stages.2@0.001"]
+    assert fit["warmup_left_out"] == 3  # step 1000: 0.999^900 = 41 % still on the start
     assert fit["across_runs"]["mean"] == pytest.approx(1.0) and fit["n_points"] == 9
+    assert fits["all*"]["across_runs"]["mean"] == pytest.approx(1.0)
 
 
 def test_link_d_slope_of_the_loss_gap_on_the_lag_within_each_validation():
@@ -85,43 +98,63 @@ def test_link_d_slope_of_the_loss_gap_on_the_lag_within_each_validation():
                 r[f"val_loss_shadow@{m:g}"] = math.exp(slope * lag)
             recs.append(r)
         runs[seed] = recs
-    momenta = {"": 0.01, "@0.03": 0.03, "@0.3": 0.3, "@0.001": 0.001}
+    momenta = dict.fromkeys(runs, {"": 0.01, "@0.03": 0.03, "@0.3": 0.3, "@0.001": 0.001})
     fit = link_d(runs, momenta)
     assert fit["across_runs"]["mean"] == pytest.approx(0.5) and fit["across_runs"]["n"] == 3
     assert fit["warmup_left_out"] == 6  # m = 0.001 at steps 1000 and 2000, in each of the 3 runs
     assert fit["pooled"]["n"] == 30
 
 
-def test_dispersion_bias_by_validation_frequency():
-    """White noise: one validation an epoch reads 12 % high, three 4 %; beyond 2 epochs apart no
-    point has two neighbours in its ±2-epoch window."""
-    assert simulated_dispersion_bias(1.0) == pytest.approx(0.12, abs=0.02)
-    assert simulated_dispersion_bias(2.0) < 0.10
-    assert simulated_dispersion_bias(3.0) < 0.05
-    assert simulated_dispersion_bias(0.4) is None
+def test_the_sets_and_window_a_run_has():
+    recs = [
+        {"step": 50, "epoch": 0.5, "val_loss_shadow@0.3": 1.0, "val_loss_shadow@0.03": 1.0},
+        {"step": 100, "epoch": 1.0},
+    ]
+    assert statistics_sets(recs, 0.01) == {"": 0.01, "@0.03": 0.03, "@0.3": 0.3}
+    assert statistics_sets(recs, None) == {"@0.03": 0.03, "@0.3": 0.3}
+    assert middle_third(recs, 3) == (pytest.approx(100), pytest.approx(200))
 
 
-def test_gap_share_is_bounded_where_the_old_share_is_not():
-    w = {0: 0.1, 1: -0.2, 2: 0.1, 3: 0.05}
-    g = {0: 0.05, 1: 0.05, 2: -0.05, 3: -0.05}
-    v = {k: w[k] + g[k] for k in w}
-    out = gap_share(v, w)
-    assert out["gap_share"] == pytest.approx(0.01 / (0.01 + 0.0625))
-    # the running series nearly flat: the gap cancels the recalibrated series' moves
-    flat = {k: 1e-4 * (-1) ** k for k in w}
-    old = sum(flat[k] * (flat[k] - w[k]) for k in w) / sum(flat[k] ** 2 for k in w)
-    assert abs(old) > 100  # analysis.oscillation's dispersion_share_gap
-    bounded = gap_share(flat, w)
-    assert 0.49 < bounded["gap_share"] < 0.51
-    assert bounded["gap_recal_corr"] == pytest.approx(-1, abs=1e-2)
-    assert gap_share({0: 0.0, 1: 0.0, 2: 0.0}, {0: 0.0, 1: 0.0, 2: 0.0})["gap_share"] is None
+def test_lag_against_momentum_from_one_run():
+    recs = [
+        {
+            "step": s,
+            "val_loss_recal_aug": 1.0,
+            "val_loss_running": math.exp(0.2),
+            "bn_lag_rms": 0.4,
+            "bn_lag_pred_rms": 0.3,
+            "bn_noise_rms": 0.01,
+            "bn_shadow_batches": s,
+            "val_loss_shadow@0.3": math.exp(0.05),
+            "bn_lag_rms@0.3": 0.1,
+            "bn_noise_rms@0.3": 0.05,
+        }
+        for s in (100, 500, 900)
+    ]
+    lags = lag_by_momentum(recs, {"": 0.01, "@0.3": 0.3})
+    assert lags[""]["n"] == 2 and lags[""]["lag"] == pytest.approx(0.4)  # 0.99^100: warm-up
+    assert lags[""]["loss_gap"] == pytest.approx(0.2) and lags[""]["lag_pred"] == pytest.approx(0.3)
+    assert lags["@0.3"]["n"] == 3 and lags["@0.3"]["loss_gap"] == pytest.approx(0.05)
+    assert lags["@0.3"]["lag_pred"] is None  # not recorded: no prediction
 
 
-def test_the_noise_between_two_evaluations_of_one_fixed_set():
-    same = [True, False, True, True]
-    assert paired_accuracy_noise(same, same) == {"delta": 0.0, "floor": 0.0, "flipped": 0}
-    a = [True] * 60 + [False] * 40
-    b = [True] * 55 + [False] * 5 + [True] * 10 + [False] * 30  # 5 lost, 10 gained
-    out = paired_accuracy_noise(a, b)
-    assert out["delta"] == pytest.approx(0.05)
-    assert out["floor"] == pytest.approx(math.sqrt(15) / 100)
+def test_the_fits_of_the_report_from_runs_as_analysis_runs_reads_them():
+    def run(path, ratio, status="completed"):
+        recs = [
+            {
+                "step": s,
+                "epoch": s / 100,
+                "angular_update_step/stages.0": ratio * 0.02,
+                "angular_update_step_pred": 0.02,
+            }
+            for s in range(0, 900, 10)
+        ]
+        hp = {"epochs": 9, "model.bn_momentum": 0.01}
+        return {"path": path, "status": status, "chain_records": recs, "hparams": hp}
+
+    runs = [run("a", 0.9), run("b", 1.1), run("c", 5.0, status="diverged")]
+    fits = chain_fits(runs)
+    assert fits["runs"] == 2 and fits["stages"] == ["stages.0"]
+    assert fits["a"]["all"]["across_runs"]["mean"] == pytest.approx(1.0)
+    assert fits["a"]["all"]["n_points"] == 2 * 30  # steps 300-590 of 900: the middle third
+    assert chain_fits([run("c", 1.0, status="diverged")]) is None

@@ -273,7 +273,8 @@ def test_the_runs_table_lists_every_run(report):
     assert len(lines) == 7
     for job, status in STATUS.items():
         assert any(f"abc123/{job} | {status} |" in line for line in lines)
-    assert "| 0.91 ± 0.014 |" in md  # the seed-averaged configuration row
+    # the seed-averaged configuration row: 0.90 and 0.92, t₁·s/√2 = 12.7·0.01 wide
+    assert "| 0.91 [0.783, 1.04] |" in md
 
 
 def test_runs_csv_has_every_run(report):
@@ -395,16 +396,17 @@ def test_tables_show_the_recalibrated_columns_only_when_a_run_has_them(tmp_path,
         "|" in md
     )
     # wd=1e-4: TV 1.2/2 = 0.6 running, 1.0/2 = 0.5 recalibrated, so recalibration removes 1/6 of it
-    assert "| 0.6 ± 0 | 0.5 ± 0 | 0.1667 ± 0 |" in md  # the configuration row (two identical seeds)
+    # the configuration row (two identical seeds: an interval of zero width)
+    assert "| 0.6 [0.6, 0.6] | 0.5 [0.5, 0.5] | 0.1667 [0.167, 0.167] |" in md
     cfg = list(csv.DictReader(open(tmp_path / "rep" / "configs.csv", encoding="utf-8")))
     assert float(cfg[0]["recal_removed_share_mean"]) == pytest.approx(1 / 6)
     assert float(cfg[1]["tv_per_epoch_recal_mean"]) == pytest.approx(0.9 / 2)  # 1.9 → 1.0 → 1.0
     assert (tmp_path / "rep" / "oscillation.png").read_bytes()[:8] == PNG
 
 
-def with_figures(monkeypatch, osc: dict, eq: dict) -> None:
-    """Runs whose records' figures (analysis.oscillation, analysis.equilibrium) are these, by run
-    folder name: what a run with the probes on would give, without training one."""
+def with_oscillation(monkeypatch, osc: dict) -> None:
+    """Runs whose records' oscillation figures (analysis.oscillation) are these, by run folder
+    name: what a run with the staleness probe on would give, without training one."""
     import runner.analysis.runs as runs_mod
 
     real = runs_mod.load_run
@@ -412,37 +414,53 @@ def with_figures(monkeypatch, osc: dict, eq: dict) -> None:
     def load_run(d, root, threshold=None):
         run = real(d, root, threshold)
         run["osc"].update(osc.get(d.name, {}))
-        run["eq"].update(eq.get(d.name, {}))
         return run
 
     monkeypatch.setattr(runs_mod, "load_run", load_run)
 
 
+def add_angles(d, speed, pred=0.04):
+    """Log records of the angle per step in the middle third of the 3-epoch run (epoch 1 to 2)."""
+    recs = [
+        {"step": s, "epoch": s / 2, "angular_update_step/stages.0": speed}
+        | ({"angular_update_step_pred": pred} if pred else {})
+        for s in (2, 3)
+    ]
+    with open(d / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in recs))
+
+
 def test_the_staleness_table_and_figure_put_each_optimizer_on_its_own_axis(tmp_path, monkeypatch):
     runs = [("0", "adamw", 1e-3, 0.0, 0.1, 0.05), ("1", "adam_l2", 0.0, 1e-3, None, 0.01)]
-    oscs, eqs = {}, {}
+    oscs = {}
     for name, opt, wd, l2, tau, speed in runs:
         d = tmp_path / "sweep" / name
         make_run(d, hparams(1e-3, wd, 0, l2=l2, opt=opt))
         oscs[name] = {
             "dispersion": 0.3,
             "dispersion_recal": 0.1,
-            "dispersion_share_gap": 0.8,
+            "gap_share": 0.8,
             "bn_staleness_mu": 0.2,
             "bn_lag_mu": 0.15,
             "gap_lag_mean": 0.4,
             "gap_mismatch_mean": 0.1,
             "rise_threshold": 0.1,
         }
-        eqs[name] = {"tau_fraction": tau, "angular_update_mid": speed}
-        eqs[name]["angular_update_eq_mid"] = 0.04
-    with_figures(monkeypatch, oscs, eqs)
+        summary = json.loads((d / "summary.json").read_text())
+        summary["timescale"] = {"tau_fraction": tau, "tau_epoch_wa": tau and tau * 1.5}
+        (d / "summary.json").write_text(json.dumps(summary))
+        add_angles(d, speed, pred=0.04 if tau else None)
+    with_oscillation(monkeypatch, oscs)
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     table = md.split("## BatchNorm staleness", 1)[1]
-    # AdamW: τ/T
-    assert "| τ/T=0.1 | 0.3 | 0.1 | 0.8 | 0.4 | 0.1 | 0.2 | 0.15 | 0.05 | 0.04 |" in table
-    assert "| λ₂=0.001 | 0.3 |" in table  # Adam + L2: its own λ₂
+    # AdamW: τ/T and Wang & Aitchison's τ in epochs
+    assert (
+        "| τ/T=0.1 (W&A τ 0.15 ep) | 0.3 | 0.1 | 0.8 | 0.4 | 0.1 | 0.2 | 0.15 | 0.05 | 0.04 |"
+        in table
+    )
+    assert "| λ₂=0.001 | 0.3 |" in table  # Adam + L2: its own λ₂, no prediction
+    assert "| 0.01 | - |" in table
     assert (tmp_path / "rep" / "staleness.png").read_bytes()[:8] == PNG
 
 
@@ -489,7 +507,7 @@ def test_the_console_shows_a_short_ranking_then_where_the_full_tables_are(sweep,
     lines = stdout.splitlines()
     assert lines[0].startswith(f"{sweep.name}: 7 runs (") and "in 4 configurations" in lines[0]
     assert "best val acc (running BN statistics, selected on test)" in stdout
-    assert "| 1 | lr=0.001, wd=0.0001 | 0.910 ± 0.014 | 2 |" in stdout  # ranked by its mean
+    assert "| 1 | lr=0.001, wd=0.0001 | 0.910 [0.783, 1.037] | 2 |" in stdout  # ranked by its mean
     assert "| 2 | lr=0.001, wd=0.0005 | 0.880 | 1 (1 interrupted) |" in stdout
     assert "| - | lr=0.003, wd=0.0001 | - | 0 (1 diverged) |" in stdout
     assert "abc123/0 | completed" not in stdout  # the table of every run is in the files
@@ -500,7 +518,7 @@ def test_report_md_opens_on_the_leaderboard_and_says_what_its_words_mean(report)
     md = (report[2] / "report.md").read_text()
     head, rest = md.split("## Leaderboard", 1)
     assert "resnet20v1" in head and "synthetic" in head  # what trained on what
-    first = rest.index("| 1 | lr=0.001, wd=0.0001 | 0.910 ± 0.014 |")
+    first = rest.index("| 1 | lr=0.001, wd=0.0001 | 0.910 [0.783, 1.037] |")
     assert first < rest.index("## Configurations")
     assert "selected on the test split" in rest.split("##", 1)[0]
     terms = md.split("## What the names mean", 1)[1].split("\n## ", 1)[0]
@@ -559,12 +577,13 @@ def test_the_heat_map_shows_n_and_spread_and_never_colours_noise_as_signal(sweep
 
 def test_a_panel_without_points_says_so(tmp_path, drawn, monkeypatch):
     """The staleness figure's right panel needs BatchNorm staleness: these runs have none."""
-    oscs, eqs = {}, {}
+    oscs = {}
     for i, (wd, speed) in enumerate([(1e-4, 0.02), (5e-4, 0.05)]):
-        make_run(tmp_path / "sweep" / str(i), hparams(1e-3, wd, 0))
+        d = tmp_path / "sweep" / str(i)
+        make_run(d, hparams(1e-3, wd, 0))
         oscs[str(i)] = {"dispersion": 0.3, "dispersion_recal": 0.1, "rise_threshold": 0.1}
-        eqs[str(i)] = {"angular_update_mid": speed, "angular_update_eq_mid": 0.04}
-    with_figures(monkeypatch, oscs, eqs)
+        add_angles(d, speed)
+    with_oscillation(monkeypatch, oscs)
     assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
     left, right = drawn["staleness.png"].axes[:2]
     assert left.lines and not right.lines

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from runner.analysis.stats import mean_ci, ratio_of_means, regression, t_quantile
+from runner.analysis.stats import mean_ci, ratio_of_means, regression, rms_interval, t_quantile
 
 T4, T2 = 2.7764451051977987, 4.302652729911275  # t_{4, 0.975} and t_{2, 0.975}, from tables
 
@@ -60,3 +60,11 @@ def test_ratio_of_means_with_fieller_s_interval():
     # x̄ not clearly away from 0: a ratio, but no finite interval
     loose = ratio_of_means([1, 2, 1, 2], [1, -1, 0.5, -0.3])
     assert loose["ratio"] is not None and loose["lo"] is None and loose["hi"] is None
+
+
+def test_the_interval_of_a_std_from_an_rms():
+    # χ²_{29, 0.975} = 45.722, χ²_{29, 0.025} = 16.047 (tables)
+    lo, hi = rms_interval(0.255, 29)
+    assert lo == pytest.approx(0.255 * math.sqrt(29 / 45.722), rel=1e-4)
+    assert hi == pytest.approx(0.255 * math.sqrt(29 / 16.047), rel=1e-4)
+    assert rms_interval(0.2, 1) == (None, None) and rms_interval(None, 10) == (None, None)

@@ -6,7 +6,8 @@ import math
 import pytest
 from conftest import compose_cfg
 
-from runner.config import validate
+from runner.config import ScheduleConfig, validate
+from runner.core.schedules import make_schedule
 from runner.core.step_plan import (
     StepPlan,
     decoupled_rate,
@@ -14,6 +15,7 @@ from runner.core.step_plan import (
     effective_decay,
     plan_steps,
     timescale,
+    timescales,
 )
 
 
@@ -143,17 +145,37 @@ def test_effective_decay_is_each_rules_own_shrink():
 
 
 def test_the_timescale_of_a_plan_uses_each_rules_own_shrink():
-    assert timescale(plan_of([0.1] * 2, [1e-3, 3e-3]), 2, "adam", 0.9) == {
-        "tau_steps": pytest.approx(500),
-        "tau_fraction": pytest.approx(250),
-    }
-    assert timescale(plan_of([0.1] * 4, [1e-3] * 4), 4, "adam", 0.9) == {
-        "tau_steps": pytest.approx(1e3),
-        "tau_fraction": 250.0,
-    }
+    both = timescale(plan_of([0.1] * 2, [1e-3, 3e-3]), 2, "adam", 0.9)
+    assert both["tau_steps"] == pytest.approx(500) and both["tau_fraction"] == pytest.approx(250)
+    assert both["tau_iter_wa"] == pytest.approx(1e3)  # the first step: the peak lr (a tie)
+    flat = timescale(plan_of([0.1] * 4, [1e-3] * 4), 4, "adam", 0.9)
+    assert flat["tau_steps"] == pytest.approx(1e3) and flat["tau_fraction"] == 250.0
     sgd_l2 = timescale(plan_of([0.1] * 4, [0.0] * 4, l2=1e-3), 4, "sgd", 0.9)
     assert sgd_l2["tau_steps"] == pytest.approx(1 / (0.1 * 1e-3 / 0.1))
-    assert timescale(plan_of([0.1] * 4, [0.0] * 4, l2=1e-3), 4, "adam", 0.9) == {
-        "tau_steps": None,
-        "tau_fraction": None,
-    }
+    adam_l2 = timescale(plan_of([0.1] * 4, [0.0] * 4, l2=1e-3), 4, "adam", 0.9)
+    assert set(adam_l2) >= {"tau_steps", "tau_iter_wa"} and set(adam_l2.values()) == {None}
+
+
+def test_timescales_in_both_conventions():
+    # constant schedule, constant d = 1e-3, 100 steps an epoch, 1,000 steps: both conventions agree
+    t = timescales([0.1] * 1000, [1e-3] * 1000, 100)
+    assert t["tau_steps"] == pytest.approx(1000) and t["tau_iter_wa"] == pytest.approx(1000)
+    assert t["tau_epochs"] == pytest.approx(10) and t["tau_fraction"] == pytest.approx(1.0)
+    assert not t["below_one_epoch"] and not t["above_run"]
+    # d_t ∝ η_t (wd_scaling=schedule) under cosine with one warm-up epoch of 20
+    # (experiment=oscillation_study): the mean η_t is ≈ 0.47, so the runner's tau_steps is ≈ 2.1 ×
+    # Wang & Aitchison's 1/(η_peak·λ)
+    spe, epochs, lam = 100, 20, 0.05
+    plain = ScheduleConfig(shape="warm_restarts", unit="epoch", warmup_epochs=1.0)
+    cosine = make_schedule(plain, epochs)
+    etas = [cosine(k / spe) for k in range(epochs * spe)]
+    t = timescales([2e-3 * e for e in etas], [lam * e for e in etas], spe)
+    assert t["tau_iter_wa"] == pytest.approx(1 / (lam * max(etas)))
+    assert t["tau_steps"] / t["tau_iter_wa"] == pytest.approx(max(etas) * len(etas) / sum(etas))
+    assert t["tau_steps"] / t["tau_iter_wa"] == pytest.approx(2.1, abs=0.02)
+    # τ/T = 0.03 on this plan (the shortest arm of experiment=oscillation_study): under one epoch in
+    # both
+    short = timescales([2e-3 * e for e in etas], [e / (0.03 * sum(etas)) for e in etas], spe)
+    assert short["tau_fraction"] == pytest.approx(0.03)
+    assert short["tau_epochs"] == pytest.approx(0.6) and short["below_one_epoch"]
+    assert timescales([0.1] * 4, [0.0] * 4, 2) == {}

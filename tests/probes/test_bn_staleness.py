@@ -13,7 +13,13 @@ from torch import nn
 from runner.core.evaluation import batch_norms, bn_statistics, recalibrated_bn
 from runner.core.models import build_resnet
 from runner.probes import Subject, ValidationPoint
-from runner.probes.bn_staleness import BNStaleness, bn_stages, layer_offsets, staleness_figures
+from runner.probes.bn_staleness import (
+    AugmentedReference,
+    BNStaleness,
+    bn_stages,
+    layer_offsets,
+    staleness_figures,
+)
 
 
 def measured(model, running, clean, aug, loss):
@@ -21,9 +27,8 @@ def measured(model, running, clean, aug, loss):
     them)."""
     with recalibrated_bn(model, clean, nullcontext()):
         point = ValidationPoint(0, running, bn_statistics(model), lambda: (torch.tensor(loss),) * 2)
-        return BNStaleness(
-            Subject(model, None, None, nullcontext(), {}, lambda: aug)
-        ).at_validation(point)
+        subject = Subject(model, None, None, nullcontext(), {}, lambda: aug)
+        return BNStaleness(subject, AugmentedReference(subject)).at_validation(point)
 
 
 def test_layer_offsets_on_hand_made_statistics():

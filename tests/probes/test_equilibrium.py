@@ -10,30 +10,28 @@ from torch import nn
 from runner.core.step_plan import StepPlan
 from runner.core.update_rule import Optimizer
 from runner.probes import LogPoint, Subject
-from runner.probes.equilibrium import (
-    Equilibrium,
-    angle_between,
-    angular_speed,
-    effective_steps,
-    equilibrium_norm,
-    predicted_angular_speed,
-)
+from runner.probes.equilibrium import Equilibrium, angular_speed, effective_steps
+from runner.probes.rotation import stage_angle
+from runner.probes.theory import diffusion_rate, equilibrium_norm
 
 
-def test_angle_between_from_norms_and_the_difference():
-    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 3.0])
-    assert angle_between(1.0, 3.0, float((b - a).pow(2).sum())) == pytest.approx(math.pi / 2)
-    theta = 1e-4  # a small angle, where acos of a float32 dot product would return 0
-    c = torch.tensor([math.cos(theta), math.sin(theta)], dtype=torch.float64) * 2
-    assert angle_between(1.0, 2.0, float((c - a.double()).pow(2).sum())) == pytest.approx(
-        theta, rel=1e-6
-    )
-    assert angle_between(0.0, 1.0, 1.0) is None
+class Normalised(nn.Module):
+    """A 1×1 conv followed by BatchNorm (scale-invariant) and a linear head (not), in stages."""
+
+    STAGES = ("a", "head")
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(2, 1, 1, bias=False), nn.BatchNorm2d(1))
+        self.head = nn.Linear(1, 1, bias=False)
+
+    def forward(self, x):
+        return self.head(self.a(x).mean((2, 3)))
 
 
 def probe_on(model, lrs, decays, stages):
     """The equilibrium probe of an Adam-trained `model` whose plan applies these lr_t and d_t."""
-    opt = Optimizer(model, algorithm="adam", decay_on="all", betas=(0.0, 0.999))
+    opt = Optimizer(model, algorithm="adam", betas=(0.0, 0.999))
     plan = StepPlan(
         schedule=None, wd=max(decays), l2=0.0, lam_now=None, lr=lrs, d=decays, steps_per_epoch=1
     )
@@ -48,33 +46,38 @@ def log_point(probe, opt, step):
 
 
 def test_the_probe_measures_each_stage_since_its_previous_log_point():
-    model = nn.Linear(2, 1, bias=False)
+    model = Normalised()
     with torch.no_grad():
-        model.weight.copy_(torch.tensor([[2.0, 0.0]]))
-    probe, opt = probe_on(model, [0.1] * 8, [0.02] * 8, {"a": [0]})
+        model.a[0].weight.copy_(torch.tensor([2.0, 0.0]).view(1, 2, 1, 1))
+        model.head.weight.fill_(3.0)
+    probe, opt = probe_on(model, [0.1] * 8, [0.02] * 8, {"a": [0], "head": [1]})
     first = log_point(probe, opt, 4)
-    # no previous point: no angle
+    # no previous point: no angle; the head is not scale-invariant: no SI norm, no prediction
     assert first == {
         "weight_norm/a": 2.0,
-        "angular_update_eq": pytest.approx(0.2),
-        "weight_norm_eq/a": pytest.approx(0.1 * math.sqrt(2 / 0.04)),
+        "weight_norm/head": 3.0,
+        "weight_norm_si/a": 2.0,
+        "angular_diffusion_pred": pytest.approx(0.2),
+        "weight_norm_eq/a": pytest.approx(0.1 * math.sqrt(2 / 0.04)),  # C_si = 2 values
     }
     with torch.no_grad():
-        model.weight.copy_(torch.tensor([[-2.0, 0.0]]))  # turned half a circle in 4 steps
+        model.a[0].weight.mul_(-1)  # turned half a circle in 4 steps
+        model.head.weight.mul_(-1)  # not counted
     f = log_point(probe, opt, 8)
     assert f["rotation/a"] == pytest.approx(math.pi) and f["rotation_steps"] == 4
-    assert f["angular_update/a"] == pytest.approx(math.pi / math.sqrt(effective_steps(4, 0.0)))
+    assert f["angular_diffusion/a"] == pytest.approx(math.pi / math.sqrt(effective_steps(4, 0.0)))
+    assert "rotation/head" not in f
     assert log_point(probe, opt, 8)["rotation/a"] == 0.0  # the previous point moved on with θ
 
 
 def test_the_probe_state_continues_a_run_where_it_stopped():
-    model = nn.Linear(2, 1, bias=False)
-    probe, opt = probe_on(model, [0.1] * 8, [0.02] * 8, {"a": [0]})
+    model = Normalised()
+    probe, opt = probe_on(model, [0.1] * 8, [0.02] * 8, {"a": [0], "head": [1]})
     log_point(probe, opt, 4)
-    again, _ = probe_on(model, [0.1] * 8, [0.02] * 8, {"a": [0]})
+    again, _ = probe_on(model, [0.1] * 8, [0.02] * 8, {"a": [0], "head": [1]})
     again.load_state_dict(probe.state_dict())
     with torch.no_grad():
-        model.weight.mul_(-1)
+        model.a[0].weight.mul_(-1)
     assert log_point(again, opt, 8) == log_point(probe, opt, 8)
 
 
@@ -106,10 +109,10 @@ def test_a_scale_invariant_layer_under_adamw_settles_at_the_predicted_norm_and_a
             norm = model.w.norm().item()
             if prev_w is not None and k > steps // 2:  # past the transient
                 diff = (model.w.detach() - prev_w).pow(2).sum().item()
-                speeds.append(angular_speed(angle_between(prev, norm, diff), every, 0.9))
+                speeds.append(angular_speed(stage_angle(prev**2, norm**2, diff), every, 0.9))
             prev, prev_w = norm, model.w.detach().clone()
     assert model.w.norm().item() / equilibrium_norm(lr, d, c) == pytest.approx(1.0, abs=0.1)
-    assert sum(speeds) / len(speeds) / predicted_angular_speed(d) == pytest.approx(1.0, abs=0.1)
+    assert sum(speeds) / len(speeds) / diffusion_rate(d) == pytest.approx(1.0, abs=0.1)
 
 
 def test_effective_steps_of_momentum_averaged_updates():

@@ -31,7 +31,13 @@ def test_l2_terms_on_a_hand_made_adam_state():
     point = LogPoint(10, opt.weight_norms(), torch.tensor([5.0]))
     f = L2Terms(subject(model, opt, 0.5)).at_log(point)
     assert f["l2_grad_ratio/all"].item() == pytest.approx(0.5 * math.sqrt(30) / 5)
-    assert f["l2_sign_fraction/all"].item() == pytest.approx(2 / 4)  # 2.25 > 2 and 4 > 2 only
+    # mean |λ₂θ|/(√v̂ + ε): (0.5/√0.5 + 1/√2 + 1.5/√2 + 2/√2)/4
+    ratio = (0.5 / math.sqrt(0.5) + 4.5 / math.sqrt(2)) / 4
+    assert f["l2_update_ratio/all"].item() == pytest.approx(ratio, rel=1e-6)
+    # |λ₂θ| against the RMS data gradient √(25/4) = 2.5: none above it
+    assert f["l2_dominant_share/all"].item() == 0.0
+    point = LogPoint(10, opt.weight_norms(), torch.tensor([2.0]))  # RMS 1: 1.5 and 2 above
+    assert L2Terms(subject(model, opt, 0.5)).at_log(point)["l2_dominant_share/all"].item() == 0.5
 
 
 def test_l2_terms_are_left_alone_without_l2_or_under_sgd():

@@ -5,15 +5,16 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from conftest import TINY, compose_cfg
 
-from runner.probes.rotation import (
-    adam_update,
-    rebuilt_previous,
-    sgd_update,
-    stage_angle,
-    stage_angles,
-    step_sums,
-)
+from runner.config import validate
+from runner.core.step_plan import StepPlan
+from runner.core.update_rule import Optimizer
+from runner.engine.records import read_metrics
+from runner.engine.train import train
+from runner.probes import LogPoint, StepPoint, Subject
+from runner.probes.rotation import StepAngle, stage_angle, stage_angles, step_sums
 from runner.probes.theory import equilibrium_norm, long_run_shrink, step_angle
 
 
@@ -95,30 +96,79 @@ def test_the_scale_invariant_toy_turns_at_the_predicted_angle_per_step(rule):
     assert measured / math.sqrt(2 * d_eff) == pytest.approx(0.229, abs=0.01)
 
 
-def test_the_previous_step_rebuilt_from_the_optimizer_state_gives_the_same_angle():
-    torch.manual_seed(1)
-    w = torch.nn.Parameter(torch.randn(4, 64))
-    adam = torch.optim.AdamW([w], lr=1e-2, weight_decay=0.3, betas=(0.9, 0.99))
-    v = torch.nn.Parameter(torch.randn(4, 64))
-    sgd = torch.optim.SGD([v], lr=0.1, momentum=0.9, weight_decay=1e-3)
-    for _ in range(20):
-        for p, opt in ((w, adam), (v, sgd)):
-            opt.zero_grad()
-            scale_invariant_loss(p).backward()
-            kept = [p.detach().clone()]
-            opt.step()
-    # the last loop's step: kept holds θ_{k−1} of v; rebuild both and compare with the kept copies
-    u = sgd_update([sgd.state[v]], lr=0.1)
-    rebuilt = rebuilt_previous([v.detach()], u)
-    assert torch.allclose(rebuilt[0], kept[0], atol=1e-6)  # no decoupled shrink: equal
-    w_prev = w.detach().clone()
-    adam.zero_grad()
-    scale_invariant_loss(w).backward()
-    adam.step()
-    u = adam_update([adam.state[w]], lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
-    rebuilt = rebuilt_previous([w.detach()], u)[0]
-    assert torch.allclose(rebuilt, w_prev * (1 - 1e-2 * 0.3), atol=1e-6)  # (1 − d)·θ_{k−1}
-    kept_angle = stage_angles(step_sums([w_prev], [w.detach()]), {"w": [0]})
-    rebuilt_angle = stage_angles(step_sums([rebuilt], [w.detach()]), {"w": [0]})
-    key = "angular_update_step/w"
-    assert rebuilt_angle[key] == pytest.approx(kept_angle[key], rel=1e-4)
+class ConvBN(torch.nn.Module):
+    """A conv that BatchNorm follows (scale-invariant) and a linear head (not), in two stages."""
+
+    STAGES = ("body", "head")
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def test_the_probe_measures_the_step_before_each_log_point_and_predicts_kossons_angle():
+    torch.manual_seed(0)
+    model = ConvBN()
+    opt = Optimizer(model, algorithm="adam", betas=(0.9, 0.999))
+    steps, lr, d = 9, 1e-2, 0.05
+    plan = StepPlan(None, d, 0.0, None, [lr] * steps, [d] * steps, steps_per_epoch=steps)
+    stages = {"body": torch.tensor([0]), "head": torch.tensor([1])}
+    probe = StepAngle(Subject(model, opt, plan, None, stages, lambda: None))
+    assert probe.facts()["body"]["counted"] == ["body.0.weight"]
+    assert probe.facts()["head"]["share"] == 0.0
+    log_points = {3, 4, 8}
+    for k in range(1, steps + 1):
+        kept = model.body[0].weight.detach().clone()
+        F.cross_entropy(model(torch.randn(16, 3, 6, 6)), torch.randint(0, 4, (16,))).backward()
+        opt.apply(lr, opt.keep_value(d))
+        opt.zero_grad()
+        probe.after_step(StepPoint(k, k in log_points, k + 1 in log_points))
+        if k in log_points:
+            point = LogPoint(k, opt.weight_norms(), None)
+            values = {key: v.tolist() for key, v in probe.at_log(point).items()}
+            f = probe.read_log(values, point)
+            now = model.body[0].weight.detach()
+            expected = stage_angles(step_sums([kept], [now]), {"body": [0]})
+            assert f["angular_update_step/body"] == pytest.approx(
+                expected["angular_update_step/body"], rel=1e-5
+            )
+            assert "angular_update_step/head" not in f
+            assert f["angular_update_step_pred"] == pytest.approx(math.sqrt(2 * d * 0.1 / 1.9))
+    assert probe.at_log(LogPoint(9, opt.weight_norms(), None)) == {}  # not a log point
+
+
+def test_a_run_on_synthetic_images_turns_at_kossons_angle_in_every_bn_followed_stage(tmp_path):
+    """The synthetic stand-in of the real-image check (docs/evaluation.md): ResNet8v1 under AdamW
+    with a constant lr and d = 0.05 (τ = 20 steps) reaches equilibrium within ≈ 1/(2d) = 10 steps of
+    its start; from step 100 on every stage's measured angle per step sits at Kosson et al.'s
+    √(2d(1 − β1)/(1 + β1)) = 0.0725."""
+    cfg = validate(
+        compose_cfg(
+            *TINY,
+            "model.depth=8",
+            "optimizer=adamw",
+            "optimizer.wd_scaling=none",
+            "wd=0.05",
+            "lr=2e-3",
+            "schedule.milestones=[]",
+            "schedule.factors=[]",
+            "batch_size=16",
+            "epochs=5",
+            "data.n_train=512",
+            "trainer.log_every=4",
+            "trainer.bn_recalibrate=0",
+        )
+    )
+    train(cfg, tmp_path)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    late = [r for r in records if r["step"] > 100 and "angular_update_step_pred" in r]
+    assert len(late) == 15
+    assert late[0]["angular_update_step_pred"] == pytest.approx(math.sqrt(2 * 0.05 * 0.1 / 1.9))
+    for stage in ("stem", "stages.0", "stages.1", "stages.2"):
+        ratios = [r[f"angular_update_step/{stage}"] / r["angular_update_step_pred"] for r in late]
+        assert 0.75 < sum(ratios) / len(ratios) < 1.33, stage
+        assert sum(0.5 < x < 2 for x in ratios) >= 0.8 * len(ratios), stage

@@ -5,8 +5,6 @@ import math
 
 import pytest
 
-from runner.config import ScheduleConfig
-from runner.core.schedules import make_schedule
 from runner.probes.theory import (
     adam_update_rms,
     diffusion_rate,
@@ -18,7 +16,6 @@ from runner.probes.theory import (
     equilibrium_norm,
     long_run_shrink,
     step_angle,
-    timescales,
 )
 
 
@@ -47,31 +44,6 @@ def test_the_equilibrium_norm_and_adam_s_update_size():
     lr, d, c = 1e-3, 1e-3, 10_000
     one_step = lr * math.sqrt(c) * adam_update_rms(0.9)
     assert one_step / equilibrium_norm(lr, d, c) == pytest.approx(step_angle(d, 0.9))
-
-
-def test_timescales_in_both_conventions():
-    # constant schedule, constant d = 1e-3, 100 steps an epoch, 1,000 steps: both conventions agree
-    t = timescales([0.1] * 1000, [1e-3] * 1000, 100)
-    assert t["tau_steps"] == pytest.approx(1000) and t["tau_iter_wa"] == pytest.approx(1000)
-    assert t["tau_epochs"] == pytest.approx(10) and t["tau_fraction"] == pytest.approx(1.0)
-    assert not t["below_one_epoch"] and not t["above_run"]
-    # d_t ∝ η_t (wd_scaling=schedule) under cosine with one warm-up epoch of 20
-    # (experiment=oscillation_study): the mean η_t is ≈ 0.47, so the runner's tau_steps is ≈ 2.1 ×
-    # Wang & Aitchison's 1/(η_peak·λ)
-    spe, epochs, lam = 100, 20, 0.05
-    plain = ScheduleConfig(shape="warm_restarts", unit="epoch", warmup_epochs=1.0)
-    cosine = make_schedule(plain, epochs)
-    etas = [cosine(k / spe) for k in range(epochs * spe)]
-    t = timescales([2e-3 * e for e in etas], [lam * e for e in etas], spe)
-    assert t["tau_iter_wa"] == pytest.approx(1 / (lam * max(etas)))
-    assert t["tau_steps"] / t["tau_iter_wa"] == pytest.approx(max(etas) * len(etas) / sum(etas))
-    assert t["tau_steps"] / t["tau_iter_wa"] == pytest.approx(2.1, abs=0.02)
-    # τ/T = 0.03 on this plan (the shortest arm of experiment=oscillation_study): under one epoch in
-    # both
-    short = timescales([2e-3 * e for e in etas], [e / (0.03 * sum(etas)) for e in etas], spe)
-    assert short["tau_fraction"] == pytest.approx(0.03)
-    assert short["tau_epochs"] == pytest.approx(0.6) and short["below_one_epoch"]
-    assert timescales([0.1] * 4, [0.0] * 4, 2) == {}
 
 
 def test_an_ema_trails_a_linear_drift_by_r_over_m():

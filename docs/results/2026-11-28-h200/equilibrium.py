@@ -12,9 +12,9 @@ import gzip
 import json
 from pathlib import Path
 
-from runner.core.equilibrium import equilibrium_norm
 from runner.core.models import build_resnet
 from runner.core.update_rule import split_params
+from runner.probes.theory import equilibrium_norm
 
 RESULTS = Path(__file__).resolve().parent  # the raw records beside this file
 

@@ -463,12 +463,12 @@ def plot_run_losses(run: dict, path: Path, title: str = "") -> str | None:
 
 
 def staleness_points(groups: list[dict]) -> list[dict]:
-    """One point per configuration with a measured angular update: {label, optimizer, bn_momentum, x
-    = angular_update_mid, dispersion, dispersion_recal, bn_staleness_mu} (seed means; None where not
-    recorded)."""
+    """One point per configuration with a measured angle per step: {label, optimizer, bn_momentum,
+    x = angular_update_step_mid, dispersion, dispersion_recal, bn_staleness_mu} (seed means; None
+    where not recorded)."""
     out = []
     for g in groups:
-        x = g["stats"].get("angular_update_mid", (None, None))[0]
+        x = g["stats"].get("angular_update_step_mid", (None, None))[0]
         if x is None:
             continue
         point = {
@@ -521,7 +521,7 @@ def plot_staleness(points: list[dict], path: Path, title: str = "") -> str | Non
             ax[0, 0].plot(p["x"], p["dispersion_recal"], m, color=c, mfc="white")
         if p["bn_staleness_mu"] is not None:
             ax[0, 1].plot(p["x"], p["bn_staleness_mu"], m, color=c)
-    rotation = "rotation per step of BatchNorm-followed weights (radians)"
+    rotation = "angle per step of the scale-invariant weights (radians)"
     ax[0, 0].set(xlabel=rotation, ylabel="validation-loss scatter (log factor)")
     ax[0, 1].set(xlabel=rotation, ylabel="BatchNorm staleness (standard deviations)")
     if len(points) <= 8:  # few enough to name each point by its configuration

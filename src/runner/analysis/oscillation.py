@@ -42,10 +42,19 @@ figures below do not depend on it:
                           sits off its local level (0.25: ×/÷ 1.28). Leaving v_i out of its own
                           median keeps a sparse series from being pulled towards itself.
     dispersion_recal      the same of w;  dispersion_train_eval (u) and dispersion_train_eval_recal
-    dispersion_share_gap  Σ r_v·(r_v − r_w) / Σ r_v² over points with both: the share of the running
-                          series' detrended variance carried by the running − recalibrated gap
-                          (BatchNorm's statistics); 1 − it is carried by w. Additive by
-                          construction, not bounded to [0, 1]
+    dispersion_points     how many points dispersion averages over (n of its r_i)
+    dispersion_lo, _hi    its 95 % interval as the std of independent normal residuals
+                          (analysis.stats.rms_interval: ±13 % at 29 points, ×0.6 to ×2.9 at 4);
+                          neighbouring residuals share medians, so it is a little narrow
+    dispersion_bias       dispersion/σ − 1 of white noise of std σ validated as often as this run
+                          (`simulated_dispersion_bias`): the median of few neighbours is itself
+                          noisy, so dispersion reads high, +13 % at one validation an epoch, +7 % at
+                          two, +4 % at three; undefined (None) beyond two epochs between
+                          validations. Dispersion is comparable across runs only within that bias
+    gap_share             Σ g_i² / (Σ g_i² + Σ r_w,i²), g_i = r_v,i − r_w,i over the points with
+                          both: the running − recalibrated gap's share of the detrended variance,
+                          in [0, 1]; gap_recal_corr = corr(g, r_w) says how far the two parts are
+                          from independent (then the variances add: Σ r_v² = Σ g² + Σ r_w²)
     change_corr_train_eval
                           corr(Δ log v, Δ log u) of consecutive validations: ≈ 1 when val and
                           train-eval move together (an evaluation effect shared by both image
@@ -53,9 +62,13 @@ figures below do not depend on it:
     change_corr_train     corr(Δ log v, Δ log t̄), t̄_i = mean train_loss of the steps (s_{i−1},
                           s_i]: train mode
     acc_dispersion        √(mean_i ρ_i²) with ρ_i the same residual of the accuracy a_i (no log)
-    acc_noise_floor       √(ā(1 − ā)/n_val), ā = mean a_i: the binomial std of an accuracy measured
-                          on n_val images, the resolution of the validation set (summary data.n_val;
-                          None without it)
+    acc_dispersion_recal  the same of the recalibrated accuracy: the floor acc_dispersion is read
+                          against, what the weights alone make on the same images (one fixed set
+                          evaluated twice by the same weights gives the same accuracy: its noise is
+                          the weights', not the images')
+    acc_sampling_error    √(ā(1 − ā)/n_val), ā = mean a_i: the standard error of an accuracy against
+                          a new set of n_val images (summary data.n_val; None without it): what
+                          separates two configurations' accuracies, not two validations' of one
     val_every_steps       the median number of steps between two validations
 
 BatchNorm staleness over the run, from the per-validation keys of runner.probes.bn_staleness
@@ -67,15 +80,19 @@ BatchNorm staleness over the run, from the per-validation keys of runner.probes.
                           augmented draw): the part of the gap that is lag; gap_mismatch_mean =
                           mean_i (v^aug_i − w_i) the part that is clean vs augmented images; the two
                           add up to gap_loss_mean
-    gap_staleness_corr    corr over validations of log v_i − log w_i and bn_staleness_mu_mean
+(the gap's relation to the lag it comes from is analysis.chain's link (d), measured within each
+validation with shadow statistics instead of correlating two levels that both trend down)
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import math
+import random
 import statistics
 
+from runner.analysis.stats import rms_interval
 from runner.core.headline import Headline
 
 ACC_TARGETS = (0.90, 0.92)
@@ -359,48 +376,92 @@ def dispersion_figures(
     r_v, r_u = log_residuals(running, "loss", half), log_residuals(running, "train_eval", half)
     half_w = half_window(recal)
     r_w, r_uw = log_residuals(recal, "loss", half_w), log_residuals(recal, "train_eval", half_w)
-    both = [k for k in r_v if k in r_w]
-    den = sum(r_v[k] ** 2 for k in both)
-    accs = [p for p in running if p["acc"] is not None]
-    r_a = (
-        detrended([p["acc"] for p in accs], [p["epoch"] for p in accs], half)
-        if half and len(accs) > 2
-        else {}
-    )
-    a_bar = sum(accs[i]["acc"] for i in r_a) / len(r_a) if r_a else None
+    r_a, a_bar = acc_residuals(running, half)
     steps = [p["step"] for p in running]
+    every = statistics.median(b - a for a, b in zip(steps, steps[1:])) if len(steps) > 1 else None
+    per_epoch = validations_per_epoch(running)
     return {
-        "val_every_steps": statistics.median(b - a for a, b in zip(steps, steps[1:]))
-        if len(steps) > 1
-        else None,
+        "val_every_steps": every,
         "dispersion_half_window": half,
         "dispersion": rms(r_v.values()),
+        "dispersion_points": len(r_v) or None,
+        **dict(zip(("dispersion_lo", "dispersion_hi"), rms_interval(rms(r_v.values()), len(r_v)))),
+        "dispersion_bias": dispersion_bias(per_epoch, running),
         "dispersion_recal": rms(r_w.values()),
         "dispersion_train_eval": rms(r_u.values()),
         "dispersion_train_eval_recal": rms(r_uw.values()),
-        "dispersion_share_gap": sum(r_v[k] * (r_v[k] - r_w[k]) for k in both) / den
-        if den > 0
-        else None,
+        **gap_share(r_v, r_w),
         "change_corr_train_eval": paired_corr(running, [p["train_eval"] for p in running]),
         "change_corr_train": paired_corr(running, train_loss_between(running, records)),
         "acc_dispersion": rms(r_a.values()),
-        "acc_noise_floor": math.sqrt(a_bar * (1 - a_bar) / n_val)
+        "acc_dispersion_recal": rms(acc_residuals(recal, half_w)[0].values()),
+        "acc_sampling_error": math.sqrt(a_bar * (1 - a_bar) / n_val)
         if a_bar is not None and n_val
         else None,
     }
 
 
-def pearson(a: list[float], b: list[float]) -> float | None:
-    """Pearson correlation of two paired lists; None below 3 pairs or when either is flat."""
-    if len(a) < 3:
+def acc_residuals(points: list[dict], half: float | None) -> tuple[dict, float | None]:
+    """({i: detrended accuracy residual}, mean accuracy over those points)."""
+    accs = [p for p in points if p["acc"] is not None]
+    if not half or len(accs) < 3:
+        return {}, None
+    r = detrended([p["acc"] for p in accs], [p["epoch"] for p in accs], half)
+    return r, (sum(accs[i]["acc"] for i in r) / len(r) if r else None)
+
+
+def gap_share(r_running: dict, r_recal: dict) -> dict:
+    """gap_share = Σ g²/(Σ g² + Σ r_w²), g = r_v − r_w over the points both have (detrended log
+    residuals keyed by step), in [0, 1]; gap_recal_corr = corr(g, r_w), 0 when the split is
+    additive. None where both are zero or below 3 points."""
+    keys = [k for k in r_running if k in r_recal]
+    g = [r_running[k] - r_recal[k] for k in keys]
+    w = [r_recal[k] for k in keys]
+    sg, sw = sum(x * x for x in g), sum(x * x for x in w)
+    if len(keys) < 3 or sg + sw == 0:
+        return {"gap_share": None, "gap_recal_corr": None}
+    gw = sum(a * b for a, b in zip(g, w))
+    corr = gw / math.sqrt(sg * sw) if sg > 0 and sw > 0 else None
+    return {"gap_share": sg / (sg + sw), "gap_recal_corr": corr}
+
+
+def validations_per_epoch(points: list[dict]) -> float | None:
+    """The median number of validations an epoch (1 / the median epochs between two)."""
+    gaps = [b["epoch"] - a["epoch"] for a, b in zip(points, points[1:])]
+    gap = statistics.median(gaps) if gaps else None
+    return 1 / gap if gap else None
+
+
+def dispersion_bias(per_epoch: float | None, points: list[dict]) -> float | None:
+    """`simulated_dispersion_bias` at this series' validations per epoch and span (cached)."""
+    if per_epoch is None or len(points) < 3:
         return None
-    ma, mb = sum(a) / len(a), sum(b) / len(b)
-    saa, sbb = sum((x - ma) ** 2 for x in a), sum((y - mb) ** 2 for y in b)
-    return (
-        sum((x - ma) * (y - mb) for x, y in zip(a, b)) / math.sqrt(saa * sbb)
-        if saa > 0 and sbb > 0
-        else None
-    )
+    span = points[-1]["epoch"] - points[0]["epoch"]
+    return simulated_dispersion_bias(round(per_epoch, 2), round(span, 1))
+
+
+@functools.lru_cache(maxsize=256)
+def simulated_dispersion_bias(
+    per_epoch: float,
+    epochs: float = 20.0,
+    reps: int = 200,
+    seed: int = 0,
+) -> float | None:
+    """dispersion/σ − 1 of a log-loss series of white noise σ validated `per_epoch` times an epoch
+    for `epochs`, through this module's own detrending (its median leaves the point out, so the
+    noise of the neighbours' median adds to the residual); None where no point has a full window.
+    A trend the median follows adds a few points more (decaying: 1-3 in simulation)."""
+    rng, ratios = random.Random(seed), []
+    n = int(epochs * per_epoch) + 1
+    e = [i / per_epoch for i in range(n)]
+    if n < 3:
+        return None
+    half = min(HALF_WINDOW, (e[-1] - e[0]) / 4)
+    for _ in range(reps):
+        r = detrended([rng.gauss(0.0, 1.0) for _ in e], e, half)
+        if r:
+            ratios.append(rms(r.values()))
+    return statistics.mean(ratios) - 1 if ratios else None
 
 
 def mean_or_none(values: list[float]) -> float | None:
@@ -409,8 +470,7 @@ def mean_or_none(values: list[float]) -> float | None:
 
 def bn_gap_figures(running: list[dict], recal: list[dict], records: list[dict]) -> dict:
     """BatchNorm staleness over the run (runner.probes.bn_staleness's per-validation keys) and the
-    loss gap it explains: means over the validations having both series, and corr(log v − log w,
-    bn_staleness_mu_mean)."""
+    loss gap it explains: means over the validations having both series."""
     by_step = {
         r["step"]: r for r in records if isinstance(r, dict) and "val_loss" in r and "step" in r
     }
@@ -426,11 +486,6 @@ def bn_gap_figures(running: list[dict], recal: list[dict], records: list[dict]) 
     out["gap_loss_mean"] = mean_or_none([p["loss"] - w_of[p["step"]] for p, _ in pts])
     out["gap_lag_mean"] = mean_or_none([p["loss"] - a for p, a in aug])
     out["gap_mismatch_mean"] = mean_or_none([a - w_of[p["step"]] for p, a in aug])
-    pairs = [(p, finite_float(r.get("bn_staleness_mu_mean"))) for p, r in pts]
-    pairs = [(p, z) for p, z in pairs if z is not None and p["loss"] > 0 and w_of[p["step"]] > 0]
-    out["gap_staleness_corr"] = pearson(
-        [math.log(p["loss"]) - math.log(w_of[p["step"]]) for p, _ in pairs], [z for _, z in pairs]
-    )
     return out
 
 

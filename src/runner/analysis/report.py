@@ -2,10 +2,11 @@
 
 DIR is a run folder, a sweep folder (multirun/DATE/TIME_x/) or any folder above them;
 analysis.runs finds the runs and groups them into configurations (seeds averaged). This module
-writes OUT/report.md (the leaderboard first, then what its names mean, the full tables and the
-figures), with analysis.tables the tables, runs.csv and configs.csv, and with analysis.figures the
-PNG figures (OUT/*.png, one loss figure per run in OUT/runs/). The console gets the short ranking
-and where the rest is.
+writes OUT/report.md (a verdict on the chain from decay to the oscillation first when the runs
+measured it, analysis.verdict; then the leaderboard, what its names mean, the full tables, the
+chain link by link and the figures), with analysis.tables the tables, runs.csv and configs.csv,
+and with analysis.figures the PNG figures (OUT/*.png, one loss figure per run in OUT/runs/). The
+console gets the short ranking and where the rest is.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from runner.analysis.chain import chain_fits
+from runner.analysis.chain_figure import chain_points, plot_chain
 from runner.analysis.figures import (
     LAMBDA,
     decay_axis,
@@ -44,6 +47,7 @@ from runner.analysis.tables import (
     terms_section,
     write_csvs,
 )
+from runner.analysis.verdict import chain_section, verdict_section
 from runner.analysis.words import (
     CONFIGURATIONS_NOTE,
     EVALUATION_WORDS,
@@ -101,6 +105,7 @@ def figures(runs: list[dict], groups: list[dict], keys: list[str], axes: tuple, 
         ("heatmap.png", lambda p: plot_heatmap(grid(), p, title, words)),
         ("oscillation.png", lambda p: plot_oscillation(series, p, title=title, lam_key=lam)),
         ("staleness.png", lambda p: plot_staleness(staleness_points(groups), p, title)),
+        ("chain.png", lambda p: plot_chain(chain_points(runs), p, title)),
     ]
 
 
@@ -116,6 +121,8 @@ def build_report(runs: list[dict], out: Path, root: Path, x: str = "lr", y: str 
     what = f"{counts} in {plural(len(groups), 'configuration')}; swept: {swept}"
     full, every = config_table(groups, cols), runs_table(runs, cols)
     stale = staleness_table(groups, cols)
+    fits = chain_fits(runs)
+    chain = chain_section(fits, groups)
     headers = _headers("\n".join([full, every, stale]))
     out.mkdir(parents=True, exist_ok=True)
     write_csvs(runs, groups, keys, out)
@@ -128,11 +135,12 @@ def build_report(runs: list[dict], out: Path, root: Path, x: str = "lr", y: str 
     md = "\n".join(
         [
             f"# Report: {shown_root(root)}\n\n{title}. {what}.\n",
+            *(part for part in (verdict_section(fits),) if part),
             f"## Leaderboard\n\n{leaderboard_intro(runs, groups)}\n\n{leaderboard(groups)}\n",
             terms_section(headers),
             f"## Configurations\n\n{CONFIGURATIONS_NOTE} {FREQUENCY_NOTE}\n",
             f"{full}\n\n## Runs\n\n{every}\n",
-            *(part for part in (stale, notes_list(runs)) if part),
+            *(part for part in (stale, chain, notes_list(runs)) if part),
             "## Figures\n\n" + "\n".join(drawn),
             run_figures(runs, out, title),
         ]
@@ -153,7 +161,7 @@ def console(runs: list[dict], groups: list[dict], what: str, root: Path, out: Pa
     is."""
     first = f"{Path(root).resolve().name}: {what}"
     evaluation = EVALUATION_WORDS[headline_name(runs)]
-    how = f"best val acc ({evaluation}, {selected_words(runs)}), mean ± std over n:"
+    how = f"best val acc ({evaluation}, {selected_words(runs)}), mean [95 % interval] over n:"
     ranking = leaderboard(groups, full=False, limit=MAX_CONSOLE_ROWS)
     notes = notes_list(runs)
     tail = f"Every run, every figure and what the names mean: {out / 'report.md'}"

@@ -7,7 +7,7 @@ from summary.json, else "running" (metrics.jsonl only: still going, or killed) o
 
 A run's configuration is its flattened hparams (`optimizer.name`, `lr`, ...) without `seed` and the
 keys in NOT_CONFIG; runs that differ only in seed form one configuration, summarized as mean ±
-sample std over its completed runs (n).
+sample std over its completed runs (n), and as mean with its 95 % interval (analysis.stats).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from runner.analysis.equilibrium import equilibrium_block
 from runner.analysis.oscillation import headline_points, oscillation_block, val_points
+from runner.analysis.stats import mean_ci
 from runner.config import flatten, non_training_keys
 from runner.core.headline import Headline
 from runner.engine.records import read_metrics
@@ -49,17 +50,19 @@ METRICS = [
     "test_acc_selected",
     "test_acc_final",
 ]
-# what a configuration reports as mean ± std over its completed seeds (a mean of per-seed
-# recal_removed_share)
+# what a configuration reports as mean ± std and mean with its 95 % interval over its completed
+# seeds (a mean of per-seed recal_removed_share)
 STATS = [
     "best_val_acc",
     "final_val_acc",
     "final_val_loss",
     "dispersion",
     "dispersion_recal",
-    "dispersion_share_gap",
+    "dispersion_bias",
+    "gap_share",
     "acc_dispersion",
-    "acc_noise_floor",
+    "acc_dispersion_recal",
+    "acc_sampling_error",
     "val_every_steps",
     "tv_per_epoch",
     "max_rise_rel",
@@ -82,10 +85,12 @@ STATS = [
     "gap_loss_mean",
     "gap_lag_mean",
     "gap_mismatch_mean",
-    "gap_staleness_corr",
-    "angular_update_mid",
-    "angular_update_eq_mid",
+    "angular_update_step_mid",
+    "angular_update_step_pred_mid",
+    "angular_diffusion_mid",
+    "angular_diffusion_pred_mid",
     "tau_fraction",
+    "tau_epoch_wa",
     "test_acc_selected",
     "test_acc_final",
 ]
@@ -285,7 +290,7 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     if not isinstance(hp, dict):
         hp, note = read_saved_config(d / ".hydra" / "config.yaml")
         notes += [note] if note else []
-    hp = flatten_hparams(hp if isinstance(hp, dict) else {})
+    hp = applied_hparams(flatten_hparams(hp if isinstance(hp, dict) else {}), summary)
     if summary:
         status = summary.get("status") or "unknown"
     else:
@@ -319,6 +324,8 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
         "val": [(p["epoch"], p["loss"], p["acc"]) for p in pts],
         "wnorm": wnorm,
         "losses": loss_curves(records),
+        "timescale": (summary or {}).get("timescale") or {},
+        "chain_records": chain_records(records),
         "notes": notes,
     }
 
@@ -328,6 +335,24 @@ def equilibrium_of(summary: dict | None, records: list[dict], epochs: float | No
     decay timescale from summary.json (tau_steps, tau_fraction: none without a summary)."""
     tau = (summary or {}).get("timescale")
     return {**(tau if isinstance(tau, dict) else {}), **equilibrium_block(records, epochs)}
+
+
+def applied_hparams(hp: dict, summary: dict | None) -> dict:
+    """The flattened hparams with `wd` and `l2` the λ and λ₂ the step plan applied (summary.json's
+    `applied`: optimizer.wd_tau and wd_normalized set λ from other settings), where known."""
+    applied = (summary or {}).get("applied")
+    if isinstance(applied, dict):
+        hp.update({k: v for k, v in applied.items() if k in ("wd", "l2")})
+    return hp
+
+
+CHAIN_KEYS = ("angular_update_step", "bn_lag_rms", "bn_drift_mu", "val_loss_shadow")
+
+
+def chain_records(records: list[dict]) -> list[dict]:
+    """The records analysis.chain reads: log points with the per-step angle, validations with the
+    shadow sets' lags (runner.probes.rotation, .shadow_bn)."""
+    return [r for r in records if isinstance(r, dict) and any(k.startswith(CHAIN_KEYS) for k in r)]
 
 
 def collect_runs(root, threshold: float | None = None) -> list[dict]:
@@ -342,11 +367,14 @@ def collect_runs(root, threshold: float | None = None) -> list[dict]:
 
 
 def value(run: dict, key: str):
-    """A headline metric (summary.json), oscillation figure or equilibrium figure (summary's
-    `equilibrium`) of a run."""
+    """A headline metric (summary.json), oscillation figure, equilibrium figure or the decay's
+    timescale (summary's `timescale`) of a run."""
     if key in METRICS:
         return run.get(key)
-    return run["osc"][key] if key in run["osc"] else run.get("eq", {}).get(key)
+    for block in (run["osc"], run.get("eq", {}), run.get("timescale", {})):
+        if key in block:
+            return block[key]
+    return None
 
 
 def varying_keys(runs: list[dict]) -> list[str]:
@@ -412,6 +440,7 @@ def group_configs(runs: list[dict], keys: list[str] | None = None) -> list[dict]
         g["n"] = len(done)
         g["statuses"] = Counter(r["status"] for r in g["runs"])
         g["stats"] = {k: mean_std([value(r, k) for r in done]) for k in STATS}
+        g["ci"] = {k: mean_ci([value(r, k) for r in done]) for k in STATS}
         # a mean over only the seeds that got there would flatter
         for k in (
             "epochs_to_90",
@@ -419,6 +448,7 @@ def group_configs(runs: list[dict], keys: list[str] | None = None) -> list[dict]
         ):
             if any(value(r, k) is None for r in done):
                 g["stats"][k] = (None, None)
+                g["ci"][k] = mean_ci([])
         g["label"] = ", ".join(f"{k}={fmt(v)}" for k, v in g["values"].items()) or "all runs"
         out.append(g)
     return out

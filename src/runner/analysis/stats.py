@@ -3,6 +3,8 @@ its n.
 
     mean_ci          x̄ ± t_{n−1}·s/√n (Student t: exact for normal data, right for small n)
     regression       least-squares y = a + b·x; b ± t_{n−2}·se(b), R² (scipy.stats.linregress)
+    rms_interval     the interval of σ from an RMS d of n values: n·d²/σ² ~ χ²_n for independent
+                     normal values of std σ, so σ ∈ [d·√(n/χ²_{n, 0.975}), d·√(n/χ²_{n, 0.025})]
     ratio_of_means   ȳ/x̄ of paired values, Fieller's interval: the R with
                      (ȳ − R·x̄)² ≤ t²_{n−1}·(s_yy − 2R·s_xy + R²·s_xx)/n; unbounded (None) when x̄
                      is not clearly away from 0 (x̄² ≤ t²·s_xx/n): such a ratio has no finite
@@ -97,3 +99,15 @@ def ratio_of_means(y, x, level: float = LEVEL) -> dict:
     root = math.sqrt(max(disc, 0.0))
     out["lo"], out["hi"] = (-b - root) / (2 * a), (-b + root) / (2 * a)
     return out
+
+
+def rms_interval(value: float | None, n: int | None, level: float = LEVEL) -> tuple:
+    """(lo, hi) of σ from the RMS `value` of n independent normal values of std σ (module
+    docstring); (None, None) without a value or below 2 values."""
+    if value is None or not n or n < 2:
+        return None, None
+    from scipy import stats
+
+    tail = (1 - level) / 2
+    upper, lower = stats.chi2.ppf(1 - tail, n), stats.chi2.ppf(tail, n)
+    return value * math.sqrt(n / upper), value * math.sqrt(n / lower)

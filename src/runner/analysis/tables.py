@@ -35,7 +35,8 @@ RUNS_TABLE_STATS = [
     "val_every_steps",
     "dispersion",
     "dispersion_recal",
-    "dispersion_share_gap",
+    "dispersion_bias",
+    "gap_share",
     "tv_per_epoch",
     "tv_per_epoch_recal",
     "recal_removed_share",
@@ -103,9 +104,21 @@ def shown_stats(stats, value_of) -> list[str]:
     return [k for k in stats if any(v is not None for v in value_of(k))]
 
 
-def mean_text(m, s, digits: int = 3) -> str:
-    """An accuracy as people read it: 0.912 ± 0.004 (the ± only with two or more seeds)."""
-    return "-" if m is None else f"{m:.{digits}f}" + ("" if s is None else f" ± {s:.{digits}f}")
+def ci_text(ci: dict, digits: int = 3) -> str:
+    """A mean with its 95 % interval as people read it: 0.912 [0.905, 0.919] (the interval only
+    with two or more runs; analysis.stats.mean_ci)."""
+    if ci["mean"] is None:
+        return "-"
+    text = f"{ci['mean']:.{digits}f}"
+    return text if ci["lo"] is None else f"{text} [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]"
+
+
+def ci_fmt(ci: dict) -> str:
+    """ci_text with 4 significant digits (runner.analysis.runs.fmt) for figures of any scale."""
+    if ci["mean"] is None:
+        return "-"
+    text = fmt(ci["mean"])
+    return text if ci["lo"] is None else f"{text} [{fmt(ci['lo'], 3)}, {fmt(ci['hi'], 3)}]"
 
 
 def n_text(g: dict) -> str:
@@ -137,7 +150,7 @@ def leaderboard(groups: list[dict], full: bool = True, limit: int | None = None)
     rows, order = [], ranked(groups)
     for i, g in enumerate(order[:limit], start=1):
         rank = str(i) if g["stats"]["best_val_acc"][0] is not None else "-"
-        cells = [mean_text(*g["stats"].get(k, (None, None))) for k in ["best_val_acc", *extra]]
+        cells = [ci_text(g["ci"][k]) for k in ["best_val_acc", *extra]]
         rows.append([rank, config_label(g), *cells, n_text(g)])
     table = md_table(header, rows)
     more = len(order) - len(rows)
@@ -164,8 +177,8 @@ def leaderboard_intro(runs: list[dict], groups: list[dict]) -> str:
     )
     return (
         f"Best validation accuracy per configuration ({EVALUATION_WORDS[headline_name(runs)]}), "
-        f"mean ± sample standard deviation over its completed runs (n), ranked by the mean; "
-        f"{chosen}.{chance}"
+        f"the mean over its completed runs (n) with its 95 % interval in brackets (Student t; "
+        f"none for one run), ranked by the mean; {chosen}.{chance}"
     )
 
 
@@ -174,16 +187,10 @@ def config_table(groups: list[dict], cols: list[str]) -> str:
     stats = shown_stats(TABLE_STATS, lambda k: [g["stats"].get(k, (None,))[0] for g in groups])
     header = cols + ["n"] + [label(k, runs) for k in stats]
     rows = [
-        [fmt(g["hparams"].get(k)) for k in cols]
-        + [n_text(g)]
-        + [_mean_std(*g["stats"].get(k, (None, None))) for k in stats]
+        [fmt(g["hparams"].get(k)) for k in cols] + [n_text(g)] + [ci_fmt(g["ci"][k]) for k in stats]
         for g in groups
     ]
     return md_table(header, rows)
-
-
-def _mean_std(m, s) -> str:
-    return "-" if m is None else fmt(m) + ("" if s is None else f" ± {fmt(s, 2)}")
 
 
 def runs_table(runs: list[dict], cols: list[str]) -> str:
@@ -199,10 +206,13 @@ def runs_table(runs: list[dict], cols: list[str]) -> str:
 
 
 def natural_axis(g: dict) -> str:
-    """Where a configuration sits on its optimizer's own axis: τ/T for decoupled decay, λ₂ for L2
-    alone."""
+    """Where a configuration sits on its optimizer's own axis: τ/T for decoupled decay, with Wang &
+    Aitchison's τ in epochs beside it; λ₂ for L2 alone."""
     tau, l2 = g["stats"]["tau_fraction"][0], finite_number(g["hparams"].get("l2"))
-    return f"τ/T={fmt(tau, 3)}" if tau is not None else f"λ₂={fmt(l2)}" if l2 else "-"
+    wa = g["stats"]["tau_epoch_wa"][0]
+    if tau is not None:
+        return f"τ/T={fmt(tau, 3)}" + ("" if wa is None else f" (W&A τ {fmt(wa, 2)} ep)")
+    return f"λ₂={fmt(l2)}" if l2 else "-"
 
 
 def staleness_table(groups: list[dict], cols: list[str]) -> str:
@@ -215,7 +225,7 @@ def staleness_table(groups: list[dict], cols: list[str]) -> str:
     rows = [
         [fmt(g["hparams"].get(k)) for k in cols]
         + [n_text(g), natural_axis(g)]
-        + [fmt(g["stats"][k][0], 3) for k in STALENESS_STATS]
+        + [ci_fmt(g["ci"][k]) for k in STALENESS_STATS]
         for g in groups
     ]
     return "## BatchNorm staleness\n\n" + STALENESS_NOTE + "\n\n" + md_table(header, rows) + "\n"

@@ -16,8 +16,9 @@ TABLE_STATS = {
     "test_acc_selected": "test acc of best.pt",
     "dispersion": "loss scatter (running)",
     "dispersion_recal": "loss scatter (recal)",
-    "dispersion_share_gap": "scatter from BN statistics",
-    "acc_noise_floor": "accuracy noise",
+    "dispersion_bias": "scatter's bias",
+    "gap_share": "scatter from BN statistics",
+    "acc_sampling_error": "accuracy sampling error",
     "val_every_steps": "steps between validations",
     "tv_per_epoch": "loss swing per epoch (running)",
     "tv_per_epoch_recal": "loss swing per epoch (recal)",
@@ -30,14 +31,13 @@ TABLE_STATS = {
 STALENESS_STATS = {
     "dispersion": "loss scatter (running)",
     "dispersion_recal": "loss scatter (recal)",
-    "dispersion_share_gap": "scatter from BN statistics",
+    "gap_share": "scatter from BN statistics",
     "gap_lag_mean": "BN gap from lag",
     "gap_mismatch_mean": "BN gap from augmentation",
     "bn_staleness_mu": "BN staleness",
     "bn_lag_mu": "BN lag",
-    "angular_update_mid": "rotation/step",
-    "angular_update_eq_mid": "equilibrium rotation/step",
-    "gap_staleness_corr": "corr(BN gap, staleness)",
+    "angular_update_step_mid": "rotation/step",
+    "angular_update_step_pred_mid": "predicted rotation/step",
 }
 EVALUATION_WORDS = {
     "recal": "recalibrated BN statistics",
@@ -60,8 +60,8 @@ CHOSEN = {
 TERMS = {
     "configuration": (
         "the settings a run trains with, seed aside: runs that differ only in `seed` are one "
-        "configuration, and its numbers are the mean ± sample standard deviation over its "
-        "completed runs"
+        "configuration, and its numbers are the mean over its completed runs with its 95 % "
+        "interval (mean ± sample standard deviation in configs.csv and the heat map)"
     ),
     "n": (
         "how many runs of a configuration completed (the means are over them); runs that stopped "
@@ -87,9 +87,12 @@ TERMS = {
         "the training images (`data.val_split`), whose best checkpoint is then measured once on "
         "the test split: **test acc of best.pt**"
     ),
-    "accuracy noise": (
+    "accuracy sampling error": (
         "√(a(1 − a)/N), a the mean accuracy and N the validation images: the standard error of an "
-        "accuracy measured on N images; differences well inside it are chance"
+        "accuracy against a new set of N images, what separates two configurations by chance; two "
+        "validations of one set by the same weights agree exactly, so it is not the floor of the "
+        "scatter between validations, whose floor is the recalibrated series' own "
+        "(`acc_sampling_error`)"
     ),
     "steps between validations": "the median number of optimizer steps between two validations",
     "loss swing per epoch": (
@@ -109,13 +112,20 @@ TERMS = {
         "`--threshold`) above its lowest value so far (`n_rises`)"
     ),
     "loss scatter": (
-        "how far one validation's loss sits off its local trend, as a typical log factor (0.25: "
-        "×/÷ 1.28); unlike the swing it does not grow with how often a run validates "
-        "(`dispersion`)"
+        "how far one validation's loss sits off its local trend (the median of its neighbours "
+        "within 2 epochs), as a typical log factor (0.25: ×/÷ 1.28); unlike the swing it barely "
+        "grows with how often a run validates, but it reads high by its bias and needs at least "
+        "one validation every 2 epochs (`dispersion`)"
+    ),
+    "scatter's bias": (
+        "how much higher the loss scatter reads than the noise's own std at this run's "
+        "validations per epoch, by simulation of white noise: +13 % at one an epoch, +7 % at two, "
+        "+4 % at three (`dispersion_bias`)"
     ),
     "scatter from BN statistics": (
-        "the share of the loss scatter (running) carried by the gap between the running and the "
-        "recalibrated loss (`dispersion_share_gap`)"
+        "the running − recalibrated gap's share of the scatter's variance, Σ g²/(Σ g² + Σ r²) of "
+        "the detrended gap g and recalibrated residual r, in [0, 1] (`gap_share`; "
+        "`gap_recal_corr` in runs.csv says how far the two parts are from independent)"
     ),
     "epochs to 92 %": "the first validation at which the accuracy reached 0.92",
     "val − train loss": (
@@ -126,8 +136,13 @@ TERMS = {
 TERMS |= {
     "decay timescale": (
         "τ/T: the decay's memory τ = 1 / mean d_t, in steps, as a fraction of the run's steps "
-        "(`tau_fraction`; `optimizer.wd_tau` sets λ from it); λ₂ instead for L2 alone, which has "
-        "no decay"
+        "(`tau_fraction`; `optimizer.wd_tau` sets λ from it), and beside it Wang & Aitchison's τ "
+        "= 1/(η_peak·λ) in epochs (`tau_epoch_wa`; they advise at least one epoch); under cosine "
+        "the first is about 2.1 × the second; λ₂ instead for L2 alone, which has no decay"
+    ),
+    "wd": (
+        "the decoupled decay λ the run applied (summary.json `applied`: `optimizer.wd_tau` sets it "
+        "from τ/T, so it is not the configured `wd`); **l2** likewise λ₂"
     ),
     "BN gap from lag": (
         "mean over validations of the running loss minus the loss with BatchNorm's statistics "
@@ -144,29 +159,29 @@ TERMS |= {
     ),
     "BN lag": "the same against the means on augmented images: the lag alone (`bn_lag_mu`)",
     "rotation/step": (
-        "the angle in radians that the weights of the BatchNorm-followed stages turn per step, "
-        "measured in the middle third of the run (`angular_update_mid`)"
+        "the angle in radians that the scale-invariant weights of the BatchNorm-followed stages "
+        "turn in one step, measured in the middle third of the run (`angular_update_step_mid`)"
     ),
-    "equilibrium rotation/step": (
-        "√(2d), d the mean per-step decay: the rotation per step at which decay and updates "
-        "balance (`angular_update_eq_mid`; Kosson et al.)"
-    ),
-    "corr(BN gap, staleness)": (
-        "the correlation over validations of log(running loss / recalibrated loss) with BN "
-        "staleness (`gap_staleness_corr`)"
+    "predicted rotation/step": (
+        "√(2d(1 − β)/(1 + β)), d the per-step decay and β Adam's β1 or SGD's momentum: the angle "
+        "per step at which decay and updates balance (Kosson et al.; "
+        "`angular_update_step_pred_mid`)"
     ),
 }
 ALWAYS_TERMS = ("configuration", "n", "best val acc", "running", "recal", "selected on")
-CONFIGURATIONS_NOTE = "The mean ± sample standard deviation over completed runs."
+CONFIGURATIONS_NOTE = (
+    "The mean over completed runs with its 95 % interval in brackets (Student t; none for one run)."
+)
 FREQUENCY_NOTE = (
     "The loss swing, the largest rise, the rises and the swing removed by recalibration grow with "
     "how often a run validates: compare them only at equal steps between validations; the loss "
     "scatter does not (docs/reports.md)."
 )
 STALENESS_NOTE = (
-    "Per configuration (seed means): how much of the validation loss's scatter is BatchNorm's "
-    "running statistics, where the running − recalibrated gap comes from, how stale the statistics "
-    "are, and the measured rotation per step against the equilibrium's (docs/reports.md)."
+    "Per configuration (the mean over seeds with its 95 % interval): how much of the validation "
+    "loss's scatter is BatchNorm's running statistics, where the running − recalibrated gap comes "
+    "from, how stale the statistics are, and the measured rotation per step against the "
+    "equilibrium's (docs/reports.md)."
 )
 # (file, title, how to read it) of the report's figures; report.md shows each under its title
 FIGURE_WORDS = {
@@ -189,9 +204,16 @@ FIGURE_WORDS = {
         "between them is the part of the oscillation that is BatchNorm's running statistics "
         "lagging the weights.",
     ),
+    "chain.png": (
+        "The chain from decay to the oscillation, link by link",
+        "One point per log point (a) or validation (b-d) of every run; colour: stage (a, b) or "
+        "statistics set (c, d); hollow: left out of the fits (outside the middle third, in an "
+        "EMA's warm-up); dashed: measured = predicted.",
+    ),
     "staleness.png": (
         "Loss scatter and BatchNorm staleness vs rotation per step",
-        "Colour: optimizer; marker: BatchNorm momentum; hollow: recalibrated statistics.",
+        "One point per configuration (seed means), named beside it. Colour: optimizer; marker: "
+        "BatchNorm momentum; hollow: recalibrated statistics.",
     ),
 }
 

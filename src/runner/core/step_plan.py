@@ -139,18 +139,50 @@ def effective_decay(algorithm: str, d_t: float, lr_t: float, l2: float, momentum
     return None
 
 
+# Wang & Aitchison's guidance on the EMA timescale, in epochs (arXiv:2405.13698, abstract v1/v2)
+TAU_MIN_EPOCHS = 1.0
+
+
 def timescale(plan: StepPlan, total: int, algorithm: str, momentum: float) -> dict:
     """The decay's EMA timescale over the run's first `total` steps (Wang & Aitchison 2024: θ is
-    an EMA of the updates with memory 1/d_t steps): tau_steps = 1/mean_t of the effective
-    shrink, tau_fraction = tau_steps/total; both None without a shrink."""
+    an EMA of the updates with memory 1/d_t steps) in both conventions (`timescales`), with the
+    effective shrink of each rule (`effective_decay`); every figure None without a shrink."""
+    lrs = plan.lr[:total]
     eff = [
         effective_decay(algorithm, d, lr, plan.l2, momentum) or 0.0
-        for lr, d in zip(plan.lr[:total], plan.d[:total])
+        for lr, d in zip(lrs, plan.d[:total])
     ]
-    mean = sum(eff) / len(eff) if eff else 0.0
-    if mean <= 0:
-        return {"tau_steps": None, "tau_fraction": None}
-    return {"tau_steps": 1 / mean, "tau_fraction": 1 / (mean * len(eff))}
+    keys = ("tau_steps", "tau_epochs", "tau_fraction", "tau_iter_wa", "tau_epoch_wa")
+    empty = dict.fromkeys(keys + ("tau_fraction_wa", "below_one_epoch", "above_run"))
+    return {**empty, **timescales(lrs, eff, plan.steps_per_epoch)}
+
+
+def timescales(lrs: list[float], decays: list[float], steps_per_epoch: int) -> dict:
+    """The EMA timescale of a plan's lr_t and d_t in both conventions: the runner's tau_steps =
+    1/mean d_t (what optimizer.wd_tau sets), and Wang & Aitchison's tau_iter_wa = 1/d_t at the step
+    of the peak lr_t, their 1/(η·λ) with η as set; each also in epochs and as a fraction of the
+    run's steps; {} without decay. Under cosine with a warm-up epoch of 20, tau_steps ≈ 2.1 ×
+    tau_iter_wa. `below_one_epoch` flags tau_epoch_wa < 1 (their lower guide: the EMA should
+    average over all the data), `above_run` tau_epoch_wa beyond the run (their upper guide)."""
+    n = len(decays)
+    mean = sum(decays) / n if n else 0.0
+    if mean <= 0 or not lrs:
+        return {}
+    d_peak = decays[max(range(n), key=lrs.__getitem__)]
+    out = {
+        "tau_steps": 1 / mean,
+        "tau_epochs": 1 / (mean * steps_per_epoch),
+        "tau_fraction": 1 / (mean * n),
+    }
+    if d_peak > 0:
+        out |= {
+            "tau_iter_wa": 1 / d_peak,
+            "tau_epoch_wa": 1 / (d_peak * steps_per_epoch),
+            "tau_fraction_wa": 1 / (d_peak * n),
+        }
+        out["below_one_epoch"] = out["tau_epoch_wa"] < TAU_MIN_EPOCHS
+        out["above_run"] = out["tau_epoch_wa"] > n / steps_per_epoch
+    return out
 
 
 def describe(plan: StepPlan, cfg: RunConfig, n_tensors: int, n_values: int) -> list[str]:

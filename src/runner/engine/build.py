@@ -82,12 +82,17 @@ def setup(
         autocast,
         stage_index(trainee.model, trainee.opt, path.device),
         lambda: augmented_recal_images(cfg, splits, path),
+        cfg.batch_size,
     )
     probes = make_probes(cfg.probes, subject)
     for probe in probes if saved is not None else ():
         probe.load_state_dict(saved["probes"].get(probe.name, {}))
     recorder = Recorder(run_dir, resume_step=state.step, histograms_every=cfg.log.histograms_every)
     facts.update(run_facts(cfg, trainee, data, path, sentences), setup_s=time.time() - t_start)
+    plan = trainee.plan  # the λ and λ₂ applied (optimizer.wd_tau, wd_normalized set λ)
+    facts["applied"] = {"wd": plan.lam_now if plan.lam_now is not None else plan.wd, "l2": plan.l2}
+    if probed := {p.name: f for p in probes if (f := p.facts())}:
+        facts["probes"] = probed  # what the probes measure on, e.g. which kernels C counts
     spe = trainee.plan.steps_per_epoch
     total = cfg.epochs * spe
     run = Run(
@@ -105,11 +110,7 @@ def setup(
         stats=LoopStats(t_start=t_start),
     )
     announce(run)
-    plan = trainee.plan
-    applied = {
-        "wd_applied": plan.lam_now if plan.lam_now is not None else plan.wd,
-        "l2_applied": plan.l2,
-    }
+    applied = {f"{k}_applied": v for k, v in facts["applied"].items()}
     recorder.start(dataclasses.asdict(cfg), facts.get("choices"), facts.get("swept"), applied)
     return run
 

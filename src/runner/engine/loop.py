@@ -28,7 +28,7 @@ from runner.engine.readback import read
 from runner.engine.run import Run
 from runner.engine.state import StepRecord
 from runner.engine.validation import validation
-from runner.probes import LogPoint
+from runner.probes import LogPoint, StepPoint
 
 
 class Diverged(RuntimeError):
@@ -47,6 +47,7 @@ def loop(run: Run, stop: StopRequests, progress: Progress | None = None) -> Iter
             for x, y in run.data.train.epoch(epoch, start_step=start):
                 out = run.trainee.step(x, y, s.step, log_point=run.log_point_due(s.step + 1))
                 note_step(run, out, len(y), progress)
+                observe_step(run)
                 if s.step % run.val_every == 0 or s.step == run.total:
                     log_point(run, progress)
                     validation(run, progress)
@@ -77,6 +78,16 @@ def note_step(run: Run, out, images: int, progress: Progress) -> None:
     progress.step()
     if out.startup:  # the host waits for the device, so that the window holds this step alone
         lap(run, sync=True)
+
+
+def observe_step(run: Run) -> None:
+    """The probes that watch every step (runner.probes: after_step) see it now, outside the step:
+    device work only, so nothing here waits for the device."""
+    if run.probes:
+        s = run.state.step
+        point = StepPoint(s, run.log_point_due(s), run.log_point_due(s + 1))
+        for probe in run.probes:
+            probe.after_step(point)
 
 
 def lap(run: Run, sync: bool = False) -> None:

@@ -9,9 +9,10 @@ metrics.jsonl holds one JSON object per record, always with `step` (optimizer st
     weight_norm  ‖θ‖ of the regularized weights (the ones `decay_on` selects)
     grad_norm    ‖∇ data loss‖ at that step (on logging steps)
 The probes (runner.probes) add their figures to the log point's record: per stage
-weight_norm/<stage>, weight_norm_eq/<stage>, rotation/<stage>, angular_update/<stage>,
-angular_update_eq, rotation_steps (probes.equilibrium); l2_grad_ratio/<stage>,
-l2_sign_fraction/<stage> (probes.l2_terms, Adam + L2).
+weight_norm/<stage>, weight_norm_si/<stage>, weight_norm_eq/<stage>, rotation/<stage>,
+angular_diffusion/<stage>, angular_diffusion_pred, rotation_steps (probes.equilibrium);
+angular_update_step/<stage>, angular_update_step_pred (probes.rotation); l2_grad_ratio/<stage>,
+l2_update_ratio/<stage>, l2_dominant_share/<stage> (probes.l2_terms, Adam + L2).
 Validation records (a record with `val_loss` is one), see runner.core.evaluation for the two
 evaluations and runner.core.headline for their names:
     val_loss_running, val_acc_running   eval mode with BatchNorm's running statistics (Keras' and
@@ -27,6 +28,9 @@ evaluations and runner.core.headline for their names:
     bn_staleness_*, bn_lag_*, bn_mismatch_*, val_loss_recal_aug, val_acc_recal_aug
                                         the running statistics against exact ones (a probe:
                                         runner.probes.bn_staleness)
+    val_loss_shadow@m, bn_lag_rms<@m>/<stage>, bn_drift_mu/<stage>, ...
+                                        shadow statistics and the chain's figures (a probe:
+                                        runner.probes.shadow_bn)
 Epoch records (one at each epoch end, a record with `epoch_train_s` is one):
     epoch_train_s, epoch_images         seconds spent training in that epoch in this process (the
                                         host waits for the device before reading the clock), and the

@@ -4,11 +4,14 @@
 The headline numbers best_val_acc, final_val_acc and final_val_loss are the evaluation
 core.headline names (`val_metric`): final_val_acc is the last validation record's `val_acc`; both
 evaluations are also reported under their own names (`*_running`, `*_recal`), as in
-metrics.jsonl. `timescale` is the decay's EMA timescale of the run's plan
-(core.step_plan.timescale). `path` is the execution path that ran (at the end, in this process);
-`path_fallback` lists each move to a safer one when compile or capture failed (engine.execution),
-null when the run kept the path it set out on. Figures computed from the records (the oscillation
-and equilibrium figures) are the report's: python -m runner.analysis.report RUN_DIR.
+metrics.jsonl. `timescale` is the decay's EMA timescale of the run's plan in both conventions
+(core.step_plan.timescale); `applied` the λ (`wd`) and λ₂ (`l2`) the plan applies, which `hparams`
+(the configuration as given) need not show: optimizer.wd_tau and wd_normalized set λ from other
+settings; `probes` what the probes measure on. `path` is the execution path that ran (at the end, in
+this process); `path_fallback` lists each move to a safer one when compile or capture failed
+(engine.execution), null when the run kept the path it set out on. Figures computed from the
+records (the oscillation and equilibrium figures) are the report's:
+python -m runner.analysis.report RUN_DIR.
 """
 
 from __future__ import annotations

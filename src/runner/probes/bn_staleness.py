@@ -74,20 +74,42 @@ def staleness_figures(stats: dict, model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-class BNStaleness(Probe):
-    name = "bn_staleness"
+class AugmentedReference:
+    """The exact BatchNorm statistics of the augmented reference images (one fixed draw through the
+    training augmentation, made once) and the validation set evaluated with them: computed at most
+    once per validation, for every probe that asks (bn_staleness, shadow_bn)."""
 
     def __init__(self, subject: Subject):
         self.model, self.autocast = subject.model, subject.autocast
-        self.images = subject.augmented_images()  # one fixed draw, made once
+        self.images = subject.augmented_images()  # None when trainer.bn_recalibrate=0
+        self.n_images = 0 if self.images is None else len(self.images)
+        self.cached: tuple[int, dict] | None = None
+
+    def at(self, point: ValidationPoint) -> dict | None:
+        """{"stats": per-layer (mean, var), "loss", "acc"} at this validation (device tensors),
+        None without images or BatchNorm."""
+        if self.images is None or not batch_norms(self.model):
+            return None
+        if self.cached is None or self.cached[0] != point.step:
+            with recalibrated_bn(self.model, self.images, self.autocast):  # restored on leaving
+                loss, acc = point.evaluate_val()
+                ref = {"stats": bn_statistics(self.model), "loss": loss, "acc": acc}
+            self.cached = (point.step, ref)
+        return self.cached[1]
+
+
+class BNStaleness(Probe):
+    name = "bn_staleness"
+
+    def __init__(self, subject: Subject, reference: AugmentedReference):
+        self.model, self.reference = subject.model, reference
 
     def at_validation(self, point: ValidationPoint) -> dict[str, torch.Tensor]:
         if point.recalibrated is None or not batch_norms(self.model):
             return {}
         stats = {"running": point.running, "clean": point.recalibrated}
         out = {}
-        if self.images is not None:
-            with recalibrated_bn(self.model, self.images, self.autocast):  # restored on leaving
-                stats["augmented"] = bn_statistics(self.model)
-                out["val_loss_recal_aug"], out["val_acc_recal_aug"] = point.evaluate_val()
+        if (ref := self.reference.at(point)) is not None:
+            stats["augmented"] = ref["stats"]
+            out["val_loss_recal_aug"], out["val_acc_recal_aug"] = ref["loss"], ref["acc"]
         return {**staleness_figures(stats, self.model), **out}

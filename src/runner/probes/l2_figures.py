@@ -34,13 +34,17 @@ import torch
 def l2_update_sums(
     theta: list[torch.Tensor],
     exp_avg_sq: list[torch.Tensor],
-    step: float,
+    step: float | torch.Tensor,
     beta2: float,
     eps: float,
     l2: float,
 ) -> torch.Tensor:
-    """Per tensor Σ |λ₂θ|/(√v̂ + ε), v̂ = exp_avg_sq/(1 − β2^step) (float32, on the device)."""
-    correction = math.sqrt(1 - beta2**step)
+    """Per tensor Σ |λ₂θ|/(√v̂ + ε), v̂ = exp_avg_sq/(1 − β2^step) (float32, on the device). `step`
+    is Adam's step count, a number or a tensor (fused and capturable Adam keep it on the device:
+    it is read there, never on the host)."""
+    step = torch.as_tensor(step).to(theta[0].device, torch.float32)
+    # 1 − β2^k as −expm1(k·ln β2): accurate in float32 (any device), where 1 − β2^k is not
+    correction = (-torch.expm1(step * math.log(beta2))).sqrt()
     sums = []
     for t, v in zip(theta, exp_avg_sq):
         sums.append((t.abs() * l2 / (v.sqrt() / correction + eps)).sum().float())

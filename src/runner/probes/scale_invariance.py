@@ -84,6 +84,19 @@ def stage_invariance(model: nn.Module) -> dict[str, dict]:
     return out
 
 
+def invariant_stages(model: nn.Module, params: list[torch.Tensor]) -> dict[str, list[int]]:
+    """{stage: positions in `params` of its scale-invariant kernels}; stages without any are left
+    out."""
+    invariant = set(scale_invariant_kernels(model))
+    stages = tuple(getattr(model, "STAGES", ()))
+    position = {id(p): i for i, p in enumerate(params)}
+    out: dict[str, list[int]] = {}
+    for name, p in model.named_parameters():
+        if name in invariant and id(p) in position:
+            out.setdefault(stage_of(name, stages), []).append(position[id(p)])
+    return out
+
+
 def eps_share(var: torch.Tensor, eps: float) -> torch.Tensor:
     """ε/(σ² + ε) per channel, σ² the variance of a BatchNorm's input (its recalibrated
     running_var): how far the layer is from scale-invariant. Scaling the kernel by c turns the

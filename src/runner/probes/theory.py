@@ -37,7 +37,8 @@ EMA of the updates with timescale τ_iter = 1/(ηλ) iterations, τ_epoch = τ_i
 per epoch, η the learning rate as set (the peak of a schedule). Their guidance (the paper's
 abstract, v1/v2): τ should not be (much) smaller than one epoch, so that the EMA averages over all
 the data, nor (much) larger than the run, so that it forgets early updates; they find the best
-τ_epoch roughly constant across model and data size. Two conventions here:
+τ_epoch roughly constant across model and data size. Two conventions (core.step_plan.timescales,
+in summary.json's `timescale`):
     tau_steps        1/mean_t d_t over the run (core.step_plan's optimizer.wd_tau sets this one)
     tau_iter_wa      1/d_t at the step of the peak lr_t: Wang & Aitchison's 1/(η_peak·λ)
 Under cosine with one warm-up epoch of 20, mean η_t ≈ 0.47, so tau_steps ≈ 2.1 × tau_iter_wa
@@ -62,9 +63,6 @@ E_s = Σ_{j<s} m(1 − m)^{s−1−j}·x_j + (1 − m)^s·r_0, and its lag is x_
 from __future__ import annotations
 
 import math
-
-# Wang & Aitchison's guidance on the EMA timescale, in epochs (arXiv:2405.13698, abstract v1/v2)
-TAU_MIN_EPOCHS = 1.0
 
 
 def long_run_shrink(
@@ -110,33 +108,6 @@ def adam_update_rms(beta1: float) -> float:
     from step to step (m is an EMA of them, v their variance); 0.229 at β1 = 0.9. A gradient with a
     mean raises it."""
     return math.sqrt((1 - beta1) / (1 + beta1))
-
-
-def timescales(lrs: list[float], decays: list[float], steps_per_epoch: int) -> dict:
-    """The decay's EMA timescale of a plan (lr_t and d_t of every step) in both conventions (module
-    docstring): tau_steps = 1/mean d_t, tau_iter_wa = 1/d_t at the peak lr_t, each also in epochs
-    and as a fraction of the run's steps; None without decay. `below_one_epoch` flags tau_epoch_wa <
-    1 (Wang & Aitchison's lower guide), `above_run` tau_epoch_wa > the run's epochs (their upper
-    guide)."""
-    n = len(decays)
-    mean = sum(decays) / n if n else 0.0
-    if mean <= 0 or not lrs:
-        return {}
-    d_peak = decays[max(range(n), key=lrs.__getitem__)]
-    out = {
-        "tau_steps": 1 / mean,
-        "tau_epochs": 1 / (mean * steps_per_epoch),
-        "tau_fraction": 1 / (mean * n),
-    }
-    if d_peak > 0:
-        out |= {
-            "tau_iter_wa": 1 / d_peak,
-            "tau_epoch_wa": 1 / (d_peak * steps_per_epoch),
-            "tau_fraction_wa": 1 / (d_peak * n),
-        }
-        out["below_one_epoch"] = out["tau_epoch_wa"] < TAU_MIN_EPOCHS
-        out["above_run"] = out["tau_epoch_wa"] > n / steps_per_epoch
-    return out
 
 
 def ema_steady_lag(rate: float, momentum: float) -> float:
