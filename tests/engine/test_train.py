@@ -174,8 +174,16 @@ def test_with_the_progress_bar_validations_are_still_logged_and_the_last_line_is
         r"val_acc_recal [\d.]+ val_loss_recal [\d.]+ val_acc_running [\d.]+ val_loss_running [\d.]+"
     )
     assert len(re.findall(rf"step [48] epoch [\d.]+ {own} \(val_acc = val_acc_recal\)", out)) == 2
-    # the bar keeps its last accuracy
-    assert re.search(r"8/8 \[[^\r]*val_acc_recal=\d\.\d{3}[^\r]*\]\n", r.stderr)
+    # the bar ends on the epoch, and on the final validation's headline loss and accuracy
+    final = [rec for rec in read_metrics(next(tmp_path.rglob("metrics.jsonl"))) if "val_acc" in rec]
+    shown = f"val_loss={final[-1]['val_loss']:.3f}, val_acc={final[-1]['val_acc']:.3f}"
+    assert re.search(rf"epoch 1/1: 100%[^\r]* 8/8 \[[^\r]*loss=[^\r]*{shown}\]\n", r.stderr)
+    # one line for the epoch, as Keras' fit prints it
+    epoch = r"epoch 1/1: train_loss [\d.]+ train_acc [\d.]+ \| val_loss [\d.]+ val_acc [\d.]+ \|"
+    assert (
+        len(re.findall(rf"{epoch} [\d.]+ s training \(\d+ images/s\), [\d.]+ s validation", out))
+        == 1
+    )
     # 2 batches x 2 evaluations
     assert re.search(r"validation \(200 images\): 100%\|[^\r]*\| 4/4 ", r.stderr)
     last = [line for line in out.splitlines() if "best_val_acc" in line][-1]
