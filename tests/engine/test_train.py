@@ -174,6 +174,8 @@ def test_with_the_progress_bar_validations_are_still_logged_and_the_last_line_is
         r"val_acc_recal [\d.]+ val_loss_recal [\d.]+ val_acc_running [\d.]+ val_loss_running [\d.]+"
     )
     assert len(re.findall(rf"step [48] epoch [\d.]+ {own} \(val_acc = val_acc_recal\)", out)) == 2
+    # on a CPU, how long before it starts
+    assert re.search(r"about \d+(\.\d)? (s|min|h) on this CPU \(8 steps of 64 images", out)
     # the bar ends on the epoch, and on the final validation's headline loss and accuracy
     final = [rec for rec in read_metrics(next(tmp_path.rglob("metrics.jsonl"))) if "val_acc" in rec]
     shown = f"val_loss={final[-1]['val_loss']:.3f}, val_acc={final[-1]['val_acc']:.3f}"
