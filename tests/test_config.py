@@ -379,6 +379,26 @@ def test_image_folder_needs_its_own_root_not_cifar10s():
     )
 
 
+def test_a_missing_image_folder_is_named_before_torch_is_imported(tmp_path):
+    """Checked where the run starts (DataConfig.check_root), not by validate: a sweep is validated
+    where it is launched, which may not see the folders its jobs' machines see."""
+    run = validate(compose_cfg("data=image_folder", f"data.root={tmp_path / 'missing'}"))
+    with pytest.raises(ConfigError, match=r"^data.root='\S+missing' is invalid: no such folder"):
+        run.data.check_root()
+    poison = tmp_path / "poison" / "torch"  # any import of torch fails with its own message
+    poison.mkdir(parents=True)
+    (poison / "__init__.py").write_text('raise ImportError("torch was imported")')
+    pythonpath = f"{poison.parent}:{Path(config.__file__).parents[1]}"
+    r = run_cli(
+        ["data=image_folder", f"data.root={tmp_path / 'missing'}"],
+        cwd=tmp_path,
+        env_extra={"PYTHONPATH": pythonpath},
+    )
+    assert r.returncode == 2 and "torch was imported" not in r.stderr
+    assert r.stderr.strip().endswith("needs DIR/train/<class>/* and DIR/test/<class>/*")
+    validate(compose_cfg("data=image_folder", f"data.root={tmp_path}")).data.check_root()
+
+
 # ---- debug=tiny and debug=smoke, and every preset of every group
 
 OLD_TINY = [

@@ -255,6 +255,18 @@ class DataConfig(_Section):
             rule = "synthetic data needs at least 10 images per split"
             self._fail("n_train/n_val", rule, (self.n_train, self.n_val))
 
+    def check_root(self) -> None:
+        """The image folder exists, checked where the run starts (before torch is imported, so
+        a typo costs a second): not in __post_init__, since a sweep is validated where it is
+        launched, which may not see the folders its jobs' machines see."""
+        from pathlib import Path
+
+        if self.source == "image_folder" and not Path(self.root).expanduser().is_dir():
+            rule = (
+                "no such folder: data=image_folder needs DIR/train/<class>/* and DIR/test/<class>/*"
+            )
+            self._fail("root", rule)
+
 
 # the numeric summary.json keys a sweeper may optimize (trainer.objective)
 OBJECTIVES = (
