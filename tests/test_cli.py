@@ -129,6 +129,44 @@ def earlier_sweep(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_named_sweep_carries_its_name_and_tags_into_folders_summary_tensorboard_and_report(
+    tmp_path,
+):
+    """name= and tags= (and the decoupled λ the step plan applies, which optimizer.wd_tau sets
+    from other settings) as TensorBoard's HParams show them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    args = ["-m", *SMALL, "name=lrscan", "tags=[first,cpu]", "lr=1e-3,2e-3", "report=true"]
+    r = run_cli([*args, "optimizer.wd_tau=5"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun").glob("20*/*")
+    assert sweep.name.endswith("_lrscan")
+    job = sweep / "0_lr=0.001"
+    summary = json.loads((job / "summary.json").read_text())
+    assert (summary["name"], summary["tags"]) == ("lrscan", ["first", "cpu"])
+    ea = EventAccumulator(str(job), size_guidance={"tensors": 0})
+    ea.Reload()
+    read = plugin_data_pb2.HParamsPluginData.FromString
+    content = ea.PluginTagToContent("hparams")
+    columns = read(content["_hparams_/experiment"]).experiment.hparam_infos
+    start = read(content["_hparams_/session_start_info"]).session_start_info
+    assert [c.name for c in columns][:2] == ["name", "lr"] and [c.differs for c in columns][:2] == [
+        False,
+        True,
+    ]  # in a sweep its swept keys lead: the name is the sweep's
+    assert start.hparams["name"].string_value == "lrscan"
+    assert start.hparams["tags"].string_value == "first, cpu"
+    assert start.group_name == job.relative_to(tmp_path).as_posix()  # the trial: its folder
+    applied = start.hparams["wd_applied"].number_value
+    assert applied != summary["hparams"]["wd"]  # wd_tau set λ from the run's length
+    assert f"θ·(1 − η_t·{applied:g})" in summary["regularization"][0]
+    report = (sweep / "report" / "report.md").read_text()
+    assert "| run | name | tags | status | seed |" in report
+    assert "| 0_lr=0.001 | lrscan | first, cpu | completed |" in report
+
+
+@pytest.mark.slow
 def test_a_sweep_whose_jobs_all_fail_at_setup_leaves_latest_where_it_was(tmp_path):
     """No job found its images: the sweep folder holds no run that trained, so `latest` (what the
     report and TensorBoard are pointed at) keeps showing the earlier sweep."""

@@ -1,6 +1,7 @@
 """The configuration contract: what composes, what is refused, and the message a user sees."""
 
 import dataclasses
+import re
 import subprocess
 import sys
 import typing
@@ -224,6 +225,8 @@ def test_resumable_keys_are_exactly_the_settings_that_do_not_change_the_training
         "log.histograms_every",
         "report",
         "resume",
+        "name",
+        "tags",
         "trainer.train_eval",
         "trainer.bn_recalibrate",
         "probes.equilibrium",
@@ -245,6 +248,39 @@ def test_the_settings_that_do_not_train_are_read_from_the_schema_and_all_may_cha
         non_training_keys()
     )
     assert not {"lr", "wd", "l2", "seed", "epochs", "trainer.max_steps"} & set(non_training_keys())
+
+
+def test_a_run_may_have_a_name_and_tags_that_do_not_change_its_training():
+    run = validate(compose_cfg("name=baseline-2.lr_1e-3", "tags=[adamw,first try]"))
+    assert (run.name, run.tags) == ("baseline-2.lr_1e-3", ["adamw", "first try"])
+    assert validate(compose_cfg()).name is None and validate(compose_cfg()).tags == []
+    assert {"name", "tags"} <= set(non_training_keys()) & set(resumable_keys())
+    for bad in ("a/b", "-x", "x" * 65, "two words", "é"):
+        with pytest.raises(ConfigError, match=r"^name=.* is invalid: a run's name is part of its"):
+            validate(compose_cfg(f"name='{bad}'"))
+    for bad in ("[a,'']", "['a,b']"):
+        with pytest.raises(ConfigError, match=r"^tags=.* is invalid: each tag is 1 to 64"):
+            validate(compose_cfg(f"tags={bad}"))
+
+
+def run_folders(*overrides: str) -> tuple[str, str]:
+    """hydra.run.dir and hydra.sweep.dir as the real config resolves them."""
+    from hydra import compose, initialize_config_dir
+
+    from runner.sweeps import callbacks
+
+    callbacks.register_resolvers()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    return cfg.hydra.run.dir, cfg.hydra.sweep.dir
+
+
+def test_a_name_ends_the_run_and_sweep_folder_names():
+    run, sweep = run_folders("name=baseline")
+    assert run.startswith("outputs/20") and run.endswith("_baseline")
+    assert sweep.startswith("multirun/20") and sweep.endswith("_baseline")
+    run, sweep = run_folders()
+    assert re.fullmatch(r"outputs/[\d-]+/[\d-]+_[0-9a-f]{6}", run), run
 
 
 def test_a_continued_run_may_change_what_is_resumable_and_nothing_else():

@@ -285,7 +285,9 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     if not isinstance(hp, dict):
         hp, note = read_saved_config(d / ".hydra" / "config.yaml")
         notes += [note] if note else []
-    hp = flatten_hparams(hp if isinstance(hp, dict) else {})
+    hp = hp if isinstance(hp, dict) else {}
+    named = {"name": hp.get("name"), "tags": hp.get("tags") or []}  # name=..., tags=[...]
+    hp = flatten_hparams(hp)
     if summary:
         status = summary.get("status") or "unknown"
     else:
@@ -316,6 +318,7 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     return {
         "path": root.resolve().name if rel == "." else rel,  # outputs/latest: the run it points at
         "status": status,
+        **named,
         "seed": hp.get("seed"),
         "hparams": hp,
         **metrics,
