@@ -21,7 +21,7 @@ QUICK_LOOK = (
     "for a quick look: python -m runner experiment=cpu_quick (real images, a few minutes) or "
     "debug=smoke (synthetic images, 1 minute)"
 )
-TIMED_IMAGES = 32  # per timed batch (at most the run's batch size): ~0.1-1 s per pass on 2 cores
+TIMED_IMAGES = 32  # per timed batch (at most the run's batch size): ~0.1-1 s a pass on 2 cores
 
 
 def line(run: Run) -> str:
@@ -49,22 +49,23 @@ def _forward_s(model, x: torch.Tensor, autocast) -> float:
 
 def measure(run: Run) -> tuple[float, float]:
     """(seconds per training image, seconds per evaluated image) of the run's model here: a copy
-    trained on one batch of zeros (the costs of dense convolutions do not depend on the values)
-    after one untimed batch, and evaluated alike."""
+    trained on a batch of zeros (the costs of dense convolutions do not depend on the values),
+    the faster of two passes after an untimed one that sets up kernels and buffers (a pass that
+    other processes slowed says less about this CPU), then evaluated alike."""
     n = min(run.cfg.batch_size, TIMED_IMAGES)
     model = copy.deepcopy(run.trainee.model).train()
     x = torch.zeros(n, *run.data.inference.image_size, device=run.device)
     y = torch.zeros(n, dtype=torch.long, device=run.device)
-    autocast = run.trainee.autocast
-    for _ in range(2):  # the first pass sets up the kernels and buffers; the second is timed
+    autocast, times = run.trainee.autocast, []
+    for _ in range(3):
         tick = time.perf_counter()
         with autocast:
             loss = F.cross_entropy(model(x).float(), y)
         loss.backward()
-        train_s = time.perf_counter() - tick
+        times.append(time.perf_counter() - tick)
     model.eval()
-    _forward_s(model, x, autocast)
-    return train_s / n, _forward_s(model, x, autocast) / n
+    forward = [_forward_s(model, x, autocast) for _ in range(3)]
+    return min(times[1:]) / n, min(forward[1:]) / n
 
 
 def validations_left(step: int, total: int, val_every: int) -> int:
