@@ -112,7 +112,7 @@ def image_tree(root, classes=("ant", "bee"), per_class=16):
         for ci, c in enumerate(classes):
             (root / split / c).mkdir(parents=True)
             for i in range(n):
-                pixels = np.full((8, 8, 3), 40 * ci + i, np.uint8)
+                pixels = np.full((32, 32, 3), 40 * ci + i, np.uint8)
                 Image.fromarray(pixels).save(root / split / c / f"{i}.png")
     return root
 
@@ -129,12 +129,50 @@ def earlier_sweep(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_named_sweep_carries_its_name_and_tags_into_folders_summary_tensorboard_and_report(
+    tmp_path,
+):
+    """name= and tags= (and the decoupled λ the step plan applies, which optimizer.wd_tau sets
+    from other settings) as TensorBoard's HParams show them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    args = ["-m", *SMALL, "name=lrscan", "tags=[first,cpu]", "lr=1e-3,2e-3", "report=true"]
+    r = run_cli([*args, "optimizer.wd_tau=5"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun").glob("20*/*")
+    assert sweep.name.endswith("_lrscan")
+    job = sweep / "0_lr=0.001"
+    summary = json.loads((job / "summary.json").read_text())
+    assert (summary["name"], summary["tags"]) == ("lrscan", ["first", "cpu"])
+    ea = EventAccumulator(str(job), size_guidance={"tensors": 0})
+    ea.Reload()
+    read = plugin_data_pb2.HParamsPluginData.FromString
+    content = ea.PluginTagToContent("hparams")
+    columns = read(content["_hparams_/experiment"]).experiment.hparam_infos
+    start = read(content["_hparams_/session_start_info"]).session_start_info
+    assert [c.name for c in columns][:2] == ["name", "lr"] and [c.differs for c in columns][:2] == [
+        False,
+        True,
+    ]  # in a sweep its swept keys lead: the name is the sweep's
+    assert start.hparams["name"].string_value == "lrscan"
+    assert start.hparams["tags"].string_value == "first, cpu"
+    assert start.group_name == job.relative_to(tmp_path).as_posix()  # the trial: its folder
+    applied = start.hparams["wd_applied"].number_value
+    assert applied != summary["hparams"]["wd"]  # wd_tau set λ from the run's length
+    assert f"θ·(1 − η_t·{applied:g})" in summary["regularization"][0]
+    report = (sweep / "report" / "report.md").read_text()
+    assert "| run | name | tags | status | seed |" in report
+    assert "| 0_lr=0.001 | lrscan | first, cpu | completed |" in report
+
+
+@pytest.mark.slow
 def test_a_sweep_whose_jobs_all_fail_at_setup_leaves_latest_where_it_was(tmp_path):
     """No job found its images: the sweep folder holds no run that trained, so `latest` (what the
     report and TensorBoard are pointed at) keeps showing the earlier sweep."""
     old = earlier_sweep(tmp_path)
     r = run_cli(["-m", *IMAGES, f"data.root={tmp_path / 'none'}", "seed=1,2"], cwd=tmp_path)
-    assert r.returncode == 2 and "check data.root" in r.stderr, r.stderr[-3000:]
+    assert r.returncode == 2 and "no such folder" in r.stderr, r.stderr[-3000:]
     assert len(list((tmp_path / "multirun").glob("20*/*"))) == 2  # the failed sweep's folder exists
     assert (tmp_path / "multirun" / "latest").resolve() == old.resolve()
 
@@ -144,7 +182,7 @@ def test_a_sweep_that_partly_fails_is_latest_once_a_job_trains(tmp_path):
     earlier_sweep(tmp_path)
     good = image_tree(tmp_path / "images")
     r = run_cli(["-m", *IMAGES, f"data.root={good},{tmp_path / 'none'}"], cwd=tmp_path)
-    assert r.returncode == 2 and "check data.root" in r.stderr, r.stderr[-3000:]
+    assert r.returncode == 2 and "no such folder" in r.stderr, r.stderr[-3000:]
     (sweep,) = [p for p in (tmp_path / "multirun").glob("20*/*") if "before" not in p.name]
     trained = [p.parent.name.split("_")[0] for p in sweep.glob("*/summary.json")]
     assert trained == ["0"]  # job 1 did not train

@@ -1,6 +1,7 @@
 """The configuration contract: what composes, what is refused, and the message a user sees."""
 
 import dataclasses
+import re
 import subprocess
 import sys
 import typing
@@ -226,6 +227,8 @@ def test_resumable_keys_are_exactly_the_settings_that_do_not_change_the_training
         "log.histograms_every",
         "report",
         "resume",
+        "name",
+        "tags",
         "trainer.train_eval",
         "trainer.bn_recalibrate",
         "probes.equilibrium",
@@ -249,6 +252,39 @@ def test_the_settings_that_do_not_train_are_read_from_the_schema_and_all_may_cha
         non_training_keys()
     )
     assert not {"lr", "wd", "l2", "seed", "epochs", "trainer.max_steps"} & set(non_training_keys())
+
+
+def test_a_run_may_have_a_name_and_tags_that_do_not_change_its_training():
+    run = validate(compose_cfg("name=baseline-2.lr_1e-3", "tags=[adamw,first try]"))
+    assert (run.name, run.tags) == ("baseline-2.lr_1e-3", ["adamw", "first try"])
+    assert validate(compose_cfg()).name is None and validate(compose_cfg()).tags == []
+    assert {"name", "tags"} <= set(non_training_keys()) & set(resumable_keys())
+    for bad in ("a/b", "-x", "x" * 65, "two words", "é"):
+        with pytest.raises(ConfigError, match=r"^name=.* is invalid: a run's name is part of its"):
+            validate(compose_cfg(f"name='{bad}'"))
+    for bad in ("[a,'']", "['a,b']"):
+        with pytest.raises(ConfigError, match=r"^tags=.* is invalid: each tag is 1 to 64"):
+            validate(compose_cfg(f"tags={bad}"))
+
+
+def run_folders(*overrides: str) -> tuple[str, str]:
+    """hydra.run.dir and hydra.sweep.dir as the real config resolves them."""
+    from hydra import compose, initialize_config_dir
+
+    from runner.sweeps import callbacks
+
+    callbacks.register_resolvers()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    return cfg.hydra.run.dir, cfg.hydra.sweep.dir
+
+
+def test_a_name_ends_the_run_and_sweep_folder_names():
+    run, sweep = run_folders("name=baseline")
+    assert run.startswith("outputs/20") and run.endswith("_baseline")
+    assert sweep.startswith("multirun/20") and sweep.endswith("_baseline")
+    run, sweep = run_folders()
+    assert re.fullmatch(r"outputs/[\d-]+/[\d-]+_[0-9a-f]{6}", run), run
 
 
 def test_a_continued_run_may_change_what_is_resumable_and_nothing_else():
@@ -381,6 +417,26 @@ def test_image_folder_needs_its_own_root_not_cifar10s():
         validate(compose_cfg("data=image_folder", "data.root=/data/cinic10")).data.root
         == "/data/cinic10"
     )
+
+
+def test_a_missing_image_folder_is_named_before_torch_is_imported(tmp_path):
+    """Checked where the run starts (DataConfig.check_root), not by validate: a sweep is validated
+    where it is launched, which may not see the folders its jobs' machines see."""
+    run = validate(compose_cfg("data=image_folder", f"data.root={tmp_path / 'missing'}"))
+    with pytest.raises(ConfigError, match=r"^data.root='\S+missing' is invalid: no such folder"):
+        run.data.check_root()
+    poison = tmp_path / "poison" / "torch"  # any import of torch fails with its own message
+    poison.mkdir(parents=True)
+    (poison / "__init__.py").write_text('raise ImportError("torch was imported")')
+    pythonpath = f"{poison.parent}:{Path(config.__file__).parents[1]}"
+    r = run_cli(
+        ["data=image_folder", f"data.root={tmp_path / 'missing'}"],
+        cwd=tmp_path,
+        env_extra={"PYTHONPATH": pythonpath},
+    )
+    assert r.returncode == 2 and "torch was imported" not in r.stderr
+    assert r.stderr.strip().endswith("needs DIR/train/<class>/* and DIR/test/<class>/*")
+    validate(compose_cfg("data=image_folder", f"data.root={tmp_path}")).data.check_root()
 
 
 # ---- debug=tiny and debug=smoke, and every preset of every group

@@ -79,6 +79,7 @@ def main(cfg: DictConfig) -> float | None:
             cfg, run_dir = resumed_config(cfg, list(hc.overrides.task))
             meta = {}
         run = validate(cfg)
+        run.data.check_root()
         from runner.engine.train import train  # torch loads once the config is known to be good
 
         job_num, parallel = sweep_position(hc)

@@ -20,6 +20,7 @@ completion stay quick.
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -255,6 +256,18 @@ class DataConfig(_Section):
             rule = "synthetic data needs at least 10 images per split"
             self._fail("n_train/n_val", rule, (self.n_train, self.n_val))
 
+    def check_root(self) -> None:
+        """The image folder exists, checked where the run starts (before torch is imported, so
+        a typo costs a second): not in __post_init__, since a sweep is validated where it is
+        launched, which may not see the folders its jobs' machines see."""
+        from pathlib import Path
+
+        if self.source == "image_folder" and not Path(self.root).expanduser().is_dir():
+            rule = (
+                "no such folder: data=image_folder needs DIR/train/<class>/* and DIR/test/<class>/*"
+            )
+            self._fail("root", rule)
+
 
 # the numeric summary.json keys a sweeper may optimize (trainer.objective)
 OBJECTIVES = (
@@ -385,6 +398,10 @@ class RunConfig(_Section):
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
+    # what a person calls the run (a sweep: all its jobs): in its folder's name after the time,
+    # summary.json, TensorBoard and the report; letters, digits, '.', '_', '-'
+    name: Optional[str] = run_setting(None)
+    tags: List[str] = run_setting([])  # labels: summary.json, TensorBoard's HParams, the report
     resume: Optional[str] = run_setting(None)  # a run folder to continue
     # a sweep's report at its end (python -m runner.analysis.report)
     report: bool = run_setting(False)
@@ -411,8 +428,18 @@ class RunConfig(_Section):
             rule = "leaves no decoupled decay for optimizer.wd_tau to set"
             self._fail("wd", f"{rule}: use optimizer=adamw or sgdw")
         self.schedule.check_span(self.epochs)
+        self._check_names()
+
+    def _check_names(self) -> None:
+        if self.name is not None and not RUN_NAME.fullmatch(str(self.name)):
+            rule = "letters, digits, '.', '_' and '-', at most 64, starting with a letter or digit"
+            self._fail("name", f"a run's name is part of its folder's name: {rule}")
+        for tag in self.tags:
+            if not isinstance(tag, str) or not 0 < len(tag) <= 64 or "," in tag:
+                self._fail("tags", f"each tag is 1 to 64 characters, no comma (got {tag!r})")
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_DEPTH = 1202  # ResNet-1202, He et al. 2016
 MAX_EPOCHS = 100_000
 MAX_IMAGES = 10_000_000  # 30 GB of 32×32 RGB uint8: past it a split cannot be held in memory

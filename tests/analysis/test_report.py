@@ -538,6 +538,23 @@ def test_one_run_is_one_run(tmp_path, capsys):
     assert first.startswith("run: 1 run (1 completed) in 1 configuration;"), first
 
 
+def test_a_runs_name_and_tags_are_in_its_row_and_titles_when_its_folder_does_not_show_them(
+    tmp_path, capsys
+):
+    make_run(tmp_path / "run", {**hparams(1e-3, 1e-4, 0), "name": "baseline", "tags": ["a", "b"]})
+    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| run | name | tags | status | seed |" in md and "| baseline | a, b | completed |" in md
+    assert "/run · baseline · resnet20v1 · synthetic." in md.splitlines()[2]
+    named = tmp_path / "outputs" / "2026-01-01" / "10-00-00_abc123_baseline"
+    make_run(named, {**hparams(1e-3, 1e-4, 0), "name": "baseline"})
+    assert main([str(named), "--out", str(tmp_path / "rep2")]) == 0
+    assert " · baseline · " not in (tmp_path / "rep2" / "report.md").read_text()  # said once
+    make_run(tmp_path / "plain", hparams(1e-3, 1e-4, 0))
+    assert main([str(tmp_path / "plain"), "--out", str(tmp_path / "rep3")]) == 0
+    assert "| run | status | seed |" in (tmp_path / "rep3" / "report.md").read_text()
+
+
 def test_every_figure_is_titled_with_sweep_model_and_data_and_axes_in_words(sweep, tmp_path, drawn):
     assert main([str(sweep), "--out", str(tmp_path / "rep")]) == 0
     assert {"val_curves.png", "heatmap.png", "weight_norm.png", "oscillation.png"} <= set(drawn)

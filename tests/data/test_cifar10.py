@@ -10,7 +10,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from conftest import Creates
+from conftest import Creates, run_cli
 
 import runner.data.cifar10 as D
 from runner.core.loader import DataError
@@ -93,6 +93,7 @@ def test_cifar_missing_without_download(tmp_path):
     with pytest.raises(DataError) as e:
         D.load_cifar10(tmp_path, download=False)
     assert str(tmp_path / D.CIFAR10_FOLDER) in str(e.value) and "data.download=true" in str(e.value)
+    assert "data=image_folder data.root=DIR" in str(e.value) and "debug=smoke" in str(e.value)
 
 
 def test_cifar_download_unreachable(tmp_path, monkeypatch):
@@ -104,10 +105,28 @@ def test_cifar_download_unreachable(tmp_path, monkeypatch):
     with pytest.raises(DataError) as e:
         D.load_cifar10(tmp_path, download=True)
     assert url in str(e.value) and "failed" in str(e.value) and D.CIFAR10_ARCHIVE in str(e.value)
+    # and what works without the network
+    assert "data=image_folder data.root=DIR" in str(e.value) and "debug=smoke" in str(e.value)
     assert not (tmp_path / D.CIFAR10_ARCHIVE).exists()
     with pytest.raises(DataError):  # a data.root the download made goes with the failed download
         D.load_cifar10(tmp_path / "new" / "root", download=True)
     assert not (tmp_path / "new").exists() and tmp_path.is_dir()
+
+
+@pytest.mark.slow
+def test_the_first_command_offline_ends_in_what_works_without_the_network(tmp_path):
+    """`make run` (python -m runner, the defaults) where CIFAR-10 cannot be downloaded: one line
+    that names the offline options, and nothing left behind."""
+    with socket.socket() as sock:  # a proxy port nothing listens on: every download fails at once
+        sock.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    env = {"RUNNER_DATA": str(tmp_path / "data"), "https_proxy": proxy, "HTTPS_PROXY": proxy}
+    r = run_cli([], cwd=tmp_path, env_extra={**env, "no_proxy": "", "NO_PROXY": ""})
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("runner: error: Downloading CIFAR-10"), r.stderr
+    assert "`python -m runner data=image_folder data.root=DIR`" in last
+    assert "`python -m runner debug=smoke`" in last
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "data").exists()
 
 
 @pytest.fixture

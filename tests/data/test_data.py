@@ -46,3 +46,22 @@ def test_data_val_subset_validates_on_the_same_stratified_images_every_time():
         ConfigError, match=r"^data.val_subset=101 is larger than the 100 validation images"
     ):
         load_splits(DataConfig(n_train=100, n_val=100, val_subset=101), seed=0)
+
+
+def test_images_that_are_not_32x32_are_refused_before_a_model_sees_them(tmp_path):
+    """The ResNets' head pools an 8x8 map: a folder of 8x6 images is named with its size and the
+    fix, not left to fail inside the model's pooling."""
+    import numpy as np
+    from PIL import Image
+
+    from runner.config import ConfigError, DataConfig
+    from runner.data import load_splits
+
+    for split, c in [(s, c) for s in ("train", "test") for c in ("ant", "bee")]:
+        (tmp_path / "images" / split / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(
+            tmp_path / "images" / split / c / "0.png"
+        )
+    d = DataConfig(source="image_folder", root=str(tmp_path / "images"))
+    with pytest.raises(ConfigError, match=r"images are 6x8, .* resize the images to 32x32"):
+        load_splits(d, 0)

@@ -113,6 +113,25 @@ def test_the_trial_is_named_by_the_run_folder_as_the_run_prints_it(tmp_path, mon
     assert hparams_of(tmp_path / "elsewhere")[1].group_name == str(tmp_path / "elsewhere")
 
 
+def test_a_named_run_leads_with_its_name_and_its_trial_says_it_when_the_folder_does_not(
+    tmp_path, monkeypatch
+):
+    """Single runs compared in one TensorBoard: the name is the column that tells them apart."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "outputs" / "2026-12-01" / "10-00-00_abc123_baseline"
+    Recorder(run).start({**STUDY, "name": "baseline", "tags": ["a", "b"]}, CHOICES)
+    exp, start = hparams_of(run)
+    assert [(h.name, h.differs) for h in exp.hparam_infos][0] == ("name", True)
+    assert [h.name for h in exp.hparam_infos][-1] == "tags"
+    assert start.hparams["tags"].string_value == "a, b"
+    assert start.group_name == "outputs/2026-12-01/10-00-00_abc123_baseline"
+    Recorder(tmp_path / "mine").start({**STUDY, "name": "baseline"}, CHOICES)  # hydra.run.dir
+    assert hparams_of(tmp_path / "mine")[1].group_name == "mine (baseline)"
+    Recorder(tmp_path / "plain").start({**STUDY, "name": None, "tags": []}, CHOICES)
+    names = [h.name for h in hparams_of(tmp_path / "plain")[0].hparam_infos]
+    assert "name" not in names and "tags" not in names
+
+
 def test_the_decay_as_applied_is_a_column_when_the_run_gives_it(tmp_path):
     """optimizer.wd_tau and wd_normalized set λ from other settings: `wd` alone does not say it."""
     rec = Recorder(tmp_path)

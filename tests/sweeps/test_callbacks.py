@@ -76,6 +76,17 @@ def test_in_a_sweep_a_job_folder_names_only_the_keys_the_sweep_varies(monkeypatc
     assert job_folder_name(4, *job) == "4"  # a sweep of one point varies nothing
 
 
+def test_a_name_adds_itself_to_a_folder_unless_the_sweep_varies_it(monkeypatch):
+    from runner.sweeps.callbacks import SWEPT_ENV, name_part
+
+    assert (name_part(None), name_part(""), name_part("baseline")) == ("", "", "_baseline")
+    assert name_part("a/b c") == "_a-b-c"  # one folder (validate then refuses the name)
+    monkeypatch.setenv(SWEPT_ENV, "lr,name")  # each job would resolve the sweep folder alone
+    assert name_part("baseline") == ""
+    monkeypatch.setenv(SWEPT_ENV, "lr")
+    assert name_part("baseline") == "_baseline"
+
+
 def test_a_job_that_overrides_nothing_is_named_by_its_number():
     assert job_folder_name(0) == "0"
     assert job_folder_name(7, "trainer.device=cpu") == "7"

@@ -77,12 +77,17 @@ def _distinct(runs: list[dict], get) -> list[str]:
 
 def context(runs: list[dict], root: Path) -> str:
     """What the report is of, for every title: the sweep (the folder holding all its runs), the
-    model(s) and the data (its images)."""
+    runs' names (name=...) when the folder does not show them, the model(s) and the data (its
+    images)."""
     models = _distinct(runs, lambda r: r["hparams"].get("model.name"))
     data = _distinct(runs, lambda r: r["hparams"].get("data.name"))
     sizes = _distinct(runs, _images)
     below = os.path.commonpath([r["path"] for r in runs]) if len(runs) > 1 else ""
-    parts = [shown_root(Path(root) / below), ", ".join(models) or "model not recorded"]
+    folder = shown_root(Path(root) / below)
+    shows = lambda n: any(part.endswith(f"_{n}") for part in Path(folder).parts)  # TIME_id_NAME
+    names = [n for n in _distinct(runs, lambda r: r.get("name")) if not shows(n)]
+    parts = [folder, *([", ".join(names)] if names else [])]
+    parts.append(", ".join(models) or "model not recorded")
     images = f" ({'; '.join(sizes)})" if sizes else ""
     parts.append(", ".join(data) + images if data else "data not recorded")
     return " · ".join(parts)

@@ -290,7 +290,9 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     if not isinstance(hp, dict):
         hp, note = read_saved_config(d / ".hydra" / "config.yaml")
         notes += [note] if note else []
-    hp = applied_hparams(flatten_hparams(hp if isinstance(hp, dict) else {}), summary)
+    hp = hp if isinstance(hp, dict) else {}
+    named = {"name": hp.get("name"), "tags": hp.get("tags") or []}  # name=..., tags=[...]
+    hp = applied_hparams(flatten_hparams(hp), summary)
     if summary:
         status = summary.get("status") or "unknown"
     else:
@@ -312,6 +314,7 @@ def load_run(d: Path, root: Path, threshold: float | None = None) -> dict:
     return {
         "path": root.resolve().name if rel == "." else rel,  # outputs/latest: the run it points at
         "status": status,
+        **named,
         "seed": hp.get("seed"),
         "hparams": hp,
         **metrics,

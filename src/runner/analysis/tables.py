@@ -194,15 +194,25 @@ def config_table(groups: list[dict], cols: list[str]) -> str:
 
 
 def runs_table(runs: list[dict], cols: list[str]) -> str:
+    """Every run: its folder, its name and tags (name=..., tags=[...]) when any run has them, its
+    status, seed, keys and figures."""
     stats = shown_stats(RUNS_TABLE_STATS, lambda k: [value(r, k) for r in runs])
-    header = ["run", "status", "seed"] + cols + [label(k, runs) for k in stats]
+    named = [k for k in ("name", "tags") if any(r.get(k) for r in runs)]
+    header = ["run", *named, "status", "seed"] + cols + [label(k, runs) for k in stats]
     rows = [
-        [r["path"], r["status"], fmt(r["seed"])]
+        [r["path"], *(run_label(r.get(k)) for k in named), r["status"], fmt(r["seed"])]
         + [fmt(r["hparams"].get(k)) for k in cols]
         + [fmt(value(r, k)) for k in stats]
         for r in runs
     ]
     return md_table(header, rows)
+
+
+def run_label(v) -> str:
+    """A run's name or tags as table text: tags comma-separated, "-" for none."""
+    if isinstance(v, list):
+        return ", ".join(map(str, v)) or "-"
+    return fmt(v)
 
 
 def natural_axis(g: dict) -> str:

@@ -25,6 +25,7 @@ def load_splits(d: DataConfig, seed: int, cache: dict | None = None) -> Splits:
     if cache is not None and key in cache:
         return cache[key]
     splits = _source(d, seed)
+    check_image_size(d, splits)
     if d.val_split:
         splits = hold_out(splits, d.val_split)
     if d.subset:
@@ -65,6 +66,21 @@ def _stratified(labels, n: int, key: str, which: str):
             f"{key}={n} is larger than the {len(labels)} {which} images: lower it or use {key}=null"
         )
     return stratified_subset(labels, n)
+
+
+IMAGE_SIZE = (32, 32)  # the ResNets' head pools the last stage's 8x8 map of a 32x32 image
+
+
+def check_image_size(d: DataConfig, splits: Splits) -> None:
+    """Images of another size are refused before a model sees them: the ResNets here are CIFAR's
+    (Keras' cifar10_resnet.py), whose head pools an 8x8 map, so only 32x32 images fit."""
+    size = tuple(splits.train_x.shape[2:])
+    if size != IMAGE_SIZE or tuple(splits.val_x.shape[2:]) != IMAGE_SIZE:
+        where = f"data.root={d.root!r}" if d.source == "image_folder" else f"data={d.source}"
+        raise ConfigError(
+            f"{where}: its images are {size[0]}x{size[1]}, and the ResNets here take CIFAR's "
+            "32x32 (their head pools an 8x8 map): resize the images to 32x32 first"
+        )
 
 
 def check_classes(d: DataConfig, splits: Splits) -> None:

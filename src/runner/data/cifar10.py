@@ -26,6 +26,12 @@ CIFAR10_TRAIN_FILES = (
     "data_batch_4",
     "data_batch_5",
 )
+# what a first run can do instead when the archive cannot be had
+OFFLINE = (
+    "Without the network: `python -m runner data=image_folder data.root=DIR` trains on your own "
+    "images (DIR/train/<class>/* and DIR/test/<class>/*), and `python -m runner debug=smoke` "
+    "on synthetic ones (1 minute on a CPU)"
+)
 CIFAR10_MD5 = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
     "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
@@ -85,7 +91,8 @@ def _fetch_cifar10(root: Path, download: bool, verify: bool) -> None:
             raise DataError(
                 f"CIFAR-10 was expected at {root / CIFAR10_FOLDER} but that folder does not exist. "
                 f"Set data.download=true to download it, place {CIFAR10_ARCHIVE} ({CIFAR10_URL}) "
-                f"in {root}, or point data.root at the folder that contains {CIFAR10_FOLDER}."
+                f"in {root}, or point data.root at the folder that contains {CIFAR10_FOLDER}. "
+                f"{OFFLINE}"
             )
         created = [p for p in (root, *root.parents) if not p.exists()]
         try:
@@ -99,9 +106,9 @@ def _fetch_cifar10(root: Path, download: bool, verify: bool) -> None:
                 if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
             raise DataError(
-                f"Downloading CIFAR-10 from {CIFAR10_URL} into {root} failed ({e}). Without "
-                f"network access, download {CIFAR10_ARCHIVE} elsewhere and place it in {root} "
-                f"(data.root), or set data.root to a folder that already contains {CIFAR10_FOLDER}."
+                f"Downloading CIFAR-10 from {CIFAR10_URL} into {root} failed ({e}). {OFFLINE}; "
+                f"or download {CIFAR10_ARCHIVE} elsewhere and place it in {root} (data.root, or "
+                f"RUNNER_DATA), or set data.root to a folder that already holds {CIFAR10_FOLDER}."
             ) from e
     if verify and not check_integrity(archive, CIFAR10_ARCHIVE_MD5):
         raise DataError(

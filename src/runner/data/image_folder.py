@@ -79,6 +79,16 @@ def load_image_folder(root: str | Path, cache: bool = True) -> Splits:
     return splits
 
 
+def load_test_split(root: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """root/test/<class>/* alone (runner.evaluate: no training images needed): the uint8 images,
+    their labels, the class folders in label order (sorted by name) and each image's path, in
+    the order load_image_folder reads them. Not cached."""
+    files = _list_split(Path(root).expanduser(), "test")
+    classes = sorted({f[0] for f in files})
+    x, y = _decode_all(files, {c: i for i, c in enumerate(classes)})
+    return x, y, classes, [f[1] for f in files]
+
+
 def _list_split(root: Path, split: str) -> list[tuple[str, str, int, int]]:
     """(class, path, size, mtime_ns) of each image in root/split/<class>/, sorted by class and
     name."""

@@ -45,11 +45,11 @@ checkpoint is published.
 TensorBoard: scalars grouped acc/, loss/, optim/ first, then the diagnostics (TB_TAGS: acc/val is
 the headline val_acc, acc/val_running and acc/val_recal the two evaluations, acc/val_best the best
 acc/val so far), and a Custom Scalars layout (LAYOUT). The run's hyperparameters go into its own
-event files (HParams plugin) when it starts, so a running or killed run shows them too: the swept
-keys first, then the study's (hparams_columns), the trial named by its run folder (trial_name); its
-metric columns are the last values of HPARAMS_METRICS, and its status is written when it ends. The
-keys are the same for every run of a sweep, so `tensorboard --logdir multirun/...` compares it (not
-SummaryWriter.add_hparams, which makes a separate run per call: pytorch issue 32651).
+event files (HParams plugin) when it starts, so a running or killed run shows them too: its name,
+the swept keys, then the study's (hparams_columns), the trial named by its run folder (trial_name);
+its metric columns are the last values of HPARAMS_METRICS, and its status is written when it ends.
+The keys are the same for every run of a sweep, so `tensorboard --logdir multirun/...` compares it
+(not SummaryWriter.add_hparams, which makes a separate run per call: pytorch issue 32651).
 """
 
 from __future__ import annotations
@@ -117,23 +117,27 @@ def hparams_columns(
     swept: list[str],
     applied: dict | None = None,
 ) -> dict:
-    """The HParams tab's columns: the keys the sweep varies, then the study's keys, then `applied`;
-    a config group (model, data, optimizer, schedule, ...) shows the preset it picked. Everything
-    else stays in summary.json."""
+    """The HParams tab's columns: the run's `name`, the keys the sweep varies, then the study's
+    keys, its `tags` (comma-separated), then `applied`; a config group (model, data, optimizer,
+    schedule, ...) shows the preset it picked. Everything else stays in summary.json."""
     flat, out = flatten(config), {}
-    for key in [*swept, *STUDY_KEYS]:
+    for key in ["name", *swept, *STUDY_KEYS, "tags"]:
         value = choices.get(key, flat.get(key, flat.get(f"{key}.name")))
-        if key not in out and value is not None:
+        if isinstance(value, list):
+            value = ", ".join(map(str, value))
+        if key not in out and value not in (None, ""):
             out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return {**out, **(applied or {})}
 
 
-def trial_name(run_dir: Path) -> str:
+def trial_name(run_dir: Path, name: str | None = None) -> str:
     """The HParams tab's trial: the run folder as the run prints it (relative to the current folder
-    when below it); TensorBoard would name it relative to --logdir, "." for a run opened alone."""
+    when below it), with the run's name after it when the folder does not hold it (hydra.run.dir
+    given); TensorBoard would name it relative to --logdir, "." for a run opened alone."""
     path = Path(run_dir).absolute()
     below = Path.cwd() in path.parents
-    return str(path.relative_to(Path.cwd())) if below else str(path)
+    shown = str(path.relative_to(Path.cwd())) if below else str(path)
+    return shown if not name or name in shown else f"{shown} ({name})"
 
 
 def _clean(v):
@@ -227,8 +231,11 @@ class Recorder:
         from torch.utils.tensorboard.summary import custom_scalars
 
         hp = hparams_columns(config, choices or {}, swept or [], applied)
+        # a name identifies the run: compared across single runs, it leads (a sweep's own does not)
+        first = set(swept or []) or ({"name"} if config.get("name") else set())
+        trial = trial_name(self.path.parent, config.get("name"))
         writer = self.tb._get_file_writer()
-        for summary in _hparams_start(hp, set(swept or []), trial_name(self.path.parent)):
+        for summary in _hparams_start(hp, first, trial):
             writer.add_summary(summary)
         writer.add_summary(custom_scalars(LAYOUT))
         self.tb.flush()
@@ -260,8 +267,9 @@ class Recorder:
 
 
 def _hparams_start(hp: dict, swept: set, trial: str) -> list:
-    """The HParams plugin's experiment (its columns: a swept key `differs`, so TensorBoard lists and
-    ticks it first) and the run's session start, in the group `trial` (the trial's name there)."""
+    """The HParams plugin's experiment (its columns: a key in `swept` `differs`, so TensorBoard
+    lists and ticks it first) and the run's session start, in the group `trial` (the trial's name
+    there)."""
     from google.protobuf.struct_pb2 import Value
     from tensorboard.plugins.hparams import api_pb2, metadata
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionStartInfo

@@ -65,6 +65,8 @@ def summarize(run: Run) -> dict:
     last = s.last_val or {}
     times = split_time(st.clock.windows)
     summary = {
+        "name": cfg.name,  # what a person calls the run (name=...), and its tags
+        "tags": list(cfg.tags),
         "status": st.status,
         "n_params": run.facts["n_params"],
         "steps": s.step,

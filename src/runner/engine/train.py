@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from runner.config import RunConfig
+from runner.engine import estimate
 from runner.engine.build import setup, torch_settings_kept
 from runner.engine.interrupts import StopRequests
 from runner.engine.loop import loop
@@ -31,6 +32,8 @@ def train(
     run = setup(cfg, Path(run_dir), meta, job_num)
     if on_start is not None:
         on_start()
+    if run.device.type == "cpu" and run.state.step < run.total:  # hours, for the default run
+        run.out.log.info(estimate.line(run))
     bar = sys.stderr.isatty() if cfg.trainer.progress is None else cfg.trainer.progress
     stop = StopRequests()
     try:

@@ -68,6 +68,17 @@ def job_dirname(num: int, task: list | None = None) -> str:
     return name.encode()[:MAX_NAME_BYTES].decode(errors="ignore")
 
 
+def name_part(name) -> str:
+    """What name=NAME adds to a run's or sweep's folder name: `_NAME` (anything a folder name
+    cannot hold made '-': validate refuses such a name, and the refused run's folder goes), or
+    nothing. Nothing in a sweep that varies `name` itself: each job resolves the sweep's folder
+    with its own config, and all must land in one (the job folders say name=...)."""
+    swept = os.environ.get(SWEPT_ENV, "").split(",")
+    if name is None or name == "" or "name" in swept:
+        return ""
+    return "_" + re.sub(r"[^A-Za-z0-9._-]", "-", str(name))[:64]
+
+
 def objective_direction(objective: str) -> str:
     """Which way a sweeper should push summary[objective]: losses down, accuracies up."""
     return "minimize" if "loss" in objective else "maximize"
@@ -76,6 +87,7 @@ def objective_direction(objective: str) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("job_dirname"):
         OmegaConf.register_new_resolver("job_dirname", job_dirname)
+        OmegaConf.register_new_resolver("name_part", name_part)
         OmegaConf.register_new_resolver("objective_direction", objective_direction)
 
 
