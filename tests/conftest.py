@@ -24,6 +24,12 @@ torch.set_num_threads(1)  # 2 cores: one pytest process plus one CLI subprocess,
 TINY = ["debug=tiny"]
 
 
+# a saved config that is nine levels of nine YAML aliases: 400 bytes that expand to 9**9 strings
+ALIAS_BOMB = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+    f"{b}: &{b} [{','.join(['*' + a] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi")
+)
+
+
 def compose_cfg(*overrides: str):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))

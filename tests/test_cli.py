@@ -232,6 +232,7 @@ def test_help_shows_the_projects_own_examples_and_groups(tmp_path):
     r = run_cli(["--help"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "python -m runner debug=smoke" in r.stdout and "resume=outputs/latest" in r.stdout
+    assert "resume=multirun/latest" in r.stdout  # continuing a sweep
     # the groups, from the configs themselves
     assert "optimizer: adam_l2, adamw, sgd_l2, sgdw" in r.stdout
 
@@ -246,3 +247,18 @@ def test_a_run_that_stops_early_says_how_to_continue_it(tmp_path, capsys):
     assert f"runner: continue it with: python -m runner resume={run}" in capsys.readouterr().err
     callbacks.run_ends(run, "completed")
     assert "resume=" not in capsys.readouterr().err
+
+
+def test_the_hint_for_a_stopped_sweep_job_parses_as_hydra_reads_it(tmp_path, capsys):
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    job = tmp_path / "0_optimizer=adamw,wd=0.1"
+    (job / "checkpoints").mkdir(parents=True)
+    (job / "checkpoints" / "step-00000008-0123456789abcdef.pt").write_bytes(b"x")
+    callbacks.run_ends(job, "interrupted")
+    hint = capsys.readouterr().err.split("continue it with: ")[1].strip()
+    *command, word = shlex.split(hint)
+    assert command == ["python", "-m", "runner"]
+    assert OverridesParser.create().parse_override(word).value() == str(job)

@@ -538,12 +538,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(
             "reg_or", lambda reg, default: default if reg is None else reg
         )
-    if not OmegaConf.has_resolver("resume_or"):
-        # resume=RUN_DIR runs in that folder, and leaves its saved .hydra/ untouched
+    if not OmegaConf.has_resolver("resume_or"):  # resume=RUN_DIR runs in that folder
         OmegaConf.register_new_resolver("resume_or", lambda resume, fresh: resume or fresh)
-        OmegaConf.register_new_resolver(
-            "saved_config_dir", lambda resume: None if resume else ".hydra"
-        )
 
 
 PRESET_EXAMPLES = {

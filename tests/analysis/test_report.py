@@ -605,3 +605,78 @@ def test_a_panel_without_points_says_so(tmp_path, drawn, monkeypatch):
     left, right = drawn["staleness.png"].axes[:2]
     assert left.lines and not right.lines
     assert [t.get_text() for t in right.texts] == ["not enough points"]
+
+
+# ---------------------------------------------------------------- trusting no run folder
+
+
+def test_an_environment_value_in_a_saved_config_never_reaches_the_report(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("RUNNER_TEST_SECRET", "hunter2")
+    make_run(tmp_path / "sweep" / "0", hparams(1e-3, 1e-4, 0), summary=False)
+    with open(tmp_path / "sweep" / "0" / ".hydra" / "config.yaml", "a") as f:
+        f.write("token: ${oc.env:RUNNER_TEST_SECRET}\n")
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
+    for name in ("report.md", "runs.csv", "configs.csv"):
+        assert "hunter2" not in (tmp_path / "rep" / name).read_text(), name
+    assert "hunter2" not in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "rep" / "runs.csv", encoding="utf-8")))
+    assert rows[0]["token"] == "${oc.env:RUNNER_TEST_SECRET}"
+
+
+def test_an_alias_bomb_in_a_saved_config_is_a_note_and_the_report_goes_on(tmp_path, capsys):
+    from conftest import ALIAS_BOMB
+
+    make_run(tmp_path / "sweep" / "0", hparams(1e-3, 1e-4, 0))
+    make_run(tmp_path / "sweep" / "1", hparams(1e-3, 1e-4, 1), summary=False)
+    (tmp_path / "sweep" / "1" / ".hydra" / "config.yaml").write_text(ALIAS_BOMB)
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
+    assert "1: .hydra/config.yaml unreadable: its aliases expand it past" in capsys.readouterr().out
+
+
+def test_one_damaged_run_never_sinks_the_report(tmp_path, monkeypatch, capsys):
+    import runner.analysis.runs as runs_mod
+
+    make_run(tmp_path / "sweep" / "0", hparams(1e-3, 1e-4, 0))
+    make_run(tmp_path / "sweep" / "1", hparams(1e-3, 1e-4, 1))
+    real = runs_mod.headline_metrics
+
+    def damaged(summary, records):  # what some unforeseen content of run 1 provokes
+        if summary and summary["hparams"]["seed"] == 1:
+            raise TypeError("'<' not supported between instances of 'str' and 'float'")
+        return real(summary, records)
+
+    monkeypatch.setattr(runs_mod, "headline_metrics", damaged)
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "rep" / "runs.csv", encoding="utf-8")))
+    assert [r["status"] for r in rows] == ["completed", "unreadable"]
+    assert "1: could not be read, left out of every figure (TypeError" in capsys.readouterr().out
+
+
+def test_formula_like_cells_are_text_in_the_csvs(tmp_path):
+    hp = hparams(1e-3, 1e-4, 0)
+    hp["data"]["name"] = '=HYPERLINK("http://evil.example","x")'
+    make_run(tmp_path / "sweep" / "@SUM(A1)", hp)
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "rep")]) == 0
+    rows = list(csv.reader(open(tmp_path / "rep" / "runs.csv", encoding="utf-8")))
+    cells = [c for row in rows for c in row]
+    assert "'@SUM(A1)" in cells and """'=HYPERLINK("http://evil.example","x")""" in cells
+    assert not any(c.startswith(("=", "@", "+")) for c in cells)
+    assert "1e-04" in cells or "0.0001" in cells  # numbers stay numbers
+
+
+def test_links_planted_in_a_received_report_folder_are_not_written_through(tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file\n")
+    run = tmp_path / "run"
+    make_run(run, hparams(1e-3, 1e-4, 0))
+    (run / "report").symlink_to(tmp_path)  # DIR/report pointing elsewhere
+    assert main([str(run)]) == 2 and "is a symbolic link" in capsys.readouterr().err
+    (run / "report").unlink()
+    (run / "report").mkdir()
+    (run / "report" / "runs.csv").symlink_to(victim)
+    (run / "report" / "report.md").symlink_to(victim)
+    assert main([str(run)]) == 0
+    assert victim.read_text() == "the user's own file\n"
+    assert not (run / "report" / "runs.csv").is_symlink()

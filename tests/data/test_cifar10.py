@@ -205,3 +205,31 @@ def test_derived_cifar_batches_of_every_pickle_protocol_still_read(tmp_path, pro
         and s.train_y[:3].tolist() == [1, 2, 3]
         and int(s.train_x[0].max()) == 7
     )
+
+
+# ---------------------------------------------------------------- values that would change the data
+
+
+def rewrite(path, **entries):
+    """Replace entries of one CIFAR pickle (bytes keys, as the format has them)."""
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="bytes")
+    d.update({k.encode(): v for k, v in entries.items()})
+    with open(path, "wb") as f:
+        pickle.dump(d, f, protocol=2)
+
+
+@pytest.mark.parametrize("labels", [[2.7] * ROWS, ["3"] * ROWS, [True] * ROWS])
+def test_labels_that_are_not_whole_numbers_are_refused_not_rounded(tmp_path, labels):
+    folder = write_cifar_folder(tmp_path)
+    rewrite(folder / "data_batch_3", labels=labels)
+    with pytest.raises(DataError, match="data_batch_3: 'labels' must be a list of whole numbers"):
+        D.load_cifar10(tmp_path, download=False, verify=False)
+
+
+def test_class_names_given_twice_are_refused(tmp_path):
+    folder = write_cifar_folder(tmp_path)
+    names = [c.encode() for c in D.CLASSES[:9]] + [b"cat"]
+    rewrite(folder / "batches.meta", label_names=names)
+    with pytest.raises(DataError, match=r"names the classes \['cat'\] more than once"):
+        D.load_cifar10(tmp_path, download=False, verify=False)

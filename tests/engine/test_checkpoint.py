@@ -5,6 +5,7 @@ import dataclasses
 import errno
 import hashlib
 import io
+import os
 import pathlib
 import random
 
@@ -339,3 +340,43 @@ def test_a_crafted_step_file_whose_name_matches_its_bytes_runs_no_code(tmp_path)
     with pytest.raises(CheckpointError):
         load_latest(tmp_path)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- not what they seem
+
+
+@pytest.mark.parametrize("kind", ["dangling link", "file", "link to a file"])
+def test_a_checkpoints_that_cannot_be_listed_is_an_error_never_a_fresh_start(tmp_path, kind):
+    """Scratch space not mounted on a requeue node leaves `checkpoints` a dangling link: "no
+    checkpoint" would start the run over from step 0 and replace its records."""
+    ckpt = tmp_path / "checkpoints"
+    if kind == "dangling link":
+        ckpt.symlink_to(tmp_path / "scratch" / "run")
+    elif kind == "file":
+        ckpt.write_bytes(b"")
+    else:
+        (tmp_path / "f").write_bytes(b"")
+        ckpt.symlink_to(tmp_path / "f")
+    with pytest.raises(CheckpointError, match="cannot be read as the run's checkpoints"):
+        load_latest(ckpt)
+    assert load_latest(tmp_path / "absent") == (None, [])  # no checkpoint yet
+
+
+def test_a_fifo_named_as_a_step_file_is_skipped_without_blocking(tmp_path):
+    save({"step": 1}, tmp_path)
+    fifo = tmp_path / f"step-00000002-{'0' * checkpoint.HASH_CHARS}.pt"
+    os.mkfifo(fifo)
+    state, notes = load_latest(tmp_path)
+    assert state["step"] == 1 and "not a regular file" in notes[0]
+
+
+def test_links_planted_at_the_checkpoint_names_are_never_written_through(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file\n")
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "best.pt.tmp").symlink_to(victim)
+    (folder / "best.pt").symlink_to(victim)
+    save_best(folder, {"model": {}, "step": 1, "val_acc": 0.5})
+    assert victim.read_text() == "the user's own file\n"
+    assert not (folder / "best.pt").is_symlink() and torch.load(folder / "best.pt")["step"] == 1

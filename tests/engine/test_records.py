@@ -1,11 +1,13 @@
 """What a run records (runner.engine.records): metrics.jsonl's kinds of records and TensorBoard's
 HParams."""
 
+import json
+
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from runner.engine.records import Recorder
+from runner.engine.records import Recorder, read_metrics
 
 CONFIG = {"lr": 1e-3, "optimizer": {"name": "adamw"}, "betas": [0.9, 0.999]}
 
@@ -187,3 +189,23 @@ def test_a_custom_scalars_page_draws_training_and_validation_in_one_chart(tmp_pa
     assert list(charts)[:2] == overlays
     assert charts["loss: training and validation"] == ["^loss/train$", "^loss/val$"]
     assert charts["accuracy: training and validation"] == ["^acc/train$", "^acc/val$"]
+
+
+def test_a_continued_run_keeps_its_records_up_to_the_checkpoint_never_through_a_planted_link(
+    tmp_path,
+):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"step": s, "train_loss": 1.0} for s in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (run / "metrics.jsonl.tmp").symlink_to(victim)
+    Recorder(run, resume_step=2, tensorboard=False).close()
+    assert victim.read_text() == "the user's own file\n"
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
+
+
+def test_lines_that_are_not_utf8_json_are_skipped_not_fatal(tmp_path):
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 1}\n\xff\xfe\x00garbage\n{"step": 2}\n')
+    assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1}, {"step": 2}]

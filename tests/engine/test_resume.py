@@ -1,5 +1,6 @@
 """Reliability end to end: interrupted runs resume bit for bit; divergence ends a run cleanly."""
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -296,3 +297,131 @@ def test_a_run_continued_with_fewer_gpus_records_the_cuda_states_left_out(tmp_pa
     s = train(validate(compose_cfg(*TINY, "trainer.max_steps=4")), tmp_path)
     assert s["status"] == "completed" and s["resumed"]["from_step"] == 2
     assert s["resumed"]["cuda_rng_not_restored"] == [1, 2]
+
+
+# ---------------------------------------------------------------- the records decide, not the
+# checkpoints alone
+
+
+def folder_of(tmp_path, *overrides, summary=None, saved_yaml=True):
+    """A run folder as a run with `overrides` leaves it without checkpoints: its records (a line of
+    metrics.jsonl), its saved config as Hydra writes it, and `summary` (status, steps)."""
+    from conftest import compose_cfg
+    from omegaconf import OmegaConf
+
+    from runner.config import validate
+
+    cfg = compose_cfg(*TINY, *overrides)
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1, "epoch": 0.125, "train_loss": 2.3}\n')
+    if saved_yaml:
+        (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    if summary is not None:
+        hparams = dataclasses.asdict(validate(cfg))
+        (run / "summary.json").write_text(json.dumps({**summary, "hparams": hparams}))
+    return run
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("record", ["summary.json", ".hydra/config.yaml"])
+def test_a_start_with_other_settings_is_refused_by_the_records_checkpoints_or_not(tmp_path, record):
+    """checkpoints/ deleted to free disk, metrics and summary kept: a new run with another lr
+    started into the folder would replace its results."""
+    from conftest import compose_cfg
+
+    from runner.config import ConfigError, validate
+    from runner.engine.resume import saved_state
+
+    summary = {"status": "completed", "steps": 16} if record == "summary.json" else None
+    run = folder_of(tmp_path, "lr=0.002", summary=summary, saved_yaml=record != "summary.json")
+    before = snapshot(run)
+    with pytest.raises(ConfigError, match=rf"as its {record} says \(lr: 0.002 → 0.001\)"):
+        saved_state(validate(compose_cfg(*TINY)), run, None)
+    assert snapshot(run) == before
+
+
+def test_a_completed_run_whose_checkpoints_were_removed_is_not_started_over(tmp_path):
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.engine.checkpoint import CheckpointError
+    from runner.engine.resume import saved_state
+
+    run = folder_of(tmp_path, summary={"status": "completed", "steps": 16})
+    longer = validate(compose_cfg(*TINY, "epochs=3", "trainer.extend_schedule=hold"))
+    with pytest.raises(CheckpointError, match="holds no checkpoint to continue from"):
+        saved_state(longer, run, None)
+    # an interrupted run that had no checkpoint yet starts from step 0, as a requeue does
+    (run / "summary.json").unlink()
+    saved, state, _ = saved_state(validate(compose_cfg(*TINY)), run, None)
+    assert saved is None and state.step == 0
+
+
+@pytest.mark.parametrize("kind", ["dangling link", "file"])
+def test_checkpoints_that_cannot_be_read_never_restart_the_run_from_step_0(tmp_path, kind):
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.engine.checkpoint import CheckpointError
+    from runner.engine.resume import saved_state
+
+    run = folder_of(tmp_path)
+    if kind == "file":
+        (run / "checkpoints").write_bytes(b"")
+    else:  # scratch space that is not mounted on this node
+        (run / "checkpoints").symlink_to(tmp_path / "scratch" / "run")
+    before = snapshot(run)
+    with pytest.raises(CheckpointError, match="Mount or restore it"):
+        saved_state(validate(compose_cfg(*TINY)), run, None)
+    assert snapshot(run) == before  # its records are not touched
+
+
+def test_a_hash_valid_checkpoint_without_what_the_loop_saves_is_refused(tmp_path):
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.engine import checkpoint
+    from runner.engine.resume import saved_state
+
+    cfg = validate(compose_cfg(*TINY))
+    run = folder_of(tmp_path)
+    checkpoint.save({"step": 3, "config": dataclasses.asdict(cfg)}, run / "checkpoints")
+    with pytest.raises(checkpoint.CheckpointError, match="holds nothing as its 'model'"):
+        saved_state(cfg, run, None)
+
+
+def test_a_checkpoint_whose_tensors_do_not_fit_the_model_is_refused(tmp_path):
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.engine import checkpoint
+    from runner.engine.train import train
+
+    assert train(validate(compose_cfg(*TINY, "trainer.max_steps=2")), tmp_path)["steps"] == 2
+    saved, _ = checkpoint.load_latest(tmp_path / "checkpoints")
+    name = next(k for k, v in saved["model"].items() if v.ndim == 4)
+    saved["model"][name] = torch.zeros(1)  # intact bytes, misshapen contents
+    checkpoint.save({k: v for k, v in saved.items() if k != "format"}, tmp_path / "checkpoints")
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit this run"):
+        train(validate(compose_cfg(*TINY, "trainer.max_steps=4")), tmp_path)
+
+
+def test_a_run_continued_on_another_thread_count_says_so_in_resumed(tmp_path):
+    """On a CPU the continued run is then not bit for bit the uninterrupted one: it is recorded."""
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.engine.train import train
+
+    threads = torch.get_num_threads()
+    assert train(validate(compose_cfg(*TINY, "trainer.max_steps=2")), tmp_path)["steps"] == 2
+    torch.set_num_threads(threads + 1)
+    try:
+        s = train(validate(compose_cfg(*TINY, "trainer.max_steps=4")), tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert s["resumed"]["torch_threads"] == [threads, threads + 1]

@@ -122,3 +122,125 @@ def test_a_corrupt_saved_config_under_resume_is_one_line(tmp_path, finished):
     (run / ".hydra" / "config.yaml").write_text("lr: [unclosed\n")
     r = run_cli([f"resume={run}"], cwd=tmp_path)
     assert r.returncode == 2 and "cannot be read" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- one folder, whatever names it
+
+
+@pytest.mark.slow
+def test_resume_through_latest_or_a_path_with_dots_continues_the_run(tmp_path):
+    """The command README and --help teach: the lock, the trainer and the clean-up all know the
+    folder by its resolved path, so the run is not refused as its own other writer."""
+    r = run_cli([*SHORT, "epochs=2", "trainer.max_steps=1"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run,) = (tmp_path / "outputs").glob("20*/*")
+    dots = f"outputs/{run.parent.name}/../{run.parent.name}/{run.name}"
+    for i, path in enumerate(["outputs/latest", dots], start=2):
+        r = run_cli([f"resume={path}", f"trainer.max_steps={i}"], cwd=tmp_path)
+        assert r.returncode == 0 and "another process" not in r.stderr, r.stderr[-2000:]
+        assert json.loads((run / "summary.json").read_text())["steps"] == i
+    assert os.readlink(tmp_path / "outputs" / "latest") == f"{run.parent.name}/{run.name}"
+
+
+@pytest.mark.slow
+def test_a_refused_resume_of_a_run_with_no_records_yet_leaves_the_folder_and_latest(
+    tmp_path, finished
+):
+    """A run killed before its first record holds only .hydra/, its lock and its log: a refused
+    resume= through outputs/latest must not take them for its own leftovers."""
+    import shutil
+
+    run = tmp_path / "outputs" / "2026-01-01" / "12-00-00_abc123"
+    run.mkdir(parents=True)
+    shutil.copytree(finished / ".hydra", run / ".hydra")
+    (run / "run.log").write_text("[2026-01-01 12:00:00,000][runner][INFO] - set up\n")
+    (tmp_path / "outputs" / "latest").symlink_to("2026-01-01/12-00-00_abc123")
+    before = snapshot(run)
+    r = run_cli(["resume=outputs/latest", "lr=0.5"], cwd=tmp_path)
+    assert r.returncode == 2 and "would change the training" in r.stderr, r.stderr[-2000:]
+    assert snapshot(run) == before and (tmp_path / "outputs" / "latest").is_symlink()
+
+
+# ---------------------------------------------------------------- nothing changes unless it trains
+
+
+@pytest.mark.slow
+def test_a_start_in_an_already_completed_run_leaves_every_byte_its_log_too(tmp_path, finished):
+    before = snapshot(finished)
+    r = run_cli([*SHORT, f"hydra.run.dir={finished}"], cwd=tmp_path)
+    assert r.returncode == 0 and "already completed 2 steps: nothing to train" in r.stderr
+    assert snapshot(finished) == before
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    sweep = tmp_path_factory.mktemp("sweep") / "sweep"
+    r = run_cli(["-m", *SHORT, "lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}"], cwd=sweep.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return sweep
+
+
+@pytest.mark.slow
+def test_a_sweep_started_again_with_another_setting_is_refused_and_changes_no_byte(
+    tmp_path, finished_sweep
+):
+    """Job 0's saved config keeps saying what ran (wd 0.0005, not 0.2), so it can still resume;
+    multirun.yaml keeps the sweep's own command."""
+    before = snapshot(finished_sweep)
+    r = run_cli(
+        ["-m", *SHORT, "lr=1e-3,2e-3", "wd=0.2", f"hydra.sweep.dir={finished_sweep}"],
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and "wd: 0.0005 → 0.2" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and snapshot(finished_sweep) == before
+
+
+@pytest.mark.slow
+def test_a_sweep_started_into_a_running_one_is_refused_before_it_writes(tmp_path, finished_sweep):
+    before = snapshot(finished_sweep)
+    lock.hold(finished_sweep)  # this test process is the sweep still running
+    try:
+        r = run_cli(
+            ["-m", *SHORT, "lr=1e-3,2e-3", f"hydra.sweep.dir={finished_sweep}"], cwd=tmp_path
+        )
+    finally:
+        lock.release(finished_sweep)
+    assert r.returncode == 2 and f"another process (pid {os.getpid()})" in r.stderr
+    assert snapshot(finished_sweep) == before
+
+
+# ---------------------------------------------------------------- not what they seem
+
+
+@pytest.mark.slow
+def test_a_log_planted_as_a_link_in_a_received_run_is_refused_and_never_written(tmp_path, finished):
+    import shutil
+
+    run = tmp_path / "received"
+    shutil.copytree(finished, run, symlinks=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file\n")
+    (run / "run.log").unlink()
+    (run / "run.log").symlink_to(victim)
+    r = run_cli([f"resume={run}", "epochs=2", "trainer.extend_schedule=hold"], cwd=tmp_path)
+    assert r.returncode == 2 and "run.log is a link" in r.stderr, r.stderr[-2000:]
+    assert victim.read_text() == "the user's own file\n" and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["a name too long", "a link loop", "an alias bomb"])
+def test_a_resume_of_a_folder_that_is_not_what_it_seems_is_one_line(tmp_path, what):
+    from conftest import ALIAS_BOMB
+
+    if what == "a name too long":
+        target = "x" * 300
+    elif what == "a link loop":
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
+        target = "loop"
+    else:
+        (tmp_path / "run" / ".hydra").mkdir(parents=True)
+        (tmp_path / "run" / ".hydra" / "config.yaml").write_text(ALIAS_BOMB)
+        target = "run"
+    r = run_cli([f"resume={target}"], cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.count("runner: error:") == 1

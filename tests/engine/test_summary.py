@@ -83,3 +83,64 @@ def test_a_run_whose_metrics_file_was_removed_still_ends_with_its_summary(tmp_pa
     monkeypatch.setattr(loop_mod, "note_step", removing)
     s = train(validate(compose_cfg(*TINY, "trainer.max_steps=4")), tmp_path)
     assert s["status"] == "completed" and (tmp_path / "summary.json").is_file()
+
+
+def summary_of(tmp_path, *overrides, **fields):
+    """summary.json of a run of TINY with `overrides` that ended as `fields` say."""
+    import dataclasses
+    import json
+
+    from conftest import compose_cfg
+
+    from runner.config import validate
+
+    hparams = dataclasses.asdict(validate(compose_cfg(*TINY, *overrides)))
+    (tmp_path / "summary.json").write_text(json.dumps({**fields, "hparams": hparams}))
+
+
+def test_a_run_that_ended_is_left_as_it_is_and_any_other_summary_is_set_up_again(tmp_path):
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.engine.summary import completed_summary
+
+    cfg = validate(compose_cfg(*TINY))
+    summary_of(tmp_path, status="completed", steps=16)
+    assert completed_summary(cfg, tmp_path)["steps"] == 16
+    assert completed_summary(validate(compose_cfg(*TINY, "epochs=3")), tmp_path) is None
+    assert completed_summary(validate(compose_cfg(*TINY, "lr=0.5")), tmp_path) is None
+    # a diverged run would diverge again at the same step, whatever its length
+    summary_of(tmp_path, status="diverged", steps=5, diverged_at_step=5)
+    assert completed_summary(validate(compose_cfg(*TINY, "epochs=3")), tmp_path)["steps"] == 5
+    summary_of(tmp_path, status="interrupted", steps=5)
+    assert completed_summary(cfg, tmp_path) is None
+
+
+def test_a_summary_that_is_not_one_is_no_completed_run(tmp_path):
+    import os
+
+    from conftest import compose_cfg
+
+    from runner.config import validate
+    from runner.engine.summary import completed_summary
+
+    cfg = validate(compose_cfg(*TINY))
+    for text in ("[1, 2]", '"completed"', "\xff\xfe", "{}"):
+        (tmp_path / "summary.json").write_text(text, encoding="latin-1")
+        assert completed_summary(cfg, tmp_path) is None
+    (tmp_path / "summary.json").unlink()
+    os.mkfifo(tmp_path / "summary.json")  # read, it would block for ever
+    assert completed_summary(cfg, tmp_path) is None
+
+
+def test_the_summary_is_never_written_through_a_link_planted_at_its_temporary_name(tmp_path):
+    from runner.engine.summary import write_summary
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json.tmp").symlink_to(victim)
+    write_summary(run, {"status": "completed"})
+    assert victim.read_text() == "the user's own file\n"
+    assert (run / "summary.json").read_text().startswith("{")

@@ -11,6 +11,8 @@ from omegaconf import OmegaConf, open_dict
 from runner.sweeps import callbacks
 from runner.sweeps.callbacks import forget_latest, job_dirname, point_latest
 
+callbacks.register_resolvers()  # ${job_dirname:...} in the composed Hydra config
+
 
 def job_folder_name(num: int, *overrides: str) -> str:
     """The folder name Hydra gives sweep job `num` with these overrides (the real config,
@@ -159,6 +161,36 @@ def test_forgetting_a_removed_run_drops_only_its_own_link(tmp_path):
     assert os.readlink(tmp_path / "latest") == "2026-11-28/a"
     forget_latest(a)
     assert not (tmp_path / "latest").is_symlink()
+
+
+def test_a_latest_link_this_process_did_not_move_is_left_as_it_is(tmp_path):
+    """A refused resume=outputs/latest: the link is the user's, pointing at the run they named."""
+    run = make_run(tmp_path, "2026-11-28", "a")
+    (tmp_path / "latest").symlink_to("2026-11-28/a")
+    forget_latest(run)
+    assert os.readlink(tmp_path / "latest") == "2026-11-28/a"
+
+
+def test_a_refused_sweep_job_leaves_a_folder_it_found_and_removes_one_made_for_it(tmp_path):
+    """What Hydra made for the job (the folder and its empty log) goes; a folder that held a run
+    keeps every entry and its log's length; a folder another process holds is not touched."""
+    from runner.engine import lock
+
+    made, found = tmp_path / "0_lr=0.1", tmp_path / "1_lr=0.2"
+    made.mkdir()
+    (made / "run.log").write_bytes(b"")
+    found.mkdir()
+    (found / "run.log").write_bytes(b"the run's log\n")
+    (found / "metrics.jsonl").write_bytes(b'{"step": 1}\n')
+    for job in (made, found):
+        callbacks.job_starts(job, sweep_job=True)
+        with open(job / "run.log", "a") as f:
+            f.write("a refused start's line\n")
+        callbacks.refused(job)
+        assert not lock.held(job)
+    assert not made.exists()
+    assert sorted(p.name for p in found.iterdir()) == ["metrics.jsonl", "run.log"]
+    assert (found / "run.log").read_bytes() == b"the run's log\n"
 
 
 @pytest.mark.parametrize(

@@ -306,7 +306,7 @@ def test_a_packed_sweep_writes_what_a_sweep_one_job_at_a_time_writes(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_ends_a_packed_sweep_with_its_pack_checkpointed_and_the_same_command_continues_it(
+def test_sigterm_ends_a_packed_sweep_with_its_pack_checkpointed_and_resume_continues_it(
     tmp_path,
 ):
     import subprocess
@@ -347,14 +347,15 @@ def test_sigterm_ends_a_packed_sweep_with_its_pack_checkpointed_and_the_same_com
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 1 and "2 jobs not started" in err, err[-3000:]
+    assert "python -m runner resume=sweep continues it" in err
     first = sorted(job_folders(tmp_path / "sweep"))
     assert [n[0] for n in first] == ["0", "1"]  # the second pack never started
     assert all(
         json.loads((tmp_path / "sweep" / n / "summary.json").read_text())["status"] == "interrupted"
         for n in first
     )
-    # the same command again: how a requeued or restarted sweep looks
-    r = run_cli(sweep, cwd=tmp_path)
+    # the command it printed: the sweep's own command again in its folder, packed again
+    r = run_cli([f"resume={tmp_path / 'sweep'}"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     done = {
         n: json.loads((d / "summary.json").read_text())

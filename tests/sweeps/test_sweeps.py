@@ -2,10 +2,15 @@
 sweep."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, compose_cfg, run_cli
+from conftest import TINY, cli_env, compose_cfg, run_cli
 
 from runner.config import validate
 from runner.engine.build import pick_device, use_device
@@ -107,6 +112,73 @@ def test_joblib_launcher_runs_jobs_in_parallel_without_progress_bars(tmp_path):
     assert {v["hparams"]["seed"] for v in s.values()} == {1, 2}
     assert all(v["status"] == "completed" for v in s.values())
     assert "it/s" not in r.stderr  # no tqdm bars from parallel jobs
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux's /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_a_signal_to_a_joblib_sweep_checkpoints_every_job_and_leaves_no_worker(tmp_path):
+    """SIGTERM to the sweep process alone: each running job checkpoints and stops, the job still
+    queued does not start, no worker outlives the sweep, and resume= then completes all three."""
+    sweep = [
+        "-m",
+        "hydra/launcher=local_parallel",
+        "hydra.launcher.n_jobs=2",
+        *SMALL,
+        "epochs=3",
+        "trainer.log_every=1",
+        "lr=1e-3,2e-3,3e-3",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "runner", *sweep],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    deadline, metrics = time.time() + 300, tmp_path / "sweep"
+    while time.time() < deadline and p.poll() is None:
+        started = [m.read_text().count("train_loss") for m in metrics.glob("*/metrics.jsonl")]
+        if len(started) == 2 and min(started) >= 2:
+            break
+        time.sleep(0.01)
+    workers = children(p.pid)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 1 and "python -m runner resume=sweep continues it" in err, err[-3000:]
+    s = summaries(tmp_path / "sweep")
+    assert (
+        sorted(s) == ["0_lr=0.001", "1_lr=0.002"]
+        and not (tmp_path / "sweep" / "2_lr=0.003").exists()
+    )
+    assert all(v["status"] == "interrupted" for v in s.values()), s
+    assert all(list((tmp_path / "sweep" / n / "checkpoints").glob("step-*.pt")) for n in s)
+    assert workers and not [w for w in workers if alive(w)], "a worker outlived the sweep"
+    r = run_cli([f"resume={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = summaries(tmp_path / "sweep")
+    assert len(s) == 3 and all(v["status"] == "completed" and v["steps"] == 12 for v in s.values())
 
 
 @pytest.mark.slow

@@ -96,10 +96,12 @@ class PackedLauncher(Launcher):
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
             left = sum(len(q) for q in packs[p + 1 :])
             if left and any(_interrupted(returns[n]) for n in pack):
+                from runner.commands import resume_command
+
                 _exit(
-                    f"the sweep was stopped by a signal with {left} jobs not started: the same "
-                    f"command with hydra.sweep.dir={self.config.hydra.sweep.dir} continues each "
-                    "job from its own folder",
+                    f"the sweep was stopped by a signal with {left} jobs not started: "
+                    f"{resume_command(self.config.hydra.sweep.dir)} continues it (each job from "
+                    "its own folder)",
                     1,
                 )
         return returns
@@ -149,10 +151,13 @@ class PackedLauncher(Launcher):
         ]
         # the pack's own lines: console
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        ready = [n for n, r in enumerate(rets) if r.status == JobStatus.COMPLETED]
-        # a bug in the enrollment: that job failed
+        ready = [
+            n for n, r in enumerate(rets) if r.status == JobStatus.COMPLETED and r.return_value
+        ]
+        # a bug in the enrollment, or a job refused there (its folder another process's)
         for n in [n for n in range(len(rets)) if n not in ready]:
             callbacks.on_job_end(config=configs[n], job_return=rets[n])
+        refused = any(r.status == JobStatus.COMPLETED and not r.return_value for r in rets)
         jobs = [rets[n].return_value[0] for n in ready]
         handlers = [rets[n].return_value[1] for n in ready]
         for hs in handlers:
@@ -164,7 +169,6 @@ class PackedLauncher(Launcher):
         env = OmegaConf.to_container(configs[0].hydra.job.env_set, resolve=True)
         with env_override(env):  # type: ignore[arg-type]  # a dict of str
             outcomes = train_pack(jobs, around=lambda i: _logging_to(handlers[i])) if jobs else []
-        refused = False
         for n, job, hs, outcome in zip(ready, jobs, handlers, outcomes):
             with _logging_to(hs):
                 refused |= _conclude(rets[n], job, outcome)
@@ -182,25 +186,36 @@ class PackedLauncher(Launcher):
         return rets
 
 
-def _enroll(cfg: DictConfig) -> tuple:
-    """What `python -m runner` does for a job before it trains, inside run_job: the job's
-    sweeps.pack.Job, and the log handlers run_job configured for it (its console and its own log
-    file)."""
-    from runner.config import validate
+def _enroll(cfg: DictConfig) -> tuple | None:
+    """What `python -m runner` does for a job before it trains, inside run_job: its folder taken
+    (callbacks.job_starts) and its saved config kept for when it starts; returns the job's
+    sweeps.pack.Job and the log handlers run_job configured for it (its console and its own log
+    file). None for a job refused here (said as `python -m runner` says it)."""
+    from runner.config import UserError, validate
+    from runner.engine.files import resolved
     from runner.sweeps import callbacks
     from runner.sweeps.pack import Job
 
     hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
-    # named once set up: a refused job leaves none to name
-    job = Job(
-        validate(cfg),
-        run_dir,
-        callbacks.job_choices(hc),
-        int(hc.job.num),
-        name=f"#{hc.job.num}",
-        on_start=lambda: callbacks.run_starts(run_dir, Path(hc.sweep.dir)),
-    )
+    run_dir = None
+    try:
+        run_dir = resolved(hc.runtime.output_dir)
+        callbacks.job_starts(run_dir, sweep_job=True)
+        saved = callbacks.SavedJob.of(cfg)
+        # named once set up: a refused job leaves none to name
+        job = Job(
+            validate(cfg),
+            run_dir,
+            callbacks.job_choices(hc),
+            int(hc.job.num),
+            name=f"#{hc.job.num}",
+            on_start=lambda: callbacks.run_starts(run_dir, Path(hc.sweep.dir), saved),
+        )
+    except (UserError, OSError) as e:
+        if run_dir is not None:
+            callbacks.refused(run_dir)  # only a folder this process holds is touched
+        print(f"runner: error: {e}", file=sys.stderr)
+        return None
     return job, list(logging.getLogger().handlers)
 
 
@@ -221,7 +236,7 @@ def _conclude(ret: JobReturn, job: Any, outcome: Any) -> bool:
     refused = isinstance(outcome.error, UserError)
     if refused:
         print(f"runner: error: {outcome.error}", file=sys.stderr)
-        callbacks.drop_empty_run_dir(job.run_dir)
+        callbacks.refused(job.run_dir)  # its folder as it was found
     callbacks.run_ends(job.run_dir, outcome.summary["status"] if outcome.summary else "failed")
     return refused
 

@@ -130,6 +130,7 @@ def build_report(runs: list[dict], out: Path, root: Path, x: str = "lr", y: str 
     chain = chain_section(fits, groups)
     headers = _headers("\n".join([full, every, stale]))
     out.mkdir(parents=True, exist_ok=True)
+    unlink_links(out)
     write_csvs(runs, groups, keys, out)
     drawn = []
     for name, draw in figures(runs, groups, keys, (x, y), title):
@@ -152,6 +153,19 @@ def build_report(runs: list[dict], out: Path, root: Path, x: str = "lr", y: str 
     )
     (out / "report.md").write_text(md, encoding="utf-8")
     return console(runs, groups, what, root, out)
+
+
+def unlink_links(out: Path) -> None:
+    """Remove the links in `out` and `out/runs` (the report makes none): a report folder received
+    with the runs may hold links planted where report.md, a CSV or a figure is written, which
+    would send those writes wherever they point."""
+    for folder in (out, out / "runs"):
+        if folder.is_symlink():
+            folder.unlink()
+        elif folder.is_dir():
+            for p in folder.iterdir():
+                if p.is_symlink():
+                    p.unlink()
 
 
 def _headers(md: str) -> list[str]:
@@ -241,6 +255,10 @@ def main(argv=None) -> int:
         )
         return 2
     out = Path(args.out) if args.out else root / "report"
+    if not args.out and out.is_symlink():  # DIR/report, received with the runs, pointing elsewhere
+        where = f"{out} is a symbolic link (to {os.readlink(out)}): remove it, or give --out"
+        print(f"runner.analysis.report: error: {where}", file=sys.stderr)
+        return 2
     try:
         text = build_report(runs, out, root, args.x, args.y)
     except OSError as e:

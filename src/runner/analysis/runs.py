@@ -20,12 +20,17 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+from runner import saved_config
 from runner.analysis.equilibrium import equilibrium_block
 from runner.analysis.oscillation import headline_points, oscillation_block, val_points
 from runner.analysis.stats import mean_ci
 from runner.config import flatten, non_training_keys
 from runner.core.headline import Headline
-from runner.engine.records import read_metrics
+from runner.engine import files
+from runner.engine.files import read_regular
+
+MAX_SUMMARY_BYTES = 64 << 20  # a summary.json is a few kB
+MAX_METRICS_BYTES = 4 << 30  # a metrics.jsonl of a long run: hundreds of MB
 
 # keys that do not split runs into configurations: the seed (runs that differ only in it are
 # replicates) and every setting the schema marks as not changing what is trained
@@ -118,68 +123,52 @@ def fmt(v, digits: int = 4) -> str:
 
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_regular(path, MAX_SUMMARY_BYTES, nofollow=True))
     except (OSError, ValueError):
         return None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl that is a regular file (not a link) of at most
+    MAX_METRICS_BYTES; [] otherwise."""
     try:
-        return read_metrics(path)
+        data = read_regular(path, MAX_METRICS_BYTES, nofollow=True)
     except OSError:
         return []
+    out = []
+    for line in data.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a half-written line, or bytes that are not UTF-8 JSON
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
 
 
 def read_saved_config(path: Path) -> tuple[dict | None, str | None]:
-    """(config, note) from a run's .hydra/config.yaml with its interpolations resolved.
+    """(config, note) from a run's .hydra/config.yaml, read by runner.saved_config: within its
+    limits, with only the runner's own interpolations resolved.
 
     Hydra saves the config unresolved (`wd: ${reg_or:${reg},5.0e-4}`); a run that never wrote
     summary.json has nothing else to say what it trains, so its `wd` must be resolved to compare
-    with finished runs. A value that cannot be resolved (an unknown resolver, a missing key) keeps
-    its text and is named in the note. (None, None) when there is no file; (None, note) when it
-    cannot be read."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from runner.config import register_resolvers
-
-    if not path.is_file():
+    with finished runs. A value that uses another resolver (`${oc.env:...}`: an environment value
+    has no place in a report people share) or whose reference does not resolve keeps its text and
+    is named in the note. (None, None) when there is no file; (None, note) when it cannot be
+    read."""
+    if files.kind(path) is None:
         return None, None
-    try:
-        cfg = OmegaConf.load(path)
-    except (
-        Exception
-    ) as e:  # any YAML or OmegaConf error: the run has no hparams, the report goes on
-        return None, f"{path.parent.name}/{path.name} unreadable: {type(e).__name__}"
-    if not isinstance(cfg, DictConfig):
-        return None, f"{path.parent.name}/{path.name} is not a mapping"
-    register_resolvers()
-    failed: list[str] = []
-    out = _resolve_each(cfg, "", failed)
     where = f"{path.parent.name}/{path.name}"
-    return out, (
-        f"could not resolve {', '.join(failed)} in {where}: shown unresolved" if failed else None
-    )
-
-
-def _resolve_each(node, prefix: str, failed: list[str]) -> dict:
-    """node as plain containers, resolving key by key so that one bad interpolation spoils only its
-    own key."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    raw = OmegaConf.to_container(node, resolve=False)
-    out = {}
-    for k in raw:
-        try:
-            v = node[k]
-            if isinstance(v, DictConfig):
-                out[k] = _resolve_each(v, f"{prefix}{k}.", failed)
-            else:
-                out[k] = OmegaConf.to_container(v, resolve=True) if isinstance(v, ListConfig) else v
-        except OmegaConfBaseException:
-            out[k] = raw[k]
-            failed.append(f"{prefix}{k}")
-    return out
+    if files.kind(path) != "file":
+        return None, f"{where} unreadable: not a plain file"
+    try:
+        out, kept = saved_config.runner_resolved(saved_config.load(path))
+    except saved_config.NotAMapping:
+        return None, f"{where} is not a mapping"
+    except saved_config.SavedConfigError as e:  # the run has no hparams, the report goes on
+        return None, f"{where} unreadable: {e}"
+    note = f"could not resolve {', '.join(kept)} in {where}: shown unresolved" if kept else None
+    return out, note
 
 
 def flatten_hparams(d: dict) -> dict:
@@ -211,6 +200,9 @@ def find_run_dirs(root: Path) -> list[Path]:
         else:
             dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
     return found
+
+
+LOSS_CURVES = ("train_loss", "train_eval_loss_running", "val_loss_running", "val_loss_recal")
 
 
 def loss_curves(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
@@ -361,8 +353,34 @@ def chain_records(records: list[dict]) -> list[dict]:
 def collect_runs(root, threshold: float | None = None) -> list[dict]:
     """Every run under root, in natural path order (job 10 after job 9)."""
     root = Path(root)
-    runs = [load_run(d, root, threshold) for d in find_run_dirs(root)]
+    runs = [_load_or_note(d, root, threshold) for d in find_run_dirs(root)]
     return sorted(runs, key=lambda r: _natural(r["path"]))
+
+
+def _load_or_note(d: Path, root: Path, threshold: float | None) -> dict:
+    """load_run, or for a run folder it cannot make sense of, a run with no figures and a note
+    saying why: one damaged run never sinks a report."""
+    try:
+        return load_run(d, root, threshold)
+    except Exception as e:  # anything a damaged or hostile folder can provoke
+        rel = d.relative_to(root).as_posix()
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return {
+            "path": root.resolve().name if rel == "." else rel,
+            "status": "unreadable",
+            "seed": None,
+            "hparams": {},
+            **dict.fromkeys(METRICS),
+            "data": {},
+            "val_metric": "headline",
+            "selected_on": "test",
+            "osc": {},
+            "eq": {},
+            "val": [],
+            "wnorm": [],
+            "losses": {k: [] for k in LOSS_CURVES},
+            "notes": [f"could not be read, left out of every figure ({why})"],
+        }
 
 
 # ---------------------------------------------------------------- configurations and seed

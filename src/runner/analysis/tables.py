@@ -248,6 +248,21 @@ def notes_list(runs: list[dict]) -> str:
     return "## Notes\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
+# a cell a spreadsheet would run as a formula (=HYPERLINK(...), +cmd, -2+3, @SUM, a tab or return
+# first); OWASP's advice: a quote in front makes it text
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """`value` as a CSV cell that a spreadsheet shows as text, never runs: a string that starts
+    like a formula gets a ' in front (numbers stay numbers)."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
+def _row(values: list) -> list:
+    return [csv_cell(v) for v in values]
+
+
 def write_csvs(runs: list[dict], groups: list[dict], keys: list[str], out: Path) -> None:
     """runs.csv: every run (swept keys, metrics, oscillation figures, then the other hparams);
     configs.csv: seed statistics per configuration."""
@@ -265,24 +280,29 @@ def write_csvs(runs: list[dict], groups: list[dict], keys: list[str], out: Path)
     )
     with open(out / "runs.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(header)
+        w.writerow(_row(header))
         for r in runs:
             hp = [r["hparams"].get(k) for k in hp_keys]
             w.writerow(
-                [r["path"], r["status"], r["seed"]]
-                + hp[: len(keys)]
-                + [r.get(k) for k in METRICS]
-                + [r.get("val_metric"), r.get("selected_on")]
-                + [r["osc"].get(k) for k in osc_keys]
-                + hp[len(keys) :]
-                + ["; ".join(r.get("notes", []))]
+                _row(
+                    [r["path"], r["status"], r["seed"]]
+                    + hp[: len(keys)]
+                    + [r.get(k) for k in METRICS]
+                    + [r.get("val_metric"), r.get("selected_on")]
+                    + [r["osc"].get(k) for k in osc_keys]
+                    + hp[len(keys) :]
+                    + ["; ".join(r.get("notes", []))]
+                )
             )
     with open(out / "configs.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(keys + ["n", "runs"] + [f"{k}_{s}" for k in STATS for s in ("mean", "std")])
+        stats = [f"{k}_{s}" for k in STATS for s in ("mean", "std")]
+        w.writerow(_row(keys + ["n", "runs"] + stats))
         for g in groups:
             w.writerow(
-                [g["hparams"].get(k) for k in keys]
-                + [g["n"], status_text(g["statuses"])]
-                + [x for k in STATS for x in g["stats"][k]]
+                _row(
+                    [g["hparams"].get(k) for k in keys]
+                    + [g["n"], status_text(g["statuses"])]
+                    + [x for k in STATS for x in g["stats"][k]]
+                )
             )

@@ -68,7 +68,7 @@ def load_cifar10(root: str | Path, download: bool = True, verify: bool = True) -
     val_x, val_y = _read_batch(folder / "test_batch")
     classes = CLASSES
     if (folder / "batches.meta").is_file():
-        classes = tuple(_str(c) for c in _unpickle(folder / "batches.meta")["label_names"])
+        classes = _label_names(folder / "batches.meta")
     for y, name in [(v[1], n) for v, n in zip(train, CIFAR10_TRAIN_FILES)] + [
         (val_y, "test_batch")
     ]:
@@ -211,13 +211,35 @@ def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     d = _unpickle(path)
     if "data" not in d or "labels" not in d:
         raise DataError(f"{path} lacks the keys 'data' and 'labels' of CIFAR-10's format.")
-    x, y = np.asarray(d["data"]), np.asarray(d["labels"], dtype=np.int64)
+    x, raw = np.asarray(d["data"]), np.asarray(d["labels"])
+    if raw.ndim != 1 or (raw.size and raw.dtype.kind not in "iu"):  # 2.7 or "3": 2, 3 silently
+        raise DataError(
+            f"{path}: 'labels' must be a list of whole numbers, one per image; got "
+            f"{raw.dtype} values of shape {raw.shape}."
+        )
+    y = raw.astype(np.int64)
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(x) != len(y):
         raise DataError(
             f"{path}: 'data' must be uint8 of shape (n, 3072) (RGB planes of 32x32 "
             f"images) with one label per row; got {x.dtype} {x.shape} and {len(y)} labels."
         )
     return torch.from_numpy(x.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(y)
+
+
+def _label_names(path: Path) -> tuple[str, ...]:
+    """batches.meta's class names; DataError when they are missing or two are the same (two
+    labels would be one class in every figure)."""
+    names = _unpickle(path).get("label_names")
+    if not isinstance(names, (list, tuple)) or not names:
+        raise DataError(f"{path} lacks its list 'label_names' (one name per class).")
+    classes = tuple(_str(c) for c in names)
+    twice = sorted({c for c in classes if classes.count(c) > 1})
+    if twice:
+        raise DataError(
+            f"{path} names the classes {twice} more than once: each label needs its own name; "
+            "fix label_names (or remove batches.meta to use CIFAR-10's names)."
+        )
+    return classes
 
 
 def _str(s) -> str:

@@ -66,9 +66,9 @@ def setup(
     run_log = _Prefixed(log, {"name": name})
     trainee, sentences = make_trainee(cfg, path, autocast, data, state, run_log)
     if saved is not None:
-        if missed := restore(saved, trainee):  # a checkpoint of a machine with more GPUs
-            facts["resumed"]["cuda_rng_not_restored"] = missed
         where = run_dir / "checkpoints"
+        if missed := restore(saved, trainee, where):  # a checkpoint of a machine with more GPUs
+            facts["resumed"]["cuda_rng_not_restored"] = missed
         log.info(
             "continuing from step %d (epoch %.2f) of %s",
             state.step,
@@ -277,12 +277,21 @@ def check_length(cfg: RunConfig, spe: int, state: RunState) -> None:
         )
 
 
-def restore(saved: dict, trainee: Trainee) -> list[int]:
+def restore(saved: dict, trainee: Trainee, where: Path) -> list[int]:
     """Weights, optimizer state and RNGs of a checkpoint; returns the GPUs whose saved CUDA RNG
-    state this machine could not take (checkpoint.cuda_rng_states)."""
-    trainee.model.load_state_dict(saved["model"])
-    trainee.opt.load_state_dict(saved["optimizer"])
-    return checkpoint.set_rng_state(saved["rng"])
+    state this machine could not take (checkpoint.cuda_rng_states). CheckpointError for contents
+    that do not fit (an intact file this runner's loop did not write)."""
+    try:
+        trainee.model.load_state_dict(saved["model"])
+        trainee.opt.load_state_dict(saved["optimizer"])
+        return checkpoint.set_rng_state(saved["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise checkpoint.CheckpointError(
+            f"the newest checkpoint in {where} does not fit this run ({type(e).__name__}: "
+            f"{first}): it was not written by this runner for this model. Move it away to continue "
+            "from the previous one, or start a new run in a new folder"
+        ) from None
 
 
 def stage_index(model: nn.Module, opt: Optimizer, device: torch.device) -> dict[str, torch.Tensor]:

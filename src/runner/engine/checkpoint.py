@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from runner.config import UserError
+from runner.engine import files
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ FORMAT = 2  # step files with a weights_only payload (the only format this runne
 HASH_CHARS = 16  # 64 bits of SHA-256: damage detection, not security
 STEP_FILE = re.compile(r"step-(\d+)-([0-9a-f]{%d})\.pt" % HASH_CHARS)
 LAST, BEST = "last.pt", "best.pt"
+MAX_BYTES = 16 << 30  # past this a file named like a step file is not one of ours: damaged
 
 
 class CheckpointError(UserError):
@@ -142,28 +144,13 @@ def _serialize(state: dict) -> bytes:
     return payload
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or a folder by its path (a folder: the renames in it are on disk)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, payload: bytes, what: str) -> None:
-    """path holds either its old bytes or all of `payload`, never part of it, also after a crash."""
-    tmp = path.with_name(path.name + ".tmp")
+    """path holds either its old bytes or all of `payload`, never part of it, also after a crash;
+    a link planted at its name or at its temporary name is replaced, never written through."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_path(path.parent)  # the rename is on disk before anything older is deleted
+        files.write_atomic(path, payload, durable=True)  # on disk before anything older goes
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        why = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
+        why = "the disk is full" if e.errno == errno.ENOSPC else files.reason(e)
         raise CheckpointError(
             f"could not write {what} in {path.parent}: {why}. The previous {what} is intact; free "
             "space (or fix the folder's permissions) and start the run again in the same folder "
@@ -236,7 +223,7 @@ def _step(path: Path) -> int:
 def _verified(path: Path) -> bytes | None:
     """The file's bytes if their SHA-256 starts with the hash in its name, else None."""
     try:
-        raw = path.read_bytes()
+        raw = files.read_regular(path, MAX_BYTES)
     except OSError:
         return None
     return (
@@ -253,18 +240,23 @@ def _step_files(folder: Path) -> list[Path]:
         current = os.readlink(folder / LAST)
     except OSError:
         current = None
-    files = [p for p in folder.glob("step-*.pt") if STEP_FILE.fullmatch(p.name)]
-    return sorted(
-        files, key=lambda p: (_step(p), p.name == current, p.stat().st_mtime_ns), reverse=True
-    )
+    found = [p for p in folder.glob("step-*.pt") if STEP_FILE.fullmatch(p.name)]
+    return sorted(found, key=lambda p: (_step(p), p.name == current, _mtime(p)), reverse=True)
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.lstat().st_mtime_ns
+    except OSError:  # gone meanwhile: _read says so
+        return 0
 
 
 def _read(path: Path) -> dict:
     """The checkpoint in step file `path`; _Damaged when its bytes are not the ones written."""
-    try:
-        raw = path.read_bytes()
+    try:  # a FIFO or a device named like a step file is not read (it would block)
+        raw = files.read_regular(path, MAX_BYTES)
     except OSError as e:
-        raise _Damaged(e.strerror or str(e)) from None
+        raise _Damaged(files.reason(e)) from None
     if hashlib.sha256(raw).hexdigest()[:HASH_CHARS] != STEP_FILE.fullmatch(path.name)[2]:
         raise _Damaged("checksum mismatch: truncated or corrupted")
     try:
@@ -293,10 +285,13 @@ def _check_format(state, path: Path) -> None:
 
 
 def load_latest(folder: Path) -> tuple[dict | None, list[str]]:
-    """(newest valid checkpoint or None, notes on the ones that were skipped and why)."""
+    """(newest valid checkpoint or None, notes on the ones that were skipped and why). None with no
+    notes only when `folder` does not exist (no checkpoint yet); a `folder` that cannot be listed
+    (a dangling link: scratch space not mounted; a file; no permission) is a CheckpointError, never
+    "no checkpoint", which would start the run again from step 0 over its records."""
     folder = Path(folder)
     notes = []
-    for path in _step_files(folder) if folder.is_dir() else []:
+    for path in _step_files(folder) if _listable(folder) else []:
         try:
             state = _read(path)
         except _Damaged as e:  # report it and try the older one
@@ -305,3 +300,22 @@ def load_latest(folder: Path) -> tuple[dict | None, list[str]]:
         _check_format(state, path)
         return state, notes
     return None, notes
+
+
+def _listable(folder: Path) -> bool:
+    """False when there is nothing at `folder` (not even a link); True for a folder that lists;
+    CheckpointError for anything else."""
+    what = files.kind(folder)
+    if what is None:
+        return False
+    try:
+        os.listdir(folder)
+        return True
+    except OSError as e:
+        target = f" to {os.readlink(folder)}" if what == "link" else ""
+        why = "it points nowhere" if what == "link" and not folder.exists() else files.reason(e)
+        raise CheckpointError(
+            f"{folder} (a {what}{target}) cannot be read as the run's checkpoints: {why}. Mount or "
+            "restore it and start again; to start this run over from step 0 instead, move the run "
+            "folder away (its records would be replaced)"
+        ) from None

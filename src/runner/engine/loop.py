@@ -202,6 +202,8 @@ def save_checkpoint(run: Run) -> None:
             "rng": checkpoint.rng_state(),
             "config": dataclasses.asdict(run.cfg),
             "probes": {p.name: p.state_dict() for p in run.probes},
+            # a CPU run continued on another thread count is not bit for bit (engine.resume)
+            "torch_threads": torch.get_num_threads(),
         },
         run.out.run_dir / "checkpoints",
     )

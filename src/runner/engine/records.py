@@ -60,7 +60,7 @@ import os
 from pathlib import Path
 
 from runner.config import flatten
-from runner.engine.checkpoint import fsync_path
+from runner.engine.files import fsync_path, write_atomic
 
 # TensorBoard's Time Series sorts the tags, groups them by what comes before the first "/" and opens
 # the first two groups: accuracy and loss (training and validation side by side), then lr and decay;
@@ -181,12 +181,8 @@ class Recorder:
             for r in read_metrics(self.path)
             if isinstance(r.get("step"), int) and r["step"] <= step
         ]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        data = "".join(json.dumps(r) + "\n" for r in kept).encode("utf-8")
+        write_atomic(self.path, data, durable=True)  # a link at metrics.jsonl.tmp is not followed
 
     def _best(self, record: dict) -> None:
         if isinstance(record.get("val_acc"), (int, float)) and math.isfinite(record["val_acc"]):
@@ -317,12 +313,13 @@ def _hparams_summary(tag: str, content):
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """All complete records of a metrics.jsonl (a half-written or foreign line is skipped)."""
+    """All complete records of a metrics.jsonl (a half-written, foreign or undecodable line is
+    skipped)."""
     out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in Path(path).read_bytes().splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:  # JSON's errors and UnicodeDecodeError
             continue
         if isinstance(record, dict):
             out.append(record)

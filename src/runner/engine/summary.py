@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -27,10 +26,12 @@ import torch
 
 from runner.config import RunConfig, refused_changes
 from runner.core.step_plan import timescale
-from runner.engine import lock
+from runner.engine import files, lock
 from runner.engine.run import Run
 from runner.engine.selection import selected_note, selection
 from runner.engine.timing import split_time
+
+MAX_SUMMARY_BYTES = 64 << 20  # a summary.json is a few kB: past this it is not one
 
 
 def finish(run: Run) -> dict:
@@ -126,29 +127,39 @@ def startup_parts(run: Run, times: dict) -> dict:
 
 
 def completed_summary(cfg: RunConfig, run_dir: Path) -> dict | None:
-    """The summary of a run in `run_dir` that already completed what `cfg` asks (same epochs and
-    max_steps), else None: continuing it has nothing to train, and writing its summary again would
-    replace its timing."""
+    """The summary of a run in `run_dir` that has already ended as `cfg` would end it, else None:
+    completed with the same training settings, `epochs` and `trainer.max_steps`, or diverged with
+    the same training settings (it would diverge again at the same step). Training it again has
+    nothing to add, and writing its summary again would replace its timing: the caller leaves
+    every file of it as it is. A summary.json that cannot be read, or says anything else, is None:
+    the run is set up, and setup refuses what does not fit its records."""
     try:
-        old = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
+        old = json.loads(files.read_regular(Path(run_dir) / "summary.json", MAX_SUMMARY_BYTES))
     except (OSError, ValueError):
         return None
     hp = old.get("hparams") if isinstance(old, dict) else None
-    if (
-        old.get("status") != "completed"
-        or not isinstance(hp, dict)
-        or not isinstance(hp.get("trainer"), dict)
-    ):
+    if not isinstance(hp, dict) or not isinstance(hp.get("trainer"), dict):
         return None
-    same = (
-        hp.get("epochs") == cfg.epochs and hp["trainer"].get("max_steps") == cfg.trainer.max_steps
+    if refused_changes(hp, dataclasses.asdict(cfg)):  # a training change is setup's to refuse
+        return None
+    if old.get("status") == "diverged":
+        return old
+    same_length = (hp.get("epochs"), hp["trainer"].get("max_steps")) == (
+        cfg.epochs,
+        cfg.trainer.max_steps,
     )
-    training = refused_changes(hp, dataclasses.asdict(cfg))
-    return old if same and not training else None  # a training change is setup's to refuse
+    return old if old.get("status") == "completed" and same_length else None
+
+
+def ended(summary: dict) -> str:
+    """How a run that completed_summary returned ended, in words."""
+    if summary.get("status") == "diverged":
+        return f"already diverged at step {summary.get('diverged_at_step')}"
+    return f"already completed {summary.get('steps')} steps"
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
-    """summary.json, replaced atomically so a reader never sees half a file."""
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, run_dir / "summary.json")
+    """summary.json, replaced atomically so a reader never sees half a file (and never written
+    through a link planted at summary.json.tmp)."""
+    text = json.dumps(summary, indent=2, default=str, ensure_ascii=False)
+    files.write_atomic(Path(run_dir) / "summary.json", text.encode("utf-8"))

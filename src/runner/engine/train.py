@@ -3,17 +3,17 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
+from runner.commands import shown
 from runner.config import RunConfig
 from runner.engine import estimate
 from runner.engine.build import setup, torch_settings_kept
 from runner.engine.interrupts import StopRequests
 from runner.engine.loop import loop
 from runner.engine.progress import Progress
-from runner.engine.summary import completed_summary, finish
+from runner.engine.summary import completed_summary, ended, finish
 
 
 @torch_settings_kept()  # trainer.deterministic stays this run's
@@ -25,9 +25,8 @@ def train(
     `on_start()` is called once the run is set up (the CLI then names the folder: a run refused
     during setup leaves none to name)."""
     done = completed_summary(cfg, Path(run_dir))
-    if done is not None:  # its summary (and timing) stays as it is
-        log = logging.getLogger("runner")
-        log.info("%s already completed %d steps: nothing to train", run_dir, done["steps"])
+    if done is not None:  # every file of it stays as it is: its log too, so no log line
+        print(f"runner: {shown(run_dir)} {ended(done)}: nothing to train", file=sys.stderr)
         return done
     run = setup(cfg, Path(run_dir), meta, job_num)
     if on_start is not None:

@@ -1,24 +1,34 @@
-"""Hydra's side of the run folders: checked before Hydra creates them, named for people, linked as
-`latest`, and reported at the end of a sweep.
+"""Hydra's side of the run folders: checked and locked before anything is written into them, named
+for people, linked as `latest`, left as they were found when a run is refused, and reported at the
+end of a sweep.
 
 configs/config.yaml lists the callbacks under hydra.callbacks and names sweep jobs with
-`${job_dirname:...}`. Folders are shown relative to the current directory when they lie below it.
-Nothing here imports torch.
+`${job_dirname:...}`. Hydra itself writes no `.hydra/` (hydra.output_subdir is null): a run writes
+its saved config only once it holds its folder's lock and starts training (run_starts), so a start
+that is refused, or finds its run already completed, changes no byte of a folder that exists. Every
+folder is known by its resolved path (engine.files.resolved). Folders are shown relative to the
+current directory when they lie below it. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from runner import saved_config as saved_configs
+from runner.commands import resume_command, shown
 from runner.config import ConfigError, non_training_keys
-from runner.engine import lock
+from runner.engine import files, lock
+from runner.engine.files import resolved
 
 # outputs/DATE/TIME_id and multirun/DATE/TIME_id (configs/config.yaml)
 DATE_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -92,56 +102,43 @@ def register_resolvers() -> None:
 
 
 def load_saved_config(resume: str) -> DictConfig:
-    """The saved config of the run folder `resume`; ConfigError when there is none or it does not
-    parse."""
+    """The saved config of the run folder `resume`, read within runner.saved_config's limits (its
+    interpolations unresolved); ConfigError when there is none or it cannot be read."""
     saved = saved_config(resume)
     try:
-        cfg = OmegaConf.load(saved)
-    except Exception as e:  # YAML's own errors, a binary file: the user's file, not a bug
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        plain = saved_configs.load(saved)
+    except saved_configs.SavedConfigError as e:  # the user's file, not a bug
         raise ConfigError(
-            f"resume={resume!r}: its saved config {saved} cannot be read ({first}); restore it "
+            f"resume={resume!r}: its saved config {saved} cannot be read ({e}); restore it "
             "from a copy (the checkpoints also hold the config), or start a new run"
         ) from None
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(
-            f"resume={resume!r}: its saved config {saved} is not a mapping; restore it from a copy"
-        )
-    return cfg
+    return OmegaConf.create(plain)
 
 
 def saved_config(resume: str) -> Path:
     """The saved config of the run folder `resume` (its .hydra/config.yaml); ConfigError when there
     is none."""
-    saved = Path(resume).expanduser().resolve() / ".hydra" / "config.yaml"
-    if not saved.is_file():
+    try:
+        saved = resolved(resume) / ".hydra" / "config.yaml"
+    except files.FolderError as e:
+        raise ConfigError(f"resume={resume!r}: {e}") from None
+    if files.kind(saved) != "file":
         raise ConfigError(
             f"resume={resume!r}: no run there (expected {saved}); give the folder of a run, "
-            "e.g. resume=outputs/2026-01-31/12-00-00_abc123"
+            "e.g. resume=outputs/2026-01-31/12-00-00_abc123, or of a sweep (its multirun.yaml)"
         )
     return saved
-
-
-def shown(folder: Path | str) -> str:
-    """`folder` as people type it: relative to the current directory when below it, else
-    absolute."""
-    path = Path(folder).absolute()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def _latest_link(folder: Path) -> Path | None:
     """Where the `latest` link for `folder` goes: next to its date folder, or nowhere for a folder
     placed elsewhere."""
-    folder = Path(folder).absolute()
+    folder = resolved(folder)
     return folder.parent.parent / "latest" if DATE_FOLDER.fullmatch(folder.parent.name) else None
 
 
-_previous_latest: dict[
-    Path, str | None
-] = {}  # link → where it pointed before this process moved it
+# link → where it pointed before this process moved it
+_previous_latest: dict[Path, str | None] = {}
 
 
 def point_latest(folder: Path) -> None:
@@ -151,7 +148,7 @@ def point_latest(folder: Path) -> None:
     link = _latest_link(folder)
     if link is None:
         return
-    folder = Path(folder).absolute()
+    folder = resolved(folder)
     tmp = link.with_name(f".latest.{os.getpid()}")
     try:
         _previous_latest.setdefault(link, os.readlink(link) if link.is_symlink() else None)
@@ -168,14 +165,14 @@ def point_latest(folder: Path) -> None:
 
 
 def forget_latest(folder: Path) -> None:
-    """If ROOT/latest points at `folder` (a refused run), point it back where it pointed before, or
-    remove it."""
+    """If this process pointed ROOT/latest at `folder` (a refused run), point it back where it
+    pointed before, or remove it; a link this process did not move stays as it is."""
     link = _latest_link(folder)
     try:
         if (
-            link is not None
+            link in _previous_latest
             and link.is_symlink()
-            and os.readlink(link) == str(Path(*Path(folder).parts[-2:]))
+            and os.readlink(link) == str(Path(*resolved(folder).parts[-2:]))
         ):
             before = _previous_latest.pop(link, None)
             link.unlink()
@@ -200,10 +197,40 @@ def sweep_folder(hc) -> Path | None:
     return Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
 
 
-def run_starts(run_dir: Path, sweep_dir: Path | None = None) -> None:
-    """A run has been set up in `run_dir` and starts training: point `latest` at it (at its sweep's
-    folder for a sweep job) and say where it is. Only here: a run or sweep that never trains leaves
-    `latest` where it was."""
+class SavedJob(NamedTuple):
+    """What Hydra would have written into RUN/.hydra/ at the job's start: the job's config, Hydra's
+    (hydra.yaml) and the command line's overrides. Copied when the job starts, written by
+    run_starts."""
+
+    config: DictConfig
+    hydra: DictConfig
+    overrides: list
+
+    @classmethod
+    def of(cls, config: DictConfig) -> SavedJob:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra = copy.deepcopy(HydraConfig.instance().cfg)
+        return cls(copy.deepcopy(config), hydra, list(hydra.hydra.overrides.task))
+
+    def write(self, run_dir: Path) -> None:
+        folder = Path(run_dir) / ".hydra"
+        folder.mkdir(exist_ok=True)
+        for name, node in (
+            ("config.yaml", self.config),
+            ("hydra.yaml", self.hydra),
+            ("overrides.yaml", OmegaConf.create(self.overrides)),
+        ):
+            files.write_atomic(folder / name, OmegaConf.to_yaml(node).encode("utf-8"))
+
+
+def run_starts(run_dir: Path, sweep_dir: Path | None = None, saved: SavedJob | None = None) -> None:
+    """A run has been set up in `run_dir` (its lock held) and starts training: write its saved
+    config (`saved`; none for resume=, whose saved config is the record of what ran), point
+    `latest` at it (at its sweep's folder for a sweep job) and say where it is. Only here: a run or
+    sweep that never trains leaves its folder and `latest` as they were."""
+    if saved is not None:
+        saved.write(run_dir)
     point_latest(sweep_dir if sweep_dir is not None else run_dir)
     print(f"runner: run folder {shown(run_dir)}", file=sys.stderr)
 
@@ -211,43 +238,38 @@ def run_starts(run_dir: Path, sweep_dir: Path | None = None) -> None:
 def run_ends(run_dir: Path, status: str) -> None:
     """The run's last lines: its folder again, with how it ended (nothing if a user error removed
     the folder), and for a run that stopped before its end with a checkpoint to go on from, the
-    command that continues it."""
+    command that continues it (quoted as Hydra and the shell need: a sweep job's folder name holds
+    `=` and `,`)."""
     if not Path(run_dir).is_dir():
         return
     print(f"runner: run folder {shown(run_dir)} ({status})", file=sys.stderr)
     if status not in ("completed", "diverged") and any(
         (Path(run_dir) / "checkpoints").glob("step-*.pt")
     ):
-        print(
-            f"runner: continue it with: python -m runner resume={shown(run_dir)}", file=sys.stderr
-        )
+        print(f"runner: continue it with: {resume_command(run_dir)}", file=sys.stderr)
 
 
 class FolderBefore:
-    """The run folder as it was before Hydra and the run touched it, so that a refused run can leave
-    it exactly so: the folders it created are removed (an `outputs/DATE/` too, when empty), a folder
-    that existed keeps its entries, its .hydra/ files' bytes and its logs' lengths, and nothing the
-    run did not write is deleted."""
+    """A run (or sweep) folder as it was before this process wrote anything into it, so that a
+    refused start leaves it exactly so: the folders it created are removed (an `outputs/DATE/` too,
+    when empty), a folder that existed keeps its entries and its logs' lengths, and nothing the run
+    did not write is deleted. `fresh`: the folder counts as made for this run (a sweep job's, which
+    Hydra creates with its empty log before the job's code runs)."""
 
     OURS = (".hydra", lock.NAME)  # what a refused run may have added to a folder, besides its *.log
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder).absolute()
+    def __init__(self, folder: Path, fresh: bool = False):
+        self.folder = resolved(folder)
         self.created = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        if fresh and not self.created:
+            self.created = [self.folder]
         existed = not self.created
         self.entries = set(os.listdir(self.folder)) if existed else set()
-        hydra = self.folder / ".hydra"
-        self.hydra = (
-            {p.name: p.read_bytes() for p in hydra.iterdir() if p.is_file()}
-            if hydra.is_dir()
-            else None
-        )
         self.logs = {p.name: p.stat().st_size for p in self.folder.glob("*.log")} if existed else {}
 
     def restore(self) -> None:
         forget_latest(self.folder)
-        lock.release(self.folder)
-        # made by this run: what is in it is the run's own (.hydra, its log, its lock)
+        # made by this run: what is in it is the run's own (its log, its lock)
         if self.created:
             if self.folder.is_dir() and only_ours(self.folder):
                 shutil.rmtree(self.folder)
@@ -256,24 +278,16 @@ class FolderBefore:
             return
         for name in set(os.listdir(self.folder)) - self.entries:
             if name in self.OURS or name.endswith(".log"):
-                shutil.rmtree(self.folder / name) if (self.folder / name).is_dir() else (
-                    self.folder / name
-                ).unlink()
-        if self.hydra is not None:
-            hydra = self.folder / ".hydra"
-            hydra.mkdir(exist_ok=True)
-            for p in hydra.iterdir():
-                if p.name not in self.hydra:
-                    p.unlink()
-            for name, raw in self.hydra.items():
-                (hydra / name).write_bytes(raw)
-        for name, size in self.logs.items():
-            with open(self.folder / name, "rb+") as f:
-                f.truncate(size)
+                path = self.folder / name
+                shutil.rmtree(path) if files.kind(path) == "folder" else path.unlink()
+        for name, size in self.logs.items():  # never through a link: it is not the run's log
+            if files.kind(self.folder / name) == "file":
+                with open(self.folder / name, "rb+") as f:
+                    f.truncate(size)
 
 
 def only_ours(folder: Path) -> bool:
-    """Whether `folder` holds only what a run writes before it trains: .hydra/, lock, log."""
+    """Whether `folder` holds only what a run writes before it trains: lock, log (and .hydra/)."""
     return all(p.name in FolderBefore.OURS or p.suffix == ".log" for p in folder.iterdir())
 
 
@@ -284,43 +298,59 @@ def _rmdir_if_empty(path: Path) -> None:
         pass
 
 
-_before: FolderBefore | None = (
-    None  # the single run's folder before Hydra wrote .hydra/ (CheckOutputFolder)
-)
+_before: dict[Path, FolderBefore] = {}  # resolved folder → as it was before this process wrote
+
+
+def before(folder: Path, fresh: bool = False) -> None:
+    """Remember `folder` as it is now (the first time only: a single run's is taken before Hydra
+    touches it, by CheckOutputFolder)."""
+    path = resolved(folder)
+    if path not in _before:
+        _before[path] = FolderBefore(path, fresh)
+
+
+def job_starts(run_dir: Path, sweep_job: bool) -> None:
+    """A job's code starts in `run_dir`: remember the folder as it is (a sweep job's holding only
+    the empty log Hydra just made counts as made for it) and take its lock. FolderBusy (nothing of
+    the folder touched) when another process writes it."""
+    run_dir = resolved(run_dir)
+    fresh = sweep_job and all(
+        p.suffix == ".log" and p.is_file() and p.stat().st_size == 0 for p in run_dir.iterdir()
+    )
+    before(run_dir, fresh)
+    lock.hold(run_dir)
 
 
 def refused(run_dir: Path) -> None:
-    """A user error stopped the run before it trained: leave its folder as it was found."""
-    if _before is not None and _before.folder == Path(run_dir).absolute():
-        _before.restore()
-    else:  # a sweep's job: Hydra made its folder just now
-        drop_empty_run_dir(Path(run_dir))
+    """A user error stopped the run before it trained: leave its folder as it was found. Only a
+    folder this process holds is touched (one another process holds is that process's)."""
+    try:
+        path = resolved(run_dir)
+    except files.FolderError:
+        return
+    if not lock.held(path):
+        return
+    state = _before.pop(path, None)
+    lock.release(path)
+    if state is not None:
+        state.restore()
 
 
 def refused_sweep(sweep_dir: Path) -> None:
-    """A sweep refused before its first job (hydra_plugins.runner_sweeper): its new folder goes,
-    multirun.yaml (the sweeper's first file) with it, and multirun/latest points where it pointed
-    before."""
-    if _before is None or _before.folder != Path(sweep_dir).absolute():
-        return
-    if _before.created:
+    """A sweep refused before its first job (hydra_plugins.runner_sweeper): a folder it created
+    goes, multirun.yaml (the sweeper's first file) with it, and multirun/latest points where it
+    pointed before."""
+    state = _before.get(resolved(sweep_dir))
+    if state is not None and state.created:
         (Path(sweep_dir) / "multirun.yaml").unlink(missing_ok=True)
-    _before.restore()
-
-
-def drop_empty_run_dir(run_dir: Path) -> None:
-    """A sweep job stopped by a user error leaves no folder behind, unless something else is already
-    in it."""
-    lock.release(run_dir)
-    if run_dir.is_dir() and only_ours(run_dir):
-        shutil.rmtree(run_dir)
-        forget_latest(run_dir)
+    refused(sweep_dir)
 
 
 class CheckOutputFolder(Callback):
     """Before Hydra creates the run (or sweep) folder: refuse a resume= that names no run (so a typo
-    creates nothing), and make sure the folder can be written, so either mistake is one clear line
-    instead of a traceback."""
+    creates nothing), make sure the folder can be written, so either mistake is one clear line
+    instead of a traceback, and take its lock (a sweep's too: a second sweep into a running one is
+    refused before it writes anything)."""
 
     def _check(self, folder: str, key: str) -> None:
         path = Path(folder)
@@ -336,7 +366,6 @@ class CheckOutputFolder(Callback):
             )
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        global _before
         resume = OmegaConf.select(config, "resume")
         if resume:
             try:
@@ -344,22 +373,24 @@ class CheckOutputFolder(Callback):
                 load_saved_config(resume)
             except ConfigError as e:
                 _exit(str(e))
-        _before = FolderBefore(Path(config.hydra.run.dir))
-        self._check(config.hydra.run.dir, "hydra.run.dir")
-        try:  # before Hydra writes .hydra/: a second writer must not replace the first one's config
-            lock.hold(
-                config.hydra.run.dir,
-                "resume=... of another run or hydra.run.dir" if resume else "hydra.run.dir",
-            )
-        except lock.FolderBusy as e:
-            _before.restore()
-            _exit(str(e))
+        self._hold(config.hydra.run.dir, "hydra.run.dir", resume)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        global _before
-        # a sweep refused before its first job leaves no trace
-        _before = FolderBefore(Path(config.hydra.sweep.dir))
-        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+        # a sweep refused before its first job leaves no trace; two sweeps never share a folder
+        self._hold(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    def _hold(self, folder: str, key: str, resume: str | None = None) -> None:
+        """Remember the folder as it is, make sure it can be written, and take its lock before Hydra
+        or the run writes anything into it."""
+        try:
+            before(folder)
+        except files.FolderError as e:
+            _exit(str(e))
+        self._check(folder, key)
+        try:
+            lock.hold(folder, "resume=... of another run or hydra.run.dir" if resume else key)
+        except files.FolderError as e:  # busy, or a .lock that is not one: the folder is as it was
+            _exit(str(e))
 
 
 class SweepFolder(Callback):
@@ -394,7 +425,7 @@ def _report(sweep: Path) -> None:
     if failed:
         print(
             "runner: the report failed; the sweep's runs are saved: python -m "
-            f"runner.analysis.report {shown(sweep)}",
+            f"runner.analysis.report {shlex.quote(shown(sweep))}",
             file=sys.stderr,
         )
 

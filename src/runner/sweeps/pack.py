@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from runner.config import ConfigError, RunConfig, UserError
 from runner.engine.build import execution_path, pick_device, setup, torch_settings_kept, use_device
 from runner.engine.interrupts import StopRequests
 from runner.engine.loop import loop
-from runner.engine.summary import finish
+from runner.engine.summary import completed_summary, ended, finish
 
 log = logging.getLogger("runner")
 
@@ -180,6 +181,11 @@ def train_pack(
     with stop, _recompile_room(jobs, device):
         for i, job in enumerate(jobs):
             with inside(i):
+                done = completed_summary(job.cfg, job.run_dir)
+                if done is not None:  # as engine.train: every file of it stays as it is
+                    print(f"runner: [{job.name}] {ended(done)}: nothing to train", file=sys.stderr)
+                    outcomes[i] = Outcome(done)
+                    continue
                 try:
                     runs[i] = setup(
                         job.cfg,
