@@ -24,9 +24,13 @@ def test_one_batch_shape_per_phase_full_training_batches_and_padded_validation(
 
     def watched(*a, **k):
         run = real_setup(*a, **k)
-        run.trainee.model.register_forward_pre_hook(
-            lambda m, args: shapes[m.training].add(tuple(args[0].shape))
-        )
+        model = run.trainee.model
+
+        def seen(m, args):
+            if m is model:  # not the CPU estimate's timed copy, which carries the hook
+                shapes[m.training].add(tuple(args[0].shape))
+
+        model.register_forward_pre_hook(seen)
         return run
 
     monkeypatch.setattr(train_mod, "setup", watched)

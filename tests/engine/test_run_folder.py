@@ -47,14 +47,18 @@ def test_hydra_run_dir_dot_with_a_bad_value_leaves_the_folder_intact(tmp_path):
 def test_a_refused_run_in_another_runs_folder_leaves_it_as_it_was_and_it_still_resumes(
     tmp_path, finished
 ):
-    before = snapshot(finished)
-    r = run_cli([*SHORT, "lr=5e-3", f"hydra.run.dir={finished}"], cwd=tmp_path)
+    import shutil
+
+    run = tmp_path / "theirs"  # a copy: the module's finished run stays at 2 steps for the others
+    shutil.copytree(finished, run, symlinks=True)
+    before = snapshot(run)
+    r = run_cli([*SHORT, "lr=5e-3", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert r.returncode == 2 and "lr: 0.001 → 0.005" in r.stderr and "Traceback" not in r.stderr
-    assert snapshot(finished) == before  # .hydra/config.yaml and the log included
+    assert snapshot(run) == before  # .hydra/config.yaml and the log included
     assert "run folder" not in r.stderr  # it never named a folder it did not train in
-    r = run_cli([f"resume={finished}", "epochs=2", "trainer.extend_schedule=hold"], cwd=tmp_path)
+    r = run_cli([f"resume={run}", "epochs=2", "trainer.extend_schedule=hold"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads((finished / "summary.json").read_text())["steps"] == 4
+    assert json.loads((run / "summary.json").read_text())["steps"] == 4
 
 
 @pytest.mark.slow

@@ -144,7 +144,7 @@ def test_a_signal_to_a_joblib_sweep_checkpoints_every_job_and_leaves_no_worker(t
         "hydra/launcher=local_parallel",
         "hydra.launcher.n_jobs=2",
         *SMALL,
-        "epochs=3",
+        "epochs=10",  # 40 steps: a busy machine starts job 1 before job 0 has ended
         "trainer.log_every=1",
         "lr=1e-3,2e-3,3e-3",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
@@ -174,11 +174,14 @@ def test_a_signal_to_a_joblib_sweep_checkpoints_every_job_and_leaves_no_worker(t
     )
     assert all(v["status"] == "interrupted" for v in s.values()), s
     assert all(list((tmp_path / "sweep" / n / "checkpoints").glob("step-*.pt")) for n in s)
+    ending = time.time() + 60  # a worker told to stop ends soon, not within the same instant
+    while [w for w in workers if alive(w)] and time.time() < ending:
+        time.sleep(0.1)
     assert workers and not [w for w in workers if alive(w)], "a worker outlived the sweep"
     r = run_cli([f"resume={tmp_path / 'sweep'}"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     s = summaries(tmp_path / "sweep")
-    assert len(s) == 3 and all(v["status"] == "completed" and v["steps"] == 12 for v in s.values())
+    assert len(s) == 3 and all(v["status"] == "completed" and v["steps"] == 40 for v in s.values())
 
 
 @pytest.mark.slow
