@@ -30,6 +30,7 @@ def test_the_summary_says_which_accuracy_it_reports_and_what_ran(tmp_path):
         and len(s["data"]["fingerprint"]) == 16
     )
     assert {"commit", "dirty"} <= s["code"].keys() and s["env"]["torch"]
+    assert s["env"]["malloc"] != "unchanged"  # a CPU run sets the allocator (engine.allocator)
     assert {"compile_s", "capture_s", "warmup_s", "first_step_s"} <= s["startup"].keys()
 
 

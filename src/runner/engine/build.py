@@ -24,7 +24,7 @@ from runner.core.models import build_resnet
 from runner.core.step_plan import describe, plan_steps
 from runner.core.update_rule import Optimizer, rounding_note
 from runner.data import load_splits
-from runner.engine import checkpoint, lock, provenance
+from runner.engine import allocator, checkpoint, lock, provenance
 from runner.engine.execution import Execution, ExecutionPath
 from runner.engine.loaders import augmented_recal_images, run_data
 from runner.engine.records import Recorder
@@ -191,6 +191,8 @@ def device_settings(tr: TrainerConfig, path: ExecutionPath):
         torch.use_deterministic_algorithms(True, warn_only=True)
     if path.device.type == "cuda":
         torch.backends.cudnn.benchmark = not tr.deterministic
+    if path.device.type == "cpu":  # a step's large buffers reused, not mapped afresh (allocator)
+        allocator.tune_for_cpu()
     if path.precision != "bf16":
         return nullcontext()
     # a CUDA graph cannot hold autocast's cache of cast weights (the PyTorch CUDA graph notes)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from runner.engine import allocator
+
 GIT_TIMEOUT_S = 5.0  # a hung network file system or a huge work tree must not hold up a run
 
 
@@ -104,4 +106,5 @@ def environment(device: torch.device | str | None = None) -> dict:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "platform": platform.platform(),
+        "malloc": allocator.described(),  # set for CPU training (engine.allocator)
     }
