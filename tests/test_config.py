@@ -331,22 +331,25 @@ def test_new_keys_default_as_documented():
     run = validate(compose_cfg())
     t = run.trainer
     assert (t.compile, t.cuda_graphs) == (None, None)  # null = auto: on for CUDA, off elsewhere
-    assert (t.bn_recalibrate, t.extend_schedule, t.objective) == (2048, None, "best_val_acc")
+    # null = by device: 2048 images on CUDA, 512 elsewhere (core.evaluation.recalibration_images)
+    assert (t.bn_recalibrate, t.extend_schedule, t.objective) == (None, None, "best_val_acc")
     assert run.data.drop_last is True and run.report is False
     # the schema's defaults are the YAML's
     assert dataclasses.asdict(RunConfig().trainer) == dataclasses.asdict(t)
 
 
 @pytest.mark.parametrize(
-    "n, ok", [(0, True), (2, True), (10000, True), (1, False), (10001, False), (-1, False)]
+    "n, ok",
+    [(0, True), (2, True), (10000, True), ("null", True), (1, False), (10001, False), (-1, False)],
 )
 def test_bn_recalibrate_is_off_or_between_2_and_10000_images(n, ok):
     if ok:
-        assert validate(compose_cfg(f"trainer.bn_recalibrate={n}")).trainer.bn_recalibrate == n
+        got = validate(compose_cfg(f"trainer.bn_recalibrate={n}")).trainer.bn_recalibrate
+        assert got == (None if n == "null" else n)
     else:
         with pytest.raises(
             ConfigError,
-            match=rf"^trainer.bn_recalibrate={n} is invalid: must be 0 \(off\) or from 2",
+            match=rf"^trainer.bn_recalibrate={n} is invalid: must be null \(by device\), 0 \(off\)",
         ):
             validate(compose_cfg(f"trainer.bn_recalibrate={n}"))
 
@@ -459,7 +462,7 @@ def test_debug_tiny_is_the_tiny_run_the_tests_spelled_out_before():
     spelled = dataclasses.asdict(validate(compose_cfg(*OLD_TINY)))
     assert (
         smoke["trainer"].pop("bn_recalibrate") == 256
-        and spelled["trainer"].pop("bn_recalibrate") == 2048
+        and spelled["trainer"].pop("bn_recalibrate") is None
     )
     assert smoke == spelled
 

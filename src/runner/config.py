@@ -302,7 +302,8 @@ class TrainerConfig(_Section):
     progress: Optional[bool] = run_setting(None)  # a bar (null: on a terminal), else log lines
     train_eval: bool = run_setting(False)  # also evaluate a fixed, un-augmented training subset
     # BatchNorm statistics recomputed on N un-augmented training images before each validation
-    bn_recalibrate: int = run_setting(2048)
+    # (null: 2048 on CUDA, 512 elsewhere: core.evaluation.recalibration_images)
+    bn_recalibrate: Optional[int] = run_setting(None)
     # a continued run that changes `epochs`: rescale or hold the schedule (null: refuse)
     extend_schedule: Optional[str] = run_setting(None, choices=("rescale", "hold"))
     objective: str = run_setting("best_val_acc", choices=OBJECTIVES)  # what a sweeper optimizes
@@ -327,8 +328,9 @@ class TrainerConfig(_Section):
         if self.log_every < 1:
             self._fail("log_every", "must be >= 1")
         # BatchNorm needs 2 values per channel for a variance; the images pass through in one batch
-        if self.bn_recalibrate != 0 and not 2 <= self.bn_recalibrate <= 10_000:
-            rule = "must be 0 (off) or from 2 to 10000 (one forward pass holds them all)"
+        n = self.bn_recalibrate
+        if n is not None and n != 0 and not 2 <= n <= 10_000:
+            rule = "must be null (by device), 0 (off) or from 2 to 10000 (one pass holds them all)"
             self._fail("bn_recalibrate", rule)
 
     def _check_compile_mode(self) -> None:
@@ -418,7 +420,7 @@ class RunConfig(_Section):
             self._fail("batch_size", f"must be from 1 to {MAX_IMAGES}")
         if not 0 <= self.seed < 2**63:
             self._fail("seed", "must be from 0 to 2**63-1 (torch's generators take a 64-bit seed)")
-        if self.probes.bn_staleness and not self.trainer.bn_recalibrate:
+        if self.probes.bn_staleness and self.trainer.bn_recalibrate == 0:
             raise ConfigError(
                 "probes.bn_staleness=true measures the running statistics against recalibrated "
                 "ones, and trainer.bn_recalibrate=0 recalibrates nothing: give "

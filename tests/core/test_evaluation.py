@@ -7,7 +7,12 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from runner.core.evaluation import batch_norms, evaluate, recalibrated_bn
+from runner.core.evaluation import (
+    batch_norms,
+    evaluate,
+    recalibrated_bn,
+    recalibration_images,
+)
 from runner.core.loader import DeviceLoader
 from runner.core.models import build_resnet
 from runner.engine.step import GraphedForward
@@ -94,3 +99,8 @@ def test_a_padded_validation_pass_counts_every_image_once():
         torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5
     )
     assert acc.item() == pytest.approx((logits.argmax(1) == y).float().mean().item())
+
+
+def test_recalibration_is_sized_for_the_device_unless_set():
+    assert [recalibration_images(None, d) for d in ("cuda", "cpu", "mps")] == [2048, 512, 512]
+    assert [recalibration_images(n, "cpu") for n in (0, 2, 4096)] == [0, 2, 4096]

@@ -28,6 +28,7 @@ def test_the_summary_says_which_accuracy_it_reports_and_what_ran(tmp_path):
         s["data"]["name"] == "synthetic"
         and s["data"]["n_train"] == 128
         and len(s["data"]["fingerprint"]) == 16
+        and s["data"]["n_recalibrate"] == 128  # 256 asked, all 128 training images used
     )
     assert {"commit", "dirty"} <= s["code"].keys() and s["env"]["torch"]
     assert s["env"]["malloc"] != "unchanged"  # a CPU run sets the allocator (engine.allocator)

@@ -323,6 +323,8 @@ def run_facts(
             "root": cfg.data.root,
             "n_train": data.n_train,
             "n_val": data.n_val,
+            # the images BatchNorm is recalibrated on (0: off; trainer.bn_recalibrate)
+            "n_recalibrate": 0 if data.recal_images is None else len(data.recal_images),
             "fingerprint": data.fingerprint,
         },
         "code": provenance.code_version(),

@@ -9,6 +9,7 @@ import logging
 import torch
 
 from runner.config import RunConfig
+from runner.core.evaluation import recalibration_images
 from runner.core.loader import DeviceLoader, Splits, stratified_subset
 from runner.data import normalization
 from runner.engine.run import Evaluations, ExecutionPath, Inference, RunData
@@ -58,8 +59,8 @@ def run_data(cfg: RunConfig, splits: Splits, path: ExecutionPath) -> RunData:
         train_eval = evaluated(splits.train_x[keep], splits.train_y[keep])
     test = None if splits.test_y is None else evaluated(splits.test_x, splits.test_y)
     recal = None
-    if tr.bn_recalibrate:
-        keep = recalibration_subset(splits, tr.bn_recalibrate)
+    if n_recal := recalibration_images(tr.bn_recalibrate, path.device.type):
+        keep = recalibration_subset(splits, n_recal)
         recal = next(
             loader(splits.train_x[keep], splits.train_y[keep], len(keep), shuffle=False).epoch(0)
         )[0]
@@ -94,9 +95,9 @@ def augmented_recal_images(cfg: RunConfig, splits: Splits, path: ExecutionPath):
     flip): the reference that tells the running statistics' lag from the clean/augmented
     mismatch (probes.bn_staleness). None when recalibration is off."""
     d = cfg.data
-    if not cfg.trainer.bn_recalibrate:
+    if not (n_recal := recalibration_images(cfg.trainer.bn_recalibrate, path.device.type)):
         return None
-    keep = recalibration_subset(splits, cfg.trainer.bn_recalibrate)
+    keep = recalibration_subset(splits, n_recal)
     mean, std = normalization(d, splits)
     loader = DeviceLoader(
         splits.train_x[keep],
