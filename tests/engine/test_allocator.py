@@ -43,7 +43,8 @@ from runner.engine import allocator
 
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+                .split()]
 
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = Info

@@ -1,0 +1,89 @@
+"""scripts/tutorial_loop.py, the loop the CLI is compared with, and scripts/cli_vs_tutorial.py,
+the comparison: what each measures and reports. No timing thresholds: timings belong to the
+benchmarks."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tutorial_loop_trains_the_runners_model_on_full_batches(capsys):
+    from runner.core.models import build_resnet
+
+    load_script("tutorial_loop").main(
+        ["--model", "resnet20v1", "--batch-size", "16", "--n-train", "40", "--workers", "0"]
+    )
+    out = json.loads(capsys.readouterr().out)
+    n_params = sum(p.numel() for p in build_resnet(20, 1).parameters())
+    assert out["n_params"] == n_params and out["steps"] == 2  # 40 images: 2 full batches of 16
+    assert out["images_per_s"] > 0 and out["images_per_s_overall"] > 0
+    assert "DataLoader" in out["loop"] and out["workers"] == 0
+
+
+def test_the_tutorial_loop_refuses_too_few_images_for_a_rate():
+    with pytest.raises(SystemExit):
+        load_script("tutorial_loop").main(["--batch-size", "16", "--n-train", "20"])
+
+
+def test_the_weighted_median_weighs_by_images():
+    median = load_script("tutorial_loop").weighted_median
+    assert median([(10.0, 1), (1.0, 1), (5.0, 10)]) == 5.0
+    assert median([(10.0, 100), (1.0, 1)]) == 10.0
+
+
+def test_the_comparison_alternates_the_order_and_reports_the_ratio(monkeypatch, tmp_path):
+    cvt = load_script("cli_vs_tutorial")
+    calls = []
+    rates = iter([100.0, 50.0, 80.0, 40.0, 90.0, 30.0])  # cli, tut, tut, cli, cli, tut
+
+    def fake(which):
+        def run(*args):
+            calls.append(which)
+            out = {"images_per_s": next(rates), "images_per_s_overall": 1.0}
+            return {**out, "env": {"malloc": "set"}} if which == "cli" else out
+
+        return run
+
+    monkeypatch.setattr(cvt, "cli", fake("cli"))
+    monkeypatch.setattr(cvt, "tutorial", fake("tutorial"))
+    out = cvt.main(["--repeats", "3", "--out", str(tmp_path / "o.json")])
+    assert calls == ["cli", "tutorial", "tutorial", "cli", "cli", "tutorial"]
+    assert [r["ratio"] for r in out["repeats"]] == [2.0, 0.5, 3.0]
+    assert out["ratio"] == {"median": 2.0, "min": 0.5, "max": 3.0}
+    assert out["cli_images_per_s"]["median"] == 90.0 and out["env"]["malloc"] == "set"
+    assert json.loads((tmp_path / "o.json").read_text())["ratio"]["median"] == 2.0
+
+
+@pytest.mark.slow
+def test_the_comparison_reads_the_clis_own_summary(tmp_path):
+    import subprocess
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "cli_vs_tutorial.py"),
+            *("--model", "resnet20v1", "--batch-size", "16", "--n-train", "48"),
+            *("--repeats", "1", "--workers", "0", "--out", str(tmp_path / "o.json")),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads((tmp_path / "o.json").read_text())
+    (pair,) = out["repeats"]
+    assert pair["cli"]["images_per_s"] > 0 and pair["tutorial"]["images_per_s"] > 0
+    assert out["env"]["malloc"].startswith("glibc") or "not glibc" in out["env"]["malloc"]
+    assert "median of 1" in r.stdout
