@@ -3,24 +3,25 @@
 one process.
 
 Sections, in the order main() runs them, one function each:
-  input pipeline  the Run's runner.core.loader.DeviceLoader against a torchvision-style DataLoader:
-                  batches alone.
+  input pipeline  the Run's training DeviceLoader (run.data.train) against a torchvision-style
+                  DataLoader: batches alone.
   loop rates      windows of next() on engine.loop.loop(run, stop), for Runs that engine.build.setup
                   built on synthetic data in a temporary folder: the shipped loop with all its
-                  bookkeeping (step records, the one-transfer flush every trainer.log_every steps
-                  with its divergence check, Recorder.write, per-stage weight norms). One Run per
-                  execution path (PATHS). Validation is pushed past the run's end and windows skip
-                  epoch ends, so no validation or checkpoint falls inside a window (the end-to-end
-                  section counts them). Interleaved with these windows (A B C A B C ...): the
-                  tutorial loop, and each Run's bare step (forward + backward + update on one fixed
-                  batch, no loader, no records); loop overhead = 1 − loop rate / bare-step rate, per
-                  interleaved pair.
-  evaluation      runner.core.evaluation.evaluate over the validation split with the trainer's own
-                  loader (padded, one batch shape) and eval forward (GraphedForward), and
+                  bookkeeping (step records, the one-transfer read at every log point with its
+                  divergence check, Recorder.write, the probes' figures and per-stage weight
+                  norms). One Run per execution path (PATHS). Validation is pushed past the run's
+                  end and windows skip epoch ends, so no validation or checkpoint falls inside a
+                  window (the end-to-end section counts them). Interleaved with these windows
+                  (A B C A B C ...): the tutorial loop, and each Run's bare step (its own
+                  engine.step on one fixed batch: no loader, no records, no probes); loop overhead =
+                  1 − loop rate / bare-step rate, per interleaved pair.
+  evaluation      runner.core.evaluation.evaluate over the validation split with the Run's own
+                  evaluated loader (padded, one batch shape) and eval forward (GraphedForward), and
                   recalibrated_bn over the Run's trainer.bn_recalibrate training images; the first
                   pass (compile, capture) apart.
-  end to end      runner.engine.loop.train on the same data: summary.json's images_per_s, startup_s
-                  and its parts, stall_s, validation times, and the epoch records of metrics.jsonl.
+  end to end      setup → loop → summary (engine.train.train's parts) on the same data:
+                  summary.json's images_per_s, startup_s and its parts, stall_s, validation times,
+                  and the epoch records of metrics.jsonl.
   op counts       torch.profiler over single steps: what one step of the runner's eager loop and one
                   of the tutorial loop ask the device to do (CPU: aten ops that would be kernels;
                   CUDA: kernel launches).
@@ -32,10 +33,10 @@ The tutorial reference is a torchvision.datasets.CIFAR10-style Dataset (uint8 HW
 image per item), RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize,
 DataLoader(shuffle=True, num_workers=N, pin_memory on cuda), `.to(device)` per batch and
 `loss.item()` per step. It trains the model and optimizer of an eager Run (same initial weights,
-core.update_rule.Optimizer, autocast and memory layout), so only the input pipeline and the loop
-differ. Every rate is the median of timed windows after warm-up; CUDA is synchronised at window ends
-(scripts/timing_harness.py, the benchmarks' one timing helper). Runs are built by engine.build.setup
-with one data_cache, so the data set is loaded once and never timed.
+core.update_rule.Optimizer applying the Run's step plan, autocast and memory layout), so only the
+input pipeline and the loop differ. Every rate is the median of timed windows after warm-up; CUDA is
+synchronised at window ends (scripts/timing_harness.py, the benchmarks' one timing helper). Runs are
+built by engine.build.setup with one data_cache, so the data set is loaded once and never timed.
 
 Runs without hydra/omegaconf and without the package installed: it imports runner from ../src.
 
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import statistics
@@ -61,47 +63,40 @@ import tempfile
 import time
 import traceback
 from collections import Counter
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-# timing_harness, also when imported by file path
+# timing_harness, also when this file is imported by its path
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-from timing_harness import Clock, Timed, TurnWindow, measure, save_json  # noqa: E402  (scripts/: this one's folder)
-from torchvision import transforms  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from timing_harness import Clock, Timed, TurnWindow, measure, save_json
+from torchvision import transforms
 
-import runner  # noqa: E402
-import runner.data as rsplits  # noqa: E402
-from runner.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainerConfig  # noqa: E402
-from runner.core import loader as rdata  # noqa: E402
-from runner.core.evaluation import evaluate, recalibrated_bn  # noqa: E402
-from runner.core.models import MODELS  # noqa: E402
-from runner.core.update_rule import Optimizer  # noqa: E402
-from runner.data import cifar10 as rcifar  # noqa: E402
-from runner.engine import build as rrun  # noqa: E402
-from runner.engine import loop as rtrain  # noqa: E402
-from runner.engine import step as rstep  # noqa: E402
-from runner.engine.interrupts import StopRequests  # noqa: E402
-from runner.engine.provenance import code_version, environment  # noqa: E402
-from runner.engine.records import read_metrics  # noqa: E402
-from runner.engine.step import GraphedStep  # noqa: E402
-from runner.engine.summary import finish  # noqa: E402
-from runner.sweeps.pack import Job, train_pack  # noqa: E402
+import runner
+from runner.config import DataConfig, ModelConfig, OptimizerConfig, RunConfig, TrainerConfig
+from runner.core.evaluation import evaluate, recalibrated_bn
+from runner.core.loader import DeviceLoader
+from runner.core.models import MODELS
+from runner.data import cifar10, load_splits, normalization
+from runner.engine import build, lock
+from runner.engine.interrupts import StopRequests
+from runner.engine.loop import log_point, loop
+from runner.engine.progress import Progress
+from runner.engine.provenance import code_version, environment
+from runner.engine.records import read_metrics
+from runner.engine.run import Run
+from runner.engine.step import GraphedStep
+from runner.engine.summary import finish
+from runner.sweeps.pack import Job, train_pack
 
-# CIFAR-10's training and test set sizes, for the estimates
-EPOCH_IMAGES, VAL_IMAGES = (
-    50_000,
-    10_000,
-)
+EPOCH_IMAGES, VAL_IMAGES = 50_000, 10_000  # CIFAR-10's training and test sets, for the estimates
 # configs/config.yaml and configs/optimizer/adamw.yaml: what `python -m runner` trains with
-LR, WD = (
-    1e-3,
-    5e-4,
-)
+LR, WD = 1e-3, 5e-4
 # execution path → (trainer.compile, trainer.cuda_graphs); on CUDA null (auto) means compile+graphs
 PATHS = {
     "eager": (False, False),  # trainer.compile=false trainer.cuda_graphs=false
@@ -110,7 +105,7 @@ PATHS = {
     "compile+graphs": (True, True),
 }
 
-DEFAULTS = {  # per device; every one of these can be overridden by its flag
+DEFAULTS = {  # per device; every one of these but pipeline_batches can be overridden by its flag
     "cpu": dict(
         model="resnet20v1",
         batch_sizes=[32],
@@ -191,7 +186,9 @@ class Bench:
         self, batch_size: int, path: str, *, epochs: int, model: str | None = None, **trainer
     ) -> RunConfig:
         """The RunConfig `python -m runner` trains with (adamw, piecewise-constant schedule, trainer
-        defaults) on the bench's data, with one execution path and `trainer` overrides."""
+        defaults) on the bench's data, with one execution path and `trainer` overrides. Off CUDA
+        the graphs paths are set up eager (trainer.cuda_graphs=true is refused there): `run` swaps
+        in the uncaptured graphed step."""
         compile_, graphs = PATHS[path]
         name = model or self.s["model"]
         depth, version = MODELS[name]
@@ -212,10 +209,10 @@ class Bench:
             trainer=TrainerConfig(**{**tr, **trainer}),
         )
 
-    def run(self, batch_size: int, path: str, name: str, *, epochs: int, **trainer) -> rrun.Run:
+    def run(self, batch_size: int, path: str, name: str, *, epochs: int, **trainer) -> Run:
         """A Run as runner.engine.build.setup builds it, in its own folder; off CUDA the graphs path
         runs uncaptured."""
-        run = rrun.setup(
+        run = build.setup(
             self.config(batch_size, path, epochs=epochs, **trainer),
             self.subfolder(name),
             data_cache=self.cache,
@@ -225,44 +222,61 @@ class Bench:
         return run
 
     def subfolder(self, name: str) -> Path:
-        """A fresh run folder (setup() and train() expect the folder to exist, as the CLI makes
-        it)."""
+        """A fresh run folder (setup() expects the folder to exist, as the CLI makes it)."""
         (self.folder / name).mkdir(parents=True)
         return self.folder / name
 
     def steps_per_epoch(self, batch_size: int) -> int:
         # data.drop_last: full batches only
-        return len(rsplits.load_splits(self.data, 0, self.cache).train_y) // batch_size
+        return len(load_splits(self.data, 0, self.cache).train_y) // batch_size
 
 
-def uncaptured_graphs(run: rrun.Run) -> None:
-    """Off CUDA: the graphs path's device-side step, uncaptured (GraphedStep(capture=False)). It
-    shows that the path works there (the quick test runs it); its speed says nothing about a
-    captured graph."""
-    run.step = GraphedStep(
-        run.forward,
-        run.opt,
-        run.autocast,
-        run.plan.lr,
-        run.plan.d,
-        start_step=run.state.step,
-        capture=False,
-    )
-    run.path = {**run.path, "cuda_graphs": "uncaptured"}
+def uncaptured_graphs(run: Run) -> None:
+    """Off CUDA: the graphs path's device-side step, uncaptured (GraphedStep(capture=False)), in
+    place of the eager step of a Run set up eager. It shows that the path works there (the quick
+    test runs it); its speed says nothing about a captured graph."""
+    ex = run.trainee.execution
+    forward, start = ex.step.forward, run.state.step
+    ex.step = GraphedStep(forward, ex.opt, ex.autocast, ex.plan, start, capture=False)
 
 
-def close(run: rrun.Run) -> None:
-    """Close a Run's records (its TensorBoard writer holds a thread) without writing a summary."""
-    if run.recorder.tb is not None:
-        run.recorder.tb.close()
-    run.recorder.close()
+def execution(run: Run) -> dict:
+    """The path the Run's step runs on now, as summary.json's `path` says it; cuda_graphs is
+    'uncaptured' for the graphs path off CUDA."""
+    out, graphed = run.trainee.path.summary(), run.trainee.graphed
+    if graphed is not None and not graphed.capture:
+        out["cuda_graphs"] = "uncaptured"
+    return out
+
+
+def close(run: Run) -> None:
+    """Close a Run's records (its TensorBoard writer holds a thread) and let go of its folder's
+    lock, without writing a summary."""
+    recorder = run.out.recorder
+    if recorder.tb is not None:
+        recorder.tb.close()
+    recorder.close()
+    lock.release(run.out.run_dir)
+
+
+@contextmanager
+def fused_optimizer():
+    """engine.build makes the Run's Optimizer with torch's fused kernels, as it does on CUDA (on a
+    CPU torch's Adam defaults to a loop over tensors). Patched where setup looks it up, so that the
+    step, the log points and the probes all hold the one fused optimizer."""
+    made = build.Optimizer
+    build.Optimizer = functools.partial(made, fused=True)
+    try:
+        yield
+    finally:
+        build.Optimizer = made
 
 
 def data_config(s: dict, data_root: str | None) -> DataConfig:
     if not data_root:
         return DataConfig(n_train=s["n_train"], n_val=s["n_val"])
     root = Path(data_root).expanduser()
-    name = "cifar10" if (root / rcifar.CIFAR10_FOLDER).is_dir() else "image_folder"
+    name = "cifar10" if (root / cifar10.CIFAR10_FOLDER).is_dir() else "image_folder"
     return DataConfig(name=name, source=name, root=str(root), download=False)
 
 
@@ -270,12 +284,9 @@ class LoopSteps(Timed):
     """next() on runner.engine.loop.loop(run, stop): one optimizer step of the loop that ships,
     bookkeeping included."""
 
-    def __init__(self, run: rrun.Run):
-        # never entered: no signal handlers
-        self.run, self.steps = (
-            run,
-            rtrain.loop(run, StopRequests()),
-        )
+    def __init__(self, run: Run):
+        self.run = run
+        self.steps = loop(run, StopRequests())  # never entered: no signal handlers
 
     def step(self) -> int:
         try:
@@ -288,7 +299,8 @@ class LoopSteps(Timed):
 
     def before_window(self, n: int) -> None:
         """Untimed steps until the next n hold no epoch end (its checkpoint is not the loop's rate)
-        and, when n is a multiple of trainer.log_every, until the window ends exactly at a flush."""
+        and, when n is a multiple of trainer.log_every, until the window ends exactly at a log
+        point."""
         run = self.run
         spe, every = run.steps_per_epoch, run.cfg.trainer.log_every
         if n > spe:
@@ -305,41 +317,37 @@ class LoopSteps(Timed):
                 return
             self.step()
         raise SystemExit(
-            f"bench: found no window of {n} steps between epoch ends and flushes (log_every "
+            f"bench: found no window of {n} steps between epoch ends and log points (log_every "
             f"{every})"
         )
 
 
 class BareStep(Timed):
-    """Forward + backward + update on one fixed batch and nothing else: no loader, no records, no
-    flushes. It trains the Run's model but leaves the loop's state alone."""
+    """The Run's own step (trainee.step, as the loop calls it, off a log point) on one fixed batch
+    and nothing else: no loader, no records, no log points, no probes. It trains the Run's model
+    but leaves the loop's state alone."""
 
-    def __init__(self, run: rrun.Run):
+    def __init__(self, run: Run):
         self.run = run
-        self.x, self.y = next(run.train_loader.epoch(0))
+        self.x, self.y = next(run.data.train.epoch(0))
 
     def step(self) -> int:
-        run = self.run
-        if run.graphed is None:
-            t = run.state.step / run.steps_per_epoch
-            rstep.train_step(
-                run.forward, run.opt, self.x, self.y, t, run.plan.schedule(t), run.autocast
-            )
-        else:  # the replay of the graph the loop's warm-up recorded (same shape and layout)
-            run.graphed(self.x, self.y, run.state.step)
+        # a graphed step replays the graph the loop's warm-up recorded (same shape and layout)
+        self.run.trainee.step(self.x, self.y, self.run.state.step, log_point=False)
         return len(self.y)
 
     def after_window(self) -> None:
-        # the graph advanced its own step counter: give it back the loop's
-        if self.run.graphed is not None:
-            self.run.graphed.counter.fill_(self.run.state.step)
+        # a graphed step advanced its own step counter: give it back the loop's
+        graphed = self.run.trainee.graphed
+        if graphed is not None:
+            graphed.counter.fill_(self.run.state.step)
 
 
 class TutorialSteps(Timed):
-    """The tutorial training loop body, one batch per call, on an eager Run's model and
-    optimizer."""
+    """The tutorial training loop body, one batch per call, on an eager Run's model and optimizer:
+    zero_grad, forward, backward, the update with the Run's lr_t and d_t of step k, loss.item()."""
 
-    def __init__(self, run: rrun.Run, loader):
+    def __init__(self, run: Run, loader):
         self.run, self.loader, self.batches = run, loader, forever(loader)
         self.k, self.running_loss = 0, 0.0
 
@@ -349,14 +357,14 @@ class TutorialSteps(Timed):
         return len(targets)
 
     def train(self, inputs, targets) -> None:
-        run = self.run
-        inputs, targets = inputs.to(run.device), targets.to(run.device)
-        t = self.k / len(self.loader)
-        run.opt.zero_grad()
-        with run.autocast:
-            loss = F.cross_entropy(run.forward(inputs), targets)
+        t, device = self.run.trainee, self.run.device
+        inputs, targets = inputs.to(device), targets.to(device)
+        lr, d = t.plan.at(self.k)  # the Run's plan covers more steps than the tutorial takes
+        t.opt.zero_grad()
+        with t.autocast:
+            loss = F.cross_entropy(t.model(inputs), targets)
         loss.backward()
-        run.opt.step(t, run.plan.schedule(t))
+        t.opt.apply(t.opt.lr_value(lr), t.opt.keep_value(d) if t.plan.wd else None)
         self.running_loss += loss.item()
         self.k += 1
 
@@ -419,7 +427,7 @@ def forever(loader):
         yield from loader
 
 
-def device_batches(loader: rdata.DeviceLoader):
+def device_batches(loader: DeviceLoader):
     e = 0
     while True:
         yield from loader.epoch(e)
@@ -427,8 +435,8 @@ def device_batches(loader: rdata.DeviceLoader):
 
 
 def reference_loader(b: Bench, batch_size: int, workers: int | None = None):
-    splits = rsplits.load_splits(b.data, 0, b.cache)
-    mean, std = rsplits.normalization(b.data, splits)  # the runner's own: per-channel mean and std
+    splits = load_splits(b.data, 0, b.cache)
+    mean, std = normalization(b.data, splits)  # the runner's own: per-channel mean and std
     return tutorial_loader(
         splits.train_x,
         splits.train_y,
@@ -443,23 +451,15 @@ def reference_loader(b: Bench, batch_size: int, workers: int | None = None):
 # ---------------------------------------------------------------- sections
 
 
-def input_pipeline(b: Bench, run: rrun.Run, ref_loader) -> dict:
+def input_pipeline(b: Bench, run: Run, ref_loader) -> dict:
     """Images/s of batches alone: the Run's DeviceLoader vs DataLoader batches moved to the
     device."""
-    s = b.s
-    n = max(1, min(s["pipeline_batches"], 4 * len(run.train_loader)))
+    s, loader = b.s, run.data.train
+    n = max(1, min(s["pipeline_batches"], 4 * len(loader)))
     ref = Batches(forever(ref_loader), run.device)
-    r = measure(
-        {"runner": Batches(device_batches(run.train_loader))},
-        b.clock,
-        s["warmup_steps"],
-        s["windows"],
-        n,
-        s["budget_s"],
-    )
-    r.update(
-        measure({"reference": ref}, b.clock, s["warmup_steps"], s["windows"], n, s["budget_s"])
-    )
+    timing = (b.clock, s["warmup_steps"], s["windows"], n, s["budget_s"])
+    r = measure({"runner": Batches(device_batches(loader))}, *timing)
+    r.update(measure({"reference": ref}, *timing))
     ref.batches.close()
     row = {
         "batch_size": run.cfg.batch_size,
@@ -489,8 +489,8 @@ def loop_rates(b: Bench, batch_size: int) -> tuple[dict, list[dict], dict]:
     the Runs stay open for `evaluation`."""
     s = b.s
     epochs = loop_epochs(b, b.steps_per_epoch(batch_size))
-    # no validation in a window; bare steps may overfit their batch; the flush every log_every steps
-    # as configured
+    # no validation in a window; bare steps may overfit their batch; a log point every log_every
+    # steps as configured
     far = dict(val_every=10**9, diverge_factor=1e9, log_every=s["log_every"])
     ref_run = b.run(batch_size, "eager", f"tutorial_b{batch_size}", epochs=epochs, **far)
     ref_loader = reference_loader(b, batch_size)
@@ -505,16 +505,18 @@ def loop_rates(b: Bench, batch_size: int) -> tuple[dict, list[dict], dict]:
     tutorial.close()
     close(ref_run)
     for run in runs.values():
-        rtrain.flush(run)  # the records still pending, so that the count below covers every step
+        # the records still pending, so that the count below covers every step
+        log_point(run, Progress.quiet(run))
     ref = m["tutorial"]
     rows = []
     for p, run in runs.items():
         loop_r, bare = m[p], m[f"{p}/bare"]
         share = statistics.median(1 - a / c for a, c in zip(loop_r["windows"], bare["windows"]))
+        ex = run.trainee.execution
         row = {
             "batch_size": batch_size,
             "path": p,
-            "execution": run.path,
+            "execution": execution(run),
             "model": s["model"],
             "loop": loop_r,
             "bare": bare,
@@ -523,8 +525,8 @@ def loop_rates(b: Bench, batch_size: int) -> tuple[dict, list[dict], dict]:
             "epoch_s_est": EPOCH_IMAGES / loop_r["images_per_s"],
             "startup": {
                 "first_step_s": run.stats.first_step_s,
-                "capture_s": run.graphed.capture_s if run.graphed is not None else 0.0,
-                "graphs": len(run.graphed.graphs) if run.graphed is not None else 0,
+                "capture_s": ex.capture_s,
+                "graphs": len(ex.graphed.graphs) if ex.graphed is not None else 0,
             },
             "overhead": {"share_raw": share, "share": min(1.0, max(0.0, share))},
             "records": records(run),
@@ -540,32 +542,31 @@ def loop_rates(b: Bench, batch_size: int) -> tuple[dict, list[dict], dict]:
     return pipeline, rows, runs
 
 
-def evaluation(b: Bench, run: rrun.Run, path: str) -> dict:
-    """Seconds per pass of runner.core.evaluation.evaluate over the validation split with the
-    trainer's loader and eval forward, and per recalibration of every BatchNorm over the Run's
+def evaluation(b: Bench, run: Run, path: str) -> dict:
+    """Seconds per pass of runner.core.evaluation.evaluate over the validation split with the Run's
+    evaluated loader and eval forward, and per recalibration of every BatchNorm over the Run's
     training images; first passes apart."""
-    loader, passes = run.evals["val"], b.s["val_passes"]
+    t, loader, images = run.trainee, run.data.evals.val, run.data.recal_images
 
     def val_pass():
-        torch.stack(
-            evaluate(run.model, run.eval_forward, loader)
-        ).tolist()  # validate()'s one host read
+        # engine.validation's one host read
+        torch.stack(evaluate(t.model, t.eval_forward, loader)).tolist()
 
     def recal():
-        with recalibrated_bn(run.model, run.recal_images, run.autocast):
+        with recalibrated_bn(t.model, images, t.autocast):
             pass
 
     out = {
         "path": path,
-        "execution": run.path,
+        "execution": execution(run),
         "images": len(loader.y),
         "batch_size": loader.batch_size,
     }
     for name, fn in (("validation", val_pass), ("recalibration", recal)):
-        if name == "recalibration" and run.recal_images is None:
+        if name == "recalibration" and images is None:
             continue
         times = []
-        for _ in range(passes + 1):
+        for _ in range(b.s["val_passes"] + 1):
             t0 = b.clock()
             fn()
             times.append(b.clock() - t0)
@@ -577,8 +578,8 @@ def evaluation(b: Bench, run: rrun.Run, path: str) -> dict:
     v = out["validation"]
     v["images_per_s"] = out["images"] / v["seconds"]
     v[f"est_{VAL_IMAGES}_images_s"] = VAL_IMAGES * v["seconds"] / out["images"]
-    if "recalibration" in out:
-        out["recalibration"]["images"] = len(run.recal_images)
+    if images is not None:
+        out["recalibration"]["images"] = len(images)
     rc = out.get("recalibration", {}).get("seconds")
     print(
         f"evaluation {path:15s}: {out['images']} images at batch {out['batch_size']} in "
@@ -590,42 +591,37 @@ def evaluation(b: Bench, run: rrun.Run, path: str) -> dict:
     return out
 
 
+E2E_KEYS = (
+    "status",
+    "images_per_s",
+    "images_per_s_overall",
+    "train_time_s",
+    "startup_s",
+    "startup",
+    "stall_s",
+    "first_step_s",
+    "val_time_s",
+    "val_first_s",
+    "val_s",
+    "wall_time_s",
+    "final_val_acc",
+)
+
+
 def end_to_end(b: Bench, batch_size: int, path: str) -> dict | None:
-    """runner.engine.loop.train for b.s['e2e_epochs'] epochs, validating each epoch as the defaults
-    do."""
+    """A whole run of b.s['e2e_epochs'] epochs, validating each epoch as the defaults do: its
+    summary.json and the epoch records of its metrics.jsonl."""
     if PATHS[path][1] and b.device.type != "cuda":
         return None  # trainer.cuda_graphs=true is refused off CUDA
     folder = b.subfolder(f"e2e_{path}_b{batch_size}")
     summary = train(b, b.config(batch_size, path, epochs=b.s["e2e_epochs"]), folder)
     epochs = [r for r in read_metrics(folder / "metrics.jsonl") if "epoch_train_s" in r]
-    keys = (
-        "status",
-        "images_per_s",
-        "images_per_s_overall",
-        "train_time_s",
-        "startup_s",
-        "startup",
-        "stall_s",
-        "first_step_s",
-        "val_time_s",
-        "val_first_s",
-        "val_s",
-        "wall_time_s",
-        "final_val_acc",
-    )
     row = {
         "batch_size": batch_size,
         "path": path,
         "execution": summary.get("path"),
-        **{k: summary.get(k) for k in keys},
-        "epochs": [
-            {
-                "epoch": r["epoch"],
-                "epoch_train_s": r["epoch_train_s"],
-                "epoch_images": r["epoch_images"],
-            }
-            for r in epochs
-        ],
+        **{k: summary.get(k) for k in E2E_KEYS},
+        "epochs": [{k: r[k] for k in ("epoch", "epoch_train_s", "epoch_images")} for r in epochs],
     }
     rate = row["images_per_s"]
     row["epoch_s_est"] = EPOCH_IMAGES / rate if rate else None
@@ -641,22 +637,23 @@ def end_to_end(b: Bench, batch_size: int, path: str) -> dict | None:
 
 
 def train(b: Bench, cfg: RunConfig, folder: Path) -> dict:
-    """runner.engine.loop.train's own parts (setup, loop, summary) on the bench's loaded data; the
+    """runner.engine.train.train's own parts (setup, loop, summary) on the bench's loaded data; the
     summary."""
-    run = rrun.setup(cfg, folder, data_cache=b.cache)
+    run = build.setup(cfg, folder, data_cache=b.cache)
     try:
-        for _ in rtrain.loop(run, StopRequests()):
+        for _ in loop(run, StopRequests()):
             pass
     finally:
         summary = finish(run)
     return summary
 
 
-def records(run: rrun.Run) -> dict:
-    """What the Run's loop wrote to metrics.jsonl: one train record per step, stage norms at every
-    flush."""
-    run.recorder.flush()
-    train = [r for r in read_metrics(run.recorder.path) if "train_loss" in r]
+def records(run: Run) -> dict:
+    """What the Run's loop wrote to metrics.jsonl: one train record per step, stage norms (the
+    equilibrium probe's) at every log point."""
+    recorder = run.out.recorder
+    recorder.sync()
+    train = [r for r in read_metrics(recorder.path) if "train_loss" in r]
     return {
         "steps": run.state.step,
         "train": len(train),
@@ -680,22 +677,11 @@ NO_KERNEL = frozenset(
         "resolve_neg contiguous to _to_copy item result_type is_nonzero"
     ).split()
 )
-# multi-tensor ops: on a GPU one kernel per chunk of tensors
-ONE_LAUNCH = (
-    "aten::_foreach_",
-    "aten::_fused_",
-)
+ONE_LAUNCH = ("aten::_foreach_", "aten::_fused_")  # multi-tensor: on a GPU one kernel per chunk
 # host → device submissions
 LAUNCHES = frozenset(
-    {
-        "cudaLaunchKernel",
-        "cudaLaunchKernelExC",
-        "cuLaunchKernel",
-        "cuLaunchKernelEx",
-        "cudaMemcpyAsync",
-        "cudaMemsetAsync",
-        "cudaGraphLaunch",
-    }
+    "cudaLaunchKernel cudaLaunchKernelExC cuLaunchKernel cuLaunchKernelEx cudaMemcpyAsync "
+    "cudaMemsetAsync cudaGraphLaunch".split()
 )
 ROOT_PREFIX = "autograd::engine::evaluate_function: "
 
@@ -771,33 +757,22 @@ def op_counts(b: Bench) -> dict:
     channels_last, fused Adam. The tutorial's batch is fetched before its step is profiled: its
     per-image transforms run in DataLoader workers, not on the device."""
     s, cuda = b.s, b.device.type == "cuda"
-    # a flush every 5 steps: its extra work is shown apart
-    bs, every = (
-        s["count_batch"] or s["batch_sizes"][0],
-        5,
-    )
+    bs = s["count_batch"] or s["batch_sizes"][0]
+    every = 5  # a log point every 5 steps: its extra work is shown apart
     like_cuda = {} if cuda else dict(precision="bf16", channels_last=True)
     cfg = b.config(
         bs, "eager", epochs=2, model=s["count_model"], log_every=every, val_every=10**9, **like_cuda
     )
-    run = rrun.setup(cfg, b.subfolder("op_counts"), data_cache=b.cache)
-    # torch's CPU Adam defaults to a loop over tensors; on CUDA the runner's Optimizer is fused
-    if not cuda:
-        opt = Optimizer(
-            run.model, algorithm="adam", lr=LR, l2=0.0, wd=WD, decay=run.opt.decay, fused=True
-        )
-        run.opt = run.records.opt = (
-            opt  # the step holds its optimizer too: both loops then run the fused one
-        )
-        run.step = rstep.EagerStep(run.forward, opt, run.autocast, run.plan)
+    with nullcontext() if cuda else fused_optimizer():  # fused on CUDA already
+        run = build.setup(cfg, b.subfolder("op_counts"), data_cache=b.cache)
     steps = LoopSteps(run)
     for _ in range(3):  # warm-up: allocations, autotuning, the optimizer's state
         steps.step()
-    while run.state.step % every:  # to just after a flush
+    while run.state.step % every:  # to just after a log point
         steps.step()
     gpu_runner, gpu_tutorial = [], []
     plain = [profile_step(steps.step, cuda, gpu_runner) for _ in range(every - 1)]
-    flush_step = profile_step(steps.step, cuda)
+    at_log_point = profile_step(steps.step, cuda)
     tutorial = TutorialSteps(run, reference_loader(b, bs, workers=0))
     batches = [next(tutorial.batches) for _ in range(4)]
     tutorial.train(*batches[0])
@@ -807,7 +782,7 @@ def op_counts(b: Bench) -> dict:
     tutorial.close()
     close(run)
     runner_step, tutorial_step = _mean(plain), _mean(tut)
-    extra = {k: v for k, v in _mean([flush_step - Counter(runner_step)]).items() if v}
+    extra = {k: v for k, v in _mean([at_log_point - Counter(runner_step)]).items() if v}
     keys = set(runner_step) | set(tutorial_step)
     diff = {k: round(runner_step.get(k, 0) - tutorial_step.get(k, 0), 2) for k in sorted(keys)}
     out = {
@@ -815,8 +790,8 @@ def op_counts(b: Bench) -> dict:
         "unit": "kernel launches" if cuda else "aten ops that would be kernels",
         "model": s["count_model"],
         "batch_size": bs,
-        "execution": run.path,
-        "optimizer": "fused Adam" if run.opt.fused else "Adam",
+        "execution": execution(run),
+        "optimizer": "fused Adam" if run.trainee.opt.fused else "Adam",
         "runner_per_step": round(sum(runner_step.values()), 2),
         "tutorial_per_step": round(sum(tutorial_step.values()), 2),
         "log_step_extra": round(sum(extra.values()), 2),
@@ -841,7 +816,7 @@ def _print_counts(out: dict) -> None:
         f"op counts ({out['unit']}, {out['model']} batch {out['batch_size']}, "
         f"{out['execution']['precision']}, channels_last {out['execution']['channels_last']}, "
         f"{out['optimizer']}): runner {out['runner_per_step']:g} per step "
-        f"(+{out['log_step_extra']:g} at each flush), tutorial {out['tutorial_per_step']:g}",
+        f"(+{out['log_step_extra']:g} at each log point), tutorial {out['tutorial_per_step']:g}",
         flush=True,
     )
     for side in ("runner_only", "tutorial_only"):
@@ -1006,11 +981,9 @@ def summarize(results: dict) -> dict:
         for e in results["evaluation"]
         if "recalibration" in e
     }
-    out["end_to_end_images_per_s"] = {}
+    e2e = out["end_to_end_images_per_s"] = {}
     for r in results["end_to_end"]:
-        out["end_to_end_images_per_s"].setdefault(r["path"], {})[str(r["batch_size"])] = r[
-            "images_per_s"
-        ]
+        e2e.setdefault(r["path"], {})[str(r["batch_size"])] = r["images_per_s"]
     out["fastest"] = {}
     for r in results["loop"]:
         best = out["fastest"].get(str(r["batch_size"]))
@@ -1034,7 +1007,6 @@ def summarize(results: dict) -> dict:
 def bench_environment(device: torch.device) -> dict:
     """runner.engine.provenance's environment and commit, plus what a benchmark on a shared machine
     needs besides."""
-    # others' work on the machine
     return {
         **environment(device),
         "code": code_version(),
@@ -1042,6 +1014,7 @@ def bench_environment(device: torch.device) -> dict:
         "runner_path": str(Path(runner.__file__).resolve().parent),
         "hydra_loaded": any(m.split(".")[0] in ("hydra", "omegaconf") for m in sys.modules),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        # others' work on the machine
         "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 
@@ -1126,21 +1099,21 @@ def parse_args(argv=None):
 
 
 def _timing_args(p: argparse.ArgumentParser) -> None:
-    """How each rate is measured: windows, their steps, warm-up, flushes, a time budget, validation
-    passes."""
+    """How each rate is measured: windows, their steps, warm-up, log points, a time budget,
+    validation passes."""
     p.add_argument("--windows", type=int, help="timed windows per measurement (median reported)")
     p.add_argument(
         "--window-steps",
         type=int,
         help="training steps per window (a multiple of trainer.log_every, 50, "
-        "puts one flush in each window)",
+        "puts one log point in each window)",
     )
     p.add_argument("--warmup-steps", type=int, help="untimed steps before the windows")
     p.add_argument(
         "--log-every",
         type=int,
         help="trainer.log_every of the timed Runs (default 50, as the trainer's; "
-        "2 with --quick, so the tests see flushes)",
+        "2 with --quick, so the tests see log points)",
     )
     p.add_argument("--val-passes", type=int, help="timed validation and recalibration passes")
     p.add_argument(
@@ -1155,23 +1128,8 @@ def settings(args, device: torch.device) -> dict:
     """The defaults for the device (or --quick) with the flags given on top; a bad value exits with
     the fix."""
     s = dict(DEFAULTS["quick" if args.quick else device.type])
-    for k in (
-        "model",
-        "windows",
-        "window_steps",
-        "warmup_steps",
-        "workers",
-        "n_train",
-        "n_val",
-        "val_passes",
-        "budget_s",
-        "log_every",
-        "e2e_epochs",
-        "count_model",
-        "count_batch",
-        "pack_steps",
-    ):
-        if getattr(args, k) is not None:
+    for k in s.keys() - {"batch_sizes", "paths"}:  # those two are lists, given comma-separated
+        if getattr(args, k, None) is not None:
             s[k] = getattr(args, k)
     if args.batch_sizes:
         s["batch_sizes"] = [int(v) for v in args.batch_sizes.split(",") if v.strip()]
