@@ -2,27 +2,21 @@
 the comparison: what each measures and reports. No timing thresholds: timings belong to the
 benchmarks."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
+from scripts import cli_vs_tutorial, tutorial_loop
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_tutorial_loop_trains_the_runners_model_on_full_batches(capsys):
     from runner.core.models import build_resnet
 
-    load_script("tutorial_loop").main(
+    tutorial_loop.main(
         ["--model", "resnet20v1", "--batch-size", "16", "--n-train", "40", "--workers", "0"]
     )
     out = json.loads(capsys.readouterr().out)
@@ -34,17 +28,17 @@ def test_the_tutorial_loop_trains_the_runners_model_on_full_batches(capsys):
 
 def test_the_tutorial_loop_refuses_too_few_images_for_a_rate():
     with pytest.raises(SystemExit):
-        load_script("tutorial_loop").main(["--batch-size", "16", "--n-train", "20"])
+        tutorial_loop.main(["--batch-size", "16", "--n-train", "20"])
 
 
 def test_the_weighted_median_weighs_by_images():
-    median = load_script("tutorial_loop").weighted_median
+    median = tutorial_loop.weighted_median
     assert median([(10.0, 1), (1.0, 1), (5.0, 10)]) == 5.0
     assert median([(10.0, 100), (1.0, 1)]) == 10.0
 
 
 def test_the_comparison_alternates_the_order_and_reports_the_ratio(monkeypatch, tmp_path):
-    cvt = load_script("cli_vs_tutorial")
+    cvt = cli_vs_tutorial
     calls = []
     rates = iter([100.0, 50.0, 80.0, 40.0, 90.0, 30.0])  # cli, tut, tut, cli, cli, tut
 
