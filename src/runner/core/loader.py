@@ -126,6 +126,52 @@ def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
 # ---------------------------------------------------------------- loader
 
 
+def _check(images_u8, labels, batch_size: int, crop_padding: int, pad_mode: str, drop_last: bool):
+    if images_u8.dtype != torch.uint8 or images_u8.ndim != 4 or len(images_u8) != len(labels):
+        raise DataError(
+            f"DeviceLoader expects uint8 images (N, C, H, W) and N labels; got "
+            f"{images_u8.dtype} {tuple(images_u8.shape)} and {len(labels)} labels."
+        )
+    if pad_mode not in ("zeros", "replicate"):
+        raise DataError(f"data.pad_mode must be 'zeros' or 'replicate'; got {pad_mode!r}.")
+    if batch_size < 1 or crop_padding < 0:
+        raise DataError(
+            f"batch size must be ≥ 1 and data.crop_padding ≥ 0; got {batch_size}, {crop_padding}."
+        )
+    if drop_last and len(labels) < batch_size:
+        raise DataError(
+            f"{len(labels)} images make no full batch of {batch_size}: lower batch_size or use "
+            f"data.drop_last=false."
+        )
+
+
+def _padded(x: torch.Tensor, p: int, pad_mode: str) -> torch.Tensor:
+    """The split padded once by p pixels a side: every crop is then a window of it (1.56× the
+    memory at p = 4)."""
+    if not p:
+        return x
+    if pad_mode == "zeros":
+        return F.pad(x, (p, p, p, p))
+    # replicate: clamp the source rows and columns (uint8 has no replication pad kernel)
+    h, w = x.shape[2:]
+    rows = torch.arange(-p, h + p, device=x.device).clamp(0, h - 1)
+    cols = torch.arange(-p, w + p, device=x.device).clamp(0, w - 1)
+    return x[:, :, rows][:, :, :, cols].contiguous()
+
+
+F32 = torch.float32
+
+
+def _affine(mean, std, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with x · scale + shift = (x / 255 − mean) / std; mean per channel or a
+    (C, H, W) image, None = 0; std per channel, None = 1."""
+    m = torch.zeros(channels) if mean is None else torch.as_tensor(mean, dtype=F32, device="cpu")
+    s = torch.ones(channels) if std is None else torch.as_tensor(std, dtype=F32, device="cpu")
+    m = m.view(1, *m.shape) if m.ndim == 3 else m.view(1, -1, 1, 1)
+    s = s.view(1, -1, 1, 1)
+    return (1 / (255 * s)).to(device), (-m / s).to(device)
+
+
 class DeviceLoader:
     """The whole split on one device as uint8; batches are shuffled, augmented and normalised there
     in a few batched tensor ops, never image by image.
@@ -160,69 +206,19 @@ class DeviceLoader:
         drop_last: bool = False,
         pad_last: bool = False,
     ):
-        if images_u8.dtype != torch.uint8 or images_u8.ndim != 4 or len(images_u8) != len(labels):
-            raise DataError(
-                f"DeviceLoader expects uint8 images (N, C, H, W) and N labels; got "
-                f"{images_u8.dtype} {tuple(images_u8.shape)} and {len(labels)} labels."
-            )
-        if pad_mode not in ("zeros", "replicate"):
-            raise DataError(f"data.pad_mode must be 'zeros' or 'replicate'; got {pad_mode!r}.")
-        if batch_size < 1 or crop_padding < 0:
-            raise DataError(
-                f"batch size must be ≥ 1 and data.crop_padding ≥ 0; got {batch_size}, "
-                f"{crop_padding}."
-            )
+        _check(images_u8, labels, batch_size, crop_padding, pad_mode, drop_last)
         self.device = torch.device(device)
         self.x = images_u8.to(self.device).contiguous()
         self.y = labels.to(self.device, torch.int64)
-        self.batch_size, self.shuffle, self.flip, self.pad_mode = (
-            batch_size,
-            shuffle,
-            flip,
-            pad_mode,
-        )
-        self.crop_padding, self.seed, self.drop_last, self.pad_last = (
-            crop_padding,
-            seed,
-            drop_last,
-            pad_last,
-        )
-        if drop_last and len(labels) < batch_size:
-            raise DataError(
-                f"{len(labels)} images make no full batch of {batch_size}: lower batch_size or use "
-                f"data.drop_last=false."
-            )
-        self.channels_last = channels_last
+        self.batch_size, self.shuffle, self.flip = batch_size, shuffle, flip
+        self.crop_padding, self.pad_mode, self.seed = crop_padding, pad_mode, seed
+        self.drop_last, self.pad_last, self.channels_last = drop_last, pad_last, channels_last
         self._layout = torch.channels_last if channels_last else torch.contiguous_format
-        c, h, w = self.x.shape[1:]
-        self.xp = self.x
-        # pad the split once; every crop is then a window of it (1.56x memory at p=4)
-        if crop_padding:
-            p = crop_padding
-            if pad_mode == "zeros":
-                self.xp = F.pad(self.x, (p, p, p, p))
-            # replicate: clamp the source rows and columns (uint8 has no replication pad kernel)
-            else:
-                rows = torch.arange(-p, h + p, device=self.device).clamp(0, h - 1)
-                cols = torch.arange(-p, w + p, device=self.device).clamp(0, w - 1)
-                self.xp = self.x[:, :, rows][:, :, :, cols].contiguous()
+        self.xp = _padded(self.x, crop_padding, pad_mode)
         if flip:  # a mirrored copy next to the originals: crop and flip become one gather
             self.xp = torch.cat([self.xp, self.xp.flip(3)])
-        # Fold /255, -mean and /std into one multiply and one subtract.
-        m = (
-            torch.zeros(c)
-            if mean is None
-            else torch.as_tensor(mean, dtype=torch.float32, device="cpu")
-        )
-        s = (
-            torch.ones(c)
-            if std is None
-            else torch.as_tensor(std, dtype=torch.float32, device="cpu")
-        )
-        m = m.view(1, *m.shape) if m.ndim == 3 else m.view(1, -1, 1, 1)
-        s = s.view(1, -1, 1, 1)
-        self.scale = (1 / (255 * s)).to(self.device)
-        self.neg_shift = (-m / s).to(self.device)
+        # /255, −mean and /std folded into one multiply and one subtract
+        self.scale, self.neg_shift = _affine(mean, std, self.x.shape[1], self.device)
 
     def __len__(self) -> int:
         return batches_per_epoch(len(self.y), self.batch_size, self.drop_last)

@@ -45,23 +45,12 @@ def load_image_folder(root: str | Path, cache: bool = True) -> Splits:
     ]
     fingerprint = hashlib.sha256(repr((classes, stats)).encode()).hexdigest()
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-    # 2nd: root read-only
     caches = [
         root / CACHE_NAME,
         _user_cache_dir() / f"image_folder_{key}.pt",
-    ]
-    if cache:
-        for path in caches:
-            if not _regular(path):  # absent; or a FIFO, which torch.load would wait on forever
-                continue
-            try:
-                d = torch.load(path, weights_only=True)
-                if d["fingerprint"] == fingerprint:
-                    return Splits(
-                        d["train_x"], d["train_y"], d["val_x"], d["val_y"], tuple(d["classes"])
-                    )
-            except Exception:  # absent, stale format or damaged cache: decode again
-                pass
+    ]  # 2nd: root read-only
+    if cache and (cached := _cached(caches, fingerprint)) is not None:
+        return cached
     index = {c: i for i, c in enumerate(classes)}
     (tx, ty), (vx, vy) = [_decode_all(files[s], index) for s in ("train", "test")]
     if tx.shape[1:] != vx.shape[1:]:
@@ -83,6 +72,22 @@ def load_image_folder(root: str | Path, cache: bool = True) -> Splits:
             ),
         )
     return splits
+
+
+def _cached(caches: list[Path], fingerprint: str) -> Splits | None:
+    """The splits of the first cache file written for this fingerprint; None if there is none."""
+    for path in caches:
+        if not _regular(path):  # absent; or a FIFO, which torch.load would wait on forever
+            continue
+        try:
+            d = torch.load(path, weights_only=True)
+            if d["fingerprint"] == fingerprint:
+                return Splits(
+                    d["train_x"], d["train_y"], d["val_x"], d["val_y"], tuple(d["classes"])
+                )
+        except Exception:  # a stale format or a damaged cache: decode again
+            pass
+    return None
 
 
 def load_test_split(root: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:

@@ -66,15 +66,7 @@ def setup(
     run_log = _Prefixed(log, {"name": name})
     trainee, sentences = make_trainee(cfg, path, autocast, data, state, run_log)
     if saved is not None:
-        where = run_dir / "checkpoints"
-        if missed := restore(saved, trainee, where):  # a checkpoint of a machine with more GPUs
-            facts["resumed"]["cuda_rng_not_restored"] = missed
-        log.info(
-            "continuing from step %d (epoch %.2f) of %s",
-            state.step,
-            state.step / trainee.plan.steps_per_epoch,
-            where,
-        )
+        continue_from(saved, trainee, state.step, run_dir / "checkpoints", facts)
     subject = Subject(
         trainee.model,
         trainee.opt,
@@ -89,10 +81,7 @@ def setup(
         probe.load_state_dict(saved["probes"].get(probe.name, {}))
     recorder = Recorder(run_dir, resume_step=state.step, histograms_every=cfg.log.histograms_every)
     facts.update(run_facts(cfg, trainee, data, path, sentences), setup_s=time.time() - t_start)
-    plan = trainee.plan  # the λ and λ₂ applied (optimizer.wd_tau, wd_normalized set λ)
-    facts["applied"] = {"wd": plan.lam_now if plan.lam_now is not None else plan.wd, "l2": plan.l2}
-    if probed := {p.name: f for p in probes if (f := p.facts())}:
-        facts["probes"] = probed  # what the probes measure on, e.g. which kernels C counts
+    facts.update(applied_facts(trainee.plan, probes))
     spe = trainee.plan.steps_per_epoch
     total = cfg.epochs * spe
     run = Run(
@@ -113,6 +102,23 @@ def setup(
     applied = {f"{k}_applied": v for k, v in facts["applied"].items()}
     recorder.start(dataclasses.asdict(cfg), facts.get("choices"), facts.get("swept"), applied)
     return run
+
+
+def continue_from(saved: dict, trainee: Trainee, step: int, where: Path, facts: dict) -> None:
+    """The trainee put back as the checkpoint `saved` (of step `step`) left it, said in the log."""
+    if missed := restore(saved, trainee, where):  # a checkpoint of a machine with more GPUs
+        facts["resumed"]["cuda_rng_not_restored"] = missed
+    epoch = step / trainee.plan.steps_per_epoch
+    log.info("continuing from step %d (epoch %.2f) of %s", step, epoch, where)
+
+
+def applied_facts(plan, probes) -> dict:
+    """The λ and λ₂ applied (optimizer.wd_tau and wd_normalized set λ) and what the probes
+    measure on (e.g. which kernels C counts)."""
+    out = {"applied": {"wd": plan.lam_now if plan.lam_now is not None else plan.wd, "l2": plan.l2}}
+    if probed := {p.name: f for p in probes if (f := p.facts())}:
+        out["probes"] = probed
+    return out
 
 
 # ---------------------------------------------------------------- where and how it runs

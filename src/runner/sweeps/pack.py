@@ -37,6 +37,7 @@ from runner.config import ConfigError, RunConfig, UserError
 from runner.engine.build import execution_path, pick_device, setup, torch_settings_kept, use_device
 from runner.engine.interrupts import StopRequests
 from runner.engine.loop import loop
+from runner.engine.run import Run
 from runner.engine.summary import completed_summary, ended, finish
 
 log = logging.getLogger("runner")
@@ -181,54 +182,56 @@ def train_pack(
     with stop, _recompile_room(jobs, device):
         for i, job in enumerate(jobs):
             with inside(i):
-                done = completed_summary(job.cfg, job.run_dir)
-                if done is not None:  # as engine.train: every file of it stays as it is
-                    print(f"runner: [{job.name}] {ended(done)}: nothing to train", file=sys.stderr)
-                    outcomes[i] = Outcome(done)
-                    continue
-                try:
-                    runs[i] = setup(
-                        job.cfg,
-                        job.run_dir,
-                        job.meta,
-                        jobs[0].job_num,
-                        job.name,
-                        data_cache=data_cache,
-                    )
-                except Exception as e:  # a missing data set, a folder of another run: this job only
-                    # a user error is the caller's to say, as python -m runner does
-                    if not isinstance(e, UserError):
-                        log.error("[%s] not started: %s", job.name, e, exc_info=e)
-                    outcomes[i] = Outcome(None, e)
-                    continue
-                job.on_start()
-                turns[i] = loop(runs[i], stop)
+                run, outcomes[i] = _start(job, jobs[0].job_num, data_cache)
+                if run is not None:
+                    runs[i], turns[i] = run, loop(run, stop)
         data_cache.clear()  # the loaders hold what they need
         if turns:
             log.info("pack of %d: %s", len(turns), ", ".join(jobs[i].name or str(i) for i in turns))
         stagger = device.type == "cuda" if stagger is None else stagger
-        first = (
-            dict(zip(turns, start_rounds([runs[i].val_every for i in turns]))) if stagger else {}
-        )
-        rounds = 0
-        try:
-            while turns:
-                for i in list(turns):
-                    if rounds < first.get(i, 0):
-                        continue
-                    with inside(i):
-                        _turn(i, turns, runs, outcomes)
-                rounds += 1
-        except (
-            KeyboardInterrupt
-        ) as e:  # a second signal: every job stops now, without a final checkpoint
-            for i in [i for i in runs if outcomes[i] is None]:
-                with inside(i):
-                    runs[i].stats.status = "interrupted"
-                    runs[i].out.log.warning("interrupted at step %d: %s", runs[i].state.step, e)
-                    outcomes[i] = Outcome(finish(runs[i]))
+        every = [runs[i].val_every for i in turns]
+        first = dict(zip(turns, start_rounds(every))) if stagger else {}
+        _take_turns(turns, runs, outcomes, inside, first)
     stop.pass_on()
     return outcomes  # type: ignore[return-value]  # every slot is filled above
+
+
+def _start(job: Job, job_num: int, data_cache: dict) -> tuple[Run | None, Outcome | None]:
+    """The job's run, set up; or, when it will not train (completed already, or refused), its
+    outcome. A job's user error (a missing data set, a folder of another run) is only returned:
+    the caller reports it, as python -m runner does."""
+    done = completed_summary(job.cfg, job.run_dir)
+    if done is not None:  # as engine.train: every file of it stays as it is
+        print(f"runner: [{job.name}] {ended(done)}: nothing to train", file=sys.stderr)
+        return None, Outcome(done)
+    try:
+        run = setup(job.cfg, job.run_dir, job.meta, job_num, job.name, data_cache=data_cache)
+    except Exception as e:  # this job only
+        if not isinstance(e, UserError):
+            log.error("[%s] not started: %s", job.name, e, exc_info=e)
+        return None, Outcome(None, e)
+    job.on_start()
+    return run, None
+
+
+def _take_turns(turns: dict, runs: dict, outcomes: list, inside, first: dict) -> None:
+    """Round after round, one step of each job whose first round (`first`, staggered starts) has
+    come, until every job's loop has ended."""
+    rounds = 0
+    try:
+        while turns:
+            for i in list(turns):
+                if rounds < first.get(i, 0):
+                    continue
+                with inside(i):
+                    _turn(i, turns, runs, outcomes)
+            rounds += 1
+    except KeyboardInterrupt as e:  # a second signal: every job stops now, no final checkpoint
+        for i in [i for i in runs if outcomes[i] is None]:
+            with inside(i):
+                runs[i].stats.status = "interrupted"
+                runs[i].out.log.warning("interrupted at step %d: %s", runs[i].state.step, e)
+                outcomes[i] = Outcome(finish(runs[i]))
 
 
 def _turn(i: int, turns: dict, runs: dict, outcomes: list) -> None:
