@@ -7,7 +7,8 @@ Each repeat runs the CLI (`python -m runner model=M data=synthetic data.n_train=
 epochs=1 batch_size=B trainer.device=cpu`) and reads the `images_per_s` its summary.json records,
 then runs the tutorial loop and reads its own; the order alternates between repeats so a slow spell
 of the machine falls on both. It prints every pair, the median of each and its range, and the
-median ratio CLI / tutorial (> 1: the CLI is faster); --out keeps them as JSON with the machine,
+median ratio CLI / tutorial (> 1: the CLI is faster), and the minor page faults each whole process
+took (its start-up, and the CLI's validation, included); --out keeps them as JSON with the machine,
 versions, commit and load they were measured on."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,27 +29,35 @@ sys.path.insert(0, str(ROOT / "src"))
 from runner.engine.provenance import code_version, environment  # noqa: E402
 
 
+def faulted(cmd: list[str], **kw) -> tuple[subprocess.CompletedProcess, int]:
+    """Run `cmd`; also return the minor page faults it and the processes it waited for took (a
+    page touched for the first time since it was mapped: what glibc's mmap and trim cost)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    return r, resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before
+
+
 def cli(args, folder: Path) -> dict:
     cmd = [sys.executable, "-m", "runner", f"model={args.model}", "data=synthetic"]
     cmd += [f"data.n_train={args.n_train}", "data.n_val=500", "epochs=1"]
     cmd += [f"batch_size={args.batch_size}", "trainer.device=cpu", "trainer.progress=false"]
     cmd += [f"hydra.run.dir={folder}"]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=folder.parent)
+    r, faults = faulted(cmd, cwd=folder.parent)
     if r.returncode:
         raise SystemExit(f"cli_vs_tutorial: the CLI failed:\n{r.stderr[-3000:]}")
     s = json.loads((folder / "summary.json").read_text())
     keep = ("images_per_s", "images_per_s_overall", "env")  # env: the CLI's, its allocator's too
-    return {k: s[k] for k in keep}
+    return {**{k: s[k] for k in keep}, "minor_faults": faults}
 
 
 def tutorial(args) -> dict:
     cmd = [sys.executable, str(ROOT / "scripts" / "tutorial_loop.py"), "--model", args.model]
     cmd += ["--batch-size", str(args.batch_size), "--n-train", str(args.n_train)]
     cmd += ["--workers", str(args.workers)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r, faults = faulted(cmd)
     if r.returncode:
         raise SystemExit(f"cli_vs_tutorial: the tutorial loop failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.splitlines()[-1])
+    return {**json.loads(r.stdout.splitlines()[-1]), "minor_faults": faults}
 
 
 def spread(values: list[float]) -> dict:
@@ -89,6 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
         "cli_images_per_s": spread([r["cli"]["images_per_s"] for r in pairs]),
         "tutorial_images_per_s": spread([r["tutorial"]["images_per_s"] for r in pairs]),
         "ratio": spread([r["ratio"] for r in pairs]),
+        # whole processes (start-up, validation and the DataLoader's workers included)
+        "cli_minor_faults": spread([r["cli"]["minor_faults"] for r in pairs]),
+        "tutorial_minor_faults": spread([r["tutorial"]["minor_faults"] for r in pairs]),
         "code": code_version(),
         "env": {**environment("cpu"), **pairs[0]["cli"]["env"]},
         "date": time.strftime("%Y-%m-%d"),

@@ -45,7 +45,7 @@ def test_the_comparison_alternates_the_order_and_reports_the_ratio(monkeypatch, 
     def fake(which):
         def run(*args):
             calls.append(which)
-            out = {"images_per_s": next(rates), "images_per_s_overall": 1.0}
+            out = {"images_per_s": next(rates), "images_per_s_overall": 1.0, "minor_faults": 1}
             return {**out, "env": {"malloc": "set"}} if which == "cli" else out
 
         return run
@@ -79,5 +79,6 @@ def test_the_comparison_reads_the_clis_own_summary(tmp_path):
     out = json.loads((tmp_path / "o.json").read_text())
     (pair,) = out["repeats"]
     assert pair["cli"]["images_per_s"] > 0 and pair["tutorial"]["images_per_s"] > 0
+    assert pair["cli"]["minor_faults"] > 0 and pair["tutorial"]["minor_faults"] > 0
     assert out["env"]["malloc"].startswith("glibc") or "not glibc" in out["env"]["malloc"]
     assert "median of 1" in r.stdout
