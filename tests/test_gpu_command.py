@@ -5,7 +5,6 @@ out of time does not; the exactness checks come right after it; a stage cut shor
 is recorded, not counted as a failure. All of it on a CPU: the plan with a GPU stage runner faked,
 the time rules with real subprocesses, the whole command in --device cpu --quick mode."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,19 +17,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from scripts import gpu
+from scripts.gpu_results import figures
+
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["compile_probe", "preflight", "checks", "default_cold", "default_warm"]
 ORDER += ["bench", "bench_more"]
-
-
-def load_gpu_command():
-    spec = importlib.util.spec_from_file_location("gpu_command", ROOT / "scripts" / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu = load_gpu_command()
 
 
 def gpu_command(*args, timeout=120, env=None):
@@ -173,8 +165,6 @@ def test_without_cuda_the_gpu_stages_are_recorded_as_skipped_in_their_place(tmp_
 
 
 def test_the_results_say_what_each_default_run_ran_and_why_it_fell_back():
-    from gpu_results import figures  # scripts/ is on the path: gpu.py put it there
-
     fell = {
         "path": {"precision": "bf16", "compile": False, "cuda_graphs": True},
         "path_fallback": [
