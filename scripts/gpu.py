@@ -34,15 +34,19 @@ estimates from the H200 figures of docs/results/2026-11-28-h200, not measurement
   default_cold   150 s  60-120  `python -m runner` as shipped (ResNet56v2, AdamW, batch 128, the
                                 data given), --epochs epochs, a fresh trainer.compile_cache
   default_warm    90 s  30-60   the same again with the same cache: start-up from the caches
-  bench          150 s  60-140  scripts/bench.py at batch 128: CUDA graphs vs compile + graphs,
-                                validation and recalibration times, 8 jobs packed vs sequential
-  bench_more    the rest        scripts/bench.py: eager and the tutorial loop at batch 128 and
-                                64, kernel counts
-At the middle of these estimates the stages through bench take about 410 s with the unpacking,
-within the default deadline of 420 s; bench_more runs on what is left (a larger --deadline gives
-it time). A stage cut short by the deadline is recorded, not counted as a failure; exit 1 only
-when a stage that ran failed or ran past its own limit (the probe excepted: it decides the path,
-it checks nothing).
+  bench          170 s  70-150  at batch 128, three benchmarks one after another: scripts/bench.py
+                                (the loop of CUDA graphs vs compile + graphs, with the tutorial
+                                loop), bench_evaluation.py (validation and recalibration times),
+                                bench_pack.py (8 jobs packed vs sequential)
+  bench_more    the rest        scripts/bench.py (eager and the tutorial loop at batch 128 and 64),
+                                bench_evaluation.py (eager), bench_ops.py (kernel counts)
+At the middle of these estimates the stages through bench take about 420 s with the unpacking,
+the default deadline of 420 s; bench_more runs on what is left (a larger --deadline gives it
+time). A stage of several commands runs each after the one before, whatever its outcome (each
+measures something of its own), under the stage's one limit; it failed if one of them did. A
+stage cut short by the deadline is recorded, not counted as a failure; exit 1 only when a stage
+that ran failed or ran past its own limit (the probe excepted: it decides the path, it checks
+nothing).
 
 Writes OUT/gpu.json (every stage's command, status, seconds, figures and output tail) and
 OUT/README.md (gpu_results.py: the figures as a table); OUT defaults to
@@ -68,9 +72,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+# scripts.gpu_results and scripts.timing_harness: `python scripts/gpu.py` puts only scripts/ there
+sys.path.insert(0, str(ROOT))
 
-from gpu_results import bench_figures, json_figures, markdown, run_figures  # noqa: E402
+from scripts.gpu_results import bench_figures, json_figures, markdown, run_figures  # noqa: E402
 
 # name: (its own limit in seconds, None = what is left; the least time worth starting it with)
 BUDGET = {
@@ -79,7 +84,7 @@ BUDGET = {
     "checks": (120, 30),
     "default_cold": (150, 40),
     "default_warm": (90, 20),
-    "bench": (150, 40),
+    "bench": (170, 40),
     "bench_more": (None, 20),
 }
 WRITE_S = 5  # kept back from each stage's limit to write the results
@@ -197,6 +202,16 @@ def unpack(tarball: str | None, into: Path) -> dict:
     return {"name": "image_folder", "root": str(root), "tarball": name, "sha256": digest}
 
 
+def commands(cmd: list) -> list[list[str]]:
+    """A stage's commands: `cmd` is one command (a list of str) or a list of them."""
+    return [cmd] if cmd and isinstance(cmd[0], str) else cmd
+
+
+def command_line(cmd: list) -> str:
+    """A stage's commands as one line, as a shell would run them one after another."""
+    return " ; ".join(" ".join(c) for c in commands(cmd))
+
+
 class Stages:
     """Runs each stage as a subprocess within its budget (BUDGET) and what is left of the deadline,
     and rewrites the results after each."""
@@ -207,12 +222,13 @@ class Stages:
     def left(self) -> float:
         return self.end - time.monotonic()
 
-    def run(self, name: str, cmd: list[str], env: dict | None = None, figures=None) -> dict:
-        """`cmd` under its limit, or skipped when less than its need is left; `figures()` reads
-        what it measured, saved with it."""
+    def run(self, name: str, cmd: list, env: dict | None = None, figures=None) -> dict:
+        """`cmd` (a command, or a list of commands run one after another) under the stage's limit,
+        or skipped when less than its need is left; `figures()` reads what it measured, saved with
+        it."""
         own, need = BUDGET[name]
         limit = self.left() - WRITE_S if own is None else min(own, self.left() - WRITE_S)
-        stage = {"command": " ".join(cmd), "limit_s": round(max(limit, 0), 1)}
+        stage = {"command": command_line(cmd), "limit_s": round(max(limit, 0), 1)}
         self.results["stages"][name] = stage
         if limit < need:
             left = max(self.left(), 0)
@@ -220,23 +236,36 @@ class Stages:
         print(f"gpu: stage {name} (at most {limit:.0f} s): {stage['command']}", flush=True)
         tick = time.monotonic()
         try:
-            env = {**os.environ, **(env or {})}
-            pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            r = subprocess.run(cmd, cwd=ROOT, env=env, timeout=limit, **pipes)
-            stage["exit"], tail = r.returncode, r.stdout
-            stage["status"] = "passed" if r.returncode == 0 else "failed"
+            exits, tail = self.run_all(commands(cmd), env, tick + limit)
+            stage["exit"] = next((e for e in exits if e), 0)
+            stage["status"] = "passed" if stage["exit"] == 0 else "failed"
         except subprocess.TimeoutExpired as e:
             cut = own is None or limit < own  # the deadline's end, not the stage's own limit
             stage["exit"] = None
             stage["status"] = "cut short by the deadline" if cut else "out of time"
-            out = e.stdout
-            tail = out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
+            tail = e.output
         stage["seconds"] = round(time.monotonic() - tick, 1)
         stage["output_tail"] = tail[-3000:]
         if figures is not None:
             stage["figures"] = figures()
         print(tail[-3000:], flush=True)
         return self.save(name, stage)
+
+    @staticmethod
+    def run_all(cmds: list[list[str]], env: dict | None, end: float) -> tuple[list[int], str]:
+        """Each command until `end` (time.monotonic()), whatever the one before returned: their
+        exit codes and output together. Past `end`, TimeoutExpired with the output so far."""
+        env, exits, out = {**os.environ, **(env or {})}, [], ""
+        pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for cmd in cmds:
+            try:
+                r = subprocess.run(cmd, cwd=ROOT, env=env, timeout=end - time.monotonic(), **pipes)
+            except subprocess.TimeoutExpired as e:
+                cut = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
+                raise subprocess.TimeoutExpired(cmd, e.timeout, output=out + (cut or "")) from None
+            exits.append(r.returncode)
+            out += r.stdout
+        return exits, out
 
     def skip(self, name: str, why: str) -> dict:
         stage = self.results["stages"].setdefault(name, {})
@@ -250,7 +279,8 @@ class Stages:
         return [k for k, v in st.items() if k != "compile_probe" and v.get("status") in bad]
 
     def save(self, name: str, stage: dict) -> dict:
-        from timing_harness import save_json  # it imports torch: only once `missing` found it
+        # it imports torch: only once `missing` found it
+        from scripts.timing_harness import save_json
 
         print(f"gpu: {name}: {stage['status']}", flush=True)
         save_json(self.results, self.out / "gpu.json")
@@ -285,20 +315,30 @@ def cli_run(data: dict, epochs: int, run_dir: Path, cache: Path, args, compiled:
     return cmd + [f"epochs={epochs}", "batch_size=128"]
 
 
-def bench_command(args, data: dict, out: Path, more: bool, compiled: bool) -> list[str]:
-    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", args.device]
-    cmd += ["--out", str(out), "--e2e-epochs", "0"]
-    if args.quick:
-        cmd += ["--quick", "--threads", "1"]
-    if data["root"] and not args.quick:  # quick: the bench's few synthetic images
-        cmd += ["--data-root", data["root"]]
+def bench_commands(args, data: dict, out: Path, more: bool, compiled: bool) -> list[list[str]]:
+    """The benchmarks of the stage bench (more=False: the fast paths' loop, their evaluation, a
+    pack of 8) or bench_more (the eager path and the tutorial loop at both batch sizes, its
+    evaluation, kernel counts), each writing OUT/<script>.json."""
+    quick = ["--quick", "--threads", "1"] if args.quick else []
+    # quick: the benchmarks' few synthetic images
+    real = ["--data-root", data["root"]] if data["root"] and not args.quick else []
+
+    def script(name: str, *flags: str) -> list[str]:
+        cmd = [sys.executable, str(ROOT / "scripts" / f"{name}.py"), "--device", args.device]
+        return cmd + [*quick, *flags, "--out", str(out / f"{name}.json")]
+
     batches = "16" if args.quick else ("128,64" if more else "128")
-    if more:  # the eager path and the tutorial loop, both batch sizes, kernel counts
-        cmd += ["--paths", "eager", "--batch-sizes", batches]
-        return cmd + ["--no-count-ops"] * args.quick
+    if more:
+        cmds = [script("bench", *real, "--paths", "eager", "--batch-sizes", batches)]
+        cmds += [script("bench_evaluation", *real, "--paths", "eager")]
+        # kernel counts, as before without --quick: the plumbing's run skips the profiler
+        return cmds + [script("bench_ops", *real)] * (not args.quick)
     paths = "eager" if args.device == "cpu" else "graphs,compile+graphs" if compiled else "graphs"
-    cmd += ["--paths", paths, "--batch-sizes", batches, "--no-count-ops"]
-    return cmd + ["--pack", "2" if args.quick else "8"]
+    return [
+        script("bench", *real, "--paths", paths, "--batch-sizes", batches),
+        script("bench_evaluation", *real, "--paths", paths),
+        script("bench_pack", "--jobs", "2" if args.quick else "8", "--batch-size", batches),
+    ]
 
 
 def main(argv=None) -> int:
@@ -351,10 +391,10 @@ def stages(args, st: Stages, data: dict, tmp: Path) -> None:
         cmd = cli_run(data, args.epochs, tmp / name, cache, args, compiled)
         st.run(name, cmd, figures=lambda d=tmp / name: run_figures(d))
     cached = {"TORCHINDUCTOR_CACHE_DIR": str(cache)}  # the caches the default runs filled
-    cmd = bench_command(args, data, tmp / "bench.json", more=False, compiled=compiled)
-    st.run("bench", cmd, cached, figures=lambda: bench_figures(tmp / "bench.json"))
-    cmd = bench_command(args, data, tmp / "bench_more.json", more=True, compiled=compiled)
-    st.run("bench_more", cmd, figures=lambda: bench_figures(tmp / "bench_more.json"))
+    cmds = bench_commands(args, data, tmp / "bench", more=False, compiled=compiled)
+    st.run("bench", cmds, cached, figures=lambda: bench_figures(tmp / "bench"))
+    cmds = bench_commands(args, data, tmp / "bench_more", more=True, compiled=compiled)
+    st.run("bench_more", cmds, figures=lambda: bench_figures(tmp / "bench_more"))
 
 
 if __name__ == "__main__":

@@ -24,12 +24,22 @@ def run_figures(run_dir: Path) -> dict:
     return out
 
 
-def bench_figures(path: Path) -> dict:
-    """bench.py's flat figures and its pack row, if it got that far."""
-    if not path.exists():
+def bench_figures(folder: Path) -> dict:
+    """A bench stage's figures from the JSON its benchmarks wrote in `folder`, as far as they got:
+    their flat summaries as one (bench.py's loop rates, bench_evaluation.py's times, bench_ops.py's
+    counts), bench_pack.py's row, bench_evaluation.py's rows."""
+    found = {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))}
+    if not found:
         return {}
-    r = json.loads(path.read_text())
-    return {"summary": r.get("summary"), "pack": r.get("pack"), "evaluation": r.get("evaluation")}
+    summary = {}
+    # bench.py's last: where two name the model, the loop's is the one its table rows mean
+    for name in sorted(found, key=lambda name: name == "bench"):
+        summary.update(found[name].get("summary") or {})
+    return {
+        "summary": summary or None,
+        "pack": found.get("bench_pack", {}).get("pack"),
+        "evaluation": found.get("bench_evaluation", {}).get("evaluation"),
+    }
 
 
 def what_ran(f: dict) -> str:

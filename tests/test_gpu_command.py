@@ -5,7 +5,6 @@ out of time does not; the exactness checks come right after it; a stage cut shor
 is recorded, not counted as a failure. All of it on a CPU: the plan with a GPU stage runner faked,
 the time rules with real subprocesses, the whole command in --device cpu --quick mode."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,19 +17,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from scripts import gpu
+from scripts.gpu_results import bench_figures, figures
+
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["compile_probe", "preflight", "checks", "default_cold", "default_warm"]
 ORDER += ["bench", "bench_more"]
-
-
-def load_gpu_command():
-    spec = importlib.util.spec_from_file_location("gpu_command", ROOT / "scripts" / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu = load_gpu_command()
 
 
 def gpu_command(*args, timeout=120, env=None):
@@ -102,7 +94,7 @@ class FakeStages:
     def run(self, name, cmd, env=None, figures=None):
         status, found = self.outcomes.get(name, ("passed", {}))
         self.ran.append((name, cmd, env or {}))
-        stage = {"command": " ".join(cmd), "status": status, "limit_s": 90.0, "exit": 1}
+        stage = {"command": gpu.command_line(cmd), "status": status, "limit_s": 90.0, "exit": 1}
         self.results["stages"][name] = {**stage, "figures": found}
         return self.results["stages"][name]
 
@@ -113,7 +105,7 @@ class FakeStages:
         pass
 
     def command(self, name) -> str:
-        return next(" ".join(cmd) for n, cmd, _ in self.ran if n == name)
+        return next(gpu.command_line(cmd) for n, cmd, _ in self.ran if n == name)
 
 
 def plan(tmp_path, outcomes=None, device="cuda") -> FakeStages:
@@ -136,7 +128,12 @@ def test_on_a_gpu_the_probe_comes_first_then_the_preflight_then_the_exactness_ch
     assert "trainer.compile" not in cold.replace("trainer.compile_cache", "")  # as shipped
     assert "data.root=/data/cifar10-jpg" in cold and "epochs=2 batch_size=128" in cold
     bench = st.command("bench")
-    assert "--paths graphs,compile+graphs" in bench and "--pack 8" in bench
+    assert "--paths graphs,compile+graphs" in bench and "--jobs 8" in bench
+    # the loop and its evaluation on the paths the probe allowed, then the pack
+    assert bench.count("--paths graphs,compile+graphs") == 2 and "bench_pack.py" in bench
+    more = st.command("bench_more")
+    assert "bench.py --device cuda --data-root /data/cifar10-jpg --paths eager" in more
+    assert "--batch-sizes 128,64" in more and "bench_ops.py" in more
     assert st.results["compile"]["used"] is True and "31.0 s" in st.results["compile"]["note"]
 
 
@@ -173,8 +170,6 @@ def test_without_cuda_the_gpu_stages_are_recorded_as_skipped_in_their_place(tmp_
 
 
 def test_the_results_say_what_each_default_run_ran_and_why_it_fell_back():
-    from gpu_results import figures  # scripts/ is on the path: gpu.py put it there
-
     fell = {
         "path": {"precision": "bf16", "compile": False, "cuda_graphs": True},
         "path_fallback": [
@@ -189,6 +184,28 @@ def test_the_results_say_what_each_default_run_ran_and_why_it_fell_back():
     )
     assert f["default run (warm compile cache): what ran"] == "bf16, compiled, CUDA graphs"
     assert figures({})["default run (cold compile cache): what ran"] == "not measured"
+
+
+def test_a_bench_stage_reads_the_results_of_each_of_its_benchmarks(tmp_path):
+    """The loop rates (bench.py), evaluation times (bench_evaluation.py) and the pack
+    (bench_pack.py), each in its own JSON, make the one table the bench stage always gave."""
+    loop = {"model": "resnet56v2", "loop_images_per_s": {"graphs": {"128": 20_000.0}}}
+    times = {"model": "resnet56v2", "validation_10000_images_s": {"graphs": 0.25}}
+    times["recalibration_s"] = {"graphs": 0.01}
+    pack = {"k": 8, "ratio": 2.5, "pack_images_per_s": 50_000.0, "sequential_images_per_s": 2e4}
+    rows = {"bench": {"summary": loop}, "bench_evaluation": {"summary": times, "evaluation": [1]}}
+    rows["bench_pack"] = {"summary": {"model": "resnet20v1"}, "pack": pack}
+    for name, r in rows.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    found = bench_figures(tmp_path)
+    assert found["pack"] == pack and found["evaluation"] == [1]
+    assert found["summary"]["model"] == "resnet56v2"  # the loop's: the rows it names
+    table = figures({"bench": {"figures": found}})
+    assert table["loop, graphs, batch 128: images/s"] == "20,000"
+    assert table["validation of 10,000 images (graphs)"] == "0.250 s"
+    assert table["BatchNorm recalibration (graphs)"] == "0.0100 s"
+    assert table["pack of 8: aggregate images/s vs sequential"] == "50,000 vs 20,000 (2.50×)"
+    assert bench_figures(tmp_path / "absent") == {}  # a stage that wrote nothing
 
 
 # ---------------------------------------------------------------- the time rules, real subprocesses
@@ -276,6 +293,11 @@ def test_the_gpu_command_runs_its_stages_on_cpu_and_rewrites_its_results_after_e
     assert "data.root=" in st["default_cold"]["command"]
     table = (tmp_path / "out" / "README.md").read_text()
     assert "pack of 2: aggregate images/s vs sequential" in table
+    # the loop and the evaluation of the bench stage, each from its own benchmark
+    assert (
+        "| loop, eager, batch 16: images/s |" in table and "| validation of 10,000 images" in table
+    )
+    assert st["bench_more"]["figures"]["evaluation"][0]["path"] == "eager"
     assert "default run (warm compile cache)" in table and "torch.compile: not used" in table
     assert "| default run (cold compile cache): what ran | fp32 |" in table  # nothing fell back
     assert "every stage that ran passed" in r.stdout

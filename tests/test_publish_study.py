@@ -3,18 +3,12 @@
 sweep with a run that did not complete."""
 
 import gzip
-import importlib.util
 import json
 import math
 
 import yaml
-from conftest import ROOT
 
-spec = importlib.util.spec_from_file_location(
-    "publish_study", ROOT / "scripts" / "publish_study.py"
-)
-publish_study = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(publish_study)
+from scripts import publish_study
 
 
 def records(k: float) -> list[dict]:
