@@ -108,7 +108,7 @@ def train(args) -> dict:
         "torch_threads": torch.get_num_threads(),
         "images_per_s": weighted_median(rates) if rates else None,
         "images_per_s_overall": steps * args.batch_size / total,
-        "final_loss": float(loss),
+        "final_loss": loss.item(),
     }
 
 

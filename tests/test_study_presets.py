@@ -32,7 +32,7 @@ def test_a_study_sweeps_its_arms_over_three_seeds_with_shadows_and_a_held_out_sp
     root = ["data.root=/data"] if study.endswith("cpu") else []
     for arm in STUDIES[study].split(","):
         c = validate(compose_cfg(f"experiment={study}", f"arm={arm}", *root))
-        assert c.data.val_split and c.report and c.trainer.bn_recalibrate > 0
+        assert c.data.val_split and c.report and c.trainer.bn_recalibrate != 0
         assert len(c.probes.shadow_bn) == 4 and c.probes.bn_staleness and c.probes.step_angle
         if arm.startswith("adamw"):  # τ/T, the decay's timescale, sets λ; no L2
             assert (c.optimizer.name, c.optimizer.wd_tau, c.l2) == (

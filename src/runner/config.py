@@ -424,7 +424,7 @@ class RunConfig(_Section):
             raise ConfigError(
                 "probes.bn_staleness=true measures the running statistics against recalibrated "
                 "ones, and trainer.bn_recalibrate=0 recalibrates nothing: give "
-                "trainer.bn_recalibrate > 0, or probes.bn_staleness=false"
+                "trainer.bn_recalibrate=null (by device) or a count, or probes.bn_staleness=false"
             )
         if self.optimizer.wd_tau is not None and not self.wd:
             rule = "leaves no decoupled decay for optimizer.wd_tau to set"

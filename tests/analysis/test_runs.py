@@ -73,7 +73,7 @@ def resolved(lr, reg, seed=0, opt="adamw"):
 def val_records(losses, accs, recal=None, acc_recal=None, steps_per_epoch=2):
     """Per epoch: train records with train_loss = 2 × the epoch's val loss, then one validation
     record; recal/acc_recal add val_loss_recal/val_acc_recal as a trainer with
-    trainer.bn_recalibrate > 0 does."""
+    trainer.bn_recalibrate ≠ 0 does."""
     out = []
     for i, (v, a) in enumerate(zip(losses, accs)):
         for k in range(steps_per_epoch):

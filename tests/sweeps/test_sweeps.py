@@ -71,7 +71,7 @@ def test_experiment_presets_compose():
         20,
         "warm_restarts",
     )
-    assert a.optimizer.wd_normalized and a.trainer.train_eval and a.trainer.bn_recalibrate > 0
+    assert a.optimizer.wd_normalized and a.trainer.train_eval and a.trainer.bn_recalibrate != 0
     from runner.core.step_plan import normalized_lambda
 
     # what was measured

@@ -4,7 +4,7 @@ no torch).
 Each figure is computed on two series of the validation records (those with `val_loss`), in step
 order: the running-statistics series v_i = `val_loss_running` (BatchNorm's running mean/var, what
 model.eval() uses), and the recalibrated series w_i = `val_loss_recal` (BN statistics recomputed on
-training images just before; recorded when trainer.bn_recalibrate > 0). Running statistics lag
+training images just before; recorded when trainer.bn_recalibrate ≠ 0). Running statistics lag
 behind fast-changing weights, so v oscillates more than the weights do; w shows what is left once
 that bookkeeping is taken out. e_i is the epoch, a_i the accuracy, u_i = `train_eval_loss_running`
 (the same evaluation on a fixed, un-augmented training subset; `_recal` twin for w). Each series

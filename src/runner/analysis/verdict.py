@@ -20,11 +20,11 @@ NOT_MEASURED = {
     "a": "no run recorded the angle per step with a prediction (probes.step_angle; Adam + L2 has "
     "no prediction)",
     "b": "no run recorded the drift of the exact statistics (probes.shadow_bn with "
-    "trainer.bn_recalibrate > 0) beside the angle per step",
+    "trainer.bn_recalibrate ≠ 0) beside the angle per step",
     "c": "no run recorded a predicted lag past its warm-up (probes.shadow_bn with "
-    "trainer.bn_recalibrate > 0, two or more validations)",
+    "trainer.bn_recalibrate ≠ 0, two or more validations)",
     "d": "no run recorded lags and losses with an augmented reference past the EMA's warm-up "
-    "(probes.shadow_bn with trainer.bn_recalibrate > 0)",
+    "(probes.shadow_bn with trainer.bn_recalibrate ≠ 0)",
 }
 
 

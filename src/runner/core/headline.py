@@ -1,7 +1,7 @@
 """The names of a run's two evaluations, and which one is its headline.
 
 A run evaluates with BatchNorm's running statistics always, and also with recalibrated statistics
-when trainer.bn_recalibrate > 0 (core.evaluation); the recalibrated one is then the headline, since
+when trainer.bn_recalibrate ≠ 0 (core.evaluation); the recalibrated one is then the headline, since
 the running statistics lag fast-moving weights. Each evaluation has its own name everywhere
 (metrics.jsonl, TensorBoard, summary.json, the terminal, the report):
     val_loss_running, val_acc_running     running statistics          (train_eval_*_running alike)

@@ -18,7 +18,7 @@ evaluations and runner.core.headline for their names:
     val_loss_running, val_acc_running   eval mode with BatchNorm's running statistics (Keras' and
                                         torch's number)
     val_loss_recal, val_acc_recal       eval mode after BatchNorm statistics are recomputed on
-                                        training images (trainer.bn_recalibrate > 0)
+                                        training images (trainer.bn_recalibrate ≠ 0)
     val_loss, val_acc                   the headline: a copy of the recalibrated pair when there is
                                         one, else of the running pair (summary.json's `val_metric`
                                         says which)

@@ -1,7 +1,7 @@
 """A validation: evaluate → record → best.pt.
 
 Each evaluated set (`val`, and `train_eval` with trainer.train_eval=true) is evaluated in eval
-mode with BatchNorm's running statistics, then, with trainer.bn_recalibrate > 0, again with
+mode with BatchNorm's running statistics, then, with trainer.bn_recalibrate ≠ 0, again with
 statistics recomputed on training images (core.evaluation: the two evaluations and their names,
 core.headline: which one is the headline). The probes add their figures inside the
 recalibration (runner.probes); everything is read in one device→host transfer, written as one

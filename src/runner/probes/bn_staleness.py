@@ -1,5 +1,5 @@
 """How stale BatchNorm's running statistics are, against the exact statistics recalibration
-computes (probes.bn_staleness=true; it needs trainer.bn_recalibrate > 0).
+computes (probes.bn_staleness=true; it needs trainer.bn_recalibrate ≠ 0).
 
 For BatchNorm layer l with channels c, running mean/variance (μ_run, σ²_run) and a reference
 (μ_ref, σ²_ref) (the exact mean and unbiased variance of the layer's input over a fixed set of

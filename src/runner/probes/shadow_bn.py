@@ -7,7 +7,7 @@ every row takes the batch's mean and unbiased variance with its own momentum m, 
 r ← (1 − m)·r + m·b, starting where torch starts (mean 0, var 1). A validation evaluates the same
 weights once per row, its statistics copied into the layers' running buffers and put back after:
     val_loss_shadow@m, val_acc_shadow@m    the validation set with the shadow set of momentum m
-and, with trainer.bn_recalibrate > 0, the chain's figures against the exact statistics of the
+and, with trainer.bn_recalibrate ≠ 0, the chain's figures against the exact statistics of the
 augmented reference images (probes.bn_lag has the formulas), per stage and over all channels, for
 the running statistics (no suffix) and every shadow set (@m):
     bn_drift_mu/<stage>                    movement of the exact means per step since the previous
