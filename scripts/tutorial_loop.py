@@ -30,6 +30,7 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # the model, nothing else
 from runner.core.models import MODELS, build_resnet  # noqa: E402
+from runner.engine.timing import Window, steady_rate  # noqa: E402  (the CLI's own rate)
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10's, as tutorials use
 
@@ -49,16 +50,6 @@ class Images(Dataset):
 
     def __getitem__(self, i: int):
         return self.transform(Image.fromarray(self.x[i])), self.y[i]
-
-
-def weighted_median(rates: list[tuple[float, int]]) -> float:
-    """The image-weighted median of (rate, images) pairs."""
-    rates, half, seen = sorted(rates), sum(n for _, n in rates) / 2, 0
-    for rate, n in rates:
-        seen += n
-        if seen >= half:
-            return rate
-    return rates[-1][0]
 
 
 def train(args) -> dict:
@@ -85,7 +76,7 @@ def train(args) -> dict:
     model = build_resnet(depth, version)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=5e-4)
     model.train()
-    steps, rates, start = 0, [], time.perf_counter()
+    steps, windows, start = 0, [], time.perf_counter()
     for _ in range(args.epochs):
         tick = time.perf_counter()
         for x, y in loader:
@@ -94,8 +85,8 @@ def train(args) -> dict:
             loss.backward()
             opt.step()
             now = time.perf_counter()
-            if steps:  # the first step allocates and warms kernels: the runner leaves it out too
-                rates.append((len(y) / (now - tick), len(y)))
+            # the first step allocates and warms kernels: the runner leaves it out too
+            windows.append(Window(len(y), now - tick, startup=steps == 0))
             steps, tick = steps + 1, now
     total = time.perf_counter() - start
     return {
@@ -106,7 +97,7 @@ def train(args) -> dict:
         "steps": steps,
         "workers": args.workers,
         "torch_threads": torch.get_num_threads(),
-        "images_per_s": weighted_median(rates) if rates else None,
+        "images_per_s": steady_rate(windows),
         "images_per_s_overall": steps * args.batch_size / total,
         "final_loss": loss.item(),
     }

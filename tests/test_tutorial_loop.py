@@ -27,9 +27,3 @@ def test_the_tutorial_loop_trains_the_runners_model_on_full_batches(capsys):
 def test_the_tutorial_loop_refuses_too_few_images_for_a_rate():
     with pytest.raises(SystemExit):
         tutorial_loop.main(["--batch-size", "16", "--n-train", "20"])
-
-
-def test_the_weighted_median_weighs_by_images():
-    median = tutorial_loop.weighted_median
-    assert median([(10.0, 1), (1.0, 1), (5.0, 10)]) == 5.0
-    assert median([(10.0, 100), (1.0, 1)]) == 10.0
